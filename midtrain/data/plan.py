@@ -1,0 +1,104 @@
+"""The mixture plan: what a run will read from each shard, computed before training. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from midtrain.data.mixture import Mixture
+from midtrain.data.shards import Discovery
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    id: str
+    type: str
+    tokens: int
+    samples: int  # blocks of max_seq_length + 1 tokens
+    weight: float
+    draw_samples: float | None  # expected samples this run draws (None when the run length is unknown)
+    draw_tokens: float | None
+    epochs: float | None  # draw_samples / samples
+
+    @property
+    def repeats(self) -> bool:
+        return self.epochs is not None and self.epochs > 1.0
+
+
+@dataclass
+class MixPlan:
+    mode: str
+    weights_from: str
+    block_size: int
+    total_samples: int | None
+    rows: list[PlanRow]
+    excluded: list[str]
+    unused_types: list[str]
+    ignored: list[tuple[str, str]]
+    mixer: str = "litdata"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rows"] = [asdict(r) for r in self.rows]
+        return d
+
+
+def mixture_plan(mixture: Mixture, discovery: Discovery, block_size: int, total_samples: int | None,
+                 mixer: str = "litdata") -> MixPlan:
+    """``total_samples`` = optimizer steps x global batch (None if unknown)."""
+    rows = []
+    for src in mixture.sources:
+        samples = src.shard.samples(block_size)
+        draw = None if total_samples is None else src.weight * total_samples
+        rows.append(PlanRow(
+            id=src.shard.id, type=src.shard.type, tokens=src.shard.tokens, samples=samples, weight=src.weight,
+            draw_samples=draw,
+            draw_tokens=None if draw is None else draw * (block_size - 1),
+            epochs=None if draw is None else (draw / samples if samples else float("inf")),
+        ))
+    return MixPlan(
+        mode=mixture.spec.mode + (" (proportional)" if mixture.spec.proportional else ""),
+        weights_from=mixture.spec.field if mixture.spec.mode != "default" else "default (main only)",
+        block_size=block_size, total_samples=total_samples, rows=rows,
+        excluded=[s.id for s in mixture.excluded], unused_types=list(mixture.unused_types),
+        ignored=[(i.name, i.reason) for i in discovery.ignored], mixer=mixer,
+    )
+
+
+def _human(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def format_plan(plan: MixPlan) -> str:
+    lines = [f"mixture: {plan.mode}, weights from {plan.weights_from}; mixer {plan.mixer}; "
+             f"sample = {plan.block_size} tokens ({plan.block_size - 1} trained)"]
+    if plan.total_samples is not None:
+        lines.append(f"run length: {plan.total_samples:,} samples = {_human(plan.total_samples * (plan.block_size - 1))} tokens")
+    else:
+        lines.append("run length: unknown (set train.max_steps or train.max_tokens, or pass --tokens)")
+    header = f"{'shard':<12} {'type':<9} {'tokens':>9} {'samples':>9} {'weight':>8} {'draw tokens':>12} {'epochs':>7}"
+    lines += [header, "-" * len(header)]
+    for r in plan.rows:
+        epochs = "-" if r.epochs is None else f"{r.epochs:.3f}"
+        warn = "  <- repeats data" if r.repeats else ""
+        lines.append(f"{r.id:<12} {r.type:<9} {_human(r.tokens):>9} {r.samples:>9,} {r.weight:>8.4f} "
+                     f"{_human(r.draw_tokens):>12} {epochs:>7}{warn}")
+    by_type: dict[str, float] = {}
+    for r in plan.rows:
+        by_type[r.type] = by_type.get(r.type, 0.0) + r.weight
+    lines.append("type totals: " + ", ".join(f"{t} {w:.4f}" for t, w in by_type.items()))
+    repeating = [r.id for r in plan.rows if r.repeats]
+    if repeating:
+        lines.append(f"WARNING: {len(repeating)} shard(s) will be read more than once: {', '.join(repeating[:10])}"
+                     + (" ..." if len(repeating) > 10 else ""))
+    if plan.excluded:
+        lines.append(f"excluded (weight 0): {', '.join(plan.excluded)}")
+    if plan.unused_types:
+        lines.append(f"unused types (discovered, no weight): {', '.join(plan.unused_types)}")
+    for name, reason in plan.ignored:
+        lines.append(f"ignored: {name} ({reason})")
+    return "\n".join(lines)

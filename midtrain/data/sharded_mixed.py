@@ -1,0 +1,186 @@
+"""ShardedMixedDataset: the litgpt DataModule that mixes typed token shards.
+
+The mixture *spec* (which shards, which weights) is worked out by the pure modules ``shards`` and
+``mixture``; this file only realises it with litdata. The original's config name
+``litgpt.data.ShardedMixedDataset`` resolves here when configs go through the ``midtrain`` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
+from litgpt.data import DataModule
+from litgpt.tokenizer import Tokenizer
+
+from midtrain.data.mixture import Mixture, mix_spec, resolve_mixture
+from midtrain.data.plan import MixPlan, mixture_plan
+from midtrain.data.shards import Discovery, Shard, discover, discover_val_sets
+from midtrain.errors import ConfigError
+
+
+def read_mix_config(path: str | os.PathLike, field_name: str = "mix_config_path") -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(field_name, f"{path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(field_name, f"{path} is not valid JSON ({e})") from None
+
+
+@dataclass
+class ShardedMixedDataset(DataModule):
+    """Mixes the shards under ``data_path`` by type weights, literal shard weights or token counts.
+
+    Args:
+        data_path: folder of shards (``1, 2, ...`` main; ``c1`` code, ``m1`` math, ...), or one litdata dataset.
+        val_data_path: validation data: one litdata dataset, or a folder of several (typed shards are
+            grouped per type, other folders are named sets); each set gets its own loader.
+        mix_config_path: JSON file with ``weights`` or ``literal_weights`` (+ ``proportional_sampling``, ``within_type``).
+        mix_weights_str: type weights, e.g. ``"main:0.8,code:0.2"``.
+        literal_weights_str: shard weights, e.g. ``"main/1:0.8,q1:0.1,q2:0.1"``.
+        proportional_sampling: weight shards by token count (type weights, if any, act as multipliers).
+        within_type: how a type's weight is split over its shards: ``equal`` (original) or ``tokens``.
+        shard_types: extra or overriding shard types, name -> folder prefix (e.g. ``{"flan": "f"}``).
+        seed: shuffling / mixing seed.
+        num_workers: data loader worker processes.
+        mixer: ``litdata`` = litdata's CombinedStreamingDataset (the original's behaviour).
+        vocab_size: token ids must be below this; defaults to the tokenizer's size (with added tokens).
+    """
+
+    data_path: Path = Path("data")
+    val_data_path: Optional[Path] = None
+    mix_config_path: Optional[Path] = None
+    mix_weights_str: Optional[str] = None
+    literal_weights_str: Optional[str] = None
+    proportional_sampling: bool = False
+    within_type: Literal["equal", "tokens"] = "equal"
+    shard_types: Optional[dict[str, str]] = None
+    seed: int = 42
+    num_workers: int = 8
+    mixer: Literal["litdata"] = "litdata"
+    vocab_size: Optional[int] = None
+
+    batch_size: int = field(init=False, repr=False, default=1)
+    seq_length: int = field(init=False, repr=False, default=2049)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        self._discovery: Discovery | None = None
+        self._mixture: Mixture | None = None
+
+    def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None,
+                **kwargs: Any) -> None:
+        if max_seq_length is None or max_seq_length < 1:
+            raise ConfigError("train.max_seq_length", f"must be a positive integer, got {max_seq_length!r}")
+        self.batch_size = batch_size
+        self.seq_length = max_seq_length + 1  # the next token of the last position is the last target
+        if self.vocab_size is None and tokenizer is not None:
+            self.vocab_size = tokenizer_vocab_size(tokenizer)
+
+    # ---- the spec: discovery + weights (no torch) ----
+    def discovery(self) -> Discovery:
+        if self._discovery is None:
+            self._discovery = discover(self.data_path, self.shard_types)
+        return self._discovery
+
+    def mixture(self) -> Mixture:
+        if self._mixture is None:
+            mix_config = read_mix_config(self.mix_config_path) if self.mix_config_path is not None else None
+            spec = mix_spec(self.mix_weights_str, self.literal_weights_str, mix_config, "mix_config_path",
+                            self.proportional_sampling, self.within_type)
+            self._mixture = resolve_mixture(spec, self.discovery())
+        return self._mixture
+
+    def plan(self, total_samples: int | None) -> MixPlan:
+        return mixture_plan(self.mixture(), self.discovery(), self.seq_length, total_samples, self.mixer)
+
+    def setup(self, stage: str = "") -> None:
+        for src in self.mixture().sources:
+            if src.shard.samples(self.seq_length) == 0:
+                raise ConfigError(src.shard.path, f"has {src.shard.tokens} tokens per chunk at most "
+                                  f"{max(src.shard.chunk_tokens, default=0)}: not one sample of {self.seq_length} tokens")
+        if self.val_data_path is not None:
+            discover_val_sets(self.val_data_path, self.shard_types)  # fail early on a bad path
+
+    # ---- the realisation: litdata ----
+    def _train_dataset(self):
+        sources = self.mixture().sources
+        datasets = [
+            StreamingDataset(input_dir=s.shard.path, item_loader=TokensLoader(block_size=self.seq_length),
+                             shuffle=True, drop_last=True, seed=self.seed)
+            for s in sources
+        ]
+        if len(datasets) == 1:
+            return datasets[0]
+        return CombinedStreamingDataset(datasets=datasets, seed=self.seed, weights=[s.weight for s in sources],
+                                        iterate_over_all=False)
+
+    def train_dataloader(self) -> StreamingDataLoader:
+        self.setup()
+        return VocabCheckedLoader(self._train_dataset(), vocab_size=self.vocab_size, where="data_path",
+                                  batch_size=self.batch_size, pin_memory=torch.cuda.is_available(),
+                                  num_workers=self.num_workers, drop_last=True)
+
+    def _val_loader(self, shards: list[Shard]) -> StreamingDataLoader:
+        datasets = [StreamingDataset(input_dir=s.path, item_loader=TokensLoader(block_size=self.seq_length),
+                                     shuffle=False, drop_last=False) for s in shards]
+        dataset = datasets[0] if len(datasets) == 1 else CombinedStreamingDataset(datasets, iterate_over_all=True)
+        return VocabCheckedLoader(dataset, vocab_size=self.vocab_size, where="val_data_path",
+                                  batch_size=self.batch_size, pin_memory=torch.cuda.is_available(),
+                                  num_workers=self.num_workers)
+
+    def val_dataloaders(self) -> dict[str, StreamingDataLoader]:
+        """One loader per validation set, so loss can be reported per source."""
+        if self.val_data_path is None:
+            return {}
+        return {name: self._val_loader(shards)
+                for name, shards in discover_val_sets(self.val_data_path, self.shard_types).items()}
+
+    def val_dataloader(self) -> StreamingDataLoader | None:
+        """litgpt compatibility: the single loader litgpt validates on (``main``/``val`` set if present)."""
+        loaders = self.val_dataloaders()
+        if not loaders:
+            return None
+        for preferred in ("main", "val"):
+            if preferred in loaders:
+                return loaders[preferred]
+        return next(iter(loaders.values()))
+
+
+def tokenizer_vocab_size(tokenizer: Tokenizer) -> int | None:
+    """Token ids a tokenizer can produce, added special tokens included."""
+    size = getattr(tokenizer, "vocab_size", None)
+    processor = getattr(tokenizer, "processor", None)
+    if processor is not None and hasattr(processor, "get_vocab_size"):
+        size = max(size or 0, processor.get_vocab_size(with_added_tokens=True))
+    return size
+
+
+class VocabCheckedLoader(StreamingDataLoader):
+    """A StreamingDataLoader that fails with a clear message on token ids outside the vocabulary.
+
+    Without this the model would hit an opaque device-side assert in the embedding lookup.
+    The check is a max() over the batch: negligible next to a forward pass.
+    """
+
+    def __init__(self, *args: Any, vocab_size: int | None = None, where: str = "data_path", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.vocab_size = vocab_size
+        self.where = where
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if self.vocab_size is not None and isinstance(batch, torch.Tensor) and batch.numel():
+                top = int(batch.max())
+                if top >= self.vocab_size or int(batch.min()) < 0:
+                    raise ConfigError(self.where, f"token id {top if top >= self.vocab_size else int(batch.min())} "
+                                      f"is outside the vocabulary [0, {self.vocab_size}): the shards were tokenized "
+                                      "with another tokenizer than tokenizer_dir / the model's vocab")
+            yield batch

@@ -1,0 +1,1 @@
+"""Training: arguments, LR schedules, checkpoints and the pretrain/midtrain loop."""
