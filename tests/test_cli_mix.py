@@ -1,0 +1,96 @@
+"""Acceptance for `midtrain mix`: the plan a researcher reads before sbatch."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture
+def paper_tree(fake_tree):
+    names = [str(i) for i in range(1, 61)] + ["c1", "c2", "c3", "m1", "q1", "q2", "q3", "q4"]
+    base = fake_tree({n: [3_000_000, 1_000_000] for n in names})
+    (base / "c4_val").mkdir()
+    return base
+
+
+def write_cfg(tmp_path, data_args: dict, train=None, class_path="litgpt.data.ShardedMixedDataset", extra=""):
+    import yaml
+
+    cfg = {"model_name": "pythia-14m", "out_dir": "out/x",
+           "data": {"class_path": class_path, "init_args": data_args},
+           "train": train or {"max_steps": 1000, "global_batch_size": 64, "micro_batch_size": 8, "max_seq_length": 2048}}
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(cfg) + extra)
+    return p
+
+
+def test_literal_plan(paper_tree, tmp_path):
+    cfg = write_cfg(tmp_path, {"data_path": str(paper_tree), "literal_weights_str": "main/1:0.8,q1:0.1,q2:0.1"})
+    r = run_cli("mix", "--config", cfg, "--json", tmp_path / "plan.json")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    rows = [l.split() for l in lines if l.startswith(("main/", "q"))]
+    assert [row[0] for row in rows] == ["main/1", "q1", "q2"]
+    assert [row[4] for row in rows] == ["0.8000", "0.1000", "0.1000"]
+    assert "unused types (discovered, no weight): code, math" in r.stdout
+    assert "ignored: c4_val (name matches no shard type)" in r.stdout
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["total_samples"] == 64_000
+    q1 = next(r for r in plan["rows"] if r["id"] == "q1")
+    assert q1["samples"] == 3_000_000 // 2049 + 1_000_000 // 2049
+    assert q1["draw_samples"] == pytest.approx(6400)
+    assert q1["epochs"] == pytest.approx(6400 / q1["samples"])
+
+
+def test_plan_with_tokens_flag_and_no_config(paper_tree):
+    r = run_cli("mix", "--data.data_path", paper_tree, "--data.mix_weights_str", "main:0.8,code:0.2",
+                "--train.max_seq_length", "2048", "--tokens", "4096000")
+    assert r.returncode == 0, r.stderr
+    assert "run length: 2,000 samples" in r.stdout
+    assert "type totals: main 0.8000, code 0.2000" in r.stdout
+    assert len([l for l in r.stdout.splitlines() if l.startswith(("main/", "c"))]) == 63
+
+
+def test_epochs_above_one_warn(fake_tree):
+    base = fake_tree({"1": [10**6], "q1": [5000]})
+    r = run_cli("mix", "--data.data_path", base, "--data.mix_weights_str", "main:0.9,qa:0.1",
+                "--train.max_seq_length", "99", "--tokens", "99000")
+    assert r.returncode == 0, r.stderr
+    assert "WARNING: 1 shard(s) will be read more than once: q1" in r.stdout
+
+
+@pytest.mark.parametrize("data_args,needle", [
+    ({"literal_weights_str": "main/1:0.8,q9:0.2"}, "q9"),
+    ({"mix_weights_str": "main:0.8,code:abc"}, "code:abc"),
+    ({"mix_weights_str": "main:0.8", "literal_weights_str": "q1:1"}, "only one source of weights"),
+    ({"mix_weight": 0.2}, "mix_weight"),
+])
+def test_bad_input_exits_2_with_one_line(paper_tree, tmp_path, data_args, needle):
+    cfg = write_cfg(tmp_path, {"data_path": str(paper_tree), **data_args})
+    r = run_cli("mix", "--config", cfg, "--json", tmp_path / "plan.json")
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_unset_env_var_and_missing_paths(tmp_path, paper_tree):
+    cfg = write_cfg(tmp_path, {"data_path": "${MIDTRAIN_TEST_UNSET_ROOT}/shards"})
+    r = run_cli("mix", "--config", cfg)  # the variable is not set in the test environment
+    assert r.returncode == 2 and "MIDTRAIN_TEST_UNSET_ROOT" in r.stderr and "data.init_args.data_path" in r.stderr
+    r = run_cli("mix", "--config", cfg, env={"MIDTRAIN_TEST_UNSET_ROOT": str(paper_tree.parent)})
+    assert r.returncode == 0, r.stderr
+    r = run_cli("mix", "--config", tmp_path / "nope.yaml")
+    assert r.returncode == 2 and "nope.yaml does not exist" in r.stderr
+    r = run_cli("mix", "--data.data_path", tmp_path / "nowhere", "--train.max_seq_length", "8")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "data_path" in r.stderr
+
+
+def test_help_lists_commands():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "mix" in r.stdout
+    r = run_cli("nonsense")
+    assert r.returncode == 2 and "unknown command 'nonsense'" in r.stderr

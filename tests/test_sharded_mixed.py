@@ -1,0 +1,107 @@
+"""ShardedMixedDataset on real litdata shards (written with litdata.optimize, private temp folders)."""
+
+import math
+
+import pytest
+import torch
+import yaml
+
+from midtrain.data.sharded_mixed import ShardedMixedDataset
+from midtrain.errors import ConfigError
+
+
+def source_of(batch: torch.Tensor) -> list[int]:
+    """Shard tokens were written with offsets 0 (main/1), 100 (main/2), 200 (c1), 300 (m1)."""
+    return (batch[:, 0] // 100).tolist()
+
+
+def test_realised_shares_within_3_sigma(real_tree):
+    data = ShardedMixedDataset(data_path=real_tree, mix_weights_str="main:0.6,code:0.3,math:0.1", num_workers=0, seed=3)
+    data.connect(batch_size=8, max_seq_length=15)
+    counts = [0, 0, 0, 0]
+    n = 0
+    for batch in data.train_dataloader():
+        assert (batch // 100 == batch[:, :1] // 100).all()  # every sample is a block of one shard
+        for src in source_of(batch):
+            counts[src] += 1
+        n += len(batch)
+        if n >= 3000:
+            break
+    target = {0: 0.3, 1: 0.3, 2: 0.3, 3: 0.1}
+    for src, p in target.items():
+        sigma = math.sqrt(n * p * (1 - p))
+        assert abs(counts[src] - n * p) <= 3 * sigma, (src, counts, n)
+
+
+def test_literal_and_single_source(real_tree):
+    data = ShardedMixedDataset(data_path=real_tree, literal_weights_str="m1:1", num_workers=0)
+    data.connect(batch_size=4, max_seq_length=9)
+    batch = next(iter(data.train_dataloader()))
+    assert batch.shape == (4, 10) and set(source_of(batch)) == {3}
+
+
+def test_val_loaders_per_set(real_tree):
+    data = ShardedMixedDataset(data_path=real_tree, val_data_path=real_tree.parent / "val", num_workers=0)
+    data.connect(batch_size=2, max_seq_length=9)
+    loaders = data.val_dataloaders()
+    assert list(loaders) == ["main", "code", "gsm8k"]
+    firsts = {name: int(next(iter(dl))[0, 0]) // 100 for name, dl in loaders.items()}
+    assert firsts == {"main": 0, "code": 2, "gsm8k": 4}
+    assert data.val_dataloader() is not None  # litgpt's single loader: the main set
+    assert int(next(iter(data.val_dataloader()))[0, 0]) < 100
+
+
+def test_token_id_outside_vocab_is_a_clear_error(real_tree):
+    data = ShardedMixedDataset(data_path=real_tree, literal_weights_str="m1:1", num_workers=0, vocab_size=300)
+    data.connect(batch_size=2, max_seq_length=9)
+    with pytest.raises(ConfigError, match=r"^data_path: token id 3\d\d is outside the vocabulary \[0, 300\)"):
+        next(iter(data.train_dataloader()))
+
+
+def test_shard_smaller_than_one_sample(fake_tree):
+    base = fake_tree({"1": [10]})
+    data = ShardedMixedDataset(data_path=base, num_workers=0)
+    data.connect(batch_size=2, max_seq_length=64)
+    with pytest.raises(ConfigError, match="not one sample of 65 tokens"):
+        data.setup()
+
+
+def test_original_class_path_resolves_through_midtrain_cli(real_tree):
+    from jsonargparse import ArgumentParser
+    from litgpt.data import DataModule
+
+    from midtrain.cli import install_litgpt_alias
+
+    install_litgpt_alias()
+    parser = ArgumentParser()
+    parser.add_argument("--data", type=DataModule)
+    cfg = parser.parse_object({"data": {"class_path": "litgpt.data.ShardedMixedDataset",
+                                        "init_args": {"data_path": str(real_tree), "mix_weights_str": "main:1"}}})
+    data = parser.instantiate_classes(cfg).data
+    assert isinstance(data, ShardedMixedDataset) and data.mix_weights_str == "main:1"
+
+
+def test_works_under_upstream_litgpt_pretrain(real_tree, tmp_path):
+    """`class_path: midtrain.data.ShardedMixedDataset` through litgpt's own parser and data path."""
+    import lightning as L
+    from jsonargparse import ArgumentParser
+    from litgpt import pretrain
+    from litgpt.args import TrainArgs
+
+    parser = ArgumentParser()
+    parser.add_function_arguments(pretrain.setup)
+    cfg_file = tmp_path / "litgpt.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "model_name": "pythia-14m",
+        "data": {"class_path": "midtrain.data.ShardedMixedDataset",
+                 "init_args": {"data_path": str(real_tree), "mix_weights_str": "main:0.5,code:0.5", "num_workers": 0}},
+        "train": {"micro_batch_size": 2, "max_tokens": 1000, "max_seq_length": 15}}))
+    cfg = parser.parse_path(str(cfg_file))
+    init = parser.instantiate_classes(cfg)
+    fabric = L.Fabric(devices=1, accelerator="cpu")
+    train_dl, val_dl = pretrain.get_dataloaders(fabric, init.data, None, init.train, 15)
+    train_dl, _ = fabric.setup_dataloaders(train_dl, train_dl)
+    batch = next(iter(train_dl))
+    assert batch.shape == (2, 16)
+    assert set(source_of(batch)) <= {0, 1, 2}
+    assert "num_samples_yielded" in train_dl._dataloader.state_dict()  # what litgpt checkpoints
