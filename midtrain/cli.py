@@ -102,7 +102,7 @@ def mix(argv: list[str]) -> int:
     data: ShardedMixedDataset = objs.data
     train: TrainArgs = objs.train
     seq = _block_size(train, args.model_name, args.model_config)
-    data.connect(batch_size=train.micro_batch_size, max_seq_length=seq)
+    data.connect(batch_size=train.micro_batch_size, max_seq_length=seq, global_batch_size=train.global_batch_size)
     if args.tokens is not None:
         if args.tokens < 0:
             raise ConfigError("--tokens", f"must be >= 0, got {args.tokens}")

@@ -15,8 +15,10 @@ def source_of(batch: torch.Tensor) -> list[int]:
     return (batch[:, 0] // 100).tolist()
 
 
-def test_realised_shares_within_3_sigma(real_tree):
-    data = ShardedMixedDataset(data_path=real_tree, mix_weights_str="main:0.6,code:0.3,math:0.1", num_workers=0, seed=3)
+@pytest.mark.parametrize("mixer", ["exact", "litdata"])
+def test_realised_shares_within_3_sigma(real_tree, mixer):
+    data = ShardedMixedDataset(data_path=real_tree, mix_weights_str="main:0.6,code:0.3,math:0.1", num_workers=0, seed=3,
+                               mixer=mixer)
     data.connect(batch_size=8, max_seq_length=15)
     counts = [0, 0, 0, 0]
     n = 0
@@ -33,8 +35,9 @@ def test_realised_shares_within_3_sigma(real_tree):
         assert abs(counts[src] - n * p) <= 3 * sigma, (src, counts, n)
 
 
-def test_literal_and_single_source(real_tree):
-    data = ShardedMixedDataset(data_path=real_tree, literal_weights_str="m1:1", num_workers=0)
+@pytest.mark.parametrize("mixer", ["exact", "litdata"])
+def test_literal_and_single_source(real_tree, mixer):
+    data = ShardedMixedDataset(data_path=real_tree, literal_weights_str="m1:1", num_workers=0, mixer=mixer)
     data.connect(batch_size=4, max_seq_length=9)
     batch = next(iter(data.train_dataloader()))
     assert batch.shape == (4, 10) and set(source_of(batch)) == {3}
@@ -51,11 +54,14 @@ def test_val_loaders_per_set(real_tree):
     assert int(next(iter(data.val_dataloader()))[0, 0]) < 100
 
 
-def test_token_id_outside_vocab_is_a_clear_error(real_tree):
-    data = ShardedMixedDataset(data_path=real_tree, literal_weights_str="m1:1", num_workers=0, vocab_size=300)
+@pytest.mark.parametrize("mixer,where", [("exact", r".*/m1: "), ("litdata", "data_path: ")])
+def test_token_id_outside_vocab_is_a_clear_error(real_tree, mixer, where):
+    data = ShardedMixedDataset(data_path=real_tree, mix_weights_str="main:0.5,math:0.5", num_workers=0, vocab_size=300,
+                               mixer=mixer)
     data.connect(batch_size=2, max_seq_length=9)
-    with pytest.raises(ConfigError, match=r"^data_path: token id 3\d\d is outside the vocabulary \[0, 300\)"):
-        next(iter(data.train_dataloader()))
+    with pytest.raises(ConfigError, match="^" + where + r"token id 3\d\d is outside the vocabulary \[0, 300\)"):
+        for _ in data.train_dataloader():
+            pass
 
 
 def test_shard_smaller_than_one_sample(fake_tree):
@@ -104,4 +110,4 @@ def test_works_under_upstream_litgpt_pretrain(real_tree, tmp_path):
     batch = next(iter(train_dl))
     assert batch.shape == (2, 16)
     assert set(source_of(batch)) <= {0, 1, 2}
-    assert "num_samples_yielded" in train_dl._dataloader.state_dict()  # what litgpt checkpoints
+    assert train_dl._dataloader.state_dict()["samples"] == 2  # what litgpt checkpoints

@@ -43,12 +43,15 @@ class MixPlan:
 
 
 def mixture_plan(mixture: Mixture, discovery: Discovery, block_size: int, total_samples: int | None,
-                 mixer: str = "litdata") -> MixPlan:
-    """``total_samples`` = optimizer steps x global batch (None if unknown)."""
+                 mixer: str = "litdata", draws: dict[str, int] | None = None) -> MixPlan:
+    """``total_samples`` = optimizer steps x global batch (None if unknown). ``draws``: exact samples
+    per shard (the exact mixer's schedule); otherwise the expectation weight x total_samples."""
     rows = []
     for src in mixture.sources:
         samples = src.shard.samples(block_size)
         draw = None if total_samples is None else src.weight * total_samples
+        if draws is not None:
+            draw = draws.get(src.shard.id, 0)
         rows.append(PlanRow(
             id=src.shard.id, type=src.shard.type, tokens=src.shard.tokens, samples=samples, weight=src.weight,
             draw_samples=draw,

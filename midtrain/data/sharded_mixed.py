@@ -15,9 +15,12 @@ from typing import Any, Literal, Optional
 
 import torch
 from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
+from torch.utils.data import DataLoader
 from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 
+from midtrain.data.blend import Blend, StageSpec, append_stage, describe_change, quantize_weights, same_mixture
+from midtrain.data.exact import ExactMixDataset, ExactMixLoader, distributed_rank_world
 from midtrain.data.mixture import Mixture, mix_spec, resolve_mixture
 from midtrain.data.plan import MixPlan, mixture_plan
 from midtrain.data.shards import Discovery, Shard, discover, discover_val_sets
@@ -50,7 +53,12 @@ class ShardedMixedDataset(DataModule):
         shard_types: extra or overriding shard types, name -> folder prefix (e.g. ``{"flan": "f"}``).
         seed: shuffling / mixing seed.
         num_workers: data loader worker processes.
-        mixer: ``litdata`` = litdata's CombinedStreamingDataset (the original's behaviour).
+        mixer: ``exact`` (default) = deterministic blend: exact shares per global batch, each source
+            cycles on its own, O(1) sample-exact resume at any world size / worker count, and a new
+            mixture on resume appends a stage (midtraining). ``litdata`` = litdata's
+            CombinedStreamingDataset, the original's behaviour (see the README for its defects).
+        mix_block: samples per schedule block for ``exact`` (default: the global batch size).
+        allow_data_change: resume even if a shard used before has changed content (``exact``).
         vocab_size: token ids must be below this; defaults to the tokenizer's size (with added tokens).
     """
 
@@ -64,10 +72,13 @@ class ShardedMixedDataset(DataModule):
     shard_types: Optional[dict[str, str]] = None
     seed: int = 42
     num_workers: int = 8
-    mixer: Literal["litdata"] = "litdata"
+    mixer: Literal["exact", "litdata"] = "exact"
+    mix_block: Optional[int] = None
+    allow_data_change: bool = False
     vocab_size: Optional[int] = None
 
     batch_size: int = field(init=False, repr=False, default=1)
+    global_batch_size: Optional[int] = field(init=False, repr=False, default=None)
     seq_length: int = field(init=False, repr=False, default=2049)
 
     def __post_init__(self) -> None:
@@ -80,6 +91,7 @@ class ShardedMixedDataset(DataModule):
         if max_seq_length is None or max_seq_length < 1:
             raise ConfigError("train.max_seq_length", f"must be a positive integer, got {max_seq_length!r}")
         self.batch_size = batch_size
+        self.global_batch_size = kwargs.get("global_batch_size") or self.global_batch_size
         self.seq_length = max_seq_length + 1  # the next token of the last position is the last target
         if self.vocab_size is None and tokenizer is not None:
             self.vocab_size = tokenizer_vocab_size(tokenizer)
@@ -98,8 +110,25 @@ class ShardedMixedDataset(DataModule):
             self._mixture = resolve_mixture(spec, self.discovery())
         return self._mixture
 
+    def block(self) -> int:
+        """Samples per schedule block of the exact mixer: one global batch, so every step is exact."""
+        block = self.mix_block or self.global_batch_size or 1024
+        if block < 1:
+            raise ConfigError("mix_block", f"must be >= 1, got {block}")
+        return block
+
+    def stage(self, start: int = 0) -> StageSpec:
+        """This config's mixture as an exact-mixer stage beginning at global sample ``start``."""
+        sources = self.mixture().sources
+        return StageSpec(start, tuple(s.shard.id for s in sources),
+                         tuple(quantize_weights([s.weight for s in sources], self.block())), self.block(), self.seed,
+                         tuple(s.shard.fingerprint() for s in sources))
+
     def plan(self, total_samples: int | None) -> MixPlan:
-        return mixture_plan(self.mixture(), self.discovery(), self.seq_length, total_samples, self.mixer)
+        draws = None
+        if self.mixer == "exact" and total_samples is not None:
+            draws = Blend([self.stage()]).consumed(total_samples)
+        return mixture_plan(self.mixture(), self.discovery(), self.seq_length, total_samples, self.mixer, draws)
 
     def setup(self, stage: str = "") -> None:
         for src in self.mixture().sources:
@@ -122,11 +151,29 @@ class ShardedMixedDataset(DataModule):
         return CombinedStreamingDataset(datasets=datasets, seed=self.seed, weights=[s.weight for s in sources],
                                         iterate_over_all=False)
 
-    def train_dataloader(self) -> StreamingDataLoader:
+    def train_dataloader(self, with_source_ids: bool = False) -> DataLoader:
+        """Micro-batches of ``max_seq_length + 1`` tokens; with ``with_source_ids`` (exact mixer only),
+        ``(tokens, source index)`` pairs, the index into ``loader.source_ids``."""
         self.setup()
+        if self.mixer == "exact":
+            shards = self.discovery().by_id()
+            dataset = ExactMixDataset([self.stage()], shards, self.seq_length, self.batch_size, self.seed)
+            return ExactMixLoader(dataset, self.num_workers, with_source_ids, self.vocab_size, self._resume_stages)
+        if with_source_ids:
+            raise ConfigError("data.mixer", "per-source ids need mixer: exact (litdata's mixer does not report sources)")
         return VocabCheckedLoader(self._train_dataset(), vocab_size=self.vocab_size, where="data_path",
                                   batch_size=self.batch_size, pin_memory=torch.cuda.is_available(),
                                   num_workers=self.num_workers, drop_last=True)
+
+    def _resume_stages(self, saved: list[StageSpec], samples: int) -> list[StageSpec]:
+        """Called when a checkpoint's data state is loaded: continue, or append a new mixture stage."""
+        new = self.stage(start=samples)
+        if not saved:
+            raise ConfigError("data", "the checkpoint's data state has no mixture stages")
+        history = append_stage(saved, new, self.allow_data_change)
+        if not same_mixture(saved[-1], new) and _is_rank_zero():
+            print(describe_change(saved[-1], new), flush=True)
+        return history
 
     def _val_loader(self, shards: list[Shard]) -> StreamingDataLoader:
         datasets = [StreamingDataset(input_dir=s.path, item_loader=TokensLoader(block_size=self.seq_length),
@@ -152,6 +199,10 @@ class ShardedMixedDataset(DataModule):
             if preferred in loaders:
                 return loaders[preferred]
         return next(iter(loaders.values()))
+
+
+def _is_rank_zero() -> bool:
+    return distributed_rank_world()[0] == 0
 
 
 def tokenizer_vocab_size(tokenizer: Tokenizer) -> int | None:

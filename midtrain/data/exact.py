@@ -1,0 +1,160 @@
+"""The exact mixer's data path: read samples the ``blend`` schedule names, straight from litdata chunks.
+
+Chunks written by ``litdata.optimize(..., item_loader=TokensLoader())`` are ``[n u32][n+1 offsets
+u32][tokens]``; sample t of chunk c is tokens ``[t*L, (t+1)*L)`` — the same blocks litdata's
+TokensLoader yields. We memory-map them (bench/loader.py compares this with litdata random access).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from midtrain.data.blend import Blend, SourceOrder, StageSpec, micro_batch_starts
+from midtrain.data.shards import Shard
+from midtrain.errors import ConfigError
+
+
+def _numpy_dtype(data_format: str, where: str) -> np.dtype:
+    from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING
+
+    name, _, code = data_format.partition(":")
+    if name == "no_header_tensor":
+        return torch.empty(0, dtype=_TORCH_DTYPES_MAPPING[int(code)]).numpy().dtype
+    if name == "no_header_numpy":
+        return np.dtype(_NUMPY_DTYPES_MAPPING[int(code)])
+    raise ConfigError(where, f"data format {data_format!r} is not a TokensLoader token shard")
+
+
+class ShardReader:
+    """Random access to the samples of one TokensLoader shard, by (chunk, item)."""
+
+    def __init__(self, path: str, block: int) -> None:
+        index_path = os.path.join(path, "index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        cfg = index.get("config", {})
+        if cfg.get("compression") or cfg.get("encryption"):
+            raise ConfigError(index_path, "compressed or encrypted shards are not supported by mixer 'exact' "
+                              "(use mixer: litdata)")
+        self.path, self.block = path, block
+        self.dtype = _numpy_dtype((cfg.get("data_format") or ["?"])[0], index_path)
+        self.chunks = index["chunks"]
+        self.items = [int(c["dim"]) // block for c in self.chunks]
+        self._maps: dict[int, np.ndarray] = {}
+
+    def _chunk(self, c: int) -> np.ndarray:
+        arr = self._maps.get(c)
+        if arr is None:
+            meta = self.chunks[c]
+            header = (1 + int(meta["chunk_size"]) + 1) * 4
+            mm = np.memmap(os.path.join(self.path, meta["filename"]), dtype=self.dtype, mode="r", offset=header,
+                           shape=(int(meta["dim"]),))
+            arr = self._maps[c] = mm[: self.items[c] * self.block].reshape(self.items[c], self.block)
+        return arr
+
+    def read(self, chunks: np.ndarray, items: np.ndarray, out: np.ndarray) -> None:
+        """Copy sample ``items[k]`` of chunk ``chunks[k]`` into ``out[k]``."""
+        for c in np.unique(chunks):
+            at = chunks == c
+            out[at] = self._chunk(int(c))[items[at]]
+
+
+class ExactMixDataset(IterableDataset):
+    """Yields micro-batches ``(tokens[micro, L], source index[micro])`` for this (rank, worker), forever."""
+
+    def __init__(self, stages: Sequence[StageSpec], shards: dict[str, Shard], block: int, micro: int, seed: int) -> None:
+        self.stages, self.shards, self.block, self.micro, self.seed = list(stages), shards, block, micro, seed
+        self.start, self.rank, self.world = 0, 0, 1
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        blend = Blend(self.stages)
+        # Sources of the current stage are read; earlier stages' sources only count positions.
+        current = self.stages[blend.stage_of(self.start)].sources
+        readers = {s: ShardReader(self.shards[s].path, self.block) for s in current}
+        orders = {s: SourceOrder(r.items, self.seed, s) for s, r in readers.items()}
+        dtype = np.result_type(*[r.dtype for r in readers.values()])
+        ids = blend.source_ids
+        for g in micro_batch_starts(self.start, self.micro, self.rank, self.world, worker, workers):
+            src, pos = blend.locate(g, self.micro)
+            tokens = np.empty((self.micro, self.block), dtype=dtype)
+            for s in np.unique(src):
+                at = src == s
+                sid = ids[s]
+                if sid not in readers:  # a later stage began inside this iteration
+                    readers[sid] = ShardReader(self.shards[sid].path, self.block)
+                    orders[sid] = SourceOrder(readers[sid].items, self.seed, sid)
+                _, chunk, item = orders[sid].locate(pos[at])
+                part = np.empty((int(at.sum()), self.block), dtype=readers[sid].dtype)
+                readers[sid].read(chunk, item, part)
+                tokens[at] = part
+            yield torch.from_numpy(tokens), torch.from_numpy(src)
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("GLOBAL_RANK", os.environ.get("RANK", 0))), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ExactMixLoader(DataLoader):
+    """DataLoader over ExactMixDataset whose state is just (global samples consumed, stage history).
+
+    Yields token tensors (litgpt-compatible) or, with ``with_source_ids``, ``(tokens, source_ids)``
+    where source ids index ``source_ids``. Resume is O(1), exact, and valid for any world size,
+    worker count or micro batch (the global batch sequence depends only on the samples consumed).
+    """
+
+    def __init__(self, dataset: ExactMixDataset, num_workers: int = 0, with_source_ids: bool = False,
+                 vocab_size: int | None = None, on_resume=None) -> None:
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
+        self.samples = 0
+        self.with_source_ids = with_source_ids
+        self.vocab_size = vocab_size
+        self.on_resume = on_resume  # DataModule hook: (saved state) -> new stage history
+        self.source_ids = Blend(dataset.stages).source_ids
+
+    @property
+    def stages(self) -> list[StageSpec]:
+        return self.dataset.stages
+
+    def __iter__(self):
+        ds: ExactMixDataset = self.dataset
+        ds.rank, ds.world = distributed_rank_world()
+        ds.start = self.samples
+        per_batch = ds.micro * ds.world
+        for tokens, src in super().__iter__():
+            self._check_vocab(tokens, src)
+            self.samples += per_batch
+            yield (tokens, src) if self.with_source_ids else tokens
+
+    def _check_vocab(self, tokens: torch.Tensor, src: torch.Tensor) -> None:
+        if self.vocab_size is None:
+            return
+        bad = (tokens >= self.vocab_size) | (tokens < 0)
+        if bad.any():
+            row = int(bad.any(dim=1).nonzero()[0])
+            sid = self.source_ids[int(src[row])]
+            raise ConfigError(self.dataset.shards[sid].path, f"token id {int(tokens[bad][0])} is outside the "
+                              f"vocabulary [0, {self.vocab_size}): shard {sid} was tokenized with another tokenizer")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mixer": "exact", "samples": self.samples, "stages": [s.to_dict() for s in self.stages]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("mixer") != "exact":
+            raise ConfigError("data.mixer", f"the checkpoint's data state is from mixer {state.get('mixer')!r}, "
+                              "not 'exact'; it cannot be resumed sample-exactly")
+        self.samples = int(state["samples"])
+        saved = [StageSpec.from_dict(s) for s in state["stages"]]
+        stages = self.on_resume(saved, self.samples) if self.on_resume else saved
+        self.dataset.stages = stages
+        self.source_ids = Blend(stages).source_ids

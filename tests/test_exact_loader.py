@@ -1,0 +1,152 @@
+"""The exact mixer on real shards: resume, world sizes, workers, stages, and a real 2-process run."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from midtrain.data.sharded_mixed import ShardedMixedDataset
+from midtrain.errors import ConfigError
+
+MIX = "main:0.6,code:0.3,math:0.1"
+
+
+def make(real_tree, micro=4, workers=0, mix=MIX, **kw):
+    data = ShardedMixedDataset(data_path=real_tree, mix_weights_str=mix, num_workers=workers, seed=7, **kw)
+    data.connect(batch_size=micro, max_seq_length=7, global_batch_size=16)
+    return data
+
+
+def take(loader, n):
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if len(out) == n:
+            break
+    return out
+
+
+def global_samples(real_tree, n_samples, micro=4, world=1, workers=0, state=None, monkeypatch=None, **kw):
+    """The global sample sequence as `world` ranks see it, interleaved back in global micro-batch order."""
+    per_rank = []
+    for rank in range(world):
+        if monkeypatch is not None:
+            monkeypatch.setenv("WORLD_SIZE", str(world))
+            monkeypatch.setenv("GLOBAL_RANK", str(rank))
+        loader = make(real_tree, micro=micro, workers=workers, **kw).train_dataloader(with_source_ids=True)
+        if state is not None:
+            loader.load_state_dict(state)
+        per_rank.append(take(loader, n_samples // (micro * world)))
+    rows = []
+    for j in range(len(per_rank[0])):
+        for rank in range(world):
+            rows.append(per_rank[rank][j][0])
+    return torch.cat(rows)
+
+
+def test_single_stream_is_exact_per_global_batch(real_tree):
+    loader = make(real_tree).train_dataloader(with_source_ids=True)
+    batches = take(loader, 40)
+    src = torch.cat([s for _, s in batches]).numpy()
+    ids = loader.source_ids
+    per_block = src.reshape(-1, 16)
+    for block in per_block:  # 16-sample global batch: main/1, main/2 0.3 each, c1 0.3, m1 0.1
+        counts = {ids[i]: int((block == i).sum()) for i in range(len(ids))}
+        for sid, w in {"main/1": 0.3, "main/2": 0.3, "c1": 0.3, "m1": 0.1}.items():
+            assert abs(counts[sid] - 16 * w) < 1
+    tokens = torch.cat([t for t, _ in batches])
+    assert ((tokens[:, 0] // 100).numpy() == np.array([{"main/1": 0, "main/2": 1, "c1": 2, "m1": 3}[ids[i]] for i in src])).all()
+    assert loader.state_dict()["samples"] == 160
+
+
+@pytest.mark.parametrize("world,workers,micro", [(1, 2, 4), (2, 0, 2), (4, 2, 1), (2, 1, 8)])
+def test_resume_any_world_workers_micro_is_identical(real_tree, monkeypatch, world, workers, micro):
+    reference = global_samples(real_tree, 320)
+    stop = random.Random(world * 10 + workers).randrange(1, 10) * 16  # a step boundary
+    first = make(real_tree).train_dataloader()
+    take(first, stop // 4)
+    state = first.state_dict()
+    assert state["samples"] == stop
+    resumed = global_samples(real_tree, 320 - stop, micro=micro, world=world, workers=workers, state=state,
+                             monkeypatch=monkeypatch)
+    assert torch.equal(resumed, reference[stop:])
+
+
+def test_each_source_unique_over_its_pass(real_tree):
+    """Every sample of every source once before any repeats, however small the others (litdata: 0.69)."""
+    data = make(real_tree, mix="main:0.5,math:0.5")  # m1 is as big as a main shard but drawn twice as often
+    loader = data.train_dataloader(with_source_ids=True)
+    ids = loader.source_ids
+    sizes = {s.id: s.samples(8) for s in data.discovery().shards}
+    seen = {sid: [] for sid in ids}
+    for tokens, src in loader:
+        for row, s in zip(tokens, src):
+            seen[ids[int(s)]].append(tuple(row.tolist()))
+        if all(len(seen[sid]) >= sizes[sid] for sid in ids if sid.startswith("main/")):
+            break
+    for sid in ids:
+        first_pass = seen[sid][:sizes[sid]]
+        assert len(set(first_pass)) == len(first_pass)
+    assert len(seen["m1"]) > sizes["m1"]  # the small source wrapped on its own meanwhile
+
+
+def test_midtrain_stage_switches_exactly_and_continues_sources(real_tree, capsys):
+    base = make(real_tree, mix="main:0.9,math:0.1").train_dataloader(with_source_ids=True)
+    before = take(base, 20)  # 80 samples = 5 global batches
+    state = base.state_dict()
+    mid = make(real_tree, mix="main:0.7,code:0.2,math:0.1").train_dataloader(with_source_ids=True)
+    mid.load_state_dict(state)
+    assert "mixture change at sample 80" in capsys.readouterr().out
+    after = take(mid, 20)
+    ids = mid.source_ids
+    src = torch.cat([s for _, s in after]).numpy().reshape(-1, 16)
+    for block in src:
+        names = [ids[i] for i in block]
+        assert names.count("c1") in (3, 4) and names.count("m1") in (1, 2)
+    assert [s["start"] for s in mid.state_dict()["stages"]] == [0, 80]
+    # m1 continues where it stopped: its samples after the switch are not the ones before
+    m1_before = {tuple(t.tolist()) for tb, sb in before for t, s in zip(tb, sb) if base.source_ids[int(s)] == "m1"}
+    m1_after = [tuple(t.tolist()) for tb, sb in after for t, s in zip(tb, sb) if ids[int(s)] == "m1"]
+    m1_samples = next(s for s in make(real_tree).discovery().shards if s.id == "m1").samples(8)
+    if len(m1_before) + len(m1_after) <= m1_samples:
+        assert not m1_before & set(m1_after)
+
+
+def test_changed_shard_is_refused_unless_allowed(real_tree):
+    base = make(real_tree).train_dataloader()
+    take(base, 4)
+    state = base.state_dict()
+    state["stages"][0]["fingerprints"][0] = {"tokens": 1, "chunks": [], "chunk_tokens": [1]}
+    mid = make(real_tree, mix="main:0.5,code:0.5").train_dataloader()
+    with pytest.raises(ConfigError, match="^data.allow_data_change: shard 'main/1' changed"):
+        mid.load_state_dict(state)
+    make(real_tree, mix="main:0.5,code:0.5", allow_data_change=True).train_dataloader().load_state_dict(state)
+
+
+def test_litdata_state_is_refused(real_tree):
+    loader = make(real_tree).train_dataloader()
+    with pytest.raises(ConfigError, match="^data.mixer"):
+        loader.load_state_dict({"dataset": {}})
+
+
+def _ddp_worker(rank, world, real_tree, out_dir, port):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    loader = make(real_tree, micro=2, workers=1).train_dataloader()
+    batches = take(loader, 10)
+    torch.save(torch.stack(batches), os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_run_matches_single_process(real_tree, tmp_path):
+    port = 29500 + os.getpid() % 1000
+    mp.start_processes(_ddp_worker, args=(2, real_tree, str(tmp_path), port), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    interleaved = torch.cat([torch.cat([ranks[0][j], ranks[1][j]]) for j in range(10)])
+    assert torch.equal(interleaved, global_samples(real_tree, 40, micro=2))
