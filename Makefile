@@ -30,3 +30,6 @@ bench: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+bench-loader: venv
+	$(PY) bench/loader.py

@@ -55,18 +55,19 @@ class ShardReader:
             header = (1 + int(meta["chunk_size"]) + 1) * 4
             mm = np.memmap(os.path.join(self.path, meta["filename"]), dtype=self.dtype, mode="r", offset=header,
                            shape=(int(meta["dim"]),))
-            arr = self._maps[c] = mm[: self.items[c] * self.block].reshape(self.items[c], self.block)
+            # a plain ndarray view: indexing a np.memmap subclass costs more than the copy itself
+            arr = self._maps[c] = np.asarray(mm)[: self.items[c] * self.block].reshape(self.items[c], self.block)
         return arr
 
     def read(self, chunks: np.ndarray, items: np.ndarray, out: np.ndarray) -> None:
-        """Copy sample ``items[k]`` of chunk ``chunks[k]`` into ``out[k]``."""
-        for c in np.unique(chunks):
-            at = chunks == c
-            out[at] = self._chunk(int(c))[items[at]]
+        """Copy sample ``items[k]`` of chunk ``chunks[k]`` into ``out[k]`` (one copy per row)."""
+        for k, (c, i) in enumerate(zip(chunks.tolist(), items.tolist())):
+            out[k, : self.block] = self._chunk(c)[i]
 
 
 class ExactMixDataset(IterableDataset):
-    """Yields micro-batches ``(tokens[micro, L], source index[micro])`` for this (rank, worker), forever."""
+    """Yields micro-batches ``[micro, L + 1]`` for this (rank, worker), forever: L tokens, then the
+    sample's source index in the last column (one tensor crosses the worker boundary, not two)."""
 
     def __init__(self, stages: Sequence[StageSpec], shards: dict[str, Shard], block: int, micro: int, seed: int) -> None:
         self.stages, self.shards, self.block, self.micro, self.seed = list(stages), shards, block, micro, seed
@@ -80,22 +81,25 @@ class ExactMixDataset(IterableDataset):
         current = self.stages[blend.stage_of(self.start)].sources
         readers = {s: ShardReader(self.shards[s].path, self.block) for s in current}
         orders = {s: SourceOrder(r.items, self.seed, s) for s, r in readers.items()}
-        dtype = np.result_type(*[r.dtype for r in readers.values()])
+        dtype = np.result_type(np.int32, *[r.dtype for r in readers.values()])
         ids = blend.source_ids
         for g in micro_batch_starts(self.start, self.micro, self.rank, self.world, worker, workers):
             src, pos = blend.locate(g, self.micro)
-            tokens = np.empty((self.micro, self.block), dtype=dtype)
-            for s in np.unique(src):
-                at = src == s
+            batch = np.empty((self.micro, self.block + 1), dtype=dtype)
+            batch[:, -1] = src
+            for s in np.unique(src).tolist():
                 sid = ids[s]
                 if sid not in readers:  # a later stage began inside this iteration
                     readers[sid] = ShardReader(self.shards[sid].path, self.block)
                     orders[sid] = SourceOrder(readers[sid].items, self.seed, sid)
-                _, chunk, item = orders[sid].locate(pos[at])
-                part = np.empty((int(at.sum()), self.block), dtype=readers[sid].dtype)
-                readers[sid].read(chunk, item, part)
-                tokens[at] = part
-            yield torch.from_numpy(tokens), torch.from_numpy(src)
+                rows = np.flatnonzero(src == s)
+                _, chunk, item = orders[sid].locate(pos[rows])
+                if len(rows) == self.micro:
+                    readers[sid].read(chunk, item, batch)
+                else:
+                    for row, c, i in zip(rows.tolist(), chunk.tolist(), item.tolist()):
+                        batch[row, : self.block] = readers[sid]._chunk(c)[i]
+            yield torch.from_numpy(batch)
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -131,7 +135,8 @@ class ExactMixLoader(DataLoader):
         ds.rank, ds.world = distributed_rank_world()
         ds.start = self.samples
         per_batch = ds.micro * ds.world
-        for tokens, src in super().__iter__():
+        for batch in super().__iter__():
+            tokens, src = batch[:, :-1], batch[:, -1]
             self._check_vocab(tokens, src)
             self.samples += per_batch
             yield (tokens, src) if self.with_source_ids else tokens
