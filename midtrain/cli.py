@@ -16,6 +16,7 @@ USAGE = """usage: midtrain <command> [options]
 
 commands:
   mix        show what a run will read from each shard (the mixture plan), without training
+  pretrain   pretrain; midtrain from a base checkpoint with a new mixture (resume_from); resume
 
 Run `midtrain <command> --help` for a command's options."""
 
@@ -38,28 +39,48 @@ def _parser(description: str):
     return parser
 
 
-def _data_section(cfg: dict, path: str) -> dict:
-    """The ``data:`` section's init args; the class must be ShardedMixedDataset (either name)."""
-    data = cfg.get("data") or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: data", "expected a mapping with class_path and init_args")
-    class_path = data.get("class_path")
-    if class_path is None:
-        return data
-    if class_path not in ("litgpt.data.ShardedMixedDataset", "midtrain.data.ShardedMixedDataset",
-                          "midtrain.data.sharded_mixed.ShardedMixedDataset", "ShardedMixedDataset"):
-        raise ConfigError(f"{path}: data.class_path", f"{class_path!r}: `midtrain mix` plans ShardedMixedDataset only")
-    unknown = set(data) - {"class_path", "init_args"}
-    if unknown:
-        raise ConfigError(f"{path}: data", f"unknown key {sorted(unknown)[0]!r} beside class_path/init_args")
-    return data.get("init_args") or {}
+def run_parser(description: str):
+    """The parser of a run config: every argument of ``midtrain.train.pretrain.setup``."""
+    from midtrain.train.pretrain import setup
+
+    parser = _parser(description)
+    parser.add_argument("--config", type=Optional[str], default=None, help="run YAML (${VARS} are expanded)")
+    parser.add_function_arguments(setup, skip={"hparams"})
+    # `--data.data_path X` without a class_path means our DataModule.
+    parser.set_defaults(data={"class_path": "midtrain.data.ShardedMixedDataset"})
+    return parser
 
 
-def _block_size(train, model_name: Optional[str], model_config: Optional[dict]) -> int:
+def parse_run(parser, argv: list[str]):
+    """Parse argv (with ``--config`` read by us, for ${VAR} expansion) -> (namespace, instantiated)."""
+    import yaml
+
+    from midtrain.config_io import load_config
+
+    argv = list(argv)
+    config_path = _take_config(argv)
+    if config_path is not None:
+        argv = ["--run_yaml", yaml.safe_dump(load_config(config_path))] + argv
+    args = parser.parse_args(argv)
+    return args, parser.instantiate_classes(args)
+
+
+def pretrain(argv: list[str]) -> int:
+    """``midtrain pretrain``: pretrain / midtrain / resume (see midtrain.train.pretrain)."""
+    from midtrain.train.pretrain import run_config_dict, setup
+
+    parser = run_parser("Pretrain, or midtrain from a base checkpoint with a new mixture (resume_from).")
+    args, init = parse_run(parser, argv)
+    kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "run_yaml", "__path__")}
+    hparams = run_config_dict({k: v for k, v in args.as_dict().items() if k not in ("config", "run_yaml", "__path__")})
+    return setup(**kwargs, hparams=hparams)
+
+
+def _block_size(train, model_name: Optional[str], model_config) -> int:
     if train.max_seq_length is not None:
         return train.max_seq_length
-    if model_config and "block_size" in model_config:
-        return int(model_config["block_size"])
+    if model_config is not None:
+        return int(model_config.block_size)
     if model_name:
         from litgpt import Config
 
@@ -71,37 +92,20 @@ def _block_size(train, model_name: Optional[str], model_config: Optional[dict]) 
 
 
 def mix(argv: list[str]) -> int:
-    """``midtrain mix``: discovery + weights + the per-shard plan for a run config."""
-    from midtrain.config_io import load_config
+    """``midtrain mix``: discovery + weights + the per-shard plan of a run config, without training."""
     from midtrain.data.plan import format_plan
     from midtrain.data.sharded_mixed import ShardedMixedDataset
-    from midtrain.train.args import TrainArgs
 
-    parser = _parser("Show the mixture plan of a run: one row per shard, with the tokens the run draws from it.")
-    parser.add_argument("--config", type=Optional[str], default=None, help="run YAML (pretrain/midtrain config)")
-    parser.add_class_arguments(ShardedMixedDataset, "data")
-    parser.add_class_arguments(TrainArgs, "train")
-    parser.add_argument("--model_name", type=Optional[str], default=None)
-    parser.add_argument("--model_config", type=Optional[dict], default=None)
+    parser = run_parser("Show the mixture plan of a run: one row per shard, with the tokens the run draws from it.")
     parser.add_argument("--tokens", type=Optional[int], default=None,
                         help="tokens the run trains on (default: train.max_steps x global_batch_size x max_seq_length)")
     parser.add_argument("--json", type=Optional[str], default=None, help="also write the plan as JSON to this path ('-' = stdout)")
-
-    config_path = _take_config(argv)
-    if config_path is not None:
-        cfg = load_config(config_path)
-        selected = {"data": _data_section(cfg, config_path)}
-        for key in ("train", "model_name", "model_config"):
-            if cfg.get(key) is not None:
-                selected[key] = cfg[key]
-        import yaml
-
-        argv = ["--run_yaml", yaml.safe_dump(selected)] + argv
-    args = parser.parse_args(argv)
-    objs = parser.instantiate_classes(args)
-    data: ShardedMixedDataset = objs.data
-    train: TrainArgs = objs.train
-    seq = _block_size(train, args.model_name, args.model_config)
+    args, init = parse_run(parser, argv)
+    data = init.data if init.data is not None else ShardedMixedDataset()
+    if not isinstance(data, ShardedMixedDataset):
+        raise ConfigError("data.class_path", f"{type(data).__name__}: `midtrain mix` plans ShardedMixedDataset only")
+    train = init.train
+    seq = _block_size(train, args.model_name, init.model_config)
     data.connect(batch_size=train.micro_batch_size, max_seq_length=seq, global_batch_size=train.global_batch_size)
     if args.tokens is not None:
         if args.tokens < 0:
@@ -111,6 +115,8 @@ def mix(argv: list[str]) -> int:
         total_samples = train.max_tokens // seq
     else:
         steps = train.total_steps(seq_length=seq)
+        if steps is None and train.max_additional_steps is not None:
+            steps = train.max_additional_steps
         total_samples = None if steps is None else steps * train.global_batch_size
     plan = data.plan(total_samples)
     print(format_plan(plan))
@@ -145,7 +151,7 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"mix": mix}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"mix": mix, "pretrain": pretrain}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,154 @@
+"""Checkpoints: atomic, never overwritten, litgpt-compatible layout.
+
+``out_dir/step-00001000/`` holds ``lit_model.pth`` (``{"model", "optimizer", "train_dataloader",
+"iter_num", "step_count", ...}``, litgpt's pretrain layout, so litgpt tools load it),
+``model_config.yaml``, ``hyperparameters.yaml`` (the resolved run config), tokenizer files and
+``training_state.json`` (counters, data state, mixture stages: readable without torch).
+
+Writes go to a hidden ``.step-XXXXXXXX.partial`` folder, are fsynced, then renamed into place; the
+``latest`` pointer file is replaced last. A process killed mid-write leaves only the hidden
+folder, which discovery ignores and the next save clears: the previous checkpoint stays valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from midtrain.errors import ConfigError
+
+MODEL_FILE = "lit_model.pth"
+STATE_FILE = "training_state.json"
+LATEST = "latest"
+FINAL = "final"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The optimizer step a checkpoint folder holds (from its name or training_state.json)."""
+    state = Path(path) / STATE_FILE
+    if state.is_file():
+        try:
+            return int(json.loads(state.read_text())["step"])
+        except (ValueError, KeyError, OSError):
+            return None
+    m = _STEP_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in out_dir (step-* and final, symlinks included), oldest first."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = []
+    for entry in out_dir.iterdir():
+        if entry.name.startswith(".") or not (_STEP_RE.match(entry.name) or entry.name == FINAL):
+            continue
+        if not (entry / MODEL_FILE).is_file():
+            continue
+        step = checkpoint_step(entry)
+        if step is not None:
+            found.append((step, entry))
+    return sorted(found, key=lambda x: (x[0], x[1].name == FINAL))
+
+
+def latest_checkpoint(out_dir: Path) -> Optional[Path]:
+    found = list_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+
+def read_training_state(path: Path) -> dict:
+    try:
+        return json.loads((Path(path) / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(Path(path) / STATE_FILE), f"unreadable ({e})") from None
+
+
+def check_checkpoint(path: Path, field: str) -> Path:
+    path = Path(path)
+    if path.is_file() and path.name == MODEL_FILE:
+        path = path.parent
+    if not (path / MODEL_FILE).is_file():
+        raise ConfigError(field, f"{path} is not a checkpoint (no {MODEL_FILE})")
+    return path
+
+
+def save_checkpoint(fabric, out_dir: Path, name: str, state: dict[str, Any], training_state: dict,
+                    hparams: dict, model_config, tokenizer_dir: Optional[Path], keep_last_n: Optional[int]) -> Path:
+    """Write checkpoint ``out_dir/name`` atomically on all ranks; rank 0 finalises it."""
+    from litgpt.utils import copy_config_files, save_config
+
+    out_dir = Path(out_dir)
+    final = out_dir / name
+    partial = out_dir / f".{name}.partial"
+    if final.exists() or final.is_symlink():
+        raise ConfigError(str(final), "already exists; checkpoint folders are never overwritten "
+                          "(use a new out_dir, or remove it yourself)")
+    if fabric.global_rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a process killed mid-write
+        partial.mkdir(parents=True)
+    fabric.barrier()
+    fabric.save(partial / MODEL_FILE, state)
+    if fabric.global_rank == 0:
+        (partial / STATE_FILE).write_text(json.dumps(training_state, indent=1))
+        (partial / "hyperparameters.yaml").write_text(yaml.safe_dump(hparams, sort_keys=False))
+        save_config(model_config, partial)
+        if tokenizer_dir is not None:
+            copy_config_files(Path(tokenizer_dir), partial)
+        _fsync_tree(partial)
+        os.rename(partial, final)
+        _fsync_dir(out_dir)
+        write_text_atomic(out_dir / LATEST, name + "\n")
+        if keep_last_n:
+            prune(out_dir, keep_last_n)
+    fabric.barrier()
+    return final
+
+
+def prune(out_dir: Path, keep_last_n: int) -> None:
+    """Delete all but the newest ``keep_last_n`` step folders this run wrote (symlinks are left alone)."""
+    steps = [(s, p) for s, p in list_checkpoints(out_dir) if p.name != FINAL and not p.is_symlink()]
+    for _, path in steps[:-keep_last_n]:
+        shutil.rmtree(path)

@@ -1,0 +1,60 @@
+"""Per-source training metrics and throughput: what each log line and logger entry reports."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import torch
+
+
+class SourceMeter:
+    """Sums of per-sample loss and sample counts per source since the last log (on device)."""
+
+    def __init__(self, n_sources: int, device) -> None:
+        self.loss = torch.zeros(n_sources, dtype=torch.float64, device=device)
+        self.count = torch.zeros(n_sources, dtype=torch.float64, device=device)
+
+    def add(self, sources: torch.Tensor, per_sample_loss: torch.Tensor) -> None:
+        self.loss.index_add_(0, sources, per_sample_loss.double())
+        self.count.index_add_(0, sources, torch.ones_like(per_sample_loss, dtype=torch.float64))
+
+    def reduce(self, fabric) -> tuple[torch.Tensor, torch.Tensor]:
+        """Totals over all ranks, then reset."""
+        # clone: on one process all_reduce returns the very tensor we zero below
+        loss = fabric.all_reduce(self.loss.clone(), reduce_op="sum").cpu()
+        count = fabric.all_reduce(self.count.clone(), reduce_op="sum").cpu()
+        self.loss.zero_()
+        self.count.zero_()
+        return loss, count
+
+
+def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the weights plus attention scores (PaLM appendix B)."""
+    return 6 * n_params + 12 * n_layer * n_embd * seq_len
+
+
+def available_flops(fabric, precision: str) -> float | None:
+    if fabric.device.type != "cuda":
+        return None
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
+    return get_available_flops(fabric.device, dtype)
+
+
+class Progress:
+    """Tokens/s over the last interval (wall clock, not a timestamp) and ETA for the run."""
+
+    def __init__(self, start_step: int, end_step: int) -> None:
+        self.start_step, self.end_step = start_step, end_step
+        self.t0 = self.t_last = time.perf_counter()
+        self.tokens_last = 0
+
+    def tick(self, step: int, tokens_since_start: int) -> tuple[float, str]:
+        now = time.perf_counter()
+        rate = (tokens_since_start - self.tokens_last) / max(now - self.t_last, 1e-9)
+        self.t_last, self.tokens_last = now, tokens_since_start
+        done = step - self.start_step
+        eta = (now - self.t0) / done * (self.end_step - step) if done else 0.0
+        return rate, str(timedelta(seconds=int(eta)))

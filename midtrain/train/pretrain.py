@@ -1,0 +1,448 @@
+"""``midtrain pretrain``: pretraining, midtraining and preemption resume in one loop.
+
+Read top to bottom: ``setup`` resolves the config and starts Fabric; ``main`` builds the model,
+optimizer and data, restores a checkpoint if there is one, and runs ``fit``; ``fit`` is the loop.
+
+Where a run starts from:
+- ``resume: auto`` / ``true`` / a path: a checkpoint of *this* run (preemption). Everything
+  resumes sample-exactly, the data included.
+- ``resume_from: <base out_dir>/step-00040000`` with a new ``out_dir``: midtraining. Model,
+  optimizer, counters and data positions come from the base run; a changed mixture is appended as
+  a new stage (each source continues where it stopped), the LR schedule continues.
+- ``initial_checkpoint_dir``: weights only, step 0.
+A SIGTERM/SIGUSR1 checkpoints at the next step boundary and exits with ``EXIT_REQUEUE`` (75).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from litgpt import Config, Tokenizer
+from litgpt.data import DataModule
+from litgpt.model import GPT, Block
+from litgpt.utils import choose_logger, get_default_supported_precision, instantiate_torch_optimizer, num_parameters
+
+from midtrain.errors import ConfigError
+from midtrain.train import checkpoint as ckpt
+from midtrain.train.args import EvalArgs, TrainArgs
+from midtrain.train.metrics import Progress, SourceMeter, available_flops, flops_per_token
+from midtrain.train.schedules import Schedule, warmup_steps
+
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed after a signal; the SLURM launcher requeues on it
+
+
+def setup(
+    model_name: Optional[str] = None,
+    model_config: Optional[Config] = None,
+    out_dir: Path = Path("out/pretrain"),
+    precision: Optional[str] = None,
+    initial_checkpoint_dir: Optional[Path] = None,
+    resume: Union[bool, Literal["auto"], Path] = False,
+    resume_from: Optional[Path] = None,
+    overwrite_source: bool = False,
+    data: Optional[DataModule] = None,
+    train: TrainArgs = TrainArgs(),
+    eval: EvalArgs = EvalArgs(),
+    optimizer: Union[str, dict] = "AdamW",
+    devices: Union[int, str] = "auto",
+    num_nodes: Optional[int] = None,
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    tokenizer_dir: Optional[Path] = None,
+    logger_name: Literal["tensorboard", "csv", "wandb"] = "tensorboard",
+    seed: int = 42,
+    compile: Optional[bool] = None,
+    keep_last_n: Optional[int] = None,
+    hparams: Optional[dict] = None,
+) -> int:
+    """Pretrain or midtrain a litgpt model on ShardedMixedDataset.
+
+    Args:
+        model_name: a litgpt model name (e.g. ``pythia-160m``); or give ``model_config``.
+        model_config: a litgpt Config (overrides ``model_name``).
+        out_dir: where checkpoints and logs go.
+        precision: Fabric precision (default: bf16-true where supported, 32-true on CPU).
+        initial_checkpoint_dir: load model weights only from here, start at step 0.
+        resume: ``auto`` (newest checkpoint in out_dir, if any), ``true`` (must exist), a checkpoint path, or false.
+        resume_from: midtrain: continue the base run's checkpoint into this new ``out_dir``.
+        overwrite_source: allow ``out_dir`` to be the base run's folder (otherwise refused).
+        data: the DataModule (default: ShardedMixedDataset).
+        train: run length, batch, optimisation and LR schedule.
+        eval: validation interval and size.
+        optimizer: ``AdamW`` or ``{class_path, init_args}``.
+        devices: devices per node. num_nodes: nodes (default: SLURM_NNODES or 1).
+        strategy: ``auto`` = FSDP on several GPUs, DDP (gloo) on several CPU processes.
+        tokenizer_dir: a litgpt tokenizer folder (copied into checkpoints; checks the vocabulary).
+        logger_name: tensorboard, csv or wandb.
+        seed: model init seed.
+        compile: torch.compile the model (default: on for CUDA, off on CPU).
+        keep_last_n: keep only the newest N step checkpoints of this run.
+    """
+    from midtrain.data.sharded_mixed import ShardedMixedDataset
+
+    if model_config is None:
+        if model_name is None:
+            raise ConfigError("model_name", "give model_name or model_config")
+        try:
+            model_config = Config.from_name(model_name)
+        except ValueError:
+            raise ConfigError("model_name", f"{model_name!r} is not a litgpt model name") from None
+    if train.tie_embeddings is not None:
+        model_config.tie_embeddings = train.tie_embeddings
+    data = ShardedMixedDataset() if data is None else data
+    out_dir = Path(out_dir)
+    if resume_from is not None:
+        resume_from = ckpt.check_checkpoint(resume_from, "resume_from")
+        if out_dir.resolve() == resume_from.resolve().parent and not overwrite_source:
+            raise ConfigError("out_dir", f"{out_dir} is the base run's folder of resume_from; midtrain into a new "
+                              "out_dir (or set overwrite_source: true)")
+    num_nodes = num_nodes or int(os.environ.get("SLURM_NNODES", 1))
+    accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    n_devices = _device_count(devices, accelerator)
+    world = n_devices * num_nodes
+    if train.global_batch_size % (train.micro_batch_size * world):
+        raise ConfigError("train.global_batch_size", f"{train.global_batch_size} is not divisible by "
+                          f"micro_batch_size {train.micro_batch_size} x {world} processes")
+    precision = precision or (get_default_supported_precision(training=True) if accelerator == "cuda" else "32-true")
+    if world > 1 and strategy in ("auto", "fsdp") and accelerator == "cuda":
+        from lightning.fabric.strategies import FSDPStrategy
+
+        fabric_strategy = FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full", sharding_strategy="HYBRID_SHARD")
+    elif world > 1:
+        from lightning.fabric.strategies import DDPStrategy
+
+        fabric_strategy = DDPStrategy(process_group_backend="nccl" if accelerator == "cuda" else "gloo")
+    else:
+        fabric_strategy = "auto"
+    logger = choose_logger(logger_name, out_dir, name=f"midtrain-{out_dir.name}", log_interval=train.log_interval,
+                           log_args={}, resume=bool(resume))
+    fabric = L.Fabric(accelerator=accelerator, devices=n_devices, num_nodes=num_nodes, strategy=fabric_strategy,
+                      precision=precision, loggers=[logger])
+    fabric.launch()
+    return main(fabric, model_config, out_dir, precision, initial_checkpoint_dir, resume, resume_from, data, train,
+                eval, optimizer, tokenizer_dir, seed, accelerator == "cuda" if compile is None else compile,
+                keep_last_n, hparams or {})
+
+
+def load_tokenizer(tokenizer_dir: Path) -> Tokenizer:
+    """litgpt's Tokenizer, with a one-line error naming the folder when it cannot be loaded."""
+    try:
+        return Tokenizer(tokenizer_dir)
+    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+        raise ConfigError("tokenizer_dir", f"{tokenizer_dir} is not a litgpt tokenizer folder "
+                          f"(tokenizer.json + tokenizer_config.json): {type(e).__name__}: {e}") from None
+
+
+def _device_count(devices: Union[int, str], accelerator: str) -> int:
+    if devices == "auto":
+        return torch.cuda.device_count() if accelerator == "cuda" else 1
+    try:
+        n = int(devices)
+    except ValueError:
+        raise ConfigError("devices", f"expected an integer or 'auto', got {devices!r}") from None
+    if n < 1:
+        raise ConfigError("devices", f"must be >= 1, got {n}")
+    return n
+
+
+def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_checkpoint_dir, resume, resume_from,
+         data: DataModule, train: TrainArgs, eval: EvalArgs, optimizer_spec, tokenizer_dir, seed: int,
+         compile: bool, keep_last_n, hparams: dict) -> int:
+    from midtrain.data.sharded_mixed import ShardedMixedDataset
+
+    # ---- where this job starts ----
+    resume_path = _resume_path(resume, out_dir)
+    start_kind = "resume" if resume_path else ("midtrain" if resume_from else "fresh")
+    load_path = resume_path or resume_from
+
+    # ---- model, tokenizer, optimizer ----
+    fabric.seed_everything(seed, verbose=False)
+    seq_len = train.max_seq_length or model_config.block_size
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
+    if tokenizer is not None:
+        from midtrain.data.sharded_mixed import tokenizer_vocab_size
+
+        vocab = tokenizer_vocab_size(tokenizer)
+        if vocab > model_config.padded_vocab_size:
+            raise ConfigError("tokenizer_dir", f"tokenizer vocabulary {vocab} is larger than the model's "
+                              f"padded_vocab_size {model_config.padded_vocab_size}")
+    with fabric.init_module(empty_init=False):
+        model = GPT(model_config)
+    from litgpt.pretrain import initialize_weights
+
+    initialize_weights(fabric, model, n_layer=model_config.n_layer, n_embd=model_config.n_embd)
+    model.max_seq_length = seq_len
+    if initial_checkpoint_dir is not None and load_path is None:
+        path = ckpt.check_checkpoint(initial_checkpoint_dir, "initial_checkpoint_dir") / ckpt.MODEL_FILE
+        _load(fabric, path, {"model": model}, "initial_checkpoint_dir", strict=True, raw=True)
+    n_params = num_parameters(model)
+    fabric.print(f"model: {n_params / 1e6:.1f}M parameters, seq {seq_len}, {start_kind} run -> {out_dir}")
+    if compile:
+        model = torch.compile(model)
+    model = fabric.setup(model)
+    optimizer = instantiate_torch_optimizer(optimizer_spec, model.parameters())
+    optimizer = fabric.setup_optimizers(optimizer)
+    max_lr = train.max_lr if train.max_lr is not None else optimizer.param_groups[0]["lr"]
+
+    # ---- data ----
+    data.connect(tokenizer=tokenizer, batch_size=train.micro_batch_size, max_seq_length=seq_len,
+                 global_batch_size=train.global_batch_size)
+    if isinstance(data, ShardedMixedDataset) and data.vocab_size is None:
+        data.vocab_size = model_config.padded_vocab_size
+    with fabric.rank_zero_first():
+        data.prepare_data()
+    data.setup()
+    exact = isinstance(data, ShardedMixedDataset) and data.mixer == "exact"
+    train_loader = data.train_dataloader(with_source_ids=True) if exact else data.train_dataloader()
+    val_loaders = data.val_dataloaders() if hasattr(data, "val_dataloaders") else {"val": data.val_dataloader()}
+    val_loaders = {k: v for k, v in val_loaders.items() if v is not None}
+
+    # ---- restore ----
+    state: dict[str, Any] = {"model": model, "optimizer": optimizer, "train_dataloader": train_loader,
+                             "iter_num": 0, "step_count": 0, "tokens": 0, "source_tokens": {}, "end_step": None,
+                             "decay_from": None}
+    if load_path is not None:
+        if start_kind == "resume":
+            _check_no_newer_checkpoints(out_dir, load_path)
+        fabric.print(f"loading {load_path}")
+        _load(fabric, load_path / ckpt.MODEL_FILE, state, "resume_from" if start_kind == "midtrain" else "resume")
+    start_step = state["step_count"]
+    total_steps = train.total_steps(fabric.world_size, 1, seq_len)
+    if start_kind == "resume" and state["end_step"] is not None and train.max_steps is None:
+        end_step = state["end_step"]  # max_additional_steps counts from where the job first started
+    elif train.max_additional_steps is not None:
+        end_step = start_step + train.max_additional_steps
+    elif total_steps is not None:
+        end_step = total_steps
+    else:
+        raise ConfigError("train.max_steps", "set max_steps, max_additional_steps, max_iters or max_tokens")
+    state["end_step"] = end_step
+    if start_step >= end_step:
+        fabric.print(f"run already complete: step {start_step} >= {end_step}")
+        if not (out_dir / ckpt.FINAL).exists() and start_kind == "resume":
+            _save(fabric, out_dir, ckpt.FINAL, state, train_loader, hparams, model_config, tokenizer_dir, None)
+        return 0
+
+    horizon = total_steps if total_steps is not None else end_step
+    if train.lr_scheduler == "decay" and state["decay_from"] is None:
+        state["decay_from"] = [start_step, optimizer.param_groups[0]["lr"] if start_step else max_lr]
+    decay_step, decay_lr = state["decay_from"] or (0, None)
+    schedule = Schedule(train.lr_scheduler, max_lr, train.min_lr, horizon,
+                        warmup_steps(horizon, train.lr_warmup_steps, train.lr_warmup_fraction), train.stable_steps,
+                        train.decay_fraction, train.decay_shape, decay_step, decay_lr)
+    return fit(fabric, state, schedule, end_step, train, eval, val_loaders, out_dir, seq_len, model_config,
+               tokenizer_dir, keep_last_n, hparams, n_params, precision)
+
+
+def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval: EvalArgs, val_loaders, out_dir,
+        seq_len, model_config, tokenizer_dir, keep_last_n, hparams, n_params, precision) -> int:
+    model, optimizer, loader = state["model"], state["optimizer"], state["train_dataloader"]
+    source_ids = list(getattr(loader, "source_ids", ["all"]))
+    accum = train.global_batch_size // (train.micro_batch_size * fabric.world_size)
+    meter = SourceMeter(len(source_ids), fabric.device)
+    progress = Progress(state["step_count"], end_step)
+    peak = available_flops(fabric, precision)
+    fpt = flops_per_token(n_params, model_config.n_layer, model_config.n_embd, seq_len)
+    stop = _install_signal_handlers()
+    trace = _sample_trace(fabric)
+    tokens_at_start = state["tokens"]
+
+    if eval.initial_validation and state["step_count"] == 0:
+        _log_validation(fabric, model, val_loaders, eval, state["step_count"])
+    data_iter = iter(loader)
+    model.train()
+    while state["step_count"] < end_step:
+        if _any_rank(fabric, stop["requested"]):
+            fabric.print(f"signal received: checkpointing step {state['step_count']} and exiting {EXIT_REQUEUE}")
+            name = ckpt.step_name(state["step_count"])
+            if not (out_dir / name).exists():
+                _save(fabric, out_dir, name, state, loader, hparams, model_config, tokenizer_dir, keep_last_n)
+            _finalize_loggers(fabric, "aborted")
+            return EXIT_REQUEUE
+        lr = schedule.lr_at(state["step_count"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(accum):
+            batch = next(data_iter)
+            tokens, sources = batch if isinstance(batch, (tuple, list)) else (batch, torch.zeros(len(batch), dtype=torch.long))
+            if trace is not None:
+                trace.write(f"{state['step_count']} {micro} {zlib.crc32(tokens.numpy().tobytes())}\n")
+            tokens = fabric.to_device(tokens.long())
+            sources = fabric.to_device(sources.long())
+            inputs, targets = tokens[:, :seq_len], tokens[:, 1:seq_len + 1]
+            with fabric.no_backward_sync(model, enabled=micro < accum - 1):
+                logits = model(inputs)
+                per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                            reduction="none").view(targets.shape)
+                per_sample = per_token.mean(dim=1)
+                fabric.backward(per_sample.mean() / accum)
+            meter.add(sources, per_sample.detach())
+            state["iter_num"] += 1
+        if train.max_norm:
+            fabric.clip_gradients(model, optimizer, max_norm=train.max_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step_count"] += 1
+        state["tokens"] += train.global_batch_size * seq_len
+        step = state["step_count"]
+
+        if step % train.log_interval == 0 or step == end_step:
+            loss_sum, count = meter.reduce(fabric)
+            for sid, n in zip(source_ids, count.tolist()):
+                state["source_tokens"][sid] = state["source_tokens"].get(sid, 0) + int(n) * seq_len
+            rate, eta = progress.tick(step, state["tokens"] - tokens_at_start)
+            loss = float(loss_sum.sum() / count.sum().clamp(min=1))
+            metrics = {"loss": loss, "lr": lr, "tokens": state["tokens"], "tokens_per_sec": rate, "step": step}
+            if peak:
+                metrics["mfu"] = rate * fpt / (peak * fabric.world_size)
+            total = max(1, sum(state["source_tokens"].values()))
+            for i, sid in enumerate(source_ids):
+                if count[i] > 0:
+                    metrics[f"train_loss/{sid}"] = float(loss_sum[i] / count[i])
+                metrics[f"source_tokens/{sid}"] = state["source_tokens"].get(sid, 0)
+                metrics[f"source_share/{sid}"] = state["source_tokens"].get(sid, 0) / total
+            fabric.log_dict(metrics, step=step)
+            mfu = f" | MFU {metrics['mfu']:.1%}" if peak else ""
+            fabric.print(f"step {step}/{end_step} | loss {loss:.4f} | lr {lr:.3e} | {rate:,.0f} tok/s{mfu} | ETA {eta}")
+        if val_loaders and eval.interval and step % eval.interval == 0 and step != end_step:
+            _log_validation(fabric, model, val_loaders, eval, step)
+        if train.save_interval and step % train.save_interval == 0 and step != end_step:
+            _save(fabric, out_dir, ckpt.step_name(step), state, loader, hparams, model_config, tokenizer_dir, keep_last_n)
+
+    if val_loaders and eval.final_validation:
+        _log_validation(fabric, model, val_loaders, eval, state["step_count"])
+    _save(fabric, out_dir, ckpt.FINAL, state, loader, hparams, model_config, tokenizer_dir, None)
+    _finalize_loggers(fabric, "success")
+    fabric.print(f"done: {state['step_count']} steps, {state['tokens']:,} tokens -> {out_dir / ckpt.FINAL}")
+    return 0
+
+
+def _finalize_loggers(fabric, status: str) -> None:
+    for logger in fabric.loggers:  # flush buffered rows (the CSV logger writes in batches)
+        logger.finalize(status)
+
+
+@torch.no_grad()
+def validate(fabric, model, loader, max_iters: int) -> float:
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=fabric.device)
+    seq = model.max_seq_length
+    for k, batch in enumerate(loader):
+        if k >= max_iters:
+            break
+        tokens = fabric.to_device((batch[0] if isinstance(batch, (tuple, list)) else batch).long())
+        logits = model(tokens[:, :seq])
+        targets = tokens[:, 1:seq + 1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="sum")
+        total += torch.stack([loss.double(), torch.tensor(targets.numel(), dtype=torch.float64, device=fabric.device)])
+    total = fabric.all_reduce(total, reduce_op="sum")
+    model.train()
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def _log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> None:
+    metrics = {}
+    for name, loader in val_loaders.items():
+        loss = validate(fabric, model, loader, eval.max_iters)
+        metrics[f"val_loss/{name}"] = loss
+        metrics[f"val_ppl/{name}"] = math.exp(min(loss, 50))
+    fabric.log_dict(metrics, step=step)
+    fabric.print("validation " + " | ".join(f"{n} loss {metrics[f'val_loss/{n}']:.4f} ppl {metrics[f'val_ppl/{n}']:.2f}"
+                                             for n in val_loaders))
+
+
+def _save(fabric, out_dir, name, state, loader, hparams, model_config, tokenizer_dir, keep_last_n) -> None:
+    data_state = loader.state_dict() if hasattr(loader, "state_dict") else {}
+    training_state = {
+        "step": state["step_count"], "iter_num": state["iter_num"], "tokens": state["tokens"],
+        "end_step": state["end_step"], "source_tokens": state["source_tokens"], "data": data_state,
+    }
+    ckpt.save_checkpoint(fabric, out_dir, name, state, training_state, hparams, model_config, tokenizer_dir, keep_last_n)
+    fabric.print(f"saved {Path(out_dir) / name}")
+
+
+def _load(fabric, path: Path, state: dict, field: str, strict: bool = True, raw: bool = False) -> None:
+    try:
+        if raw:
+            fabric.load_raw(path, state["model"], strict=strict)
+        else:
+            remainder = fabric.load(path, state, strict=False)
+            state.update({k: v for k, v in remainder.items() if k in state})
+    except ConfigError:
+        raise
+    except RuntimeError as e:
+        msg = " ".join(str(e).split())
+        if "size mismatch" in msg or "Missing key" in msg or "Unexpected key" in msg:
+            raise ConfigError(field, f"{path} does not match the model config ({msg[:200]})") from None
+        raise ConfigError(field, f"{path} could not be loaded ({msg[:200]})") from None
+    except (OSError, EOFError, ValueError, KeyError, __import__("pickle").UnpicklingError) as e:
+        raise ConfigError(field, f"{path} is missing or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _resume_path(resume, out_dir: Path) -> Optional[Path]:
+    if resume is False or resume is None:
+        return None
+    if resume == "auto":
+        return ckpt.latest_checkpoint(out_dir)
+    if resume is True:
+        path = ckpt.latest_checkpoint(out_dir)
+        if path is None:
+            raise ConfigError("resume", f"true, but {out_dir} holds no checkpoint (use resume: auto to start fresh)")
+        return path
+    return ckpt.check_checkpoint(Path(resume), "resume")
+
+
+def _check_no_newer_checkpoints(out_dir: Path, load_path: Path) -> None:
+    step = ckpt.checkpoint_step(load_path)
+    newer = [p.name for s, p in ckpt.list_checkpoints(out_dir) if step is not None and s > step]
+    if newer:
+        raise ConfigError("resume", f"{out_dir} holds {newer[0]} beyond the resume point {load_path.name}; "
+                          "a checkpoint is never overwritten: resume from the newest or use a new out_dir")
+
+
+def _install_signal_handlers() -> dict:
+    flag = {"requested": False}
+
+    def handler(signum, frame):
+        flag["requested"] = True
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, handler)
+    return flag
+
+
+def _any_rank(fabric, value: bool) -> bool:
+    if fabric.world_size == 1:
+        return value
+    return bool(fabric.all_reduce(torch.tensor(float(value), device=fabric.device), reduce_op="sum") > 0)
+
+
+def _sample_trace(fabric):
+    """Debug aid: MIDTRAIN_SAMPLE_TRACE=prefix writes one line per consumed micro-batch (step, micro, crc32)."""
+    prefix = os.environ.get("MIDTRAIN_SAMPLE_TRACE")
+    if not prefix:
+        return None
+    return open(f"{prefix}.rank{fabric.global_rank}", "a", buffering=1)
+
+
+def run_config_dict(cfg) -> dict:
+    """The resolved config as plain data, for hyperparameters.yaml."""
+    def plain(v):
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if hasattr(v, "__dataclass_fields__"):
+            return plain(asdict(v))
+        return v
+    return plain(cfg)

@@ -1,0 +1,240 @@
+"""The trainer end to end on CPU: tiny model, real shards, real subprocesses and signals."""
+
+import csv
+import glob
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, run_cli
+
+TINY_MODEL = {"name": "tiny", "block_size": 32, "vocab_size": 512, "padded_vocab_size": 512, "n_layer": 2,
+              "n_head": 2, "n_embd": 32, "rotary_percentage": 0.25, "parallel_residual": True, "bias": True,
+              "norm_class_name": "LayerNorm", "mlp_class_name": "GptNeoxMLP", "intermediate_size": 128}
+
+
+def write_config(tmp_path, real_tree, name="run.yaml", mix="main:0.9,math:0.1", workers=0, train=None, **top):
+    cfg = {
+        "model_config": TINY_MODEL, "out_dir": str(tmp_path / "base"), "logger_name": "csv",
+        "data": {"class_path": "litgpt.data.ShardedMixedDataset",
+                 "init_args": {"data_path": str(real_tree), "val_data_path": str(real_tree.parent / "val"),
+                               "mix_weights_str": mix, "num_workers": workers}},
+        "train": {"max_steps": 24, "global_batch_size": 8, "micro_batch_size": 4, "max_seq_length": 16,
+                  "log_interval": 1, "save_interval": 8, "lr_warmup_steps": 2, "min_lr": 1e-4, **(train or {})},
+        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003, "weight_decay": 0.1}},
+        "eval": {"interval": 8, "max_iters": 2},
+    }
+    cfg.update(top)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def metrics(out_dir):
+    (path,) = glob.glob(os.path.join(out_dir, "logs", "csv", "version_*", "metrics.csv"))[-1:]
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def weights(ckpt_dir):
+    return torch.load(os.path.join(ckpt_dir, "lit_model.pth"), weights_only=False)["model"]
+
+
+def assert_same_weights(a, b, atol=1e-6):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=atol, rtol=0), k
+
+
+def test_tiny_pretrain_learns_and_writes_checkpoints_and_logs(tmp_path, real_tree):
+    cfg = write_config(tmp_path, real_tree, train={"max_steps": 40, "save_interval": 10}, keep_last_n=2)
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "base"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("step-", "final"))) == \
+        ["final", "step-00000020", "step-00000030"]  # keep_last_n pruned step-10
+    assert (out / "latest").read_text().strip() == "final"
+    for f in ("lit_model.pth", "model_config.yaml", "hyperparameters.yaml", "training_state.json"):
+        assert (out / "final" / f).is_file()
+    ckpt = torch.load(out / "final" / "lit_model.pth", weights_only=False)
+    assert {"model", "optimizer", "train_dataloader", "iter_num", "step_count"} <= ckpt.keys()
+    rows = metrics(out)
+    train_rows = [r for r in rows if r["loss"]]
+    first, last = float(train_rows[0]["loss"]), sum(float(r["loss"]) for r in train_rows[-5:]) / 5
+    assert last < first - 0.3, (first, last)
+    assert {"train_loss/main/1", "train_loss/m1", "source_tokens/m1", "val_loss/main", "val_loss/code",
+            "val_ppl/gsm8k", "tokens_per_sec", "lr"} <= rows[0].keys()
+    assert float(train_rows[-1]["source_share/m1"]) == pytest.approx(0.1, abs=0.01)
+    assert "step 40/40" in r.stdout and "ETA" in r.stdout
+    # litgpt's own loader reads the checkpoint
+    from litgpt import GPT, Config
+
+    model = GPT(Config.from_file(out / "final" / "model_config.yaml"))
+    model.load_state_dict(ckpt["model"])
+
+
+def _run_until_step_then_signal(cmd, env, step, sig=signal.SIGTERM):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith(f"step {step}/"):
+            proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return proc.returncode, "".join(out)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path, real_tree, workers):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    straight = write_config(tmp_path, real_tree, "straight.yaml", workers=workers, out_dir=str(tmp_path / "a"))
+    r = run_cli("pretrain", "--config", straight, env={"MIDTRAIN_SAMPLE_TRACE": str(tmp_path / "trace_a")})
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    cfg = write_config(tmp_path, real_tree, "preempt.yaml", workers=workers, out_dir=str(tmp_path / "b"), resume="auto")
+    stop = random.Random(workers).randrange(3, 20)
+    cmd = [sys.executable, "-m", "midtrain", "pretrain", "--config", str(cfg)]
+    env["MIDTRAIN_SAMPLE_TRACE"] = str(tmp_path / "trace_b")
+    code, log = _run_until_step_then_signal(cmd, env, stop)
+    assert code == 75, log[-2000:]
+    assert "signal received" in log
+    r = run_cli("pretrain", "--config", cfg, env={"MIDTRAIN_SAMPLE_TRACE": str(tmp_path / "trace_b")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "loading" in r.stdout
+    assert_same_weights(tmp_path / "a" / "final", tmp_path / "b" / "final")
+    assert (tmp_path / "trace_a.rank0").read_text() == (tmp_path / "trace_b.rank0").read_text()
+
+
+def test_kill_9_leaves_previous_checkpoint_usable(tmp_path, real_tree):
+    cfg = write_config(tmp_path, real_tree, resume="auto", train={"save_interval": 4})
+    env = dict(os.environ, PYTHONPATH=REPO)
+    code, log = _run_until_step_then_signal([sys.executable, "-m", "midtrain", "pretrain", "--config", str(cfg)],
+                                            env, 9, signal.SIGKILL)
+    assert code == -9
+    out = tmp_path / "base"
+    # what a kill inside save_checkpoint leaves behind: a partial folder and a half-written pointer
+    partial = out / ".step-00000012.partial"
+    partial.mkdir(exist_ok=True)
+    (partial / "lit_model.pth").write_bytes(b"\x80\x02trunc")
+    (out / ".latest.tmp-1").write_text("step-000")
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "loading" in r.stdout and "step-00000008" in r.stdout
+    assert (out / "final").is_dir()
+
+
+def test_midtrain_continues_lr_separate_out_dir_and_switches_shares(tmp_path, real_tree):
+    base_cfg = write_config(tmp_path, real_tree)
+    assert run_cli("pretrain", "--config", base_cfg).returncode == 0
+    base = tmp_path / "base"
+    before = {p: hashlib.md5(open(p, "rb").read()).hexdigest() for p in glob.glob(f"{base}/**/*", recursive=True)
+              if os.path.isfile(p)}
+    mid_cfg = write_config(tmp_path, real_tree, "mid.yaml", mix="main:0.6,code:0.3,math:0.1",
+                           out_dir=str(tmp_path / "mid"), resume_from=str(base / "step-00000008"))
+    r = run_cli("pretrain", "--config", mid_cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mixture change at sample 64" in r.stdout and "c1" in r.stdout
+    after = {p: hashlib.md5(open(p, "rb").read()).hexdigest() for p in glob.glob(f"{base}/**/*", recursive=True)
+             if os.path.isfile(p)}
+    assert before == after  # the base run is untouched
+    lr_base = {int(r["step"]): float(r["lr"]) for r in metrics(base) if r["lr"]}
+    lr_mid = {int(r["step"]): float(r["lr"]) for r in metrics(tmp_path / "mid") if r["lr"]}
+    assert min(lr_mid) == 9
+    for step in lr_mid:  # one schedule: the midtrain run continues the base run's curve exactly
+        assert lr_mid[step] == pytest.approx(lr_base[step])
+    state = yaml.safe_load((tmp_path / "mid" / "final" / "training_state.json").read_text())
+    assert [s["start"] for s in state["data"]["stages"]] == [0, 64]
+    mid_rows = [r for r in metrics(tmp_path / "mid") if r["loss"]]
+    assert float(mid_rows[0]["source_tokens/c1"]) > 0
+    base8 = yaml.safe_load((base / "step-00000008" / "training_state.json").read_text())
+    assert "c1" not in base8["source_tokens"]
+    code_share = (state["source_tokens"]["c1"]) / (16 * 8 * 16)  # 16 midtrain steps x 8 samples x 16 tokens
+    assert code_share == pytest.approx(0.3, abs=0.02)
+
+
+def test_original_symlink_layout_resumes_with_a_new_mixture(tmp_path, real_tree):
+    assert run_cli("pretrain", "--config", write_config(tmp_path, real_tree)).returncode == 0
+    mid = tmp_path / "mid"
+    mid.mkdir()
+    os.symlink(tmp_path / "base" / "step-00000008", mid / "step-00000008")
+    cfg = write_config(tmp_path, real_tree, "mid.yaml", mix="main:0.5,code:0.5", out_dir=str(mid), resume=True)
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mixture change at sample 64" in r.stdout
+    assert (mid / "step-00000008").is_symlink() and (mid / "final").is_dir()
+
+
+def test_two_process_ddp_on_cpu(tmp_path, real_tree):
+    single = write_config(tmp_path, real_tree, "one.yaml", out_dir=str(tmp_path / "one"), train={"max_steps": 6})
+    ddp = write_config(tmp_path, real_tree, "two.yaml", out_dir=str(tmp_path / "two"), devices=2,
+                       train={"max_steps": 6, "micro_batch_size": 2})
+    assert run_cli("pretrain", "--config", single).returncode == 0
+    r = run_cli("pretrain", "--config", ddp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # same global batches, same math: DDP over 2 ranks matches one process up to reduction order
+    # (Adam turns that noise into visible weight differences on near-zero gradients, so compare losses)
+    one = {int(r["step"]): float(r["loss"]) for r in metrics(tmp_path / "one") if r["loss"]}
+    two = {int(r["step"]): float(r["loss"]) for r in metrics(tmp_path / "two") if r["loss"]}
+    assert one.keys() == two.keys() == set(range(1, 7))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-4)
+    s1 = yaml.safe_load((tmp_path / "one" / "final" / "training_state.json").read_text())
+    s2 = yaml.safe_load((tmp_path / "two" / "final" / "training_state.json").read_text())
+    assert s1["source_tokens"] == s2["source_tokens"] and s1["data"]["samples"] == s2["data"]["samples"] == 48
+
+
+@pytest.mark.parametrize("override,needle", [
+    ({"train": {"global_batch_size": 6}}, "train.global_batch_size"),
+    ({"bogus_key": 1}, "bogus_key"),
+    ({"resume": True}, "resume: true, but"),
+    ({"model_config": {**TINY_MODEL, "padded_vocab_size": 256, "vocab_size": 256}, "resume_from": "BASE"},
+     "does not match the model config"),
+    ({"resume_from": "CORRUPT"}, "missing or corrupt"),
+    ({"resume_from": "BASE", "out_dir": "BASEDIR"}, "out_dir: "),
+    ({"tokenizer_dir": "TOKENIZER", "model_config": {**TINY_MODEL, "padded_vocab_size": 16, "vocab_size": 16}},
+     "tokenizer vocabulary"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, real_tree, override, needle, trained_base, tiny_tokenizer):
+    fix = {"BASE": str(trained_base / "final"), "BASEDIR": str(trained_base), "TOKENIZER": str(tiny_tokenizer)}
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "lit_model.pth").write_bytes(b"not a checkpoint")
+    fix["CORRUPT"] = str(corrupt)
+    override = {k: fix.get(v, v) if isinstance(v, str) else v for k, v in override.items()}
+    train = override.pop("train", None)
+    cfg = write_config(tmp_path, real_tree, "bad.yaml", train=train, **{"out_dir": str(tmp_path / "bad"), **override})
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad" / "final").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_base(tmp_path_factory, real_tree):
+    tmp = tmp_path_factory.mktemp("trained")
+    assert run_cli("pretrain", "--config", write_config(tmp, real_tree, train={"max_steps": 8})).returncode == 0
+    return tmp / "base"
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    out = tmp_path_factory.mktemp("tok")
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|endoftext|>"])
+    tok.train_from_iterator(["hello world " * 50, "def f(x): return x + 1"] * 20, trainer)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast", '
+                                               '"eos_token": "<|endoftext|>", "bos_token": null}')
+    return out
