@@ -43,6 +43,7 @@ def run_parser(description: str):
     """The parser of a run config: every argument of ``midtrain.train.pretrain.setup``."""
     from midtrain.train.pretrain import setup
 
+    install_litgpt_alias()
     parser = _parser(description)
     parser.add_argument("--config", type=Optional[str], default=None, help="run YAML (${VARS} are expanded)")
     parser.add_function_arguments(setup, skip={"hparams"})
@@ -170,7 +171,6 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], name: str) -> i
     from jsonargparse import ArgumentError
 
     try:
-        install_litgpt_alias()
         return fn(argv)
     except ConfigError as e:
         print(f"midtrain {name}: error: {e}", file=sys.stderr)

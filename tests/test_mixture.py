@@ -163,3 +163,16 @@ def test_literal_properties(sizes, data):
     total = sum(ws.values())
     assert m.weights() == pytest.approx({k: v / total for k, v in ws.items()})
     assert [s.shard.id for s in m.sources] == [s.id for s in d.shards if s.id in ws]  # natural order
+
+
+def test_shard_ids_among_type_weights():
+    d = tree({"main": [10, 10], "qa": [1, 1, 1, 1], "code": [5, 5]})
+    m = resolve(d, mix_weights_str="main:0.8,q1:0.15,q2:0.03,q3:0.015,q4:0.005")
+    assert m.weights() == pytest.approx({"main/1": 0.4, "main/2": 0.4, "q1": 0.15, "q2": 0.03, "q3": 0.015, "q4": 0.005})
+    assert m.unused_types == ["code"]
+    m = resolve(d, mix_weights_str="code:0.5,c1:0.25,main:0.25")  # c1 exact, code's weight goes to c2
+    assert m.weights() == pytest.approx({"main/1": 0.125, "main/2": 0.125, "c1": 0.25, "c2": 0.5})
+    m = resolve(d, mix_weights_str="main:1,q1:0")
+    assert [s.id for s in m.excluded] == ["q1"]
+    with pytest.raises(ConfigError, match="type 'code' has weight 1 but all its shards are also named"):
+        resolve(d, mix_weights_str="code:1,c1:1,c2:1")

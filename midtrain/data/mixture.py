@@ -5,7 +5,8 @@ the first):
 
 - ``mix_weights_str`` — weighted mode, per *type*: ``"main:0.8,code:0.2"``. A type's weight is
   split over its shards equally (the original's behaviour) or, with ``within_type: tokens``, in
-  proportion to each shard's tokens.
+  proportion to each shard's tokens. A key may also be a shard id (``"main:0.8,q1:0.15,q2:0.05"``):
+  that shard gets exactly its weight, and its type's weight is split over the type's other shards.
 - ``literal_weights_str`` — literal mode, per *shard id*: ``"main/1:0.8,q1:0.1,q2:0.1"``.
 - ``mix_config_path`` — a JSON file: ``{"weights": {...}}`` (weighted) or ``{"literal_weights":
   ...}`` (literal), optionally ``"proportional_sampling"`` and ``"within_type"``.
@@ -230,14 +231,34 @@ def _typed_raw(spec: MixSpec, discovery: Discovery, by_type: dict[str, list[Shar
                 raise ConfigError("data_path", f"no main shards (folders 1, 2, ...) under {discovery.base}; "
                                   "give mix_weights_str or literal_weights_str to train on typed shards")
     else:
-        type_weights = dict(spec.weights)
+        type_weights, shard_weights = {}, {}
+        ids = discovery.by_id()
         for t, w in spec.weights:
+            if t in ids:  # a shard id among type weights: that shard gets exactly this weight
+                shard_weights[t] = w
+                continue
             if t not in known_types:
-                raise ConfigError(spec.field, f"unknown type {t!r} in '{t}:{w:g}' "
-                                  f"(known: {', '.join(sorted(known_types, key=type_order))}; add it with shard_types)")
+                raise ConfigError(spec.field, f"unknown type {t!r} in '{t}:{w:g}' (known types: "
+                                  f"{', '.join(sorted(known_types, key=type_order))}; shard ids also work; "
+                                  "add types with shard_types)")
+            type_weights[t] = w
+        named = {ids[sid].type for sid in shard_weights}
+        by_type = {t: [s for s in shards if s.id not in shard_weights] for t, shards in by_type.items()}
+        for t, w in type_weights.items():
             if w > 0 and not by_type.get(t):
-                raise ConfigError(spec.field, f"type {t!r} has weight {w:g} but no shards under {discovery.base}")
+                why = "all its shards are also named individually" if t in named else f"no shards under {discovery.base}"
+                raise ConfigError(spec.field, f"type {t!r} has weight {w:g} but {why}")
+        raw, excluded, used = _split_type_weights(spec, type_weights, by_type)
+        for sid, w in shard_weights.items():
+            if w > 0:
+                raw[sid] = w * (ids[sid].tokens if spec.proportional else 1)
+            else:
+                excluded.append(ids[sid])
+        return raw, excluded, used | named
+    return _split_type_weights(spec, type_weights, by_type)
 
+
+def _split_type_weights(spec: MixSpec, type_weights: dict[str, float], by_type: dict[str, list[Shard]]):
     raw: dict[str, float] = {}
     excluded: list[Shard] = []
     for t, w in type_weights.items():
