@@ -17,6 +17,7 @@ USAGE = """usage: midtrain <command> [options]
 commands:
   mix        show what a run will read from each shard (the mixture plan), without training
   pretrain   pretrain; midtrain from a base checkpoint with a new mixture (resume_from); resume
+  status     where a run stands: checkpoints, step, complete or not
 
 Run `midtrain <command> --help` for a command's options."""
 
@@ -130,6 +131,35 @@ def mix(argv: list[str]) -> int:
     return 0
 
 
+def status(argv: list[str]) -> int:
+    """``midtrain status``: where a run stands (not started / step N of M / complete)."""
+    from pathlib import Path
+
+    from midtrain.train import checkpoint as ckpt
+
+    parser = run_parser("Show where a run stands: its checkpoints, step and whether it is complete.")
+    parser.add_argument("--check_complete", "--check-complete", action="store_true",
+                        help="exit 0 if the run is complete, 3 if not (for launchers)")
+    args, init = parse_run(parser, argv)
+    out_dir = Path(args.out_dir)
+    found = ckpt.list_checkpoints(out_dir)
+    final = out_dir / ckpt.FINAL
+    state = ckpt.read_training_state(final) if (final / ckpt.MODEL_FILE).is_file() else {}
+    wanted = init.train.max_steps
+    complete = bool(state) and state.get("step", 0) >= max(state.get("end_step") or 0, wanted or 0)
+    if not found:
+        line = f"{out_dir}: not started"
+    else:
+        step, path = found[-1]
+        line = f"{out_dir}: latest {path.name} at step {step}" + (" (complete)" if complete else "")
+    if not args.check_complete:
+        print(line)
+        for step, path in found:
+            print(f"  {path.name:<16} step {step}" + (" -> " + str(path.resolve()) if path.is_symlink() else ""))
+        return 0
+    return 0 if complete else 3
+
+
 def _take_config(argv: list[str]) -> Optional[str]:
     """Remove ``--config X`` / ``--config=X`` from argv (we read it ourselves: see `mix`)."""
     for i, a in enumerate(argv):
@@ -152,7 +182,7 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"mix": mix, "pretrain": pretrain}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"mix": mix, "pretrain": pretrain, "status": status}
 
 
 def main(argv: list[str] | None = None) -> None:

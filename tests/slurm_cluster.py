@@ -1,0 +1,154 @@
+"""A real single-node SLURM cluster for tests: munged + slurmctld + slurmd started by hand.
+
+Facts (FIELD_NOTES): no systemd here, so each daemon is started directly and writes a pid file;
+only the daemons started here are stopped, by those pids. Clients find the cluster through
+SLURM_CONF, which jobs inherit (sbatch exports the environment by default).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+class SlurmUnavailable(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+class SlurmCluster:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.conf = self.root / "slurm.conf"
+        self.pids: dict[str, Path] = {}
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+
+    def start(self) -> "SlurmCluster":
+        for tool in ("slurmctld", "slurmd", "munged", "sbatch", "scontrol"):
+            if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+                raise SlurmUnavailable(f"{tool} is not installed (apt-get install slurm-wlm munge)")
+        if os.geteuid() != 0:
+            raise SlurmUnavailable("starting slurm daemons needs root")
+        self._start_munge()
+        host = socket.gethostname().split(".")[0]
+        mem = int(open("/proc/meminfo").read().split()[1]) // 1024
+        for d in ("state", "spool", "log"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(f"""ClusterName=midtrain-test
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=root
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+AuthType=auth/munge
+CredType=cred/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MpiDefault=none
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2
+StateSaveLocation={self.root}/state
+SlurmdSpoolDir={self.root}/spool
+SlurmctldPidFile={self.root}/slurmctld.pid
+SlurmdPidFile={self.root}/slurmd.pid
+SlurmctldLogFile={self.root}/log/slurmctld.log
+SlurmdLogFile={self.root}/log/slurmd.log
+NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={max(1000, mem - 2000)} State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+""")
+        self._daemon("slurmctld", ["/usr/sbin/slurmctld", "-f", str(self.conf)], self.root / "slurmctld.pid")
+        self._daemon("slurmd", ["/usr/sbin/slurmd", "-f", str(self.conf), "-N", host], self.root / "slurmd.pid")
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=self.env)
+            if r.returncode == 0 and r.stdout.strip() in ("idle", "mix", "alloc"):
+                return self
+            time.sleep(1)
+        self.stop()
+        raise SlurmUnavailable(f"the node never became idle: {self.logs()}")
+
+    def _start_munge(self) -> None:
+        run_dir = Path("/run/munge")
+        if _alive(_pid(run_dir / "munged.pid")):
+            return  # someone else's munged: use it, never stop it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.chown(run_dir, "munge", "munge")
+        if not Path("/etc/munge/munge.key").exists():
+            subprocess.run(["/usr/sbin/mungekey", "--create"], check=True)
+            shutil.chown("/etc/munge/munge.key", "munge", "munge")
+        self._daemon("munged", ["runuser", "-u", "munge", "--", "/usr/sbin/munged"], run_dir / "munged.pid")
+
+    def _daemon(self, name: str, cmd: list[str], pid_file: Path) -> None:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
+        if r.returncode != 0:
+            self.stop()
+            raise SlurmUnavailable(f"{name} failed to start: {r.stderr.strip()} {self.logs()}")
+        deadline = time.time() + 20
+        while not _alive(_pid(pid_file)):
+            if time.time() > deadline:
+                self.stop()
+                raise SlurmUnavailable(f"{name} wrote no pid file {pid_file}: {self.logs()}")
+            time.sleep(0.2)
+        self.pids[name] = pid_file
+
+    def logs(self) -> str:
+        out = []
+        for f in sorted((self.root / "log").glob("*.log")):
+            out.append(f"--- {f.name}\n" + "\n".join(f.read_text().splitlines()[-15:]))
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid = _pid(self.pids[name]) if name in self.pids else None
+            if _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(50):
+                    if not _alive(pid):
+                        break
+                    time.sleep(0.1)
+        self.pids.clear()
+
+    # ---- client helpers ----
+    def run(self, *cmd, check=True, **kw) -> subprocess.CompletedProcess:
+        r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=kw.pop("env", self.env), **kw)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(map(str, cmd))} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def job_state(self, job_id: str) -> str:
+        r = self.run("scontrol", "show", "job", job_id, check=False)
+        for tok in r.stdout.split():
+            if tok.startswith("JobState="):
+                return tok.split("=", 1)[1]
+        return "UNKNOWN"

@@ -1,0 +1,107 @@
+#!/bin/bash
+# Pretrain or midtrain one run config under SLURM, surviving preemption.
+#
+#   export model_config_file=midtrain_configs/pretrain/pythia-160m.yaml
+#   sbatch training_scripts/small_model_pretrain.sh
+#   sbatch training_scripts/small_model_pretrain.sh midtrain_configs/midtrain/pythia-160m-code20-from6k.yaml
+#   sbatch --array=1-4 training_scripts/small_model_pretrain.sh      # line N of training_scripts/configs.txt
+#   CONFIG_LIST=my_sweep.txt sbatch --array=1-8%2 training_scripts/small_model_pretrain.sh
+#
+# The config comes from, in order: $1, $model_config_file (the original variable),
+# $MODEL_CONFIG_FILE / $MODEL_CONFIG, or line $SLURM_ARRAY_TASK_ID (1-based; blank and # lines
+# skipped) of $CONFIG_LIST (default training_scripts/configs.txt). Arguments after $1 go to
+# `midtrain pretrain` (e.g. --train.max_steps 100). Submit from the repository root (or set
+# MIDTRAIN_HOME); relative paths resolve there. Nothing under midtrain_configs/ is ever written.
+#
+# Preemption: SLURM sends USR1 to this script 180 s before the time limit; the trap forwards it,
+# the trainer checkpoints at the next step boundary and exits 75, and the job requeues itself and
+# resumes (`--resume auto`) from that checkpoint: no step and no sample is repeated.
+#
+# Defaults below are for one node with 8 GPUs. Change --nodes for multi-node (Fabric's num_nodes
+# follows SLURM_NNODES), keep --ntasks-per-node equal to the GPUs per node, and size
+# --cpus-per-task / --mem / --time / --partition for your cluster.
+#SBATCH --job-name=midtrain
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=8
+#SBATCH --time=48:00:00
+#SBATCH --signal=B:USR1@180
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=midtrain-%x-%j.out
+set -euo pipefail
+
+EXIT_REQUEUE=75  # midtrain.train.pretrain.EXIT_REQUEUE
+
+cd "${MIDTRAIN_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}"
+
+config=""
+if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then
+  config="$1"
+  shift
+fi
+config="${config:-${model_config_file:-${MODEL_CONFIG_FILE:-${MODEL_CONFIG:-}}}}"
+if [ -z "$config" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+  list="${CONFIG_LIST:-training_scripts/configs.txt}"
+  if [ ! -f "$list" ]; then
+    echo "error: CONFIG_LIST: $list does not exist (one config path per line)" >&2
+    exit 2
+  fi
+  config=$(grep -v -E '^[[:space:]]*(#|$)' "$list" | sed -n "${SLURM_ARRAY_TASK_ID}p" | tr -d '[:space:]')
+  if [ -z "$config" ]; then
+    echo "error: CONFIG_LIST: $list has no line ${SLURM_ARRAY_TASK_ID} for SLURM_ARRAY_TASK_ID (lines are 1-based)" >&2
+    exit 2
+  fi
+fi
+if [ -z "$config" ]; then
+  echo "error: no config: pass it as \$1, or set model_config_file, or submit an array job with a CONFIG_LIST" >&2
+  exit 2
+fi
+if [ ! -f "$config" ]; then
+  echo "error: config $config does not exist (relative to $PWD)" >&2
+  exit 2
+fi
+if ! command -v midtrain >/dev/null 2>&1; then
+  echo "error: the midtrain command is not on PATH: activate its virtualenv (make venv) before sbatch" >&2
+  exit 2
+fi
+
+echo "[$(date '+%F %T')] job ${SLURM_JOB_ID:-local} (restart ${SLURM_RESTART_COUNT:-0}) on $(hostname): $config $*"
+if midtrain status --config "$config" --check-complete "$@"; then
+  echo "run already complete: nothing to do"
+  exit 0
+fi
+midtrain mix --config "$config" "$@"
+
+launch=()
+if [ -n "${SLURM_JOB_ID:-}" ] && command -v srun >/dev/null 2>&1; then
+  launch=(srun --kill-on-bad-exit=1)
+fi
+device_args=()
+[ -n "${SLURM_NTASKS_PER_NODE:-}" ] && device_args+=(--devices "${SLURM_NTASKS_PER_NODE%%(*}")
+[ -n "${SLURM_NNODES:-}" ] && device_args+=(--num_nodes "$SLURM_NNODES")
+
+"${launch[@]}" midtrain pretrain --config "$config" --resume auto "${device_args[@]}" "$@" &
+pid=$!
+forward() {
+  echo "[$(date '+%F %T')] $1 received: asking the trainer to checkpoint and stop"
+  kill -USR1 "$pid" 2>/dev/null || true
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+status=0
+while true; do
+  wait "$pid" && status=0 || status=$?
+  kill -0 "$pid" 2>/dev/null || break  # wait returned because a trapped signal arrived: keep waiting
+done
+trap - USR1 TERM
+
+if [ "$status" -eq "$EXIT_REQUEUE" ]; then
+  if [ -n "${SLURM_JOB_ID:-}" ]; then
+    echo "[$(date '+%F %T')] checkpointed; requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+  fi
+  exit 0
+fi
+exit "$status"
