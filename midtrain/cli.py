@@ -18,6 +18,10 @@ commands:
   mix        show what a run will read from each shard (the mixture plan), without training
   pretrain   pretrain; midtrain from a base checkpoint with a new mixture (resume_from); resume
   status     where a run stands: checkpoints, step, complete or not
+  prepare    raw text (JSONL, parquet, text, HF save_to_disk) -> one typed token shard (+ val shard)
+  tokenizer  `tokenizer train`: a byte-level BPE tokenizer for offline use
+  sft        fine-tune a checkpoint (LR sweep on val, held-out test loss, forgetting)
+  evaluate   `evaluate loss` on shard folders, `evaluate lm-eval`, `evaluate export-hf`
 
 Run `midtrain <command> --help` for a command's options."""
 
@@ -31,12 +35,12 @@ def install_litgpt_alias() -> None:
     litgpt.data.ShardedMixedDataset = ShardedMixedDataset
 
 
-def _parser(description: str):
+def _parser(description: str, config: bool = True):
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(description=description, exit_on_error=False)
-    # Filled from the run YAML by `_run_config_args`; a string of YAML.
-    parser.add_argument("--run_yaml", action=ActionConfigFile, help="(internal) the selected part of --config")
+    if config:
+        parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
     return parser
 
 
@@ -44,8 +48,12 @@ def run_parser(description: str):
     """The parser of a run config: every argument of ``midtrain.train.pretrain.setup``."""
     from midtrain.train.pretrain import setup
 
+    from jsonargparse import ActionConfigFile
+
     install_litgpt_alias()
-    parser = _parser(description)
+    parser = _parser(description, config=False)
+    # `--config` is read by `parse_run` (for ${VAR} expansion) and handed over as a YAML string here.
+    parser.add_argument("--run_yaml", action=ActionConfigFile, help="(internal) the expanded --config")
     parser.add_argument("--config", type=Optional[str], default=None, help="run YAML (${VARS} are expanded)")
     parser.add_function_arguments(setup, skip={"hparams"})
     # `--data.data_path X` without a class_path means our DataModule.
@@ -160,6 +168,102 @@ def status(argv: list[str]) -> int:
     return 0 if complete else 3
 
 
+def prepare(argv: list[str]) -> int:
+    """``midtrain prepare``: raw text -> one typed token shard (and a val shard)."""
+    from midtrain.data.prepare import prepare_shard, shard_folder_name
+
+    parser = _parser("Tokenize raw text (JSONL, parquet, text files, HF save_to_disk folders) into one shard.")
+    parser.add_argument("--input", type=str, nargs="+", required=True, help="files or folders")
+    parser.add_argument("--tokenizer_dir", type=str, required=True)
+    parser.add_argument("--out_dir", type=str, required=True, help="the data_path the shard goes under")
+    parser.add_argument("--shard", type=Optional[str], default=None, help="shard id: main/7, c3, m1, ...")
+    parser.add_argument("--type", type=Optional[str], default=None, help="shard type (main, code, math, ...)")
+    parser.add_argument("--index", type=Optional[int], default=None, help="shard number within the type")
+    parser.add_argument("--shard_types", type=Optional[dict[str, str]], default=None)
+    parser.add_argument("--field", type=str, default="text", help="JSONL field / parquet column with the text")
+    parser.add_argument("--val_fraction", type=float, default=0.0)
+    parser.add_argument("--val_dir", type=Optional[str], default=None, help="where the val shard goes")
+    parser.add_argument("--num_workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--chunk_tokens", type=int, default=1 << 24)
+    args = parser.parse_args(argv)
+    name = shard_folder_name(args.shard, args.type, args.index, args.shard_types)
+    summary = prepare_shard(args.input, args.tokenizer_dir, args.out_dir, name, args.field, args.val_fraction,
+                            args.val_dir, args.num_workers, args.chunk_tokens)
+    for split, info in summary.items():
+        print(f"{split}: {info['path']} ({info['tokens']:,} tokens, {info['chunks']} chunks)")
+    return 0
+
+
+def tokenizer(argv: list[str]) -> int:
+    """``midtrain tokenizer train``: a byte-level BPE for offline use."""
+    from itertools import islice
+
+    from midtrain.data.readers import input_units, read_documents
+    from midtrain.tokenizer_train import train_bpe
+
+    if not argv or argv[0] != "train":
+        raise ConfigError("midtrain tokenizer", "expected the subcommand `train`")
+    parser = _parser("Train a byte-level BPE tokenizer into a folder litgpt's Tokenizer loads.")
+    parser.add_argument("--input", type=str, nargs="+", required=True)
+    parser.add_argument("--out", type=str, required=True)
+    parser.add_argument("--vocab_size", type=int, default=4096)
+    parser.add_argument("--field", type=str, default="text")
+    parser.add_argument("--max_documents", type=Optional[int], default=None)
+    args = parser.parse_args(argv[1:])
+    docs = (d for u in input_units(args.input) for d in read_documents(u, args.field))
+    out = train_bpe(islice(docs, args.max_documents), args.out, args.vocab_size)
+    print(f"tokenizer: {out}")
+    return 0
+
+
+def sft(argv: list[str]) -> int:
+    """``midtrain sft``: fine-tune a checkpoint, pick the LR on val, report held-out test and forgetting."""
+    from midtrain.posttrain.sft import format_sft, run_sft
+
+    parser = _parser("Full fine-tuning on prompt/response pairs with an LR sweep, held-out test loss and forgetting.")
+    parser.add_function_arguments(run_sft)
+    args = parser.parse_args(argv)
+    kwargs = {k: v for k, v in vars(args).items() if k not in ("config", "run_yaml", "__path__")}
+    metrics = run_sft(**kwargs)
+    print(format_sft(metrics))
+    return 0
+
+
+def evaluate(argv: list[str]) -> int:
+    """``midtrain evaluate loss|lm-eval|export-hf``."""
+    from midtrain.posttrain import evaluate as ev
+
+    what = argv[0] if argv else ""
+    parser = _parser(f"midtrain evaluate {what}")
+    parser.add_argument("--checkpoint", type=str, required=True)
+    if what == "loss":
+        parser.add_argument("--data", type=str, required=True, help="a shard folder or a folder of val sets")
+        parser.add_argument("--max_seq_length", type=Optional[int], default=None)
+        parser.add_argument("--batch_size", type=int, default=8)
+        parser.add_argument("--max_batches", type=int, default=100)
+        parser.add_argument("--json", type=Optional[str], default=None)
+        a = parser.parse_args(argv[1:])
+        result = ev.loss_on_shards(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches)
+        for name, m in result.items():
+            print(f"{name}: loss {m['loss']:.4f} ppl {m['ppl']:.2f}")
+        ev.write_json(result, a.json)
+    elif what == "lm-eval":
+        parser.add_argument("--tasks", type=str, required=True)
+        parser.add_argument("--out_dir", type=str, required=True)
+        parser.add_argument("--batch_size", type=int, default=1)
+        parser.add_argument("--num_fewshot", type=Optional[int], default=None)
+        parser.add_argument("--limit", type=Optional[float], default=None)
+        a = parser.parse_args(argv[1:])
+        ev.lm_eval(a.checkpoint, a.tasks, a.out_dir, a.batch_size, a.num_fewshot, a.limit)
+    elif what == "export-hf":
+        parser.add_argument("--out", type=str, required=True)
+        a = parser.parse_args(argv[1:])
+        print(f"wrote {ev.export_hf(a.checkpoint, a.out)}")
+    else:
+        raise ConfigError("midtrain evaluate", "expected one of: loss, lm-eval, export-hf")
+    return 0
+
+
 def _take_config(argv: list[str]) -> Optional[str]:
     """Remove ``--config X`` / ``--config=X`` from argv (we read it ourselves: see `mix`)."""
     for i, a in enumerate(argv):
@@ -182,7 +286,10 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"mix": mix, "pretrain": pretrain, "status": status}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "mix": mix, "pretrain": pretrain, "status": status, "prepare": prepare, "tokenizer": tokenizer,
+    "sft": sft, "evaluate": evaluate,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

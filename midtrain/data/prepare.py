@@ -82,3 +82,110 @@ def write_fake_index(out_dir: str | os.PathLike, chunk_tokens: Iterable[int]) ->
     with open(os.path.join(out_dir, "index.json"), "w") as f:
         json.dump(index, f)
     return out_dir
+
+
+# ---- midtrain prepare: raw text -> one typed shard (+ its val shard) ----
+
+_TOKENIZERS: dict = {}
+
+
+def _tokenize_unit(unit: str, tokenizer_dir: str, field: str, split: str, val_fraction: float):
+    """litdata optimize fn: one input unit -> token tensors (EOS appended) of the documents in ``split``."""
+    import zlib
+
+    import torch
+
+    from midtrain.data.readers import read_documents
+
+    tok = _TOKENIZERS.get(tokenizer_dir)
+    if tok is None:
+        from litgpt import Tokenizer
+
+        tok = _TOKENIZERS[tokenizer_dir] = Tokenizer(tokenizer_dir)
+    for i, text in enumerate(read_documents(unit, field)):
+        in_val = val_fraction > 0 and zlib.crc32(f"{unit}\0{i}".encode()) / 2**32 < val_fraction
+        if in_val != (split == "val"):
+            continue
+        ids = tok.processor.encode(text).ids if tok.backend == "huggingface" else tok.encode(text).tolist()
+        ids.append(tok.eos_id)
+        yield torch.tensor(ids, dtype=torch.int32)
+
+
+def shard_folder_name(shard: str | None, type_name: str | None, index: int | None, shard_types=None) -> str:
+    """``--shard main/7`` -> "7", ``--shard c3`` -> "c3", ``--type code --index 3`` -> "c3"."""
+    from midtrain.data.shards import MAIN, parse_shard_name, resolve_shard_types
+
+    types = resolve_shard_types(shard_types)
+    if shard is not None:
+        if type_name is not None or index is not None:
+            raise ConfigError("--shard", "give --shard or --type/--index, not both")
+        name = shard.split("/", 1)[1] if shard.startswith(f"{MAIN}/") else shard
+        if parse_shard_name(name, types) is None:
+            raise ConfigError("--shard", f"{shard!r} is not a shard id (main/7, c3, m1, ...; prefixes: "
+                              f"{', '.join(f'{t}={p}' for t, p in types.items())})")
+        return name
+    if type_name is None or index is None:
+        raise ConfigError("--type", "give --shard ID, or --type NAME with --index N")
+    if index < 0:
+        raise ConfigError("--index", f"must be >= 0, got {index}")
+    if type_name == MAIN:
+        return str(index)
+    if type_name not in types:
+        raise ConfigError("--type", f"unknown type {type_name!r} (known: main, {', '.join(types)}; add with --shard_types)")
+    return f"{types[type_name]}{index}"
+
+
+def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str, field: str = "text",
+                  val_fraction: float = 0.0, val_dir: str | None = None, num_workers: int = 1,
+                  chunk_tokens: int = 1 << 24) -> dict:
+    """Tokenize ``inputs`` into ``out_dir/name`` (and ``val_dir/name``). Nothing appears until both are complete."""
+    from functools import partial
+
+    from litdata import optimize
+    from litdata.streaming import TokensLoader
+
+    from midtrain.data.readers import input_units
+    from midtrain.data.shards import read_index
+
+    if not 0 <= val_fraction < 1:
+        raise ConfigError("--val_fraction", f"must be in [0, 1), got {val_fraction}")
+    if val_fraction > 0 and val_dir is None:
+        raise ConfigError("--val_dir", "required with --val_fraction (where the val shard goes)")
+    tok_dir = os.path.abspath(tokenizer_dir)
+    from litgpt import Tokenizer
+
+    try:
+        tok = Tokenizer(tok_dir)
+    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+        raise ConfigError("--tokenizer_dir", f"{tokenizer_dir} is not a litgpt tokenizer folder ({e})") from None
+    if tok.eos_id is None:
+        raise ConfigError("--tokenizer_dir", f"{tokenizer_dir} defines no eos_token (needed between documents)")
+    units = input_units(inputs)
+    targets = {"train": os.path.join(os.path.abspath(out_dir), name)}
+    if val_fraction > 0:
+        targets["val"] = os.path.join(os.path.abspath(val_dir), name)
+    for split, dest in targets.items():
+        if os.path.exists(dest):
+            raise ConfigError(dest, "already exists (refusing to overwrite a shard)")
+    temps: dict[str, str] = {}
+    try:
+        for split, dest in targets.items():
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            temps[split] = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=os.path.dirname(dest))
+            with private_litdata_cache():
+                optimize(fn=partial(_tokenize_unit, tokenizer_dir=tok_dir, field=field, split=split,
+                                    val_fraction=val_fraction),
+                         inputs=units, output_dir=temps[split], chunk_size=chunk_tokens, item_loader=TokensLoader(),
+                         num_workers=max(1, min(num_workers, len(units))), mode="overwrite", start_method="fork")
+            if not os.path.isfile(os.path.join(temps[split], "index.json")):
+                raise ConfigError("--val_fraction" if split == "val" else "--input",
+                                  f"no documents went to the {split} shard")
+        summary = {}
+        for split, dest in targets.items():  # both complete: now make them visible
+            os.replace(temps.pop(split), dest)
+            dims, _ = read_index(os.path.join(dest, "index.json"))
+            summary[split] = {"path": dest, "tokens": sum(dims), "chunks": len(dims)}
+        return summary
+    finally:
+        for tmp in temps.values():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,102 @@
+"""Raw-text inputs for ``midtrain prepare`` and ``midtrain tokenizer train``: one iterator of documents.
+
+Supported: JSONL (``.jsonl``/``.json``, one object per line, text under ``field``), parquet
+(column ``field``), plain text files (one document per file), and a folder saved with HF
+``datasets.save_to_disk`` (its ``.arrow`` files, read with pyarrow). A folder of files is read
+recursively in sorted order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+from midtrain.errors import ConfigError
+
+TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".text", ""}
+
+
+def input_units(paths: list[str | os.PathLike]) -> list[str]:
+    """Expand inputs into readable units (files, or HF dataset folders), sorted, validated."""
+    units: list[str] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise ConfigError("--input", f"{p} does not exist")
+        if p.is_dir() and (p / "state.json").is_file() and (p / "dataset_info.json").is_file():
+            units.append(str(p))
+        elif p.is_dir():
+            units += sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        else:
+            units.append(str(p))
+    if not units:
+        raise ConfigError("--input", f"no files under {', '.join(map(str, paths))}")
+    return units
+
+
+def read_documents(unit: str, field: str = "text") -> Iterator[str]:
+    p = Path(unit)
+    if p.is_dir():
+        yield from _read_hf_saved(p, field)
+    elif p.suffix in (".jsonl", ".json"):
+        yield from _read_jsonl(p, field)
+    elif p.suffix == ".parquet":
+        yield from _read_parquet(p, field)
+    else:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(str(p), "is not UTF-8 text (give .jsonl, .parquet, text files or a save_to_disk folder)") from None
+        if text.strip():
+            yield text
+
+
+def _read_jsonl(p: Path, field: str) -> Iterator[str]:
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise ConfigError(f"{p}:{n}", f"not a JSON line ({e})") from None
+            if not isinstance(obj, dict) or field not in obj:
+                raise ConfigError(f"{p}:{n}", f"no field {field!r} (set --field)")
+            if isinstance(obj[field], str) and obj[field]:
+                yield obj[field]
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+        return pyarrow
+    except ImportError:
+        raise ConfigError("--input", "reading parquet / arrow needs pyarrow (pip install pyarrow)") from None
+
+
+def _read_parquet(p: Path, field: str) -> Iterator[str]:
+    pa = _pyarrow()
+    pf = pa.parquet.ParquetFile(p)
+    if field not in pf.schema_arrow.names:
+        raise ConfigError(str(p), f"no column {field!r} (columns: {', '.join(pf.schema_arrow.names)}; set --field)")
+    for batch in pf.iter_batches(columns=[field]):
+        yield from (t for t in batch.column(0).to_pylist() if t)
+
+
+def _read_hf_saved(p: Path, field: str) -> Iterator[str]:
+    pa = _pyarrow()
+    files = sorted(p.glob("*.arrow"))
+    if not files:
+        raise ConfigError(str(p), "a save_to_disk folder without .arrow files")
+    for f in files:
+        with pa.memory_map(str(f)) as source:
+            try:
+                reader = pa.ipc.open_stream(source)
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(source)
+            table = reader.read_all()
+        if field not in table.column_names:
+            raise ConfigError(str(f), f"no column {field!r} (columns: {', '.join(table.column_names)}; set --field)")
+        yield from (t for t in table.column(field).to_pylist() if t)

@@ -1,0 +1,1 @@
+"""Posttraining: supervised fine-tuning (SFT) with forgetting measurement, and offline evaluation."""

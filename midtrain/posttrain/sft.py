@@ -1,0 +1,269 @@
+"""``midtrain sft``: full fine-tuning of a checkpoint on prompt/response pairs, the paper's posttraining.
+
+- The loss covers response tokens only (prompt positions are masked with -100).
+- Epochs, warmup fraction then cosine to ``min_lr_ratio * lr``, micro and global batch.
+- An LR sweep (``--lrs``) fine-tunes from the same checkpoint per LR, picks the best LR on the
+  validation split and reports the loss on a separate held-out test split (never used to choose).
+- Forgetting: loss on the pretraining validation sets before and after SFT (and the increase).
+- Writes a metrics JSON (and, with ``--save``, the fine-tuned checkpoint in litgpt layout).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from midtrain.errors import ConfigError
+from midtrain.train.schedules import Schedule
+
+IGNORE = -100
+
+
+def load_checkpoint_model(checkpoint: Path):
+    """A litgpt GPT from ``checkpoint/{lit_model.pth, model_config.yaml}`` (ours or litgpt's layout)."""
+    from litgpt import GPT, Config
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "lit_model.pth").is_file() or not (checkpoint / "model_config.yaml").is_file():
+        raise ConfigError("--checkpoint", f"{checkpoint} needs lit_model.pth and model_config.yaml")
+    config = Config.from_file(checkpoint / "model_config.yaml")
+    model = GPT(config)
+    try:
+        state = torch.load(checkpoint / "lit_model.pth", map_location="cpu", weights_only=False)
+        model.load_state_dict(state.get("model", state))
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise ConfigError("--checkpoint", f"{checkpoint}/lit_model.pth could not be loaded ({str(e)[:200]})") from None
+    return model, config
+
+
+def load_examples(path: Path, prompt_key: str = "prompt", response_key: str = "response") -> list[tuple[str, str]]:
+    """JSON list or JSONL of objects with a prompt and a response."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--data", f"{path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    except ValueError as e:
+        raise ConfigError(str(path), f"not JSON or JSONL ({e})") from None
+    out = []
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or prompt_key not in row or response_key not in row:
+            raise ConfigError(f"{path}:{n}", f"needs {prompt_key!r} and {response_key!r} (set --prompt_key/--response_key)")
+        out.append((str(row[prompt_key]), str(row[response_key])))
+    if not out:
+        raise ConfigError(str(path), "no examples")
+    return out
+
+
+def encode_example(tokenizer, prompt: str, response: str, max_len: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels): labels are -100 on prompt tokens, the response + EOS are learned."""
+    p = tokenizer.encode(prompt, bos=False).tolist()
+    r = tokenizer.encode(response, bos=False).tolist() + [tokenizer.eos_id]
+    ids = (p + r)[: max_len + 1]
+    labels = ([IGNORE] * len(p) + r)[: max_len + 1]
+    return ids, labels
+
+
+def collate(batch: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest example; returns (inputs, targets) shifted by one."""
+    n = max(len(ids) for ids, _ in batch)
+    ids = torch.zeros(len(batch), n, dtype=torch.long)
+    labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
+    for i, (x, y) in enumerate(batch):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+    return ids[:, :-1], labels[:, 1:]
+
+
+def masked_loss(model, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    logits = model(inputs)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE,
+                           reduction=reduction)
+
+
+@torch.no_grad()
+def examples_loss(model, encoded, batch_size: int, device) -> float:
+    """Token-weighted mean loss over the response tokens of ``encoded``."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(encoded), batch_size):
+        x, y = collate(encoded[i:i + batch_size])
+        x, y = x.to(device), y.to(device)
+        total += float(masked_loss(model, x, y, reduction="sum"))
+        count += int((y != IGNORE).sum())
+    model.train()
+    return total / max(count, 1)
+
+
+def finetune(model, train_enc, lr: float, epochs: int, micro: int, global_batch: int, warmup_fraction: float,
+             min_lr_ratio: float, weight_decay: float, seed: int, device) -> list[float]:
+    """In-place full fine-tuning; returns the loss of each optimizer step."""
+    if global_batch % micro:
+        raise ConfigError("--global_batch_size", f"{global_batch} is not a multiple of --micro_batch_size {micro}")
+    accum = global_batch // micro
+    steps_per_epoch = max(1, len(train_enc) // global_batch)
+    total = steps_per_epoch * epochs
+    sched = Schedule("cosine", lr, lr * min_lr_ratio, total, round(warmup_fraction * total))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    rng = random.Random(seed)
+    losses = []
+    model.train()
+    step = 0
+    for _ in range(epochs):
+        order = list(range(len(train_enc)))
+        rng.shuffle(order)
+        for s in range(steps_per_epoch):
+            for g in opt.param_groups:
+                g["lr"] = sched.lr_at(step)
+            step_loss = 0.0
+            for a in range(accum):
+                idx = order[(s * accum + a) * micro:(s * accum + a + 1) * micro]
+                x, y = collate([train_enc[i] for i in idx])
+                loss = masked_loss(model, x.to(device), y.to(device))
+                (loss / accum).backward()
+                step_loss += loss.item() / accum
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            step += 1
+    return losses
+
+
+def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: int, max_batches: int, device) -> dict:
+    """Loss on each pretraining validation set (the forgetting probe)."""
+    if val_path is None:
+        return {}
+    from midtrain.data.sharded_mixed import ShardedMixedDataset
+
+    data = ShardedMixedDataset(data_path=Path(val_path), val_data_path=Path(val_path), num_workers=0)
+    data.connect(batch_size=batch_size, max_seq_length=seq)
+    out = {}
+    model.eval()
+    with torch.no_grad():
+        for name, loader in data.val_dataloaders().items():
+            total, count = 0.0, 0
+            for k, batch in enumerate(loader):
+                if k >= max_batches:
+                    break
+                tokens = batch.long().to(device)
+                logits = model(tokens[:, :-1])
+                total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
+                                               tokens[:, 1:].reshape(-1), reduction="sum"))
+                count += tokens[:, 1:].numel()
+            out[name] = total / max(count, 1)
+    model.train()
+    return out
+
+
+def split_examples(examples, val_fraction: float, test_fraction: float, seed: int):
+    idx = list(range(len(examples)))
+    random.Random(seed).shuffle(idx)
+    n_val, n_test = round(val_fraction * len(idx)), round(test_fraction * len(idx))
+    test = [examples[i] for i in idx[:n_test]]
+    val = [examples[i] for i in idx[n_test:n_test + n_val]]
+    train = [examples[i] for i in idx[n_test + n_val:]]
+    return train, val, test
+
+
+def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, val_data: Optional[Path] = None,
+            test_data: Optional[Path] = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
+            lrs: tuple[float, ...] = (1e-3,), epochs: int = 4, micro_batch_size: int = 8, global_batch_size: int = 16,
+            warmup_fraction: float = 0.1, min_lr_ratio: float = 0.0, weight_decay: float = 0.0,
+            max_seq_length: Optional[int] = None, pretrain_val_path: Optional[Path] = None, forgetting_batches: int = 8,
+            prompt_key: str = "prompt", response_key: str = "response", seed: int = 42, out: Optional[Path] = None,
+            save: Optional[Path] = None) -> dict:
+    from midtrain.train.pretrain import load_tokenizer
+
+    checkpoint = Path(checkpoint)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = load_tokenizer(Path(tokenizer_dir) if tokenizer_dir else checkpoint)
+    if tok.eos_id is None:
+        raise ConfigError("--tokenizer_dir", "the tokenizer defines no eos_token")
+    if not lrs or any(lr <= 0 for lr in lrs):
+        raise ConfigError("--lrs", f"give one or more positive learning rates, got {list(lrs)}")
+    base, config = load_checkpoint_model(checkpoint)
+    seq = max_seq_length or config.block_size
+    base.max_seq_length = seq
+    base.to(device)
+    examples = load_examples(Path(data), prompt_key, response_key)
+    train, val, test = split_examples(examples, 0 if val_data else val_fraction, 0 if test_data else test_fraction, seed)
+    if val_data:
+        val = load_examples(Path(val_data), prompt_key, response_key)
+    if test_data:
+        test = load_examples(Path(test_data), prompt_key, response_key)
+    if not train or not val or not test:
+        raise ConfigError("--data", f"splits too small: train {len(train)}, val {len(val)}, test {len(test)}")
+    enc = {name: [encode_example(tok, p, r, seq) for p, r in split] for name, split in
+           (("train", train), ("val", val), ("test", test))}
+    forgetting_before = pretrain_val_losses(base, pretrain_val_path, seq, micro_batch_size, forgetting_batches, device)
+    zero_shot_val = examples_loss(base, enc["val"], micro_batch_size, device)
+
+    sweep, best = {}, None
+    for lr in lrs:
+        torch.manual_seed(seed)
+        model = copy.deepcopy(base)
+        losses = finetune(model, enc["train"], lr, epochs, micro_batch_size, global_batch_size, warmup_fraction,
+                          min_lr_ratio, weight_decay, seed, device)
+        val_loss = examples_loss(model, enc["val"], micro_batch_size, device)
+        sweep[f"{lr:g}"] = {"val_loss": val_loss, "final_train_loss": losses[-1], "steps": len(losses)}
+        if best is None or val_loss < best[1]:
+            best = (lr, val_loss, model)
+        else:
+            del model
+    lr, val_loss, model = best
+    forgetting_after = pretrain_val_losses(model, pretrain_val_path, seq, micro_batch_size, forgetting_batches, device)
+    metrics = {
+        "checkpoint": str(checkpoint), "data": str(data), "examples": {k: len(v) for k, v in enc.items()},
+        "epochs": epochs, "lr_sweep": sweep, "best_lr": lr, "val_loss": val_loss,
+        "test_loss": examples_loss(model, enc["test"], micro_batch_size, device),
+        "zero_shot_val_loss": zero_shot_val,
+        "forgetting": {name: {"before": forgetting_before[name], "after": forgetting_after[name],
+                              "increase": forgetting_after[name] - forgetting_before[name]} for name in forgetting_before},
+    }
+    if save is not None:
+        _save_model(model, config, checkpoint, Path(save), metrics)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _save_model(model, config, source: Path, dest: Path, metrics: dict) -> None:
+    import shutil
+
+    from litgpt.utils import copy_config_files, save_config
+
+    if dest.exists():
+        raise ConfigError("--save", f"{dest} already exists")
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({"model": model.state_dict()}, tmp / "lit_model.pth")
+    save_config(config, tmp)
+    copy_config_files(source, tmp)
+    (tmp / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
+    tmp.rename(dest)
+
+
+def format_sft(metrics: dict) -> str:
+    lines = [f"SFT of {metrics['checkpoint']} on {metrics['data']} ({metrics['examples']})"]
+    for lr, m in metrics["lr_sweep"].items():
+        lines.append(f"  lr {lr:>8}: val loss {m['val_loss']:.4f} (train {m['final_train_loss']:.4f}, {m['steps']} steps)")
+    lines.append(f"best lr {metrics['best_lr']:g}: val {metrics['val_loss']:.4f}, held-out test {metrics['test_loss']:.4f} "
+                 f"(before SFT: val {metrics['zero_shot_val_loss']:.4f})")
+    for name, f in metrics["forgetting"].items():
+        lines.append(f"  forgetting on {name}: {f['before']:.4f} -> {f['after']:.4f} ({f['increase']:+.4f})")
+    return "\n".join(lines)
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50))

@@ -1,0 +1,46 @@
+"""``midtrain tokenizer train``: a byte-level BPE (GPT-NeoX style) trained offline with ``tokenizers``,
+written as a folder litgpt's ``Tokenizer`` loads (tokenizer.json + tokenizer_config.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from midtrain.errors import ConfigError
+
+EOS = "<|endoftext|>"
+PAD = "<|padding|>"
+
+
+def train_bpe(texts: Iterable[str], out_dir: Path, vocab_size: int = 4096, min_frequency: int = 2) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    out_dir = Path(out_dir)
+    if vocab_size < 300:
+        raise ConfigError("--vocab_size", f"must be >= 300 (256 bytes + specials + merges), got {vocab_size}")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError("--out", f"{out_dir} exists and is not empty")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tok.save(str(tmp / "tokenizer.json"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS, "eos_token": EOS, "pad_token": PAD,
+            "add_bos_token": False, "model_max_length": 1 << 20}, indent=2))
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
