@@ -33,3 +33,6 @@ clean-venv:
 
 bench-loader: venv
 	$(PY) bench/loader.py
+
+demo: venv
+	$(PY) -m midtrain demo --out $(or $(DEMO_OUT),out/demo-$(shell date +%Y%m%d-%H%M%S))

@@ -22,6 +22,9 @@ commands:
   tokenizer  `tokenizer train`: a byte-level BPE tokenizer for offline use
   sft        fine-tune a checkpoint (LR sweep on val, held-out test loss, forgetting)
   evaluate   `evaluate loss` on shard folders, `evaluate lm-eval`, `evaluate export-hf`
+  plot       per-source validation loss against step for several runs (PNG)
+  report     final per-source losses and SFT results across runs (markdown or CSV)
+  demo       the paper's experiment in miniature on CPU, offline (what `make demo` runs)
 
 Run `midtrain <command> --help` for a command's options."""
 
@@ -264,6 +267,43 @@ def evaluate(argv: list[str]) -> int:
     return 0
 
 
+def plot(argv: list[str]) -> int:
+    """``midtrain plot``: per-source validation loss against step for several runs (PNG)."""
+    from midtrain.report import plot_runs
+
+    parser = _parser("Plot per-source validation loss (or another metric family) against step for runs.")
+    parser.add_argument("--runs", type=str, nargs="+", required=True, help="run out_dirs")
+    parser.add_argument("--out", type=str, required=True, help="PNG path")
+    parser.add_argument("--metric", type=str, default="val_loss", help="metric family: val_loss, val_ppl, train_loss")
+    a = parser.parse_args(argv)
+    print(f"wrote {plot_runs(a.runs, a.out, a.metric.rstrip('/') + '/')}")
+    return 0
+
+
+def report(argv: list[str]) -> int:
+    """``midtrain report``: final per-source losses and SFT results across runs (markdown or CSV)."""
+    from midtrain.report import format_table, report_rows
+
+    parser = _parser("A table of final per-source validation losses and SFT results across runs.")
+    parser.add_argument("--runs", type=str, nargs="+", required=True)
+    parser.add_argument("--sft", type=str, nargs="*", default=[], help="SFT metrics JSON files (midtrain sft --out)")
+    parser.add_argument("--format", type=str, default="markdown", help="markdown or csv")
+    parser.add_argument("--out", type=Optional[str], default=None)
+    a = parser.parse_args(argv)
+    cols, rows = report_rows(a.runs, a.sft)
+    text = format_table(cols, rows, a.format)
+    if a.out:
+        _write_atomic(a.out, text + "\n")
+    print(text)
+    return 0
+
+
+def demo(argv: list[str]) -> int:
+    from midtrain.demo import main as demo_main
+
+    return demo_main(argv)
+
+
 def _take_config(argv: list[str]) -> Optional[str]:
     """Remove ``--config X`` / ``--config=X`` from argv (we read it ourselves: see `mix`)."""
     for i, a in enumerate(argv):
@@ -288,7 +328,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "mix": mix, "pretrain": pretrain, "status": status, "prepare": prepare, "tokenizer": tokenizer,
-    "sft": sft, "evaluate": evaluate,
+    "sft": sft, "evaluate": evaluate, "plot": plot, "report": report, "demo": demo,
 }
 
 
