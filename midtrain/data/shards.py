@@ -146,16 +146,23 @@ def type_order(type_name: str) -> tuple[int, str]:
     return (0 if type_name == MAIN else 1, type_name)
 
 
-def discover(base: str | os.PathLike, shard_types: Mapping[str, str] | None = None, field_name: str = "data_path") -> Discovery:
-    """All shards under ``base`` in natural order (main first, then types by name, then index)."""
+def _open_base(base, shard_types, field_name: str, single_name: str):
+    """(base path, shard types, the base as one shard if it is itself a litdata dataset, else None)."""
     base = os.fspath(base)
     types = resolve_shard_types(shard_types)
     if not os.path.isdir(base):
         raise ConfigError(field_name, f"{base} is not a directory")
     if os.path.isfile(os.path.join(base, INDEX_FILE)):
-        # The base folder is itself one litdata dataset: a single main shard.
         dims, files = read_index(os.path.join(base, INDEX_FILE))
-        return Discovery(base, [Shard(MAIN, MAIN, 0, base, dims, files)], [], types)
+        return base, types, Shard(single_name, single_name, 0, base, dims, files)
+    return base, types, None
+
+
+def discover(base: str | os.PathLike, shard_types: Mapping[str, str] | None = None, field_name: str = "data_path") -> Discovery:
+    """All shards under ``base`` in natural order (main first, then types by name, then index)."""
+    base, types, single = _open_base(base, shard_types, field_name, MAIN)
+    if single is not None:  # the base folder is itself one litdata dataset: a single main shard
+        return Discovery(base, [single], [], types)
 
     shards: list[Shard] = []
     ignored: list[Ignored] = []
@@ -190,13 +197,9 @@ def discover_val_sets(base: str | os.PathLike, shard_types: Mapping[str, str] | 
     index.json is a set: typed shard folders are grouped by type (``1``, ``2`` -> "main";
     ``c1`` -> "code"), any other folder is a set named after itself (``gsm8k/`` -> "gsm8k").
     """
-    base = os.fspath(base)
-    types = resolve_shard_types(shard_types)
-    if not os.path.isdir(base):
-        raise ConfigError(field_name, f"{base} is not a directory")
-    if os.path.isfile(os.path.join(base, INDEX_FILE)):
-        dims, files = read_index(os.path.join(base, INDEX_FILE))
-        return {"val": [Shard("val", "val", 0, base, dims, files)]}
+    base, types, single = _open_base(base, shard_types, field_name, "val")
+    if single is not None:
+        return {"val": [single]}
     sets: dict[str, list[Shard]] = {}
     with os.scandir(base) as it:
         entries = sorted((e for e in it if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import warnings
 import zlib
 from dataclasses import asdict
 from pathlib import Path
@@ -122,6 +123,9 @@ def setup(
         fabric_strategy = DDPStrategy(process_group_backend="nccl" if accelerator == "cuda" else "gloo")
     else:
         fabric_strategy = "auto"
+    # Lightning hints at srun whenever it exists; our launcher uses srun under SLURM, and a run
+    # started by hand on a login/dev node is deliberate.
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     logger = choose_logger(logger_name, out_dir, name=f"midtrain-{out_dir.name}", log_interval=train.log_interval,
                            log_args={}, resume=bool(resume))
     fabric = L.Fabric(accelerator=accelerator, devices=n_devices, num_nodes=num_nodes, strategy=fabric_strategy,

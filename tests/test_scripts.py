@@ -1,0 +1,62 @@
+"""The shell helpers, run as a user would (outside SLURM they run in the foreground)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from test_trainer import write_config
+
+
+def sh(*args, env=None):
+    e = dict(os.environ, PYTHONPATH=REPO, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    e.update(env or {})
+    return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, cwd=REPO, env=e, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, real_tree):
+    tmp = tmp_path_factory.mktemp("scripts")
+    assert run_cli("pretrain", "--config", write_config(tmp, real_tree, train={"max_steps": 16})).returncode == 0
+    return tmp / "base"
+
+
+def test_eval_chkpts_evaluates_each_checkpoint_once(run_dir, real_tree):
+    r = sh("training_scripts/eval_chkpts.sh", run_dir, real_tree.parent / "val")
+    assert r.returncode == 0, r.stderr
+    assert "evaluated 2 new checkpoint(s)" in r.stdout  # step-00000008 and final
+    assert (run_dir / "final" / "eval" / "loss.json").is_file()
+    again = sh("training_scripts/eval_chkpts.sh", run_dir, real_tree.parent / "val")
+    assert again.returncode == 0 and "evaluated 0 new checkpoint(s)" in again.stdout
+    bad = sh("training_scripts/eval_chkpts.sh", run_dir / "nope", real_tree)
+    assert bad.returncode == 2 and "RUN_DIR" in bad.stderr
+
+
+def test_symlink_chkpts_and_collect_results(run_dir, tmp_path):
+    r = sh("util_scripts/symlink_chkpts.sh", run_dir, tmp_path / "mid", 8)
+    assert r.returncode == 0, r.stderr
+    assert os.path.islink(tmp_path / "mid" / "step-00000008")
+    assert "exists, left alone" in sh("util_scripts/symlink_chkpts.sh", run_dir, tmp_path / "mid", 8).stdout
+    bad = sh("util_scripts/symlink_chkpts.sh", run_dir, tmp_path / "mid", 12)
+    assert bad.returncode == 2 and "step-00000012 has no lit_model.pth" in bad.stderr
+    r = sh("util_scripts/collect_results.sh", tmp_path / "res.csv", run_dir)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "res.csv").read_text().startswith("run,step,tokens,val_loss/code")
+
+
+def test_changed_shard_on_resume_is_one_line_exit_2(run_dir, real_tree, tmp_path):
+    ckpt = torch.load(run_dir / "step-00000008" / "lit_model.pth", weights_only=False)
+    ckpt["train_dataloader"]["stages"][0]["fingerprints"][0]["tokens"] += 1
+    bad = tmp_path / "base" / "step-00000008"
+    bad.mkdir(parents=True)
+    torch.save(ckpt, bad / "lit_model.pth")
+    for f in ("model_config.yaml", "training_state.json"):
+        (bad / f).write_text((run_dir / "step-00000008" / f).read_text())
+    cfg = write_config(tmp_path, real_tree, "mid.yaml", mix="main:0.5,code:0.5", out_dir=str(tmp_path / "mid"),
+                       resume_from=str(bad))
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "data.allow_data_change: shard 'main/1' changed" in r.stderr
