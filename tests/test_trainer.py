@@ -238,3 +238,18 @@ def tiny_tokenizer(tmp_path_factory):
     (out / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast", '
                                                '"eos_token": "<|endoftext|>", "bos_token": null}')
     return out
+
+
+def test_initial_checkpoint_dir_loads_weights_only(tmp_path, real_tree, trained_base):
+    cfg = write_config(tmp_path, real_tree, "init.yaml", out_dir=str(tmp_path / "init"),
+                       initial_checkpoint_dir=str(trained_base / "final"), train={"max_steps": 2},
+                       eval={"interval": 100, "max_iters": 2, "initial_validation": True})
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "step 1/2" in r.stdout  # counters start at 0: only the weights came along
+    first = float([x for x in metrics(tmp_path / "init") if x.get("val_loss/main")][0]["val_loss/main"])
+    fresh = write_config(tmp_path, real_tree, "fresh.yaml", out_dir=str(tmp_path / "fresh"), train={"max_steps": 2},
+                         eval={"interval": 100, "max_iters": 2, "initial_validation": True})
+    assert run_cli("pretrain", "--config", fresh).returncode == 0
+    untrained = float([x for x in metrics(tmp_path / "fresh") if x.get("val_loss/main")][0]["val_loss/main"])
+    assert first < untrained - 0.05  # the trained weights were loaded

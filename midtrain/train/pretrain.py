@@ -186,7 +186,7 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     model.max_seq_length = seq_len
     if initial_checkpoint_dir is not None and load_path is None:
         path = ckpt.check_checkpoint(initial_checkpoint_dir, "initial_checkpoint_dir") / ckpt.MODEL_FILE
-        _load(fabric, path, {"model": model}, "initial_checkpoint_dir", strict=True, raw=True)
+        _load_weights(model, path)
     n_params = num_parameters(model)
     fabric.print(f"model: {n_params / 1e6:.1f}M parameters, seq {seq_len}, {start_kind} run -> {out_dir}")
     if compile:
@@ -281,7 +281,8 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
                 trace.write(f"{state['step_count']} {micro} {zlib.crc32(tokens.numpy().tobytes())}\n")
             tokens = fabric.to_device(tokens.long())
             sources = fabric.to_device(sources.long())
-            inputs, targets = tokens[:, :seq_len], tokens[:, 1:seq_len + 1]
+            # contiguous: the loader's rows carry a source column, and strided inputs slow the model
+            inputs, targets = tokens[:, :seq_len].contiguous(), tokens[:, 1:seq_len + 1].contiguous()
             with fabric.no_backward_sync(model, enabled=micro < accum - 1):
                 logits = model(inputs)
                 per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
@@ -373,13 +374,26 @@ def _save(fabric, out_dir, name, state, loader, hparams, model_config, tokenizer
     fabric.print(f"saved {Path(out_dir) / name}")
 
 
-def _load(fabric, path: Path, state: dict, field: str, strict: bool = True, raw: bool = False) -> None:
+def _load_weights(model, path: Path) -> None:
+    """Weights only, from our checkpoints ({"model": ...}) or plain litgpt/converted state dicts."""
+    def load():
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+
+    _translate_load_errors(load, path, "initial_checkpoint_dir")
+
+
+def _load(fabric, path: Path, state: dict, field: str) -> None:
+    def load():
+        remainder = fabric.load(path, state, strict=False)
+        state.update({k: v for k, v in remainder.items() if k in state})
+
+    _translate_load_errors(load, path, field)
+
+
+def _translate_load_errors(load, path: Path, field: str) -> None:
     try:
-        if raw:
-            fabric.load_raw(path, state["model"], strict=strict)
-        else:
-            remainder = fabric.load(path, state, strict=False)
-            state.update({k: v for k, v in remainder.items() if k in state})
+        load()
     except ConfigError:
         raise
     except RuntimeError as e:
