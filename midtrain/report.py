@@ -43,6 +43,22 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, dict[int, float]]:
     return out
 
 
+def branch_point(run_dir: str | os.PathLike) -> tuple[Path, int] | None:
+    """(base run dir, step) for a midtrain run started with resume_from, from its newest checkpoint's config."""
+    import yaml
+
+    from midtrain.train.checkpoint import checkpoint_step, latest_checkpoint
+
+    ckpt = latest_checkpoint(Path(run_dir))
+    if ckpt is None or not (ckpt / "hyperparameters.yaml").is_file():
+        return None
+    resume_from = (yaml.safe_load((ckpt / "hyperparameters.yaml").read_text()) or {}).get("resume_from")
+    if not resume_from:
+        return None
+    step = checkpoint_step(Path(resume_from))
+    return (Path(resume_from).parent, step) if step is not None else None
+
+
 def _version(path: str) -> int:
     part = [p for p in Path(path).parts if p.startswith("version_")][0]
     return int(part.split("_")[1])
@@ -60,6 +76,13 @@ def plot_runs(runs: list[str], out: str, prefix: str = "val_loss/") -> str:
     import matplotlib.pyplot as plt
 
     metrics = {r: read_metrics(r) for r in runs}
+    for run, m in metrics.items():  # a midtrain run's curve starts at its base run's branch point
+        branch = branch_point(run)
+        if branch is not None and (branch[0] / "logs").is_dir():
+            base = read_metrics(branch[0])
+            for key, series in base.items():
+                if key.startswith(prefix):
+                    m.setdefault(key, {}).update({s: v for s, v in series.items() if s <= branch[1]} | m.get(key, {}))
     sets = sorted({k[len(prefix):] for m in metrics.values() for k in m if k.startswith(prefix)})
     if not sets:
         raise ConfigError("--metric", f"no {prefix}* metrics in these runs")

@@ -102,8 +102,9 @@ def _tokenize_unit(unit: str, tokenizer_dir: str, field: str, split: str, val_fr
         from litgpt import Tokenizer
 
         tok = _TOKENIZERS[tokenizer_dir] = Tokenizer(tokenizer_dir)
-    for i, text in enumerate(read_documents(unit, field)):
-        in_val = val_fraction > 0 and zlib.crc32(f"{unit}\0{i}".encode()) / 2**32 < val_fraction
+    for text in read_documents(unit, field):
+        # by content: the split does not depend on where the files live, and duplicates never straddle it
+        in_val = val_fraction > 0 and zlib.crc32(text.encode()) / 2**32 < val_fraction
         if in_val != (split == "val"):
             continue
         ids = tok.processor.encode(text).ids if tok.backend == "huggingface" else tok.encode(text).tolist()
