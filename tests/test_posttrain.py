@@ -94,9 +94,11 @@ def test_crashed_prepare_leaves_nothing_discoverable(tmp_path, tokenizer_dir):
     write_jsonl(src, [{"text": d} for d in DOCS])
     with open(src, "a") as f:
         f.write("{this is not json\n")
-    with pytest.raises(Exception):
-        prepare_shard([str(src)], str(tokenizer_dir), str(tmp_path / "shards"), "m1", val_fraction=0.1,
-                      val_dir=str(tmp_path / "val"))
+    r = run_cli("prepare", "--input", src, "--tokenizer_dir", tokenizer_dir, "--out_dir", tmp_path / "shards",
+                "--shard", "m1", "--val_fraction", "0.1", "--val_dir", tmp_path / "val")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"midtrain prepare: error: {src}:121: not a JSON line " \
+        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"
     for folder in ("shards", "val"):
         base = tmp_path / folder
         assert not base.exists() or [p.name for p in base.iterdir()] == []

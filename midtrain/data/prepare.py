@@ -89,8 +89,21 @@ def write_fake_index(out_dir: str | os.PathLike, chunk_tokens: Iterable[int]) ->
 _TOKENIZERS: dict = {}
 
 
-def _tokenize_unit(unit: str, tokenizer_dir: str, field: str, split: str, val_fraction: float):
-    """litdata optimize fn: one input unit -> token tensors (EOS appended) of the documents in ``split``."""
+def _tokenize_unit(unit: str, tokenizer_dir: str, field: str, split: str, val_fraction: float, error_dir: str):
+    """litdata optimize fn: one input unit -> token tensors (EOS appended) of the documents in ``split``.
+
+    Bad input (a malformed line, a missing field) is recorded in ``error_dir`` for the main process
+    to report as one line, instead of a worker traceback."""
+    try:
+        yield from _tokenize_documents(unit, tokenizer_dir, field, split, val_fraction)
+    except ConfigError as e:
+        import uuid
+
+        with open(os.path.join(error_dir, uuid.uuid4().hex), "w") as f:
+            f.write(str(e))
+
+
+def _tokenize_documents(unit: str, tokenizer_dir: str, field: str, split: str, val_fraction: float):
     import zlib
 
     import torch
@@ -110,6 +123,14 @@ def _tokenize_unit(unit: str, tokenizer_dir: str, field: str, split: str, val_fr
         ids = tok.processor.encode(text).ids if tok.backend == "huggingface" else tok.encode(text).tolist()
         ids.append(tok.eos_id)
         yield torch.tensor(ids, dtype=torch.int32)
+
+
+def _raise_recorded(error_dir: str) -> None:
+    for name in sorted(os.listdir(error_dir)):
+        with open(os.path.join(error_dir, name)) as f:
+            message = f.read()
+        field, _, rest = message.partition(": ")
+        raise ConfigError(field, rest)
 
 
 def shard_folder_name(shard: str | None, type_name: str | None, index: int | None, shard_types=None) -> str:
@@ -173,15 +194,24 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
         for split, dest in targets.items():
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             temps[split] = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=os.path.dirname(dest))
+            errors = temps[f"{split}-errors"] = tempfile.mkdtemp(prefix="midtrain-prepare-errors-")
             with private_litdata_cache():
-                optimize(fn=partial(_tokenize_unit, tokenizer_dir=tok_dir, field=field, split=split,
-                                    val_fraction=val_fraction),
-                         inputs=units, output_dir=temps[split], chunk_size=chunk_tokens, item_loader=TokensLoader(),
-                         num_workers=max(1, min(num_workers, len(units))), mode="overwrite", start_method="fork")
+                try:
+                    optimize(fn=partial(_tokenize_unit, tokenizer_dir=tok_dir, field=field, split=split,
+                                        val_fraction=val_fraction, error_dir=errors),
+                             inputs=units, output_dir=temps[split], chunk_size=chunk_tokens,
+                             item_loader=TokensLoader(), num_workers=max(1, min(num_workers, len(units))),
+                             mode="overwrite", start_method="fork")
+                except Exception:
+                    _raise_recorded(errors)
+                    raise
+            _raise_recorded(errors)
             if not os.path.isfile(os.path.join(temps[split], "index.json")):
                 raise ConfigError("--val_fraction" if split == "val" else "--input",
                                   f"no documents went to the {split} shard")
         summary = {}
+        for split in targets:
+            shutil.rmtree(temps.pop(f"{split}-errors"), ignore_errors=True)
         for split, dest in targets.items():  # both complete: now make them visible
             os.replace(temps.pop(split), dest)
             dims, _ = read_index(os.path.join(dest, "index.json"))
