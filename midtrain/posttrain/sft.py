@@ -185,12 +185,12 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
 
     checkpoint = Path(checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base, config = load_checkpoint_model(checkpoint)
     tok = load_tokenizer(Path(tokenizer_dir) if tokenizer_dir else checkpoint)
     if tok.eos_id is None:
         raise ConfigError("--tokenizer_dir", "the tokenizer defines no eos_token")
     if not lrs or any(lr <= 0 for lr in lrs):
         raise ConfigError("--lrs", f"give one or more positive learning rates, got {list(lrs)}")
-    base, config = load_checkpoint_model(checkpoint)
     seq = max_seq_length or config.block_size
     base.max_seq_length = seq
     base.to(device)
