@@ -156,7 +156,7 @@ def reads(path, repeats):
     def ours():
         t0 = time.perf_counter()
         out = np.empty((len(flat), BLOCK), dtype=r.dtype)
-        r.read(chunk, item, out)
+        r.read(chunk, item, out, np.arange(len(flat)))
         return len(flat) * BLOCK / (time.perf_counter() - t0)
 
     def theirs():

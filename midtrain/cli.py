@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Callable, Optional
 
+from midtrain.atomic import write_text_atomic
 from midtrain.errors import ConfigError
 
 USAGE = """usage: midtrain <command> [options]
@@ -89,21 +90,6 @@ def pretrain(argv: list[str]) -> int:
     return setup(**kwargs, hparams=hparams)
 
 
-def _block_size(train, model_name: Optional[str], model_config) -> int:
-    if train.max_seq_length is not None:
-        return train.max_seq_length
-    if model_config is not None:
-        return int(model_config.block_size)
-    if model_name:
-        from litgpt import Config
-
-        try:
-            return Config.from_name(model_name).block_size
-        except ValueError:
-            raise ConfigError("model_name", f"{model_name!r} is not a litgpt model name") from None
-    raise ConfigError("train.max_seq_length", "not set, and no model_name/model_config to take block_size from")
-
-
 def mix(argv: list[str]) -> int:
     """``midtrain mix``: discovery + weights + the per-shard plan of a run config, without training."""
     from midtrain.data.plan import format_plan
@@ -117,8 +103,10 @@ def mix(argv: list[str]) -> int:
     data = init.data if init.data is not None else ShardedMixedDataset()
     if not isinstance(data, ShardedMixedDataset):
         raise ConfigError("data.class_path", f"{type(data).__name__}: `midtrain mix` plans ShardedMixedDataset only")
+    from midtrain.train.pretrain import resolve_model_config
+
     train = init.train
-    seq = _block_size(train, args.model_name, init.model_config)
+    seq = train.max_seq_length or resolve_model_config(args.model_name, init.model_config).block_size
     data.connect(batch_size=train.micro_batch_size, max_seq_length=seq, global_batch_size=train.global_batch_size)
     if args.tokens is not None:
         if args.tokens < 0:
@@ -138,7 +126,7 @@ def mix(argv: list[str]) -> int:
         if args.json == "-":
             print(text)
         else:
-            _write_atomic(args.json, text)
+            write_text_atomic(args.json, text)
     return 0
 
 
@@ -202,7 +190,7 @@ def tokenizer(argv: list[str]) -> int:
     from itertools import islice
 
     from midtrain.data.readers import input_units, read_documents
-    from midtrain.tokenizer_train import train_bpe
+    from midtrain.tokenizer import train_bpe
 
     if not argv or argv[0] != "train":
         raise ConfigError("midtrain tokenizer", "expected the subcommand `train`")
@@ -293,7 +281,7 @@ def report(argv: list[str]) -> int:
     cols, rows = report_rows(a.runs, a.sft)
     text = format_table(cols, rows, a.format)
     if a.out:
-        _write_atomic(a.out, text + "\n")
+        write_text_atomic(a.out, text + "\n")
     print(text)
     return 0
 
@@ -317,13 +305,6 @@ def _take_config(argv: list[str]) -> Optional[str]:
             del argv[i]
             return a.split("=", 1)[1]
     return None
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

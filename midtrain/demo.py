@@ -122,7 +122,7 @@ def write_jsonl(path: Path, docs, key="text") -> Path:
 
 def build_data(root: Path, quick: bool, seed: int = 0) -> dict:
     from midtrain.data.prepare import prepare_shard
-    from midtrain.tokenizer_train import train_bpe
+    from midtrain.tokenizer import train_bpe
 
     raw = root / "raw"
     scale = 0.25 if quick else 1.0

@@ -111,8 +111,8 @@ def test_midtrain_stage_switches_exactly_and_continues_sources(real_tree, capsys
     m1_before = {tuple(t.tolist()) for tb, sb in before for t, s in zip(tb, sb) if base.source_ids[int(s)] == "m1"}
     m1_after = [tuple(t.tolist()) for tb, sb in after for t, s in zip(tb, sb) if ids[int(s)] == "m1"]
     m1_samples = next(s for s in make(real_tree).discovery().shards if s.id == "m1").samples(8)
-    if len(m1_before) + len(m1_after) <= m1_samples:
-        assert not m1_before & set(m1_after)
+    assert m1_before and m1_after and len(m1_before) + len(m1_after) <= m1_samples  # still in m1's first epoch
+    assert not m1_before & set(m1_after)
 
 
 def test_changed_shard_is_refused_unless_allowed(real_tree):

@@ -17,7 +17,7 @@ DOCS = [f"Document {i}: the quick brown fox jumps over {i * 7} lazy dogs. " * (1
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    from midtrain.tokenizer_train import train_bpe
+    from midtrain.tokenizer import train_bpe
 
     return train_bpe(DOCS * 3, tmp_path_factory.mktemp("tok") / "tok", vocab_size=400)
 

@@ -59,10 +59,10 @@ class ShardReader:
             arr = self._maps[c] = np.asarray(mm)[: self.items[c] * self.block].reshape(self.items[c], self.block)
         return arr
 
-    def read(self, chunks: np.ndarray, items: np.ndarray, out: np.ndarray) -> None:
-        """Copy sample ``items[k]`` of chunk ``chunks[k]`` into ``out[k]`` (one copy per row)."""
-        for k, (c, i) in enumerate(zip(chunks.tolist(), items.tolist())):
-            out[k, : self.block] = self._chunk(c)[i]
+    def read(self, chunks: np.ndarray, items: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
+        """Copy sample ``items[k]`` of chunk ``chunks[k]`` into ``out[rows[k]]`` (one copy per row)."""
+        for r, c, i in zip(rows.tolist(), chunks.tolist(), items.tolist()):
+            out[r, : self.block] = self._chunk(c)[i]
 
 
 class ExactMixDataset(IterableDataset):
@@ -94,12 +94,23 @@ class ExactMixDataset(IterableDataset):
                     orders[sid] = SourceOrder(readers[sid].items, self.seed, sid)
                 rows = np.flatnonzero(src == s)
                 _, chunk, item = orders[sid].locate(pos[rows])
-                if len(rows) == self.micro:
-                    readers[sid].read(chunk, item, batch)
-                else:
-                    for row, c, i in zip(rows.tolist(), chunk.tolist(), item.tolist()):
-                        batch[row, : self.block] = readers[sid]._chunk(c)[i]
+                readers[sid].read(chunk, item, batch, rows)
             yield torch.from_numpy(batch)
+
+
+def out_of_vocab(tokens: torch.Tensor, vocab_size: int | None) -> tuple[int, int] | None:
+    """(row, token id) of the first token outside [0, vocab_size), or None.
+
+    Without this check the model would hit an opaque device-side assert in the embedding lookup;
+    min/max over a batch cost nothing next to a forward pass.
+    """
+    if vocab_size is None or not tokens.numel():
+        return None
+    if int(tokens.max()) < vocab_size and int(tokens.min()) >= 0:
+        return None
+    bad = (tokens >= vocab_size) | (tokens < 0)
+    row = int(bad.any(dim=1).nonzero()[0])
+    return row, int(tokens[row][bad[row]][0])
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -142,14 +153,12 @@ class ExactMixLoader(DataLoader):
             yield (tokens, src) if self.with_source_ids else tokens
 
     def _check_vocab(self, tokens: torch.Tensor, src: torch.Tensor) -> None:
-        if self.vocab_size is None:
-            return
-        bad = (tokens >= self.vocab_size) | (tokens < 0)
-        if bad.any():
-            row = int(bad.any(dim=1).nonzero()[0])
+        bad = out_of_vocab(tokens, self.vocab_size)
+        if bad is not None:
+            row, token = bad
             sid = self.source_ids[int(src[row])]
-            raise ConfigError(self.dataset.shards[sid].path, f"token id {int(tokens[bad][0])} is outside the "
-                              f"vocabulary [0, {self.vocab_size}): shard {sid} was tokenized with another tokenizer")
+            raise ConfigError(self.dataset.shards[sid].path, f"token id {token} is outside the vocabulary "
+                              f"[0, {self.vocab_size}): shard {sid} was tokenized with another tokenizer")
 
     def state_dict(self) -> dict[str, Any]:
         return {"mixer": "exact", "samples": self.samples, "stages": [s.to_dict() for s in self.stages]}

@@ -42,14 +42,21 @@ def _yield_tokens(doc):
     yield torch.as_tensor(doc, dtype=torch.int32 if max(doc, default=0) < 2**31 else torch.int64)
 
 
-def write_token_shard(out_dir: str | os.PathLike, docs: Sequence[Sequence[int]], chunk_tokens: int = 1 << 20,
-                      num_workers: int = 1, overwrite: bool = False) -> str:
-    """Write documents (lists of token ids) as one litdata TokensLoader shard at ``out_dir``, atomically."""
+def optimize_tokens(fn, inputs: list, output_dir: str, chunk_tokens: int, num_workers: int) -> None:
+    """litdata.optimize into a TokensLoader shard, with private caches (it rmtree's $TMPDIR/chunks otherwise)."""
     from litdata import optimize
     from litdata.streaming import TokensLoader
 
+    with private_litdata_cache():
+        optimize(fn=fn, inputs=inputs, output_dir=output_dir, chunk_size=chunk_tokens, item_loader=TokensLoader(),
+                 num_workers=num_workers, mode="overwrite", start_method="fork")
+
+
+def write_token_shard(out_dir: str | os.PathLike, docs: Sequence[Sequence[int]], chunk_tokens: int = 1 << 20,
+                      num_workers: int = 1) -> str:
+    """Write documents (lists of token ids) as one litdata TokensLoader shard at ``out_dir``, atomically."""
     out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not overwrite:
+    if os.path.exists(out_dir):
         raise ConfigError(out_dir, "already exists (refusing to overwrite a shard)")
     if not docs:
         raise ConfigError(out_dir, "no documents to write")
@@ -57,12 +64,7 @@ def write_token_shard(out_dir: str | os.PathLike, docs: Sequence[Sequence[int]],
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
-        with private_litdata_cache():
-            optimize(fn=_yield_tokens, inputs=[list(map(int, d)) for d in docs], output_dir=tmp,
-                     chunk_size=chunk_tokens, item_loader=TokensLoader(), num_workers=num_workers,
-                     mode="overwrite", start_method="fork")
-        if overwrite and os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
+        optimize_tokens(_yield_tokens, [list(map(int, d)) for d in docs], tmp, chunk_tokens, num_workers)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -112,17 +114,16 @@ def _tokenize_documents(unit: str, tokenizer_dir: str, field: str, split: str, v
 
     tok = _TOKENIZERS.get(tokenizer_dir)
     if tok is None:
-        from litgpt import Tokenizer
+        from midtrain.tokenizer import load_tokenizer
 
-        tok = _TOKENIZERS[tokenizer_dir] = Tokenizer(tokenizer_dir)
+        tok = _TOKENIZERS[tokenizer_dir] = load_tokenizer(tokenizer_dir, "--tokenizer_dir")
     for text in read_documents(unit, field):
         # by content: the split does not depend on where the files live, and duplicates never straddle it
         in_val = val_fraction > 0 and zlib.crc32(text.encode()) / 2**32 < val_fraction
         if in_val != (split == "val"):
             continue
-        ids = tok.processor.encode(text).ids if tok.backend == "huggingface" else tok.encode(text).tolist()
-        ids.append(tok.eos_id)
-        yield torch.tensor(ids, dtype=torch.int32)
+        # explicit EOS (litgpt's encode(eos=True) skips it when a text already ends in it)
+        yield torch.cat([tok.encode(text, bos=False), torch.tensor([tok.eos_id])]).to(torch.int32)
 
 
 def _raise_recorded(error_dir: str) -> None:
@@ -163,9 +164,6 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
     """Tokenize ``inputs`` into ``out_dir/name`` (and ``val_dir/name``). Nothing appears until both are complete."""
     from functools import partial
 
-    from litdata import optimize
-    from litdata.streaming import TokensLoader
-
     from midtrain.data.readers import input_units
     from midtrain.data.shards import read_index
 
@@ -173,13 +171,10 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
         raise ConfigError("--val_fraction", f"must be in [0, 1), got {val_fraction}")
     if val_fraction > 0 and val_dir is None:
         raise ConfigError("--val_dir", "required with --val_fraction (where the val shard goes)")
-    tok_dir = os.path.abspath(tokenizer_dir)
-    from litgpt import Tokenizer
+    from midtrain.tokenizer import load_tokenizer
 
-    try:
-        tok = Tokenizer(tok_dir)
-    except (OSError, ValueError, KeyError, NotImplementedError) as e:
-        raise ConfigError("--tokenizer_dir", f"{tokenizer_dir} is not a litgpt tokenizer folder ({e})") from None
+    tok_dir = os.path.abspath(tokenizer_dir)
+    tok = load_tokenizer(tok_dir, "--tokenizer_dir")
     if tok.eos_id is None:
         raise ConfigError("--tokenizer_dir", f"{tokenizer_dir} defines no eos_token (needed between documents)")
     units = input_units(inputs)
@@ -190,33 +185,28 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
         if os.path.exists(dest):
             raise ConfigError(dest, "already exists (refusing to overwrite a shard)")
     temps: dict[str, str] = {}
+    errors = tempfile.mkdtemp(prefix="midtrain-prepare-errors-")  # bad input reported by the workers
     try:
         for split, dest in targets.items():
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             temps[split] = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=os.path.dirname(dest))
-            errors = temps[f"{split}-errors"] = tempfile.mkdtemp(prefix="midtrain-prepare-errors-")
-            with private_litdata_cache():
-                try:
-                    optimize(fn=partial(_tokenize_unit, tokenizer_dir=tok_dir, field=field, split=split,
-                                        val_fraction=val_fraction, error_dir=errors),
-                             inputs=units, output_dir=temps[split], chunk_size=chunk_tokens,
-                             item_loader=TokensLoader(), num_workers=max(1, min(num_workers, len(units))),
-                             mode="overwrite", start_method="fork")
-                except Exception:
-                    _raise_recorded(errors)
-                    raise
+            fn = partial(_tokenize_unit, tokenizer_dir=tok_dir, field=field, split=split, val_fraction=val_fraction,
+                         error_dir=errors)
+            try:
+                optimize_tokens(fn, units, temps[split], chunk_tokens, max(1, min(num_workers, len(units))))
+            except Exception:
+                _raise_recorded(errors)
+                raise
             _raise_recorded(errors)
             if not os.path.isfile(os.path.join(temps[split], "index.json")):
                 raise ConfigError("--val_fraction" if split == "val" else "--input",
                                   f"no documents went to the {split} shard")
         summary = {}
-        for split in targets:
-            shutil.rmtree(temps.pop(f"{split}-errors"), ignore_errors=True)
         for split, dest in targets.items():  # both complete: now make them visible
             os.replace(temps.pop(split), dest)
             dims, _ = read_index(os.path.join(dest, "index.json"))
             summary[split] = {"path": dest, "tokens": sum(dims), "chunks": len(dims)}
         return summary
     finally:
-        for tmp in temps.values():
+        for tmp in [*temps.values(), errors]:
             shutil.rmtree(tmp, ignore_errors=True)

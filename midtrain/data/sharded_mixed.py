@@ -20,11 +20,12 @@ from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 
 from midtrain.data.blend import Blend, StageSpec, append_stage, describe_change, quantize_weights, same_mixture
-from midtrain.data.exact import ExactMixDataset, ExactMixLoader, distributed_rank_world
+from midtrain.data.exact import ExactMixDataset, ExactMixLoader, distributed_rank_world, out_of_vocab
 from midtrain.data.mixture import Mixture, mix_spec, resolve_mixture
 from midtrain.data.plan import MixPlan, mixture_plan
 from midtrain.data.shards import Discovery, Shard, discover, discover_val_sets
 from midtrain.errors import ConfigError
+from midtrain.tokenizer import tokenizer_vocab_size
 
 
 def read_mix_config(path: str | os.PathLike, field_name: str = "mix_config_path") -> dict:
@@ -85,6 +86,7 @@ class ShardedMixedDataset(DataModule):
         super().__init__()
         self._discovery: Discovery | None = None
         self._mixture: Mixture | None = None
+        self._val_sets: dict[str, list[Shard]] | None = None
 
     def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None,
                 **kwargs: Any) -> None:
@@ -101,6 +103,11 @@ class ShardedMixedDataset(DataModule):
         if self._discovery is None:
             self._discovery = discover(self.data_path, self.shard_types)
         return self._discovery
+
+    def val_sets(self) -> dict[str, list[Shard]]:
+        if self._val_sets is None:
+            self._val_sets = discover_val_sets(self.val_data_path, self.shard_types)
+        return self._val_sets
 
     def mixture(self) -> Mixture:
         if self._mixture is None:
@@ -136,7 +143,7 @@ class ShardedMixedDataset(DataModule):
                 raise ConfigError(src.shard.path, f"has {src.shard.tokens} tokens per chunk at most "
                                   f"{max(src.shard.chunk_tokens, default=0)}: not one sample of {self.seq_length} tokens")
         if self.val_data_path is not None:
-            discover_val_sets(self.val_data_path, self.shard_types)  # fail early on a bad path
+            self.val_sets()  # fail early on a bad path
 
     # ---- the realisation: litdata ----
     def _train_dataset(self):
@@ -188,38 +195,23 @@ class ShardedMixedDataset(DataModule):
         if self.val_data_path is None:
             return {}
         return {name: self._val_loader(shards)
-                for name, shards in discover_val_sets(self.val_data_path, self.shard_types).items()}
+                for name, shards in self.val_sets().items()}
 
     def val_dataloader(self) -> StreamingDataLoader | None:
         """litgpt compatibility: the single loader litgpt validates on (``main``/``val`` set if present)."""
-        loaders = self.val_dataloaders()
-        if not loaders:
+        if self.val_data_path is None:
             return None
-        for preferred in ("main", "val"):
-            if preferred in loaders:
-                return loaders[preferred]
-        return next(iter(loaders.values()))
+        sets = self.val_sets()
+        name = next((n for n in ("main", "val") if n in sets), next(iter(sets)))
+        return self._val_loader(sets[name])
 
 
 def _is_rank_zero() -> bool:
     return distributed_rank_world()[0] == 0
 
 
-def tokenizer_vocab_size(tokenizer: Tokenizer) -> int | None:
-    """Token ids a tokenizer can produce, added special tokens included."""
-    size = getattr(tokenizer, "vocab_size", None)
-    processor = getattr(tokenizer, "processor", None)
-    if processor is not None and hasattr(processor, "get_vocab_size"):
-        size = max(size or 0, processor.get_vocab_size(with_added_tokens=True))
-    return size
-
-
 class VocabCheckedLoader(StreamingDataLoader):
-    """A StreamingDataLoader that fails with a clear message on token ids outside the vocabulary.
-
-    Without this the model would hit an opaque device-side assert in the embedding lookup.
-    The check is a max() over the batch: negligible next to a forward pass.
-    """
+    """A StreamingDataLoader (mixer: litdata) that fails with a clear message on out-of-vocabulary ids."""
 
     def __init__(self, *args: Any, vocab_size: int | None = None, where: str = "data_path", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -228,10 +220,8 @@ class VocabCheckedLoader(StreamingDataLoader):
 
     def __iter__(self):
         for batch in super().__iter__():
-            if self.vocab_size is not None and isinstance(batch, torch.Tensor) and batch.numel():
-                top = int(batch.max())
-                if top >= self.vocab_size or int(batch.min()) < 0:
-                    raise ConfigError(self.where, f"token id {top if top >= self.vocab_size else int(batch.min())} "
-                                      f"is outside the vocabulary [0, {self.vocab_size}): the shards were tokenized "
-                                      "with another tokenizer than tokenizer_dir / the model's vocab")
+            bad = out_of_vocab(batch, self.vocab_size) if isinstance(batch, torch.Tensor) else None
+            if bad is not None:
+                raise ConfigError(self.where, f"token id {bad[1]} is outside the vocabulary [0, {self.vocab_size}): "
+                                  "the shards were tokenized with another tokenizer than tokenizer_dir / the model's vocab")
             yield batch

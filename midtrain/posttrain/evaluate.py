@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +15,7 @@ def loss_on_shards(checkpoint: Path, data: Path, max_seq_length: Optional[int] =
     import torch
 
     from midtrain.posttrain.sft import load_checkpoint_model, pretrain_val_losses
+    from midtrain.train.metrics import perplexity
 
     model, config = load_checkpoint_model(checkpoint)
     seq = max_seq_length or config.block_size
@@ -23,7 +23,7 @@ def loss_on_shards(checkpoint: Path, data: Path, max_seq_length: Optional[int] =
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     losses = pretrain_val_losses(model, data, seq, batch_size, max_batches, device)
-    return {name: {"loss": loss, "ppl": math.exp(min(loss, 50))} for name, loss in losses.items()}
+    return {name: {"loss": loss, "ppl": perplexity(loss)} for name, loss in losses.items()}
 
 
 def lm_eval(checkpoint: Path, tasks: str, out_dir: Path, batch_size: int = 1, num_fewshot: Optional[int] = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 from pathlib import Path
 from typing import Optional
@@ -181,7 +180,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
             max_seq_length: Optional[int] = None, pretrain_val_path: Optional[Path] = None, forgetting_batches: int = 8,
             prompt_key: str = "prompt", response_key: str = "response", seed: int = 42, out: Optional[Path] = None,
             save: Optional[Path] = None) -> dict:
-    from midtrain.train.pretrain import load_tokenizer
+    from midtrain.tokenizer import load_tokenizer
 
     checkpoint = Path(checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -264,6 +263,3 @@ def format_sft(metrics: dict) -> str:
         lines.append(f"  forgetting on {name}: {f['before']:.4f} -> {f['after']:.4f} ({f['increase']:+.4f})")
     return "\n".join(lines)
 
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50))

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import yaml
 
+from midtrain.atomic import fsync_dir, fsync_tree, write_text_atomic
 from midtrain.errors import ConfigError
 
 MODEL_FILE = "lit_model.pth"
@@ -32,35 +33,6 @@ _STEP_RE = re.compile(r"^step-(\d+)$")
 
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _fsync_tree(path: Path) -> None:
-    for root, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def checkpoint_step(path: Path) -> Optional[int]:
@@ -137,9 +109,9 @@ def save_checkpoint(fabric, out_dir: Path, name: str, state: dict[str, Any], tra
         save_config(model_config, partial)
         if tokenizer_dir is not None:
             copy_config_files(Path(tokenizer_dir), partial)
-        _fsync_tree(partial)
+        fsync_tree(partial)
         os.rename(partial, final)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
         write_text_atomic(out_dir / LATEST, name + "\n")
         if keep_last_n:
             prune(out_dir, keep_last_n)

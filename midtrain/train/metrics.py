@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import timedelta
 
@@ -27,6 +28,10 @@ class SourceMeter:
         self.loss.zero_()
         self.count.zero_()
         return loss, count
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50))  # capped: an untrained model's loss must not overflow
 
 
 def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:

@@ -15,7 +15,6 @@ A SIGTERM/SIGUSR1 checkpoints at the next step boundary and exits with ``EXIT_RE
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import warnings
@@ -27,15 +26,16 @@ from typing import Any, Literal, Optional, Union
 import lightning as L
 import torch
 import torch.nn.functional as F
-from litgpt import Config, Tokenizer
+from litgpt import Config
 from litgpt.data import DataModule
 from litgpt.model import GPT, Block
 from litgpt.utils import choose_logger, get_default_supported_precision, instantiate_torch_optimizer, num_parameters
 
 from midtrain.errors import ConfigError
+from midtrain.tokenizer import load_tokenizer, tokenizer_vocab_size
 from midtrain.train import checkpoint as ckpt
 from midtrain.train.args import EvalArgs, TrainArgs
-from midtrain.train.metrics import Progress, SourceMeter, available_flops, flops_per_token
+from midtrain.train.metrics import Progress, SourceMeter, available_flops, flops_per_token, perplexity
 from midtrain.train.schedules import Schedule, warmup_steps
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed after a signal; the SLURM launcher requeues on it
@@ -89,13 +89,7 @@ def setup(
     """
     from midtrain.data.sharded_mixed import ShardedMixedDataset
 
-    if model_config is None:
-        if model_name is None:
-            raise ConfigError("model_name", "give model_name or model_config")
-        try:
-            model_config = Config.from_name(model_name)
-        except ValueError:
-            raise ConfigError("model_name", f"{model_name!r} is not a litgpt model name") from None
+    model_config = resolve_model_config(model_name, model_config)
     if train.tie_embeddings is not None:
         model_config.tie_embeddings = train.tie_embeddings
     data = ShardedMixedDataset() if data is None else data
@@ -136,13 +130,16 @@ def setup(
                 keep_last_n, hparams or {})
 
 
-def load_tokenizer(tokenizer_dir: Path) -> Tokenizer:
-    """litgpt's Tokenizer, with a one-line error naming the folder when it cannot be loaded."""
+def resolve_model_config(model_name: Optional[str], model_config: Optional[Config]) -> Config:
+    """``model_config`` if given, else litgpt's config for ``model_name``."""
+    if model_config is not None:
+        return model_config
+    if model_name is None:
+        raise ConfigError("model_name", "give model_name or model_config")
     try:
-        return Tokenizer(tokenizer_dir)
-    except (OSError, ValueError, KeyError, NotImplementedError) as e:
-        raise ConfigError("tokenizer_dir", f"{tokenizer_dir} is not a litgpt tokenizer folder "
-                          f"(tokenizer.json + tokenizer_config.json): {type(e).__name__}: {e}") from None
+        return Config.from_name(model_name)
+    except ValueError:
+        raise ConfigError("model_name", f"{model_name!r} is not a litgpt model name") from None
 
 
 def _device_count(devices: Union[int, str], accelerator: str) -> int:
@@ -172,8 +169,6 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     seq_len = train.max_seq_length or model_config.block_size
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
     if tokenizer is not None:
-        from midtrain.data.sharded_mixed import tokenizer_vocab_size
-
         vocab = tokenizer_vocab_size(tokenizer)
         if vocab > model_config.padded_vocab_size:
             raise ConfigError("tokenizer_dir", f"tokenizer vocabulary {vocab} is larger than the model's "
@@ -358,7 +353,7 @@ def _log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> No
     for name, loader in val_loaders.items():
         loss = validate(fabric, model, loader, eval.max_iters)
         metrics[f"val_loss/{name}"] = loss
-        metrics[f"val_ppl/{name}"] = math.exp(min(loss, 50))
+        metrics[f"val_ppl/{name}"] = perplexity(loss)
     fabric.log_dict(metrics, step=step)
     fabric.print("validation " + " | ".join(f"{n} loss {metrics[f'val_loss/{n}']:.4f} ppl {metrics[f'val_ppl/{n}']:.2f}"
                                              for n in val_loaders))

@@ -1,5 +1,6 @@
-"""``midtrain tokenizer train``: a byte-level BPE (GPT-NeoX style) trained offline with ``tokenizers``,
-written as a folder litgpt's ``Tokenizer`` loads (tokenizer.json + tokenizer_config.json)."""
+"""Tokenizers: loading litgpt's ``Tokenizer`` with a clear error, its true vocabulary size, and
+``midtrain tokenizer train`` (a byte-level BPE, GPT-NeoX style, trained offline with ``tokenizers``
+into a folder litgpt's ``Tokenizer`` loads: tokenizer.json + tokenizer_config.json)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,26 @@ from midtrain.errors import ConfigError
 
 EOS = "<|endoftext|>"
 PAD = "<|padding|>"
+
+
+def load_tokenizer(tokenizer_dir, field: str = "tokenizer_dir"):
+    """litgpt's Tokenizer, with a one-line error naming the folder when it cannot be loaded."""
+    from litgpt import Tokenizer
+
+    try:
+        return Tokenizer(tokenizer_dir)
+    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+        raise ConfigError(field, f"{tokenizer_dir} is not a litgpt tokenizer folder "
+                          f"(tokenizer.json + tokenizer_config.json): {type(e).__name__}: {e}") from None
+
+
+def tokenizer_vocab_size(tokenizer) -> int | None:
+    """Token ids a tokenizer can produce, added special tokens included."""
+    size = getattr(tokenizer, "vocab_size", None)
+    processor = getattr(tokenizer, "processor", None)
+    if processor is not None and hasattr(processor, "get_vocab_size"):
+        size = max(size or 0, processor.get_vocab_size(with_added_tokens=True))
+    return size
 
 
 def train_bpe(texts: Iterable[str], out_dir: Path, vocab_size: int = 4096, min_frequency: int = 2) -> Path:
