@@ -136,3 +136,58 @@ def test_append_stage_rules():
     assert append_stage([a], changed, allow_data_change=True) == [a, changed]
     c = spec([0.2, 0.8], 8, start=80, names=["main/1", "c1"], fps=[{"t": 10}, {"t": 3}])
     assert append_stage([a, b], c) == [a, c]  # b consumed nothing: replaced
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=6), st.integers(0, 400), st.integers(0, 5),
+       st.integers(0, 5))
+def test_new_seed_never_repeats_or_skips_within_an_epoch(chunk_items, switch, seed_a, seed_b):
+    """Positions before `switch` read with seed a, after it with a + (switch, b): every epoch is a permutation."""
+    old = SourceOrder(chunk_items, seed_a, "main/1")
+    new = SourceOrder(chunk_items, [(0, seed_a), (switch, seed_b)], "main/1")
+    total = sum(chunk_items)
+    n = switch + 3 * total
+    e0, c0, i0 = old.locate(np.arange(switch))
+    e1, c1, i1 = new.locate(np.arange(switch, n))
+    e, c, i = np.concatenate([e0, e1]), np.concatenate([c0, c1]), np.concatenate([i0, i1])
+    for ep in range(n // total):
+        pairs = list(zip(c[e == ep].tolist(), i[e == ep].tolist()))
+        assert len(pairs) == total and len(set(pairs)) == total
+    # the epoch in progress at the switch keeps its order; epochs beginning at/after it use seed b
+    in_progress = switch // total
+    for ep in range(n // total):
+        expect = seed_a if ep * total < switch else seed_b
+        assert new.epoch_seed(ep) == expect
+    assert new.epoch_seed(in_progress) == (seed_a if in_progress * total < switch else seed_b)
+
+
+def test_blend_source_seeds_follow_stages():
+    a = spec([1.0], 8, names=["main/1"], seed=1)
+    b = spec([0.5, 0.5], 8, start=80, names=["main/1", "c1"], seed=2)
+    blend = Blend([a, b])
+    assert blend.source_seeds("main/1") == [(0, 1), (80, 2)]
+    assert blend.source_seeds("c1") == [(0, 2)]
+
+
+def test_seed_change_on_resume_is_a_stage_and_is_described():
+    from midtrain.data.blend import describe_change
+
+    a = spec([1.0], 8, names=["main/1"], seed=1)
+    b = spec([1.0], 8, start=80, names=["main/1"], seed=2)
+    assert append_stage([a], b) == [a, b]
+    text = describe_change(a, b)
+    assert "seed 1 -> 2" in text and "no sample is repeated or skipped" in text
+
+
+def test_sample_length_change_is_refused():
+    import dataclasses
+
+    a = dataclasses.replace(spec([1.0], 8, names=["main/1"]), sample_len=17)
+    same = dataclasses.replace(spec([0.5, 0.5], 8, start=80, names=["main/1", "c1"]), sample_len=17)
+    assert append_stage([a], same)[-1].sample_len == 17
+    other = dataclasses.replace(same, sample_len=33)
+    with pytest.raises(ConfigError, match="^train.max_seq_length: 32 differs from the checkpoint's 16"):
+        append_stage([a], other)
+    legacy = dataclasses.replace(a, sample_len=0)  # written before lengths were recorded
+    assert append_stage([legacy], same)[0].sample_len == 17
+    assert StageSpec.from_dict({k: v for k, v in a.to_dict().items() if k != "sample_len"}).sample_len == 0

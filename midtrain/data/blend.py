@@ -22,6 +22,17 @@ continues from where the previous stages left it; a new source starts at 0.
 **Sources cycle on their own.** A source's k-th sample maps to (epoch, item) with a fresh seeded
 permutation per epoch: a shuffled chunk order, then shuffled items within each chunk (reads stay
 local). A small source wrapping around never restarts any other source.
+
+**A new seed never repeats or skips a sample.** Each stage stores its seed. The seed of a source's
+epoch is the seed of the stage in force when that epoch *began* (``Blend.source_seeds``): an epoch
+in progress keeps its permutation through any later stage, so within an epoch every sample is read
+exactly once whatever seeds later stages carry. A stage with a new seed (a seed replicate of a
+midtrain arm, or ``data.seed`` changed on resume) therefore reorders: the blocks of the new stage,
+the sources that first appear in it, and every source epoch that begins from it on.
+
+**The sample length is part of a stage** (``sample_len``, tokens per sample incl. the target
+shift): positions count samples of that length, so a resume with another length is refused by
+``append_stage`` (0 = recorded by an older version: unknown).
 """
 
 from __future__ import annotations
@@ -86,6 +97,7 @@ class StageSpec:
     block: int  # samples per block (the global batch)
     seed: int
     fingerprints: tuple = ()  # per source, for resume checks (opaque here)
+    sample_len: int = 0  # tokens per sample (max_seq_length + 1); 0 = unknown (older checkpoints)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -100,7 +112,7 @@ class StageSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "StageSpec":
         return cls(int(d["start"]), tuple(d["sources"]), tuple(int(u) for u in d["units"]), int(d["block"]),
-                   int(d["seed"]), tuple(d.get("fingerprints", ())))
+                   int(d["seed"]), tuple(d.get("fingerprints", ())), int(d.get("sample_len", 0)))
 
 
 class StageSchedule:
@@ -203,6 +215,12 @@ class Blend:
     def stage_of(self, g: int) -> int:
         return bisect_right(self.starts, g) - 1
 
+    def source_seeds(self, source_id: str) -> list[tuple[int, int]]:
+        """``[(stream position, seed)]``: from each position on, epochs of the source that *begin*
+        there or later use that seed (see ``SourceOrder``). One entry per stage that reads the source."""
+        i = self.source_ids.index(source_id)
+        return [(int(self.offsets[k][i]), spec.seed) for k, spec in enumerate(self.specs) if source_id in spec.sources]
+
     def locate(self, g0: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(global source index, position in that source's stream) for samples [g0, g0 + n)."""
         src = np.empty(n, dtype=np.int64)
@@ -233,22 +251,36 @@ def _key(source_id: str) -> int:
 
 
 class SourceOrder:
-    """A source's k-th sample -> (chunk, item in chunk): a fresh seeded permutation per epoch."""
+    """A source's k-th sample -> (chunk, item in chunk): a fresh seeded permutation per epoch.
 
-    def __init__(self, chunk_items: Sequence[int], seed: int, source_id: str, cache: int = 64) -> None:
+    ``seed`` is an int, or ``[(stream position, seed), ...]`` (``Blend.source_seeds``): epoch e uses
+    the seed of the last entry whose position is <= e * total, i.e. the seed in force when the epoch
+    began. An epoch's permutation is therefore fixed once it has begun.
+    """
+
+    def __init__(self, chunk_items: Sequence[int], seed, source_id: str, cache: int = 64) -> None:
         self.items = np.asarray(chunk_items, dtype=np.int64)
         self.total = int(self.items.sum())
         if self.total <= 0:
             raise ValueError(f"source {source_id!r} has no samples")
-        self.seed, self.key = seed, _key(source_id)
+        breaks = [(0, int(seed))] if isinstance(seed, (int, np.integer)) else [(int(p), int(x)) for p, x in seed]
+        if not breaks or breaks[0][0] != 0 or any(a[0] > b[0] for a, b in zip(breaks, breaks[1:])):
+            raise ValueError(f"source {source_id!r}: seed breaks must start at position 0 and not decrease: {breaks}")
+        self._break_pos = [p for p, _ in breaks]
+        self._break_seed = [x for _, x in breaks]
+        self.seed, self.key = self._break_seed[0], _key(source_id)
         self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache = cache
 
+    def epoch_seed(self, e: int) -> int:
+        """The seed in force when epoch e began (its first sample is stream position e * total)."""
+        return self._break_seed[bisect_right(self._break_pos, e * self.total) - 1]
+
     def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         hit = self._epochs.get(e)
         if hit is None:
-            order = np.random.default_rng([self.seed, self.key, e]).permutation(len(self.items))
+            order = np.random.default_rng([self.epoch_seed(e), self.key, e]).permutation(len(self.items))
             order = order[self.items[order] > 0]
             cum = np.concatenate([[0], np.cumsum(self.items[order])])
             hit = self._epochs[e] = (order, cum)
@@ -259,7 +291,7 @@ class SourceOrder:
     def _perm(self, e: int, chunk: int) -> np.ndarray:
         hit = self._perms.get((e, chunk))
         if hit is None:
-            hit = self._perms[(e, chunk)] = np.random.default_rng([self.seed, self.key, e, chunk, 1]).permutation(
+            hit = self._perms[(e, chunk)] = np.random.default_rng([self.epoch_seed(e), self.key, e, chunk, 1]).permutation(
                 int(self.items[chunk]))
             if len(self._perms) > self._cache:
                 self._perms.popitem(last=False)
@@ -315,6 +347,10 @@ def describe_change(old: StageSpec, new: StageSpec) -> str:
         a, b = ow.get(sid, 0.0), nw.get(sid, 0.0)
         tag = "new" if sid not in ow else ("dropped" if sid not in nw else ("" if abs(a - b) < 1e-12 else "changed"))
         lines.append(f"  {sid:<12} {a:8.4f} -> {b:8.4f}  {tag}".rstrip())
+    if old.seed != new.seed:
+        lines.append(f"  seed {old.seed} -> {new.seed}: blocks from sample {new.start:,} on, the sources new here and "
+                     "every source epoch that begins from here on are shuffled with the new seed; epochs in "
+                     "progress keep their order (no sample is repeated or skipped)")
     return "\n".join(lines)
 
 
@@ -329,8 +365,18 @@ def append_stage(history: Sequence[StageSpec], new: StageSpec, allow_data_change
 
     history = list(history)
     if not history:
-        return [StageSpec(0, new.sources, new.units, new.block, new.seed, new.fingerprints)]
+        return [StageSpec(0, new.sources, new.units, new.block, new.seed, new.fingerprints, new.sample_len)]
     last = history[-1]
+    known = next((s.sample_len for s in reversed(history) if s.sample_len), 0)
+    if known and new.sample_len and known != new.sample_len:
+        raise ConfigError("train.max_seq_length", f"{new.sample_len - 1} differs from the checkpoint's {known - 1}: "
+                          "data positions count samples of that length, so the run would read other samples; "
+                          "keep the checkpoint's max_seq_length (or start a fresh run)")
+    if new.sample_len == 0 and known:
+        new = StageSpec(new.start, new.sources, new.units, new.block, new.seed, new.fingerprints, known)
+    if last.sample_len == 0 and new.sample_len:  # an older checkpoint: record the length from now on
+        history[-1] = last = StageSpec(last.start, last.sources, last.units, last.block, last.seed,
+                                       last.fingerprints, new.sample_len)
     if new.start < last.start:
         raise ConfigError("data", f"resume point {new.start} is before the last mixture stage start {last.start}")
     if same_mixture(last, new):
@@ -345,5 +391,5 @@ def append_stage(history: Sequence[StageSpec], new: StageSpec, allow_data_change
     if new.start == last.start:
         history.pop()
         if not history:
-            return [StageSpec(0, new.sources, new.units, new.block, new.seed, new.fingerprints)]
+            return [StageSpec(0, new.sources, new.units, new.block, new.seed, new.fingerprints, new.sample_len)]
     return history + [new]

@@ -80,7 +80,7 @@ class ExactMixDataset(IterableDataset):
         # Sources of the current stage are read; earlier stages' sources only count positions.
         current = self.stages[blend.stage_of(self.start)].sources
         readers = {s: ShardReader(self.shards[s].path, self.block) for s in current}
-        orders = {s: SourceOrder(r.items, self.seed, s) for s, r in readers.items()}
+        orders = {s: SourceOrder(r.items, blend.source_seeds(s), s) for s, r in readers.items()}
         dtype = np.result_type(np.int32, *[r.dtype for r in readers.values()])
         ids = blend.source_ids
         for g in micro_batch_starts(self.start, self.micro, self.rank, self.world, worker, workers):
@@ -91,7 +91,7 @@ class ExactMixDataset(IterableDataset):
                 sid = ids[s]
                 if sid not in readers:  # a later stage began inside this iteration
                     readers[sid] = ShardReader(self.shards[sid].path, self.block)
-                    orders[sid] = SourceOrder(readers[sid].items, self.seed, sid)
+                    orders[sid] = SourceOrder(readers[sid].items, blend.source_seeds(sid), sid)
                 rows = np.flatnonzero(src == s)
                 _, chunk, item = orders[sid].locate(pos[rows])
                 readers[sid].read(chunk, item, batch, rows)

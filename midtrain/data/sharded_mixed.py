@@ -129,7 +129,7 @@ class ShardedMixedDataset(DataModule):
         sources = self.mixture().sources
         return StageSpec(start, tuple(s.shard.id for s in sources),
                          tuple(quantize_weights([s.weight for s in sources], self.block())), self.block(), self.seed,
-                         tuple(s.shard.fingerprint() for s in sources))
+                         tuple(s.shard.fingerprint() for s in sources), self.seq_length)
 
     def plan(self, total_samples: int | None) -> MixPlan:
         draws = None
