@@ -111,6 +111,25 @@ def test_parse_weights_tolerates_spaces_and_trailing_comma():
     assert parse_weights(" main : 0.8 , code:0.2 ,", "f") == (("main", 0.8), ("code", 0.2))
 
 
+@pytest.mark.parametrize("text,pattern", [
+    ("main:0.8,,code:0.2", r"^f: empty pair at position 2"),
+    (",main:1", r"^f: empty pair at position 1"),
+    ("main:1_0", r"^f: 'main:1_0': weight '1_0' is not a number"),
+    ("main:0x1", r"^f: 'main:0x1': weight '0x1' is not a number"),
+])
+def test_parse_weights_refuses_what_float_would_misread(text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_weights(text, "f")
+
+
+def test_literal_weights_list_a_named_types_other_shards_as_excluded():
+    d = tree({"main": [10, 10, 10], "code": [5]})
+    m = resolve(d, literal_weights_str="main/1:0.8,c1:0.2")
+    assert [s.id for s in m.excluded] == ["main/2", "main/3"]  # read at weight 0, and shown so
+    with pytest.raises(ConfigError, match=r"^literal_weights_str: 'main' is a shard type, not a shard.*mix_weights_str"):
+        resolve(d, literal_weights_str="main:0.8,code:0.2")
+
+
 # ---- properties ----
 types_st = st.lists(st.sampled_from(["code", "math", "qa", "web"]), unique=True, max_size=4)
 

@@ -111,3 +111,34 @@ def test_works_under_upstream_litgpt_pretrain(real_tree, tmp_path):
     assert batch.shape == (2, 16)
     assert set(source_of(batch)) <= {0, 1, 2}
     assert train_dl._dataloader.state_dict()["samples"] == 2  # what litgpt checkpoints
+
+
+@pytest.mark.parametrize("mix_block", [None, 8])
+def test_under_upstream_litgpt_the_block_is_said_and_mix_block_makes_every_step_exact(real_tree, tmp_path, capsys,
+                                                                                      mix_block):
+    """litgpt's connect() has no global batch: the block in use is printed; mix_block = global batch is exact."""
+    import lightning as L
+    from jsonargparse import ArgumentParser
+    from litgpt import pretrain
+
+    parser = ArgumentParser()
+    parser.add_function_arguments(pretrain.setup)
+    init_args = {"data_path": str(real_tree), "mix_weights_str": "main:0.75,code:0.25", "num_workers": 0}
+    if mix_block:
+        init_args["mix_block"] = mix_block
+    cfg = parser.parse_object({"model_name": "pythia-14m",
+                               "data": {"class_path": "midtrain.data.ShardedMixedDataset", "init_args": init_args},
+                               "train": {"micro_batch_size": 2, "global_batch_size": 8, "max_tokens": 10000,
+                                         "max_seq_length": 15}})
+    init = parser.instantiate_classes(cfg)
+    fabric = L.Fabric(devices=1, accelerator="cpu")
+    train_dl, _ = pretrain.get_dataloaders(fabric, init.data, None, init.train, 15)
+    out = capsys.readouterr().out
+    if mix_block is None:
+        assert "exact per block of 1024 samples" in out and "mix_block" in out
+        return
+    assert "exact per block" not in out
+    it = iter(train_dl)
+    for _ in range(20):  # 20 optimizer steps of 4 micro-batches x 2: code is 2 of every 8 samples, always
+        step = torch.cat([next(it) for _ in range(4)])
+        assert sum(1 for s in source_of(step) if s == 2) == 2

@@ -106,7 +106,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, real_tree, workers):
     env["MIDTRAIN_SAMPLE_TRACE"] = str(tmp_path / "trace_b")
     code, log = _run_until_step_then_signal(cmd, env, stop)
     assert code == 75, log[-2000:]
-    assert "signal received" in log
+    assert "signal SIGTERM received: checkpointing" in log
     r = run_cli("pretrain", "--config", cfg, env={"MIDTRAIN_SAMPLE_TRACE": str(tmp_path / "trace_b")})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "loading" in r.stdout
@@ -250,3 +250,122 @@ def test_initial_checkpoint_dir_loads_weights_only(tmp_path, real_tree, trained_
     first = float([x for x in metrics(tmp_path / "init") if x.get("val_loss/main")][0]["val_loss/main"])
     base_final = float([x for x in metrics(trained_base) if x.get("val_loss/main")][-1]["val_loss/main"])
     assert first == pytest.approx(base_final, abs=1e-5)  # same weights, same validation batches
+
+
+def _mutate(tmp_path, real_tree, mutate, name="bad.yaml"):
+    path = write_config(tmp_path, real_tree, name, out_dir=str(tmp_path / "bad"))
+    cfg = yaml.safe_load(path.read_text())
+    mutate(cfg)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _set(section, **kv):
+    def f(cfg):
+        (cfg.setdefault(section, {}) if section else cfg).update(kv)
+    return f
+
+
+def _data(**kv):
+    return lambda cfg: cfg["data"]["init_args"].update(kv)
+
+
+def _file_parent(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    return str(tmp_path / "afile" / "run")
+
+
+# The issue-9 catalogue: each bad input is one line naming the key, exit 2, and nothing written.
+CATALOGUE = [
+    ("keep_last_n", _set(None, keep_last_n=-1), "keep_last_n: must be >= 1"),
+    ("precision", _set(None, precision="bf17"), "precision: 'bf17' is not one of"),
+    ("seq>block", _set("train", max_seq_length=64), "train.max_seq_length: 64 is longer than the model's block_size 32"),
+    ("seq0", _set("train", max_seq_length=0), "train.max_seq_length: must be >= 1"),
+    ("steps0", _set("train", max_steps=0), "train.max_steps: must be >= 1"),
+    ("steps-1", _set("train", max_steps=-5), "train.max_steps: must be >= 1"),
+    ("tokens<batch", _set("train", max_steps=None, max_tokens=100), "train.max_tokens: is less than one optimizer step"),
+    ("save-1", _set("train", save_interval=-1), "train.save_interval: must be >= 1"),
+    ("eval-1", _set("eval", interval=-1), "eval.interval: must be >= 1"),
+    ("workers-1", _data(num_workers=-1), "data.num_workers: must be >= 0"),
+    ("data_path''", _data(data_path=""), "data.data_path: '.': give the shard folder's path"),
+    ("optimizer", lambda c: c["optimizer"].update(class_path="torch.optim.Bogus"),
+     "optimizer: 'torch.optim.Bogus' is not an optimizer class"),
+    ("lr<0", lambda c: c["optimizer"]["init_args"].update(lr=-0.1), "optimizer.init_args.lr: must be > 0"),
+    ("min_lr>lr", _set("train", min_lr=0.1), "train.min_lr: 0.1 is above the peak LR 0.003"),
+    ("no lr", lambda c: c.update(optimizer="AdamW"), "optimizer: no learning rate"),
+    ("max_iters placeholder", _set("train", max_steps=None, max_iters=10_000_000, max_additional_steps=10),
+     "train.max_iters: 10,000,000 micro-batches = 5,000,000 optimizer steps here is the LR horizon"),
+    ("additional past max_steps", _set("train", max_additional_steps=30),
+     "train.max_additional_steps: 30 steps from step 0 end at 30, past the run's 24 steps"),
+    ("wandb", _set(None, logger_name="wandb"), "logger_name: wandb is not installed: `pip install -e .[wandb]`"),
+    ("mix_weight", _data(mix_weight=0.2), "data.init_args.mix_weight: the original read it nowhere"),
+    ("out_dir under a file", lambda c: c.update(out_dir="FILEPARENT"), "out_dir: "),
+    ("double comma", _data(mix_weights_str="main:0.8,,math:0.2"), "mix_weights_str: empty pair at position 2"),
+]
+
+
+@pytest.mark.parametrize("name,mutate,needle", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input_catalogue(tmp_path, real_tree, name, mutate, needle):
+    def fix(cfg):
+        mutate(cfg)
+        if cfg.get("out_dir") == "FILEPARENT":
+            cfg["out_dir"] = _file_parent(tmp_path)
+    if name == "wandb":
+        pytest.importorskip("yaml")
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is not None:
+            pytest.skip("wandb is installed here")
+    r = run_cli("pretrain", "--config", _mutate(tmp_path, real_tree, fix))
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()  # nothing written, not even an empty folder
+
+
+def test_sample_trace_into_a_missing_folder_is_one_line(tmp_path, real_tree):
+    cfg = write_config(tmp_path, real_tree, out_dir=str(tmp_path / "bad"))
+    r = run_cli("pretrain", "--config", cfg, env={"MIDTRAIN_SAMPLE_TRACE": str(tmp_path / "nope" / "trace")})
+    assert r.returncode == 2 and "MIDTRAIN_SAMPLE_TRACE: " in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_requeue_never_extends_a_run(tmp_path, real_tree, trained_base):
+    """max_steps + max_additional_steps: a SIGTERM'd and resumed midtrain job ends where its YAML says (the
+    issue saw a 30-step run end at 51)."""
+    cfg = write_config(tmp_path, real_tree, "mid.yaml", out_dir=str(tmp_path / "mid"), resume="auto",
+                       resume_from=str(trained_base / "final"), mix="main:0.5,code:0.5",
+                       train={"max_steps": 24, "max_additional_steps": 10, "save_interval": 100})
+    env = dict(os.environ, PYTHONPATH=REPO)
+    code, log = _run_until_step_then_signal([sys.executable, "-m", "midtrain", "pretrain", "--config", str(cfg)],
+                                            env, 12)
+    assert code == 75, log[-2000:]
+    assert "this run stops at step 18" in log
+    for _ in range(2):  # the requeued job, then a second (already complete) requeue
+        r = run_cli("pretrain", "--config", cfg)
+        assert r.returncode == 0, r.stderr[-2000:]
+    state = yaml.safe_load((tmp_path / "mid" / "final" / "training_state.json").read_text())
+    assert state["step"] == state["end_step"] == 18 and state["segment_start"] == 8
+    assert "run already complete: step 18 >= 18" in r.stdout
+
+
+def test_symlink_layout_honours_max_additional_steps(tmp_path, real_tree, trained_base):
+    mid = tmp_path / "mid"
+    mid.mkdir()
+    os.symlink(trained_base / "final", mid / "step-00000008")
+    cfg = write_config(tmp_path, real_tree, "mid.yaml", mix="main:0.5,code:0.5", out_dir=str(mid), resume=True,
+                       train={"max_steps": 24, "max_additional_steps": 4})
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    state = yaml.safe_load((mid / "final" / "training_state.json").read_text())
+    assert state["step"] == 12 and state["segment_start"] == 8
+
+
+def test_keep_last_n_never_deletes_the_resume_point(tmp_path, real_tree):
+    cfg = write_config(tmp_path, real_tree, resume="auto", keep_last_n=1, train={"save_interval": 4})
+    env = dict(os.environ, PYTHONPATH=REPO)
+    code, log = _run_until_step_then_signal([sys.executable, "-m", "midtrain", "pretrain", "--config", str(cfg)],
+                                            env, 10)
+    assert code == 75, log[-2000:]
+    assert (tmp_path / "base" / "step-00000011").is_dir() or (tmp_path / "base" / "step-00000010").is_dir()
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 0 and "loading" in r.stdout and "fresh run" not in r.stdout

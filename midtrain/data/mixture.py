@@ -22,6 +22,7 @@ Pure: no I/O (the JSON file is read by the caller), no torch.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -66,11 +67,17 @@ class Mixture:
         return out
 
 
+_DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")  # float() would also take "1_0" as 10
+
+
 def check_weight(key: str, value: Any, field_name: str, shown: str | None = None) -> float:
     """A finite, non-negative number, or a ConfigError naming ``field_name`` and the pair."""
     shown = shown if shown is not None else f"{key}:{value}"
     if isinstance(value, bool):
         raise ConfigError(field_name, f"{shown!r}: weight must be a number, not a boolean")
+    if isinstance(value, str) and not _DECIMAL.match(value.strip()) and \
+            value.strip().lower().lstrip("+-") not in ("nan", "inf", "infinity"):
+        raise ConfigError(field_name, f"{shown!r}: weight {value!r} is not a number (a plain decimal such as 0.8 or 1e-3)")
     try:
         w = float(value)
     except (TypeError, ValueError):
@@ -86,10 +93,13 @@ def parse_weights(text: str, field_name: str) -> tuple[tuple[str, float], ...]:
     """``"main:0.8,code:0.2"`` -> (("main", 0.8), ("code", 0.2)); errors name the pair."""
     out: list[tuple[str, float]] = []
     seen: set[str] = set()
-    for raw in text.split(","):
+    parts = text.split(",")
+    for i, raw in enumerate(parts):
         pair = raw.strip()
         if not pair:
-            continue  # tolerate a trailing comma
+            if i == len(parts) - 1 and i > 0:
+                continue  # tolerate one trailing comma
+            raise ConfigError(field_name, f"empty pair at position {i + 1} in {text!r} (two commas in a row?)")
         key, sep, value = pair.rpartition(":")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
@@ -210,6 +220,10 @@ def _literal_raw(spec: MixSpec, discovery: Discovery):
     excluded: list[Shard] = []
     for sid, w in spec.weights:
         if sid not in shards:
+            if sid == MAIN or sid in discovery.types:
+                raise ConfigError(spec.field, f"{sid!r} is a shard type, not a shard: literal weights name shards "
+                                  f"(e.g. {next((s.id for s in discovery.shards if s.type == sid), sid + '/1')!r}); "
+                                  "type weights go in mix_weights_str")
             known = ", ".join(s.id for s in discovery.shards[:12]) + (", ..." if len(discovery.shards) > 12 else "")
             raise ConfigError(spec.field, f"shard {sid!r} not found under {discovery.base} (discovered: {known or 'none'})")
         if w > 0:
@@ -217,6 +231,9 @@ def _literal_raw(spec: MixSpec, discovery: Discovery):
         else:
             excluded.append(shards[sid])
     used_types = {shards[sid].type for sid, _ in spec.weights}
+    # Literal weights are exact: a named type's other shards are read at weight 0, and listed as such.
+    named = {sid for sid, _ in spec.weights}
+    excluded += [s for s in discovery.shards if s.type in used_types and s.id not in named]
     return raw, excluded, used_types
 
 

@@ -87,9 +87,21 @@ class ShardedMixedDataset(DataModule):
         self._discovery: Discovery | None = None
         self._mixture: Mixture | None = None
         self._val_sets: dict[str, list[Shard]] | None = None
+        self._told_block = False
+
+    def check(self) -> None:
+        """Field checks (here, not in __post_init__: jsonargparse would bury the message in union noise)."""
+        if str(self.data_path).strip() in ("", "."):
+            raise ConfigError("data.data_path", f"{str(self.data_path)!r}: give the shard folder's path (empty would "
+                              "mean the current directory)")
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers", f"must be >= 0, got {self.num_workers}")
+        if self.mix_block is not None and self.mix_block < 1:
+            raise ConfigError("data.mix_block", f"must be >= 1, got {self.mix_block}")
 
     def connect(self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None,
                 **kwargs: Any) -> None:
+        self.check()
         if max_seq_length is None or max_seq_length < 1:
             raise ConfigError("train.max_seq_length", f"must be a positive integer, got {max_seq_length!r}")
         self.batch_size = batch_size
@@ -144,6 +156,12 @@ class ShardedMixedDataset(DataModule):
                                   f"{max(src.shard.chunk_tokens, default=0)}: not one sample of {self.seq_length} tokens")
         if self.val_data_path is not None:
             self.val_sets()  # fail early on a bad path
+        if self.mixer == "exact" and self.mix_block is None and self.global_batch_size is None and not self._told_block:
+            self._told_block = True
+            if _is_rank_zero():  # e.g. under upstream `litgpt pretrain`, whose connect() has no global batch
+                print(f"data: the exact mixer's shares are exact per block of {self.block()} samples; the global batch "
+                      "was not passed to connect(), so set data.init_args.mix_block to train.global_batch_size "
+                      "for exact shares in every optimizer step", flush=True)
 
     # ---- the realisation: litdata ----
     def _train_dataset(self):

@@ -58,6 +58,23 @@ class TrainArgs:
         if self.global_batch_size % self.micro_batch_size:
             raise ConfigError("train.global_batch_size", f"{self.global_batch_size} is not a multiple of "
                               f"train.micro_batch_size {self.micro_batch_size}")
+        for name in ("max_steps", "max_additional_steps", "max_iters", "max_tokens", "max_seq_length",
+                     "lr_warmup_steps", "stable_steps"):
+            value = getattr(self, name)
+            if value is not None and (value < 1 if name not in ("lr_warmup_steps", "stable_steps") else value < 0):
+                bound = ">= 0" if name in ("lr_warmup_steps", "stable_steps") else ">= 1"
+                raise ConfigError(f"train.{name}", f"must be {bound} (or null), got {value}")
+        if self.save_interval is not None and self.save_interval < 0:
+            raise ConfigError("train.save_interval", f"must be >= 1, or 0/null for no checkpoints but the final one, "
+                              f"got {self.save_interval}")
+        if self.max_lr is not None and not self.max_lr > 0:
+            raise ConfigError("train.max_lr", f"must be > 0, got {self.max_lr}")
+        if self.min_lr < 0:
+            raise ConfigError("train.min_lr", f"must be >= 0, got {self.min_lr}")
+        if self.max_norm is not None and not self.max_norm > 0:
+            raise ConfigError("train.max_norm", f"must be > 0 (or null for no clipping), got {self.max_norm}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError("train.decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
 
     def total_steps(self, devices: int = 1, num_nodes: int = 1, seq_length: int | None = None) -> int | None:
         """The whole run's optimizer steps, from max_steps, max_iters or max_tokens (in that order)."""
@@ -76,8 +93,14 @@ class EvalArgs:
     """Validation settings (the ``eval:`` section)."""
 
     interval: int = 600
-    """Optimizer steps between validations."""
+    """Optimizer steps between validations (0: only the initial/final validation)."""
     max_iters: int = 100
     """Batches per validation set."""
     initial_validation: bool = False
     final_validation: bool = True
+
+    def __post_init__(self) -> None:
+        if self.interval < 0:
+            raise ConfigError("eval.interval", f"must be >= 1, or 0 for no periodic validation, got {self.interval}")
+        if self.max_iters < 1:
+            raise ConfigError("eval.max_iters", f"must be >= 1, got {self.max_iters}")

@@ -10,13 +10,20 @@ Where a run starts from:
   optimizer, counters and data positions come from the base run; a changed mixture is appended as
   a new stage (each source continues where it stopped), the LR schedule continues.
 - ``initial_checkpoint_dir``: weights only, step 0.
-A SIGTERM/SIGUSR1 checkpoints at the next step boundary and exits with ``EXIT_REQUEUE`` (75).
+How long it runs: ``train.max_steps`` (or ``max_iters``/``max_tokens``) is the whole run and the LR
+horizon; ``max_additional_steps`` counts from where this run's *segment* began (the step of its
+first start in this out_dir, kept in the checkpoint), so a preempted and requeued job never runs
+longer than its YAML says.
+
+Signals: ``midtrain.signals`` records SIGTERM/SIGUSR1/SIGINT from the first line of the process.
+At the next step boundary the run checkpoints and exits ``EXIT_REQUEUE`` (75; 130 for SIGINT);
+before its first step it exits the same way saying there is nothing to save; once the last step
+is done it writes the final checkpoint and exits 0 (complete).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import warnings
 import zlib
 from dataclasses import asdict
@@ -31,6 +38,7 @@ from litgpt.data import DataModule
 from litgpt.model import GPT, Block
 from litgpt.utils import choose_logger, get_default_supported_precision, instantiate_torch_optimizer, num_parameters
 
+from midtrain import signals
 from midtrain.errors import ConfigError
 from midtrain.tokenizer import load_tokenizer, tokenizer_vocab_size
 from midtrain.train import checkpoint as ckpt
@@ -90,9 +98,12 @@ def setup(
     from midtrain.data.sharded_mixed import ShardedMixedDataset
 
     model_config = resolve_model_config(model_name, model_config)
+    check_run_inputs(model_config, out_dir, precision, train, optimizer, keep_last_n, logger_name)
     if train.tie_embeddings is not None:
         model_config.tie_embeddings = train.tie_embeddings
     data = ShardedMixedDataset() if data is None else data
+    if isinstance(data, ShardedMixedDataset):
+        data.check()
     out_dir = Path(out_dir)
     if resume_from is not None:
         resume_from = ckpt.check_checkpoint(resume_from, "resume_from")
@@ -142,6 +153,109 @@ def resolve_model_config(model_name: Optional[str], model_config: Optional[Confi
         raise ConfigError("model_name", f"{model_name!r} is not a litgpt model name") from None
 
 
+def check_run_inputs(model_config: Config, out_dir: Path, precision: Optional[str], train: TrainArgs,
+                     optimizer: Union[str, dict], keep_last_n: Optional[int], logger_name: str) -> None:
+    """Refuse, before any work, what would otherwise crash mid-run or silently train something else."""
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    if keep_last_n is not None and keep_last_n < 1:
+        raise ConfigError("keep_last_n", f"must be >= 1 (or null to keep every checkpoint), got {keep_last_n}: "
+                          "fewer would delete the checkpoint a requeued job resumes from")
+    valid = get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS)
+    if precision is not None and str(precision) not in valid:
+        raise ConfigError("precision", f"{precision!r} is not one of {', '.join(valid)}")
+    if train.max_seq_length is not None and train.max_seq_length > model_config.block_size:
+        raise ConfigError("train.max_seq_length", f"{train.max_seq_length} is longer than the model's block_size "
+                          f"{model_config.block_size}")
+    lr = optimizer_lr(optimizer)
+    if train.max_lr is None and lr is None:
+        raise ConfigError("optimizer", "no learning rate: set optimizer.init_args.lr or train.max_lr (the paper and "
+                          "the original used 3e-4; torch's default 1e-3 would otherwise apply unannounced)")
+    peak = train.max_lr if train.max_lr is not None else lr
+    if not peak > 0:
+        raise ConfigError("optimizer.init_args.lr", f"must be > 0, got {peak}")
+    if train.min_lr > peak:
+        raise ConfigError("train.min_lr", f"{train.min_lr} is above the peak LR {peak}")
+    if logger_name == "wandb":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("logger_name", "wandb is not installed: `pip install -e .[wandb]` (offline runs: "
+                              "WANDB_MODE=offline), or use logger_name: tensorboard / csv")
+    trace = os.environ.get("MIDTRAIN_SAMPLE_TRACE")
+    if trace and not Path(trace).parent.is_dir():
+        raise ConfigError("MIDTRAIN_SAMPLE_TRACE", f"{trace}: folder {Path(trace).parent} does not exist")
+    check_writable_dir(Path(out_dir), "out_dir")
+
+
+def check_writable_dir(path: Path, field: str) -> None:
+    """Prove that folder ``path`` can be created and written, creating nothing; else one-line ConfigError."""
+    import tempfile
+
+    path = Path(os.path.abspath(path))
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(field, f"{path} cannot be created: {existing} is a file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".midtrain-write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(field, f"{path} is not writable ({existing}: {e.strerror or e})") from None
+
+
+def optimizer_lr(optimizer: Union[str, dict]) -> Optional[float]:
+    """The lr an optimizer spec sets (None: the class default), after checking that the class exists."""
+    import importlib
+
+    if isinstance(optimizer, str):
+        path, init = (optimizer if "." in optimizer else f"torch.optim.{optimizer}"), {}
+    elif isinstance(optimizer, dict) and isinstance(optimizer.get("class_path"), str):
+        path, init = optimizer["class_path"], dict(optimizer.get("init_args") or {})
+    else:
+        raise ConfigError("optimizer", f"expected a class name or {{class_path, init_args}}, got {optimizer!r}")
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError("optimizer", f"{path!r} is not an optimizer class") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError("optimizer", f"{path!r} is not a torch.optim.Optimizer")
+    lr = init.get("lr")
+    if lr is not None and not isinstance(lr, (int, float)):
+        raise ConfigError("optimizer.init_args.lr", f"expected a number, got {lr!r}")
+    return None if lr is None else float(lr)
+
+
+def run_end_step(train: TrainArgs, total_steps: Optional[int], segment_start: Optional[int],
+                 saved_end_step: Optional[int], start_step: int) -> int:
+    """The step this run stops at, the same on every (re)start of the job. Pure.
+
+    ``max_additional_steps`` counts from ``segment_start`` (where this run first started in its
+    out_dir), not from the step a requeued job resumes at. ``segment_start`` is None only for a
+    checkpoint written before it was recorded: then its saved end step stands.
+    """
+    if train.max_additional_steps is not None:
+        if segment_start is None:
+            if saved_end_step is None:
+                raise ConfigError("resume", "the checkpoint records neither its segment start nor its end step")
+            end = saved_end_step
+        else:
+            end = segment_start + train.max_additional_steps
+        if total_steps is not None and end > total_steps:
+            raise ConfigError("train.max_additional_steps", f"{train.max_additional_steps:,} steps from step "
+                              f"{segment_start if segment_start is not None else start_step:,} end at {end:,}, past "
+                              f"the run's {total_steps:,} steps (train.max_steps/max_iters/max_tokens, the LR "
+                              "horizon); remove max_additional_steps or make the two agree")
+        return end
+    if total_steps is not None:
+        return total_steps
+    raise ConfigError("train.max_steps", "set max_steps, max_additional_steps, max_iters or max_tokens")
+
+
 def _device_count(devices: Union[int, str], accelerator: str) -> int:
     if devices == "auto":
         return torch.cuda.device_count() if accelerator == "cuda" else 1
@@ -187,7 +301,10 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     if compile:
         model = torch.compile(model)
     model = fabric.setup(model)
-    optimizer = instantiate_torch_optimizer(optimizer_spec, model.parameters())
+    try:
+        optimizer = instantiate_torch_optimizer(optimizer_spec, model.parameters())
+    except (TypeError, ValueError) as e:
+        raise ConfigError("optimizer.init_args", f"{' '.join(str(e).split())[:200]}") from None
     optimizer = fabric.setup_optimizers(optimizer)
     max_lr = train.max_lr if train.max_lr is not None else optimizer.param_groups[0]["lr"]
 
@@ -207,7 +324,7 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     # ---- restore ----
     state: dict[str, Any] = {"model": model, "optimizer": optimizer, "train_dataloader": train_loader,
                              "iter_num": 0, "step_count": 0, "tokens": 0, "source_tokens": {}, "end_step": None,
-                             "decay_from": None}
+                             "decay_from": None, "segment_start": None}
     if load_path is not None:
         if start_kind == "resume":
             _check_no_newer_checkpoints(out_dir, load_path)
@@ -215,15 +332,23 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
         _load(fabric, load_path / ckpt.MODEL_FILE, state, "resume_from" if start_kind == "midtrain" else "resume")
     start_step = state["step_count"]
     total_steps = train.total_steps(fabric.world_size, 1, seq_len)
-    if start_kind == "resume" and state["end_step"] is not None and train.max_steps is None:
-        end_step = state["end_step"]  # max_additional_steps counts from where the job first started
-    elif train.max_additional_steps is not None:
-        end_step = start_step + train.max_additional_steps
-    elif total_steps is not None:
-        end_step = total_steps
-    else:
-        raise ConfigError("train.max_steps", "set max_steps, max_additional_steps, max_iters or max_tokens")
+    if total_steps == 0:
+        raise ConfigError("train.max_tokens" if train.max_steps is None and train.max_iters is None else "train.max_iters",
+                          f"is less than one optimizer step ({train.global_batch_size} x {seq_len} tokens)")
+    # A symlinked base checkpoint (the original's midtrain layout) begins a new segment like resume_from.
+    own_checkpoint = start_kind == "resume" and not load_path.is_symlink()
+    if not own_checkpoint:
+        state["segment_start"] = start_step
+    end_step = run_end_step(train, total_steps, state["segment_start"], state["end_step"], start_step)
     state["end_step"] = end_step
+    if train.max_steps is None and train.max_iters is not None and end_step < total_steps:
+        raise ConfigError("train.max_iters", f"{train.max_iters:,} micro-batches = {total_steps:,} optimizer steps here is "
+                          f"the LR horizon, but max_additional_steps stops this run at step {end_step:,}: the "
+                          "original's 'infinity' placeholder leaves the LR schedule unfinished. Set train.max_steps to "
+                          "the whole run (the paper: 61035) and drop max_iters")
+    if end_step < (total_steps or end_step):
+        fabric.print(f"this run stops at step {end_step:,} (max_additional_steps {train.max_additional_steps:,} from "
+                     f"step {state['segment_start']}) of a {total_steps:,}-step LR horizon")
     if start_step >= end_step:
         fabric.print(f"run already complete: step {start_step} >= {end_step}")
         if not (out_dir / ckpt.FINAL).exists() and start_kind == "resume":
@@ -250,22 +375,29 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
     progress = Progress(state["step_count"], end_step)
     peak = available_flops(fabric, precision)
     fpt = flops_per_token(n_params, model_config.n_layer, model_config.n_embd, seq_len)
-    stop = _install_signal_handlers()
+    signals.install()  # already done by the CLI entry point; here for callers of the library
     trace = _sample_trace(fabric)
     tokens_at_start = state["tokens"]
+    first_step = state["step_count"]
 
     if eval.initial_validation and state["step_count"] == 0:
         _log_validation(fabric, model, val_loaders, eval, state["step_count"])
     data_iter = iter(loader)
     model.train()
     while state["step_count"] < end_step:
-        if _any_rank(fabric, stop["requested"]):
-            fabric.print(f"signal received: checkpointing step {state['step_count']} and exiting {EXIT_REQUEUE}")
+        if _any_rank(fabric, signals.requested() is not None):
+            code = signals.exit_code_for(signals.requested(), EXIT_REQUEUE)
             name = ckpt.step_name(state["step_count"])
-            if not (out_dir / name).exists():
-                _save(fabric, out_dir, name, state, loader, hparams, model_config, tokenizer_dir, keep_last_n)
+            if state["step_count"] == first_step:
+                fabric.print(f"signal {signals.name(signals.requested())} received before the first step: nothing to "
+                             f"save (the run restarts from where it started); exiting {code}")
+            else:
+                fabric.print(f"signal {signals.name(signals.requested())} received: checkpointing step "
+                             f"{state['step_count']} and exiting {code}")
+                if not (out_dir / name).exists():
+                    _save(fabric, out_dir, name, state, loader, hparams, model_config, tokenizer_dir, keep_last_n)
             _finalize_loggers(fabric, "aborted")
-            return EXIT_REQUEUE
+            return code
         lr = schedule.lr_at(state["step_count"])
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -363,7 +495,8 @@ def _save(fabric, out_dir, name, state, loader, hparams, model_config, tokenizer
     data_state = loader.state_dict() if hasattr(loader, "state_dict") else {}
     training_state = {
         "step": state["step_count"], "iter_num": state["iter_num"], "tokens": state["tokens"],
-        "end_step": state["end_step"], "source_tokens": state["source_tokens"], "data": data_state,
+        "end_step": state["end_step"], "segment_start": state["segment_start"],
+        "source_tokens": state["source_tokens"], "data": data_state,
     }
     ckpt.save_checkpoint(fabric, out_dir, name, state, training_state, hparams, model_config, tokenizer_dir, keep_last_n)
     fabric.print(f"saved {Path(out_dir) / name}")
@@ -419,17 +552,6 @@ def _check_no_newer_checkpoints(out_dir: Path, load_path: Path) -> None:
     if newer:
         raise ConfigError("resume", f"{out_dir} holds {newer[0]} beyond the resume point {load_path.name}; "
                           "a checkpoint is never overwritten: resume from the newest or use a new out_dir")
-
-
-def _install_signal_handlers() -> dict:
-    flag = {"requested": False}
-
-    def handler(signum, frame):
-        flag["requested"] = True
-
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, handler)
-    return flag
 
 
 def _any_rank(fabric, value: bool) -> bool:

@@ -1,0 +1,59 @@
+"""Stop requests (SIGTERM / SIGUSR1 / SIGINT) recorded from the first line of a job to its last.
+
+A signal's default action kills a Python process at once: during start-up (imports, data set-up,
+checkpoint load) or after the final checkpoint that loses the requeue, and a SIGINT raises
+KeyboardInterrupt wherever the interpreter happens to be. ``install()`` runs first thing in the
+``midtrain`` entry point and replaces those actions with a flag the trainer reads at step
+boundaries (``requested()``): a run then checkpoints and exits ``EXIT_REQUEUE``, or says that
+there is nothing to save yet. A second SIGINT (an impatient Ctrl-C) exits at once with 130.
+
+DataLoader worker processes are forked after ``install()`` and inherit the handlers, so a signal
+sent to the whole process group (Ctrl-C, ``srun``) does not kill a worker under the loop either.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+_received: list[int] = []
+_main_pid: int | None = None
+
+
+def _handler(signum, frame) -> None:
+    if signum == signal.SIGINT and signal.SIGINT in _received and os.getpid() == _main_pid:
+        os.write(2, b"midtrain: second interrupt: stopping now without a checkpoint\n")
+        os._exit(130)
+    _received.append(signum)
+
+
+def install() -> None:
+    """Record stop signals instead of dying (idempotent; main thread only)."""
+    global _main_pid
+    _main_pid = os.getpid()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _handler)
+
+
+def requested() -> int | None:
+    """The first stop signal received since ``install()``, or None."""
+    return _received[0] if _received else None
+
+
+def name(signum: int | None) -> str:
+    return signal.Signals(signum).name if signum else "none"
+
+
+def exit_code_for(signum: int | None, requeue_code: int) -> int:
+    """SIGINT (a person at a terminal) -> 130; SIGTERM/SIGUSR1 (scheduler) -> ``requeue_code``."""
+    return 130 if signum == signal.SIGINT else requeue_code
+
+
+def reset_for_tests() -> None:
+    _received.clear()
+
+
+def stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
