@@ -343,7 +343,12 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"midtrain: error: unknown command {command!r} (expected one of {', '.join(COMMANDS)})", file=sys.stderr)
         sys.exit(2)
-    sys.exit(run_command(COMMANDS[command], rest, command))
+    code = run_command(COMMANDS[command], rest, command)
+    if command == "pretrain":
+        from midtrain import signals
+
+        signals.ignore_until_exit()
+    sys.exit(code)
 
 
 def run_command(fn: Callable[[list[str]], int], argv: list[str], name: str) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 _received: list[int] = []
@@ -37,6 +36,14 @@ def install() -> None:
         signal.signal(sig, _handler)
 
 
+def ignore_until_exit() -> None:
+    """Ignore stop signals from here to the end of the process: the job's outcome is decided and
+    saved, and while the interpreter shuts down it puts back the default (fatal) action of any
+    signal with a Python handler, but leaves SIG_IGN alone."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def requested() -> int | None:
     """The first stop signal received since ``install()``, or None."""
     return _received[0] if _received else None
@@ -51,9 +58,12 @@ def exit_code_for(signum: int | None, requeue_code: int) -> int:
     return 130 if signum == signal.SIGINT else requeue_code
 
 
-def reset_for_tests() -> None:
-    _received.clear()
+def _ignore(signum, frame) -> None:
+    pass
 
 
-def stderr_line(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+def worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a stop signal sent to the whole process group (Ctrl-C, srun, a
+    scheduler) leaves the workers running; the main process decides, checkpoints, then shuts them down."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _ignore)

@@ -30,9 +30,22 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=midtrain-%x-%j.out
+# Traps come first: a USR1/TERM that lands before the trainer exists must not kill this script.
+pending=""
+trap 'pending=USR1' USR1
+trap 'pending=TERM' TERM
 set -euo pipefail
 
 EXIT_REQUEUE=75  # midtrain.train.pretrain.EXIT_REQUEUE
+
+requeue() {
+  if [ -n "${SLURM_JOB_ID:-}" ]; then
+    echo "[$(date '+%F %T')] $1; requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+  else
+    echo "[$(date '+%F %T')] $1"
+  fi
+}
 
 cd "${MIDTRAIN_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}"
 
@@ -82,6 +95,10 @@ device_args=()
 [ -n "${SLURM_NTASKS_PER_NODE:-}" ] && device_args+=(--devices "${SLURM_NTASKS_PER_NODE%%(*}")
 [ -n "${SLURM_NNODES:-}" ] && device_args+=(--num_nodes "$SLURM_NNODES")
 
+if [ -n "$pending" ]; then
+  requeue "$pending received before the trainer started: nothing to save"
+  exit 0
+fi
 "${launch[@]}" midtrain pretrain --config "$config" --resume auto "${device_args[@]}" "$@" &
 pid=$!
 forward() {
@@ -90,6 +107,7 @@ forward() {
 }
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
+[ -n "$pending" ] && forward "$pending"  # arrived while the trainer was being started
 status=0
 while true; do
   wait "$pid" && status=0 || status=$?
@@ -98,10 +116,7 @@ done
 trap - USR1 TERM
 
 if [ "$status" -eq "$EXIT_REQUEUE" ]; then
-  if [ -n "${SLURM_JOB_ID:-}" ]; then
-    echo "[$(date '+%F %T')] checkpointed; requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID"
-  fi
+  requeue "the trainer stopped on a signal (checkpointed, or nothing to save yet)"
   exit 0
 fi
 exit "$status"

@@ -129,8 +129,11 @@ class ExactMixLoader(DataLoader):
 
     def __init__(self, dataset: ExactMixDataset, num_workers: int = 0, with_source_ids: bool = False,
                  vocab_size: int | None = None, on_resume=None) -> None:
+        from midtrain.signals import worker_init
+
         super().__init__(dataset, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                         persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                         worker_init_fn=worker_init if num_workers else None)
         self.samples = 0
         self.with_source_ids = with_source_ids
         self.vocab_size = vocab_size

@@ -232,6 +232,10 @@ class VocabCheckedLoader(StreamingDataLoader):
     """A StreamingDataLoader (mixer: litdata) that fails with a clear message on out-of-vocabulary ids."""
 
     def __init__(self, *args: Any, vocab_size: int | None = None, where: str = "data_path", **kwargs: Any) -> None:
+        from midtrain.signals import worker_init
+
+        if kwargs.get("num_workers"):
+            kwargs.setdefault("worker_init_fn", worker_init)
         super().__init__(*args, **kwargs)
         self.vocab_size = vocab_size
         self.where = where

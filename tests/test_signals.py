@@ -1,0 +1,103 @@
+"""Signals at wall-clock moments, not step boundaries: start-up, data set-up, the loop, the final save, the end.
+
+Whatever the moment, a SIGTERM/SIGUSR1 ends `midtrain pretrain` with exit 75 (a consistent checkpoint,
+or "nothing to save" before the first step) or exit 0 once the run is complete; resuming then gives
+the uninterrupted run's weights and sample trace. Signals go to the whole process group here (as
+srun and Ctrl-C deliver them), so the DataLoader workers receive them too.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_cli
+from test_trainer import assert_same_weights, write_config
+
+
+def _start(cfg, env):
+    return subprocess.Popen([sys.executable, "-m", "midtrain", "pretrain", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+                            start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, real_tree):
+    tmp = tmp_path_factory.mktemp("sigref")
+    cfg = write_config(tmp, real_tree, workers=2, out_dir=str(tmp / "ref"), train={"max_steps": 16})
+    t0 = time.monotonic()
+    r = run_cli("pretrain", "--config", cfg, env={"MIDTRAIN_SAMPLE_TRACE": str(tmp / "trace")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tmp, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_signal_at_any_wall_clock_moment(tmp_path, real_tree, reference, trial):
+    ref_dir, duration = reference
+    rng = random.Random(trial)
+    # strata over the run's life: interpreter/imports, set-up, early loop, late loop, around the final save
+    lo, hi = [(0.0, 0.08), (0.08, 0.3), (0.3, 0.6), (0.6, 0.85), (0.85, 1.0), (0.95, 1.1)][trial]
+    delay = duration * rng.uniform(lo, hi)
+    sig = [signal.SIGTERM, signal.SIGUSR1][trial % 2]
+    cfg = write_config(tmp_path, real_tree, workers=2, out_dir=str(tmp_path / "run"), resume="auto",
+                       train={"max_steps": 16})
+    env = dict(os.environ, PYTHONPATH=REPO, MIDTRAIN_SAMPLE_TRACE=str(tmp_path / "trace"))
+    proc = _start(cfg, env)
+    time.sleep(delay)
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass  # already finished: also a moment
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode in (0, 75), f"delay {delay:.2f}s: exit {proc.returncode}\n{out[-3000:]}"
+    assert "Traceback" not in out, out[-3000:]
+    if proc.returncode == 75:
+        assert "checkpointing step" in out or "nothing to save" in out
+        r = run_cli("pretrain", "--config", cfg, env={"MIDTRAIN_SAMPLE_TRACE": str(tmp_path / "trace")})
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert_same_weights(ref_dir / "ref" / "final", tmp_path / "run" / "final")
+    assert (tmp_path / "trace.rank0").read_text() == (ref_dir / "trace.rank0").read_text()
+
+
+def test_sigint_checkpoints_and_exits_130_and_a_second_one_stops_at_once(tmp_path, real_tree, reference):
+    ref_dir, duration = reference
+    cfg = write_config(tmp_path, real_tree, workers=2, out_dir=str(tmp_path / "run"), resume="auto",
+                       train={"max_steps": 16})
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = _start(cfg, env)
+    for line in proc.stdout:
+        if line.startswith("step 5/"):
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "signal SIGINT received: checkpointing" in out and "Traceback" not in out
+    assert run_cli("pretrain", "--config", cfg).returncode == 0
+    assert_same_weights(ref_dir / "ref" / "final", tmp_path / "run" / "final")
+    # two Ctrl-Cs during start-up: the second stops at once, nothing written
+    proc = _start(write_config(tmp_path, real_tree, "two.yaml", out_dir=str(tmp_path / "two")), env)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and "second interrupt" in out and "Traceback" not in out, out[-2000:]
+    assert not (tmp_path / "two" / "final").exists()
+
+
+def test_launcher_survives_a_signal_before_the_trainer_starts(tmp_path, real_tree):
+    """USR1 while the launcher runs `midtrain status`/`mix`: no death by signal, nothing to save, exit 0."""
+    cfg = write_config(tmp_path, real_tree, out_dir=str(tmp_path / "run"))
+    env = dict(os.environ, PYTHONPATH=REPO, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    env.pop("SLURM_JOB_ID", None)
+    proc = subprocess.Popen(["bash", "training_scripts/small_model_pretrain.sh", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    time.sleep(0.3)  # inside `midtrain status`, long before the trainer
+    proc.send_signal(signal.SIGUSR1)
+    out = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 0, out[-2000:]
+    assert "USR1 received before the trainer started: nothing to save" in out
+    assert not (tmp_path / "run").exists()
