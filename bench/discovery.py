@@ -23,7 +23,7 @@ def build_tree(base: str, n: int) -> None:
     prefixes = ["", "c", "m", "q", "w"]
     for i in range(n):
         p = prefixes[i % len(prefixes)]
-        write_fake_index(os.path.join(base, f"{p}{i // len(prefixes) + 1}"), [2_000_000, 1_500_000, 700_001])
+        write_fake_index(os.path.join(base, f"{p}{i // len(prefixes) + 1}"), [2_000_000, 1_500_000, 700_001], chunk_files=False)
 
 
 def main() -> None:

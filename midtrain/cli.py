@@ -116,6 +116,8 @@ def mix(argv: list[str]) -> int:
     parser.add_argument("--tokens", type=Optional[int], default=None,
                         help="tokens the run trains on (default: train.max_steps x global_batch_size x max_seq_length)")
     parser.add_argument("--json", type=Optional[str], default=None, help="also write the plan as JSON to this path ('-' = stdout)")
+    parser.add_argument("--check_files", type=bool, default=True,
+                        help="check that every chunk file the mixture reads exists and is complete (a stat each)")
     args, init = parse_run(parser, argv)
     data = init.data if init.data is not None else ShardedMixedDataset()
     if not isinstance(data, ShardedMixedDataset):
@@ -137,6 +139,8 @@ def mix(argv: list[str]) -> int:
             steps = train.max_additional_steps
         total_samples = None if steps is None else steps * train.global_batch_size
     plan = data.plan(total_samples)
+    if args.check_files:
+        data.verify_files()
     print(format_plan(plan))
     if args.json:
         text = json.dumps(plan.to_dict(), indent=2)

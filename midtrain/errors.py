@@ -8,6 +8,21 @@ with the offending field or path so the user knows exactly what to edit.
 class ConfigError(ValueError):
     """Bad user input: raised with a one-line message that names the field or path."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str | None = None) -> None:
         self.field = field
-        super().__init__(f"{field}: {message}")
+        # one argument: an already formatted text (how torch's DataLoader re-raises a worker's error)
+        super().__init__(field if message is None else f"{field}: {message}")
+
+
+def config_error_line(error: BaseException) -> str | None:
+    """The one-line message of a ConfigError, also when a DataLoader worker raised it (torch re-raises
+    it with the worker's traceback folded into the text); None for any other error."""
+    if not isinstance(error, (ConfigError, RuntimeError)):
+        return None
+    text = str(error)
+    if isinstance(error, ConfigError) and "\n" not in text:
+        return text
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("midtrain.errors.ConfigError: "):
+            return line.split(": ", 1)[1]
+    return text.strip().splitlines()[-1] if isinstance(error, ConfigError) else None

@@ -7,8 +7,8 @@ KeyboardInterrupt wherever the interpreter happens to be. ``install()`` runs fir
 boundaries (``requested()``): a run then checkpoints and exits ``EXIT_REQUEUE``, or says that
 there is nothing to save yet. A second SIGINT (an impatient Ctrl-C) exits at once with 130.
 
-DataLoader worker processes are forked after ``install()`` and inherit the handlers, so a signal
-sent to the whole process group (Ctrl-C, ``srun``) does not kill a worker under the loop either.
+DataLoader workers get their own handlers (``worker_init``): a signal sent to the whole process
+group (Ctrl-C, ``srun``) never crashes the loop with a worker traceback.
 """
 
 from __future__ import annotations
@@ -58,12 +58,15 @@ def exit_code_for(signum: int | None, requeue_code: int) -> int:
     return 130 if signum == signal.SIGINT else requeue_code
 
 
-def _ignore(signum, frame) -> None:
-    pass
+def _exit_quietly(signum, frame) -> None:
+    os._exit(0)
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a stop signal sent to the whole process group (Ctrl-C, srun, a
-    scheduler) leaves the workers running; the main process decides, checkpoints, then shuts them down."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _ignore)
+    """DataLoader ``worker_init_fn``. SIGINT/SIGUSR1 sent to the whole process group (Ctrl-C, srun) are
+    the main process's to act on: ignored here. SIGTERM (the parent shutting its workers down, or a
+    group broadcast) ends the worker with status 0, which torch does not treat as a crash; a main
+    process still reading then stops at its last step boundary (see the trainer)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)

@@ -76,3 +76,78 @@ def test_unset_variable_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("CKPT_ROOT", raising=False)
     with pytest.raises(ConfigError, match=r"pythia-70m.yaml: out_dir: \$\{CKPT_ROOT\} is not set"):
         load_config(os.path.join(REPO, "midtrain_configs", "pretrain", "pythia-70m.yaml"))
+
+
+def test_checked_in_configs_are_the_generators_output(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, os.path.join(REPO, "util_scripts", "make_paper_configs.py"), "--out",
+                        str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    generated = {os.path.relpath(p, tmp_path) for p in glob.glob(str(tmp_path / "**" / "*.*"), recursive=True)}
+    root = os.path.join(REPO, "midtrain_configs")
+    checked_in = {os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "**", "*.*"), recursive=True)
+                  if not os.path.relpath(p, root).startswith(("demo" + os.sep, "studies" + os.sep))}
+    assert checked_in == generated
+    for rel in generated:
+        with open(tmp_path / rel) as a, open(os.path.join(root, rel)) as b:
+            assert a.read() == b.read(), f"{rel} differs from util_scripts/make_paper_configs.py's output"
+
+
+# The paper's midtraining table (FIELD_NOTES), written out here independently of the generator:
+# domain -> (the domain's shares of the mixture, start step, start step for 70M if different)
+PAPER_TABLE = {
+    "code20": ({"code": 0.20}, 6000, 10000),
+    "math12": ({"math": 0.12}, 20000, None),
+    "flan5": ({"instruct": 0.05}, 40000, None),
+    "qa20": ({"q1": 0.15, "q2": 0.03, "q3": 0.015, "q4": 0.005}, 40000, None),
+    "web20": ({"web": 0.20}, 40000, None),
+}
+
+
+def _weights(cfg):
+    import json
+
+    init = cfg["data"]["init_args"]
+    if "mix_weights_str" in init:
+        return {k: float(v) for k, v in (p.split(":") for p in init["mix_weights_str"].split(","))}
+    with open(init["mix_config_path"]) as f:
+        return {k: float(v) for k, v in json.load(f)["weights"].items()}
+
+
+@pytest.mark.parametrize("model", ["70m", "160m", "410m", "1b"])
+@pytest.mark.parametrize("domain", sorted(PAPER_TABLE))
+def test_every_midtrain_arm_matches_the_papers_table(env, model, domain):
+    shares, start, start_70m = PAPER_TABLE[domain]
+    start = start_70m if model == "70m" and start_70m else start
+    path = os.path.join(REPO, "midtrain_configs", "midtrain", f"pythia-{model}-{domain}-from{start // 1000}k.yaml")
+    cfg = load_config(path)
+    weights = _weights(cfg)
+    assert weights.pop("main") == pytest.approx(1 - sum(shares.values()))
+    assert weights == pytest.approx(shares)
+    assert cfg["resume_from"].endswith(f"/pretrain/pythia-{model}/step-{start:08d}")
+    t = cfg["train"]
+    assert (t["max_steps"], t["global_batch_size"], t["max_seq_length"]) == (61035, 1024, 2048)
+    assert "max_additional_steps" not in t and "max_iters" not in t
+    assert (t["lr_scheduler"], t["lr_warmup_fraction"], t["min_lr"]) == ("cosine", 0.1, 1e-6)
+    assert cfg["optimizer"]["init_args"]["lr"] == 3e-4 and cfg["model_name"] == f"pythia-{model}"
+    assert t["micro_batch_size"] == {"70m": 16, "160m": 16, "410m": 8, "1b": 4}[model]
+
+
+ABLATIONS = (  # FIELD_NOTES: code ablations on 70M/160M, and the continued-pretraining controls
+    [(f"timing/pythia-{m}-code20-from{s // 1000}k.yaml", {"code": 0.2}, s) for m in ("70m", "160m")
+     for s in (20000, 30000, 40000, 50000)]
+    + [(f"percentage/pythia-{m}-code{p}-from40k.yaml", {"code": p / 100}, 40000) for m in ("70m", "160m")
+       for p in (10, 30, 50, 80)]
+    + [(f"cts_pretrain/pythia-{m}-code100-from40k.yaml", {"code": 1.0}, 40000) for m in ("70m", "160m")]
+    + [(f"cts_pretrain/pythia-{m}-math100-from56k.yaml", {"math": 1.0}, 56000) for m in ("70m", "160m")])
+
+
+@pytest.mark.parametrize("rel,shares,start", ABLATIONS, ids=[a[0] for a in ABLATIONS])
+def test_every_ablation_arm_matches_the_paper(env, rel, shares, start):
+    cfg = load_config(os.path.join(REPO, "midtrain_configs", "ablations", rel))
+    weights = _weights(cfg)
+    main = weights.pop("main", 0.0)
+    assert main == pytest.approx(1 - sum(shares.values())) and weights == pytest.approx(shares)
+    assert cfg["resume_from"].endswith(f"step-{start:08d}") and cfg["train"]["max_steps"] == 61035

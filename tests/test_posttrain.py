@@ -118,6 +118,46 @@ def test_prepare_bad_input_is_one_line(tmp_path, tokenizer_dir):
     assert r.returncode == 2 and "'zz9' is not a shard id" in r.stderr
 
 
+def test_prepare_refuses_inputs_that_give_no_documents(tmp_path, tokenizer_dir):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    numbers = write_jsonl(tmp_path / "numbers.jsonl", [{"text": 5}])
+    good = write_jsonl(tmp_path / "good.jsonl", [{"text": f"document {i}"} for i in range(20)])
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["--input", empty], "--input: no documents went to the train shard (empty input"),
+        (["--input", numbers], "numbers.jsonl:1: field 'text' holds int, not text"),
+        (["--input", good, "--val_fraction", "0.999", "--val_dir", tmp_path / "v"],
+         "--input: no documents went to the train shard (--val_fraction 0.999 leaves none for training)"),
+        (["--input", good, "--out_dir", tmp_path / "afile" / "s"], "--out_dir: "),
+    ]
+    for extra, needle in cases:
+        args = ["prepare", "--tokenizer_dir", tokenizer_dir, "--out_dir", tmp_path / "s", "--type", "code",
+                "--index", "1", *extra]
+        if "--out_dir" in map(str, extra):
+            args = ["prepare", "--tokenizer_dir", tokenizer_dir, "--type", "code", "--index", "1", *extra]
+        r = run_cli(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert needle in r.stderr, r.stderr
+        assert not (tmp_path / "s").exists() or list((tmp_path / "s").iterdir()) == []
+
+
+def test_sft_bad_options_are_refused_before_any_work(tmp_path, tokenizer_dir):
+    (tmp_path / "afile").write_text("x")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "response": "b"}] * 20)
+    cases = [
+        (["--epochs", "0"], "--epochs: must be >= 1"),
+        (["--micro_batch_size", "0"], "--micro_batch_size: must be >= 1"),
+        (["--val_fraction", "2"], "--val_fraction: must be in [0, 1), got 2"),
+        (["--out", tmp_path / "afile" / "m.json"], "--out: "),
+        (["--pretrain_val_path", tmp_path / "nope"], "--pretrain_val_path: "),
+        (["--lrs", "[-1]"], "--lrs: "),
+    ]
+    for extra, needle in cases:  # the checkpoint does not even exist: these fail first, in milliseconds
+        r = run_cli("sft", "--checkpoint", tmp_path / "no_ckpt", "--data", data, *extra)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+
+
 def test_sft_masks_the_prompt(tokenizer_dir):
     from litgpt import Tokenizer
 
@@ -178,11 +218,24 @@ def test_sft_picks_lr_on_val_reports_test_and_forgetting(tmp_path, tiny_run, rea
     assert m["best_lr"] == min((float(lr) for lr in m["lr_sweep"]), key=lambda lr: m["lr_sweep"][f"{lr:g}"]["val_loss"])
     assert m["examples"] == {"train": 76, "val": 10, "test": 10}  # 96 examples, 10% + 10% held out
     assert set(m["forgetting"]) == {"main", "code", "gsm8k"}
-    for f in m["forgetting"].values():
-        assert f["increase"] == pytest.approx(f["after"] - f["before"])
     assert m["test_loss"] < m["zero_shot_val_loss"]
+    # forgetting is the main-corpus loss of the SFT model: `midtrain evaluate loss` (another code path)
+    # on the saved SFT model and on the base must give the same numbers
+    m2 = run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=(3e-3,), epochs=1, micro_batch_size=8,
+                 global_batch_size=8, pretrain_val_path=real_tree.parent / "val", forgetting_batches=2,
+                 save=tmp_path / "sft_model")
+    for ckpt, key in ((tmp_path / "sft_model", "after"), (tiny_run / "final", "before")):
+        r = run_cli("evaluate", "loss", "--checkpoint", ckpt, "--data", real_tree.parent / "val", "--max_batches", "2",
+                    "--batch_size", "8", "--json", tmp_path / f"{key}.json")
+        assert r.returncode == 0, r.stderr
+        independent = json.loads((tmp_path / f"{key}.json").read_text())
+        for name in ("main", "code", "gsm8k"):
+            assert m2["forgetting"][name][key] == pytest.approx(independent[name]["loss"], rel=1e-5)
+    assert m2["forgetting"]["main"]["after"] != pytest.approx(m2["forgetting"]["main"]["before"], rel=1e-4)
     with pytest.raises(ConfigError, match="^--lrs"):
         run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=())
+    with pytest.raises(ConfigError, match="^--max_seq_length: 64 is longer than the model's block_size 32"):
+        run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, max_seq_length=64)
 
 
 def test_evaluate_plot_report(tmp_path, tiny_run, real_tree):

@@ -74,7 +74,7 @@ def all_configs():
             f"Pretrain Pythia-{model.upper()} from scratch on C4: {STEPS:,} steps x 1024 x 2048 = 128B tokens."))
     out["pretrain/pythia-160m-wsd.yaml"] = run("160m", "${CKPT_ROOT}/pretrain/pythia-160m-wsd", scheduler="wsd",
                                                comment="Pretrain Pythia-160M with warmup-stable-decay (last 20% decays).")
-    for model in ("70m", "160m", "410m"):
+    for model in MICRO:  # 70M, 160M, 410M and 1B: the paper reports every domain at every size
         for name, (mix, start, overrides) in MIDTRAIN.items():
             s = overrides.get(model, start)
             out[f"midtrain/pythia-{model}-{name}-from{s // 1000}k.yaml"] = midtrain(

@@ -48,13 +48,34 @@ class ShardReader:
         self.items = [int(c["dim"]) // block for c in self.chunks]
         self._maps: dict[int, np.ndarray] = {}
 
+    def chunk_file(self, c: int) -> tuple[str, int]:
+        """(path, the size in bytes index.json implies) of chunk c: ``[n u32][n+1 offsets u32][tokens]``."""
+        meta = self.chunks[c]
+        return (os.path.join(self.path, meta["filename"]),
+                (2 + int(meta["chunk_size"])) * 4 + int(meta["dim"]) * self.dtype.itemsize)
+
+    def verify(self) -> None:
+        """Every chunk file index.json lists exists and is complete (a stat each), or a one-line ConfigError."""
+        for c in range(len(self.chunks)):
+            path, expected = self.chunk_file(c)
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                raise ConfigError(path, "missing: the shard's index.json lists this chunk file") from None
+            if size < expected:
+                raise ConfigError(path, f"truncated: {size} bytes, its index.json implies {expected}")
+
     def _chunk(self, c: int) -> np.ndarray:
         arr = self._maps.get(c)
         if arr is None:
             meta = self.chunks[c]
             header = (1 + int(meta["chunk_size"]) + 1) * 4
-            mm = np.memmap(os.path.join(self.path, meta["filename"]), dtype=self.dtype, mode="r", offset=header,
-                           shape=(int(meta["dim"]),))
+            path, expected = self.chunk_file(c)
+            try:
+                mm = np.memmap(path, dtype=self.dtype, mode="r", offset=header, shape=(int(meta["dim"]),))
+            except (OSError, ValueError) as e:
+                raise ConfigError(path, f"unreadable while training ({type(e).__name__}: {e}); the shard changed "
+                                  "or vanished under the run") from None
             # a plain ndarray view: indexing a np.memmap subclass costs more than the copy itself
             arr = self._maps[c] = np.asarray(mm)[: self.items[c] * self.block].reshape(self.items[c], self.block)
         return arr

@@ -72,17 +72,21 @@ def write_token_shard(out_dir: str | os.PathLike, docs: Sequence[Sequence[int]],
     return out_dir
 
 
-def write_fake_index(out_dir: str | os.PathLike, chunk_tokens: Iterable[int]) -> str:
-    """An index.json alone (no chunk files): enough for discovery, weights and plans. For tests/benches."""
+def write_fake_index(out_dir: str | os.PathLike, chunk_tokens: Iterable[int], chunk_files: bool = True) -> str:
+    """An index.json and sparse (all-zero, no disk used) chunk files of the right size: enough for
+    discovery, weights, plans and file checks. For tests/benches; ``chunk_files=False`` skips them."""
     import json
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    chunks = [{"chunk_bytes": 4 * d, "chunk_size": 1, "dim": int(d), "filename": f"chunk-0-{i}.bin"}
+    chunks = [{"chunk_bytes": 4 * (3 + int(d)), "chunk_size": 1, "dim": int(d), "filename": f"chunk-0-{i}.bin"}
               for i, d in enumerate(chunk_tokens)]
     index = {"chunks": chunks, "config": {"data_format": ["no_header_tensor:16"], "item_loader": "TokensLoader"}}
     with open(os.path.join(out_dir, "index.json"), "w") as f:
         json.dump(index, f)
+    for c in chunks if chunk_files else ():
+        with open(os.path.join(out_dir, c["filename"]), "wb") as f:
+            f.truncate(c["chunk_bytes"])
     return out_dir
 
 
@@ -177,7 +181,12 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
     tok = load_tokenizer(tok_dir, "--tokenizer_dir")
     if tok.eos_id is None:
         raise ConfigError("--tokenizer_dir", f"{tokenizer_dir} defines no eos_token (needed between documents)")
+    from midtrain.atomic import check_writable_dir
+
     units = input_units(inputs)
+    check_writable_dir(out_dir, "--out_dir")
+    if val_fraction > 0:
+        check_writable_dir(val_dir, "--val_dir")
     targets = {"train": os.path.join(os.path.abspath(out_dir), name)}
     if val_fraction > 0:
         targets["val"] = os.path.join(os.path.abspath(val_dir), name)
@@ -198,9 +207,13 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
                 _raise_recorded(errors)
                 raise
             _raise_recorded(errors)
-            if not os.path.isfile(os.path.join(temps[split], "index.json")):
+            index = os.path.join(temps[split], "index.json")
+            if not os.path.isfile(index) or sum(read_index(index)[0]) == 0:
                 raise ConfigError("--val_fraction" if split == "val" else "--input",
-                                  f"no documents went to the {split} shard")
+                                  f"no documents went to the {split} shard" + (
+                                      f" (--val_fraction {val_fraction} leaves none for training)"
+                                      if split == "train" and val_fraction > 0 else
+                                      f" (empty input, or no non-empty {field!r} text)"))
         summary = {}
         for split, dest in targets.items():  # both complete: now make them visible
             os.replace(temps.pop(split), dest)

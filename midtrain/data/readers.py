@@ -63,7 +63,9 @@ def _read_jsonl(p: Path, field: str) -> Iterator[str]:
                 raise ConfigError(f"{p}:{n}", f"not a JSON line ({e})") from None
             if not isinstance(obj, dict) or field not in obj:
                 raise ConfigError(f"{p}:{n}", f"no field {field!r} (set --field)")
-            if isinstance(obj[field], str) and obj[field]:
+            if obj[field] is not None and not isinstance(obj[field], str):
+                raise ConfigError(f"{p}:{n}", f"field {field!r} holds {type(obj[field]).__name__}, not text (set --field)")
+            if obj[field]:
                 yield obj[field]
 
 
@@ -82,7 +84,11 @@ def _read_parquet(p: Path, field: str) -> Iterator[str]:
     if field not in pf.schema_arrow.names:
         raise ConfigError(str(p), f"no column {field!r} (columns: {', '.join(pf.schema_arrow.names)}; set --field)")
     for batch in pf.iter_batches(columns=[field]):
-        yield from (t for t in batch.column(0).to_pylist() if t)
+        for t in batch.column(0).to_pylist():
+            if t is not None and not isinstance(t, str):
+                raise ConfigError(str(p), f"column {field!r} holds {type(t).__name__}, not text (set --field)")
+            if t:
+                yield t
 
 
 def _read_hf_saved(p: Path, field: str) -> Iterator[str]:

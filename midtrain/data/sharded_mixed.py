@@ -20,7 +20,7 @@ from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 
 from midtrain.data.blend import Blend, StageSpec, append_stage, describe_change, quantize_weights, same_mixture
-from midtrain.data.exact import ExactMixDataset, ExactMixLoader, distributed_rank_world, out_of_vocab
+from midtrain.data.exact import ExactMixDataset, ExactMixLoader, ShardReader, distributed_rank_world, out_of_vocab
 from midtrain.data.mixture import Mixture, mix_spec, resolve_mixture
 from midtrain.data.plan import MixPlan, mixture_plan
 from midtrain.data.shards import Discovery, Shard, discover, discover_val_sets
@@ -88,6 +88,7 @@ class ShardedMixedDataset(DataModule):
         self._mixture: Mixture | None = None
         self._val_sets: dict[str, list[Shard]] | None = None
         self._told_block = False
+        self._verified = False
 
     def check(self) -> None:
         """Field checks (here, not in __post_init__: jsonargparse would bury the message in union noise)."""
@@ -149,11 +150,19 @@ class ShardedMixedDataset(DataModule):
             draws = Blend([self.stage()]).consumed(total_samples)
         return mixture_plan(self.mixture(), self.discovery(), self.seq_length, total_samples, self.mixer, draws)
 
+    def verify_files(self) -> None:
+        """Every chunk file of every shard the mixture reads exists and is complete (stat only)."""
+        for src in self.mixture().sources:
+            ShardReader(src.shard.path, self.seq_length).verify()
+
     def setup(self, stage: str = "") -> None:
         for src in self.mixture().sources:
             if src.shard.samples(self.seq_length) == 0:
                 raise ConfigError(src.shard.path, f"has {src.shard.tokens} tokens per chunk at most "
                                   f"{max(src.shard.chunk_tokens, default=0)}: not one sample of {self.seq_length} tokens")
+        if self.mixer == "exact" and not self._verified:
+            self.verify_files()
+            self._verified = True
         if self.val_data_path is not None:
             self.val_sets()  # fail early on a bad path
         if self.mixer == "exact" and self.mix_block is None and self.global_batch_size is None and not self._told_block:

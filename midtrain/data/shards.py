@@ -139,6 +139,9 @@ def read_index(index_path: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
         files = tuple(str(c.get("filename", "")) for c in chunks)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(index_path, f"not a readable litdata token index ({type(e).__name__}: {e})") from None
+    bad = next((i for i, d in enumerate(dims) if d < 0), None)
+    if bad is not None:
+        raise ConfigError(index_path, f"chunk {bad} ({files[bad]}) has a negative token count {dims[bad]}")
     return dims, files
 
 

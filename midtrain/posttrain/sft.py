@@ -145,6 +145,10 @@ def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: i
 
     data = ShardedMixedDataset(data_path=Path(val_path), val_data_path=Path(val_path), num_workers=0)
     data.connect(batch_size=batch_size, max_seq_length=seq)
+    try:
+        data.val_sets()
+    except ConfigError as e:
+        raise ConfigError("--pretrain_val_path", str(e).split(": ", 1)[1]) from None
     out = {}
     model.eval()
     with torch.no_grad():
@@ -173,6 +177,42 @@ def split_examples(examples, val_fraction: float, test_fraction: float, seed: in
     return train, val, test
 
 
+def check_sft_args(*, epochs, micro_batch_size, global_batch_size, val_fraction, test_fraction, warmup_fraction,
+                   min_lr_ratio, forgetting_batches, max_seq_length, lrs, out, save, pretrain_val_path) -> None:
+    """Every option that could fail or mislead after the sweep has run is checked before it starts."""
+    from midtrain.atomic import check_writable_dir
+
+    for name, value in (("--epochs", epochs), ("--micro_batch_size", micro_batch_size),
+                        ("--global_batch_size", global_batch_size), ("--forgetting_batches", forgetting_batches)):
+        if value < 1:
+            raise ConfigError(name, f"must be >= 1, got {value}")
+    if global_batch_size % micro_batch_size:
+        raise ConfigError("--global_batch_size", f"{global_batch_size} is not a multiple of --micro_batch_size "
+                          f"{micro_batch_size}")
+    for name, value in (("--val_fraction", val_fraction), ("--test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise ConfigError(name, f"must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError("--val_fraction", f"{val_fraction} + --test_fraction {test_fraction} leaves no training data")
+    for name, value in (("--warmup_fraction", warmup_fraction), ("--min_lr_ratio", min_lr_ratio)):
+        if not 0 <= value <= 1:
+            raise ConfigError(name, f"must be in [0, 1], got {value}")
+    if max_seq_length is not None and max_seq_length < 1:
+        raise ConfigError("--max_seq_length", f"must be >= 1, got {max_seq_length}")
+    if not lrs or any(not lr > 0 for lr in lrs):
+        raise ConfigError("--lrs", f"give one or more positive learning rates, got {list(lrs)}")
+    if pretrain_val_path is not None and not Path(pretrain_val_path).is_dir():
+        raise ConfigError("--pretrain_val_path", f"{pretrain_val_path} is not a folder of validation shards")
+    if out is not None:
+        if Path(out).is_dir():
+            raise ConfigError("--out", f"{out} is a folder; give the metrics JSON file's path")
+        check_writable_dir(Path(out).parent, "--out")
+    if save is not None:
+        if Path(save).exists():
+            raise ConfigError("--save", f"{save} already exists")
+        check_writable_dir(Path(save).parent, "--save")
+
+
 def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, val_data: Optional[Path] = None,
             test_data: Optional[Path] = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
             lrs: tuple[float, ...] = (1e-3,), epochs: int = 4, micro_batch_size: int = 8, global_batch_size: int = 16,
@@ -182,14 +222,18 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
             save: Optional[Path] = None) -> dict:
     from midtrain.tokenizer import load_tokenizer
 
+    check_sft_args(epochs=epochs, micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
+                   val_fraction=val_fraction, test_fraction=test_fraction, warmup_fraction=warmup_fraction,
+                   min_lr_ratio=min_lr_ratio, forgetting_batches=forgetting_batches, max_seq_length=max_seq_length,
+                   lrs=lrs, out=out, save=save, pretrain_val_path=pretrain_val_path)
     checkpoint = Path(checkpoint)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, config = load_checkpoint_model(checkpoint)
+    if max_seq_length is not None and max_seq_length > config.block_size:
+        raise ConfigError("--max_seq_length", f"{max_seq_length} is longer than the model's block_size {config.block_size}")
     tok = load_tokenizer(Path(tokenizer_dir) if tokenizer_dir else checkpoint)
     if tok.eos_id is None:
         raise ConfigError("--tokenizer_dir", "the tokenizer defines no eos_token")
-    if not lrs or any(lr <= 0 for lr in lrs):
-        raise ConfigError("--lrs", f"give one or more positive learning rates, got {list(lrs)}")
     seq = max_seq_length or config.block_size
     base.max_seq_length = seq
     base.to(device)
@@ -231,8 +275,10 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     if save is not None:
         _save_model(model, config, checkpoint, Path(save), metrics)
     if out is not None:
+        from midtrain.atomic import write_text_atomic
+
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(out, json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -39,7 +39,8 @@ from litgpt.model import GPT, Block
 from litgpt.utils import choose_logger, get_default_supported_precision, instantiate_torch_optimizer, num_parameters
 
 from midtrain import signals
-from midtrain.errors import ConfigError
+from midtrain.atomic import check_writable_dir
+from midtrain.errors import ConfigError, config_error_line
 from midtrain.tokenizer import load_tokenizer, tokenizer_vocab_size
 from midtrain.train import checkpoint as ckpt
 from midtrain.train.args import EvalArgs, TrainArgs
@@ -188,23 +189,6 @@ def check_run_inputs(model_config: Config, out_dir: Path, precision: Optional[st
     if trace and not Path(trace).parent.is_dir():
         raise ConfigError("MIDTRAIN_SAMPLE_TRACE", f"{trace}: folder {Path(trace).parent} does not exist")
     check_writable_dir(Path(out_dir), "out_dir")
-
-
-def check_writable_dir(path: Path, field: str) -> None:
-    """Prove that folder ``path`` can be created and written, creating nothing; else one-line ConfigError."""
-    import tempfile
-
-    path = Path(os.path.abspath(path))
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(field, f"{path} cannot be created: {existing} is a file")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".midtrain-write-test-"):
-            pass
-    except OSError as e:
-        raise ConfigError(field, f"{path} is not writable ({existing}: {e.strerror or e})") from None
 
 
 def optimizer_lr(optimizer: Union[str, dict]) -> Optional[float]:
@@ -401,11 +385,29 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
         lr = schedule.lr_at(state["step_count"])
         for group in optimizer.param_groups:
             group["lr"] = lr
+        samples_at_step = getattr(loader, "samples", None)
+        trace_lines: list[str] = []
         for micro in range(accum):
-            batch = next(data_iter)
+            try:
+                batch = next(data_iter)
+            except Exception as e:
+                stop = signals.requested()
+                line = config_error_line(e)
+                if stop is None and line is None:
+                    raise
+                # a worker ended by the stop signal, or a shard changed/vanished under the run:
+                # keep the last complete step, then stop
+                _save_at_boundary(fabric, state, first_step, samples_at_step, out_dir, hparams, model_config,
+                                  tokenizer_dir, keep_last_n)
+                if stop is None:
+                    raise ConfigError(line) from None
+                fabric.print(f"signal {signals.name(stop)} received mid-step: kept step {state['step_count']}; "
+                             f"exiting {signals.exit_code_for(stop, EXIT_REQUEUE)}")
+                _finalize_loggers(fabric, "aborted")
+                return signals.exit_code_for(stop, EXIT_REQUEUE)
             tokens, sources = batch if isinstance(batch, (tuple, list)) else (batch, torch.zeros(len(batch), dtype=torch.long))
-            if trace is not None:
-                trace.write(f"{state['step_count']} {micro} {zlib.crc32(tokens.numpy().tobytes())}\n")
+            if trace is not None:  # written once the step is complete (a step cut short is redone on resume)
+                trace_lines.append(f"{state['step_count']} {micro} {zlib.crc32(tokens.numpy().tobytes())}\n")
             tokens = fabric.to_device(tokens.long())
             sources = fabric.to_device(sources.long())
             # contiguous: the loader's rows carry a source column, and strided inputs slow the model
@@ -422,6 +424,8 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
             fabric.clip_gradients(model, optimizer, max_norm=train.max_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if trace is not None:
+            trace.writelines(trace_lines)
         state["step_count"] += 1
         state["tokens"] += train.global_batch_size * seq_len
         step = state["step_count"]
@@ -455,6 +459,19 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
     _finalize_loggers(fabric, "success")
     fabric.print(f"done: {state['step_count']} steps, {state['tokens']:,} tokens -> {out_dir / ckpt.FINAL}")
     return 0
+
+
+def _save_at_boundary(fabric, state, first_step, samples_at_step, out_dir, hparams, model_config,
+                      tokenizer_dir, keep_last_n) -> None:
+    """The model and optimizer are still at the last step boundary: checkpoint it (data position rewound
+    to that boundary) so that fixing the shard and resuming loses no work."""
+    loader = state["train_dataloader"]
+    name = ckpt.step_name(state["step_count"])
+    if state["step_count"] == first_step or samples_at_step is None or (Path(out_dir) / name).exists():
+        return
+    state["optimizer"].zero_grad(set_to_none=True)
+    loader.samples = samples_at_step
+    _save(fabric, out_dir, name, state, loader, hparams, model_config, tokenizer_dir, keep_last_n)
 
 
 def _finalize_loggers(fabric, status: str) -> None:
