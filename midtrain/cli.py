@@ -26,6 +26,7 @@ commands:
   plot       per-source validation loss against step for several runs (PNG)
   report     final per-source losses and SFT results across runs (markdown or CSV)
   demo       the paper's experiment in miniature on CPU, offline (what `make demo` runs)
+  migrate    rewrite a config of the original fork into midtrain's form, printing every change
 
 Run `midtrain <command> --help` for a command's options."""
 
@@ -307,6 +308,54 @@ def report(argv: list[str]) -> int:
     return 0
 
 
+def migrate(argv: list[str]) -> int:
+    """``midtrain migrate``: rewrite a config of the original fork into midtrain's form, printing each change."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    from midtrain.atomic import check_writable_dir
+    from midtrain.migrate import PAPER_MAX_STEPS, PAPER_PEAK_LR, migrate_config
+
+    parser = _parser("Rewrite a config written for the original fork (max_iters placeholder, no LR, resume: true, "
+                     "stale max_additional_steps, mix_weight, wandb) into midtrain's form; prints every change.",
+                     config=False)
+    parser.add_argument("--config", type=str, required=True, help="the original config (YAML)")
+    parser.add_argument("--out", type=str, required=True, help="where the migrated config goes (never overwritten)")
+    parser.add_argument("--max_steps", type=int, default=PAPER_MAX_STEPS, help="the whole run (the paper: 61035)")
+    parser.add_argument("--lr", type=float, default=PAPER_PEAK_LR, help="peak LR when the config gives none")
+    parser.add_argument("--resume_from", type=Optional[str], default=None,
+                        help="midtrain arm: the base run's checkpoint to start from (else the symlink layout)")
+    a = parser.parse_args(argv)
+    if a.max_steps < 1:
+        raise ConfigError("--max_steps", f"must be >= 1, got {a.max_steps}")
+    if not a.lr > 0:
+        raise ConfigError("--lr", f"must be > 0, got {a.lr}")
+    try:
+        cfg = yaml.safe_load(Path(a.config).read_text())
+    except FileNotFoundError:
+        raise ConfigError("--config", f"{a.config} does not exist") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError("--config", f"{a.config} is not readable YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError("--config", f"{a.config} is not a YAML mapping")
+    if Path(a.out).exists():
+        raise ConfigError("--out", f"{a.out} already exists (never overwritten)")
+    check_writable_dir(Path(a.out).parent, "--out")
+    new, changes = migrate_config(cfg, a.max_steps, a.lr, a.resume_from, importlib.util.find_spec("wandb") is not None)
+    header = [f"# Migrated from {a.config} by `midtrain migrate`. Changes:"] + [f"#   {c}" for c in changes]
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(a.out, "\n".join(header) + "\n" + yaml.safe_dump(new, sort_keys=False))
+    print(f"{a.config} -> {a.out}: {len(changes)} change(s)")
+    for c in changes:
+        print(f"  {c}")
+    if "resume_from" not in new and "from_" in Path(a.config).stem:
+        print("  note: a midtrain arm without resume_from resumes from the symlink layout: link the base run's "
+              "step-N into out_dir (util_scripts/symlink_chkpts.sh), or migrate again with --resume_from BASE/step-N")
+    return 0
+
+
 def demo(argv: list[str]) -> int:
     from midtrain.demo import main as demo_main
 
@@ -330,7 +379,7 @@ def _take_config(argv: list[str]) -> Optional[str]:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "mix": mix, "pretrain": pretrain, "status": status, "prepare": prepare, "tokenizer": tokenizer,
-    "sft": sft, "evaluate": evaluate, "plot": plot, "report": report, "demo": demo,
+    "sft": sft, "evaluate": evaluate, "plot": plot, "report": report, "demo": demo, "migrate": migrate,
 }
 
 

@@ -435,3 +435,20 @@ def test_shard_vanishing_mid_run_checkpoints_then_one_line_and_resumes_exactly(t
     r = run_cli("pretrain", "--config", cfg)
     assert r.returncode == 0, r.stderr[-2000:]
     assert_same_weights(tmp_path / "ref" / "final", tmp_path / "run" / "final")
+
+
+def test_bf16_true_runs_on_cpu_and_resumes(tmp_path, real_tree):
+    """The paper's precision, exercised here before any cluster sees it."""
+    cfg = write_config(tmp_path, real_tree, precision="bf16-true", resume="auto", train={"max_steps": 6, "save_interval": 3})
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    w = weights(tmp_path / "base" / "final")
+    assert all(v.dtype == torch.bfloat16 for v in w.values() if v.is_floating_point())
+    losses = [float(x["loss"]) for x in metrics(tmp_path / "base") if x["loss"]]
+    assert len(losses) == 6 and all(l == l and l < 20 for l in losses)
+
+
+def test_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path, real_tree):
+    cfg = write_config(tmp_path, real_tree, strategy="fsdp", devices=2, out_dir=str(tmp_path / "bad"))
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 2 and "strategy: fsdp needs GPUs" in r.stderr and not (tmp_path / "bad").exists()

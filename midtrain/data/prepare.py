@@ -47,9 +47,11 @@ def optimize_tokens(fn, inputs: list, output_dir: str, chunk_tokens: int, num_wo
     from litdata import optimize
     from litdata.streaming import TokensLoader
 
-    with private_litdata_cache():
+    import sys
+
+    with private_litdata_cache():  # progress bars only for a person at a terminal, not in logs and error output
         optimize(fn=fn, inputs=inputs, output_dir=output_dir, chunk_size=chunk_tokens, item_loader=TokensLoader(),
-                 num_workers=num_workers, mode="overwrite", start_method="fork")
+                 num_workers=num_workers, mode="overwrite", start_method="fork", verbose=sys.stderr.isatty())
 
 
 def write_token_shard(out_dir: str | os.PathLike, docs: Sequence[Sequence[int]], chunk_tokens: int = 1 << 20,

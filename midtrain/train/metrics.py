@@ -55,11 +55,15 @@ class Progress:
         self.start_step, self.end_step = start_step, end_step
         self.t0 = self.t_last = time.perf_counter()
         self.tokens_last = 0
+        self.data_wait = 0.0  # seconds the loop waited for the data loader since the last tick
 
-    def tick(self, step: int, tokens_since_start: int) -> tuple[float, str]:
+    def tick(self, step: int, tokens_since_start: int) -> tuple[float, str, float]:
+        """(tokens/s, ETA, the share of the interval's wall time spent waiting for data)."""
         now = time.perf_counter()
-        rate = (tokens_since_start - self.tokens_last) / max(now - self.t_last, 1e-9)
-        self.t_last, self.tokens_last = now, tokens_since_start
+        interval = max(now - self.t_last, 1e-9)
+        rate = (tokens_since_start - self.tokens_last) / interval
+        share = min(1.0, self.data_wait / interval)
+        self.t_last, self.tokens_last, self.data_wait = now, tokens_since_start, 0.0
         done = step - self.start_step
         eta = (now - self.t0) / done * (self.end_step - step) if done else 0.0
-        return rate, str(timedelta(seconds=int(eta)))
+        return rate, str(timedelta(seconds=int(eta))), share

@@ -24,6 +24,7 @@ is done it writes the final checkpoint and exits 0 (complete).
 from __future__ import annotations
 
 import os
+import time
 import warnings
 import zlib
 from dataclasses import asdict
@@ -119,6 +120,9 @@ def setup(
         raise ConfigError("train.global_batch_size", f"{train.global_batch_size} is not divisible by "
                           f"micro_batch_size {train.micro_batch_size} x {world} processes")
     precision = precision or (get_default_supported_precision(training=True) if accelerator == "cuda" else "32-true")
+    if strategy == "fsdp" and accelerator != "cuda":
+        raise ConfigError("strategy", "fsdp needs GPUs: Lightning and torch's FSDP refuse CPU devices; use ddp (gloo) "
+                          "for several CPU processes")
     if world > 1 and strategy in ("auto", "fsdp") and accelerator == "cuda":
         from lightning.fabric.strategies import FSDPStrategy
 
@@ -173,7 +177,8 @@ def check_run_inputs(model_config: Config, out_dir: Path, precision: Optional[st
     lr = optimizer_lr(optimizer)
     if train.max_lr is None and lr is None:
         raise ConfigError("optimizer", "no learning rate: set optimizer.init_args.lr or train.max_lr (the paper and "
-                          "the original used 3e-4; torch's default 1e-3 would otherwise apply unannounced)")
+                          "the original used 3e-4; torch's default 1e-3 would otherwise apply unannounced), or run "
+                          "`midtrain migrate --config FILE --out NEW.yaml`")
     peak = train.max_lr if train.max_lr is not None else lr
     if not peak > 0:
         raise ConfigError("optimizer.init_args.lr", f"must be > 0, got {peak}")
@@ -329,7 +334,7 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
         raise ConfigError("train.max_iters", f"{train.max_iters:,} micro-batches = {total_steps:,} optimizer steps here is "
                           f"the LR horizon, but max_additional_steps stops this run at step {end_step:,}: the "
                           "original's 'infinity' placeholder leaves the LR schedule unfinished. Set train.max_steps to "
-                          "the whole run (the paper: 61035) and drop max_iters")
+                          "the whole run (the paper: 61035) and drop max_iters, or run `midtrain migrate --config FILE --out NEW.yaml`")
     if end_step < (total_steps or end_step):
         fabric.print(f"this run stops at step {end_step:,} (max_additional_steps {train.max_additional_steps:,} from "
                      f"step {state['segment_start']}) of a {total_steps:,}-step LR horizon")
@@ -388,8 +393,10 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
         samples_at_step = getattr(loader, "samples", None)
         trace_lines: list[str] = []
         for micro in range(accum):
+            t_wait = time.perf_counter()
             try:
                 batch = next(data_iter)
+                progress.data_wait += time.perf_counter() - t_wait
             except Exception as e:
                 stop = signals.requested()
                 line = config_error_line(e)
@@ -401,7 +408,9 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
                                   tokenizer_dir, keep_last_n)
                 if stop is None:
                     raise ConfigError(line) from None
-                fabric.print(f"signal {signals.name(stop)} received mid-step: kept step {state['step_count']}; "
+                kept = ("nothing to save before the first step" if state["step_count"] == first_step
+                        else f"checkpointing step {state['step_count']}")
+                fabric.print(f"signal {signals.name(stop)} received mid-step: {kept}; "
                              f"exiting {signals.exit_code_for(stop, EXIT_REQUEUE)}")
                 _finalize_loggers(fabric, "aborted")
                 return signals.exit_code_for(stop, EXIT_REQUEUE)
@@ -434,11 +443,14 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
             loss_sum, count = meter.reduce(fabric)
             for sid, n in zip(source_ids, count.tolist()):
                 state["source_tokens"][sid] = state["source_tokens"].get(sid, 0) + int(n) * seq_len
-            rate, eta = progress.tick(step, state["tokens"] - tokens_at_start)
+            rate, eta, data_share = progress.tick(step, state["tokens"] - tokens_at_start)
             loss = float(loss_sum.sum() / count.sum().clamp(min=1))
-            metrics = {"loss": loss, "lr": lr, "tokens": state["tokens"], "tokens_per_sec": rate, "step": step}
+            metrics = {"loss": loss, "lr": lr, "tokens": state["tokens"], "tokens_per_sec": rate, "step": step,
+                       "data_wait_share": data_share}
             if peak:
                 metrics["mfu"] = rate * fpt / (peak * fabric.world_size)
+            if fabric.device.type == "cuda":
+                metrics["peak_mem_gb"] = torch.cuda.max_memory_allocated(fabric.device) / 1e9
             total = max(1, sum(state["source_tokens"].values()))
             for i, sid in enumerate(source_ids):
                 if count[i] > 0:
@@ -447,7 +459,9 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
                 metrics[f"source_share/{sid}"] = state["source_tokens"].get(sid, 0) / total
             fabric.log_dict(metrics, step=step)
             mfu = f" | MFU {metrics['mfu']:.1%}" if peak else ""
-            fabric.print(f"step {step}/{end_step} | loss {loss:.4f} | lr {lr:.3e} | {rate:,.0f} tok/s{mfu} | ETA {eta}")
+            mem = f" | peak mem {metrics['peak_mem_gb']:.1f} GB" if "peak_mem_gb" in metrics else ""
+            fabric.print(f"step {step}/{end_step} | loss {loss:.4f} | lr {lr:.3e} | {rate:,.0f} tok/s{mfu}{mem} | "
+                         f"data wait {data_share:.1%} | ETA {eta}")
         if val_loaders and eval.interval and step % eval.interval == 0 and step != end_step:
             _log_validation(fabric, model, val_loaders, eval, step)
         if train.save_interval and step % train.save_interval == 0 and step != end_step:

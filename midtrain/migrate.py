@@ -1,0 +1,98 @@
+"""``midtrain migrate``: a config written for the original fork -> midtrain's form, every change said. Pure.
+
+The original's configs run here only with a different schedule than the paper's unless rewritten
+(FIELD_NOTES, "Defects in the original code"); ``midtrain pretrain`` refuses them with one line,
+and this module rewrites them:
+
+- ``train.max_iters: 10000000`` was a placeholder for "forever", and ``max_additional_steps`` (often
+  stale, copied between arms) set the real length. Both go; ``train.max_steps`` is the whole run
+  (default the paper's 61,035), which is also the LR horizon, so a midtrain arm keeps its base
+  run's curve and ends where the base would.
+- No LR anywhere meant the original's ``train.max_lr`` default 3e-4; torch's AdamW default would be
+  1e-3. The peak LR is written into ``optimizer.init_args.lr``.
+- ``resume: true`` (used for from-scratch runs too) becomes ``resume: auto``; a midtrain arm
+  resumes from ``resume_from`` when it is given (``--resume_from``), else from the symlink layout.
+- Keys no code read (``mix_weight``) and empty keys are removed; type weights given as
+  ``literal_weights_str`` move to ``mix_weights_str``.
+- ``logger_name: wandb`` falls back to tensorboard when wandb is not installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Optional
+
+PAPER_MAX_STEPS = 61_035
+PAPER_PEAK_LR = 3e-4
+_SHARD_ID = re.compile(r"^(main/\d+|[A-Za-z_][A-Za-z_\-]*\d+)$")
+
+
+def migrate_config(cfg: dict, max_steps: int = PAPER_MAX_STEPS, lr: float = PAPER_PEAK_LR,
+                   resume_from: Optional[str] = None, wandb_installed: bool = False) -> tuple[dict, list[str]]:
+    """(the rewritten config, one line per change). The input is not modified."""
+    new = copy.deepcopy(cfg)
+    changes: list[str] = []
+
+    def change(key: str, old: Any, value: Any, why: str) -> None:
+        changes.append(f"{key}: {old!r} -> {value!r} ({why})")
+
+    for key in [k for k, v in new.items() if v is None]:
+        del new[key]
+        changes.append(f"{key}: removed (empty)")
+
+    train = new.setdefault("train", {}) or {}
+    new["train"] = train
+    if "max_steps" not in train:
+        train["max_steps"] = max_steps
+        change("train.max_steps", None, max_steps, "the whole run and its LR horizon")
+    elif train["max_steps"] != max_steps:
+        changes.append(f"train.max_steps: {train['max_steps']!r} kept (the config's own; --max_steps not applied)")
+    for key, why in (("max_iters", "the original's 'infinity' placeholder; max_steps is the run length"),
+                     ("max_additional_steps", "the original's per-arm remainder, often stale; the run ends at max_steps")):
+        if key in train:
+            changes.append(f"train.{key}: {train.pop(key)!r} removed ({why})")
+
+    opt = new.get("optimizer")
+    if isinstance(opt, str):
+        opt = new["optimizer"] = {"class_path": opt if "." in opt else f"torch.optim.{opt}", "init_args": {}}
+        changes.append(f"optimizer: {cfg['optimizer']!r} -> {{class_path: {opt['class_path']}, init_args}}")
+    if opt is None:
+        opt = new["optimizer"] = {"class_path": "torch.optim.AdamW", "init_args": {}}
+        changes.append("optimizer: None -> torch.optim.AdamW")
+    init = opt.get("init_args")
+    if not isinstance(init, dict):
+        init = opt["init_args"] = {}
+    if "lr" not in init and train.get("max_lr") is None:
+        init["lr"] = lr
+        change("optimizer.init_args.lr", None, lr, "peak LR: the original's train.max_lr default; torch's would be 1e-3")
+
+    if new.get("resume") is True:
+        change("resume", True, "auto", "resume this run's newest checkpoint if any, else start")
+        new["resume"] = "auto"
+    if resume_from is not None:
+        change("resume_from", new.get("resume_from"), resume_from, "midtrain: continue the base run at that step")
+        new["resume_from"] = resume_from
+        new.setdefault("resume", "auto")
+
+    data = new.get("data")
+    init_args = data.get("init_args") if isinstance(data, dict) else None
+    if isinstance(init_args, dict):
+        if "mix_weight" in init_args:
+            changes.append(f"data.init_args.mix_weight: {init_args.pop('mix_weight')!r} removed (the original read it "
+                           "nowhere)")
+        literal = init_args.get("literal_weights_str")
+        if isinstance(literal, str) and "mix_weights_str" not in init_args:
+            keys = [p.rpartition(":")[0].strip() for p in literal.split(",") if p.strip()]
+            if keys and not any(_SHARD_ID.match(k) for k in keys):
+                init_args["mix_weights_str"] = init_args.pop("literal_weights_str")
+                changes.append(f"data.init_args.literal_weights_str -> mix_weights_str ({', '.join(keys)} are shard "
+                               "types, not shards)")
+        for key in [k for k, v in init_args.items() if v is None]:
+            del init_args[key]
+            changes.append(f"data.init_args.{key}: removed (empty)")
+
+    if new.get("logger_name") == "wandb" and not wandb_installed:
+        change("logger_name", "wandb", "tensorboard", "wandb is not installed here: pip install -e .[wandb]")
+        new["logger_name"] = "tensorboard"
+    return new, changes
