@@ -60,3 +60,13 @@ def test_changed_shard_on_resume_is_one_line_exit_2(run_dir, real_tree, tmp_path
     r = run_cli("pretrain", "--config", cfg)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "data.allow_data_change: shard 'main/1' changed" in r.stderr
+
+
+def test_gpu_bench_script_runs_its_code_path_on_cpu():
+    """bench/gpu.sh is first run for real here (tiny model on CPU), not on a rented GPU."""
+    r = sh("bench/gpu.sh", "--smoke", "--steps", "10", "--skip", "5", "--workers", "0",
+           env={"PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    row = next(line for line in r.stdout.splitlines() if line.startswith("tiny 1xCPU fp32"))
+    assert float(row.split()[3].replace(",", "")) > 0  # tokens/s
+    assert "data wait" in r.stdout

@@ -452,3 +452,54 @@ def test_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path, real_tree):
     cfg = write_config(tmp_path, real_tree, strategy="fsdp", devices=2, out_dir=str(tmp_path / "bad"))
     r = run_cli("pretrain", "--config", cfg)
     assert r.returncode == 2 and "strategy: fsdp needs GPUs" in r.stderr and not (tmp_path / "bad").exists()
+
+
+def _original_fork_checkpoint(path, real_tree, steps=6):
+    """A checkpoint in the original fork's (litgpt pretrain's) format, written as it wrote them: fabric.save of
+    {model, optimizer, train_dataloader (a litdata StreamingDataLoader state), iter_num, step_count}, beside
+    model_config.yaml; no training_state.json."""
+    from litdata.streaming import StreamingDataLoader, StreamingDataset, TokensLoader
+    from litgpt import Config
+    from litgpt.model import GPT
+    from litgpt.utils import save_config
+
+    torch.manual_seed(0)
+    config = Config(**TINY_MODEL)
+    model = GPT(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.003, weight_decay=0.1)
+    loader = StreamingDataLoader(StreamingDataset(str(real_tree / "1"), item_loader=TokensLoader(block_size=17),
+                                                  shuffle=True), batch_size=8)
+    it = iter(loader)
+    for _ in range(steps):
+        batch = next(it).long()
+        loss = torch.nn.functional.cross_entropy(model(batch[:, :-1]).reshape(-1, 512), batch[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    path.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "train_dataloader": loader.state_dict(),
+                "iter_num": steps, "step_count": steps}, path / "lit_model.pth")
+    save_config(config, path)
+    return model
+
+
+def test_resume_from_a_checkpoint_of_the_original_fork(tmp_path, real_tree):
+    _original_fork_checkpoint(tmp_path / "orig" / "step-00000006", real_tree)
+    cfg = write_config(tmp_path, real_tree, mix="main:0.8,code:0.2", out_dir=str(tmp_path / "mid"),
+                       resume_from=str(tmp_path / "orig" / "step-00000006"), train={"max_steps": 12})
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "was written by the original litgpt fork" in r.stdout and "fresh seeded order" in r.stdout
+    assert "step 7/12" in r.stdout and "step 6/" not in r.stdout  # the step counter continues
+    lrs = {int(x["step"]): float(x["lr"]) for x in metrics(tmp_path / "mid") if x["lr"]}
+    from midtrain.train.schedules import Schedule, warmup_steps
+
+    sched = Schedule("cosine", 0.003, 1e-4, 12, warmup_steps(12, 2, None))
+    assert lrs[7] == pytest.approx(sched.lr_at(6))  # the LR schedule continues at step 6
+    state = yaml.safe_load((tmp_path / "mid" / "final" / "training_state.json").read_text())
+    assert state["data"]["notes"][0]["data_restarted"] and state["data"]["notes"][0]["at_step"] == 6
+    assert state["data"]["samples"] == 6 * 8  # the 6 steps run here, from a fresh seeded order
+    # resumed as our own run afterwards (the note stays), and a plain `resume:` of a foreign checkpoint is refused
+    bad = write_config(tmp_path, real_tree, "bad.yaml", out_dir=str(tmp_path / "orig"), resume=True)
+    r = run_cli("pretrain", "--config", bad)
+    assert r.returncode == 2 and "data.mixer" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -160,6 +160,8 @@ class ExactMixLoader(DataLoader):
         self.vocab_size = vocab_size
         self.on_resume = on_resume  # DataModule hook: (saved state) -> new stage history
         self.source_ids = Blend(dataset.stages).source_ids
+        self.notes: list[dict] = []  # history that is not a stage (an imported checkpoint), kept in every save
+        self.accept_foreign = False  # the trainer sets it for resume_from: a checkpoint of the original fork
 
     @property
     def stages(self) -> list[StageSpec]:
@@ -185,13 +187,28 @@ class ExactMixLoader(DataLoader):
                               f"[0, {self.vocab_size}): shard {sid} was tokenized with another tokenizer")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mixer": "exact", "samples": self.samples, "stages": [s.to_dict() for s in self.stages]}
+        out = {"mixer": "exact", "samples": self.samples, "stages": [s.to_dict() for s in self.stages]}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("mixer") is None and self.accept_foreign:
+            # litgpt's / the original fork's litdata loader state: its positions cannot be mapped onto this
+            # schedule, so every source starts its seeded order from the beginning (said and recorded).
+            self.samples = 0
+            self.notes = [{"imported": "litdata loader state of the original fork (not mapped)",
+                           "data_restarted": True}]
+            return
+        if state.get("mixer") is None:
+            raise ConfigError("data.mixer", "the checkpoint's data state is litdata's (the original fork or upstream "
+                              "litgpt): start from it with resume_from: <checkpoint> and a new out_dir (model, optimizer "
+                              "and step continue; the data position cannot be mapped)")
         if state.get("mixer") != "exact":
             raise ConfigError("data.mixer", f"the checkpoint's data state is from mixer {state.get('mixer')!r}, "
                               "not 'exact'; it cannot be resumed sample-exactly")
         self.samples = int(state["samples"])
+        self.notes = list(state.get("notes", []))
         saved = [StageSpec.from_dict(s) for s in state["stages"]]
         stages = self.on_resume(saved, self.samples) if self.on_resume else saved
         self.dataset.stages = stages
