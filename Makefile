@@ -8,8 +8,14 @@ DEPS_HASH := $(shell sed -n '/^dependencies = \[/,/^\]/p;/^test = /p' pyproject.
 VENV ?= $(CACHE_DIR)/venv-$(DEPS_HASH)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The optional extras (wandb, lm-eval) live in a second venv layered on the first (a .pth adds its
+# site-packages), so the main venv stays as pyproject's dependencies say and a test can check both
+# "extra installed" and "extra missing". Shared packages are pinned to the main venv's versions.
+EXTRAS_HASH := $(shell sed -n '/^wandb = /p;/^eval = /p' pyproject.toml | sha256sum | cut -c1-8)
+EXTRAS_VENV ?= $(CACHE_DIR)/venv-extras-$(DEPS_HASH)-$(EXTRAS_HASH)
+EXTRAS_PY := $(EXTRAS_VENV)/bin/python
 
-.PHONY: venv test demo bench clean-venv
+.PHONY: venv extras test demo bench clean-venv
 
 venv: $(VENV)/.complete
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || $(PY) -m pip install --no-deps --no-build-isolation -e .
@@ -22,8 +28,22 @@ $(VENV)/.complete:
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+$(EXTRAS_VENV)/.complete: $(VENV)/.complete
+	@echo "creating the extras virtualenv $(EXTRAS_VENV) (wandb, lm-eval; first time only, ~1 min)"
+	rm -rf $(EXTRAS_VENV)
+	$(PYTHON) -m venv $(EXTRAS_VENV)
+	$(EXTRAS_PY) -m pip install -q --upgrade pip setuptools wheel
+	echo "import site; site.addsitedir('$$($(PY) -c 'import site; print(site.getsitepackages()[0])')')" \
+	  > "$$($(EXTRAS_PY) -c 'import site; print(site.getsitepackages()[0])')/midtrain-base.pth"
+	$(PY) -m pip freeze | grep -iE '^(huggingface.hub|torch|torchvision|numpy|lightning|litgpt|litdata|tokenizers|pyarrow)==' \
+	  > $(EXTRAS_VENV)/constraints.txt
+	$(EXTRAS_PY) -m pip install -q -c $(EXTRAS_VENV)/constraints.txt $$(sed -n 's/^\(wandb\|eval\) = \["\(.*\)"\]/\2/p' pyproject.toml)
+	touch $@
+
+extras: $(EXTRAS_VENV)/.complete
+
+test: venv extras
+	MIDTRAIN_EXTRAS_PYTHON=$(EXTRAS_PY) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/discovery.py

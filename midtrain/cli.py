@@ -266,8 +266,15 @@ def evaluate(argv: list[str]) -> int:
         parser.add_argument("--batch_size", type=int, default=1)
         parser.add_argument("--num_fewshot", type=Optional[int], default=None)
         parser.add_argument("--limit", type=Optional[float], default=None)
+        parser.add_argument("--include_path", type=Optional[str], default=None,
+                            help="a folder of local task YAMLs (data files beside them: works offline)")
+        parser.add_argument("--tokenizer_dir", type=Optional[str], default=None, help="default: the checkpoint folder")
         a = parser.parse_args(argv[1:])
-        ev.lm_eval(a.checkpoint, a.tasks, a.out_dir, a.batch_size, a.num_fewshot, a.limit)
+        table = ev.lm_eval(a.checkpoint, a.tasks, a.out_dir, a.batch_size, a.num_fewshot, a.limit, a.include_path,
+                           a.tokenizer_dir)
+        for task, metrics in table.items():
+            print(f"{task}: " + ", ".join(ev.format_lm_eval_metrics(metrics)))
+        print(f"wrote {a.out_dir}/results.json")
     elif what == "export-hf":
         parser.add_argument("--out", type=str, required=True)
         a = parser.parse_args(argv[1:])

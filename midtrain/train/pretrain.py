@@ -136,8 +136,10 @@ def setup(
     # Lightning hints at srun whenever it exists; our launcher uses srun under SLURM, and a run
     # started by hand on a login/dev node is deliberate.
     warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+    # wandb writes into the run folder like the other loggers (Lightning's default is the current directory)
+    where = {"save_dir": str(out_dir / "logs")} if logger_name == "wandb" else {}
     logger = choose_logger(logger_name, out_dir, name=f"midtrain-{out_dir.name}", log_interval=train.log_interval,
-                           log_args={}, resume=bool(resume))
+                           log_args={}, resume=bool(resume), **where)
     fabric = L.Fabric(accelerator=accelerator, devices=n_devices, num_nodes=num_nodes, strategy=fabric_strategy,
                       precision=precision, loggers=[logger])
     fabric.launch()
@@ -500,6 +502,8 @@ def _save_at_boundary(fabric, state, first_step, samples_at_step, out_dir, hpara
 def _finalize_loggers(fabric, status: str) -> None:
     for logger in fabric.loggers:  # flush buffered rows (the CSV logger writes in batches)
         logger.finalize(status)
+        if type(logger).__name__ == "WandbLogger" and fabric.global_rank == 0:
+            logger.experiment.finish(exit_code=0 if status == "success" else 1)  # not left to interpreter exit
 
 
 @torch.no_grad()

@@ -1,0 +1,133 @@
+"""The optional extras, offline: wandb (WANDB_MODE=offline) logs a run, lm-eval evaluates a checkpoint on a local
+task. They run with the extras venv's python (`make extras`, which `make test` builds: MIDTRAIN_EXTRAS_PYTHON);
+the main venv, without them, answers with one line naming the extra to install."""
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from test_trainer import TINY_MODEL, write_config
+
+EXTRAS_PY = os.environ.get("MIDTRAIN_EXTRAS_PYTHON")
+needs_extras = pytest.mark.skipif(not EXTRAS_PY and not os.environ.get("CI"),
+                                  reason="MIDTRAIN_EXTRAS_PYTHON unset (run through `make test`)")
+
+
+def run_extras(*args, env=None):
+    assert EXTRAS_PY, "CI runs `make test`, which builds the extras venv and sets MIDTRAIN_EXTRAS_PYTHON"
+    e = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
+    return subprocess.run([EXTRAS_PY, "-m", "midtrain", *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          env=e, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_with_tokenizer(tmp_path_factory):
+    """A tiny model saved with a BPE tokenizer whose ids fit its vocabulary (as `pretrain --tokenizer_dir` saves)."""
+    from litgpt import Config
+    from litgpt.model import GPT
+    from litgpt.utils import copy_config_files, save_config
+
+    from midtrain.tokenizer import train_bpe
+
+    tmp = tmp_path_factory.mktemp("lmeval")
+    docs = [f"{a} plus {b} is {a + b}." for a in range(10) for b in range(10)] * 5
+    tok = train_bpe(docs, tmp / "tok", vocab_size=300)
+    torch.manual_seed(0)
+    config = Config(**TINY_MODEL)
+    ckpt = tmp / "ckpt"
+    ckpt.mkdir()
+    torch.save({"model": GPT(config).state_dict()}, ckpt / "lit_model.pth")
+    save_config(config, ckpt)
+    copy_config_files(tok, ckpt)
+    return ckpt
+
+
+@needs_extras
+def test_lm_eval_on_a_local_task_offline(tmp_path, checkpoint_with_tokenizer):
+    env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    r = run_extras("evaluate", "lm-eval", "--checkpoint", checkpoint_with_tokenizer, "--tasks", "tiny_arith",
+                   "--include_path", "tests/lm_eval_tasks", "--out_dir", tmp_path / "out", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    line = next(x for x in r.stdout.splitlines() if x.startswith("tiny_arith:"))
+    assert line.startswith("tiny_arith: acc 0.") and "(n=24)" in line
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    acc = results["results"]["tiny_arith"]["acc,none"]
+    assert 0 <= acc <= 1 and results["n_samples"]["tiny_arith"]["effective"] == 24
+    bad = run_extras("evaluate", "lm-eval", "--checkpoint", checkpoint_with_tokenizer, "--tasks", "nope_task",
+                     "--include_path", "tests/lm_eval_tasks", "--out_dir", tmp_path / "o2", env=env)
+    assert bad.returncode == 2 and "--tasks: unknown task(s) nope_task" in bad.stderr
+
+
+@needs_extras
+def test_lm_eval_adapter_scores_equal_the_models_own_log_probs(checkpoint_with_tokenizer):
+    """The adapter's log-likelihood is the model's: recomputed here by hand for one request."""
+    code = f"""
+import torch, torch.nn.functional as F
+from pathlib import Path
+from midtrain.posttrain.lm_eval_adapter import LitLM
+lm = LitLM(Path({str(checkpoint_with_tokenizer)!r}))
+ctx, cont = lm.encode("3 plus 4 is"), lm.encode(" 7.")
+ll, greedy = lm._score(ctx, cont)
+x = torch.tensor(ctx + cont)
+logp = F.log_softmax(lm.model(x[None, :-1])[0].float(), -1)
+manual = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+assert abs(ll - manual) < 1e-4, (ll, manual)
+print("ok", ll)
+"""
+    r = subprocess.run([EXTRAS_PY, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
+
+
+@needs_extras
+def test_wandb_offline_logs_a_run(tmp_path, real_tree):
+    cfg = write_config(tmp_path, real_tree, logger_name="wandb", train={"max_steps": 4})
+    r = run_extras("pretrain", "--config", cfg, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((tmp_path / "base" / "logs" / "wandb").glob("offline-run-*"))  # inside the run folder
+    assert len(runs) == 1
+    (log,) = runs[0].glob("run-*.wandb")
+    # read the offline log back: LevelDB-style blocks of wandb protobuf records (wandb's own reader is in Go)
+    code = f"""
+import json, struct
+from wandb.proto import wandb_internal_pb2 as pb
+raw = open({str(log)!r}, "rb").read()
+pos, buf, rows = 7, b"", []
+while pos + 7 <= len(raw):
+    if 32768 - pos % 32768 < 7:
+        pos += 32768 - pos % 32768
+        continue
+    _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+    data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+    if kind == 0:
+        break
+    buf = data if kind in (1, 2) else buf + data
+    if kind in (1, 4):
+        rec = pb.Record()
+        rec.ParseFromString(buf)
+        if rec.WhichOneof("record_type") == "history":
+            rows.append({{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}})
+print(json.dumps(rows))
+"""
+    out = subprocess.run([EXTRAS_PY, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    train = [row for row in json.loads(out.stdout) if "loss" in row]
+    assert [row["step"] for row in train] == [1, 2, 3, 4]
+    assert all("source_share/m1" in row and "lr" in row for row in train)
+    assert any("val_loss/main" in row for row in json.loads(out.stdout))
+
+
+def test_without_the_extras_one_line_names_the_extra(tmp_path, real_tree):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") or importlib.util.find_spec("lm_eval"):
+        pytest.skip("this python has the extras")
+    r = run_cli("evaluate", "lm-eval", "--checkpoint", tmp_path, "--tasks", "x", "--out_dir", tmp_path / "o")
+    assert r.returncode == 2 and "pip install -e '.[eval]'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    cfg = write_config(tmp_path, real_tree, logger_name="wandb", out_dir=str(tmp_path / "w"))
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 2 and "pip install -e .[wandb]" in r.stderr and len(r.stderr.strip().splitlines()) == 1
