@@ -352,7 +352,11 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     if start_step >= end_step:
         fabric.print(f"run already complete: step {start_step} >= {end_step}")
         if not (out_dir / ckpt.FINAL).exists() and start_kind == "resume":
+            if val_loaders and eval.final_validation and not _log_validation(fabric, state["model"], val_loaders, eval,
+                                                                              start_step):
+                return signals.exit_code_for(signals.requested(), EXIT_REQUEUE)
             _save(fabric, out_dir, ckpt.FINAL, state, train_loader, hparams, model_config, tokenizer_dir, None)
+            _finalize_loggers(fabric, "success")
         return 0
 
     horizon = total_steps if total_steps is not None else end_step
@@ -478,8 +482,16 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
         if train.save_interval and step % train.save_interval == 0 and step != end_step:
             _save(fabric, out_dir, ckpt.step_name(step), state, loader, hparams, model_config, tokenizer_dir, keep_last_n)
 
-    if val_loaders and eval.final_validation:
-        _log_validation(fabric, model, val_loaders, eval, state["step_count"])
+    if val_loaders and eval.final_validation and not _log_validation(fabric, model, val_loaders, eval,
+                                                                      state["step_count"]):
+        # stopped during the final validation: keep the last step; the requeued job validates and finishes
+        code = signals.exit_code_for(signals.requested(), EXIT_REQUEUE)
+        name = ckpt.step_name(state["step_count"])
+        if not (out_dir / name).exists():
+            _save(fabric, out_dir, name, state, loader, hparams, model_config, tokenizer_dir, keep_last_n)
+        fabric.print(f"checkpointed step {state['step_count']} before the final validation; exiting {code}")
+        _finalize_loggers(fabric, "aborted")
+        return code
     _save(fabric, out_dir, ckpt.FINAL, state, loader, hparams, model_config, tokenizer_dir, None)
     _finalize_loggers(fabric, "success")
     fabric.print(f"done: {state['step_count']} steps, {state['tokens']:,} tokens -> {out_dir / ckpt.FINAL}")
@@ -524,15 +536,24 @@ def validate(fabric, model, loader, max_iters: int) -> float:
     return float(total[0] / total[1].clamp(min=1))
 
 
-def _log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> None:
+def _log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> bool:
+    """Validate on every set and log; False when a stop signal cut it short (its loader workers were ended)."""
     metrics = {}
     for name, loader in val_loaders.items():
-        loss = validate(fabric, model, loader, eval.max_iters)
+        try:
+            loss = validate(fabric, model, loader, eval.max_iters)
+        except Exception:
+            if signals.requested() is None:
+                raise
+            model.train()
+            fabric.print(f"validation at step {step} cut short by {signals.name(signals.requested())}: not logged")
+            return False
         metrics[f"val_loss/{name}"] = loss
         metrics[f"val_ppl/{name}"] = perplexity(loss)
     fabric.log_dict(metrics, step=step)
     fabric.print("validation " + " | ".join(f"{n} loss {metrics[f'val_loss/{n}']:.4f} ppl {metrics[f'val_ppl/{n}']:.2f}"
                                              for n in val_loaders))
+    return True
 
 
 def _save(fabric, out_dir, name, state, loader, hparams, model_config, tokenizer_dir, keep_last_n) -> None:
