@@ -123,22 +123,34 @@ def mix(argv: list[str]) -> int:
     data = init.data if init.data is not None else ShardedMixedDataset()
     if not isinstance(data, ShardedMixedDataset):
         raise ConfigError("data.class_path", f"{type(data).__name__}: `midtrain mix` plans ShardedMixedDataset only")
-    from midtrain.train.pretrain import resolve_model_config
+    from pathlib import Path
+
+    from midtrain.train import checkpoint as ckpt
+    from midtrain.train.pretrain import check_run_inputs, resolve_model_config, run_end_step
 
     train = init.train
-    seq = train.max_seq_length or resolve_model_config(args.model_name, init.model_config).block_size
+    given = args.model_name is not None or init.model_config is not None
+    model_config = resolve_model_config(args.model_name, init.model_config) if given or not train.max_seq_length else None
+    if given:  # a run config: what `pretrain` would refuse, `mix` refuses too (without a model: a data plan only)
+        check_run_inputs(model_config, Path(args.out_dir), args.precision, train, args.optimizer, args.keep_last_n,
+                         args.logger_name)
+    seq = train.max_seq_length or model_config.block_size
     data.connect(batch_size=train.micro_batch_size, max_seq_length=seq, global_batch_size=train.global_batch_size)
     if args.tokens is not None:
         if args.tokens < 0:
             raise ConfigError("--tokens", f"must be >= 0, got {args.tokens}")
         total_samples = args.tokens // seq
-    elif train.max_steps is None and train.max_iters is None and train.max_tokens is not None:
-        total_samples = train.max_tokens // seq
-    else:
-        steps = train.total_steps(seq_length=seq)
-        if steps is None and train.max_additional_steps is not None:
-            steps = train.max_additional_steps
-        total_samples = None if steps is None else steps * train.global_batch_size
+    else:  # exactly the steps the trainer will run with this mixture: from the start step to the end step
+        world = (args.devices if isinstance(args.devices, int) else 1) * (args.num_nodes or 1)
+        start = (ckpt.checkpoint_step(Path(args.resume_from)) or 0) if args.resume_from else 0
+        total = train.total_steps(world, 1, seq)
+        try:
+            end = run_end_step(train, total, start, None, start)
+        except ConfigError:
+            if total is not None or train.max_additional_steps is not None:
+                raise
+            end = None  # no run length in the config: the plan shows weights only
+        total_samples = None if end is None else (end - start) * train.global_batch_size
     plan = data.plan(total_samples)
     if args.check_files:
         data.verify_files()

@@ -18,8 +18,9 @@ def paper_tree(fake_tree):
 def write_cfg(tmp_path, data_args: dict, train=None, class_path="litgpt.data.ShardedMixedDataset", extra=""):
     import yaml
 
-    cfg = {"model_name": "pythia-14m", "out_dir": "out/x",
+    cfg = {"model_name": "pythia-160m", "out_dir": "out/x",
            "data": {"class_path": class_path, "init_args": data_args},
+           "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4}},
            "train": train or {"max_steps": 1000, "global_batch_size": 64, "micro_batch_size": 8, "max_seq_length": 2048}}
     p = tmp_path / "run.yaml"
     p.write_text(yaml.safe_dump(cfg) + extra)

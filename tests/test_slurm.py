@@ -123,7 +123,7 @@ def test_requeue_resumes_without_repeating_samples(cluster, base_run, demo_data,
         time.sleep(1)
     text = log.read_text()
     assert state == "COMPLETED", text
-    assert requeued and "requeueing job" in text and "signal received" in text
+    assert requeued and "requeueing job" in text and "signal SIGUSR1 received: checkpointing step" in text
     assert "loading" in text and "done: 120 steps" in text
     # the interrupted-and-requeued run consumed exactly the samples of the uninterrupted one
     assert (tmp_path / "trace.rank0").read_text() == (base_tmp / "trace.rank0").read_text()

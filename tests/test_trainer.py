@@ -503,3 +503,23 @@ def test_resume_from_a_checkpoint_of_the_original_fork(tmp_path, real_tree):
     bad = write_config(tmp_path, real_tree, "bad.yaml", out_dir=str(tmp_path / "orig"), resume=True)
     r = run_cli("pretrain", "--config", bad)
     assert r.returncode == 2 and "data.mixer" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("train", [{"max_steps": 24}, {"max_steps": 24, "max_additional_steps": 6},
+                                   {"max_steps": None, "max_tokens": 24 * 8 * 16}])
+def test_mix_plans_exactly_the_samples_the_trainer_reads(tmp_path, real_tree, trained_base, train):
+    """`midtrain mix` and `midtrain pretrain` agree on a midtrain arm's length (the issue saw them disagree)."""
+    import json
+
+    cfg = write_config(tmp_path, real_tree, mix="main:0.5,code:0.5", out_dir=str(tmp_path / "mid"),
+                       resume_from=str(trained_base / "final"), train={"save_interval": 100, **train})
+    r = run_cli("mix", "--config", cfg, "--json", tmp_path / "plan.json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert run_cli("pretrain", "--config", cfg).returncode == 0
+    state = yaml.safe_load((tmp_path / "mid" / "final" / "training_state.json").read_text())
+    read_here = state["data"]["samples"] - 8 * 8  # the base run consumed 8 steps x 8 samples
+    assert plan["total_samples"] == read_here == (state["step"] - 8) * 8
+    drawn = {row["id"]: row["draw_samples"] for row in plan["rows"]} if "draw_samples" in plan["rows"][0] else None
+    if drawn is not None:
+        assert sum(drawn.values()) == read_here

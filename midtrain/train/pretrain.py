@@ -160,7 +160,7 @@ def resolve_model_config(model_name: Optional[str], model_config: Optional[Confi
         raise ConfigError("model_name", f"{model_name!r} is not a litgpt model name") from None
 
 
-def check_run_inputs(model_config: Config, out_dir: Path, precision: Optional[str], train: TrainArgs,
+def check_run_inputs(model_config: Optional[Config], out_dir: Path, precision: Optional[str], train: TrainArgs,
                      optimizer: Union[str, dict], keep_last_n: Optional[int], logger_name: str) -> None:
     """Refuse, before any work, what would otherwise crash mid-run or silently train something else."""
     from typing import get_args
@@ -173,7 +173,7 @@ def check_run_inputs(model_config: Config, out_dir: Path, precision: Optional[st
     valid = get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS)
     if precision is not None and str(precision) not in valid:
         raise ConfigError("precision", f"{precision!r} is not one of {', '.join(valid)}")
-    if train.max_seq_length is not None and train.max_seq_length > model_config.block_size:
+    if model_config is not None and train.max_seq_length is not None and train.max_seq_length > model_config.block_size:
         raise ConfigError("train.max_seq_length", f"{train.max_seq_length} is longer than the model's block_size "
                           f"{model_config.block_size}")
     lr = optimizer_lr(optimizer)
@@ -236,6 +236,12 @@ def run_end_step(train: TrainArgs, total_steps: Optional[int], segment_start: Op
             end = saved_end_step
         else:
             end = segment_start + train.max_additional_steps
+        if train.max_steps is None and train.max_iters is not None and end < total_steps:
+            raise ConfigError("train.max_iters", f"{train.max_iters:,} micro-batches = {total_steps:,} optimizer steps "
+                              f"here is the LR horizon, but max_additional_steps stops this run at step {end:,}: the "
+                              "original's 'infinity' placeholder leaves the LR schedule unfinished. Set train.max_steps "
+                              "to the whole run (the paper: 61035) and drop max_iters, or run `midtrain migrate "
+                              "--config FILE --out NEW.yaml`")
         if total_steps is not None and end > total_steps:
             raise ConfigError("train.max_additional_steps", f"{train.max_additional_steps:,} steps from step "
                               f"{segment_start if segment_start is not None else start_step:,} end at {end:,}, past "
@@ -341,11 +347,6 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
         state["segment_start"] = start_step
     end_step = run_end_step(train, total_steps, state["segment_start"], state["end_step"], start_step)
     state["end_step"] = end_step
-    if train.max_steps is None and train.max_iters is not None and end_step < total_steps:
-        raise ConfigError("train.max_iters", f"{train.max_iters:,} micro-batches = {total_steps:,} optimizer steps here is "
-                          f"the LR horizon, but max_additional_steps stops this run at step {end_step:,}: the "
-                          "original's 'infinity' placeholder leaves the LR schedule unfinished. Set train.max_steps to "
-                          "the whole run (the paper: 61035) and drop max_iters, or run `midtrain migrate --config FILE --out NEW.yaml`")
     if end_step < (total_steps or end_step):
         fabric.print(f"this run stops at step {end_step:,} (max_additional_steps {train.max_additional_steps:,} from "
                      f"step {state['segment_start']}) of a {total_steps:,}-step LR horizon")
