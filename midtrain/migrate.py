@@ -15,6 +15,8 @@ and this module rewrites them:
 - Keys no code read (``mix_weight``) and empty keys are removed; type weights given as
   ``literal_weights_str`` move to ``mix_weights_str``.
 - ``logger_name: wandb`` falls back to tensorboard when wandb is not installed.
+- ``stable_steps`` with a scheduler other than wsd goes; the from-scratch ``lr_scheduler: decay``
+  run with a placeholder ``stable_steps`` (a flat LR to the end) becomes ``constant``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,14 @@ def migrate_config(cfg: dict, max_steps: int = PAPER_MAX_STEPS, lr: float = PAPE
                      ("max_additional_steps", "the original's per-arm remainder, often stale; the run ends at max_steps")):
         if key in train:
             changes.append(f"train.{key}: {train.pop(key)!r} removed ({why})")
+
+    if "stable_steps" in train and train.get("lr_scheduler", "cosine") != "wsd":
+        if train.get("lr_scheduler") == "decay" and resume_from is None and not new.get("resume_from"):
+            # the original's from-scratch "flatline" run: warmup, then a constant LR; decay runs branch off later
+            change("train.lr_scheduler", "decay", "constant", f"stable_steps {train['stable_steps']!r} meant a flat "
+                   "LR to the end; decay runs start from its checkpoints with lr_scheduler: decay")
+            train["lr_scheduler"] = "constant"
+        changes.append(f"train.stable_steps: {train.pop('stable_steps')!r} removed (only wsd reads it)")
 
     opt = new.get("optimizer")
     if isinstance(opt, str):

@@ -93,6 +93,11 @@ def test_migrate_config_is_pure_and_says_every_change():
     kept, _ = migrate_config({"train": {"max_steps": 100}, "optimizer": {"class_path": "torch.optim.AdamW",
                                                                           "init_args": {"lr": 1e-3}}})
     assert kept["train"]["max_steps"] == 100 and kept["optimizer"]["init_args"]["lr"] == 1e-3
+    wsd = yaml.safe_load(ORIGINAL.format(out="/o", data="/d", weights=VARIANTS["base"]))
+    wsd["train"].update(stable_steps=10000000, lr_scheduler="decay", max_additional_steps=61035)
+    flat, changes = migrate_config(wsd)
+    assert flat["train"]["lr_scheduler"] == "constant" and "stable_steps" not in flat["train"]
+    assert any(c.startswith("train.lr_scheduler: 'decay' -> 'constant'") for c in changes)
     lit, _ = migrate_config(yaml.safe_load(ORIGINAL.format(out="/o", data="/d", weights=VARIANTS["literal_types"])))
     assert lit["data"]["init_args"]["mix_weights_str"] == "main:0.8,web:0.2"
     shards, _ = migrate_config(yaml.safe_load(ORIGINAL.format(out="/o", data="/d", weights=VARIANTS["literal_shards"])))

@@ -301,6 +301,7 @@ CATALOGUE = [
     ("mix_weight", _data(mix_weight=0.2), "data.init_args.mix_weight: the original read it nowhere"),
     ("out_dir under a file", lambda c: c.update(out_dir="FILEPARENT"), "out_dir: "),
     ("double comma", _data(mix_weights_str="main:0.8,,math:0.2"), "mix_weights_str: empty pair at position 2"),
+    ("stable_steps without wsd", _set("train", stable_steps=100), "train.stable_steps: only lr_scheduler: wsd reads it"),
 ]
 
 

@@ -73,6 +73,9 @@ class TrainArgs:
             raise ConfigError("train.min_lr", f"must be >= 0, got {self.min_lr}")
         if self.max_norm is not None and not self.max_norm > 0:
             raise ConfigError("train.max_norm", f"must be > 0 (or null for no clipping), got {self.max_norm}")
+        if self.stable_steps is not None and self.lr_scheduler != "wsd":
+            raise ConfigError("train.stable_steps", f"only lr_scheduler: wsd reads it (here: {self.lr_scheduler}); "
+                              "remove it, or use wsd")
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError("train.decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
 
