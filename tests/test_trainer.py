@@ -524,3 +524,15 @@ def test_mix_plans_exactly_the_samples_the_trainer_reads(tmp_path, real_tree, tr
     drawn = {row["id"]: row["draw_samples"] for row in plan["rows"]} if "draw_samples" in plan["rows"][0] else None
     if drawn is not None:
         assert sum(drawn.values()) == read_here
+
+
+def test_original_checkpoint_with_mixer_litdata_and_a_new_mixture_is_one_clear_line(tmp_path, real_tree):
+    _original_fork_checkpoint(tmp_path / "orig" / "step-00000006", real_tree)
+    cfg = write_config(tmp_path, real_tree, mix="main:0.8,code:0.2", out_dir=str(tmp_path / "mid"),
+                       resume_from=str(tmp_path / "orig" / "step-00000006"))
+    c = yaml.safe_load(cfg.read_text())
+    c["data"]["init_args"]["mixer"] = "litdata"
+    cfg.write_text(yaml.safe_dump(c))
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "data.mixer: litdata cannot resume" in r.stderr and " at 0x" not in r.stderr

@@ -249,6 +249,17 @@ class VocabCheckedLoader(StreamingDataLoader):
         self.vocab_size = vocab_size
         self.where = where
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """litdata's own resume; what it cannot fit (another mixture, a state of another kind) is one line."""
+        if not isinstance(state, dict) or state.get("mixer") == "exact":
+            raise ConfigError("data.mixer", "the checkpoint's data state is from mixer 'exact'; resume it with "
+                              "mixer: exact")
+        try:
+            super().load_state_dict(state)
+        except Exception as e:  # litdata raises with object reprs; say what it means instead
+            raise ConfigError("data.mixer", "litdata cannot resume this checkpoint's data state with this mixture "
+                              f"({type(e).__name__}); mixer: exact can (a changed mixture becomes a new stage)") from None
+
     def __iter__(self):
         for batch in super().__iter__():
             bad = out_of_vocab(batch, self.vocab_size) if isinstance(batch, torch.Tensor) else None
