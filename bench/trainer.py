@@ -84,6 +84,8 @@ def main():
         "litgpt": lambda path: [os.path.join(bin_dir, "litgpt"), "pretrain", "--config", path],
     }
     rates = {k: [] for k in runs}
+    for which, cmd in runs.items():  # warm-up, discarded: the first runs fill compile and file caches
+        wall(cmd(config(tmp, data, args.short, which, args.compile == "true")))
     for _ in range(args.repeats):
         for which, cmd in runs.items():  # side by side, alternating
             t_short = wall(cmd(config(tmp, data, args.short, which, args.compile == "true")))
