@@ -162,6 +162,7 @@ class ExactMixLoader(DataLoader):
         self.source_ids = Blend(dataset.stages).source_ids
         self.notes: list[dict] = []  # history that is not a stage (an imported checkpoint), kept in every save
         self.accept_foreign = False  # the trainer sets it for resume_from: a checkpoint of the original fork
+        self.imported = False  # set when such a foreign data state was loaded (and not mapped)
 
     @property
     def stages(self) -> list[StageSpec]:
@@ -196,7 +197,7 @@ class ExactMixLoader(DataLoader):
         if state.get("mixer") is None and self.accept_foreign:
             # litgpt's / the original fork's litdata loader state: its positions cannot be mapped onto this
             # schedule, so every source starts its seeded order from the beginning (said and recorded).
-            self.samples = 0
+            self.samples, self.imported = 0, True
             self.notes = [{"imported": "litdata loader state of the original fork (not mapped)",
                            "data_restarted": True}]
             return

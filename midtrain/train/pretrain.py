@@ -329,8 +329,7 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
         if start_kind == "midtrain" and hasattr(train_loader, "accept_foreign"):
             train_loader.accept_foreign = True
         _load(fabric, load_path / ckpt.MODEL_FILE, state, "resume_from" if start_kind == "midtrain" else "resume")
-        if getattr(train_loader, "notes", None) and train_loader.samples == 0 and state["step_count"] > 0 and \
-                train_loader.notes[-1].get("data_restarted") and start_kind == "midtrain":
+        if getattr(train_loader, "imported", False):
             train_loader.notes[-1]["at_step"] = state["step_count"]
             state["tokens"] = state["tokens"] or state["step_count"] * train.global_batch_size * seq_len
             fabric.print(f"resume_from: {load_path} was written by the original litgpt fork: model, optimizer and step "
