@@ -26,6 +26,7 @@ commands:
   plot       per-source validation loss against step for several runs (PNG)
   report     final per-source losses and SFT results across runs (markdown or CSV)
   demo       the paper's experiment in miniature on CPU, offline (what `make demo` runs)
+  proximity  token-unigram proximity of mixtures to target sets, and the proximity advantage
   migrate    rewrite a config of the original fork into midtrain's form, printing every change
 
 Run `midtrain <command> --help` for a command's options."""
@@ -314,13 +315,38 @@ def report(argv: list[str]) -> int:
     from midtrain.report import format_table, report_rows
 
     parser = _parser("A table of final per-source validation losses and SFT results across runs.")
-    parser.add_argument("--runs", type=str, nargs="+", required=True)
+    parser.add_argument("--runs", type=str, nargs="*", default=[])
     parser.add_argument("--sft", type=str, nargs="*", default=[], help="SFT metrics JSON files (midtrain sft --out)")
     parser.add_argument("--format", type=str, default="markdown", help="markdown or csv")
     parser.add_argument("--out", type=Optional[str], default=None)
+    parser.add_argument("--by_seed", type=bool, default=False,
+                        help="aggregate the --sft files over seeds: arms x tasks, mean ± CI, Δ vs --baseline")
+    parser.add_argument("--baseline", type=Optional[str], default="pretrain-only",
+                        help="the arm every Δ is measured against (null: no Δ)")
+    parser.add_argument("--main_set", type=str, default="main", help="the val set whose loss after SFT is forgetting")
+    parser.add_argument("--confidence", type=float, default=0.95)
     a = parser.parse_args(argv)
-    cols, rows = report_rows(a.runs, a.sft)
-    text = format_table(cols, rows, a.format)
+    if a.format not in ("markdown", "csv"):
+        raise ConfigError("--format", f"{a.format!r} is not markdown or csv")
+    if a.out:
+        from pathlib import Path
+
+        from midtrain.atomic import check_writable_dir
+
+        check_writable_dir(Path(a.out).parent, "--out")
+    if a.by_seed:
+        from midtrain.report import seed_table
+
+        if not a.sft:
+            raise ConfigError("--sft", "--by_seed aggregates SFT metrics files: give them")
+        if not 0 < a.confidence < 1:
+            raise ConfigError("--confidence", f"must be in (0, 1), got {a.confidence}")
+        text = seed_table(a.sft, a.runs, a.baseline, a.format, a.main_set, a.confidence).rstrip("\n")
+    else:
+        if not a.runs:
+            raise ConfigError("--runs", "give the run folders to report")
+        cols, rows = report_rows(a.runs, a.sft)
+        text = format_table(cols, rows, a.format)
     if a.out:
         write_text_atomic(a.out, text + "\n")
     print(text)
@@ -375,6 +401,36 @@ def migrate(argv: list[str]) -> int:
     return 0
 
 
+def proximity(argv: list[str]) -> int:
+    """``midtrain proximity``: unigram proximity of mixtures (of named sets) to targets, and the advantage."""
+    from midtrain.analysis.run_proximity import format_rows, run_proximity
+
+    parser = _parser("Token-unigram proximity between datasets (token shards read directly, or raw text "
+                     "tokenised with --tokenizer_dir) and each mixture's proximity advantage over --reference.")
+    parser.add_argument("--data", type=str, nargs="+", required=True,
+                        help="named sets NAME=PATH (shard folder(s) or raw text); sources of the mixtures")
+    parser.add_argument("--targets", type=str, nargs="+", required=True, help="named target sets NAME=PATH")
+    parser.add_argument("--mixtures", type=str, nargs="*", default=[],
+                        help="NAME=src:w,src:w over --data names (each --data set alone is always a mixture too)")
+    parser.add_argument("--reference", type=str, default="main", help="the mixture the advantage is measured against")
+    parser.add_argument("--measure", type=str, default="cosine",
+                        help="the primary measure, listed first: cosine (default), jsd or combined")
+    parser.add_argument("--max_tokens", type=Optional[int], default=10_000_000,
+                        help="a seeded sample of at most this many tokens per set (null: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer_dir", type=Optional[str], default=None,
+                        help="for raw-text sets; also bounds token ids of shards")
+    parser.add_argument("--field", type=str, default="text", help="JSONL/parquet text field of raw-text sets")
+    parser.add_argument("--json", type=Optional[str], default=None, help="also write the table as JSON")
+    a = parser.parse_args(argv)
+    result = run_proximity(a.data, a.targets, a.mixtures, a.reference, a.measure, a.max_tokens, a.seed,
+                           a.tokenizer_dir, a.field, a.json)
+    print(format_rows(result))
+    if a.json:
+        print(f"wrote {a.json}")
+    return 0
+
+
 def demo(argv: list[str]) -> int:
     from midtrain.demo import main as demo_main
 
@@ -399,6 +455,7 @@ def _take_config(argv: list[str]) -> Optional[str]:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "mix": mix, "pretrain": pretrain, "status": status, "prepare": prepare, "tokenizer": tokenizer,
     "sft": sft, "evaluate": evaluate, "plot": plot, "report": report, "demo": demo, "migrate": migrate,
+    "proximity": proximity,
 }
 
 

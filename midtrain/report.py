@@ -135,6 +135,55 @@ def report_rows(runs: list[str], sft_files: list[str] | None = None) -> tuple[li
     return cols + extra, rows
 
 
+def sft_results(sft_files: list[str], runs: list[str] | None = None, main_set: str = "main"):
+    """``midtrain sft`` metrics JSONs -> one ``SFTResult`` per (file, LR) for seed aggregation.
+
+    The arm is the file's ``arm`` label (``midtrain sft --arm``), else the name of the run in ``runs``
+    whose folder holds the checkpoint, else the checkpoint's run folder name. Every LR of a file's
+    sweep contributes its validation loss; the kept LR also its test loss and ``main_set``'s loss
+    after SFT (forgetting)."""
+    from midtrain.analysis.tables import SFTResult
+
+    out = []
+    for f in sft_files:
+        try:
+            m = json.loads(Path(f).read_text())
+            sweep, best = m["lr_sweep"], float(m["best_lr"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError("--sft", f"{f} is not an SFT metrics JSON ({type(e).__name__}: {e})") from None
+        arm = m.get("arm")
+        if not arm:
+            ckpt = Path(m["checkpoint"]).resolve()
+            owners = [r for r in runs or [] if ckpt.is_relative_to(Path(r).resolve())]
+            arm = label(owners[0]) if owners else (ckpt.parent.name if ckpt.name.startswith(("step-", "final")) else ckpt.name)
+        forgetting = (m.get("forgetting") or {}).get(main_set)
+        if m.get("forgetting") and forgetting is None:
+            raise ConfigError("--main_set", f"{f} has no forgetting on {main_set!r} (it has: "
+                              f"{', '.join(m['forgetting'])})")
+        task = m.get("task") or Path(m.get("data", f)).stem
+        for lr_text, row in sweep.items():
+            lr = float(lr_text)
+            kept = abs(lr - best) <= 1e-12 * max(1.0, abs(best))
+            out.append(SFTResult(arm, task, m.get("seed"), lr, float(row["val_loss"]),
+                                 test_loss=float(m["test_loss"]) if kept else None,
+                                 main_after=forgetting["after"] if kept and forgetting else None,
+                                 main_before=forgetting["before"] if kept and forgetting else None))
+    return out
+
+
+def seed_table(sft_files: list[str], runs: list[str] | None, baseline: str | None, fmt: str = "markdown",
+               main_set: str = "main", confidence: float = 0.95) -> str:
+    """The paper-style table (arms x tasks, mean ± CI over seeds, Δ vs ``baseline``) from SFT JSONs."""
+    from midtrain.analysis import tables
+
+    results = sft_results(sft_files, runs, main_set)
+    try:
+        cells = tables.aggregate(results, baseline, confidence)
+    except ValueError as e:
+        raise ConfigError("--baseline" if "baseline" in str(e) else "--sft", str(e)) from None
+    return tables.csv_text(cells) if fmt == "csv" else tables.markdown(cells, baseline, confidence)
+
+
 def format_table(cols: list[str], rows: list[dict], fmt: str = "markdown") -> str:
     def cell(v):
         if isinstance(v, float):

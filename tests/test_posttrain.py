@@ -217,6 +217,7 @@ def test_sft_picks_lr_on_val_reports_test_and_forgetting(tmp_path, tiny_run, rea
     assert json.loads((tmp_path / "m.json").read_text()) == m
     assert m["best_lr"] == min((float(lr) for lr in m["lr_sweep"]), key=lambda lr: m["lr_sweep"][f"{lr:g}"]["val_loss"])
     assert m["examples"] == {"train": 76, "val": 10, "test": 10}  # 96 examples, 10% + 10% held out
+    assert (m["task"], m["arm"], m["seed"]) == ("sft", None, 42)  # labels for `midtrain report --by_seed`
     assert set(m["forgetting"]) == {"main", "code", "gsm8k"}
     assert m["test_loss"] < m["zero_shot_val_loss"]
     # forgetting is the main-corpus loss of the SFT model: `midtrain evaluate loss` (another code path)

@@ -219,7 +219,10 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
             warmup_fraction: float = 0.1, min_lr_ratio: float = 0.0, weight_decay: float = 0.0,
             max_seq_length: Optional[int] = None, pretrain_val_path: Optional[Path] = None, forgetting_batches: int = 8,
             prompt_key: str = "prompt", response_key: str = "response", seed: int = 42, out: Optional[Path] = None,
-            save: Optional[Path] = None) -> dict:
+            save: Optional[Path] = None, task: Optional[str] = None, arm: Optional[str] = None) -> dict:
+    """Fine-tune ``checkpoint`` once per LR, keep the LR with the lowest val loss, report its test loss
+    and the pretraining val losses before/after (forgetting). ``task`` / ``arm`` only label the metrics
+    (default task: the data file's stem) so that ``midtrain report`` can aggregate seeds of one arm."""
     from midtrain.tokenizer import load_tokenizer
 
     check_sft_args(epochs=epochs, micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
@@ -265,7 +268,8 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     lr, val_loss, model = best
     forgetting_after = pretrain_val_losses(model, pretrain_val_path, seq, micro_batch_size, forgetting_batches, device)
     metrics = {
-        "checkpoint": str(checkpoint), "data": str(data), "examples": {k: len(v) for k, v in enc.items()},
+        "checkpoint": str(checkpoint), "data": str(data), "task": task or Path(data).stem, "arm": arm, "seed": seed,
+        "examples": {k: len(v) for k, v in enc.items()},
         "epochs": epochs, "lr_sweep": sweep, "best_lr": lr, "val_loss": val_loss,
         "test_loss": examples_loss(model, enc["test"], micro_batch_size, device),
         "zero_shot_val_loss": zero_shot_val,

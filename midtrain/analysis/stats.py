@@ -1,0 +1,149 @@
+"""Statistics over seeds: the only place a report's numbers and verdict words come from.
+
+Pure: no I/O, no torch; scipy supplies the distributions (no hand-written t-tables).
+
+Guarantees:
+- ``summarize(values)``: mean, sample standard deviation (ddof=1), n and the two-sided t-interval
+  ``mean ± t_{(1+c)/2, n-1} · sd / sqrt(n)``. With n < 2 there is no interval: lo/hi are NaN.
+- ``paired(arm, baseline)``: differences ``arm[s] - baseline[s]`` on the seeds both have (matched
+  seeds only: an unmatched seed is listed, never silently paired with another), summarised as above.
+- ``verdict(interval)``: "better" only when the whole interval lies on the better side of 0,
+  "worse" only when it lies on the worse side, else "inconclusive" (an interval that touches or
+  includes 0, or no interval at all). Reports use these three words only from here.
+- ``choose_lr(val_by_lr)``: the LR with the lowest *validation* loss (ties: the smaller LR); the
+  choice is flagged when it sits at either edge of the grid (or the grid has one LR), because then
+  the optimum is not bracketed. Test losses never enter the choice: they are not an argument.
+- ``pearson(x, y)``: scipy's Pearson r with its p-value and Fisher-z interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Hashable, Mapping, Sequence
+
+VERDICTS = ("better", "worse", "inconclusive")
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    sd: float
+    n: int
+    lo: float
+    hi: float
+    confidence: float = 0.95
+
+    @property
+    def half_width(self) -> float:
+        return (self.hi - self.lo) / 2
+
+    def format(self, digits: int = 3) -> str:
+        """``1.234 ± 0.056`` (``1.234`` when there is no interval)."""
+        if math.isnan(self.lo):
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.half_width:.{digits}f}"
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean, sd (ddof=1), n and the two-sided t-interval of the mean."""
+    from scipy import stats
+
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no values to summarize")
+    if any(math.isnan(v) or math.isinf(v) for v in xs):
+        raise ValueError(f"non-finite value among {xs}")
+    mean = math.fsum(xs) / n
+    if n < 2:
+        return Interval(mean, math.nan, n, math.nan, math.nan, confidence)
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in xs) / (n - 1))
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
+    return Interval(mean, sd, n, mean - half, mean + half, confidence)
+
+
+@dataclass(frozen=True)
+class Paired:
+    diff: Interval            # of arm - baseline over matched seeds
+    seeds: tuple               # the matched seeds, sorted
+    unmatched: tuple           # seeds only one side has, sorted
+
+
+def paired(arm: Mapping[Hashable, float], baseline: Mapping[Hashable, float], confidence: float = 0.95) -> Paired:
+    """Differences arm - baseline on matched seeds."""
+    seeds = tuple(sorted(set(arm) & set(baseline), key=repr))
+    if not seeds:
+        raise ValueError(f"no seed in common (arm: {sorted(arm, key=repr)}, baseline: {sorted(baseline, key=repr)})")
+    unmatched = tuple(sorted(set(arm) ^ set(baseline), key=repr))
+    return Paired(summarize([arm[s] - baseline[s] for s in seeds], confidence), seeds, unmatched)
+
+
+def verdict(diff: Interval, lower_is_better: bool = True) -> str:
+    """'better' / 'worse' / 'inconclusive' for a difference arm - baseline (a loss by default)."""
+    if math.isnan(diff.lo) or math.isnan(diff.hi):
+        return "inconclusive"
+    below, above = diff.hi < 0, diff.lo > 0
+    if below:
+        return "better" if lower_is_better else "worse"
+    if above:
+        return "worse" if lower_is_better else "better"
+    return "inconclusive"
+
+
+@dataclass(frozen=True)
+class LRChoice:
+    lr: float
+    val_loss: float
+    grid: tuple[float, ...]
+    edge: str | None  # None (bracketed), "low", "high", or "single" (a one-LR grid)
+
+    @property
+    def at_edge(self) -> bool:
+        return self.edge is not None
+
+
+def choose_lr(val_by_lr: Mapping[float, float]) -> LRChoice:
+    """The LR with the lowest validation loss; flags an edge winner."""
+    if not val_by_lr:
+        raise ValueError("empty LR grid")
+    grid = tuple(sorted(float(lr) for lr in val_by_lr))
+    vals = {float(lr): float(v) for lr, v in val_by_lr.items()}
+    if any(math.isnan(v) for v in vals.values()):
+        raise ValueError(f"NaN validation loss in {vals}")
+    best = min(grid, key=lambda lr: (vals[lr], lr))
+    edge = "single" if len(grid) == 1 else "low" if best == grid[0] else "high" if best == grid[-1] else None
+    return LRChoice(best, vals[best], grid, edge)
+
+
+def relative_improvement(base_loss: float, loss: float) -> float:
+    """The paper's (L_base - L) / L_base: positive when ``loss`` is lower than the base's."""
+    return (base_loss - loss) / base_loss
+
+
+@dataclass(frozen=True)
+class Correlation:
+    r: float
+    p: float
+    n: int
+    lo: float
+    hi: float
+
+
+def pearson(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> Correlation:
+    """Pearson r (scipy), two-sided p and the Fisher-z interval (NaN interval for n <= 3)."""
+    from scipy import stats
+
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
+    if len(x) < 3:
+        raise ValueError(f"Pearson r needs >= 3 points, got {len(x)}")
+    res = stats.pearsonr(x, y)
+    if len(x) > 3:
+        ci = res.confidence_interval(confidence)
+        lo, hi = float(ci.low), float(ci.high)
+    else:
+        lo = hi = math.nan
+    return Correlation(float(res.statistic), float(res.pvalue), len(x), lo, hi)

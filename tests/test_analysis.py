@@ -1,0 +1,223 @@
+"""Statistics over seeds, proximity measures and the seed-aggregated table: known answers and scipy."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import spatial
+from scipy import stats as sps
+
+from midtrain.analysis import proximity as px
+from midtrain.analysis import stats
+from midtrain.analysis.tables import SFTResult, aggregate, choose_per_seed, csv_text, markdown
+
+finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False)
+
+
+# ---- stats ----
+
+@given(st.lists(finite, min_size=2, max_size=30), st.sampled_from([0.8, 0.9, 0.95, 0.99]))
+@settings(max_examples=200, deadline=None)
+def test_summarize_matches_scipy(xs, conf):
+    iv = stats.summarize(xs, conf)
+    assert iv.n == len(xs)
+    assert iv.mean == pytest.approx(np.mean(xs), abs=1e-9)
+    assert iv.sd == pytest.approx(np.std(xs, ddof=1), abs=1e-9)
+    if np.std(xs) > 1e-9:
+        lo, hi = sps.t.interval(conf, len(xs) - 1, loc=np.mean(xs), scale=sps.sem(xs))
+        assert (iv.lo, iv.hi) == (pytest.approx(lo, abs=1e-7), pytest.approx(hi, abs=1e-7))
+
+
+def test_summarize_known_values():
+    iv = stats.summarize([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.302652729...
+    assert (iv.mean, iv.sd) == (2.0, 1.0)
+    assert iv.half_width == pytest.approx(4.302652729911275 / math.sqrt(3))
+    one = stats.summarize([5.0])
+    assert one.n == 1 and math.isnan(one.lo) and math.isnan(one.sd) and one.format() == "5.000"
+    with pytest.raises(ValueError):
+        stats.summarize([])
+    with pytest.raises(ValueError):
+        stats.summarize([1.0, float("nan")])
+
+
+@given(st.dictionaries(st.integers(0, 9), finite, min_size=1), st.dictionaries(st.integers(0, 9), finite, min_size=1))
+@settings(max_examples=200, deadline=None)
+def test_paired_uses_matched_seeds_only(arm, base):
+    common = sorted(set(arm) & set(base))
+    if not common:
+        with pytest.raises(ValueError):
+            stats.paired(arm, base)
+        return
+    p = stats.paired(arm, base)
+    assert p.seeds == tuple(common)
+    assert set(p.unmatched) == set(arm) ^ set(base)
+    diffs = [arm[s] - base[s] for s in common]
+    assert p.diff.mean == pytest.approx(np.mean(diffs), abs=1e-9)
+    if len(diffs) >= 2 and np.std(diffs) > 1e-9:  # the paired t-test's interval
+        res = sps.ttest_rel([arm[s] for s in common], [base[s] for s in common])
+        ci = res.confidence_interval(0.95)
+        assert (p.diff.lo, p.diff.hi) == (pytest.approx(ci.low, abs=1e-6), pytest.approx(ci.high, abs=1e-6))
+
+
+@given(st.lists(finite, min_size=1, max_size=10))
+@settings(max_examples=200, deadline=None)
+def test_verdict_matches_interval(xs):
+    iv = stats.summarize(xs)
+    v = stats.verdict(iv)
+    assert v in stats.VERDICTS
+    if iv.n < 2:
+        assert v == "inconclusive"
+    elif iv.hi < 0:
+        assert v == "better" and stats.verdict(iv, lower_is_better=False) == "worse"
+    elif iv.lo > 0:
+        assert v == "worse" and stats.verdict(iv, lower_is_better=False) == "better"
+    else:
+        assert v == "inconclusive" and iv.lo <= 0 <= iv.hi
+
+
+def test_verdict_known_cases():
+    assert stats.verdict(stats.summarize([-0.10, -0.12, -0.11])) == "better"
+    assert stats.verdict(stats.summarize([0.10, 0.12, 0.11])) == "worse"
+    assert stats.verdict(stats.summarize([-0.1, 0.1, 0.05])) == "inconclusive"
+    assert stats.verdict(stats.summarize([-0.1])) == "inconclusive"  # one seed: no interval, no claim
+
+
+def test_choose_lr_on_validation_and_edges():
+    c = stats.choose_lr({1e-4: 2.0, 3e-4: 1.5, 1e-3: 1.7})
+    assert (c.lr, c.val_loss, c.edge, c.at_edge) == (3e-4, 1.5, None, False)
+    assert stats.choose_lr({1e-4: 2.0, 3e-4: 1.9, 1e-3: 1.7}).edge == "high"
+    assert stats.choose_lr({1e-4: 1.0, 3e-4: 1.9, 1e-3: 1.7}).edge == "low"
+    assert stats.choose_lr({1e-3: 1.0}).edge == "single"
+    assert stats.choose_lr({1e-3: 1.0, 1e-4: 1.0, 3e-3: 2.0}).lr == 1e-4  # ties: the smaller LR
+    with pytest.raises(ValueError):
+        stats.choose_lr({})
+
+
+def test_pearson_matches_scipy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=12)
+    y = 0.5 * x + rng.normal(size=12)
+    r = stats.pearson(x.tolist(), y.tolist())
+    ref = sps.pearsonr(x, y)
+    assert (r.r, r.p) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue))
+    assert r.lo < r.r < r.hi
+    assert stats.relative_improvement(2.0, 1.5) == 0.25
+
+
+# ---- proximity ----
+
+def dist_strategy(vocab=12):
+    return st.lists(st.integers(0, 50), min_size=vocab, max_size=vocab).filter(lambda c: sum(c) > 0).map(
+        lambda c: px.distribution(np.array(c)))
+
+
+@given(dist_strategy(), dist_strategy())
+@settings(max_examples=200, deadline=None)
+def test_measures_match_scipy(p, q):
+    assert px.cosine(p, q) == pytest.approx(1 - spatial.distance.cosine(p, q), abs=1e-9)
+    # scipy's jensenshannon is the square root of the divergence
+    assert px.jsd(p, q) == pytest.approx(spatial.distance.jensenshannon(p, q, base=2) ** 2, abs=1e-9)
+    assert 0 <= px.jsd(p, q) <= 1 and 0 <= px.cosine(p, q) <= 1
+    a, b = p > 0, q > 0
+    assert px.jaccard(p, q) == pytest.approx(1 - spatial.distance.jaccard(a, b))
+    assert px.combined(p, q) == pytest.approx(0.4 * px.cosine(p, q) + 0.3 * px.jaccard(p, q) + 0.3 / (1 + px.jsd(p, q)))
+
+
+@given(dist_strategy())
+@settings(max_examples=100, deadline=None)
+def test_identical_inputs(p):
+    assert px.jsd(p, p) == pytest.approx(0, abs=1e-12)
+    assert px.cosine(p, p) == pytest.approx(1)
+    assert px.combined(p, p) == pytest.approx(1)
+    for m in px.MEASURES:
+        assert px.advantage(m, p, p, p) == pytest.approx(0, abs=1e-12)
+
+
+def test_disjoint_vocabularies():
+    p = px.distribution(np.array([3, 1, 0, 0]))
+    q = px.distribution(np.array([0, 0, 2, 5]))
+    assert px.jsd(p, q) == 1.0 and px.cosine(p, q) == 0.0 and px.jaccard(p, q) == 0.0
+    assert px.combined(p, q) == pytest.approx(0.15)
+
+
+@given(dist_strategy(), dist_strategy(), st.floats(0, 1))
+@settings(max_examples=200, deadline=None)
+def test_mixture_is_the_weighted_sum(a, b, w):
+    if w in (0.0,):
+        w = 0.5
+    m = px.mixture({"a": a, "b": b}, {"a": w, "b": 1 - w})
+    assert np.allclose(m, w * a + (1 - w) * b)
+    assert m.sum() == pytest.approx(1)
+    # weights are normalised like a config's: 8:2 == 0.8:0.2
+    assert np.allclose(px.mixture({"a": a, "b": b}, {"a": 8, "b": 2}), px.mixture({"a": a, "b": b}, {"a": 0.8, "b": 0.2}))
+
+
+@given(dist_strategy(), dist_strategy())
+@settings(max_examples=150, deadline=None)
+def test_advantage_rises_with_the_weight_of_a_closer_source(main, target):
+    """Mixing the target's own distribution into the main corpus moves the mix monotonically closer."""
+    if np.allclose(main, target):
+        return
+    dists = {"main": main, "dom": target, "t": target}
+    weights = np.linspace(0, 1, 11)
+    for m in px.MEASURES:
+        adv = [px.advantage(m, px.mixture(dists, {"main": 1 - w, "dom": w}), main, target) for w in weights]
+        assert adv[0] == pytest.approx(0, abs=1e-12)
+        assert all(b >= a - 1e-12 for a, b in zip(adv, adv[1:])), (m, adv)
+
+
+def test_proximity_table_rows():
+    d = {k: px.distribution(np.array(v)) for k, v in
+         {"main": [5, 5, 0, 0], "code": [0, 1, 5, 4], "t": [0, 1, 4, 5]}.items()}
+    rows = px.proximity_table(d, {"main": {"main": 1}, "code20": {"main": 0.8, "code": 0.2}}, ["t"], "main")
+    assert [(r["mixture"], r["target"]) for r in rows] == [("main", "t"), ("code20", "t")]
+    assert rows[0]["advantage/cosine"] == 0 and rows[1]["advantage/cosine"] > 0 and rows[1]["advantage/jsd"] > 0
+
+
+# ---- the table ----
+
+def _results(effect: float, seeds=(0, 1, 2), lrs=(1e-4, 3e-4, 1e-3), noise=0.01):
+    rng = np.random.default_rng(1)
+    out = []
+    shared = {s: rng.normal(0, noise) for s in seeds}  # what a seed does to every arm (data order, init)
+    for arm, shift in (("pretrain-only", 0.0), ("code20", effect)):
+        for s in seeds:
+            seed_noise = shared[s] + (rng.normal(0, noise) if arm != "pretrain-only" else 0.0)
+            for lr in lrs:
+                val = 2.0 + shift + seed_noise + (0 if lr == 3e-4 else 0.05)
+                out.append(SFTResult(arm, "pycode", s, lr, val, test_loss=val + 0.01, main_after=5.0 + shift / 2,
+                                     main_before=4.0))
+    return out
+
+
+def test_lr_is_chosen_on_val_never_test():
+    rs = [SFTResult("a", "t", 0, 1e-4, val_loss=1.0, test_loss=9.0), SFTResult("a", "t", 0, 1e-3, val_loss=2.0, test_loss=0.1)]
+    (c,) = choose_per_seed(rs)
+    assert c.choice.lr == 1e-4 and c.values["sft_test"] == 9.0 and c.choice.edge == "low"
+    with pytest.raises(ValueError, match="no test loss"):
+        choose_per_seed([SFTResult("a", "t", 0, 1e-4, 1.0), SFTResult("a", "t", 0, 1e-3, 2.0, test_loss=0.1)])
+
+
+def test_aggregate_paired_deltas_and_verdicts():
+    cells = aggregate(_results(-0.2), baseline="pretrain-only")
+    base, arm = cells
+    assert base.delta == {} and arm.seeds == (0, 1, 2) and arm.lrs == (3e-4,) * 3 and arm.edge_seeds == ()
+    assert arm.delta["sft_test"].diff.mean == pytest.approx(-0.2, abs=0.03)
+    assert arm.verdict == {"sft_test": "better", "main_after": "better"}
+    assert arm.summary["main_increase"].mean == pytest.approx(0.9)
+    assert aggregate(_results(+0.2), "pretrain-only")[1].verdict["sft_test"] == "worse"
+    # an effect smaller than the seed noise: the interval includes 0
+    assert aggregate(_results(0.0, noise=0.3), "pretrain-only")[1].verdict["sft_test"] == "inconclusive"
+    md = markdown(cells, "pretrain-only")
+    assert "| code20 |" in md and "(better)" in md and "n=3" in md
+    text = csv_text(cells)
+    assert text.splitlines()[0].startswith("arm,task,n,seeds") and "better" in text.splitlines()[2]
+
+
+def test_edge_winner_is_flagged():
+    cells = aggregate(_results(-0.2, lrs=(1e-4, 3e-4)), "pretrain-only")
+    assert cells[1].edge_seeds == (0, 1, 2) and "†" in markdown(cells, "pretrain-only")
+    with pytest.raises(ValueError, match="baseline"):
+        aggregate(_results(-0.2), baseline="nope")
