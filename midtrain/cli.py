@@ -25,6 +25,7 @@ commands:
   evaluate   `evaluate loss` on shard folders, `evaluate lm-eval`, `evaluate export-hf`
   plot       per-source validation loss against step for several runs (PNG)
   report     final per-source losses and SFT results across runs (markdown or CSV)
+  study      a whole experiment from one spec: `study plan|run|status|report SPEC --out DIR`
   demo       the paper's experiment in miniature on CPU, offline (what `make demo` runs)
   proximity  token-unigram proximity of mixtures to target sets, and the proximity advantage
   migrate    rewrite a config of the original fork into midtrain's form, printing every change
@@ -431,6 +432,100 @@ def proximity(argv: list[str]) -> int:
     return 0
 
 
+def study(argv: list[str]) -> int:
+    """``midtrain study plan|run|status|report|step``."""
+    from pathlib import Path
+
+    what, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if what == "step":  # internal: what an executor runs for one step
+        from midtrain.study.execute import run_step
+
+        if len(rest) != 1:
+            raise ConfigError("midtrain study step", "expects one step folder")
+        return run_step(Path(rest[0]))
+    if what not in ("plan", "run", "status", "report"):
+        raise ConfigError("midtrain study", "expected one of: plan, run, status, report")
+    parser = _parser(f"midtrain study {what}", config=False)
+    parser.add_argument("spec", type=str, help="the study spec (YAML, e.g. midtrain_configs/studies/paper-main.yaml)")
+    if what != "plan":
+        parser.add_argument("--out", type=str, required=True, help="the study folder (every step's output lives here)")
+    if what == "plan":
+        parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation for GPU-hours")
+        parser.add_argument("--peak_tflops", type=float, default=989.0,
+                            help="peak dense bf16 TFLOP/s per GPU (H100 SXM: 989)")
+        parser.add_argument("--rows", type=str, default="all", help="how many steps to list: all or a number")
+        parser.add_argument("--check_files", type=bool, default=True,
+                            help="check the shards and SFT files the spec names (false: plan before the data exists)")
+    if what == "run":
+        parser.add_argument("--executor", type=str, default="local", help="local or slurm")
+        parser.add_argument("--parallel", type=int, default=1, help="local: steps run at once")
+        parser.add_argument("--rerun_changed", type=bool, default=False,
+                            help="run anew the steps whose resolved config changed since they ran here")
+        parser.add_argument("--slurm", type=Optional[dict], default=None,
+                            help='slurm: sbatch options over the spec\'s, e.g. \'{"partition": "gpu"}\'')
+        parser.add_argument("--wait", type=bool, default=False, help="slurm: wait until every step has finished")
+    if what == "status":
+        parser.add_argument("--json", type=Optional[str], default=None, help="also write the rows as JSON")
+    a = parser.parse_args(rest)
+    from midtrain.study.files import load_plan
+
+    spec_path = Path(a.spec).resolve()
+    plan = load_plan(a.spec, check_files=what == "run" or (what == "plan" and a.check_files),
+                     estimate=what == "plan")
+    if what == "plan":
+        from midtrain.study.plan import format_plan
+
+        if not (0 < a.mfu <= 1):
+            raise ConfigError("--mfu", f"must be in (0, 1], got {a.mfu}")
+        rows = None if a.rows == "all" else int(a.rows) if a.rows.isdigit() else None
+        if rows is None and a.rows != "all":
+            raise ConfigError("--rows", f"expected all or a number, got {a.rows!r}")
+        print(format_plan(plan, a.mfu, a.peak_tflops, rows))
+        return 0
+    out = Path(a.out).resolve()
+    from midtrain.atomic import check_writable_dir
+
+    if what == "run":
+        from midtrain.study import execute
+
+        check_writable_dir(out, "--out")
+        if a.executor == "local":
+            return execute.run_local(plan, out, spec_path, a.parallel, a.rerun_changed)
+        if a.executor != "slurm":
+            raise ConfigError("--executor", f"{a.executor!r} is not local or slurm")
+        execute.submit_slurm(plan, out, spec_path, a.slurm or {}, a.rerun_changed)
+        if not a.wait:
+            print(f"follow with: midtrain study status {a.spec} --out {a.out}")
+            return 0
+        import time
+
+        while True:
+            rows = execute.status_rows(plan, out)
+            states = {r["state"] for r in rows}
+            if states <= {"done", "failed", "interrupted", "pending"} and not states & {"submitted", "running"}:
+                break
+            time.sleep(5)
+        print(execute.format_status(rows, plan.spec.name))
+        return 0 if states == {"done"} else 1
+    if not out.is_dir():
+        raise ConfigError("--out", f"{out} is not a study folder (nothing has run there)")
+    if what == "status":
+        from midtrain.study.execute import format_status, status_rows
+
+        rows = status_rows(plan, out)
+        print(format_status(rows, plan.spec.name))
+        if a.json:
+            check_writable_dir(Path(a.json).parent, "--json")
+            write_text_atomic(a.json, json.dumps(rows, indent=1) + "\n")
+        return 0
+    from midtrain.study.report import write_report
+
+    rep = write_report(plan, out)
+    print((rep / "table.md").read_text())
+    print(f"wrote {rep}/table.md, table.csv, results.json and figures")
+    return 0
+
+
 def demo(argv: list[str]) -> int:
     from midtrain.demo import main as demo_main
 
@@ -455,7 +550,7 @@ def _take_config(argv: list[str]) -> Optional[str]:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "mix": mix, "pretrain": pretrain, "status": status, "prepare": prepare, "tokenizer": tokenizer,
     "sft": sft, "evaluate": evaluate, "plot": plot, "report": report, "demo": demo, "migrate": migrate,
-    "proximity": proximity,
+    "proximity": proximity, "study": study,
 }
 
 

@@ -1,0 +1,443 @@
+"""Running a study's plan: step folders, status files, the step runner, and two executors.
+
+Layout under the study folder ``DIR`` (``--out``):
+- ``DIR/study.json``: the plan last run here (step id -> output folder, kind, deps);
+- ``DIR/<step out>/step.json``: what the step runs (a ``midtrain`` command line) and what it must
+  leave behind; ``run.yaml`` for training steps; ``log.txt`` (or ``slurm-<job>.log``);
+- ``DIR/<step out>/status.json``: the step's state, written atomically: ``submitted`` (a SLURM job
+  id), ``running`` (pid, host, job id), ``done``, ``failed`` (exit code, log) or ``interrupted``
+  (stopped by a signal after checkpointing: the next run resumes it).
+
+A step is *done* when its status says so, its outputs exist and no input finished after it started
+(then it is stale and runs again). ``run`` never starts a done step, resumes interrupted training
+(``resume: auto``), and refuses a spec whose already-run steps now resolve to other configs unless
+``rerun_changed``. One ``run`` per DIR at a time: a lock file, held while it runs or submits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from midtrain.errors import ConfigError
+from midtrain.study.files import write_json_atomic
+from midtrain.study.plan import Plan, Step
+from midtrain.study.spec import CONTROL, data_args
+
+STATES = ("pending", "submitted", "running", "done", "failed", "interrupted", "blocked")
+EXIT_REQUEUE = 75
+
+
+# ---- what a step runs ----
+
+def checkpoint_of(out_dir: Path, step: Step) -> Path:
+    return out_dir / step.out / "run" / "final"
+
+
+def step_command(plan: Plan, step: Step, out_dir: Path, spec_path: Path) -> tuple[list[str], list[str], dict | None]:
+    """(midtrain argv, outputs that must exist when done, run config to write as run.yaml)."""
+    by = plan.by_id
+    folder = out_dir / step.out
+    spec = plan.spec
+    size = next((s for s in spec.sizes if s.name == step.labels.get("size")), None)
+    if step.kind in ("pretrain", "midtrain"):
+        cfg = dict(step.config)
+        cfg["out_dir"] = str(folder / "run")
+        if step.resume_step:
+            cfg["resume_from"] = str(checkpoint_of(out_dir, by[step.resume_step]))
+        return ["pretrain", "--config", str(folder / "run.yaml")], [str(folder / "run" / "final" / "lit_model.pth")], cfg
+    run = by[step.deps[0]] if step.deps else None
+    val = spec.pretrain_val_path or data_args(size.config).get("val_data_path") if size else None
+    if step.kind == "eval":
+        argv = ["evaluate", "loss", "--checkpoint", str(checkpoint_of(out_dir, run)), "--data", str(val),
+                "--json", str(folder / "loss.json")]
+        for k in ("max_batches", "batch_size"):
+            if k in step.config:
+                argv += [f"--{k}", str(step.config[k])]
+        return argv, [str(folder / "loss.json")], None
+    if step.kind == "sft":
+        task = step.config["task"]
+        argv = ["sft", "--checkpoint", str(checkpoint_of(out_dir, run)), "--data", task["data"],
+                "--lrs", json.dumps([step.config["lr"]]), "--seed", str(step.config["seed"]), "--task", task["name"],
+                "--arm", step.labels["arm"], "--out", str(folder / "metrics.json"), "--pretrain_val_path", str(val),
+                "--prompt_key", task["prompt_key"], "--response_key", task["response_key"]]
+        for k in ("val_data", "test_data"):
+            if task.get(k):
+                argv += [f"--{k}", task[k]]
+        for k, v in step.config["options"].items():
+            argv += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+        return argv, [str(folder / "metrics.json")], None
+    if step.kind == "report":
+        return ["study", "report", str(spec_path), "--out", str(out_dir)], [str(folder / "table.md")], None
+    raise ValueError(step.kind)
+
+
+# ---- status ----
+
+def read_status(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_status(folder: Path, **fields) -> dict:
+    status = {**read_status(folder), **fields, "updated": time.time()}
+    write_json_atomic(folder / "status.json", status)
+    return status
+
+
+def _pid_alive(status: dict) -> bool:
+    if status.get("host") != socket.gethostname() or not status.get("pid"):
+        return False
+    try:
+        os.kill(int(status["pid"]), 0)
+        return True
+    except OSError:
+        return False
+
+
+def squeue_jobs(job_ids: list[str]) -> dict[str, str]:
+    """Job id -> SLURM state for the jobs SLURM still knows (one squeue call)."""
+    if not job_ids:
+        return {}
+    try:
+        r = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True,
+                           timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            out[parts[0].split("_")[0]] = parts[1]
+    return out
+
+
+def step_states(plan: Plan, out_dir: Path, query_slurm: bool = True) -> dict[str, dict]:
+    """Step id -> status dict with a resolved ``state`` (pending/submitted/running/done/failed/interrupted)."""
+    raw = {s.id: read_status(out_dir / s.out) for s in plan.steps}
+    live = squeue_jobs(sorted({st["job_id"] for st in raw.values() if st.get("job_id") and
+                               st.get("state") in ("submitted", "running")})) if query_slurm else {}
+    out: dict[str, dict] = {}
+    for step in plan.steps:  # topological order: deps resolved first
+        st = dict(raw[step.id])
+        state = st.get("state", "pending")
+        if state == "done":
+            outputs = st.get("outputs") or []
+            deps_newer = any(out[d].get("state") != "done" or (out[d].get("ended") or 0) > (st.get("started") or 0)
+                             for d in step.deps)
+            if not all(Path(p).exists() for p in outputs) or deps_newer:
+                state = "pending"
+        elif state in ("submitted", "running"):
+            job = st.get("job_id")
+            if job and query_slurm:
+                if job not in live:
+                    state = "interrupted" if state == "running" else "pending"  # cancelled or lost
+                    st["note"] = f"SLURM job {job} is gone"
+                else:
+                    st["slurm_state"] = live[job]
+            elif not job and not _pid_alive(st):
+                state = "interrupted"
+                st["note"] = "its process is gone"
+        st["state"] = state
+        out[step.id] = st
+    return out
+
+
+# ---- the step runner: `midtrain study step FOLDER` ----
+
+def run_step(folder: Path) -> int:
+    """Run one materialised step, recording its status; forwards SIGTERM/SIGUSR1/SIGINT to the command."""
+    folder = Path(folder)
+    try:
+        desc = json.loads((folder / "step.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(folder), f"is not a study step folder (step.json: {e})") from None
+    pending: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, lambda s, f: pending.append(s))
+    log_path = Path(os.environ.get("MIDTRAIN_STEP_LOG") or folder / "log.txt")
+    started = time.time()
+    write_status(folder, state="running", pid=os.getpid(), host=socket.gethostname(), started=started, ended=None,
+                 job_id=os.environ.get("SLURM_JOB_ID"), log=str(log_path), exit_code=None, outputs=desc["outputs"],
+                 hash=desc["hash"])
+    if pending:
+        write_status(folder, state="interrupted", ended=time.time(), exit_code=EXIT_REQUEUE)
+        return EXIT_REQUEUE
+    with open(log_path, "a") as log:
+        log.write(f"[{time.strftime('%F %T')}] {desc['id']}: midtrain {' '.join(desc['argv'])}\n")
+        log.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "midtrain", *desc["argv"]], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=desc.get("cwd"))
+        sent = 0
+        while True:
+            try:
+                rc = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            while sent < len(pending):
+                s = pending[sent]
+                proc.send_signal(signal.SIGUSR1 if s == signal.SIGTERM else s)  # the trainer checkpoints on USR1
+                sent += 1
+    ok = rc == 0 and all(Path(p).exists() for p in desc["outputs"])
+    if ok:
+        write_status(folder, state="done", ended=time.time(), exit_code=0)
+        return 0
+    if rc in (EXIT_REQUEUE, 130) or (pending and rc != 0):
+        write_status(folder, state="interrupted", ended=time.time(), exit_code=rc)
+        return EXIT_REQUEUE
+    write_status(folder, state="failed", ended=time.time(), exit_code=rc if rc else 1,
+                 note=None if rc else "exited 0 without its outputs")
+    return rc or 1
+
+
+# ---- shared by the executors ----
+
+@contextmanager
+def study_lock(out_dir: Path):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f = open(out_dir / ".study.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ConfigError("--out", f"{out_dir} is in use by another `midtrain study run` (lock "
+                          f"{out_dir / '.study.lock'}); wait for it or stop it") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{socket.gethostname()} {os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def check_changed(plan: Plan, out_dir: Path, rerun_changed: bool) -> list[str]:
+    """Steps that already ran here under another resolved config; refused unless ``rerun_changed``."""
+    try:
+        before = json.loads((out_dir / "study.json").read_text())["steps"]
+    except (OSError, ValueError, KeyError):
+        return []
+    changed = []
+    for step in plan.steps:
+        old = before.get(step.id)
+        if step.kind == "report" or not old or old["out"] == step.out:
+            continue
+        if read_status(out_dir / old["out"]).get("state") in ("done", "running", "submitted", "interrupted"):
+            changed.append(step.id)
+    if changed and not rerun_changed:
+        raise ConfigError("SPEC", f"{len(changed)} step(s) that already ran in {out_dir} now resolve to other configs "
+                          f"(first: {changed[0]}: {before[changed[0]]['out']} -> {plan.by_id[changed[0]].out}); "
+                          "pass --rerun_changed to run them anew (old outputs are kept)")
+    return changed
+
+
+def materialise(plan: Plan, out_dir: Path, spec_path: Path) -> None:
+    """Write study.json and every step's step.json / run.yaml (unchanged files are not rewritten)."""
+    import yaml
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for step in plan.steps:
+        folder = out_dir / step.out
+        argv, outputs, run_cfg = step_command(plan, step, out_dir, spec_path)
+        desc = {"id": step.id, "kind": step.kind, "hash": step.hash, "argv": argv, "outputs": outputs,
+                "deps": [plan.by_id[d].out for d in step.deps], "labels": step.labels, "cwd": os.getcwd()}
+        text = json.dumps(desc, indent=1, default=str) + "\n"
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "step.json").is_file() or (folder / "step.json").read_text() != text:
+            from midtrain.atomic import write_text_atomic
+
+            write_text_atomic(folder / "step.json", text)
+            if run_cfg is not None:
+                write_text_atomic(folder / "run.yaml", yaml.safe_dump(run_cfg, sort_keys=False))
+    write_json_atomic(out_dir / "study.json", {
+        "spec": str(spec_path), "name": plan.spec.name,
+        "steps": {s.id: {"out": s.out, "kind": s.kind, "deps": list(s.deps)} for s in plan.steps}})
+
+
+# ---- local executor ----
+
+def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int = 1, rerun_changed: bool = False,
+              echo=print) -> int:
+    """Run every step that is not done, ``parallel`` at a time, dependencies first. Returns an exit status."""
+    if parallel < 1:
+        raise ConfigError("--parallel", f"must be >= 1, got {parallel}")
+    with study_lock(out_dir):
+        check_changed(plan, out_dir, rerun_changed)
+        materialise(plan, out_dir, spec_path)
+        states = step_states(plan, out_dir, query_slurm=False)
+        state = {sid: st["state"] for sid, st in states.items()}
+        todo = [s for s in plan.steps if state[s.id] != "done"]
+        echo(f"study {plan.spec.name}: {len(plan.steps) - len(todo)} of {len(plan.steps)} steps done, "
+             f"{len(todo)} to run ({parallel} at a time) in {out_dir}")
+        running: dict[str, subprocess.Popen] = {}
+        external = {sid for sid, st in states.items() if st["state"] == "running"}  # a live process from before
+        stop: list[int] = []
+        old = {sig: signal.signal(sig, lambda s, f: stop.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while True:
+                for sid in list(external):  # an orphan of a killed run: wait for it, never start it twice
+                    if not _pid_alive(read_status(out_dir / plan.by_id[sid].out)):
+                        external.discard(sid)
+                        state[sid] = step_states(plan, out_dir, False)[sid]["state"]
+                for sid, proc in list(running.items()):
+                    rc = proc.poll()
+                    if rc is None:
+                        continue
+                    del running[sid]
+                    st = read_status(out_dir / plan.by_id[sid].out)
+                    state[sid] = st.get("state", "failed")
+                    if state[sid] == "failed":
+                        echo(f"  failed: {sid} (exit {st.get('exit_code')}; log {st.get('log')})")
+                    elif state[sid] == "done":
+                        echo(f"  done: {sid}")
+                if stop:
+                    for proc in running.values():
+                        proc.send_signal(signal.SIGTERM)
+                    for proc in running.values():
+                        proc.wait()
+                    echo(f"stopped by signal {stop[0]}: running steps checkpointed; run again to continue")
+                    return 130 if stop[0] == signal.SIGINT else EXIT_REQUEUE
+                for s in plan.steps:
+                    if state[s.id] in ("done", "failed", "blocked") or s.id in running or s.id in external:
+                        continue
+                    if any(state[d] in ("failed", "blocked") for d in s.deps):
+                        state[s.id] = "blocked"
+                        continue
+                    if len(running) >= parallel or not all(state[d] == "done" for d in s.deps):
+                        continue
+                    folder = out_dir / s.out
+                    running[s.id] = subprocess.Popen([sys.executable, "-m", "midtrain", "study", "step", str(folder)],
+                                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    echo(f"  start: {s.id}")
+                if not running and not external:
+                    break
+                time.sleep(0.1)
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        failed = [sid for sid, v in state.items() if v == "failed"]
+        blocked = [sid for sid, v in state.items() if v == "blocked"]
+        done = sum(v == "done" for v in state.values())
+        echo(f"study {plan.spec.name}: {done} done, {len(failed)} failed, {len(blocked)} blocked by a failure "
+             f"(of {len(plan.steps)})")
+        return 0 if not failed and not blocked else 1
+
+
+# ---- SLURM executor ----
+
+JOB_SCRIPT = """#!/bin/bash
+# One study step as a SLURM job: signals reach the step runner, which asks the trainer to checkpoint;
+# an interrupted step (exit 75) requeues this job, which resumes from its checkpoint.
+pending=""
+trap 'pending=USR1' USR1
+trap 'pending=TERM' TERM
+cd {cwd}
+{setup}
+export MIDTRAIN_STEP_LOG="{folder}/slurm-$SLURM_JOB_ID.log"
+{python} -m midtrain study step {folder} &
+pid=$!
+trap 'kill -USR1 $pid 2>/dev/null' USR1
+trap 'kill -TERM $pid 2>/dev/null' TERM
+[ -n "$pending" ] && kill -USR1 $pid 2>/dev/null
+while true; do
+  wait $pid && status=0 || status=$?
+  kill -0 $pid 2>/dev/null || break
+done
+if [ "$status" -eq {requeue} ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then
+  echo "[$(date '+%F %T')] interrupted: requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID" && exit 0
+fi
+exit $status
+"""
+
+
+def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict, rerun_changed: bool = False,
+                 echo=print) -> dict[str, str]:
+    """Submit every step that is not done and not queued, with afterok dependencies. Returns step id -> job id."""
+    import shlex
+
+    for tool in ("sbatch", "squeue", "scontrol"):
+        from shutil import which
+
+        if which(tool) is None:
+            raise ConfigError("--executor", f"slurm: `{tool}` is not on PATH")
+    with study_lock(out_dir):
+        check_changed(plan, out_dir, rerun_changed)
+        materialise(plan, out_dir, spec_path)
+        states = step_states(plan, out_dir, query_slurm=True)
+        jobs: dict[str, str] = {}
+        submitted: dict[str, str] = {}
+        python = plan.spec.slurm.get("python") or sys.executable
+        setup = plan.spec.slurm.get("setup") or ""
+        for step in plan.steps:
+            st = states[step.id]
+            if st["state"] == "done":
+                continue
+            if st["state"] in ("submitted", "running"):
+                jobs[step.id] = st["job_id"]
+                continue
+            if any(states[d]["state"] not in ("done",) and d not in jobs for d in step.deps):
+                continue  # an input can't run (failed before): leave it for the next run
+            folder = out_dir / step.out
+            script = folder / "job.sh"
+            script.write_text(JOB_SCRIPT.format(cwd=shlex.quote(os.getcwd()), setup=setup, folder=shlex.quote(str(folder)),
+                                                python=shlex.quote(python), requeue=EXIT_REQUEUE))
+            args = ["sbatch", "--parsable", f"--job-name=mt-{step.kind}", f"--output={folder}/slurm-%j.log",
+                    "--open-mode=append", "--requeue", "--signal=B:USR1@180"]
+            deps = [jobs[d] for d in step.deps if d in jobs]
+            if deps:
+                args.append("--dependency=afterok:" + ":".join(deps))
+            for k, v in {**plan.spec.slurm.get("options", {}), **options}.items():
+                args.append(f"--{k}" if v is True else f"--{k}={v}")
+            args.append(str(script))
+            r = subprocess.run(args, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise ConfigError("slurm", f"sbatch refused {step.id}: {r.stderr.strip() or r.stdout.strip()}")
+            job = r.stdout.strip().split(";")[0]
+            jobs[step.id] = submitted[step.id] = job
+            write_status(folder, state="submitted", job_id=job, started=None, ended=None, pid=None,
+                         log=f"{folder}/slurm-{job}.log", exit_code=None)
+        echo(f"study {plan.spec.name}: submitted {len(submitted)} job(s); {len(jobs) - len(submitted)} already queued; "
+             f"{sum(st['state'] == 'done' for st in states.values())} step(s) done")
+        return submitted
+
+
+# ---- status ----
+
+def status_rows(plan: Plan, out_dir: Path) -> list[dict]:
+    states = step_states(plan, out_dir, query_slurm=True)
+    rows = []
+    for step in plan.steps:
+        st = states[step.id]
+        rows.append({"step": step.id, "kind": step.kind, "state": st["state"], "job_id": st.get("job_id"),
+                     "log": st.get("log") if st["state"] in ("failed", "interrupted") else None,
+                     "exit_code": st.get("exit_code"), "out": step.out, "note": st.get("note")})
+    return rows
+
+
+def format_status(rows: list[dict], name: str) -> str:
+    lines = ["| step | state | job | log / note |", "|---|---|---|---|"]
+    for r in rows:
+        extra = r["log"] or r["note"] or ""
+        if r["state"] == "failed" and r["exit_code"] is not None:
+            extra = f"exit {r['exit_code']}: {extra}"
+        lines.append(f"| {r['step']} | {r['state']} | {r['job_id'] or ''} | {extra} |")
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines.append("")
+    lines.append(f"study {name}: {len(rows)} steps: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""Reading a study: the spec YAML, each size's base config, the checks that need the file system
+(shard types of the arms' domains, SFT files), parameter counts and SFT token estimates."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from midtrain.errors import ConfigError
+from midtrain.study.plan import Plan, make_plan
+from midtrain.study.spec import Spec, data_args, parse_spec
+
+
+def _resolve(path: str, spec_dir: Path) -> str:
+    """A path as given (relative to the working folder), else relative to the spec's folder."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return str(p.resolve())
+    q = spec_dir / p
+    return str(q.resolve()) if q.exists() else str(p)
+
+
+def load_spec(path: str | os.PathLike, check_files: bool = True) -> Spec:
+    from midtrain.config_io import load_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("SPEC", f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    raw = load_config(path)
+    spec_dir = path.resolve().parent
+    sizes = raw.get("sizes") if isinstance(raw.get("sizes"), dict) else {}
+    bases = {}
+    for name, s in sizes.items():
+        if isinstance(s, dict) and s.get("config"):
+            cfg_path = _resolve(str(s["config"]), spec_dir)
+            try:
+                bases[str(name)] = load_config(cfg_path)
+            except ConfigError as e:
+                raise ConfigError(f"sizes.{name}.config", str(e)) from None
+        else:
+            bases[str(name)] = {}
+    spec = parse_spec(raw, bases)
+    if check_files:
+        check_inputs(spec, spec_dir)
+    return spec
+
+
+def check_inputs(spec: Spec, spec_dir: Path) -> None:
+    """What the pure parser cannot see: the arms' domains exist in each base's shards, SFT files exist."""
+    from midtrain.data.shards import discover
+
+    for size in spec.sizes:
+        args = data_args(size.config)
+        disc = discover(args["data_path"], args.get("shard_types"), f"sizes.{size.name}: data.data_path")
+        types = disc.by_type()
+        ids = disc.by_id()
+        for i, arm in enumerate(spec.arms):
+            if arm.domain is not None and arm.domain not in types:
+                raise ConfigError(f"arms: {arm.family}.domain", f"{arm.domain!r} is not a shard type under "
+                                  f"{args['data_path']} (found: {', '.join(types)})")
+            if arm.mix_config:
+                if not Path(arm.mix_config).is_file():
+                    raise ConfigError(f"arms: {arm.family}.mix_config", f"{arm.mix_config} does not exist")
+            elif arm.domain is None:
+                from midtrain.data.mixture import parse_weights
+
+                for key, _ in parse_weights(arm.mixture, f"arms: {arm.family}.mixture"):
+                    if key not in types and key not in ids:
+                        raise ConfigError(f"arms: {arm.family}.mixture", f"{key!r} is neither a shard type nor a "
+                                          f"shard under {args['data_path']}")
+        val = spec.pretrain_val_path or args.get("val_data_path")
+        if not val:
+            raise ConfigError("sft.pretrain_val_path", f"base {size.name!r} has no data.val_data_path: give the "
+                              "main-corpus val sets (forgetting is the loss on them after SFT)")
+    for task in spec.tasks:
+        for key in ("data", "val_data", "test_data"):
+            value = getattr(task, key)
+            if value is not None and not Path(value).is_file():
+                raise ConfigError(f"sft.tasks.{task.name}.{key}", f"{value} does not exist")
+
+
+def params_of(config: dict) -> int | None:
+    """The model's parameter count (litgpt, built on the meta device), or None if it cannot be built."""
+    try:
+        import torch
+        from litgpt import GPT, Config
+
+        if config.get("model_config"):
+            mc = Config(**config["model_config"])
+        else:
+            mc = Config.from_name(config["model_name"])
+        with torch.device("meta"):
+            model = GPT(mc)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # noqa: BLE001 - an estimate only: the plan says when it has none
+        return None
+
+
+def sft_token_estimate(spec: Spec, size_config: dict) -> dict[str, int]:
+    """Upper bound per SFT run: training examples × epochs × sequence length."""
+    epochs = int(spec.sft_options.get("epochs", 4))
+    seq = spec.sft_options.get("max_seq_length") or (size_config.get("train") or {}).get("max_seq_length") or \
+        (size_config.get("model_config") or {}).get("block_size") or 2048
+    out = {}
+    for task in spec.tasks:
+        try:
+            with open(task.data) as f:
+                n = sum(1 for line in f if line.strip())
+        except OSError:
+            continue
+        out[task.name] = n * epochs * int(seq)
+    return out
+
+
+def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool = True) -> Plan:
+    spec = load_spec(path, check_files)
+    params = {s.name: params_of(s.config) for s in spec.sizes} if estimate else {}
+    tokens = sft_token_estimate(spec, spec.sizes[0].config) if estimate else {}
+    return make_plan(spec, {k: v for k, v in params.items() if v}, tokens)
+
+
+def spec_digest(path: str | os.PathLike) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    from midtrain.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")

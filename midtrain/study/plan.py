@@ -1,0 +1,169 @@
+"""Study plan: a ``Spec`` becomes a DAG of steps with config-derived output folders. Pure (no I/O, no torch).
+
+Guarantees:
+- **Output paths come from resolved configs.** A step's folder is ``{id}-{hash8}`` where the hash
+  covers its kind, its resolved config (paths it derives, ``out_dir``/``resume_from``, excluded) and
+  the hashes of the steps it depends on. The same spec gives the same paths; any change of a
+  resolved field (or of anything upstream) gives another path, so stale output is never reused.
+- **Arms start as soon as the base run reaches their step.** Each size's base run is a chain of
+  segments cut at every arm start S1 < S2 < ... < max_steps; segment k resumes segment k-1's final
+  checkpoint (``resume_from``) with the same mixture, which the trainer continues sample-exactly, so
+  the chain ends where one uninterrupted run would. An arm at S depends only on the segment that ends
+  at S. The last segment (to max_steps) is the pretrain-only control.
+- **Edges**: segment k <- segment k-1; arm(S, seed) <- segment ending at S; SFT(run, task, lr, seed)
+  <- that run; eval(run) <- that run; report <- every SFT and eval step. Steps are listed in an
+  order where every step comes after its dependencies.
+- **Seeds**: an arm is run once per seed (the seed is its data seed: the order of the sources it
+  adds) and fine-tuned with the same SFT seed; the control is one run (the base continued), fine-
+  tuned with every seed, so each (arm, task, seed) pairs with (control, task, seed).
+- **Cost**: tokens per step (training steps × global batch × sequence length; SFT from an estimate
+  given per task) and FLOPs 6·N·tokens for the model size's N.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from midtrain.study.spec import CONTROL, Spec, set_dotted
+
+KINDS = ("pretrain", "midtrain", "sft", "eval", "report")
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    kind: str
+    deps: tuple[str, ...]
+    hash: str
+    out: str                  # folder, relative to the study's --out
+    labels: dict              # size, arm, seed, task, lr, start, end, ...
+    config: dict              # pretrain/midtrain: the run config (out_dir/resume_from filled in by the runner)
+    resume_step: str | None = None   # pretrain/midtrain: the step whose final checkpoint this run starts from
+    tokens: int | None = None
+    flops: float | None = None
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def by_id(self) -> dict[str, Step]:
+        return {s.id: s for s in self.steps}
+
+    def counts(self) -> dict[str, int]:
+        out = {k: 0 for k in KINDS}
+        for s in self.steps:
+            out[s.kind] += 1
+        return out
+
+    def total_tokens(self) -> int:
+        return sum(s.tokens or 0 for s in self.steps)
+
+    def total_flops(self) -> float:
+        return sum(s.flops or 0.0 for s in self.steps)
+
+
+def config_hash(kind: str, config: Mapping, deps: list[str]) -> str:
+    payload = {"kind": kind, "config": {k: v for k, v in config.items() if k not in ("out_dir", "resume_from")},
+               "deps": deps}
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_label(arm: str, seed: int | None) -> str:
+    return arm if seed is None else f"{arm}/s{seed}"
+
+
+def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
+              sft_tokens: Mapping[str, int] | None = None) -> Plan:
+    """``params``: size -> parameter count (for FLOPs); ``sft_tokens``: task -> tokens one SFT run trains on."""
+    plan = Plan(spec)
+    steps: dict[str, Step] = {}
+
+    def add(kind, id_, deps, config, labels, resume_step=None, tokens=None, size=None):
+        hashes = [steps[d].hash for d in deps]
+        h = config_hash(kind, config, hashes)
+        n = (params or {}).get(size) if size else None
+        flops = 6.0 * n * tokens if n and tokens else None
+        step = Step(id_, kind, tuple(deps), h, id_ if kind == "report" else f"{id_}-{h[:8]}", labels, config,
+                    resume_step, tokens, flops)
+        steps[id_] = step
+        plan.steps.append(step)
+        return step
+
+    runs: list[tuple[str, str, int | None, str]] = []   # (size, arm, seed, step id) of every trained run
+    for size in spec.sizes:
+        size_arms = [a for a in spec.arms if a.sizes is None or size.name in a.sizes]
+        cuts = sorted({a.start for a in size_arms} | {size.max_steps})
+        seg_at: dict[int, str] = {}
+        prev, start = None, 0
+        for end in cuts:
+            cfg = set_dotted(size.config, "train.max_additional_steps", end - start)
+            cfg["resume"] = "auto"
+            sid = f"base/{size.name}/to{end}"
+            add("pretrain", sid, [prev] if prev else [], cfg,
+                {"size": size.name, "start": start, "end": end, "arm": CONTROL if end == size.max_steps else None},
+                resume_step=prev, tokens=(end - start) * size.tokens_per_step, size=size.name)
+            seg_at[end] = sid
+            prev, start = sid, end
+        runs.append((size.name, CONTROL, None, seg_at[size.max_steps]))
+        for arm in size_arms:
+            for seed in spec.seeds:
+                if arm.mix_config:
+                    cfg = set_dotted(size.config, "data.mix_config_path", arm.mix_config)
+                else:
+                    cfg = set_dotted(size.config, "data.mix_weights_str", arm.mixture)
+                cfg = set_dotted(cfg, "data.seed", seed)
+                cfg["resume"] = "auto"
+                sid = f"midtrain/{size.name}/{arm.name}/s{seed}"
+                add("midtrain", sid, [seg_at[arm.start]], cfg,
+                    {"size": size.name, "arm": arm.name, "family": arm.family, "seed": seed, "start": arm.start,
+                     "end": size.max_steps, "weight": arm.weight, "domain": arm.domain, "mixture": arm.mixture},
+                    resume_step=seg_at[arm.start], tokens=(size.max_steps - arm.start) * size.tokens_per_step,
+                    size=size.name)
+                runs.append((size.name, arm.name, seed, sid))
+
+    leaves = []
+    for size_name, arm, seed, run_id in runs:
+        eid = f"eval/{size_name}/{run_label(arm, seed)}"
+        leaves.append(add("eval", eid, [run_id], dict(spec.eval), {"size": size_name, "arm": arm, "seed": seed}).id)
+        for task in spec.tasks:
+            for lr in spec.lrs:
+                for s in ([seed] if seed is not None else spec.seeds):
+                    cfg = {"task": task.__dict__, "lr": lr, "seed": s, "options": dict(spec.sft_options),
+                           "pretrain_val_path": spec.pretrain_val_path}
+                    tid = f"sft/{size_name}/{arm}/{task.name}/lr{lr:g}/s{s}"
+                    tokens = (sft_tokens or {}).get(task.name)
+                    leaves.append(add("sft", tid, [run_id], cfg, {"size": size_name, "arm": arm, "seed": s,
+                                                                   "task": task.name, "lr": lr},
+                                      tokens=tokens, size=size_name).id)
+    add("report", "report", leaves, dict(spec.report), {})
+    return plan
+
+
+def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_rows: int | None = None) -> str:
+    """The DAG as a table (step, kind, depends on, output, tokens), counts per kind, totals, GPU-hours."""
+    lines = ["| step | kind | depends on | output | tokens |", "|---|---|---|---|---|"]
+    shown = plan.steps if max_rows is None else plan.steps[:max_rows]
+    for s in shown:
+        deps = ", ".join(s.deps) if len(s.deps) <= 2 else f"{s.deps[0]}, ... ({len(s.deps)} steps)"
+        lines.append(f"| {s.id} | {s.kind} | {deps or '-'} | {s.out} | {f'{s.tokens:,}' if s.tokens else '-'} |")
+    if max_rows is not None and len(plan.steps) > max_rows:
+        lines.append(f"| ... {len(plan.steps) - max_rows} more steps (--rows all) | | | | |")
+    counts = plan.counts()
+    lines += ["", f"steps: {len(plan.steps)} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")",
+              f"tokens: {plan.total_tokens():,} in total (SFT: {sum(s.tokens or 0 for s in plan.steps if s.kind == 'sft'):,})"]
+    flops = plan.total_flops()
+    if flops:
+        hours = flops / (mfu * peak_tflops * 1e12) / 3600
+        lines.append(f"compute: {flops:.3g} FLOPs (6·N·tokens) = {hours:,.1f} GPU-hours at {mfu:.0%} MFU of "
+                     f"{peak_tflops:g} TFLOP/s (--mfu, --peak_tflops; eval steps not counted)")
+    missing = [s.id for s in plan.steps if s.kind == "sft" and s.tokens is None]
+    if missing:
+        lines.append(f"note: {len(missing)} SFT steps have no token estimate")
+    return "\n".join(lines)

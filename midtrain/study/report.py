@@ -1,0 +1,191 @@
+"""``midtrain study report``: the study's tables and figures from its finished steps.
+
+Writes into ``DIR/report/``: ``table.md`` / ``table.csv`` (per size: arms × SFT tasks, mean ± CI over
+seeds, paired Δ vs the baseline with verdicts; ``midtrain.analysis.tables``), ``eval.md`` (each
+run's val losses, mean over seeds), ``results.json`` (every per-seed value), PNGs (arms per task,
+start × weight heatmaps of a grid arm, proximity advantage vs relative improvement when
+``report.proximity`` is set), all built on ``midtrain.analysis``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from midtrain.analysis import stats, tables
+from midtrain.errors import ConfigError
+from midtrain.study.execute import step_states
+from midtrain.study.plan import Plan
+from midtrain.study.spec import CONTROL, data_args
+
+
+def collect(plan: Plan, out_dir: Path) -> dict:
+    """Per size: SFT results (one per done SFT step) and eval losses (one per done eval step)."""
+    from midtrain.report import sft_results
+
+    states = step_states(plan, out_dir, query_slurm=False)
+    main_set = plan.spec.report.get("main_set", "main")
+    out: dict[str, dict] = {}
+    for step in plan.steps:
+        if states[step.id]["state"] != "done":
+            continue
+        size = step.labels.get("size")
+        bucket = out.setdefault(size, {"sft": [], "eval": []})
+        if step.kind == "sft":
+            bucket["sft"] += sft_results([str(out_dir / step.out / "metrics.json")], None, main_set)
+        elif step.kind == "eval":
+            losses = json.loads((out_dir / step.out / "loss.json").read_text())
+            bucket["eval"].append({"arm": step.labels["arm"], "seed": step.labels["seed"],
+                                   **{k: v["loss"] for k, v in losses.items()}})
+    return out
+
+
+def write_report(plan: Plan, out_dir: Path) -> Path:
+    from midtrain.analysis import figures
+    from midtrain.atomic import write_text_atomic
+
+    spec = plan.spec
+    rep = out_dir / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+    baseline = spec.report.get("baseline", CONTROL)
+    confidence = float(spec.report.get("confidence", 0.95))
+    data = collect(plan, out_dir)
+    md = [f"# Study {spec.name}", ""]
+    csv_parts, results = [], {"sizes": {}}
+    for size in spec.sizes:
+        got = data.get(size.name, {"sft": [], "eval": []})
+        md += [f"## {size.name}", ""]
+        size_res = results["sizes"][size.name] = {"sft": [r.__dict__ for r in got["sft"]], "eval": got["eval"]}
+        if got["sft"]:
+            base = baseline if any(r.arm == baseline for r in got["sft"]) else None
+            cells = tables.aggregate(got["sft"], base, confidence)
+            md += [tables.markdown(cells, base, confidence), ""]
+            csv = tables.csv_text(cells).splitlines()
+            csv_parts += ([("size," + csv[0])] if not csv_parts else []) + [f"{size.name},{line}" for line in csv[1:]]
+            size_res["cells"] = [{"arm": c.arm, "task": c.task, "seeds": list(c.seeds), "lrs": list(c.lrs),
+                                  "edge_seeds": list(c.edge_seeds), "verdict": c.verdict,
+                                  "summary": {m: iv.__dict__ for m, iv in c.summary.items()},
+                                  "delta": {m: p.diff.__dict__ for m, p in c.delta.items()}} for c in cells]
+            by_task: dict[str, dict] = {}
+            for c in cells:
+                if "sft_test" in c.summary:
+                    by_task.setdefault(c.task, {})[c.arm] = c.summary["sft_test"]
+            figures.arm_bars(by_task, rep / f"{size.name}-sft-test.png")
+            md.append(f"![SFT test loss per arm]({size.name}-sft-test.png)")
+            md += _heatmaps(spec, size.name, cells, rep) + [""]
+            if spec.report.get("proximity") and base:
+                md += _proximity(plan, size, cells, rep, size_res) + [""]
+        else:
+            md += ["(no finished SFT steps yet)", ""]
+        if got["eval"]:
+            md += _eval_table(got["eval"]) + [""]
+    write_text_atomic(rep / "table.md", "\n".join(md) + "\n")
+    write_text_atomic(rep / "table.csv", "\n".join(csv_parts) + ("\n" if csv_parts else ""))
+    write_text_atomic(rep / "results.json", json.dumps(results, indent=1, default=str) + "\n")
+    return rep
+
+
+def _eval_table(rows: list[dict]) -> list[str]:
+    sets = sorted({k for r in rows for k in r if k not in ("arm", "seed")})
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    out = ["Validation loss of each run (mean ± CI over seeds):", "", "| run | " + " | ".join(sets) + " |",
+           "|---|" + "---|" * len(sets)]
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        cells = [stats.summarize([r[s] for r in mine if s in r]).format(3) if any(s in r for r in mine) else ""
+                 for s in sets]
+        out.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _heatmaps(spec, size: str, cells, rep: Path) -> list[str]:
+    from midtrain.analysis import figures
+
+    lines = []
+    arms = {a.name: a for a in spec.arms}
+    families = {}
+    for a in spec.arms:
+        if a.weight is not None:
+            families.setdefault(a.family, []).append(a)
+    for family, members in families.items():
+        if len({a.start for a in members}) < 2 and len({a.weight for a in members}) < 2:
+            continue
+        for task in dict.fromkeys(c.task for c in cells):
+            panels = {}
+            for metric, label in (("sft_test", "SFT test loss"), ("main_after", "main-corpus loss after SFT")):
+                grid = {(arms[c.arm].start, arms[c.arm].weight): c.delta[metric].diff
+                        for c in cells if c.task == task and c.arm in arms and arms[c.arm].family == family
+                        and metric in c.delta}
+                if grid:
+                    panels[label] = grid
+            if panels:
+                name = f"{size}-{family}-{task}-heatmap.png"
+                figures.timing_weight_heatmap(panels, rep / name, title=f"{size}: {family} start × weight, task {task}")
+                lines.append(f"![{family} start × weight on {task}]({name})")
+    return lines
+
+
+def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict) -> list[str]:
+    """Unigram proximity advantage of each arm's mixture (over main) toward each task's SFT text, against
+    the arm's relative improvement (L_control - L_arm) / L_control in SFT test loss."""
+    import numpy as np
+
+    from midtrain.analysis import counting, figures
+    from midtrain.analysis import proximity as px
+    from midtrain.data.mixture import parse_weights
+    from midtrain.data.shards import discover
+    from midtrain.posttrain.sft import load_examples
+    from midtrain.tokenizer import load_tokenizer
+
+    spec = plan.spec
+    cfg = size.config
+    args = data_args(cfg)
+    measure = spec.report.get("measure", "cosine")
+    max_tokens = spec.report.get("proximity", {}).get("max_tokens", 10_000_000) \
+        if isinstance(spec.report.get("proximity"), dict) else 10_000_000
+    tok_dir = cfg.get("tokenizer_dir")
+    if not tok_dir:
+        raise ConfigError("report.proximity", f"base {size.name!r} has no tokenizer_dir to tokenise the SFT text")
+    tok = load_tokenizer(tok_dir)
+    disc = discover(args["data_path"], args.get("shard_types")).by_type()
+    counts = {}
+    for t, shards in disc.items():
+        parts = [counting.count_dataset(sh.id, sh.path, max_tokens, 0).counts for sh in shards]
+        width = max(len(c) for c in parts)
+        counts[t] = sum(counting.pad_to(c, width) for c in parts)
+    for task in spec.tasks:
+        ids = []
+        for p, r in load_examples(Path(task.data), task.prompt_key, task.response_key):
+            ids += tok.encode(p + r, bos=False).tolist()
+        counts[f"task:{task.name}"] = np.bincount(np.asarray(ids, dtype=np.int64))
+    vocab = max(len(c) for c in counts.values())
+    dists = {k: px.distribution(counting.pad_to(c, vocab)) for k, c in counts.items()}
+    arms = {a.name: a for a in spec.arms}
+    points, rows = {size.name: []}, []
+    base = {c.task: c for c in cells if c.arm == spec.report.get("baseline", CONTROL)}
+    for c in cells:
+        if c.arm not in arms or c.task not in base or "sft_test" not in c.summary:
+            continue
+        weights = dict(parse_weights(arms[c.arm].mixture, "mixture"))
+        adv = px.advantage(measure, px.mixture(dists, weights), dists["main"], dists[f"task:{c.task}"])
+        rel = stats.relative_improvement(base[c.task].summary["sft_test"].mean, c.summary["sft_test"].mean)
+        points[size.name].append((adv, rel, f"{c.arm}/{c.task}"))
+        rows.append({"arm": c.arm, "task": c.task, "advantage": adv, "relative_improvement": rel})
+    size_res["proximity"] = {"measure": measure, "rows": rows}
+    lines = [f"Proximity advantage ({measure}, mixture vs main toward the task's SFT text) and relative improvement "
+             "(L_pretrain-only - L_arm) / L_pretrain-only in SFT test loss:", "",
+             "| arm | task | advantage | relative improvement |", "|---|---|---|---|"]
+    lines += [f"| {r['arm']} | {r['task']} | {r['advantage']:+.4f} | {r['relative_improvement']:+.4f} |" for r in rows]
+    if len(rows) >= 3:
+        try:
+            r = stats.pearson([x["advantage"] for x in rows], [x["relative_improvement"] for x in rows])
+            size_res["proximity"]["pearson"] = r.__dict__
+            lines.append(f"\nPearson r = {r.r:.2f} (n = {r.n}, p = {r.p:.2g}, 95% CI "
+                         f"{r.lo:.2f} to {r.hi:.2f})" if r.n > 3 else f"\nPearson r = {r.r:.2f} (n = {r.n})")
+        except ValueError:
+            pass
+    if rows:
+        name = f"{size.name}-proximity.png"
+        figures.proximity_scatter(points, rep / name, measure)
+        lines.append(f"\n![proximity advantage vs relative improvement]({name})")
+    return lines

@@ -1,0 +1,283 @@
+"""A study spec: one YAML file for a whole midtraining experiment (bases × arms × seeds × SFT × evals).
+
+Pure: ``parse_spec(raw, base_configs)`` takes the YAML mapping (``${VAR}`` already expanded) and each
+size's base run config (already loaded), and returns a validated ``Spec`` or raises a one-line
+``ConfigError`` naming the key. Reading files is ``midtrain.study.files``'s job.
+
+::
+
+    name: paper-main                     # a label
+    sizes:                               # one base run per model size (its run YAML + overrides)
+      70m: {config: midtrain_configs/pretrain/pythia-70m.yaml, set: {train.max_steps: 61035}}
+    arms:                                # each a grid: domain × start step × weight
+      - {name: code, domain: code, start: [6000], weight: [0.2]}
+      - {name: cpt-code, domain: code, start: [40000], weight: [1.0]}   # CPT: weight 1.0
+      - {name: qa, mixture: "main:0.8,q1:0.15,q2:0.03,q3:0.015,q4:0.005", start: [40000]}
+    seeds: [0, 1, 2, 3, 4]               # an arm's data order and the SFT seed
+    sft:
+      lrs: [3e-4, 1e-3, 3e-3]
+      tasks: {pycode: {data: ..., val_data: ..., test_data: ...}}
+      options: {epochs: 4}               # any other `midtrain sft` option
+    eval: {max_batches: 100}             # loss on the base's val sets for every run
+    report: {baseline: pretrain-only}
+    slurm: {options: {partition: gpu, time: "48:00:00"}}
+
+Arm runs are named ``{name}{100·weight:g}-from{start}`` (``code20-from6000``); the pretrain-only
+control (``pretrain-only``) is the base run continued unchanged to ``train.max_steps``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from midtrain.errors import ConfigError
+
+CONTROL = "pretrain-only"
+TOP_KEYS = {"name", "sizes", "arms", "seeds", "sft", "eval", "report", "slurm", "description"}
+ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "sizes"}
+SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path"}
+TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
+EVAL_KEYS = {"max_batches", "batch_size", "val_data", "lm_eval"}
+REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "heatmap_arm", "proximity"}
+SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out", "save", "task", "arm",
+             "pretrain_val_path", "prompt_key", "response_key"}
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    config: dict           # the base run config, overrides applied
+    max_steps: int
+    tokens_per_step: int   # global_batch_size × max_seq_length
+    data_seed: int
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str              # resolved: code20-from6000
+    family: str            # the spec's arm name: code
+    mixture: str           # mix_weights_str
+    start: int
+    weight: float | None   # the domain's weight (None for a literal mixture)
+    domain: str | None
+    mix_config: str | None = None      # a mix config file (data.mix_config_path) instead of a weight string
+    sizes: tuple[str, ...] | None = None  # the sizes this arm runs on (None: all)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    data: str
+    val_data: str | None
+    test_data: str | None
+    prompt_key: str = "prompt"
+    response_key: str = "response"
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    sizes: tuple[Size, ...]
+    arms: tuple[Arm, ...]
+    seeds: tuple[int, ...]
+    lrs: tuple[float, ...]
+    tasks: tuple[Task, ...]
+    sft_options: dict = field(default_factory=dict)
+    pretrain_val_path: str | None = None
+    eval: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    slurm: dict = field(default_factory=dict)
+
+
+def _mapping(value: Any, key: str, allowed: set[str] | None = None) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+    if allowed is not None:
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(allowed))})")
+    return dict(value)
+
+
+def _list(value: Any, key: str) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if value is None:
+        raise ConfigError(key, "is required")
+    return [value]
+
+
+def _int(value: Any, key: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(key, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected a number, got {value!r}") from None
+    if math.isnan(x) or math.isinf(x):
+        raise ConfigError(key, f"must be finite, got {value!r}")
+    return x
+
+
+def data_args(cfg: Mapping) -> dict:
+    """The run config's data arguments (``data.init_args`` or ``data`` itself)."""
+    data = cfg.get("data") or {}
+    return dict(data.get("init_args", data)) if isinstance(data, Mapping) else {}
+
+
+def set_dotted(cfg: dict, dotted: str, value: Any) -> dict:
+    """A copy of ``cfg`` with ``a.b.c = value`` (``data.x`` lands in ``data.init_args.x`` when the config has it)."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    parts = dotted.split(".")
+    if parts[0] == "data" and len(parts) > 1 and parts[1] != "init_args" and isinstance(out.get("data"), dict) \
+            and "init_args" in out["data"]:
+        parts = ["data", "init_args"] + parts[1:]
+    node = out
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def arm_name(family: str, weight: float | None, start: int) -> str:
+    return f"{family}{weight * 100:g}-from{start}" if weight is not None else f"{family}-from{start}"
+
+
+def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
+    """Validate a study spec; ``base_configs``: size name -> its base run config (before ``set``)."""
+    raw = _mapping(raw, "study", TOP_KEYS)
+    name = str(raw.get("name") or "study")
+    sizes_raw = _mapping(raw.get("sizes"), "sizes")
+    if not sizes_raw:
+        raise ConfigError("sizes", "give at least one model size with its base run config")
+    sizes = []
+    for sname, sraw in sizes_raw.items():
+        key = f"sizes.{sname}"
+        sraw = _mapping(sraw, key, {"config", "set"})
+        if "config" not in sraw:
+            raise ConfigError(f"{key}.config", "is required (the base run's YAML)")
+        cfg = base_configs[str(sname)]
+        for dotted, value in _mapping(sraw.get("set"), f"{key}.set").items():
+            cfg = set_dotted(cfg, str(dotted), value)
+        train = cfg.get("train") or {}
+        if train.get("max_steps") is None:
+            raise ConfigError(f"{key}.config", "the base run needs train.max_steps (the whole run, the LR horizon)")
+        max_steps = _int(train["max_steps"], f"{key}: train.max_steps", 1)
+        for k in ("max_additional_steps", "max_iters", "max_tokens"):
+            if train.get(k) is not None:
+                raise ConfigError(f"{key}: train.{k}", "is set by the study (segments); remove it from the base config")
+        if cfg.get("resume_from") or cfg.get("initial_checkpoint_dir"):
+            raise ConfigError(f"{key}.config", "a base run starts from scratch (no resume_from/initial_checkpoint_dir)")
+        if not data_args(cfg).get("data_path"):
+            raise ConfigError(f"{key}: data.data_path", "the base run config names no data_path")
+        gbs = _int(train.get("global_batch_size", 0), f"{key}: train.global_batch_size", 1)
+        seq = train.get("max_seq_length") or (cfg.get("model_config") or {}).get("block_size")
+        seq = _int(seq, f"{key}: train.max_seq_length", 1)
+        sizes.append(Size(str(sname), cfg, max_steps, gbs * seq, int(data_args(cfg).get("seed", 42))))
+
+    seeds = [_int(s, f"seeds[{i}]") for i, s in enumerate(_list(raw.get("seeds", [0]), "seeds"))]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError("seeds", f"give one or more distinct integers, got {seeds}")
+
+    arms: list[Arm] = []
+    seen: dict[str, str] = {}
+    for i, araw in enumerate(_list(raw.get("arms", []), "arms")):
+        key = f"arms[{i}]"
+        araw = _mapping(araw, key, ARM_KEYS)
+        family = araw.get("name")
+        if not family or not isinstance(family, str) or "/" in family:
+            raise ConfigError(f"{key}.name", f"give a name without '/', got {family!r}")
+        if family == CONTROL:
+            raise ConfigError(f"{key}.name", f"{CONTROL!r} is the built-in control (the base run continued)")
+        if sum(k in araw for k in ("domain", "mixture", "mix_config")) != 1:
+            raise ConfigError(key, "give one of: domain (with weight), mixture (a weights string), mix_config (a file)")
+        arm_sizes = None
+        if "sizes" in araw:
+            arm_sizes = tuple(str(x) for x in _list(araw["sizes"], f"{key}.sizes"))
+            unknown = [x for x in arm_sizes if x not in {sz.name for sz in sizes}]
+            if unknown or not arm_sizes:
+                raise ConfigError(f"{key}.sizes", f"{unknown[0] if unknown else '[]'!r} is not a size of this study")
+        starts = [_int(s, f"{key}.start", 1) for s in _list(araw.get("start"), f"{key}.start")]
+        if not starts:
+            raise ConfigError(f"{key}.start", "give one or more start steps")
+        for s in starts:
+            for size in (sz for sz in sizes if arm_sizes is None or sz.name in arm_sizes):
+                if s >= size.max_steps:
+                    raise ConfigError(f"{key}.start", f"step {s} is not before the end of base run {size.name!r} "
+                                      f"(train.max_steps {size.max_steps})")
+        if "domain" in araw:
+            domain = araw["domain"]
+            if not isinstance(domain, str) or not domain or domain == "main":
+                raise ConfigError(f"{key}.domain", f"a shard type other than main, got {domain!r}")
+            weights = [_float(w, f"{key}.weight") for w in _list(araw.get("weight"), f"{key}.weight")]
+            if not weights:
+                raise ConfigError(f"{key}.weight", "give one or more weights")
+            for w in weights:
+                if not 0 < w <= 1:
+                    raise ConfigError(f"{key}.weight", f"must be in (0, 1], got {w}")
+            combos = [(s, w, f"{domain}:1" if w == 1 else f"main:{1 - w:.10g},{domain}:{w:.10g}")
+                      for s in starts for w in weights]
+        else:
+            if "weight" in araw:
+                raise ConfigError(f"{key}.weight", "a literal mixture carries its own weights")
+            from midtrain.data.mixture import parse_weights
+
+            domain = None
+            if "mixture" in araw:
+                mixture = str(araw["mixture"])
+                parse_weights(mixture, f"{key}.mixture")
+            else:
+                mixture = ""
+            combos = [(s, None, mixture) for s in starts]
+        for s, w, mix in combos:
+            resolved = arm_name(family, w, s)
+            if resolved in seen or resolved == CONTROL:
+                raise ConfigError(f"{key}", f"arm {resolved!r} resolves to the same output as {seen.get(resolved, CONTROL)}")
+            seen[resolved] = key
+            arms.append(Arm(resolved, family, mix, s, w, domain, araw.get("mix_config"), arm_sizes))
+
+    sft = _mapping(raw.get("sft"), "sft", SFT_KEYS)
+    lrs = [_float(x, "sft.lrs") for x in _list(sft.get("lrs", []), "sft.lrs")] if "lrs" in sft else []
+    tasks_raw = _mapping(sft.get("tasks"), "sft.tasks")
+    if tasks_raw and not lrs:
+        raise ConfigError("sft.lrs", "the LR grid is empty: give one or more learning rates")
+    if any(not lr > 0 for lr in lrs) or len(set(lrs)) != len(lrs):
+        raise ConfigError("sft.lrs", f"give distinct positive learning rates, got {lrs}")
+    tasks = []
+    for tname, traw in tasks_raw.items():
+        key = f"sft.tasks.{tname}"
+        if "/" in str(tname):
+            raise ConfigError(key, "a task name cannot contain '/'")
+        traw = _mapping(traw, key, TASK_KEYS)
+        if not traw.get("data"):
+            raise ConfigError(f"{key}.data", "is required (the SFT training JSONL)")
+        tasks.append(Task(str(tname), str(traw["data"]), traw.get("val_data"), traw.get("test_data"),
+                          str(traw.get("prompt_key", "prompt")), str(traw.get("response_key", "response"))))
+    options = _mapping(sft.get("options"), "sft.options")
+    owned = sorted(set(options) & SFT_OWNED)
+    if owned:
+        raise ConfigError(f"sft.options.{owned[0]}", "is set by the study (per task, LR, seed and run)")
+    ev = _mapping(raw.get("eval"), "eval", EVAL_KEYS)
+    report = _mapping(raw.get("report"), "report", REPORT_KEYS)
+    baseline = report.get("baseline", CONTROL)
+    if baseline not in {CONTROL, *(a.name for a in arms)}:
+        raise ConfigError("report.baseline", f"{baseline!r} is not an arm of this study")
+    slurm = _mapping(raw.get("slurm"), "slurm", {"options", "python", "setup"})
+    return Spec(name, tuple(sizes), tuple(arms), tuple(seeds), tuple(lrs), tuple(tasks), options,
+                sft.get("pretrain_val_path"), ev, report, slurm)

@@ -1,0 +1,134 @@
+"""The study planner (pure): grid expansion, output-path stability, dependency edges, segment chains,
+spec errors; and `midtrain study plan` on the paper specs (speed is in bench/study.py)."""
+
+import copy
+import glob
+import os
+
+import pytest
+
+from conftest import REPO, run_cli
+from midtrain.errors import ConfigError
+from midtrain.study.plan import make_plan
+from midtrain.study.spec import CONTROL, parse_spec
+
+BASE = {"model_name": "pythia-70m", "data": {"init_args": {"data_path": "/d/shards", "val_data_path": "/d/val",
+                                                           "seed": 42}},
+        "train": {"max_steps": 100, "global_batch_size": 8, "max_seq_length": 16}}
+
+
+def raw(**over):
+    spec = {"name": "t", "sizes": {"70m": {"config": "base.yaml"}},
+            "arms": [{"name": "code", "domain": "code", "start": [20, 60], "weight": [0.2, 0.5]},
+                     {"name": "cpt-code", "domain": "code", "start": [80], "weight": [1.0]}],
+            "seeds": [0, 1, 2], "sft": {"lrs": [1e-4, 1e-3], "tasks": {"py": {"data": "/t.jsonl"}}}}
+    spec.update(over)
+    return spec
+
+
+def plan_of(spec=None, base=None, **kw):
+    spec = spec or raw()
+    return make_plan(parse_spec(spec, {s: copy.deepcopy(base or BASE) for s in spec["sizes"]}), **kw)
+
+
+def test_grid_expansion_and_counts():
+    p = plan_of(params={"70m": 70_000_000}, sft_tokens={"py": 1000})
+    arms = sorted({s.labels["arm"] for s in p.steps if s.kind == "midtrain"})
+    assert arms == ["code20-from20", "code20-from60", "code50-from20", "code50-from60", "cpt-code100-from80"]
+    c = p.counts()
+    # segments cut at 20, 60, 80 and the end; 5 arms x 3 seeds; (5 x 3 arm runs + 1 control) evals;
+    # SFT: 1 task x 2 LRs x (5 arms x 3 seeds + control x 3 seeds)
+    assert c == {"pretrain": 4, "midtrain": 15, "sft": 2 * (15 + 3), "eval": 16, "report": 1}
+    cpt = next(s for s in p.steps if s.labels.get("arm") == "cpt-code100-from80")
+    assert cpt.config["data"]["init_args"]["mix_weights_str"] == "code:1"
+    code20 = p.by_id["midtrain/70m/code20-from20/s1"]
+    assert code20.config["data"]["init_args"]["mix_weights_str"] == "main:0.8,code:0.2"
+    assert code20.config["data"]["init_args"]["seed"] == 1 and code20.tokens == 80 * 8 * 16
+    assert code20.flops == 6 * 70_000_000 * 80 * 8 * 16
+    assert p.total_tokens() == 100 * 128 + sum((100 - s) * 128 * 3 for s in (20, 20, 60, 60, 80)) + 36 * 1000
+
+
+def test_segment_chain_and_edges():
+    p = plan_of()
+    segs = [s for s in p.steps if s.kind == "pretrain"]
+    assert [(s.labels["start"], s.labels["end"]) for s in segs] == [(0, 20), (20, 60), (60, 80), (80, 100)]
+    assert [s.deps for s in segs] == [(), (segs[0].id,), (segs[1].id,), (segs[2].id,)]
+    assert [s.config["train"]["max_additional_steps"] for s in segs] == [20, 40, 20, 20]
+    assert all(s.resume_step == (s.deps[0] if s.deps else None) for s in segs)
+    # an arm waits for the segment that reaches its start, not for the whole base run
+    assert p.by_id["midtrain/70m/code20-from20/s0"].deps == ("base/70m/to20",)
+    assert p.by_id["midtrain/70m/cpt-code100-from80/s2"].deps == ("base/70m/to80",)
+    assert segs[-1].labels["arm"] == CONTROL
+    assert p.by_id["sft/70m/pretrain-only/py/lr0.001/s2"].deps == ("base/70m/to100",)
+    assert p.by_id["sft/70m/code50-from60/py/lr0.0001/s1"].deps == ("midtrain/70m/code50-from60/s1",)
+    assert p.by_id["eval/70m/code50-from60/s1"].deps == ("midtrain/70m/code50-from60/s1",)
+    report = p.by_id["report"]
+    assert set(report.deps) == {s.id for s in p.steps if s.kind in ("sft", "eval")}
+    seen = set()
+    for s in p.steps:  # topological order
+        assert set(s.deps) <= seen
+        seen.add(s.id)
+    assert len({s.out for s in p.steps}) == len(p.steps)
+
+
+def test_output_paths_are_stable_and_config_derived():
+    a, b = plan_of(), plan_of()
+    assert [s.out for s in a.steps] == [s.out for s in b.steps]
+    outs = {s.id: s.out for s in a.steps}
+    # a changed resolved field moves that step and everything downstream, nothing else
+    c = plan_of(raw(sft={"lrs": [1e-4, 1e-3], "tasks": {"py": {"data": "/t.jsonl"}}, "options": {"epochs": 2}}))
+    moved = {s.id for s in c.steps if outs.get(s.id) != s.out}
+    assert moved == {s.id for s in c.steps if s.kind == "sft"}
+    base = copy.deepcopy(BASE)
+    base["train"]["global_batch_size"] = 16
+    d = plan_of(base=base)
+    assert all(outs[s.id] != s.out for s in d.steps if s.kind != "report")
+    e = plan_of(raw(seeds=[0, 1, 7]))
+    moved = {s.id for s in e.steps if s.id in outs and outs[s.id] != s.out}
+    assert moved == set()  # seeds 0 and 1 keep their folders; seed 7's steps are new
+    assert {s.id for s in e.steps} - set(outs) and all("s7" in i or i == "report" for i in
+                                                        {s.id for s in e.steps} - set(outs))
+    f = plan_of(base={**copy.deepcopy(BASE), "optimizer": {"init_args": {"lr": 1e-3}}})
+    assert outs["base/70m/to20"] != f.by_id["base/70m/to20"].out
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"arms": [{"name": "x", "domain": "code", "start": [100], "weight": [0.2]}]},
+     "arms[0].start: step 100 is not before the end of base run '70m'"),
+    ({"arms": [{"name": "x", "domain": "code", "start": [10], "weight": [0.2]},
+               {"name": "x", "domain": "math", "start": [10], "weight": [0.2]}]}, "resolves to the same output"),
+    ({"sft": {"lrs": [], "tasks": {"py": {"data": "/t"}}}}, "sft.lrs: the LR grid is empty"),
+    ({"arms": [{"name": "x", "domain": "code", "start": [10], "weight": [1.5]}]}, "arms[0].weight: must be in (0, 1]"),
+    ({"arms": [{"name": "x", "domain": "code", "start": [10], "weights": [0.1]}]}, "arms[0].weights: unknown key"),
+    ({"arms": [{"name": CONTROL, "domain": "code", "start": [10], "weight": [0.1]}]}, "built-in control"),
+    ({"seeds": [1, 1]}, "seeds: give one or more distinct"),
+    ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"seed": 3}}}, "sft.options.seed"),
+    ({"report": {"baseline": "nope"}}, "report.baseline"),
+    ({"arm": []}, "study.arm: unknown key"),
+])
+def test_spec_errors_name_the_key(over, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_spec(raw(**over), {"70m": copy.deepcopy(BASE)})
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_base_config_must_be_a_whole_run():
+    bad = copy.deepcopy(BASE)
+    bad["train"]["max_additional_steps"] = 10
+    with pytest.raises(ConfigError, match="max_additional_steps: is set by the study"):
+        parse_spec(raw(), {"70m": bad})
+    bad = copy.deepcopy(BASE)
+    del bad["train"]["max_steps"]
+    with pytest.raises(ConfigError, match="needs train.max_steps"):
+        parse_spec(raw(), {"70m": bad})
+
+
+@pytest.mark.parametrize("spec", sorted(glob.glob(os.path.join(REPO, "midtrain_configs", "studies", "paper-*.yaml"))))
+def test_paper_specs_plan(spec):
+    env = {"DATA_ROOT": "/nonexistent", "CKPT_ROOT": "/c", "TOKENIZER_DIR": "/t", "SFT_ROOT": "/s"}
+    r = run_cli("study", "plan", spec, "--rows", "3", "--check_files", "false", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "| base/70m/to" in r.stdout and "GPU-hours" in r.stdout and "steps: " in r.stdout
+    # with the files checked, the missing shards are one line naming the key
+    r = run_cli("study", "plan", spec, env=env)
+    assert r.returncode == 2 and "data.data_path" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
