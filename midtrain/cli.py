@@ -501,12 +501,11 @@ def study(argv: list[str]) -> int:
 
         while True:
             rows = execute.status_rows(plan, out)
-            states = {r["state"] for r in rows}
-            if states <= {"done", "failed", "interrupted", "pending"} and not states & {"submitted", "running"}:
+            if execute.settled(plan, rows):
                 break
             time.sleep(5)
         print(execute.format_status(rows, plan.spec.name))
-        return 0 if states == {"done"} else 1
+        return 0 if {r["state"] for r in rows} == {"done"} else 1
     if not out.is_dir():
         raise ConfigError("--out", f"{out} is not a study folder (nothing has run there)")
     if what == "status":

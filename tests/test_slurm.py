@@ -127,3 +127,39 @@ def test_requeue_resumes_without_repeating_samples(cluster, base_run, demo_data,
     assert "loading" in text and "done: 120 steps" in text
     # the interrupted-and-requeued run consumed exactly the samples of the uninterrupted one
     assert (tmp_path / "trace.rank0").read_text() == (base_tmp / "trace.rank0").read_text()
+
+
+def test_study_on_slurm_with_dependencies_and_a_cancelled_step(cluster, tmp_path):
+    """The tiny study via --executor slurm: one job per step, afterok dependencies; a scancel'ed step
+    (and the report waiting on it) is resubmitted by a re-run, which then completes the study."""
+    import json
+
+    from study_fixture import build, statuses
+
+    spec = build(tmp_path)
+    out = tmp_path / "out"
+    env = dict(cluster.env, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    opts = json.dumps({"cpus-per-task": 1, "ntasks": 1, "time": 20})
+    r = cluster.run(sys.executable, "-m", "midtrain", "study", "run", spec, "--out", out, "--executor", "slurm",
+                    "--slurm", opts, env=env, cwd=REPO, check=False, timeout=300)
+    assert r.returncode == 0 and "submitted 33 job(s)" in r.stdout, r.stdout + r.stderr
+    victim = "sft/tiny/pretrain-only/fn/lr0.001/s1"
+    first = statuses(out)
+    old_job = first[victim]["job_id"]
+    assert first["report"]["state"] == "submitted"
+    cluster.run("scancel", old_job)
+    r = cluster.run(sys.executable, "-m", "midtrain", "study", "run", spec, "--out", out, "--executor", "slurm",
+                    "--slurm", opts, "--wait", "true", env=env, cwd=REPO, check=False, timeout=1200)
+    final = statuses(out)
+    assert r.returncode == 0, r.stdout + r.stderr + cluster.logs() + str({k: v.get("state") for k, v in final.items()})
+    assert "submitted 2 job(s)" in r.stdout  # the cancelled step and the report that waited on it
+    assert all(st["state"] == "done" for st in final.values())
+    assert final[victim]["job_id"] != old_job
+    assert (out / "report" / "table.md").is_file()
+    # every step ran as its own SLURM job, after the jobs it depends on
+    index = json.loads((out / "study.json").read_text())["steps"]
+    for sid, info in index.items():
+        for dep in info["deps"]:
+            assert final[dep]["ended"] <= final[sid]["started"] + 1e-6, (dep, sid)
+    assert len({st["job_id"] for st in final.values()}) == 33

@@ -387,8 +387,11 @@ def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict, reru
             if st["state"] == "done":
                 continue
             if st["state"] in ("submitted", "running"):
-                jobs[step.id] = st["job_id"]
-                continue
+                if not (st.get("slurm_state") == "PENDING" and any(d in submitted for d in step.deps)):
+                    jobs[step.id] = st["job_id"]
+                    continue
+                # it waits on a job that is gone (afterok on it can never be met): replace it
+                subprocess.run(["scancel", st["job_id"]], capture_output=True)
             if any(states[d]["state"] not in ("done",) and d not in jobs for d in step.deps):
                 continue  # an input can't run (failed before): leave it for the next run
             folder = out_dir / step.out
@@ -413,6 +416,22 @@ def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict, reru
         echo(f"study {plan.spec.name}: submitted {len(submitted)} job(s); {len(jobs) - len(submitted)} already queued; "
              f"{sum(st['state'] == 'done' for st in states.values())} step(s) done")
         return submitted
+
+
+def settled(plan: Plan, rows: list[dict]) -> bool:
+    """Nothing more will happen without a new `run`: no step runs, and every queued step waits on a failure."""
+    state = {r["step"]: r["state"] for r in rows}
+    if any(v == "running" for v in state.values()):
+        return False
+    bad = {"failed", "interrupted", "pending", "blocked"}
+    doomed: set[str] = set()
+    for step in plan.steps:
+        if state[step.id] == "submitted" and not any(state[d] in bad or d in doomed for d in step.deps):
+            return False
+        if state[step.id] in bad or (state[step.id] == "submitted" and any(state[d] in bad or d in doomed
+                                                                             for d in step.deps)):
+            doomed.add(step.id)
+    return True
 
 
 # ---- status ----

@@ -1,0 +1,126 @@
+"""A tiny study run for real with the local executor: killed mid-way and completed by a re-run, a re-run
+that starts nothing, a deleted SFT output redone alone, the lock, a changed spec refused, and the
+segment chain's final weights equal to one unsegmented run."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, run_cli
+from study_fixture import build, statuses
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    return build(root), root
+
+
+def started(out):
+    return {sid: st.get("started") for sid, st in statuses(out).items() if st.get("state") == "done"}
+
+
+def test_killed_run_is_completed_by_a_rerun_then_nothing_reruns(study):
+    spec, root = study
+    out = root / "out"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "midtrain", "study", "run", str(spec), "--out", str(out),
+                             "--parallel", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill the whole process group once a few steps are done
+        time.sleep(0.5)
+        if (out / "study.json").exists() and sum(st.get("state") == "done" for st in statuses(out).values()) >= 4:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = started(out)
+    assert 4 <= len(before) < 33
+    r = run_cli("study", "run", spec, "--out", out, "--parallel", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = statuses(out)
+    assert all(st["state"] == "done" for st in after.values()), {k: v.get("state") for k, v in after.items()}
+    assert all(after[sid]["started"] == t for sid, t in before.items())  # nothing done before the kill re-ran
+    # a re-run starts nothing
+    r = run_cli("study", "run", spec, "--out", out)
+    assert r.returncode == 0 and "33 of 33 steps done, 0 to run" in r.stdout and "start:" not in r.stdout
+    assert started(out) == {sid: st["started"] for sid, st in after.items()}
+    # status: one row per step and a summary line; --json too
+    r = run_cli("study", "status", spec, "--out", out, "--json", root / "status.json")
+    assert r.returncode == 0 and "study tiny: 33 steps: 33 done" in r.stdout
+    rows = json.loads((root / "status.json").read_text())
+    assert len(rows) == 33 and {row["state"] for row in rows} == {"done"}
+    # the report: tables, CSV, per-seed results and figures
+    rep = out / "report"
+    for f in ("table.md", "table.csv", "results.json", "tiny-sft-test.png", "tiny-code-fn-heatmap.png",
+              "tiny-proximity.png"):
+        assert (rep / f).is_file() and (rep / f).stat().st_size > 0, f
+    results = json.loads((rep / "results.json").read_text())["sizes"]["tiny"]
+    assert len(results["sft"]) == 16 and {c["arm"] for c in results["cells"]} == {
+        "pretrain-only", "code20-from4", "code50-from4", "cpt-code100-from8"}
+    assert all(len(c["seeds"]) == 2 for c in results["cells"])
+
+
+def test_deleted_sft_output_is_redone_alone(study):
+    spec, root = study
+    out = root / "out"
+    before = started(out)
+    index = json.loads((out / "study.json").read_text())["steps"]
+    victim = "sft/tiny/code20-from4/fn/lr0.001/s1"
+    shutil.rmtree(out / index[victim]["out"])
+    r = run_cli("study", "run", spec, "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    starts = [line.split("start: ")[1] for line in r.stdout.splitlines() if "start: " in line]
+    assert starts == [victim, "report"]  # the report re-runs because one of its inputs is new
+    after = started(out)
+    assert {sid for sid in after if after[sid] != before.get(sid)} == {victim, "report"}
+
+
+def test_second_concurrent_run_is_refused(study):
+    from midtrain.study.execute import study_lock
+
+    spec, root = study
+    with study_lock(root / "out"):
+        r = run_cli("study", "run", spec, "--out", root / "out")
+    assert r.returncode == 2 and "is in use by another `midtrain study run`" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_changed_spec_is_refused_unless_told(study, tmp_path):
+    spec, root = study
+    changed = yaml.safe_load(spec.read_text())
+    changed["sft"]["options"]["epochs"] = 2
+    new_spec = tmp_path / "study.yaml"
+    new_spec.write_text(yaml.safe_dump(changed))
+    r = run_cli("study", "run", new_spec, "--out", root / "out")
+    assert r.returncode == 2 and "16 step(s) that already ran" in r.stderr and "--rerun_changed" in r.stderr
+    r = run_cli("study", "plan", new_spec)  # planning a changed spec is fine: nothing runs
+    assert r.returncode == 0
+
+
+def test_segment_chain_equals_an_unsegmented_run(study, tmp_path):
+    spec, root = study
+    out = root / "out"
+    index = json.loads((out / "study.json").read_text())["steps"]
+    cfg = yaml.safe_load((root / "base.yaml").read_text())
+    cfg["out_dir"] = str(tmp_path / "whole")
+    (tmp_path / "whole.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_cli("pretrain", "--config", tmp_path / "whole.yaml")
+    assert r.returncode == 0, r.stderr[-2000:]
+    whole = torch.load(tmp_path / "whole" / "final" / "lit_model.pth", weights_only=False)
+    chain = torch.load(out / index["base/tiny/to12"]["out"] / "run" / "final" / "lit_model.pth", weights_only=False)
+    assert whole["step_count"] == chain["step_count"] == 12
+    for k, v in whole["model"].items():
+        assert torch.equal(v, chain["model"][k]), k
+    # the three segments really were separate runs, each resuming the previous one's final checkpoint
+    seg2 = yaml.safe_load((out / index["base/tiny/to8"]["out"] / "run.yaml").read_text())
+    assert seg2["resume_from"].endswith(index["base/tiny/to4"]["out"] + "/run/final")
+    assert seg2["train"]["max_additional_steps"] == 4
