@@ -11,7 +11,8 @@ from midtrain.cli import mix
 from midtrain.config_io import load_config
 from midtrain.data.prepare import write_fake_index
 
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "midtrain_configs", "**", "*.yaml"), recursive=True))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "midtrain_configs", "**", "*.yaml"), recursive=True)
+                 if os.sep + "studies" + os.sep not in p)  # study specs: tests/test_study_plan.py
 
 
 @pytest.fixture(scope="module")
