@@ -175,20 +175,21 @@ def run_step(folder: Path) -> int:
         return EXIT_REQUEUE
     with open(log_path, "a") as log:
         log.write(f"[{time.strftime('%F %T')}] {desc['id']}: midtrain {' '.join(desc['argv'])}\n")
-        log.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "midtrain", *desc["argv"]], stdout=log, stderr=subprocess.STDOUT,
-                                cwd=desc.get("cwd"))
-        sent = 0
-        while True:
-            try:
-                rc = proc.wait(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
+    pid = _fork_command(desc["argv"], log_path, desc.get("cwd"))
+    sent = 0
+    while True:
+        done_pid, wstatus = os.waitpid(pid, os.WNOHANG)
+        if done_pid:
+            rc = os.waitstatus_to_exitcode(wstatus)
+            break
+        while sent < len(pending):
+            s = pending[sent]
+            try:  # the trainer checkpoints on USR1 (SIGTERM, SLURM's stop, becomes that request)
+                os.kill(pid, signal.SIGUSR1 if s == signal.SIGTERM else s)
+            except ProcessLookupError:
                 pass
-            while sent < len(pending):
-                s = pending[sent]
-                proc.send_signal(signal.SIGUSR1 if s == signal.SIGTERM else s)  # the trainer checkpoints on USR1
-                sent += 1
+            sent += 1
+        time.sleep(0.1)
     ok = rc == 0 and all(Path(p).exists() for p in desc["outputs"])
     if ok:
         write_status(folder, state="done", ended=time.time(), exit_code=0)
@@ -199,6 +200,83 @@ def run_step(folder: Path) -> int:
     write_status(folder, state="failed", ended=time.time(), exit_code=rc if rc else 1,
                  note=None if rc else "exited 0 without its outputs")
     return rc or 1
+
+
+def _fork_command(argv: list[str], log_path: Path, cwd: str | None) -> int:
+    """Run ``midtrain ARGV`` in a forked child (this process has already imported what it needs, so a
+    step starts in a fraction of a second instead of a new interpreter's import time); output to the log."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        if argv and argv[0] == "pretrain":  # record stop requests from the first moment, as `midtrain pretrain` does
+            from midtrain import signals
+
+            signals.install()
+        if cwd:
+            os.chdir(cwd)
+        threads = os.environ.get("MIDTRAIN_STEP_THREADS")
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        import runpy
+
+        sys.argv = ["midtrain", *argv]
+        runpy.run_module("midtrain", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 - the child must report, never fall back into the parent's code
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def preload() -> None:
+    """Import the heavy libraries once, before forking steps (their import dominates a short step)."""
+    try:
+        import lightning  # noqa: F401
+        import litgpt  # noqa: F401
+        import torch  # noqa: F401
+
+        import midtrain.cli  # noqa: F401
+        import midtrain.train.pretrain  # noqa: F401
+        import midtrain.posttrain.sft  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _fork_step(folder: Path) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        fd = os.open(os.devnull, os.O_RDWR)
+        for k in (0, 1, 2):
+            os.dup2(fd, k)
+        code = run_step(folder)
+    except BaseException:  # noqa: BLE001
+        code = 1
+    finally:
+        os._exit(code)
 
 
 # ---- shared by the executors ----
@@ -282,7 +360,10 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int = 1, rer
         todo = [s for s in plan.steps if state[s.id] != "done"]
         echo(f"study {plan.spec.name}: {len(plan.steps) - len(todo)} of {len(plan.steps)} steps done, "
              f"{len(todo)} to run ({parallel} at a time) in {out_dir}")
-        running: dict[str, subprocess.Popen] = {}
+        running: dict[str, int] = {}  # step id -> pid of its forked step runner
+        preload()
+        if parallel > 1 and "MIDTRAIN_STEP_THREADS" not in os.environ:
+            os.environ["MIDTRAIN_STEP_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
         external = {sid for sid, st in states.items() if st["state"] == "running"}  # a live process from before
         stop: list[int] = []
         old = {sig: signal.signal(sig, lambda s, f: stop.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -292,9 +373,8 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int = 1, rer
                     if not _pid_alive(read_status(out_dir / plan.by_id[sid].out)):
                         external.discard(sid)
                         state[sid] = step_states(plan, out_dir, False)[sid]["state"]
-                for sid, proc in list(running.items()):
-                    rc = proc.poll()
-                    if rc is None:
+                for sid, pid in list(running.items()):
+                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
                         continue
                     del running[sid]
                     st = read_status(out_dir / plan.by_id[sid].out)
@@ -304,10 +384,10 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int = 1, rer
                     elif state[sid] == "done":
                         echo(f"  done: {sid}")
                 if stop:
-                    for proc in running.values():
-                        proc.send_signal(signal.SIGTERM)
-                    for proc in running.values():
-                        proc.wait()
+                    for pid in running.values():
+                        os.kill(pid, signal.SIGTERM)
+                    for pid in running.values():
+                        os.waitpid(pid, 0)
                     echo(f"stopped by signal {stop[0]}: running steps checkpointed; run again to continue")
                     return 130 if stop[0] == signal.SIGINT else EXIT_REQUEUE
                 for s in plan.steps:
@@ -318,9 +398,7 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int = 1, rer
                         continue
                     if len(running) >= parallel or not all(state[d] == "done" for d in s.deps):
                         continue
-                    folder = out_dir / s.out
-                    running[s.id] = subprocess.Popen([sys.executable, "-m", "midtrain", "study", "step", str(folder)],
-                                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    running[s.id] = _fork_step(out_dir / s.out)
                     echo(f"  start: {s.id}")
                 if not running and not external:
                     break
