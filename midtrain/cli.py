@@ -26,7 +26,7 @@ commands:
   plot       per-source validation loss against step for several runs (PNG)
   report     final per-source losses and SFT results across runs (markdown or CSV)
   study      a whole experiment from one spec: `study plan|run|status|report SPEC --out DIR`
-  demo       the paper's experiment in miniature on CPU, offline (what `make demo` runs)
+  demo       the paper's findings in miniature on CPU, offline: a study (what `make demo` runs)
   proximity  token-unigram proximity of mixtures to target sets, and the proximity advantage
   migrate    rewrite a config of the original fork into midtrain's form, printing every change
 
@@ -526,9 +526,18 @@ def study(argv: list[str]) -> int:
 
 
 def demo(argv: list[str]) -> int:
-    from midtrain.demo import main as demo_main
+    """``midtrain demo``: the paper's findings in miniature (a study spec run by the study engine)."""
+    from pathlib import Path
 
-    return demo_main(argv)
+    from midtrain.demo import SPECS, run_demo
+
+    parser = _parser("Run the demo study on CPU, offline: data from the Python stdlib and generators, leak-checked; "
+                     "the study in midtrain_configs/studies/demo*.yaml; tables, verdicts, figures.")
+    parser.add_argument("--out", type=str, default="out/demo", help="everything goes here; a re-run resumes/skips")
+    parser.add_argument("--size", type=str, default="quick", help=f"one of {', '.join(SPECS)} (the test runs tiny)")
+    parser.add_argument("--parallel", type=int, default=2, help="study steps run at once")
+    a = parser.parse_args(argv)
+    return run_demo(Path(a.out), a.size, a.parallel)
 
 
 def _take_config(argv: list[str]) -> Optional[str]:

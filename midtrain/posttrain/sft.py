@@ -137,7 +137,8 @@ def finetune(model, train_enc, lr: float, epochs: int, micro: int, global_batch:
     return losses
 
 
-def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: int, max_batches: int, device) -> dict:
+def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: int, max_batches: Optional[int],
+                        device) -> dict:
     """Loss on each pretraining validation set (the forgetting probe)."""
     if val_path is None:
         return {}
@@ -155,7 +156,7 @@ def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: i
         for name, loader in data.val_dataloaders().items():
             total, count = 0.0, 0
             for k, batch in enumerate(loader):
-                if k >= max_batches:
+                if max_batches is not None and k >= max_batches:
                     break
                 tokens = batch.long().to(device)
                 logits = model(tokens[:, :-1])
@@ -183,7 +184,8 @@ def check_sft_args(*, epochs, micro_batch_size, global_batch_size, val_fraction,
     from midtrain.atomic import check_writable_dir
 
     for name, value in (("--epochs", epochs), ("--micro_batch_size", micro_batch_size),
-                        ("--global_batch_size", global_batch_size), ("--forgetting_batches", forgetting_batches)):
+                        ("--global_batch_size", global_batch_size),
+                        ("--forgetting_batches", 1 if forgetting_batches is None else forgetting_batches)):
         if value < 1:
             raise ConfigError(name, f"must be >= 1, got {value}")
     if global_batch_size % micro_batch_size:
@@ -217,7 +219,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
             test_data: Optional[Path] = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
             lrs: tuple[float, ...] = (1e-3,), epochs: int = 4, micro_batch_size: int = 8, global_batch_size: int = 16,
             warmup_fraction: float = 0.1, min_lr_ratio: float = 0.0, weight_decay: float = 0.0,
-            max_seq_length: Optional[int] = None, pretrain_val_path: Optional[Path] = None, forgetting_batches: int = 8,
+            max_seq_length: Optional[int] = None, pretrain_val_path: Optional[Path] = None, forgetting_batches: Optional[int] = 8,
             prompt_key: str = "prompt", response_key: str = "response", seed: int = 42, out: Optional[Path] = None,
             save: Optional[Path] = None, task: Optional[str] = None, arm: Optional[str] = None) -> dict:
     """Fine-tune ``checkpoint`` once per LR, keep the LR with the lowest val loss, report its test loss

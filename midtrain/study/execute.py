@@ -66,7 +66,7 @@ def step_command(plan: Plan, step: Step, out_dir: Path, spec_path: Path) -> tupl
     if step.kind == "sft":
         task = step.config["task"]
         argv = ["sft", "--checkpoint", str(checkpoint_of(out_dir, run)), "--data", task["data"],
-                "--lrs", json.dumps([step.config["lr"]]), "--seed", str(step.config["seed"]), "--task", task["name"],
+                "--lrs", json.dumps(step.config["lrs"]), "--seed", str(step.config["seed"]), "--task", task["name"],
                 "--arm", step.labels["arm"], "--out", str(folder / "metrics.json"), "--pretrain_val_path", str(val),
                 "--prompt_key", task["prompt_key"], "--response_key", task["response_key"]]
         for k in ("val_data", "test_data"):

@@ -11,7 +11,7 @@ Guarantees:
   the chain ends where one uninterrupted run would. An arm at S depends only on the segment that ends
   at S. The last segment (to max_steps) is the pretrain-only control.
 - **Edges**: segment k <- segment k-1; arm(S, seed) <- segment ending at S; SFT(run, task, lr, seed)
-  <- that run; eval(run) <- that run; report <- every SFT and eval step. Steps are listed in an
+  (or one SFT step per (run, task, seed) sweeping the grid: ``sft.one_step_per_lr: false``) <- that run; eval(run) <- that run; report <- every SFT and eval step. Steps are listed in an
   order where every step comes after its dependencies.
 - **Seeds**: an arm is run once per seed (the seed is its data seed: the order of the sources it
   adds) and fine-tuned with the same SFT seed; the control is one run (the base continued), fine-
@@ -129,18 +129,23 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
                 runs.append((size.name, arm.name, seed, sid))
 
     leaves = []
+    grids = [(lr,) for lr in spec.lrs] if spec.one_step_per_lr else [tuple(spec.lrs)]
     for size_name, arm, seed, run_id in runs:
-        eid = f"eval/{size_name}/{run_label(arm, seed)}"
-        leaves.append(add("eval", eid, [run_id], dict(spec.eval), {"size": size_name, "arm": arm, "seed": seed}).id)
+        if spec.eval.get("enabled", True):
+            eid = f"eval/{size_name}/{run_label(arm, seed)}"
+            ev = {k: v for k, v in spec.eval.items() if k != "enabled"}
+            leaves.append(add("eval", eid, [run_id], ev, {"size": size_name, "arm": arm, "seed": seed}).id)
         for task in spec.tasks:
-            for lr in spec.lrs:
+            for lrs in grids:
                 for s in ([seed] if seed is not None else spec.seeds):
-                    cfg = {"task": task.__dict__, "lr": lr, "seed": s, "options": dict(spec.sft_options),
+                    cfg = {"task": task.__dict__, "lrs": list(lrs), "seed": s, "options": dict(spec.sft_options),
                            "pretrain_val_path": spec.pretrain_val_path}
-                    tid = f"sft/{size_name}/{arm}/{task.name}/lr{lr:g}/s{s}"
+                    lr_part = f"/lr{lrs[0]:g}" if spec.one_step_per_lr else ""
+                    tid = f"sft/{size_name}/{arm}/{task.name}{lr_part}/s{s}"
                     tokens = (sft_tokens or {}).get(task.name)
+                    tokens = tokens * len(lrs) if tokens else None
                     leaves.append(add("sft", tid, [run_id], cfg, {"size": size_name, "arm": arm, "seed": s,
-                                                                   "task": task.name, "lr": lr},
+                                                                   "task": task.name, "lrs": list(lrs)},
                                       tokens=tokens, size=size_name).id)
     add("report", "report", leaves, dict(spec.report), {})
     return plan

@@ -164,7 +164,7 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict) -> list[str]:
     points, rows = {size.name: []}, []
     base = {c.task: c for c in cells if c.arm == spec.report.get("baseline", CONTROL)}
     for c in cells:
-        if c.arm not in arms or c.task not in base or "sft_test" not in c.summary:
+        if c.arm not in arms or not arms[c.arm].mixture or c.task not in base or "sft_test" not in c.summary:
             continue
         weights = dict(parse_weights(arms[c.arm].mixture, "mixture"))
         adv = px.advantage(measure, px.mixture(dists, weights), dists["main"], dists[f"task:{c.task}"])
@@ -172,7 +172,16 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict) -> list[str]:
         points[size.name].append((adv, rel, f"{c.arm}/{c.task}"))
         rows.append({"arm": c.arm, "task": c.task, "advantage": adv, "relative_improvement": rel})
     size_res["proximity"] = {"measure": measure, "rows": rows}
-    lines = [f"Proximity advantage ({measure}, mixture vs main toward the task's SFT text) and relative improvement "
+    src = [f"Unigram proximity of each corpus to each SFT task's text (cosine / JSD, base 2):", "",
+           "| corpus | " + " | ".join(t.name for t in spec.tasks) + " |", "|---|" + "---|" * len(spec.tasks)]
+    for t_name in disc:
+        src.append(f"| {t_name} | " + " | ".join(
+            f"{px.cosine(dists[t_name], dists[f'task:{t.name}']):.3f} / {px.jsd(dists[t_name], dists[f'task:{t.name}']):.3f}"
+            for t in spec.tasks) + " |")
+    size_res["proximity"]["sources"] = {t_name: {t.name: {"cosine": px.cosine(dists[t_name], dists[f"task:{t.name}"]),
+                                                        "jsd": px.jsd(dists[t_name], dists[f"task:{t.name}"])}
+                                                 for t in spec.tasks} for t_name in disc}
+    lines = src + ["", f"Proximity advantage ({measure}, mixture vs main toward the task's SFT text) and relative improvement "
              "(L_pretrain-only - L_arm) / L_pretrain-only in SFT test loss:", "",
              "| arm | task | advantage | relative improvement |", "|---|---|---|---|"]
     lines += [f"| {r['arm']} | {r['task']} | {r['advantage']:+.4f} | {r['relative_improvement']:+.4f} |" for r in rows]

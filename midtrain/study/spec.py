@@ -37,10 +37,10 @@ from midtrain.errors import ConfigError
 CONTROL = "pretrain-only"
 TOP_KEYS = {"name", "sizes", "arms", "seeds", "sft", "eval", "report", "slurm", "description"}
 ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "sizes"}
-SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path"}
+SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr"}
 TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
-EVAL_KEYS = {"max_batches", "batch_size", "val_data", "lm_eval"}
-REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "heatmap_arm", "proximity"}
+EVAL_KEYS = {"enabled", "max_batches", "batch_size"}
+REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "demo"}
 SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out", "save", "task", "arm",
              "pretrain_val_path", "prompt_key", "response_key"}
 
@@ -89,6 +89,7 @@ class Spec:
     eval: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)
+    one_step_per_lr: bool = True   # False: one SFT step per (run, task, seed) sweeping the whole grid
 
 
 def _mapping(value: Any, key: str, allowed: set[str] | None = None) -> dict:
@@ -279,5 +280,10 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     if baseline not in {CONTROL, *(a.name for a in arms)}:
         raise ConfigError("report.baseline", f"{baseline!r} is not an arm of this study")
     slurm = _mapping(raw.get("slurm"), "slurm", {"options", "python", "setup"})
+    per_lr = sft.get("one_step_per_lr", True)
+    if not isinstance(per_lr, bool):
+        raise ConfigError("sft.one_step_per_lr", f"expected true or false, got {per_lr!r}")
+    if not isinstance(ev.get("enabled", True), bool):
+        raise ConfigError("eval.enabled", f"expected true or false, got {ev['enabled']!r}")
     return Spec(name, tuple(sizes), tuple(arms), tuple(seeds), tuple(lrs), tuple(tasks), options,
-                sft.get("pretrain_val_path"), ev, report, slurm)
+                sft.get("pretrain_val_path"), ev, report, slurm, per_lr)

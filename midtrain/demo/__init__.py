@@ -1,0 +1,147 @@
+"""``midtrain demo`` (``make demo``): the paper's findings in miniature, as a study.
+
+The demo is data plus a study spec, not a second code path:
+1. ``data.py`` builds the corpora and SFT tasks offline (leak-free, checked), a BPE tokenizer and
+   shards under ``OUT/`` (raw texts as JSONL under ``OUT/raw/``);
+2. ``midtrain_configs/studies/demo{,-full,-tiny}.yaml`` is run by the study engine (local executor)
+   into ``OUT/study`` (a re-run on the same OUT starts nothing);
+3. the study report (``OUT/study/report/``) gives the tables and figures; ``findings.py`` judges the
+   paper's four findings from intervals; ``OUT/results.json`` holds every per-seed value.
+Whatever the numbers say is what the demo says: the protocol is fixed in the specs and findings.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import sysconfig
+import time
+from pathlib import Path
+
+from midtrain.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent.parent
+SPECS = {"tiny": "demo-tiny.yaml", "quick": "demo.yaml", "full": "demo-full.yaml"}
+VOCAB = 2048
+
+
+def build_data(out: Path, size: str, seed: int = 0) -> dict:
+    """Raw texts, overlap check, tokenizer, shards; skipped when ``OUT/data/.complete`` says it is built."""
+    from midtrain.data.prepare import prepare_shard
+    from midtrain.demo import data as D
+    from midtrain.tokenizer import train_bpe
+
+    marker = out / "data" / ".complete"
+    if marker.is_file():
+        built = json.loads(marker.read_text())
+        if built["size"] != size:
+            raise ConfigError("--out", f"{out} holds a {built['size']!r} demo, not {size!r}: pick another folder")
+        return built
+    corpora, sft, dropped = D.build_texts(D.SCALES[size], seed)
+    raw = out / "raw"
+    for name, docs in corpora.items():
+        D.write_jsonl(raw / "corpora" / f"{name}.jsonl", docs)
+    for task, splits in sft.items():
+        for split, rows in splits.items():
+            D.write_jsonl(raw / "sft" / task / f"{split}.jsonl", rows)
+    overlaps = D.overlaps(sft, corpora)
+    sample = corpora["main"][::2] + corpora["code"][::2] + corpora["math"][::2]
+    random.Random(seed).shuffle(sample)
+    tok = train_bpe(sample, out / "tokenizer", vocab_size=VOCAB)
+    half = len(corpora["main"]) // 2
+    inputs = {"1": corpora["main"][:half], "2": corpora["main"][half:], "c1": corpora["code"], "m1": corpora["math"]}
+    for name, docs in inputs.items():
+        path = D.write_jsonl(out / "data" / "inputs" / f"{name}.jsonl", docs)
+        prepare_shard([str(path)], str(tok), str(out / "data" / "shards"), name, val_fraction=0.05,
+                      val_dir=str(out / "data" / "val"), num_workers=1, chunk_tokens=1 << 18)
+    built = {"size": size, "seed": seed, "dropped_by_dedup": dropped, "overlaps": overlaps,
+             "documents": {k: len(v) for k, v in corpora.items()},
+             "chars": {k: sum(map(len, v)) for k, v in corpora.items()},
+             "sft": {t: {k: len(v) for k, v in s.items()} for t, s in sft.items()}}
+    (out / "data" / ".complete").write_text(json.dumps(built, indent=1))
+    return built
+
+
+def format_overlaps(built: dict) -> str:
+    lines = ["Leakage check (normalised exact match; SFT val/test vs SFT train, vs each other, vs every pretraining "
+             "and midtraining document):", "| split | items | in SFT train | test in val | in corpora |",
+             "|---|---|---|---|---|"]
+    for split, c in built["overlaps"].items():
+        lines.append(f"| {split} | {c['items']} | {c['in_sft_train']} | {c['test_in_val']} | {c['in_corpora']} |")
+    lines.append(f"(removed by deduplication before writing: {built['dropped_by_dedup']})")
+    return "\n".join(lines)
+
+
+def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
+    from midtrain.analysis import tables
+    from midtrain.atomic import check_writable_dir, write_text_atomic
+    from midtrain.demo import findings as F
+    from midtrain.report import plot_runs, sft_results
+    from midtrain.study.execute import run_local, step_states
+    from midtrain.study.files import load_plan
+
+    if size not in SPECS:
+        raise ConfigError("--size", f"{size!r} is not one of {', '.join(SPECS)}")
+    t0 = time.time()
+    out = Path(out).resolve()
+    check_writable_dir(out, "--out")
+    os.environ.update(DEMO_ROOT=str(out), DATA_ROOT=str(out / "data"), CKPT_ROOT=str(out / "ckpt"))
+    print(f"[demo] {size}: corpora from {sysconfig.get_paths()['stdlib']} and generators (offline) -> {out}", flush=True)
+    built = build_data(out, size)
+    print(format_overlaps(built), flush=True)
+    leaks = sum(c["in_sft_train"] + c["test_in_val"] + c["in_corpora"] for c in built["overlaps"].values())
+    if leaks:
+        raise ConfigError("demo data", f"{leaks} SFT val/test items overlap training data (see above)")
+    spec = REPO / "midtrain_configs" / "studies" / SPECS[size]
+    plan = load_plan(spec)
+    print(f"[demo] study {spec.relative_to(REPO)}: {len(plan.steps)} steps, {parallel} at a time "
+          f"({time.time() - t0:.0f} s so far)", flush=True)
+    code = run_local(plan, out / "study", spec, parallel)
+    if code != 0:
+        print(f"[demo] the study did not complete (exit {code}): `midtrain study status {spec} --out {out / 'study'}`")
+        return code
+
+    states = step_states(plan, out / "study", query_slurm=False)
+    by = plan.by_id
+    results = []
+    for s in plan.steps:
+        if s.kind == "sft":
+            results += sft_results([str(out / "study" / s.out / "metrics.json")])
+    chosen = {(c.arm, c.task, c.seed): dict(c.values, lr=c.choice.lr, lr_edge=c.choice.edge)
+              for c in tables.choose_per_seed(results)}
+    report = json.loads((out / "study" / "report" / "results.json").read_text())
+    size_name = plan.spec.sizes[0].name
+    prox = report["sizes"][size_name].get("proximity", {})
+    demo = plan.spec.report.get("demo") or {}
+    found = F.evaluate(chosen, plan.spec.seeds, demo["domains"], demo["grid"], prox.get("rows", []))
+    ln_v = math.log(VOCAB)
+    worst = max(((k, v["main_after"]) for k, v in chosen.items()), key=lambda kv: kv[1])
+    above = sorted({k[0] for k, v in chosen.items() if v["main_after"] >= ln_v})
+    edges = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if v["lr_edge"]})
+    runs = [out / "study" / by[f"base/{size_name}/to{plan.spec.sizes[0].max_steps}"].out / "run"] + \
+        [out / "study" / s.out / "run" for s in plan.steps if s.kind == "midtrain" and s.labels["seed"] == plan.spec.seeds[0]]
+    png = plot_runs([str(r) for r in runs], str(out / "study" / "report" / "val_loss_curves.png"))
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{platform.system()} {platform.release()}", "size": size, "spec": str(spec.relative_to(REPO)),
+        "data": built, "per_seed": [{"arm": k[0], "task": k[1], "seed": k[2], **v} for k, v in chosen.items()],
+        "cells": report["sizes"][size_name].get("cells", []), "proximity": prox, "findings": found,
+        "main_loss_vs_ln_vocab": {"ln_vocab": ln_v, "max": worst[1], "max_at": list(worst[0]), "arms_at_or_above": above},
+        "lr_edge_winners": edges, "runtime_s": round(time.time() - t0, 1),
+        "steps_run": sum(1 for st in states.values() if st.get("state") == "done"),
+    }
+    write_text_atomic(out / "results.json", json.dumps(summary, indent=1, default=str) + "\n")
+    text = (out / "study" / "report" / "table.md").read_text()
+    lines = [text, "## Findings (paper v2), judged from intervals", F.format_findings(found), "",
+             f"Main-corpus loss after SFT stays below ln(V) = {ln_v:.2f} (a uniform guess) in every cell: "
+             + ("yes" if not above else f"NO for {', '.join(above)}") + f" (highest {worst[1]:.3f}, {worst[0][0]} on "
+             f"{worst[0][1]}, seed {worst[0][2]}).",
+             "LR grid edge winners (the optimum is not bracketed): " + (", ".join(edges) if edges else "none") + ".",
+             f"Curves: {png}. Every per-seed value: {out / 'results.json'}. Runtime {summary['runtime_s']:.0f} s."]
+    final = "\n".join(lines)
+    write_text_atomic(out / "results.md", final + "\n")
+    print("\n" + final)
+    return 0
