@@ -15,7 +15,7 @@ EXTRAS_HASH := $(shell sed -n '/^wandb = /p;/^eval = /p' pyproject.toml | sha256
 EXTRAS_VENV ?= $(CACHE_DIR)/venv-extras-$(DEPS_HASH)-$(EXTRAS_HASH)
 EXTRAS_PY := $(EXTRAS_VENV)/bin/python
 
-.PHONY: venv extras test demo bench clean-venv
+.PHONY: venv extras test demo demo-full bench clean-venv
 
 venv: $(VENV)/.complete
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || $(PY) -m pip install --no-deps --no-build-isolation -e .
@@ -54,5 +54,9 @@ clean-venv:
 bench-loader: venv
 	$(PY) bench/loader.py
 
+# DEMO_OUT=folder to resume or re-run one (a re-run starts nothing that is done)
 demo: venv
-	$(PY) -m midtrain demo --out $(or $(DEMO_OUT),out/demo-$(shell date +%Y%m%d-%H%M%S))
+	$(PY) -m midtrain demo --size quick --out $(or $(DEMO_OUT),out/demo-$(shell date +%Y%m%d-%H%M%S))
+
+demo-full: venv
+	$(PY) -m midtrain demo --size full --out $(or $(DEMO_OUT),out/demo-full-$(shell date +%Y%m%d-%H%M%S))

@@ -123,12 +123,13 @@ def test_base_config_must_be_a_whole_run():
         parse_spec(raw(), {"70m": bad})
 
 
-@pytest.mark.parametrize("spec", sorted(glob.glob(os.path.join(REPO, "midtrain_configs", "studies", "paper-*.yaml"))))
-def test_paper_specs_plan(spec):
-    env = {"DATA_ROOT": "/nonexistent", "CKPT_ROOT": "/c", "TOKENIZER_DIR": "/t", "SFT_ROOT": "/s"}
+@pytest.mark.parametrize("spec", sorted(glob.glob(os.path.join(REPO, "midtrain_configs", "studies", "*.yaml"))))
+def test_shipped_specs_plan(spec):
+    env = {"DATA_ROOT": "/nonexistent", "CKPT_ROOT": "/c", "TOKENIZER_DIR": "/t", "SFT_ROOT": "/s",
+           "DEMO_ROOT": "/nonexistent"}
     r = run_cli("study", "plan", spec, "--rows", "3", "--check_files", "false", env=env)
     assert r.returncode == 0, r.stderr
-    assert "| base/70m/to" in r.stdout and "GPU-hours" in r.stdout and "steps: " in r.stdout
+    assert "| base/" in r.stdout and "steps: " in r.stdout
     # with the files checked, the missing shards are one line naming the key
     r = run_cli("study", "plan", spec, env=env)
     assert r.returncode == 2 and "data.data_path" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr

@@ -40,7 +40,7 @@ class Scale:
     sft_eval: int  # val and test each (before deduplication)
 
 
-SCALES = {"tiny": Scale(600_000, 400_000, 600, 240, 60), "quick": Scale(1_200_000, 700_000, 1_200, 400, 80),
+SCALES = {"tiny": Scale(300_000, 200_000, 300, 120, 30), "quick": Scale(1_200_000, 700_000, 1_200, 400, 80),
           "full": Scale(2_400_000, 1_200_000, 2_000, 800, 120)}
 
 
