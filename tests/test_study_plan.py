@@ -38,7 +38,7 @@ def test_grid_expansion_and_counts():
     c = p.counts()
     # segments cut at 20, 60, 80 and the end; 5 arms x 3 seeds; (5 x 3 arm runs + 1 control) evals;
     # SFT: 1 task x 2 LRs x (5 arms x 3 seeds + control x 3 seeds)
-    assert c == {"pretrain": 4, "midtrain": 15, "sft": 2 * (15 + 3), "eval": 16, "report": 1}
+    assert c == {"pretrain": 4, "midtrain": 15, "sft": 2 * (15 + 3), "eval": 16, "lm-eval": 0, "report": 1}
     cpt = next(s for s in p.steps if s.labels.get("arm") == "cpt-code100-from80")
     assert cpt.config["data"]["init_args"]["mix_weights_str"] == "code:1"
     code20 = p.by_id["midtrain/70m/code20-from20/s1"]

@@ -144,3 +144,48 @@ def test_segment_chain_equals_an_unsegmented_run(study, tmp_path):
     seg2 = yaml.safe_load((out / index["base/tiny/to8"]["out"] / "run.yaml").read_text())
     assert seg2["resume_from"].endswith(index["base/tiny/to4"]["out"] + "/run/final")
     assert seg2["train"]["max_additional_steps"] == 4
+
+
+def test_unknown_domain_is_one_line(study, tmp_path):
+    spec, _ = study
+    bad = yaml.safe_load(spec.read_text())
+    bad["arms"][0]["domain"] = "cod"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    r = run_cli("study", "plan", tmp_path / "bad.yaml")
+    assert r.returncode == 2 and "arms: code.domain: 'cod' is not a shard type" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+EXTRAS_PY = os.environ.get("MIDTRAIN_EXTRAS_PYTHON")
+
+
+@pytest.mark.skipif(not EXTRAS_PY and not os.environ.get("CI"), reason="MIDTRAIN_EXTRAS_PYTHON unset (make test)")
+def test_lm_eval_step_runs_offline_and_reaches_the_report(study, tmp_path):
+    """eval.lm_eval adds one lm-eval step per run (the eval extra; a local task), reported per run."""
+    from midtrain.study.execute import materialise
+    from midtrain.study.files import load_plan
+
+    assert EXTRAS_PY, "CI runs the extras tests: MIDTRAIN_EXTRAS_PYTHON must be set"
+    spec, root = study
+    out = root / "out"
+    cfg = yaml.safe_load(spec.read_text())
+    cfg["eval"]["lm_eval"] = {"tasks": "tiny_arith", "include_path": os.path.join(REPO, "tests", "lm_eval_tasks"),
+                              "limit": 4}
+    new_spec = tmp_path / "study.yaml"
+    new_spec.write_text(yaml.safe_dump(cfg))
+    plan = load_plan(new_spec)
+    lm = [s for s in plan.steps if s.kind == "lm-eval"]
+    assert len(lm) == 7 and all(s.deps[0] in plan.by_id for s in lm)
+    before = json.loads((out / "study.json").read_text())["steps"]
+    assert all(before[s.id]["out"] == s.out for s in plan.steps if s.kind not in ("lm-eval", "report"))
+    materialise(plan, out, new_spec)
+    step = plan.by_id["lm-eval/tiny/pretrain-only"]
+    r = subprocess.run([EXTRAS_PY, "-m", "midtrain", "study", "step", str(out / step.out)], cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (out / step.out / "log.txt").read_text()[-3000:]
+    res = json.loads((out / step.out / "lm_eval" / "results.json").read_text())["results"]
+    assert "tiny_arith" in res
+    from midtrain.study.report import write_report
+
+    rep = write_report(plan, out)
+    assert "lm-eval metrics of each run" in (rep / "table.md").read_text() and "tiny_arith/acc" in (rep / "table.md").read_text()

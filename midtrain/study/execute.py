@@ -63,6 +63,13 @@ def step_command(plan: Plan, step: Step, out_dir: Path, spec_path: Path) -> tupl
             if k in step.config:
                 argv += [f"--{k}", str(step.config[k])]
         return argv, [str(folder / "loss.json")], None
+    if step.kind == "lm-eval":
+        argv = ["evaluate", "lm-eval", "--checkpoint", str(checkpoint_of(out_dir, run)), "--tasks",
+                str(step.config["tasks"]), "--out_dir", str(folder / "lm_eval")]
+        for k in ("include_path", "num_fewshot", "limit", "batch_size"):
+            if step.config.get(k) is not None:
+                argv += [f"--{k}", str(step.config[k])]
+        return argv, [str(folder / "lm_eval" / "results.json")], None
     if step.kind == "sft":
         task = step.config["task"]
         argv = ["sft", "--checkpoint", str(checkpoint_of(out_dir, run)), "--data", task["data"],
@@ -256,7 +263,6 @@ def preload() -> None:
         import litgpt  # noqa: F401
         import torch  # noqa: F401
 
-        import midtrain.cli  # noqa: F401
         import midtrain.train.pretrain  # noqa: F401
         import midtrain.posttrain.sft  # noqa: F401
     except ImportError:

@@ -29,7 +29,7 @@ from typing import Mapping
 
 from midtrain.study.spec import CONTROL, Spec, set_dotted
 
-KINDS = ("pretrain", "midtrain", "sft", "eval", "report")
+KINDS = ("pretrain", "midtrain", "sft", "eval", "lm-eval", "report")
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,12 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
     for size_name, arm, seed, run_id in runs:
         if spec.eval.get("enabled", True):
             eid = f"eval/{size_name}/{run_label(arm, seed)}"
-            ev = {k: v for k, v in spec.eval.items() if k != "enabled"}
+            ev = {k: v for k, v in spec.eval.items() if k not in ("enabled", "lm_eval")}
             leaves.append(add("eval", eid, [run_id], ev, {"size": size_name, "arm": arm, "seed": seed}).id)
+        if spec.eval.get("lm_eval"):
+            lid = f"lm-eval/{size_name}/{run_label(arm, seed)}"
+            leaves.append(add("lm-eval", lid, [run_id], dict(spec.eval["lm_eval"]),
+                              {"size": size_name, "arm": arm, "seed": seed}).id)
         for task in spec.tasks:
             for lrs in grids:
                 for s in ([seed] if seed is not None else spec.seeds):

@@ -30,13 +30,18 @@ def collect(plan: Plan, out_dir: Path) -> dict:
         if states[step.id]["state"] != "done":
             continue
         size = step.labels.get("size")
-        bucket = out.setdefault(size, {"sft": [], "eval": []})
+        bucket = out.setdefault(size, {"sft": [], "eval": [], "lm_eval": []})
         if step.kind == "sft":
             bucket["sft"] += sft_results([str(out_dir / step.out / "metrics.json")], None, main_set)
         elif step.kind == "eval":
             losses = json.loads((out_dir / step.out / "loss.json").read_text())
             bucket["eval"].append({"arm": step.labels["arm"], "seed": step.labels["seed"],
                                    **{k: v["loss"] for k, v in losses.items()}})
+        elif step.kind == "lm-eval":
+            res = json.loads((out_dir / step.out / "lm_eval" / "results.json").read_text())["results"]
+            bucket["lm_eval"].append({"arm": step.labels["arm"], "seed": step.labels["seed"],
+                                      **{f"{task}/{k.split(',')[0]}": v for task, m in res.items() for k, v in m.items()
+                                         if "_stderr" not in k and k != "sample_len"}})
     return out
 
 
@@ -53,9 +58,10 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
     md = [f"# Study {spec.name}", ""]
     csv_parts, results = [], {"sizes": {}}
     for size in spec.sizes:
-        got = data.get(size.name, {"sft": [], "eval": []})
+        got = data.get(size.name, {"sft": [], "eval": [], "lm_eval": []})
         md += [f"## {size.name}", ""]
-        size_res = results["sizes"][size.name] = {"sft": [r.__dict__ for r in got["sft"]], "eval": got["eval"]}
+        size_res = results["sizes"][size.name] = {"sft": [r.__dict__ for r in got["sft"]], "eval": got["eval"],
+                                                  "lm_eval": got["lm_eval"]}
         if got["sft"]:
             base = baseline if any(r.arm == baseline for r in got["sft"]) else None
             cells = tables.aggregate(got["sft"], base, confidence)
@@ -78,17 +84,19 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
         else:
             md += ["(no finished SFT steps yet)", ""]
         if got["eval"]:
-            md += _eval_table(got["eval"]) + [""]
+            md += _eval_table(got["eval"], "Validation loss of each run (mean ± CI over seeds):") + [""]
+        if got["lm_eval"]:
+            md += _eval_table(got["lm_eval"], "lm-eval metrics of each run before SFT (mean ± CI over seeds):") + [""]
     write_text_atomic(rep / "table.md", "\n".join(md) + "\n")
     write_text_atomic(rep / "table.csv", "\n".join(csv_parts) + ("\n" if csv_parts else ""))
     write_text_atomic(rep / "results.json", json.dumps(results, indent=1, default=str) + "\n")
     return rep
 
 
-def _eval_table(rows: list[dict]) -> list[str]:
+def _eval_table(rows: list[dict], title: str) -> list[str]:
     sets = sorted({k for r in rows for k in r if k not in ("arm", "seed")})
     arms = list(dict.fromkeys(r["arm"] for r in rows))
-    out = ["Validation loss of each run (mean ± CI over seeds):", "", "| run | " + " | ".join(sets) + " |",
+    out = [title, "", "| run | " + " | ".join(sets) + " |",
            "|---|" + "---|" * len(sets)]
     for arm in arms:
         mine = [r for r in rows if r["arm"] == arm]

@@ -39,7 +39,8 @@ TOP_KEYS = {"name", "sizes", "arms", "seeds", "sft", "eval", "report", "slurm", 
 ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "sizes"}
 SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr"}
 TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
-EVAL_KEYS = {"enabled", "max_batches", "batch_size"}
+EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval"}
+LM_EVAL_KEYS = {"tasks", "include_path", "num_fewshot", "limit", "batch_size"}
 REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "demo"}
 SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out", "save", "task", "arm",
              "pretrain_val_path", "prompt_key", "response_key"}
@@ -283,6 +284,9 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     per_lr = sft.get("one_step_per_lr", True)
     if not isinstance(per_lr, bool):
         raise ConfigError("sft.one_step_per_lr", f"expected true or false, got {per_lr!r}")
+    lm = _mapping(ev.get("lm_eval"), "eval.lm_eval", LM_EVAL_KEYS)
+    if lm and not lm.get("tasks"):
+        raise ConfigError("eval.lm_eval.tasks", "give the lm-eval tasks (comma-separated)")
     if not isinstance(ev.get("enabled", True), bool):
         raise ConfigError("eval.enabled", f"expected true or false, got {ev['enabled']!r}")
     return Spec(name, tuple(sizes), tuple(arms), tuple(seeds), tuple(lrs), tuple(tasks), options,
