@@ -59,7 +59,9 @@ def timing_weight_heatmap(panels: Mapping[str, Mapping[tuple[int, float], stats.
         im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
         for (s, w), iv in cells.items():
             text = iv.format(3).replace(" ± ", "\n± ") + f"\nn={iv.n}"
-            ax.text(weights.index(w), starts.index(s), text, ha="center", va="center", fontsize=7)
+            dark = np.isfinite(iv.mean) and abs(iv.mean) > 0.6 * lim  # readable on the saturated colours
+            ax.text(weights.index(w), starts.index(s), text, ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
         ax.set_xticks(range(len(weights)), [f"{w:g}" for w in weights])
         ax.set_yticks(range(len(starts)), [str(s) for s in starts])
         ax.set_xlabel("midtraining weight (share of the mix)")

@@ -34,6 +34,8 @@ from midtrain.study.spec import CONTROL, data_args
 
 STATES = ("pending", "submitted", "running", "done", "failed", "interrupted", "blocked")
 EXIT_REQUEUE = 75
+ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
+         "DEADLINE"}
 
 
 # ---- what a step runs ----
@@ -112,19 +114,22 @@ def _pid_alive(status: dict) -> bool:
         return False
 
 
-def squeue_jobs(job_ids: list[str]) -> dict[str, str]:
-    """Job id -> SLURM state for the jobs SLURM still knows (one squeue call)."""
+def squeue_jobs(job_ids: list[str]) -> dict[str, str] | None:
+    """Job id -> SLURM state for the jobs SLURM still knows (one squeue call); None when SLURM cannot be
+    asked (then no job is taken for gone: a controller outage must not resubmit running work)."""
     if not job_ids:
         return {}
     try:
         r = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True,
                            timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
+    if r.returncode != 0:
+        return {} if "Invalid job id" in r.stderr else None
     out = {}
     for line in r.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 2:
+        if len(parts) == 2 and parts[1] not in ENDED:  # an ended job can linger in squeue for MinJobAge
             out[parts[0].split("_")[0]] = parts[1]
     return out
 
@@ -146,10 +151,14 @@ def step_states(plan: Plan, out_dir: Path, query_slurm: bool = True) -> dict[str
                 state = "pending"
         elif state in ("submitted", "running"):
             job = st.get("job_id")
-            if job and query_slurm:
+            if job and query_slurm and live is not None:
                 if job not in live:
-                    state = "interrupted" if state == "running" else "pending"  # cancelled or lost
-                    st["note"] = f"SLURM job {job} is gone"
+                    again = read_status(out_dir / step.out)  # it may have finished since it was read
+                    if again.get("state") in ("done", "failed", "interrupted"):
+                        st, state = dict(again), again["state"]
+                    else:
+                        state = "interrupted" if state == "running" else "pending"  # cancelled or lost
+                        st["note"] = f"SLURM job {job} is gone"
                 else:
                     st["slurm_state"] = live[job]
             elif not job and not _pid_alive(st):
