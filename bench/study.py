@@ -66,10 +66,13 @@ def executor_run(parallel: int) -> None:
         for sid, info in index.items():  # critical path with the measured step times (index is topological)
             finish[sid] = dur[sid] + max((finish[d] for d in info["deps"]), default=0.0)
         total, critical = sum(dur.values()), max(finish.values())
+        span = max(v["ended"] for v in st.values()) - min(v["started"] for v in st.values())
         bound = 1.2 * total / parallel + critical
-        print(f"local executor, tiny study ({len(dur)} steps), --parallel {parallel}: wall {wall:.1f} s; sum of step "
-              f"times {total:.1f} s, critical path {critical:.1f} s; bound 1.2 x sum/N + critical = {bound:.1f} s: "
-              f"{'met' if wall <= bound else 'MISSED'} (wall / (sum/N) = {wall / (total / parallel):.2f})")
+        print(f"local executor, tiny study ({len(dur)} steps), --parallel {parallel}: first step start -> last step end "
+              f"{span:.1f} s; sum of step times {total:.1f} s, critical path {critical:.1f} s; bound 1.2 x sum/N + "
+              f"critical = {bound:.1f} s: {'met' if span <= bound else 'MISSED'} (span / (sum/N) = "
+              f"{span / (total / parallel):.2f}); the `study run` command took {wall:.1f} s in all (interpreter, "
+              f"imports, plan: {wall - span:.1f} s)")
 
 
 def main() -> None:

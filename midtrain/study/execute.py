@@ -205,7 +205,7 @@ def run_step(folder: Path) -> int:
             except ProcessLookupError:
                 pass
             sent += 1
-        time.sleep(0.1)
+        time.sleep(0.02)
     ok = rc == 0 and all(Path(p).exists() for p in desc["outputs"])
     if ok:
         write_status(folder, state="done", ended=time.time(), exit_code=0)
@@ -417,7 +417,7 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int = 1, rer
                     echo(f"  start: {s.id}")
                 if not running and not external:
                     break
-                time.sleep(0.1)
+                time.sleep(0.02)  # a freed slot is refilled within 20 ms
         finally:
             for sig, h in old.items():
                 signal.signal(sig, h)
