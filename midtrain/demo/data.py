@@ -93,14 +93,25 @@ def prose_documents(modules: list[Path], limit_chars: int, seed: int) -> list[st
     return out
 
 
-def code_documents(modules: list[Path], limit_bytes: int) -> list[str]:
+def code_documents(modules: list[Path], limit_bytes: int, max_chars: int = 1500) -> list[str]:
+    """Source files cut at blank lines into documents of at most ``max_chars`` (whole files would be too few
+    documents for a content-hashed val split to be sure to get any)."""
     out, total = [], 0
     for p in modules:
         try:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
-        out.append(text)
+        doc: list[str] = []
+        size = 0
+        for block in text.split("\n\n"):
+            if doc and size + len(block) > max_chars:
+                out.append("\n\n".join(doc))
+                doc, size = [], 0
+            doc.append(block)
+            size += len(block) + 2
+        if doc and "".join(doc).strip():
+            out.append("\n\n".join(doc))
         total += len(text)
         if total >= limit_bytes:
             break
