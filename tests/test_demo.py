@@ -8,7 +8,17 @@ import re
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
+
+
+def run_demo(*args):
+    """`midtrain demo` with room for a slow machine (conftest's run_cli stops a command after 300 s)."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "midtrain", "demo", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), timeout=1500)
 
 
 def norm(text):
@@ -22,7 +32,7 @@ def jsonl(path):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    r = run_cli("demo", "--size", "tiny", "--out", out)
+    r = run_demo("--size", "tiny", "--out", out)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return out, r
 
@@ -87,8 +97,8 @@ def test_seeds_verdicts_and_outputs(demo):
 
 def test_rerun_starts_nothing(demo):
     out, _ = demo
-    r = run_cli("demo", "--size", "tiny", "--out", out)
+    r = run_demo("--size", "tiny", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert re.search(r"(\d+) of \1 steps done, 0 to run", r.stdout) and "start:" not in r.stdout
-    r = run_cli("demo", "--size", "quick", "--out", out)
+    r = run_demo("--size", "quick", "--out", out)
     assert r.returncode == 2 and "holds a 'tiny' demo" in r.stderr
