@@ -24,6 +24,7 @@ is done it writes the final checkpoint and exits 0 (complete).
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 import zlib
@@ -67,6 +68,8 @@ def setup(
     devices: Union[int, str] = "auto",
     num_nodes: Optional[int] = None,
     strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    accelerator: Literal["auto", "cuda", "cpu"] = "auto",
+    rendezvous_timeout: float = 300.0,
     tokenizer_dir: Optional[Path] = None,
     logger_name: Literal["tensorboard", "csv", "wandb"] = "tensorboard",
     seed: int = 42,
@@ -91,6 +94,10 @@ def setup(
         optimizer: ``AdamW`` or ``{class_path, init_args}``.
         devices: devices per node. num_nodes: nodes (default: SLURM_NNODES or 1).
         strategy: ``auto`` = FSDP on several GPUs, DDP (gloo) on several CPU processes.
+        accelerator: ``auto`` (CUDA when available, else CPU), ``cuda`` (refused without GPUs) or ``cpu``;
+            study executors ask SLURM for GPUs unless it is ``cpu``.
+        rendezvous_timeout: seconds the processes of a multi-process run wait for each other at start-up
+            before ending with one line naming the ranks that never arrived.
         tokenizer_dir: a litgpt tokenizer folder (copied into checkpoints; checks the vocabulary).
         logger_name: tensorboard, csv or wandb.
         seed: model init seed.
@@ -113,8 +120,18 @@ def setup(
             raise ConfigError("out_dir", f"{out_dir} is the base run's folder of resume_from; midtrain into a new "
                               "out_dir (or set overwrite_source: true)")
     num_nodes = num_nodes or int(os.environ.get("SLURM_NNODES", 1))
-    accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("accelerator", "cuda: no CUDA device is visible to this process")
+    if accelerator not in ("auto", "cuda", "cpu"):
+        raise ConfigError("accelerator", f"expected auto, cuda or cpu, got {accelerator!r}")
+    accelerator = "cuda" if accelerator == "auto" and torch.cuda.is_available() else accelerator
+    accelerator = "cpu" if accelerator == "auto" else accelerator
     n_devices = _device_count(devices, accelerator)
+    if not rendezvous_timeout > 0:
+        raise ConfigError("rendezvous_timeout", f"must be > 0 seconds, got {rendezvous_timeout}")
+    from midtrain.train import distributed
+
+    distributed.check_world(n_devices, num_nodes)
     world = n_devices * num_nodes
     if train.global_batch_size % (train.micro_batch_size * world):
         raise ConfigError("train.global_batch_size", f"{train.global_batch_size} is not divisible by "
@@ -124,13 +141,11 @@ def setup(
         raise ConfigError("strategy", "fsdp needs GPUs: Lightning and torch's FSDP refuse CPU devices; use ddp (gloo) "
                           "for several CPU processes")
     if world > 1 and strategy in ("auto", "fsdp") and accelerator == "cuda":
-        from lightning.fabric.strategies import FSDPStrategy
-
-        fabric_strategy = FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full", sharding_strategy="HYBRID_SHARD")
+        fabric_strategy = distributed.strategy("fsdp", rendezvous_timeout, auto_wrap_policy={Block},
+                                               state_dict_type="full", sharding_strategy="HYBRID_SHARD")
     elif world > 1:
-        from lightning.fabric.strategies import DDPStrategy
-
-        fabric_strategy = DDPStrategy(process_group_backend="nccl" if accelerator == "cuda" else "gloo")
+        fabric_strategy = distributed.strategy("ddp", rendezvous_timeout,
+                                               process_group_backend="nccl" if accelerator == "cuda" else "gloo")
     else:
         fabric_strategy = "auto"
     # Lightning hints at srun whenever it exists; our launcher uses srun under SLURM, and a run
@@ -142,7 +157,14 @@ def setup(
                            log_args={}, resume=bool(resume), **where)
     fabric = L.Fabric(accelerator=accelerator, devices=n_devices, num_nodes=num_nodes, strategy=fabric_strategy,
                       precision=precision, loggers=[logger])
-    fabric.launch()
+    try:
+        fabric.launch()
+    except distributed.StopDuringRendezvous as e:
+        print(f"midtrain pretrain: {e}; exiting {EXIT_REQUEUE} (requeue)", flush=True)
+        return signals.exit_code_for(signals.requested(), EXIT_REQUEUE)
+    except distributed.RendezvousTimeout as e:
+        print(f"midtrain pretrain: error: {e}", file=sys.stderr, flush=True)
+        return 1
     return main(fabric, model_config, out_dir, precision, initial_checkpoint_dir, resume, resume_from, data, train,
                 eval, optimizer, tokenizer_dir, seed, accelerator == "cuda" if compile is None else compile,
                 keep_last_n, hparams or {})

@@ -1,0 +1,175 @@
+"""How many processes a run trains with, and a process-group set-up that cannot hang.
+
+The run config is the one source of a run's shape: ``devices`` per node × ``num_nodes``. A launcher
+may start the processes (``srun`` under SLURM, ``torchrun``) or leave Fabric to start them itself;
+either way the world size must equal the config's, or the run trains on another per-rank batch
+and another speed than its YAML says. ``check_world`` refuses a mismatch in one line before
+anything starts (Lightning itself takes ``SLURM_NTASKS`` over ``devices`` without a word).
+
+``rendezvous`` replaces the blocking wait inside ``torch.distributed.init_process_group``: every rank
+registers under its number in a ``TCPStore`` and polls, so that
+- a rank that never arrives ends the set-up after ``timeout`` seconds with one line naming it
+  (``RendezvousTimeout``), instead of waiting until the job's time limit;
+- a stop signal (recorded by ``midtrain.signals``) during the wait ends it within ``poll`` seconds
+  (``StopDuringRendezvous``: the trainer exits 75, nothing to save, the job requeues).
+The store then becomes the process group's store, so no second port is opened. ``Rendezvous`` is the
+mixin that puts this into Lightning's DDP/FSDP strategies (their ``_setup_distributed`` finds the
+group already initialised and goes on as usual).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+
+from midtrain.errors import ConfigError
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class RendezvousTimeout(RuntimeError):
+    """Some ranks never arrived (or rank 0 never released the start) within the timeout."""
+
+
+class StopDuringRendezvous(RuntimeError):
+    """A stop signal arrived while the ranks were gathering: nothing to save, exit 75."""
+
+
+def launched_world() -> tuple[int, str] | None:
+    """(processes, who started them) when a launcher started them; None when Fabric starts its own.
+
+    SLURM counts when Lightning would pick its SLURM environment (``SLURM_NTASKS`` set, job name
+    not ``bash``/``interactive``); torchrun when ``TORCHELASTIC_RUN_ID`` and ``WORLD_SIZE`` are set.
+    """
+    if "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        nodes = os.environ.get("SLURM_NNODES") or os.environ.get("SLURM_JOB_NUM_NODES") or "?"
+        per_node = os.environ.get("SLURM_NTASKS_PER_NODE") or "?"
+        return int(os.environ["SLURM_NTASKS"]), (f"SLURM started {os.environ['SLURM_NTASKS']} task(s) "
+                                                  f"(SLURM_NTASKS; {nodes} node(s), SLURM_NTASKS_PER_NODE={per_node})")
+    if "TORCHELASTIC_RUN_ID" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"]), f"torchrun started {os.environ['WORLD_SIZE']} process(es) (WORLD_SIZE)"
+    return None
+
+
+def check_world(devices: int, num_nodes: int) -> None:
+    """Refuse (one line) a launch whose process count differs from ``devices × num_nodes``."""
+    want = devices * num_nodes
+    launched = launched_world()
+    if launched is None:
+        if num_nodes > 1:
+            raise ConfigError("num_nodes", f"{num_nodes} nodes need a launcher that starts one process per device on "
+                              "every node (srun under SLURM: --nodes=N --ntasks-per-node=devices, or torchrun)")
+        return
+    n, who = launched
+    if n != want:
+        raise ConfigError("devices", f"the run config asks for {devices} device(s) x {num_nodes} node(s) = {want} "
+                          f"process(es), but {who}; submit with --nodes={num_nodes} --ntasks-per-node={devices} (and "
+                          "launch with srun), or change devices/num_nodes in the config")
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+    if "SLURM_NTASKS" in os.environ and per_node.isdigit() and int(per_node) != devices:
+        raise ConfigError("devices", f"the run config asks for {devices} device(s) per node, but SLURM gives "
+                          f"{per_node} task(s) per node (SLURM_NTASKS_PER_NODE); submit with --ntasks-per-node={devices}")
+
+
+def _stop_requested() -> int | None:
+    from midtrain import signals
+
+    return signals.requested()
+
+
+def rendezvous(address: str, port: int, rank: int, world: int, timeout: float = DEFAULT_TIMEOUT_S,
+               poll: float = 0.1):
+    """Gather ``world`` ranks through a TCPStore on ``address:port`` (rank 0 hosts it); returns the store.
+
+    Raises ``RendezvousTimeout`` naming the missing ranks after ``timeout`` seconds, and
+    ``StopDuringRendezvous`` within ``poll`` seconds of a recorded stop signal.
+    """
+    from torch.distributed import TCPStore
+
+    deadline = time.monotonic() + timeout
+    store = None
+
+    def check_stop(where: str) -> None:
+        sig = _stop_requested()
+        if sig is not None:
+            from midtrain import signals
+
+            raise StopDuringRendezvous(f"rank {rank}: signal {signals.name(sig)} received {where}: nothing to save")
+
+    if rank == 0:
+        store = TCPStore(address, port, world, is_master=True, wait_for_workers=False,
+                         timeout=timedelta(seconds=max(timeout, 1)))
+    else:
+        while store is None:
+            check_stop(f"while connecting to rank 0 at {address}:{port}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RendezvousTimeout(f"rank {rank} of {world}: rank 0 never arrived at {address}:{port} within "
+                                        f"{timeout:g} s (rendezvous_timeout)")
+            try:
+                store = TCPStore(address, port, world, is_master=False, timeout=timedelta(seconds=min(2.0, max(left, 0.1))))
+            except (RuntimeError, TimeoutError):  # DistNetworkError/DistStoreError: not up yet
+                time.sleep(min(poll, max(deadline - time.monotonic(), 0)))
+    store.set(f"midtrain/arrived/{rank}", os.uname().nodename)
+    keys = [f"midtrain/arrived/{r}" for r in range(world)]
+    while True:
+        check_stop("during the rendezvous")
+        try:
+            if rank == 0:
+                missing = [r for r, k in enumerate(keys) if not store.check([k])]
+                if not missing:
+                    store.set("midtrain/go", "1")
+                    return store
+            elif store.check(["midtrain/go"]):
+                return store
+        except (RuntimeError, TimeoutError) as e:  # the host of the store (rank 0) went away
+            check_stop("during the rendezvous")
+            raise RendezvousTimeout(f"rank {rank} of {world}: rank 0 left the rendezvous ({' '.join(str(e).split())[:120]})") \
+                from None
+        if time.monotonic() > deadline:
+            if rank == 0:
+                ranks = ", ".join(map(str, missing))
+                raise RendezvousTimeout(f"{world - len(missing)} of {world} ranks arrived within {timeout:g} s "
+                                        f"(rendezvous_timeout); never arrived: rank{'s' if len(missing) > 1 else ''} "
+                                        f"{ranks}")
+            raise RendezvousTimeout(f"rank {rank} of {world}: rank 0 never released the start within {timeout:g} s "
+                                    "(rendezvous_timeout)")
+        time.sleep(poll)
+
+
+class Rendezvous:
+    """Mixin for Lightning's DDPStrategy/FSDPStrategy: ``rendezvous`` before the process group exists."""
+
+    rendezvous_timeout: float = DEFAULT_TIMEOUT_S
+
+    def _setup_distributed(self) -> None:  # noqa: D401 - Lightning's hook
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            self._set_world_ranks()
+            env = self.cluster_environment
+            rank, world = env.global_rank(), env.world_size()
+            store = rendezvous(env.main_address, env.main_port, rank, world, self.rendezvous_timeout)
+            backend = self._get_process_group_backend()
+            kwargs = {}
+            if self.root_device.type != "cpu":
+                kwargs["device_id"] = self.root_device
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                    timeout=self._timeout, **kwargs)
+            if backend == "nccl":
+                import atexit
+
+                from lightning.fabric.utilities.distributed import _destroy_dist_connection
+
+                atexit.register(_destroy_dist_connection)
+        super()._setup_distributed()
+
+
+def strategy(kind: str, timeout: float, **kwargs):
+    """A Lightning ``DDPStrategy``/``FSDPStrategy`` whose process-group set-up is ``rendezvous``."""
+    from lightning.fabric.strategies import DDPStrategy, FSDPStrategy
+
+    base = {"ddp": DDPStrategy, "fsdp": FSDPStrategy}[kind]
+    cls = type(f"Rendezvous{base.__name__}", (Rendezvous, base), {"rendezvous_timeout": float(timeout)})
+    return cls(**kwargs)
