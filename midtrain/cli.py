@@ -458,7 +458,14 @@ def study(argv: list[str]) -> int:
                             help="check the shards and SFT files the spec names (false: plan before the data exists)")
     if what == "run":
         parser.add_argument("--executor", type=str, default="local", help="local or slurm")
-        parser.add_argument("--parallel", type=int, default=1, help="local: steps run at once")
+        parser.add_argument("--parallel", type=Optional[int], default=None,
+                            help="local: steps run at once (default: one per GPU, 1 without GPUs)")
+        parser.add_argument("--gpus", type=Optional[str], default=None,
+                            help="local: GPUs to hand out, e.g. 0,1,2,3, or none (default: the visible GPUs)")
+        parser.add_argument("--max_jobs", type=Optional[int], default=None,
+                            help="slurm: jobs + array tasks kept submitted at once (default: slurm.max_jobs, no cap)")
+        parser.add_argument("--array_throttle", type=Optional[int], default=None,
+                            help="slurm: at most N tasks of an array run at once (%%N; default: slurm.array_throttle)")
         parser.add_argument("--rerun_changed", type=bool, default=False,
                             help="run anew the steps whose resolved config changed since they ran here")
         parser.add_argument("--slurm", type=Optional[dict], default=None,
@@ -486,26 +493,27 @@ def study(argv: list[str]) -> int:
     from midtrain.atomic import check_writable_dir
 
     if what == "run":
-        from midtrain.study import execute
-
         check_writable_dir(out, "--out")
         if a.executor == "local":
-            return execute.run_local(plan, out, spec_path, a.parallel, a.rerun_changed)
+            from midtrain.study.local import parse_gpus, run_local
+
+            for key in ("max_jobs", "array_throttle", "slurm"):
+                if getattr(a, key) is not None:
+                    raise ConfigError(f"--{key}", "is an option of --executor slurm")
+            return run_local(plan, out, spec_path, a.parallel, a.rerun_changed, gpus=parse_gpus(a.gpus))
         if a.executor != "slurm":
             raise ConfigError("--executor", f"{a.executor!r} is not local or slurm")
-        execute.submit_slurm(plan, out, spec_path, a.slurm or {}, a.rerun_changed)
+        for key in ("parallel", "gpus"):
+            if getattr(a, key) is not None:
+                raise ConfigError(f"--{key}", "is an option of --executor local (SLURM allocates the GPUs)")
+        from midtrain.study.resources import check_options
+        from midtrain.study.slurm import run_slurm
+
+        code = run_slurm(plan, out, spec_path, check_options(a.slurm or {}, "--slurm"), a.rerun_changed, a.wait,
+                         a.max_jobs, a.array_throttle)
         if not a.wait:
             print(f"follow with: midtrain study status {a.spec} --out {a.out}")
-            return 0
-        import time
-
-        while True:
-            rows = execute.status_rows(plan, out)
-            if execute.settled(plan, rows):
-                break
-            time.sleep(5)
-        print(execute.format_status(rows, plan.spec.name))
-        return 0 if {r["state"] for r in rows} == {"done"} else 1
+        return code
     if not out.is_dir():
         raise ConfigError("--out", f"{out} is not a study folder (nothing has run there)")
     if what == "status":

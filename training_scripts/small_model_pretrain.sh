@@ -17,9 +17,12 @@
 # the trainer checkpoints at the next step boundary and exits 75, and the job requeues itself and
 # resumes (`--resume auto`) from that checkpoint: no step and no sample is repeated.
 #
-# Defaults below are for one node with 8 GPUs. Change --nodes for multi-node (Fabric's num_nodes
-# follows SLURM_NNODES), keep --ntasks-per-node equal to the GPUs per node, and size
-# --cpus-per-task / --mem / --time / --partition for your cluster.
+# The config's devices x num_nodes is the run's shape: srun starts one process per task, and the
+# trainer refuses to start (one line, exit 2) unless the job has --nodes=num_nodes and
+# --ntasks-per-node=devices. The defaults below fit a config with devices: 8, num_nodes: 1; for
+# another shape pass e.g. `sbatch --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 ...` (or use
+# `midtrain study run --executor slurm`, which derives them). Size --cpus-per-task / --mem / --time /
+# --partition for your cluster.
 #SBATCH --job-name=midtrain
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
@@ -91,15 +94,12 @@ launch=()
 if [ -n "${SLURM_JOB_ID:-}" ] && command -v srun >/dev/null 2>&1; then
   launch=(srun --kill-on-bad-exit=1)
 fi
-device_args=()
-[ -n "${SLURM_NTASKS_PER_NODE:-}" ] && device_args+=(--devices "${SLURM_NTASKS_PER_NODE%%(*}")
-[ -n "${SLURM_NNODES:-}" ] && device_args+=(--num_nodes "$SLURM_NNODES")
 
 if [ -n "$pending" ]; then
   requeue "$pending received before the trainer started: nothing to save"
   exit 0
 fi
-"${launch[@]}" midtrain pretrain --config "$config" --resume auto "${device_args[@]}" "$@" &
+"${launch[@]}" midtrain pretrain --config "$config" --resume auto "$@" &
 pid=$!
 forward() {
   echo "[$(date '+%F %T')] $1 received: asking the trainer to checkpoint and stop"

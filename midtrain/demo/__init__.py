@@ -80,7 +80,8 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     from midtrain.atomic import check_writable_dir, write_text_atomic
     from midtrain.demo import findings as F
     from midtrain.report import plot_runs, sft_results
-    from midtrain.study.execute import run_local, step_states
+    from midtrain.study.execute import step_states
+    from midtrain.study.local import run_local
     from midtrain.study.files import load_plan
 
     if size not in SPECS:

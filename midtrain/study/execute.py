@@ -1,4 +1,4 @@
-"""Running a study's plan: step folders, status files, the step runner, and two executors.
+"""Running a study's plan: step folders, status files and the step runner (executors: ``study.local``, ``study.slurm``).
 
 Layout under the study folder ``DIR`` (``--out``):
 - ``DIR/study.json``: the plan last run here (step id -> output folder, kind, deps);
@@ -114,31 +114,15 @@ def _pid_alive(status: dict) -> bool:
         return False
 
 
-def squeue_jobs(job_ids: list[str]) -> dict[str, str] | None:
-    """Job id -> SLURM state for the jobs SLURM still knows (one squeue call); None when SLURM cannot be
-    asked (then no job is taken for gone: a controller outage must not resubmit running work)."""
-    if not job_ids:
-        return {}
-    try:
-        r = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True,
-                           timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if r.returncode != 0:
-        return {} if "Invalid job id" in r.stderr else None
-    out = {}
-    for line in r.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1] not in ENDED:  # an ended job can linger in squeue for MinJobAge
-            out[parts[0].split("_")[0]] = parts[1]
-    return out
-
-
 def step_states(plan: Plan, out_dir: Path, query_slurm: bool = True) -> dict[str, dict]:
     """Step id -> status dict with a resolved ``state`` (pending/submitted/running/done/failed/interrupted)."""
     raw = {s.id: read_status(out_dir / s.out) for s in plan.steps}
-    live = squeue_jobs(sorted({st["job_id"] for st in raw.values() if st.get("job_id") and
-                               st.get("state") in ("submitted", "running")})) if query_slurm else {}
+    live = {}
+    if query_slurm:
+        from midtrain.study.slurm import squeue_jobs
+
+        live = squeue_jobs(sorted({st["job_id"] for st in raw.values() if st.get("job_id") and
+                                   st.get("state") in ("submitted", "running")}))
     out: dict[str, dict] = {}
     for step in plan.steps:  # topological order: deps resolved first
         st = dict(raw[step.id])
@@ -183,15 +167,23 @@ def run_step(folder: Path) -> int:
         signal.signal(sig, lambda s, f: pending.append(s))
     log_path = Path(os.environ.get("MIDTRAIN_STEP_LOG") or folder / "log.txt")
     started = time.time()
+    launch = desc.get("launch")
+    srun = bool(launch and os.environ.get("SLURM_JOB_ID"))
     write_status(folder, state="running", pid=os.getpid(), host=socket.gethostname(), started=started, ended=None,
-                 job_id=os.environ.get("SLURM_JOB_ID"), log=str(log_path), exit_code=None, outputs=desc["outputs"],
-                 hash=desc["hash"])
+                 job_id=slurm_job_id(), log=str(log_path), exit_code=None, outputs=desc["outputs"],
+                 hash=desc["hash"], devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                 processes=(launch["nodes"] * launch["tasks_per_node"]) if srun else None)
     if pending:
         write_status(folder, state="interrupted", ended=time.time(), exit_code=EXIT_REQUEUE)
         return EXIT_REQUEUE
+    if srun:
+        pid, line = _srun_command(desc["argv"], launch, log_path, desc.get("cwd"))
+    else:
+        line = f"midtrain {' '.join(desc['argv'])}"
     with open(log_path, "a") as log:
-        log.write(f"[{time.strftime('%F %T')}] {desc['id']}: midtrain {' '.join(desc['argv'])}\n")
-    pid = _fork_command(desc["argv"], log_path, desc.get("cwd"))
+        log.write(f"[{time.strftime('%F %T')}] {desc['id']}: {line}\n")
+    if not srun:
+        pid = _fork_command(desc["argv"], log_path, desc.get("cwd"))
     sent = 0
     while True:
         done_pid, wstatus = os.waitpid(pid, os.WNOHANG)
@@ -216,6 +208,31 @@ def run_step(folder: Path) -> int:
     write_status(folder, state="failed", ended=time.time(), exit_code=rc if rc else 1,
                  note=None if rc else "exited 0 without its outputs")
     return rc or 1
+
+
+def slurm_job_id() -> str | None:
+    """This job's id as squeue lists it: ``ARRAYID_TASK`` for an array task, else ``SLURM_JOB_ID``."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def srun_argv(argv: list[str], launch: dict, python: str | None = None) -> list[str]:
+    """``srun`` starting one ``midtrain`` process per device on every node of the allocation."""
+    n, t = int(launch["nodes"]), int(launch["tasks_per_node"])
+    return ["srun", "--kill-on-bad-exit=1", f"--nodes={n}", f"--ntasks={n * t}", f"--ntasks-per-node={t}",
+            python or sys.executable, "-m", "midtrain", *argv]
+
+
+def _srun_command(argv: list[str], launch: dict, log_path: Path, cwd: str | None) -> tuple[int, str]:
+    """Start the step's command under srun (its ranks write to the log); returns (pid, the command line)."""
+    cmd = srun_argv(argv, launch)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        proc = subprocess.Popen(cmd, stdout=fd, stderr=fd, stdin=subprocess.DEVNULL, cwd=cwd or None)
+    finally:
+        os.close(fd)
+    return proc.pid, " ".join(cmd)
 
 
 def _fork_command(argv: list[str], log_path: Path, cwd: str | None) -> int:
@@ -278,7 +295,9 @@ def preload() -> None:
         pass
 
 
-def _fork_step(folder: Path) -> int:
+def _fork_step(folder: Path, env: dict[str, str] | None = None) -> int:
+    """Run one step in a forked child (the local executor). The child sees no ``SLURM_*`` variables:
+    a multi-device step starts its own processes here, whatever allocation this executor runs in."""
     pid = os.fork()
     if pid:
         return pid
@@ -287,6 +306,9 @@ def _fork_step(folder: Path) -> int:
         fd = os.open(os.devnull, os.O_RDWR)
         for k in (0, 1, 2):
             os.dup2(fd, k)
+        for k in [k for k in os.environ if k.startswith("SLURM_")]:
+            del os.environ[k]
+        os.environ.update(env or {})
         code = run_step(folder)
     except BaseException:  # noqa: BLE001
         code = 1
@@ -347,6 +369,8 @@ def materialise(plan: Plan, out_dir: Path, spec_path: Path) -> None:
         argv, outputs, run_cfg = step_command(plan, step, out_dir, spec_path)
         desc = {"id": step.id, "kind": step.kind, "hash": step.hash, "argv": argv, "outputs": outputs,
                 "deps": [plan.by_id[d].out for d in step.deps], "labels": step.labels, "cwd": os.getcwd()}
+        if step.alloc is not None and step.alloc.srun:  # under SLURM the runner starts it with srun
+            desc["launch"] = {"nodes": step.alloc.nodes, "tasks_per_node": step.alloc.tasks_per_node}
         text = json.dumps(desc, indent=1, default=str) + "\n"
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "step.json").is_file() or (folder / "step.json").read_text() != text:
@@ -358,173 +382,6 @@ def materialise(plan: Plan, out_dir: Path, spec_path: Path) -> None:
     write_json_atomic(out_dir / "study.json", {
         "spec": str(spec_path), "name": plan.spec.name,
         "steps": {s.id: {"out": s.out, "kind": s.kind, "deps": list(s.deps)} for s in plan.steps}})
-
-
-# ---- local executor ----
-
-def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int = 1, rerun_changed: bool = False,
-              echo=print) -> int:
-    """Run every step that is not done, ``parallel`` at a time, dependencies first. Returns an exit status."""
-    if parallel < 1:
-        raise ConfigError("--parallel", f"must be >= 1, got {parallel}")
-    with study_lock(out_dir):
-        check_changed(plan, out_dir, rerun_changed)
-        materialise(plan, out_dir, spec_path)
-        states = step_states(plan, out_dir, query_slurm=False)
-        state = {sid: st["state"] for sid, st in states.items()}
-        todo = [s for s in plan.steps if state[s.id] != "done"]
-        echo(f"study {plan.spec.name}: {len(plan.steps) - len(todo)} of {len(plan.steps)} steps done, "
-             f"{len(todo)} to run ({parallel} at a time) in {out_dir}")
-        running: dict[str, int] = {}  # step id -> pid of its forked step runner
-        preload()
-        if parallel > 1 and "MIDTRAIN_STEP_THREADS" not in os.environ:
-            os.environ["MIDTRAIN_STEP_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
-        external = {sid for sid, st in states.items() if st["state"] == "running"}  # a live process from before
-        stop: list[int] = []
-        old = {sig: signal.signal(sig, lambda s, f: stop.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            while True:
-                for sid in list(external):  # an orphan of a killed run: wait for it, never start it twice
-                    if not _pid_alive(read_status(out_dir / plan.by_id[sid].out)):
-                        external.discard(sid)
-                        state[sid] = step_states(plan, out_dir, False)[sid]["state"]
-                for sid, pid in list(running.items()):
-                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                        continue
-                    del running[sid]
-                    st = read_status(out_dir / plan.by_id[sid].out)
-                    state[sid] = st.get("state", "failed")
-                    if state[sid] == "failed":
-                        echo(f"  failed: {sid} (exit {st.get('exit_code')}; log {st.get('log')})")
-                    elif state[sid] == "done":
-                        echo(f"  done: {sid}")
-                if stop:
-                    for pid in running.values():
-                        os.kill(pid, signal.SIGTERM)
-                    for pid in running.values():
-                        os.waitpid(pid, 0)
-                    echo(f"stopped by signal {stop[0]}: running steps checkpointed; run again to continue")
-                    return 130 if stop[0] == signal.SIGINT else EXIT_REQUEUE
-                for s in plan.steps:
-                    if state[s.id] in ("done", "failed", "blocked") or s.id in running or s.id in external:
-                        continue
-                    if any(state[d] in ("failed", "blocked") for d in s.deps):
-                        state[s.id] = "blocked"
-                        continue
-                    if len(running) >= parallel or not all(state[d] == "done" for d in s.deps):
-                        continue
-                    running[s.id] = _fork_step(out_dir / s.out)
-                    echo(f"  start: {s.id}")
-                if not running and not external:
-                    break
-                time.sleep(0.02)  # a freed slot is refilled within 20 ms
-        finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-        failed = [sid for sid, v in state.items() if v == "failed"]
-        blocked = [sid for sid, v in state.items() if v == "blocked"]
-        done = sum(v == "done" for v in state.values())
-        echo(f"study {plan.spec.name}: {done} done, {len(failed)} failed, {len(blocked)} blocked by a failure "
-             f"(of {len(plan.steps)})")
-        return 0 if not failed and not blocked else 1
-
-
-# ---- SLURM executor ----
-
-JOB_SCRIPT = """#!/bin/bash
-# One study step as a SLURM job: signals reach the step runner, which asks the trainer to checkpoint;
-# an interrupted step (exit 75) requeues this job, which resumes from its checkpoint.
-pending=""
-trap 'pending=USR1' USR1
-trap 'pending=TERM' TERM
-cd {cwd}
-{setup}
-export MIDTRAIN_STEP_LOG="{folder}/slurm-$SLURM_JOB_ID.log"
-{python} -m midtrain study step {folder} &
-pid=$!
-trap 'kill -USR1 $pid 2>/dev/null' USR1
-trap 'kill -TERM $pid 2>/dev/null' TERM
-[ -n "$pending" ] && kill -USR1 $pid 2>/dev/null
-while true; do
-  wait $pid && status=0 || status=$?
-  kill -0 $pid 2>/dev/null || break
-done
-if [ "$status" -eq {requeue} ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then
-  echo "[$(date '+%F %T')] interrupted: requeueing job $SLURM_JOB_ID"
-  scontrol requeue "$SLURM_JOB_ID" && exit 0
-fi
-exit $status
-"""
-
-
-def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict, rerun_changed: bool = False,
-                 echo=print) -> dict[str, str]:
-    """Submit every step that is not done and not queued, with afterok dependencies. Returns step id -> job id."""
-    import shlex
-
-    for tool in ("sbatch", "squeue", "scontrol"):
-        from shutil import which
-
-        if which(tool) is None:
-            raise ConfigError("--executor", f"slurm: `{tool}` is not on PATH")
-    with study_lock(out_dir):
-        check_changed(plan, out_dir, rerun_changed)
-        materialise(plan, out_dir, spec_path)
-        states = step_states(plan, out_dir, query_slurm=True)
-        jobs: dict[str, str] = {}
-        submitted: dict[str, str] = {}
-        python = plan.spec.slurm.get("python") or sys.executable
-        setup = plan.spec.slurm.get("setup") or ""
-        for step in plan.steps:
-            st = states[step.id]
-            if st["state"] == "done":
-                continue
-            if st["state"] in ("submitted", "running"):
-                if not (st.get("slurm_state") == "PENDING" and any(d in submitted for d in step.deps)):
-                    jobs[step.id] = st["job_id"]
-                    continue
-                # it waits on a job that is gone (afterok on it can never be met): replace it
-                subprocess.run(["scancel", st["job_id"]], capture_output=True)
-            if any(states[d]["state"] not in ("done",) and d not in jobs for d in step.deps):
-                continue  # an input can't run (failed before): leave it for the next run
-            folder = out_dir / step.out
-            script = folder / "job.sh"
-            script.write_text(JOB_SCRIPT.format(cwd=shlex.quote(os.getcwd()), setup=setup, folder=shlex.quote(str(folder)),
-                                                python=shlex.quote(python), requeue=EXIT_REQUEUE))
-            args = ["sbatch", "--parsable", f"--job-name=mt-{step.kind}", f"--output={folder}/slurm-%j.log",
-                    "--open-mode=append", "--requeue", "--signal=B:USR1@180"]
-            deps = [jobs[d] for d in step.deps if d in jobs]
-            if deps:
-                args.append("--dependency=afterok:" + ":".join(deps))
-            for k, v in {**plan.spec.slurm.get("options", {}), **options}.items():
-                args.append(f"--{k}" if v is True else f"--{k}={v}")
-            args.append(str(script))
-            r = subprocess.run(args, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise ConfigError("slurm", f"sbatch refused {step.id}: {r.stderr.strip() or r.stdout.strip()}")
-            job = r.stdout.strip().split(";")[0]
-            jobs[step.id] = submitted[step.id] = job
-            write_status(folder, state="submitted", job_id=job, started=None, ended=None, pid=None,
-                         log=f"{folder}/slurm-{job}.log", exit_code=None)
-        echo(f"study {plan.spec.name}: submitted {len(submitted)} job(s); {len(jobs) - len(submitted)} already queued; "
-             f"{sum(st['state'] == 'done' for st in states.values())} step(s) done")
-        return submitted
-
-
-def settled(plan: Plan, rows: list[dict]) -> bool:
-    """Nothing more will happen without a new `run`: no step runs, and every queued step waits on a failure."""
-    state = {r["step"]: r["state"] for r in rows}
-    if any(v == "running" for v in state.values()):
-        return False
-    bad = {"failed", "interrupted", "pending", "blocked"}
-    doomed: set[str] = set()
-    for step in plan.steps:
-        if state[step.id] == "submitted" and not any(state[d] in bad or d in doomed for d in step.deps):
-            return False
-        if state[step.id] in bad or (state[step.id] == "submitted" and any(state[d] in bad or d in doomed
-                                                                             for d in step.deps)):
-            doomed.add(step.id)
-    return True
 
 
 # ---- status ----

@@ -27,6 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from midtrain.study.resources import Allocation, allocation
 from midtrain.study.spec import CONTROL, Spec, set_dotted
 
 KINDS = ("pretrain", "midtrain", "sft", "eval", "lm-eval", "report")
@@ -44,6 +45,7 @@ class Step:
     resume_step: str | None = None   # pretrain/midtrain: the step whose final checkpoint this run starts from
     tokens: int | None = None
     flops: float | None = None
+    alloc: Allocation | None = None  # what a scheduler is asked for (not part of the hash: it changes no result)
 
 
 @dataclass
@@ -85,13 +87,17 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
     plan = Plan(spec)
     steps: dict[str, Step] = {}
 
+    sizes = {s.name: s for s in spec.sizes}
+
     def add(kind, id_, deps, config, labels, resume_step=None, tokens=None, size=None):
         hashes = [steps[d].hash for d in deps]
         h = config_hash(kind, config, hashes)
         n = (params or {}).get(size) if size else None
         flops = 6.0 * n * tokens if n and tokens else None
+        run_cfg = config if kind in ("pretrain", "midtrain") else sizes[labels.get("size") or spec.sizes[0].name].config
+        alloc = allocation(kind, run_cfg, spec.slurm, where=id_)
         step = Step(id_, kind, tuple(deps), h, id_ if kind == "report" else f"{id_}-{h[:8]}", labels, config,
-                    resume_step, tokens, flops)
+                    resume_step, tokens, flops, alloc)
         steps[id_] = step
         plan.steps.append(step)
         return step
@@ -172,6 +178,23 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
         hours = flops / (mfu * peak_tflops * 1e12) / 3600
         lines.append(f"compute: {flops:.3g} FLOPs (6·N·tokens) = {hours:,.1f} GPU-hours at {mfu:.0%} MFU of "
                      f"{peak_tflops:g} TFLOP/s (--mfu, --peak_tflops; eval steps not counted)")
+    lines += ["", "| kind | steps | allocation per step | GPU-hours (compute estimate) |", "|---|---|---|---|"]
+    for kind in KINDS:
+        of_kind = [s for s in plan.steps if s.kind == kind]
+        if not of_kind:
+            continue
+        allocs = sorted({s.alloc.describe() for s in of_kind if s.alloc})
+        kflops = sum(s.flops or 0.0 for s in of_kind)
+        gpu = any(s.alloc and s.alloc.gpus for s in of_kind)
+        if not gpu:
+            hours = "no GPU"
+        elif kflops:
+            hours = f"{kflops / (mfu * peak_tflops * 1e12) / 3600:,.1f}"
+            if any(s.flops is None for s in of_kind):
+                hours += f" ({sum(s.flops is None for s in of_kind)} steps without an estimate)"
+        else:
+            hours = "no estimate"
+        lines.append(f"| {kind} | {len(of_kind)} | {'; '.join(allocs)} | {hours} |")
     missing = [s.id for s in plan.steps if s.kind == "sft" and s.tokens is None]
     if missing:
         lines.append(f"note: {len(missing)} SFT steps have no token estimate")

@@ -20,7 +20,12 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       options: {epochs: 4}               # any other `midtrain sft` option
     eval: {max_batches: 100}             # loss on the base's val sets for every run
     report: {baseline: pretrain-only}
-    slurm: {options: {partition: gpu, time: "48:00:00"}}
+    slurm:                               # shapes (nodes, tasks, GPUs) come from each run config
+      options: {partition: gpu}          # shared by every kind of step
+      pretrain: {time: "48:00:00"}       # per kind: pretrain, midtrain, sft, eval, lm_eval, report
+      sft: {time: "4:00:00"}
+      max_jobs: 500                      # jobs + array tasks kept submitted at once
+      array_throttle: 50                 # %N on each SFT array
 
 Arm runs are named ``{name}{100·weight:g}-from{start}`` (``code20-from6000``); the pretrain-only
 control (``pretrain-only``) is the base run continued unchanged to ``train.max_steps``.
@@ -161,6 +166,23 @@ def arm_name(family: str, weight: float | None, start: int) -> str:
     return f"{family}{weight * 100:g}-from{start}" if weight is not None else f"{family}-from{start}"
 
 
+def _slurm(value: Any) -> dict:
+    """``slurm:``: shared ``options``, per-kind sections, ``python``/``setup``, ``max_jobs``, ``array_throttle``."""
+    from midtrain.study.resources import KIND_OPTIONS, SECTIONS, check_options
+
+    slurm = _mapping(value, "slurm", {"options", "python", "setup", "max_jobs", "array_throttle",
+                                      *SECTIONS.values()})
+    out = dict(slurm)
+    out["options"] = check_options(slurm.get("options"), "slurm.options")
+    for section in SECTIONS.values():
+        if section in slurm:
+            out[section] = check_options(slurm[section], f"slurm.{section}", KIND_OPTIONS)
+    for key in ("max_jobs", "array_throttle"):
+        if slurm.get(key) is not None:
+            out[key] = _int(slurm[key], f"slurm.{key}", 1)
+    return out
+
+
 def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     """Validate a study spec; ``base_configs``: size name -> its base run config (before ``set``)."""
     raw = _mapping(raw, "study", TOP_KEYS)
@@ -280,7 +302,7 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     baseline = report.get("baseline", CONTROL)
     if baseline not in {CONTROL, *(a.name for a in arms)}:
         raise ConfigError("report.baseline", f"{baseline!r} is not an arm of this study")
-    slurm = _mapping(raw.get("slurm"), "slurm", {"options", "python", "setup"})
+    slurm = _slurm(raw.get("slurm"))
     per_lr = sft.get("one_step_per_lr", True)
     if not isinstance(per_lr, bool):
         raise ConfigError("sft.one_step_per_lr", f"expected true or false, got {per_lr!r}")

@@ -165,6 +165,9 @@ def setup(
     except distributed.RendezvousTimeout as e:
         print(f"midtrain pretrain: error: {e}", file=sys.stderr, flush=True)
         return 1
+    launched = distributed.launched_world()
+    fabric.print(f"processes: {fabric.world_size} (devices {n_devices} x num_nodes {num_nodes}; "
+                 f"{'started by ' + launched[1].split(' started')[0] if launched else 'started by Fabric'})")
     return main(fabric, model_config, out_dir, precision, initial_checkpoint_dir, resume, resume_from, data, train,
                 eval, optimizer, tokenizer_dir, seed, accelerator == "cuda" if compile is None else compile,
                 keep_last_n, hparams or {})

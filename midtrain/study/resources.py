@@ -1,0 +1,186 @@
+"""What each study step asks a scheduler for. Pure (no I/O, no torch).
+
+Guarantees:
+- **The run config is the one source of a training step's shape.** A pretrain segment or midtrain
+  arm gets ``--nodes`` = ``num_nodes`` (1 when unset), ``--ntasks-per-node`` = ``devices`` and, unless
+  its config says ``accelerator: cpu``, ``--gpus-per-node`` = ``devices``; the step runner launches it
+  with ``srun``, one process per device, so its world size is ``devices × num_nodes``.
+- **Single-process steps ask for one task.** SFT, eval and lm-eval get one node, one task and one
+  GPU when the base run is on GPU; the report gets one task and no GPU.
+- **Contradictions are refused, never merged.** A shape option (``nodes``, ``ntasks``,
+  ``ntasks-per-node``, ``gpus``, ``gpus-per-node``, ``gres``) given in ``slurm.options``, in a kind's
+  section or on the command line must equal the derived value for every step it applies to;
+  otherwise ``ConfigError`` names both values. Nothing is submitted before this check.
+- Other options (partition, time, account, qos, cpus-per-task, mem, constraint, ...) come from the
+  shared ``slurm.options``, then the kind's section (``slurm.pretrain``, ``midtrain``, ``sft``,
+  ``eval``, ``lm_eval``, ``report``), then the command line (``--slurm``), the later winning.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from midtrain.errors import ConfigError
+
+TRAINING = ("pretrain", "midtrain")
+SECTIONS = {"pretrain": "pretrain", "midtrain": "midtrain", "sft": "sft", "eval": "eval", "lm-eval": "lm_eval",
+            "report": "report"}
+SHAPE = ("nodes", "ntasks", "ntasks-per-node", "gpus", "gpus-per-node", "gres")
+KIND_OPTIONS = {"partition", "time", "account", "qos", "cpus-per-task", "mem", "mem-per-cpu", "mem-per-gpu",
+                "constraint", "reservation", "exclude", "nodelist", "comment", "exclusive", *SHAPE}
+OWNED = {"array", "dependency", "output", "error", "job-name", "parsable", "wait", "requeue", "signal", "open-mode"}
+
+
+@dataclass(frozen=True)
+class Allocation:
+    nodes: int
+    tasks_per_node: int
+    gpus_per_node: int
+    options: dict = field(default_factory=dict)   # the other sbatch options, resolved
+    srun: bool = False                            # launch with srun (one task per device)
+
+    @property
+    def tasks(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def sbatch_args(self) -> list[str]:
+        args = [f"--nodes={self.nodes}", f"--ntasks-per-node={self.tasks_per_node}"]
+        if self.gpus_per_node:
+            args.append(f"--gpus-per-node={self.gpus_per_node}")
+        for k, v in self.options.items():
+            if k in SHAPE or v is None or v is False:
+                continue
+            args.append(f"--{k}" if v is True else f"--{k}={v}")
+        return args
+
+    def describe(self) -> str:
+        gpu = f", {self.gpus_per_node} GPU/node" if self.gpus_per_node else ", no GPU"
+        extra = ", ".join(f"{k}={v}" for k, v in self.options.items() if k not in SHAPE)
+        launch = ", srun" if self.srun else ""
+        return f"{self.nodes} node(s) x {self.tasks_per_node} task(s){gpu}{launch}" + (f"; {extra}" if extra else "")
+
+    def key(self) -> tuple:
+        return (self.nodes, self.tasks_per_node, self.gpus_per_node, tuple(sorted(self.options.items())), self.srun)
+
+
+def run_shape(config: Mapping, where: str) -> tuple[int, int, bool]:
+    """(devices per node, nodes, on GPU) of a run config; refuses what a scheduler cannot be asked for."""
+    devices = config.get("devices", 1)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ConfigError(f"{where}: devices", f"a study step needs the number of devices per node (an integer >= 1), "
+                          f"got {devices!r}")
+    nodes = config.get("num_nodes") or 1
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ConfigError(f"{where}: num_nodes", f"expected an integer >= 1, got {nodes!r}")
+    accelerator = config.get("accelerator", "auto")
+    if accelerator not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"{where}: accelerator", f"expected auto, cuda or cpu, got {accelerator!r}")
+    return devices, nodes, accelerator != "cpu"
+
+
+def check_options(options: Mapping, where: str, allowed: set[str] | None = None) -> dict:
+    """An options mapping (sbatch long names without ``--``); refuses what the executor owns."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(where, f"expected a mapping of sbatch options, got {type(options).__name__}")
+    out = {}
+    for k, v in options.items():
+        k = str(k).lstrip("-").replace("_", "-")
+        if k in OWNED:
+            raise ConfigError(f"{where}.{k}", "is set by the study executor (arrays, dependencies, logs, requeue)")
+        if allowed is not None and k not in allowed:
+            raise ConfigError(f"{where}.{k}", f"unknown option here (known: {', '.join(sorted(allowed))})")
+        if isinstance(v, (dict, list)):
+            raise ConfigError(f"{where}.{k}", f"expected a value, got {v!r}")
+        out[k] = v
+    return out
+
+
+def _shape_value(alloc: Allocation, key: str):
+    if key == "nodes":
+        return alloc.nodes
+    if key == "ntasks":
+        return alloc.tasks
+    if key == "ntasks-per-node":
+        return alloc.tasks_per_node
+    if key == "gpus":
+        return alloc.gpus
+    if key == "gpus-per-node":
+        return alloc.gpus_per_node
+    return f"gpu:{alloc.gpus_per_node}" if alloc.gpus_per_node else None  # gres
+
+
+def _same(given, derived) -> bool:
+    if derived is None:
+        return given in (None, 0, "0", False)
+    text = str(given).strip()
+    if isinstance(derived, int):
+        m = re.fullmatch(r"(?:[\w-]+:)?(\d+)", text)  # gpus-per-node may be written type:count
+        return bool(m) and int(m.group(1)) == derived
+    return text == str(derived) or (text.startswith("gpu:") and text.rsplit(":", 1)[-1] == str(derived).rsplit(":", 1)[-1])
+
+
+def allocation(kind: str, run_config: Mapping, slurm: Mapping, cli: Mapping | None = None,
+               where: str = "step") -> Allocation:
+    """The allocation of one step. ``run_config``: the training step's config, or the base run's for the others."""
+    devices, nodes, gpu = run_shape(run_config, where)
+    if kind in TRAINING:
+        base = Allocation(nodes, devices, devices if gpu else 0, srun=True)
+    elif kind == "report":
+        base = Allocation(1, 1, 0)
+    else:
+        base = Allocation(1, 1, 1 if gpu else 0)
+    layers = [("slurm.options", slurm.get("options") or {}),
+              (f"slurm.{SECTIONS[kind]}", slurm.get(SECTIONS[kind]) or {}), ("--slurm", cli or {})]
+    options: dict = {}
+    for source, opts in layers:
+        for k, v in opts.items():
+            if k in SHAPE:
+                derived = _shape_value(base, k)
+                if not _same(v, derived):
+                    what = ("from its run config (devices/num_nodes/accelerator)" if kind in TRAINING else
+                            "(one process)")
+                    raise ConfigError(f"{source}.{k}", f"{v!r} contradicts {kind} step {where}: {k}="
+                                      f"{derived if derived is not None else 'none'} {what}; the executor derives "
+                                      "the shape of every step: remove it" + (" or change the run config"
+                                                                               if kind in TRAINING else ""))
+            options[k] = v
+    return Allocation(base.nodes, base.tasks_per_node, base.gpus_per_node,
+                      {k: v for k, v in options.items() if k not in SHAPE}, base.srun)
+
+
+def parse_time(value) -> float | None:
+    """SLURM ``--time`` (minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]) in hours; None if unset/unparseable."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    days = 0
+    if "-" in text:
+        d, text = text.split("-", 1)
+        if not d.isdigit():
+            return None
+        days = int(d)
+        parts = [int(p) for p in text.split(":") if p.isdigit()]
+        parts += [0] * (3 - len(parts))
+        h, m, s = parts[:3]
+    else:
+        try:
+            parts = [int(p) for p in text.split(":")]
+        except ValueError:
+            return None
+        if len(parts) == 1:
+            h, m, s = 0, parts[0], 0
+        elif len(parts) == 2:
+            h, m, s = 0, parts[0], parts[1]
+        elif len(parts) == 3:
+            h, m, s = parts
+        else:
+            return None
+    return days * 24 + h + m / 60 + s / 3600

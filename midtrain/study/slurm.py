@@ -1,0 +1,264 @@
+"""The SLURM executor: every step that is not done becomes a job (or an array task) with ``afterok``
+dependencies on the jobs of its inputs.
+
+- **Shapes from run configs.** Each job asks for its step's ``Allocation`` (``study.resources``):
+  a training step gets ``num_nodes`` nodes × ``devices`` tasks (and GPUs), and its runner starts the
+  trainer with ``srun``; single-process steps ask for one task.
+- **Arrays.** Steps of one kind with the same inputs and the same allocation (every SFT (task, LR,
+  seed) of one checkpoint) go out as one job array (``--array=0-K%throttle``); each task runs the
+  step on line ``SLURM_ARRAY_TASK_ID`` of ``.slurm/array-<hash>.txt`` and keeps its own status
+  (job id ``ARRAY_TASK``), so a cancelled task is resubmitted alone.
+- **A cap on queued work.** ``max_jobs`` bounds the jobs and array tasks this study keeps submitted
+  (queued or running); the rest wait for a later ``run`` (``run --wait`` submits as slots free).
+- Status comes from ``squeue -r`` (one call); a job SLURM no longer lists is gone (cancelled, timed
+  out, node failure): its step is resubmitted, never left ``running``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from shutil import which
+
+from midtrain.errors import ConfigError
+from midtrain.study.execute import (EXIT_REQUEUE, ENDED, check_changed, materialise, step_states, study_lock,
+                                    write_status)
+from midtrain.study.plan import Plan, Step
+from midtrain.study.resources import Allocation, allocation
+
+JOB_SCRIPT = """#!/bin/bash
+# One study step as a SLURM job (or the task of an array): signals reach the step runner, which asks
+# the trainer to checkpoint; an interrupted step (exit 75) requeues this job, which resumes from its
+# checkpoint. The runner starts a training step with srun (one process per device).
+pending=""
+trap 'pending=USR1' USR1
+trap 'pending=TERM' TERM
+cd {cwd}
+{setup}
+{select}
+{python} -m midtrain study step "$folder" &
+pid=$!
+trap 'kill -USR1 $pid 2>/dev/null' USR1
+trap 'kill -TERM $pid 2>/dev/null' TERM
+[ -n "$pending" ] && kill -USR1 $pid 2>/dev/null
+while true; do
+  wait $pid && status=0 || status=$?
+  kill -0 $pid 2>/dev/null || break
+done
+if [ "$status" -eq {requeue} ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then
+  echo "[$(date '+%F %T')] interrupted: requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID" && exit 0
+fi
+exit $status
+"""
+
+SINGLE = """folder={folder}
+export MIDTRAIN_STEP_LOG="$folder/slurm-$SLURM_JOB_ID.log\""""
+
+ARRAY = """folder=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {listing})
+if [ -z "$folder" ]; then echo "error: {listing} has no line $((SLURM_ARRAY_TASK_ID + 1))" >&2; exit 2; fi
+export MIDTRAIN_STEP_LOG="$folder/slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.log\""""
+
+
+def squeue_jobs(job_ids: list[str]) -> dict[str, str] | None:
+    """Job id (``ID`` or ``ARRAY_TASK``) -> state, for the given jobs SLURM still lists as not ended (one
+    ``squeue -r`` call over this user's jobs). None when SLURM cannot be asked: then no job is taken for
+    gone (a controller outage must never resubmit running work)."""
+    if not job_ids:
+        return {}
+    try:
+        r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-u", getpass.getuser()], capture_output=True,
+                           text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None
+    wanted = set(job_ids)
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in wanted and parts[1] not in ENDED:  # ended jobs linger for MinJobAge
+            out[parts[0]] = parts[1]
+    return out
+
+
+def _dependency(job_ids: list[str], arrays: dict[str, list[str]]) -> str | None:
+    """``afterok:...``; the tasks of an array that are all needed are named by the array id alone."""
+    if not job_ids:
+        return None
+    need = set(job_ids)
+    out = []
+    for array, tasks in arrays.items():
+        if tasks and need.issuperset(tasks):
+            out.append(array)
+            need -= set(tasks)
+    out += sorted(need)
+    return "afterok:" + ":".join(out)
+
+
+def _sbatch(args: list[str], what: str) -> str:
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ConfigError("slurm", f"sbatch refused {what}: {' '.join((r.stderr or r.stdout).split())}")
+    return r.stdout.strip().split(";")[0]
+
+
+def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | None = None, rerun_changed: bool = False,
+                 max_jobs: int | None = None, array_throttle: int | None = None, echo=print) -> dict[str, str]:
+    """Submit every step that is not done and not queued (at most ``max_jobs`` queued or running at once).
+    Returns step id -> job id of what this call submitted."""
+    for tool in ("sbatch", "squeue", "scontrol"):
+        if which(tool) is None:
+            raise ConfigError("--executor", f"slurm: `{tool}` is not on PATH")
+    slurm = plan.spec.slurm
+    max_jobs = max_jobs if max_jobs is not None else slurm.get("max_jobs")
+    throttle = array_throttle if array_throttle is not None else slurm.get("array_throttle")
+    for key, value in (("--max_jobs", max_jobs), ("--array_throttle", throttle)):
+        if value is not None and value < 1:
+            raise ConfigError(key, f"must be >= 1, got {value}")
+    # every step's allocation with the command-line options on top: a contradiction is refused here,
+    # before anything is submitted
+    allocs: dict[str, Allocation] = {}
+    sizes = {s.name: s for s in plan.spec.sizes}
+    for step in plan.steps:
+        run_cfg = step.config if step.kind in ("pretrain", "midtrain") else \
+            sizes[step.labels.get("size") or plan.spec.sizes[0].name].config
+        allocs[step.id] = allocation(step.kind, run_cfg, slurm, options or {}, where=step.id)
+    with study_lock(out_dir):
+        check_changed(plan, out_dir, rerun_changed)
+        materialise(plan, out_dir, spec_path)
+        states = step_states(plan, out_dir, query_slurm=True)
+        jobs = {sid: st["job_id"] for sid, st in states.items() if st["state"] in ("submitted", "running")}
+        submitted: dict[str, str] = {}   # what this call submitted
+        # a queued job whose afterok names a job its input no longer has (cancelled and resubmitted) can
+        # never start: it is cancelled and submitted again with the input's new job
+        current = {sid: st.get("job_id") for sid, st in states.items()}
+        replace: set[str] = set()
+        for step in plan.steps:
+            st = states[step.id]
+            after = st.get("after") or {}
+            if step.id in jobs and st.get("slurm_state") == "PENDING" and any(current.get(d) != j
+                                                                               for d, j in after.items()):
+                replace.add(step.id)
+                current[step.id] = None
+            elif st["state"] not in ("done", "submitted", "running"):
+                current[step.id] = None
+        for sid in sorted(replace):
+            subprocess.run(["scancel", jobs.pop(sid)], capture_output=True)
+        budget = None if max_jobs is None else max(0, max_jobs - len(jobs))
+        todo: list[Step] = []   # what goes out now, in plan order (dependencies first)
+        chosen: set[str] = set()
+        for step in plan.steps:
+            if states[step.id]["state"] == "done" or step.id in jobs:
+                continue
+            if not all(states[d]["state"] == "done" or d in jobs or d in chosen for d in step.deps):
+                continue  # an input can't run (it failed) or is not submitted yet (max_jobs): a later run
+            if budget is not None and len(todo) >= budget:
+                continue
+            todo.append(step)
+            chosen.add(step.id)
+        # groups: same kind, same inputs, same allocation -> one array
+        groups: dict[tuple, list[Step]] = {}
+        for step in todo:
+            groups.setdefault((step.kind, step.deps, allocs[step.id].key()), []).append(step)
+        python = slurm.get("python") or sys.executable
+        setup = slurm.get("setup") or ""
+        arrays: dict[str, list[str]] = {}  # array job id -> its task ids (for compact dependencies)
+        sent: set[tuple] = set()
+        (out_dir / ".slurm").mkdir(exist_ok=True)
+        for step in todo:
+            key = (step.kind, step.deps, allocs[step.id].key())
+            if key in sent:
+                continue
+            sent.add(key)
+            members = groups[key]
+            alloc = allocs[step.id]
+            deps = _dependency([jobs[d] for d in step.deps if d in jobs], arrays)
+            args = ["sbatch", "--parsable", f"--job-name=mt-{step.kind}", "--open-mode=append", "--requeue",
+                    "--signal=B:USR1@180", *alloc.sbatch_args()]
+            if deps:
+                args.append(f"--dependency={deps}")
+            folders = [out_dir / m.out for m in members]
+            if len(members) == 1:
+                script = folders[0] / "job.sh"
+                select = SINGLE.format(folder=shlex.quote(str(folders[0])))
+                args.append(f"--output={folders[0]}/slurm-%j.log")
+            else:
+                digest = hashlib.sha256("\n".join(m.out for m in members).encode()).hexdigest()[:10]
+                listing = out_dir / ".slurm" / f"array-{digest}.txt"
+                listing.write_text("".join(f"{f}\n" for f in folders))
+                script = out_dir / ".slurm" / f"array-{digest}.sh"
+                select = ARRAY.format(listing=shlex.quote(str(listing)))
+                args += [f"--array=0-{len(members) - 1}" + (f"%{throttle}" if throttle else ""),
+                         f"--output={out_dir}/.slurm/array-%A_%a.log"]
+            script.write_text(JOB_SCRIPT.format(cwd=shlex.quote(os.getcwd()), setup=setup, select=select,
+                                                python=shlex.quote(python), requeue=EXIT_REQUEUE))
+            args.append(str(script))
+            job = _sbatch(args, step.id if len(members) == 1 else f"{len(members)} {step.kind} steps ({step.id}, ...)")
+            ids = [job] if len(members) == 1 else [f"{job}_{i}" for i in range(len(members))]
+            if len(members) > 1:
+                arrays[job] = ids
+            for m, jid, folder in zip(members, ids, folders):
+                jobs[m.id] = submitted[m.id] = jid
+                log = f"{folder}/slurm-{jid}.log"
+                write_status(folder, state="submitted", job_id=jid, started=None, ended=None, pid=None, log=log,
+                             exit_code=None, sbatch=[a for a in args[1:] if not a.startswith("--dependency")],
+                             array=job if len(members) > 1 else None,
+                             after={d: jobs[d] for d in m.deps if d in jobs})
+        waiting = sum(1 for s in plan.steps if states[s.id]["state"] != "done" and s.id not in jobs)
+        n_arrays = len(arrays)
+        echo(f"study {plan.spec.name}: submitted {len(submitted)} step(s) as {len(sent)} job(s)"
+             + (f" ({n_arrays} array(s))" if n_arrays else "") + f"; {len(jobs) - len(submitted)} already queued; "
+             f"{sum(st['state'] == 'done' for st in states.values())} done; {waiting} not submitted"
+             + (f" (max_jobs {max_jobs})" if max_jobs is not None and waiting else ""))
+        return submitted
+
+
+def settled(plan: Plan, rows: list[dict]) -> bool:
+    """Nothing more will happen without a new `run`: no step runs, and every queued step waits on a failure."""
+    state = {r["step"]: r["state"] for r in rows}
+    if any(v == "running" for v in state.values()):
+        return False
+    bad = {"failed", "interrupted", "pending", "blocked"}
+    doomed: set[str] = set()
+    for step in plan.steps:
+        if state[step.id] == "submitted" and not any(state[d] in bad or d in doomed for d in step.deps):
+            return False
+        if state[step.id] in bad or (state[step.id] == "submitted" and any(state[d] in bad or d in doomed
+                                                                             for d in step.deps)):
+            doomed.add(step.id)
+    return True
+
+
+def run_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | None = None, rerun_changed: bool = False,
+              wait: bool = False, max_jobs: int | None = None, array_throttle: int | None = None, poll: float = 5.0,
+              echo=print) -> int:
+    """Submit; with ``wait``, keep submitting as slots free until nothing more can run. Returns an exit status."""
+    import time
+
+    from midtrain.study.execute import format_status, status_rows
+
+    new = submit_slurm(plan, out_dir, spec_path, options, rerun_changed, max_jobs, array_throttle, echo)
+    if not wait:
+        return 0
+    while True:
+        time.sleep(poll)
+        rows = status_rows(plan, out_dir)
+        if settled(plan, rows):
+            new = submit_slurm(plan, out_dir, spec_path, options, False, max_jobs, array_throttle, echo=lambda *_: None)
+            if not new:
+                break
+            continue
+        free = True if max_jobs is None else sum(r["state"] in ("submitted", "running") for r in rows) < max_jobs
+        if free and any(r["state"] == "pending" for r in rows):
+            new = submit_slurm(plan, out_dir, spec_path, options, False, max_jobs, array_throttle,
+                               echo=lambda *_: None)
+            if new:
+                echo(f"  submitted {len(new)} more step(s)")
+    echo(format_status(rows, plan.spec.name))
+    return 0 if {r["state"] for r in rows} == {"done"} else 1
