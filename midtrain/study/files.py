@@ -1,5 +1,8 @@
 """Reading a study: the spec YAML, each size's base config, the checks that need the file system
-(shard types of the arms' domains, SFT files), parameter counts and SFT token estimates."""
+(shard types of the arms' domains, SFT files), parameter counts and SFT token estimates.
+
+`study plan` and `study status` run on login nodes, again and again: nothing here imports torch, litgpt's
+model or litdata (parameter counts are arithmetic: ``midtrain.study.params``)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import os
 from pathlib import Path
 
 from midtrain.errors import ConfigError
+from midtrain.study.params import params_of
 from midtrain.study.plan import Plan, make_plan
 from midtrain.study.spec import Spec, data_args, parse_spec
 
@@ -78,23 +82,6 @@ def check_inputs(spec: Spec, spec_dir: Path) -> None:
             value = getattr(task, key)
             if value is not None and not Path(value).is_file():
                 raise ConfigError(f"sft.tasks.{task.name}.{key}", f"{value} does not exist")
-
-
-def params_of(config: dict) -> int | None:
-    """The model's parameter count (litgpt, built on the meta device), or None if it cannot be built."""
-    try:
-        import torch
-        from litgpt import GPT, Config
-
-        if config.get("model_config"):
-            mc = Config(**config["model_config"])
-        else:
-            mc = Config.from_name(config["model_name"])
-        with torch.device("meta"):
-            model = GPT(mc)
-        return sum(p.numel() for p in model.parameters())
-    except Exception:  # noqa: BLE001 - an estimate only: the plan says when it has none
-        return None
 
 
 def sft_token_estimate(spec: Spec, size_config: dict) -> dict[str, int]:
