@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -129,37 +130,148 @@ def test_requeue_resumes_without_repeating_samples(cluster, base_run, demo_data,
     assert (tmp_path / "trace.rank0").read_text() == (base_tmp / "trace.rank0").read_text()
 
 
-def test_study_on_slurm_with_dependencies_and_a_cancelled_step(cluster, tmp_path):
-    """The tiny study via --executor slurm: one job per step, afterok dependencies; a scancel'ed step
-    (and the report waiting on it) is resubmitted by a re-run, which then completes the study."""
+TWO_RANKS = ["--devices", "2", "--train.micro_batch_size", "8", "--train.max_steps", "60", "--train.save_interval",
+             "20", "--train.log_interval", "10", "--eval.interval", "1000"]
+
+
+def two_rank_job(cluster, env, log, *extra, wait=True):
+    r = cluster.run("sbatch", "--parsable", *(["--wait"] if wait else []), "--ntasks-per-node=2", "--nodes=1", "--gpus-per-node=0",
+                    "--cpus-per-task=1", "--time=20", "-o", log, *extra, LAUNCHER, *TWO_RANKS, env=env, check=False,
+                    cwd=REPO, timeout=600)
+    return r
+
+
+def test_two_rank_launcher_requeue_equals_an_uninterrupted_two_rank_run(cluster, demo_data, tmp_path):
+    """small_model_pretrain.sh with --ntasks-per-node=2: srun starts 2 ranks; USR1 mid-run -> checkpoint ->
+    requeue -> resume; every rank consumed exactly the samples of an uninterrupted 2-rank run."""
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    env = job_env(cluster, demo_data, ref / "ckpt", model_config_file="midtrain_configs/demo/pretrain.yaml",
+                  MIDTRAIN_SAMPLE_TRACE=ref / "trace")
+    r = two_rank_job(cluster, env, ref / "job.out")
+    text = (ref / "job.out").read_text()
+    assert r.returncode == 0, text + cluster.logs()
+    assert "processes: 2 (devices 2 x num_nodes 1; started by SLURM)" in text and "done: 60 steps" in text
+    run = tmp_path / "run"
+    run.mkdir()
+    env = job_env(cluster, demo_data, run / "ckpt", model_config_file="midtrain_configs/demo/pretrain.yaml",
+                  MIDTRAIN_SAMPLE_TRACE=run / "trace")
+    r = two_rank_job(cluster, env, run / "job.out", wait=False)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip()
+    log = run / "job.out"
+    deadline = time.time() + 300
+    while "step 20/" not in (log.read_text() if log.exists() else ""):
+        assert time.time() < deadline, cluster.logs()
+        time.sleep(0.3)
+    cluster.run("scancel", "--signal=USR1", "--batch", job)
+    requeued = False
+    while True:
+        assert time.time() < deadline, log.read_text() + cluster.logs()
+        state = cluster.job_state(job)
+        if state == "PENDING" and not requeued:
+            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+            requeued = True
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            break
+        time.sleep(1)
+    text = log.read_text()
+    assert state == "COMPLETED" and requeued and "requeueing job" in text, text
+    assert text.count("signal SIGUSR1 received: checkpointing step") == 1, text  # rank 0 speaks for both
+    assert "loading" in text and "done: 60 steps" in text
+    for rank in (0, 1):
+        assert (run / f"trace.rank{rank}").read_text() == (ref / f"trace.rank{rank}").read_text()
+    assert (ref / "trace.rank0").read_text() != (ref / "trace.rank1").read_text()  # the ranks read different data
+
+
+def test_allocation_that_contradicts_the_config_is_refused_in_one_line(cluster, demo_data, tmp_path):
+    """devices: 2 in a job with one task: Lightning would train with 1 process; the trainer refuses."""
+    env = job_env(cluster, demo_data, tmp_path / "ckpt", model_config_file="midtrain_configs/demo/pretrain.yaml")
+    r = cluster.run("sbatch", "--parsable", "--wait", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=5", "-o",
+                    tmp_path / "job.out", LAUNCHER, *TWO_RANKS, env=env, check=False, cwd=REPO, timeout=300)
+    text = (tmp_path / "job.out").read_text()
+    assert r.returncode != 0, text
+    errors = [line for line in text.splitlines() if "error" in line.lower()]
+    assert any("devices: the run config asks for 2 device(s) x 1 node(s) = 2 process(es), but SLURM started 1 task"
+               in line for line in errors), text
+    assert "Traceback" not in text and "step 1/" not in text
+    assert not (tmp_path / "ckpt" / "demo" / "base" / "final").exists()
+
+
+def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
+    """A study whose base config says devices: 2 (CPU, gloo) and whose spec names no resources: every
+    training step runs as 2 srun tasks; SFT/eval/report jobs ask for one task; the SFT runs of a checkpoint
+    go out as one array; --max_jobs caps what is queued; a cancelled array task is redone alone; a spec
+    that contradicts the config is refused before anything is submitted."""
     import json
+
+    import yaml
 
     from study_fixture import build, statuses
 
     spec = build(tmp_path)
+    base = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    base.update(devices=2, accelerator="cpu")
+    base["train"]["micro_batch_size"] = 2
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    raw = yaml.safe_load(spec.read_text())
+    raw["arms"] = [{"name": "code", "domain": "code", "start": [4], "weight": [0.2]}]
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = tmp_path / "out"
     env = dict(cluster.env, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    opts = json.dumps({"cpus-per-task": 1, "ntasks": 1, "time": 20})
-    r = cluster.run(sys.executable, "-m", "midtrain", "study", "run", spec, "--out", out, "--executor", "slurm",
-                    "--slurm", opts, env=env, cwd=REPO, check=False, timeout=300)
-    assert r.returncode == 0 and "submitted 33 job(s)" in r.stdout, r.stdout + r.stderr
-    victim = "sft/tiny/pretrain-only/fn/lr0.001/s1"
+
+    def study(*args, spec=spec, timeout=300):
+        return cluster.run(sys.executable, "-m", "midtrain", "study", "run", spec, "--out", out, "--executor",
+                           "slurm", "--slurm", '{"time": 20}', *args, env=env, cwd=REPO, check=False, timeout=timeout)
+
+    # refused in one line, nothing submitted: a shape option that contradicts devices: 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**raw, "slurm": {"pretrain": {"ntasks-per-node": 3}}}, sort_keys=False))
+    r = study(spec=bad)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "slurm.pretrain.ntasks-per-node: 3 contradicts pretrain step" in r.stderr and "ntasks-per-node=2" in r.stderr
+    assert not out.exists() and cluster.run("squeue", "-h").stdout.strip() == ""
+    r = study("--slurm", '{"nodes": 2}')
+    assert r.returncode == 2 and "--slurm.nodes: 2 contradicts" in r.stderr and not out.exists(), r.stderr
+
+    # --max_jobs 4: the base chain and the two midtrain runs (an array); the rest waits
+    r = study("--max_jobs", "4")
+    assert r.returncode == 0 and "submitted 4 step(s) as 3 job(s) (1 array(s))" in r.stdout, r.stdout + r.stderr
+    assert "12 not submitted (max_jobs 4)" in r.stdout
+    r = study()
+    assert r.returncode == 0 and "submitted 12 step(s)" in r.stdout and "4 already queued" in r.stdout, r.stdout
     first = statuses(out)
+    victim = "sft/tiny/pretrain-only/fn/lr0.001/s1"
     old_job = first[victim]["job_id"]
-    assert first["report"]["state"] == "submitted"
+    array = first[victim]["array"]
+    assert old_job.startswith(array + "_")
+    # every SFT step of the control checkpoint is a task of one array; single-process kinds ask for one task
+    sft_ctrl = [sid for sid in first if sid.startswith("sft/tiny/pretrain-only/")]
+    assert len(sft_ctrl) == 4 and {first[s]["array"] for s in sft_ctrl} == {array}
+    for sid, st in first.items():
+        kind = sid.split("/")[0]
+        want = "--ntasks-per-node=2" if kind in ("base", "midtrain") else "--ntasks-per-node=1"
+        assert want in st["sbatch"] and "--nodes=1" in st["sbatch"], (sid, st["sbatch"])
+        assert not any(a.startswith("--gpus") for a in st["sbatch"]), st["sbatch"]  # accelerator: cpu
+    shown = cluster.run("scontrol", "show", "job", old_job).stdout
+    assert "NumTasks=1 " in shown or "NumTasks=1\n" in shown, shown
     cluster.run("scancel", old_job)
-    r = cluster.run(sys.executable, "-m", "midtrain", "study", "run", spec, "--out", out, "--executor", "slurm",
-                    "--slurm", opts, "--wait", "true", env=env, cwd=REPO, check=False, timeout=1200)
+    r = study("--wait", "true", timeout=1200)
     final = statuses(out)
     assert r.returncode == 0, r.stdout + r.stderr + cluster.logs() + str({k: v.get("state") for k, v in final.items()})
-    assert "submitted 2 job(s)" in r.stdout  # the cancelled step and the report that waited on it
+    assert "submitted 2 step(s) as 2 job(s)" in r.stdout  # the cancelled task alone, and the report that waited on it
     assert all(st["state"] == "done" for st in final.values())
-    assert final[victim]["job_id"] != old_job
+    assert final[victim]["job_id"] != old_job and final[victim]["array"] is None
+    assert all(final[s]["job_id"] == first[s]["job_id"] for s in sft_ctrl if s != victim)
     assert (out / "report" / "table.md").is_file()
-    # every step ran as its own SLURM job, after the jobs it depends on
+    for sid, st in final.items():
+        if sid.split("/")[0] in ("base", "midtrain"):
+            log = Path(st["log"]).read_text()
+            assert "srun --kill-on-bad-exit=1 --nodes=1 --ntasks=2 --ntasks-per-node=2" in log, log
+            assert "processes: 2 (devices 2 x num_nodes 1; started by SLURM)" in log, log
+            assert st["processes"] == 2
     index = json.loads((out / "study.json").read_text())["steps"]
     for sid, info in index.items():
         for dep in info["deps"]:
             assert final[dep]["ended"] <= final[sid]["started"] + 1e-6, (dep, sid)
-    assert len({st["job_id"] for st in final.values()}) == 33

@@ -63,11 +63,24 @@ def test_killed_run_is_completed_by_a_rerun_then_nothing_reruns(study):
     proc.wait()
     before = started(out)
     assert 6 <= len(before) < 33
-    r = run_cli("study", "run", spec, "--out", out, "--parallel", "2")
+    # the re-run hands out (fake) GPUs: each step gets exactly one through CUDA_VISIBLE_DEVICES (the report
+    # none), and steps that ran at the same time never shared one (on CPU the trainer ignores them)
+    r = run_cli("study", "run", spec, "--out", out, "--parallel", "3", "--gpus", "0,1")
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "(3 at a time, GPUs 0,1)" in r.stdout
     after = statuses(out)
     assert all(st["state"] == "done" for st in after.values()), {k: v.get("state") for k, v in after.items()}
     assert all(after[sid]["started"] == t for sid, t in before.items())  # nothing done before the kill re-ran
+    rerun = {sid: st for sid, st in after.items() if sid not in before}
+    assert {st["devices"] for sid, st in rerun.items() if sid != "report"} == {"0", "1"}
+    assert rerun["report"]["devices"] == ""
+    overlaps = 0
+    for a, sa in rerun.items():
+        for b, sb in rerun.items():
+            if a < b and sa["started"] < sb["ended"] and sb["started"] < sa["ended"]:
+                overlaps += 1
+                assert sa["devices"] != sb["devices"] or sa["devices"] == "", (a, b, sa["devices"])
+    assert overlaps > 0  # two GPUs, so two steps ran side by side (never three: each needs one)
     # a re-run starts nothing
     r = run_cli("study", "run", spec, "--out", out)
     assert r.returncode == 0 and "33 of 33 steps done, 0 to run" in r.stdout and "start:" not in r.stdout

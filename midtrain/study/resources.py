@@ -75,7 +75,8 @@ def run_shape(config: Mapping, where: str) -> tuple[int, int, bool]:
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
         raise ConfigError(f"{where}: devices", f"a study step needs the number of devices per node (an integer >= 1), "
                           f"got {devices!r}")
-    nodes = config.get("num_nodes") or 1
+    nodes = config.get("num_nodes")
+    nodes = 1 if nodes is None else nodes
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise ConfigError(f"{where}: num_nodes", f"expected an integer >= 1, got {nodes!r}")
     accelerator = config.get("accelerator", "auto")
@@ -154,33 +155,3 @@ def allocation(kind: str, run_config: Mapping, slurm: Mapping, cli: Mapping | No
             options[k] = v
     return Allocation(base.nodes, base.tasks_per_node, base.gpus_per_node,
                       {k: v for k, v in options.items() if k not in SHAPE}, base.srun)
-
-
-def parse_time(value) -> float | None:
-    """SLURM ``--time`` (minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]) in hours; None if unset/unparseable."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    days = 0
-    if "-" in text:
-        d, text = text.split("-", 1)
-        if not d.isdigit():
-            return None
-        days = int(d)
-        parts = [int(p) for p in text.split(":") if p.isdigit()]
-        parts += [0] * (3 - len(parts))
-        h, m, s = parts[:3]
-    else:
-        try:
-            parts = [int(p) for p in text.split(":")]
-        except ValueError:
-            return None
-        if len(parts) == 1:
-            h, m, s = 0, parts[0], 0
-        elif len(parts) == 2:
-            h, m, s = 0, parts[0], parts[1]
-        elif len(parts) == 3:
-            h, m, s = parts
-        else:
-            return None
-    return days * 24 + h + m / 60 + s / 3600

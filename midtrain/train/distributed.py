@@ -98,6 +98,10 @@ def rendezvous(address: str, port: int, rank: int, world: int, timeout: float = 
             raise StopDuringRendezvous(f"rank {rank}: signal {signals.name(sig)} received {where}: nothing to save")
 
     if rank == 0:
+        import sys
+
+        print(f"rendezvous: waiting for {world} ranks at {address}:{port} (rendezvous_timeout {timeout:g} s)",
+              file=sys.stderr, flush=True)
         store = TCPStore(address, port, world, is_master=True, wait_for_workers=False,
                          timeout=timedelta(seconds=max(timeout, 1)))
     else:
