@@ -44,8 +44,15 @@ def _alive(pid: int | None) -> bool:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path) -> None:
+    """``nodes`` > 1: that many slurmd daemons on this machine (``slurmd -N``), each a node with
+    ``CPUs / nodes`` cores, all reached at 127.0.0.1; jobs need ``MASTER_ADDR=127.0.0.1`` (the node
+    names resolve nowhere). ``first_job_id``: Lightning derives the master port from the job id, so
+    two clusters on one machine must not share ids."""
+
+    def __init__(self, root: Path, nodes: int = 1, first_job_id: int = 1) -> None:
         self.root = Path(root)
+        self.nodes = nodes
+        self.first_job_id = first_job_id
         self.conf = self.root / "slurm.conf"
         self.pids: dict[str, Path] = {}
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
@@ -61,6 +68,17 @@ class SlurmCluster:
         mem = int(open("/proc/meminfo").read().split()[1]) // 1024
         for d in ("state", "spool", "log"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
+        if self.nodes == 1:
+            names = [host]
+            node_lines = (f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} "
+                          f"RealMemory={max(1000, mem - 2000)} State=UNKNOWN")
+        else:
+            names = [f"mt-n{i + 1}" for i in range(self.nodes)]
+            cpus = max(1, (os.cpu_count() or 1) // self.nodes)
+            node_lines = "\n".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
+                                   f"CPUs={cpus} RealMemory={max(1000, (mem - 2000) // self.nodes)} State=UNKNOWN"
+                                   for n in names)
+        self.node_names = names
         self.conf.write_text(f"""ClusterName=midtrain-test
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
@@ -79,20 +97,24 @@ MpiDefault=none
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
 StateSaveLocation={self.root}/state
-SlurmdSpoolDir={self.root}/spool
+SlurmdSpoolDir={self.root}/spool/%n
 SlurmctldPidFile={self.root}/slurmctld.pid
-SlurmdPidFile={self.root}/slurmd.pid
+SlurmdPidFile={self.root}/slurmd-%n.pid
 SlurmctldLogFile={self.root}/log/slurmctld.log
-SlurmdLogFile={self.root}/log/slurmd.log
-NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={max(1000, mem - 2000)} State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+SlurmdLogFile={self.root}/log/slurmd-%n.log
+FirstJobId={self.first_job_id}
+{node_lines}
+PartitionName=debug Nodes={",".join(names)} Default=YES MaxTime=INFINITE State=UP
 """)
         self._daemon("slurmctld", ["/usr/sbin/slurmctld", "-f", str(self.conf)], self.root / "slurmctld.pid")
-        self._daemon("slurmd", ["/usr/sbin/slurmd", "-f", str(self.conf), "-N", host], self.root / "slurmd.pid")
+        for name in names:
+            self._daemon(f"slurmd-{name}", ["/usr/sbin/slurmd", "-f", str(self.conf), "-N", name],
+                         self.root / f"slurmd-{name}.pid")
         deadline = time.time() + 60
         while time.time() < deadline:
-            r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=self.env)
-            if r.returncode == 0 and r.stdout.strip() in ("idle", "mix", "alloc"):
+            r = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, env=self.env)
+            states = r.stdout.split()
+            if r.returncode == 0 and len(states) == len(names) and set(states) <= {"idle", "mix", "alloc"}:
                 return self
             time.sleep(1)
         self.stop()
@@ -129,7 +151,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
         return "\n".join(out)
 
     def stop(self) -> None:
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in [n for n in self.pids if n.startswith("slurmd")] + ["slurmctld", "munged"]:
             pid = _pid(self.pids[name]) if name in self.pids else None
             if _alive(pid):
                 os.kill(pid, signal.SIGTERM)

@@ -275,3 +275,18 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     for sid, info in index.items():
         for dep in info["deps"]:
             assert final[dep]["ended"] <= final[sid]["started"] + 1e-6, (dep, sid)
+    # the single-process launchers in a 2-task job: they run once, say so, and finish
+    run_dir = out / index["base/tiny/to12"]["out"] / "run"
+    for script, args, product in (
+            ("sft.sh", [run_dir / "final", tmp_path / "sft_train.jsonl", tmp_path / "sft", "--lrs", "[0.001]",
+                        "--epochs", "1", "--micro_batch_size", "8", "--global_batch_size", "8"],
+             tmp_path / "sft" / "metrics.json"),
+            ("eval_chkpts.sh", [run_dir, tmp_path / "val"], run_dir / "final" / "eval" / "loss.json")):
+        log = tmp_path / f"{script}.out"
+        r = cluster.run("sbatch", "--parsable", "--wait", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1",
+                        "--gpus-per-node=0", "--time=10",
+                        "-o", log, os.path.join(REPO, "training_scripts", script), *args, env=env, cwd=REPO,
+                        check=False, timeout=600)
+        text = log.read_text()
+        assert r.returncode == 0 and product.is_file(), text + cluster.logs()
+        assert "holds 2 tasks and uses one of them" in text, text

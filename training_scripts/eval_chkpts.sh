@@ -26,6 +26,9 @@ run_dir="$1"; val_data="$2"; tasks="${3:-}"
 [ -d "$run_dir" ] || { echo "error: RUN_DIR: $run_dir is not a directory" >&2; exit 2; }
 [ -e "$val_data" ] || { echo "error: VAL_DATA: $val_data does not exist" >&2; exit 2; }
 
+if [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
+  echo "note: evaluation runs one process on one device; this job holds $SLURM_NTASKS tasks and uses one of them (submit with --ntasks=1 to leave the rest to others)"
+fi
 shopt -s nullglob
 checkpoints=("$run_dir"/step-* "$run_dir"/final)
 evaluated=0

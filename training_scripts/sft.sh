@@ -27,5 +27,8 @@ if [ -f "$out_dir/metrics.json" ]; then
   echo "already done: $out_dir/metrics.json"
   exit 0
 fi
+if [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
+  echo "note: sft runs one process on one device; this job holds $SLURM_NTASKS tasks and uses one of them (submit with --ntasks=1 to leave the rest to others)"
+fi
 mkdir -p "$out_dir"
 midtrain sft --checkpoint "$checkpoint" --data "$data" --out "$out_dir/metrics.json" --save "$out_dir/model" "$@"
