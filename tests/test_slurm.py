@@ -7,6 +7,7 @@ In CI (CI=true) these tests fail, never skip, when SLURM cannot start.
 
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -239,9 +240,27 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     r = study("--max_jobs", "4")
     assert r.returncode == 0 and "submitted 4 step(s) as 3 job(s) (1 array(s))" in r.stdout, r.stdout + r.stderr
     assert "12 not submitted (max_jobs 4)" in r.stdout
-    r = study()
-    assert r.returncode == 0 and "submitted 12 step(s)" in r.stdout and "4 already queued" in r.stdout, r.stdout
+    # the first segment's job is killed outright while it runs (what a node failure does): its status file
+    # still says running, but `study status` does not, and a re-run replaces the jobs that waited on it
+    deadline = time.time() + 120
+    while statuses(out)["base/tiny/to4"].get("state") != "running":
+        assert time.time() < deadline, cluster.logs()
+        time.sleep(0.2)
+    first_seg = statuses(out)["base/tiny/to4"]
+    os.kill(first_seg["pid"], signal.SIGKILL)  # the step runner dies unannounced; its job ends FAILED
+    while cluster.run("squeue", "-h", "-o", "%T", "-j", first_seg["job_id"], check=False).stdout.strip() in (
+            "RUNNING", "COMPLETING", "CONFIGURING", "PENDING"):  # an ended job lingers as CANCELLED
+        assert time.time() < deadline, cluster.logs()
+        time.sleep(0.5)
+    assert statuses(out)["base/tiny/to4"]["state"] == "running"  # nobody wrote its end
+    cluster.run(sys.executable, "-m", "midtrain", "study", "status", spec, "--out", out, "--json", tmp_path / "st.json",
+                env=env, cwd=REPO)
+    row = next(row for row in json.loads((tmp_path / "st.json").read_text()) if row["step"] == "base/tiny/to4")
+    assert row["state"] == "interrupted" and row["note"] == f"SLURM job {first_seg['job_id']} is gone", row
+    r = study("--array_throttle", "2")
+    assert r.returncode == 0 and "submitted 16 step(s) as 10 job(s) (4 array(s))" in r.stdout, r.stdout + r.stderr
     first = statuses(out)
+    assert "--array=0-3%2" in first["sft/tiny/pretrain-only/fn/lr0.001/s1"]["sbatch"]
     victim = "sft/tiny/pretrain-only/fn/lr0.001/s1"
     old_job = first[victim]["job_id"]
     array = first[victim]["array"]
