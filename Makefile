@@ -42,8 +42,11 @@ $(EXTRAS_VENV)/.complete: $(VENV)/.complete
 
 extras: $(EXTRAS_VENV)/.complete
 
+# Two pytest workers, one test file each at a time (module fixtures such as a SLURM cluster stay in one
+# worker): on this 2-core machine about half the suite's wall time is waiting (SLURM scheduling, polls).
+PYTEST_WORKERS ?= 2
 test: venv extras
-	MIDTRAIN_EXTRAS_PYTHON=$(EXTRAS_PY) $(PY) -m pytest $(PYTEST_ARGS)
+	MIDTRAIN_EXTRAS_PYTHON=$(EXTRAS_PY) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/discovery.py

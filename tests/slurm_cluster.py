@@ -20,6 +20,10 @@ class SlurmUnavailable(RuntimeError):
     pass
 
 
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
+         "DEADLINE"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,15 +125,46 @@ PartitionName=debug Nodes={",".join(names)} Default=YES MaxTime=INFINITE State=U
         raise SlurmUnavailable(f"the node never became idle: {self.logs()}")
 
     def _start_munge(self) -> None:
+        """Use a running munged, or start one. Test clusters on one machine (pytest-xdist workers) share it:
+        each registers under /run/munge/midtrain-users/; the last one to stop stops the munged it started."""
+        import fcntl
+
         run_dir = Path("/run/munge")
-        if _alive(_pid(run_dir / "munged.pid")):
-            return  # someone else's munged: use it, never stop it
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.chown(run_dir, "munge", "munge")
-        if not Path("/etc/munge/munge.key").exists():
-            subprocess.run(["/usr/sbin/mungekey", "--create"], check=True)
-            shutil.chown("/etc/munge/munge.key", "munge", "munge")
-        self._daemon("munged", ["runuser", "-u", "munge", "--", "/usr/sbin/munged"], run_dir / "munged.pid")
+        users = run_dir / "midtrain-users"
+        users.mkdir(exist_ok=True)
+        with open(run_dir / "midtrain-start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            (users / str(os.getpid())).write_text(str(self.root))
+            self._munge_user = users / str(os.getpid())
+            if _alive(_pid(run_dir / "munged.pid")):
+                if (users / "started-by").exists():
+                    self.pids["munged"] = run_dir / "munged.pid"  # ours (a test cluster's): stopped by the last user
+                return  # someone else's munged: use it, never stop it
+            if not Path("/etc/munge/munge.key").exists():
+                subprocess.run(["/usr/sbin/mungekey", "--create"], check=True)
+                shutil.chown("/etc/munge/munge.key", "munge", "munge")
+            self._daemon("munged", ["runuser", "-u", "munge", "--", "/usr/sbin/munged"], run_dir / "munged.pid")
+            (users / "started-by").write_text(str(os.getpid()))
+
+    def _release_munge(self) -> bool:
+        """Unregister; True when no other live test process still uses munged (then it may be stopped)."""
+        import fcntl
+
+        user = getattr(self, "_munge_user", None)
+        if user is None:
+            return True
+        users = user.parent
+        with open(users.parent / "midtrain-start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            user.unlink(missing_ok=True)
+            self._munge_user = None
+            others = [p for p in users.iterdir() if p.name.isdigit() and _alive(int(p.name)) and int(p.name) != os.getpid()]
+            if others:
+                return False
+            (users / "started-by").unlink(missing_ok=True)
+            return True
 
     def _daemon(self, name: str, cmd: list[str], pid_file: Path) -> None:
         r = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
@@ -151,7 +186,10 @@ PartitionName=debug Nodes={",".join(names)} Default=YES MaxTime=INFINITE State=U
         return "\n".join(out)
 
     def stop(self) -> None:
-        for name in [n for n in self.pids if n.startswith("slurmd")] + ["slurmctld", "munged"]:
+        names = [n for n in self.pids if n.startswith("slurmd")] + ["slurmctld"]
+        if self._release_munge():
+            names.append("munged")
+        for name in names:
             pid = _pid(self.pids[name]) if name in self.pids else None
             if _alive(pid):
                 os.kill(pid, signal.SIGTERM)
@@ -174,3 +212,26 @@ PartitionName=debug Nodes={",".join(names)} Default=YES MaxTime=INFINITE State=U
             if tok.startswith("JobState="):
                 return tok.split("=", 1)[1]
         return "UNKNOWN"
+
+    def sbatch(self, *args, env=None, cwd=None, wait=True, timeout=600) -> subprocess.CompletedProcess:
+        """``sbatch --parsable ARGS``; with ``wait``, poll (0.3 s) until every task of the job has ended and
+        return its exit code (``sbatch --wait`` notices an end 2-40 s late). stdout: the job id."""
+        r = self.run("sbatch", "--parsable", *args, env=env or self.env, cwd=cwd, check=False, timeout=60)
+        if r.returncode != 0 or not wait:
+            return r
+        job = r.stdout.strip().split(";")[0]
+        deadline = time.time() + timeout
+        while True:
+            shown = self.run("scontrol", "show", "job", job, check=False).stdout
+            states = [t.split("=", 1)[1] for t in shown.split() if t.startswith("JobState=")]
+            codes = [t.split("=", 1)[1] for t in shown.split() if t.startswith("ExitCode=")]
+            if states and all(st in ENDED for st in states):
+                def code(text: str) -> int:  # ExitCode=status:signal
+                    status, sig = (int(x) for x in text.split(":"))
+                    return status or (128 + sig if sig else 0)
+
+                rc = 0 if all(st == "COMPLETED" for st in states) else max([code(c) for c in codes] + [1])
+                return subprocess.CompletedProcess(r.args, rc, r.stdout, r.stderr)
+            if time.time() > deadline:
+                raise subprocess.TimeoutExpired(r.args, timeout)
+            time.sleep(0.3)

@@ -1,7 +1,8 @@
 """The real launcher against a real single-node SLURM cluster (started here, stopped by pid).
 
-sbatch --wait through model_config_file; an array job over a list file; a requeue: the job is
-signalled mid-run, requeues itself and finishes from its checkpoint with no repeated sample.
+A job through model_config_file; an array job over a list file; a 2-rank requeue: the job is
+signalled mid-run, requeues itself and finishes from its checkpoint with every rank's samples those of
+an uninterrupted 2-rank run; studies with 2-device steps.
 In CI (CI=true) these tests fail, never skip, when SLURM cannot start.
 """
 
@@ -54,9 +55,7 @@ def job_env(cluster, demo_data, ckpt_root, **extra):
 
 
 def sbatch(cluster, env, *args, wait=True):
-    r = cluster.run("sbatch", "--parsable", *(["--wait"] if wait else []), *CPU_JOB, *args, env=env, check=False,
-                    cwd=REPO, timeout=600)
-    return r
+    return cluster.sbatch(*CPU_JOB, *args, env=env, cwd=REPO, wait=wait)
 
 
 @pytest.fixture(scope="module")
@@ -87,59 +86,27 @@ def test_array_job_over_a_list_file(cluster, base_run, demo_data, tmp_path):
     lst.write_text("# midtrain and continued-pretraining arms from the demo base run\n"
                    "midtrain_configs/demo/midtrain.yaml\n\nmidtrain_configs/demo/cpt.yaml\n")
     env = job_env(cluster, demo_data, base_tmp / "ckpt", CONFIG_LIST=lst)
-    r = sbatch(cluster, env, "--array=1-2", "-o", tmp_path / "arr-%A_%a.out", LAUNCHER)
+    # each arm: 8 steps past the base's step 60 (arguments after the script go to every task's trainer)
+    r = sbatch(cluster, env, "--array=1-2", "-o", tmp_path / "arr-%A_%a.out", LAUNCHER,
+               "--train.max_additional_steps", "8")
     assert r.returncode == 0, r.stderr + cluster.logs()
     for arm in ("midtrain", "cpt"):
         assert (base_tmp / "ckpt" / "demo" / arm / "final" / "lit_model.pth").is_file()
     logs = "".join(p.read_text() for p in tmp_path.glob("arr-*.out"))
-    assert logs.count("mixture change at sample 960") == 2
+    assert logs.count("mixture change at sample 960") == 2 and logs.count("done: 68 steps") == 2, logs
     bad = job_env(cluster, demo_data, base_tmp / "ckpt", CONFIG_LIST=lst)
     r = sbatch(cluster, bad, "--array=5", "-o", tmp_path / "bad-%A_%a.out", LAUNCHER)
     assert r.returncode != 0
     assert "has no line 5" in "".join(p.read_text() for p in tmp_path.glob("bad-*.out"))
 
 
-def test_requeue_resumes_without_repeating_samples(cluster, base_run, demo_data, tmp_path):
-    base_tmp, _, r = base_run
-    assert r.returncode == 0
-    env = job_env(cluster, demo_data, tmp_path / "ckpt", model_config_file="midtrain_configs/demo/pretrain.yaml",
-                  MIDTRAIN_SAMPLE_TRACE=tmp_path / "trace")
-    r = sbatch(cluster, env, "-o", tmp_path / "job.out", LAUNCHER, wait=False)
-    assert r.returncode == 0, r.stderr
-    job = r.stdout.strip()
-    log = tmp_path / "job.out"
-    deadline = time.time() + 300
-    while "step 40/" not in (log.read_text() if log.exists() else ""):
-        assert time.time() < deadline, cluster.logs()
-        time.sleep(0.5)
-    cluster.run("scancel", "--signal=USR1", "--batch", job)  # what --signal=B:USR1@180 does before the limit
-    requeued = False
-    while True:
-        assert time.time() < deadline, log.read_text() + cluster.logs()
-        state = cluster.job_state(job)
-        if state == "PENDING" and not requeued:
-            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)  # skip the ~120 s delay
-            requeued = True
-        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
-            break
-        time.sleep(1)
-    text = log.read_text()
-    assert state == "COMPLETED", text
-    assert requeued and "requeueing job" in text and "signal SIGUSR1 received: checkpointing step" in text
-    assert "loading" in text and "done: 120 steps" in text
-    # the interrupted-and-requeued run consumed exactly the samples of the uninterrupted one
-    assert (tmp_path / "trace.rank0").read_text() == (base_tmp / "trace.rank0").read_text()
-
-
-TWO_RANKS = ["--devices", "2", "--train.micro_batch_size", "8", "--train.max_steps", "60", "--train.save_interval",
+TWO_RANKS = ["--devices", "2", "--train.micro_batch_size", "8", "--train.max_steps", "40", "--train.save_interval",
              "20", "--train.log_interval", "10", "--eval.interval", "1000"]
 
 
 def two_rank_job(cluster, env, log, *extra, wait=True):
-    r = cluster.run("sbatch", "--parsable", *(["--wait"] if wait else []), "--ntasks-per-node=2", "--nodes=1", "--gpus-per-node=0",
-                    "--cpus-per-task=1", "--time=20", "-o", log, *extra, LAUNCHER, *TWO_RANKS, env=env, check=False,
-                    cwd=REPO, timeout=600)
-    return r
+    return cluster.sbatch("--ntasks-per-node=2", "--nodes=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20",
+                          "-o", log, *extra, LAUNCHER, *TWO_RANKS, env=env, cwd=REPO, wait=wait)
 
 
 def test_two_rank_launcher_requeue_equals_an_uninterrupted_two_rank_run(cluster, demo_data, tmp_path):
@@ -152,7 +119,7 @@ def test_two_rank_launcher_requeue_equals_an_uninterrupted_two_rank_run(cluster,
     r = two_rank_job(cluster, env, ref / "job.out")
     text = (ref / "job.out").read_text()
     assert r.returncode == 0, text + cluster.logs()
-    assert "processes: 2 (devices 2 x num_nodes 1; started by SLURM)" in text and "done: 60 steps" in text
+    assert "processes: 2 (devices 2 x num_nodes 1; started by SLURM)" in text and "done: 40 steps" in text
     run = tmp_path / "run"
     run.mkdir()
     env = job_env(cluster, demo_data, run / "ckpt", model_config_file="midtrain_configs/demo/pretrain.yaml",
@@ -162,7 +129,7 @@ def test_two_rank_launcher_requeue_equals_an_uninterrupted_two_rank_run(cluster,
     job = r.stdout.strip()
     log = run / "job.out"
     deadline = time.time() + 300
-    while "step 20/" not in (log.read_text() if log.exists() else ""):
+    while "step 10/" not in (log.read_text() if log.exists() else ""):
         assert time.time() < deadline, cluster.logs()
         time.sleep(0.3)
     cluster.run("scancel", "--signal=USR1", "--batch", job)
@@ -179,7 +146,7 @@ def test_two_rank_launcher_requeue_equals_an_uninterrupted_two_rank_run(cluster,
     text = log.read_text()
     assert state == "COMPLETED" and requeued and "requeueing job" in text, text
     assert text.count("signal SIGUSR1 received: checkpointing step") == 1, text  # rank 0 speaks for both
-    assert "loading" in text and "done: 60 steps" in text
+    assert "loading" in text and "done: 40 steps" in text
     for rank in (0, 1):
         assert (run / f"trace.rank{rank}").read_text() == (ref / f"trace.rank{rank}").read_text()
     assert (ref / "trace.rank0").read_text() != (ref / "trace.rank1").read_text()  # the ranks read different data
@@ -188,8 +155,8 @@ def test_two_rank_launcher_requeue_equals_an_uninterrupted_two_rank_run(cluster,
 def test_allocation_that_contradicts_the_config_is_refused_in_one_line(cluster, demo_data, tmp_path):
     """devices: 2 in a job with one task: Lightning would train with 1 process; the trainer refuses."""
     env = job_env(cluster, demo_data, tmp_path / "ckpt", model_config_file="midtrain_configs/demo/pretrain.yaml")
-    r = cluster.run("sbatch", "--parsable", "--wait", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=5", "-o",
-                    tmp_path / "job.out", LAUNCHER, *TWO_RANKS, env=env, check=False, cwd=REPO, timeout=300)
+    r = cluster.sbatch("--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=5", "-o",
+                       tmp_path / "job.out", LAUNCHER, *TWO_RANKS, env=env, cwd=REPO)
     text = (tmp_path / "job.out").read_text()
     assert r.returncode != 0, text
     errors = [line for line in text.splitlines() if "error" in line.lower()]
@@ -276,11 +243,32 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     shown = cluster.run("scontrol", "show", "job", old_job).stdout
     assert "NumTasks=1 " in shown or "NumTasks=1\n" in shown, shown
     cluster.run("scancel", old_job)
+    # preemption: the resubmitted first segment is told to stop (what --signal=B:USR1@180 does), checkpoints or
+    # has nothing to save, and its job requeues itself: the study counts it as queued, and a re-run submits
+    # nothing twice (no second job may resume the same checkpoint into the same folder)
+    seg = "base/tiny/to4"
+    deadline = time.time() + 120
+    while statuses(out)[seg].get("state") != "running":
+        assert time.time() < deadline, cluster.logs()
+        time.sleep(0.2)
+    job = statuses(out)[seg]["job_id"]
+    cluster.run("scancel", "--signal=USR1", "--batch", job)
+    while cluster.job_state(job) != "PENDING" or statuses(out)[seg].get("state") != "interrupted":
+        assert time.time() < deadline, cluster.logs()
+        time.sleep(0.3)
+    cluster.run(sys.executable, "-m", "midtrain", "study", "status", spec, "--out", out, "--json", tmp_path / "st.json",
+                env=env, cwd=REPO)
+    row = next(row for row in json.loads((tmp_path / "st.json").read_text()) if row["step"] == seg)
+    assert row["state"] == "submitted" and row["note"] == f"requeued as SLURM job {job}", row
+    r = study()
+    assert "submitted 2 step(s) as 2 job(s)" in r.stdout, r.stdout  # the cancelled SFT task and the report only
+    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)  # skip the ~120 s requeue delay
     r = study("--wait", "true", timeout=1200)
     final = statuses(out)
     assert r.returncode == 0, r.stdout + r.stderr + cluster.logs() + str({k: v.get("state") for k, v in final.items()})
-    assert "submitted 2 step(s) as 2 job(s)" in r.stdout  # the cancelled task alone, and the report that waited on it
+    assert "submitted 0 step(s)" in r.stdout, r.stdout
     assert all(st["state"] == "done" for st in final.values())
+    assert final[seg]["job_id"] == job  # the requeued job finished the segment
     assert final[victim]["job_id"] != old_job and final[victim]["array"] is None
     assert all(final[s]["job_id"] == first[s]["job_id"] for s in sft_ctrl if s != victim)
     assert (out / "report" / "table.md").is_file()
@@ -302,10 +290,8 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
              tmp_path / "sft" / "metrics.json"),
             ("eval_chkpts.sh", [run_dir, tmp_path / "val"], run_dir / "final" / "eval" / "loss.json")):
         log = tmp_path / f"{script}.out"
-        r = cluster.run("sbatch", "--parsable", "--wait", "--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1",
-                        "--gpus-per-node=0", "--time=10",
-                        "-o", log, os.path.join(REPO, "training_scripts", script), *args, env=env, cwd=REPO,
-                        check=False, timeout=600)
+        r = cluster.sbatch("--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10",
+                           "-o", log, os.path.join(REPO, "training_scripts", script), *args, env=env, cwd=REPO)
         text = log.read_text()
         assert r.returncode == 0 and product.is_file(), text + cluster.logs()
         assert "holds 2 tasks and uses one of them" in text, text

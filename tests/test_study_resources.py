@@ -34,9 +34,11 @@ def test_options_layer_shared_then_kind_then_command_line():
     assert allocation("sft", GPU8, slurm).options == {"partition": "gpu", "time": "4:00:00", "account": "lab"}
     assert allocation("report", GPU8, slurm).options["partition"] == "cpu"
     assert allocation("pretrain", GPU8, slurm, {"time": "48:00:00"}).options["time"] == "48:00:00"
-    # a shape option equal to the derived value is accepted (and not passed twice)
+    # a shape option equal to the derived value is accepted (and not passed twice); a GPU type is kept
     a = allocation("pretrain", GPU8, {"pretrain": {"ntasks-per-node": 8, "gpus-per-node": "h100:8", "nodes": 1}})
-    assert a.sbatch_args() == ["--nodes=1", "--ntasks-per-node=8", "--gpus-per-node=8"]
+    assert a.sbatch_args() == ["--nodes=1", "--ntasks-per-node=8", "--gpus-per-node=h100:8"]
+    assert allocation("sft", GPU8, {"sft": {"gres": "gpu:a100:1"}}).sbatch_args() == [
+        "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=a100:1"]
 
 
 @pytest.mark.parametrize("slurm,cli,kind,message", [
@@ -60,6 +62,8 @@ def test_bad_shapes_and_owned_options_are_refused():
         allocation("pretrain", {"devices": 1, "num_nodes": 0}, {}, where="s")
     with pytest.raises(ConfigError, match="slurm.options.array: is set by the study executor"):
         check_options({"array": "0-3"}, "slurm.options")
+    with pytest.raises(ConfigError, match="slurm.options.gpus-per-task: would give each task a slice"):
+        check_options({"gpus-per-task": 1}, "slurm.options")
     with pytest.raises(ConfigError, match=r"slurm.sft.foo: unknown option here"):
         from midtrain.study.resources import KIND_OPTIONS
 
@@ -89,3 +93,73 @@ def test_every_paper_spec_plans_with_per_kind_resources(tmp_path):
         assert set(raw["slurm"]) >= {"pretrain", "midtrain", "sft", "eval", "report"}, spec
         r = run_cli("study", "plan", spec, "--check_files", "false", "--rows", "0", env=env)
         assert r.returncode == 0 and "| sft |" in r.stdout, (spec, r.stderr)
+
+
+# ---- what the SLURM executor submits: the pure schedule ----
+
+def _plan(tmp_path, **spec_extra):
+    from midtrain.study.plan import make_plan
+    from midtrain.study.spec import parse_spec
+
+    base = {"devices": 2, "accelerator": "cpu", "data": {"init_args": {"data_path": "x", "val_data_path": "v"}},
+            "train": {"max_steps": 12, "global_batch_size": 4, "max_seq_length": 8}}
+    raw = {"name": "t", "sizes": {"s": {"config": "base.yaml"}},
+           "arms": [{"name": "code", "domain": "code", "start": [4], "weight": [0.2]}], "seeds": [0, 1],
+           "sft": {"lrs": [1e-4, 1e-3], "tasks": {"fn": {"data": "d.jsonl"}}}, **spec_extra}
+    return make_plan(parse_spec(raw, {"s": base}))
+
+
+def _schedule(plan, states, **kw):
+    from midtrain.study.slurm import schedule
+
+    full = {s.id: {"state": "pending", **states.get(s.id, {})} for s in plan.steps}
+    return schedule(plan, full, {s.id: s.alloc for s in plan.steps}, **kw)
+
+
+def test_schedule_groups_caps_and_replaces(tmp_path):
+    plan = _plan(tmp_path)
+    replace, groups = _schedule(plan, {})
+    ids = [[s.id for s in g] for g in groups]
+    assert replace == [] and sum(map(len, ids)) == len(plan.steps)
+    assert ids[0] == ["base/s/to4"] and ids[2] == ["midtrain/s/code20-from4/s0", "midtrain/s/code20-from4/s1"]
+    ctrl = next(g for g in ids if g[0].startswith("sft/s/pretrain-only/"))
+    assert len(ctrl) == 4  # every (LR, seed) of the control checkpoint: one array
+    seen = set()
+    for g in groups:  # inputs before their users
+        assert all(d in seen for s in g for d in s.deps)
+        seen |= {s.id for s in g}
+    # max_jobs: queued + running + new <= cap, and nothing goes out before its input
+    queued = {"base/s/to4": {"state": "running", "job_id": "1"}}
+    _, groups = _schedule(plan, queued, max_jobs=3)
+    assert [s.id for g in groups for s in g] == ["base/s/to12", "midtrain/s/code20-from4/s0"]
+    _, groups = _schedule(plan, queued, max_jobs=1)
+    assert groups == []
+    # a large group is cut into arrays of at most max_array
+    _, groups = _schedule(plan, {}, max_array=3)
+    assert max(map(len, groups)) == 3
+    # a queued job whose input was resubmitted (its afterok names the old job) is replaced, with what waits on it
+    states = {"base/s/to4": {"state": "pending", "job_id": "1"},  # cancelled: gone
+              "base/s/to12": {"state": "submitted", "job_id": "2", "slurm_state": "PENDING",
+                              "after": {"base/s/to4": "1"}},
+              "midtrain/s/code20-from4/s0": {"state": "submitted", "job_id": "3_0", "slurm_state": "PENDING",
+                                             "after": {"base/s/to4": "1"}}}
+    replace, groups = _schedule(plan, states)
+    assert replace == ["base/s/to12", "midtrain/s/code20-from4/s0"]
+    assert [s.id for s in groups[0]] == ["base/s/to4"]
+    # a queued job whose input is the same job is left alone
+    states["base/s/to4"] = {"state": "running", "job_id": "1"}
+    replace, groups = _schedule(plan, states)
+    assert replace == [] and "base/s/to12" not in {s.id for g in groups for s in g}
+
+
+def test_schedule_without_retry_sends_only_never_submitted_steps(tmp_path):
+    plan = _plan(tmp_path)
+    done = {s.id: {"state": "done"} for s in plan.steps if s.kind in ("pretrain", "midtrain", "eval")}
+    failed_sft = "sft/s/pretrain-only/fn/lr0.001/s1"
+    states = {**done, failed_sft: {"state": "failed", "job_id": "9_3"}}
+    _, groups = _schedule(plan, states, retry=False)
+    sent = {s.id for g in groups for s in g}
+    assert failed_sft not in sent and "report" not in sent  # the report waits on the failed step
+    assert len(sent) == sum(s.kind == "sft" for s in plan.steps) - 1
+    _, groups = _schedule(plan, states, retry=True)  # a new `run` retries it
+    assert failed_sft in {s.id for g in groups for s in g}

@@ -20,6 +20,9 @@ def loss_on_shards(checkpoint: Path, data: Path, max_seq_length: Optional[int] =
     model, config = load_checkpoint_model(checkpoint)
     seq = max_seq_length or config.block_size
     model.max_seq_length = seq
+    from midtrain.train.distributed import check_expected_cuda
+
+    check_expected_cuda()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     losses = pretrain_val_losses(model, data, seq, batch_size, max_batches, device)

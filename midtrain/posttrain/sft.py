@@ -232,6 +232,9 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
                    min_lr_ratio=min_lr_ratio, forgetting_batches=forgetting_batches, max_seq_length=max_seq_length,
                    lrs=lrs, out=out, save=save, pretrain_val_path=pretrain_val_path)
     checkpoint = Path(checkpoint)
+    from midtrain.train.distributed import check_expected_cuda
+
+    check_expected_cuda()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, config = load_checkpoint_model(checkpoint)
     if max_seq_length is not None and max_seq_length > config.block_size:

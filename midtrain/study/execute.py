@@ -122,7 +122,7 @@ def step_states(plan: Plan, out_dir: Path, query_slurm: bool = True) -> dict[str
         from midtrain.study.slurm import squeue_jobs
 
         live = squeue_jobs(sorted({st["job_id"] for st in raw.values() if st.get("job_id") and
-                                   st.get("state") in ("submitted", "running")}))
+                                   st.get("state") in ("submitted", "running", "interrupted")}))
     out: dict[str, dict] = {}
     for step in plan.steps:  # topological order: deps resolved first
         st = dict(raw[step.id])
@@ -148,6 +148,11 @@ def step_states(plan: Plan, out_dir: Path, query_slurm: bool = True) -> dict[str
             elif not job and not _pid_alive(st):
                 state = "interrupted"
                 st["note"] = "its process is gone"
+        elif state == "interrupted" and st.get("job_id") and live and st["job_id"] in live:
+            # checkpointed on a signal and requeued by its job script: the same job will resume it
+            state = "submitted" if live[st["job_id"]] == "PENDING" else "running"
+            st["slurm_state"] = live[st["job_id"]]
+            st["note"] = f"requeued as SLURM job {st['job_id']}"
         st["state"] = state
         out[step.id] = st
     return out
@@ -217,16 +222,18 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def srun_argv(argv: list[str], launch: dict, python: str | None = None) -> list[str]:
-    """``srun`` starting one ``midtrain`` process per device on every node of the allocation."""
+def srun_argv(argv: list[str], launch: dict, python: str | None = None, cpus_per_task: str | None = None) -> list[str]:
+    """``srun`` starting one ``midtrain`` process per device on every node of the allocation (with the job's
+    ``--cpus-per-task``, which srun no longer inherits from sbatch since SLURM 22.05)."""
     n, t = int(launch["nodes"]), int(launch["tasks_per_node"])
-    return ["srun", "--kill-on-bad-exit=1", f"--nodes={n}", f"--ntasks={n * t}", f"--ntasks-per-node={t}",
+    cpus = [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
+    return ["srun", "--kill-on-bad-exit=1", f"--nodes={n}", f"--ntasks={n * t}", f"--ntasks-per-node={t}", *cpus,
             python or sys.executable, "-m", "midtrain", *argv]
 
 
 def _srun_command(argv: list[str], launch: dict, log_path: Path, cwd: str | None) -> tuple[int, str]:
     """Start the step's command under srun (its ranks write to the log); returns (pid, the command line)."""
-    cmd = srun_argv(argv, launch)
+    cmd = srun_argv(argv, launch, cpus_per_task=os.environ.get("SLURM_CPUS_PER_TASK"))
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         proc = subprocess.Popen(cmd, stdout=fd, stderr=fd, stdin=subprocess.DEVNULL, cwd=cwd or None)
@@ -306,7 +313,9 @@ def _fork_step(folder: Path, env: dict[str, str] | None = None) -> int:
         fd = os.open(os.devnull, os.O_RDWR)
         for k in (0, 1, 2):
             os.dup2(fd, k)
-        for k in [k for k in os.environ if k.startswith("SLURM_")]:
+        launcher = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+                    "LOCAL_WORLD_SIZE", "MIDTRAIN_EXPECT_CUDA")
+        for k in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_")) or k in launcher]:
             del os.environ[k]
         os.environ.update(env or {})
         code = run_step(folder)

@@ -37,7 +37,9 @@ def visible_gpus() -> list[str]:
         r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [str(i) for i, line in enumerate(r.stdout.splitlines()) if line.startswith("GPU ")]
+    import re
+
+    return [m.group(1) for m in (re.match(r"GPU (\d+):", line) for line in r.stdout.splitlines()) if m]
 
 
 def parse_gpus(value: str | None) -> list[str] | None:
@@ -52,10 +54,14 @@ def parse_gpus(value: str | None) -> list[str] | None:
     return gpus
 
 
-def gpu_need(plan: Plan, gpus: list[str]) -> dict[str, int]:
-    """Step id -> GPUs it gets (0 for every step when there are none); refuses what cannot run here."""
+def gpu_need(plan: Plan, gpus: list[str], todo: set[str] | None = None) -> dict[str, int]:
+    """Step id -> GPUs it gets (0 for every step when there are none); refuses what cannot run here
+    (among ``todo``, the steps still to run; default all)."""
     need = {}
     for step in plan.steps:
+        if todo is not None and step.id not in todo:
+            need[step.id] = 0
+            continue
         alloc = step.alloc
         if alloc is not None and alloc.nodes > 1:
             raise ConfigError(f"{step.id}: num_nodes", f"{alloc.nodes} nodes: the local executor runs on one machine "
@@ -69,12 +75,17 @@ def gpu_need(plan: Plan, gpus: list[str]) -> dict[str, int]:
 
 
 
-def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None = 1, rerun_changed: bool = False,
+def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None = None, rerun_changed: bool = False,
               echo=print, gpus: list[str] | None = None) -> int:
     """Run every step that is not done, dependencies first, on free GPUs, at most ``parallel`` at a time.
     ``gpus``: None = the visible ones. Returns an exit status."""
-    gpus = visible_gpus() if gpus is None else list(gpus)
-    need = gpu_need(plan, gpus)
+    visible = visible_gpus()
+    if gpus is None:
+        gpus = visible
+    elif visible and not set(gpus) <= set(visible):
+        raise ConfigError("--gpus", f"{','.join(g for g in gpus if g not in visible)} is not among the visible GPUs "
+                          f"({','.join(visible)})")
+    gpus = list(gpus)
     parallel = parallel if parallel is not None else max(1, len(gpus))
     if parallel < 1:
         raise ConfigError("--parallel", f"must be >= 1, got {parallel}")
@@ -86,6 +97,7 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None =
         states = step_states(plan, out_dir, query_slurm=False)
         state = {sid: st["state"] for sid, st in states.items()}
         todo = [s for s in plan.steps if state[s.id] != "done"]
+        need = gpu_need(plan, gpus, {s.id for s in todo})
         echo(f"study {plan.spec.name}: {len(plan.steps) - len(todo)} of {len(plan.steps)} steps done, "
              f"{len(todo)} to run ({parallel} at a time" + (f", GPUs {','.join(gpus)}" if gpus else "")
              + f") in {out_dir}")
@@ -94,6 +106,10 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None =
         if parallel > 1 and "MIDTRAIN_STEP_THREADS" not in os.environ:
             os.environ["MIDTRAIN_STEP_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
         external = {sid for sid, st in states.items() if st["state"] == "running"}  # a live process from before
+        for sid in external:  # its GPUs are taken until it ends
+            taken = [g for g in (states[sid].get("devices") or "").split(",") if g in free]
+            held[sid] = taken
+            free = [g for g in free if g not in taken]
         stop: list[int] = []
         old = {sig: signal.signal(sig, lambda s, f: stop.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -101,6 +117,7 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None =
                 for sid in list(external):  # an orphan of a killed run: wait for it, never start it twice
                     if not _pid_alive(read_status(out_dir / plan.by_id[sid].out)):
                         external.discard(sid)
+                        free += held.pop(sid, [])
                         state[sid] = step_states(plan, out_dir, False)[sid]["state"]
                 for sid, pid in list(running.items()):
                     if os.waitpid(pid, os.WNOHANG)[0] == 0:
@@ -131,7 +148,9 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None =
                     if need[s.id] > len(free):
                         continue  # waits for GPUs; a smaller step behind it may start
                     held[s.id], free = free[:need[s.id]], free[need[s.id]:]
-                    env = {"CUDA_VISIBLE_DEVICES": ",".join(held[s.id])} if gpus else {}
+                    env = {"CUDA_VISIBLE_DEVICES": ",".join(held[s.id])}  # "" = none: a CPU step sees no GPU
+                    if held[s.id] and visible:
+                        env["MIDTRAIN_EXPECT_CUDA"] = "1"
                     running[s.id] = _fork_step(out_dir / s.out, env)
                     echo(f"  start: {s.id}" + (f" (GPUs {env['CUDA_VISIBLE_DEVICES']})" if held[s.id] else ""))
                 if not running and not external:

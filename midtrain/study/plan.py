@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from midtrain.study.resources import Allocation, allocation
+from midtrain.study.resources import TRAINING, Allocation, allocation
 from midtrain.study.spec import CONTROL, Spec, set_dotted
 
 KINDS = ("pretrain", "midtrain", "sft", "eval", "lm-eval", "report")
@@ -81,21 +81,30 @@ def run_label(arm: str, seed: int | None) -> str:
     return arm if seed is None else f"{arm}/s{seed}"
 
 
+def _run_config(spec: Spec, kind: str, config: Mapping, labels: Mapping) -> Mapping:
+    """The run config that decides a step's shape: its own for training, its size's base run's otherwise."""
+    if kind in TRAINING:
+        return config
+    name = labels.get("size") or spec.sizes[0].name
+    return next(s.config for s in spec.sizes if s.name == name)
+
+
+def run_config_of(plan: Plan, step: Step) -> Mapping:
+    return _run_config(plan.spec, step.kind, step.config, step.labels)
+
+
 def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
               sft_tokens: Mapping[str, int] | None = None) -> Plan:
     """``params``: size -> parameter count (for FLOPs); ``sft_tokens``: task -> tokens one SFT run trains on."""
     plan = Plan(spec)
     steps: dict[str, Step] = {}
 
-    sizes = {s.name: s for s in spec.sizes}
-
     def add(kind, id_, deps, config, labels, resume_step=None, tokens=None, size=None):
         hashes = [steps[d].hash for d in deps]
         h = config_hash(kind, config, hashes)
         n = (params or {}).get(size) if size else None
         flops = 6.0 * n * tokens if n and tokens else None
-        run_cfg = config if kind in ("pretrain", "midtrain") else sizes[labels.get("size") or spec.sizes[0].name].config
-        alloc = allocation(kind, run_cfg, spec.slurm, where=id_)
+        alloc = allocation(kind, _run_config(spec, kind, config, labels), spec.slurm, where=id_)
         step = Step(id_, kind, tuple(deps), h, id_ if kind == "report" else f"{id_}-{h[:8]}", labels, config,
                     resume_step, tokens, flops, alloc)
         steps[id_] = step

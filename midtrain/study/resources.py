@@ -31,6 +31,8 @@ SHAPE = ("nodes", "ntasks", "ntasks-per-node", "gpus", "gpus-per-node", "gres")
 KIND_OPTIONS = {"partition", "time", "account", "qos", "cpus-per-task", "mem", "mem-per-cpu", "mem-per-gpu",
                 "constraint", "reservation", "exclude", "nodelist", "comment", "exclusive", *SHAPE}
 OWNED = {"array", "dependency", "output", "error", "job-name", "parsable", "wait", "requeue", "signal", "open-mode"}
+# options that would give each task a slice of the node's GPUs: Lightning's rank r uses cuda:r of the node's
+PER_TASK_GPU = {"gpus-per-task", "ntasks-per-gpu", "gpu-bind"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Allocation:
     gpus_per_node: int
     options: dict = field(default_factory=dict)   # the other sbatch options, resolved
     srun: bool = False                            # launch with srun (one task per device)
+    gpu_type: str | None = None                   # e.g. a100 from gpus-per-node: a100:8
 
     @property
     def tasks(self) -> int:
@@ -52,7 +55,7 @@ class Allocation:
     def sbatch_args(self) -> list[str]:
         args = [f"--nodes={self.nodes}", f"--ntasks-per-node={self.tasks_per_node}"]
         if self.gpus_per_node:
-            args.append(f"--gpus-per-node={self.gpus_per_node}")
+            args.append(f"--gpus-per-node={self.gpu_type + ':' if self.gpu_type else ''}{self.gpus_per_node}")
         for k, v in self.options.items():
             if k in SHAPE or v is None or v is False:
                 continue
@@ -60,13 +63,15 @@ class Allocation:
         return args
 
     def describe(self) -> str:
-        gpu = f", {self.gpus_per_node} GPU/node" if self.gpus_per_node else ", no GPU"
+        gpu = (f", {self.gpus_per_node}{' ' + self.gpu_type if self.gpu_type else ''} GPU/node" if self.gpus_per_node
+               else ", no GPU")
         extra = ", ".join(f"{k}={v}" for k, v in self.options.items() if k not in SHAPE)
         launch = ", srun" if self.srun else ""
         return f"{self.nodes} node(s) x {self.tasks_per_node} task(s){gpu}{launch}" + (f"; {extra}" if extra else "")
 
     def key(self) -> tuple:
-        return (self.nodes, self.tasks_per_node, self.gpus_per_node, tuple(sorted(self.options.items())), self.srun)
+        return (self.nodes, self.tasks_per_node, self.gpus_per_node, tuple(sorted(self.options.items())), self.srun,
+                self.gpu_type)
 
 
 def run_shape(config: Mapping, where: str) -> tuple[int, int, bool]:
@@ -96,6 +101,9 @@ def check_options(options: Mapping, where: str, allowed: set[str] | None = None)
         k = str(k).lstrip("-").replace("_", "-")
         if k in OWNED:
             raise ConfigError(f"{where}.{k}", "is set by the study executor (arrays, dependencies, logs, requeue)")
+        if k in PER_TASK_GPU:
+            raise ConfigError(f"{where}.{k}", "would give each task a slice of the node's GPUs, but each rank uses "
+                              "cuda:<local rank> of all of them: the executor asks for --gpus-per-node = devices")
         if allowed is not None and k not in allowed:
             raise ConfigError(f"{where}.{k}", f"unknown option here (known: {', '.join(sorted(allowed))})")
         if isinstance(v, (dict, list)):
@@ -141,8 +149,11 @@ def allocation(kind: str, run_config: Mapping, slurm: Mapping, cli: Mapping | No
     layers = [("slurm.options", slurm.get("options") or {}),
               (f"slurm.{SECTIONS[kind]}", slurm.get(SECTIONS[kind]) or {}), ("--slurm", cli or {})]
     options: dict = {}
+    gpu_type = None
     for source, opts in layers:
         for k, v in opts.items():
+            if k in ("gpus", "gpus-per-node", "gres") and isinstance(v, str) and v.count(":") >= (2 if k == "gres" else 1):
+                gpu_type = v.split(":")[-2]  # gpus-per-node: a100:8, gres: gpu:a100:8 -> a100 (kept, never dropped)
             if k in SHAPE:
                 derived = _shape_value(base, k)
                 if not _same(v, derived):
@@ -154,4 +165,5 @@ def allocation(kind: str, run_config: Mapping, slurm: Mapping, cli: Mapping | No
                                                                                if kind in TRAINING else ""))
             options[k] = v
     return Allocation(base.nodes, base.tasks_per_node, base.gpus_per_node,
-                      {k: v for k, v in options.items() if k not in SHAPE}, base.srun)
+                      {k: v for k, v in options.items() if k not in SHAPE}, base.srun,
+                      gpu_type if base.gpus_per_node else None)

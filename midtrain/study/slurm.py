@@ -28,8 +28,10 @@ from shutil import which
 from midtrain.errors import ConfigError
 from midtrain.study.execute import (EXIT_REQUEUE, ENDED, check_changed, materialise, step_states, study_lock,
                                     write_status)
-from midtrain.study.plan import Plan, Step
+from midtrain.study.plan import Plan, Step, run_config_of
 from midtrain.study.resources import Allocation, allocation
+
+MAX_ARRAY = 1000  # SLURM's default MaxArraySize is 1001 (indices 0-1000)
 
 JOB_SCRIPT = """#!/bin/bash
 # One study step as a SLURM job (or the task of an array): signals reach the step runner, which asks
@@ -39,7 +41,7 @@ pending=""
 trap 'pending=USR1' USR1
 trap 'pending=TERM' TERM
 cd {cwd}
-{setup}
+{setup}{expect}
 {select}
 {python} -m midtrain study step "$folder" &
 pid=$!
@@ -72,7 +74,7 @@ def squeue_jobs(job_ids: list[str]) -> dict[str, str] | None:
     if not job_ids:
         return {}
     try:
-        r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-u", getpass.getuser()], capture_output=True,
+        r = subprocess.run(["squeue", "-h", "-a", "-r", "-o", "%i %T", "-u", getpass.getuser()], capture_output=True,
                            text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -108,11 +110,71 @@ def _sbatch(args: list[str], what: str) -> str:
     return r.stdout.strip().split(";")[0]
 
 
+def schedule(plan: Plan, states: dict[str, dict], allocs: dict[str, Allocation], max_jobs: int | None = None,
+             retry: bool = True, max_array: int = MAX_ARRAY) -> tuple[list[str], list[list[Step]]]:
+    """What to cancel and what to submit now. Pure.
+
+    ``states``: ``step_states`` (with ``slurm_state`` of queued jobs). Returns (step ids whose queued job
+    can never start and is to be cancelled, groups to submit in order: each one sbatch, an array when it
+    holds several steps). Guarantees:
+    - a step goes out only when each input is done, queued, or goes out earlier in this list;
+    - a queued job whose ``afterok`` names a job its input no longer has (cancelled, resubmitted) is
+      cancelled and goes out again, and so do the queued jobs that wait on it;
+    - with ``max_jobs``, queued + running + new jobs (array tasks counted one by one) <= ``max_jobs``;
+    - ``retry=False`` sends only steps that were never submitted (what ``run --wait`` does between
+      polls: a step that failed, was cancelled or vanished waits for a new ``run``);
+    - a group holds steps of one kind with the same inputs and the same allocation, at most ``max_array``.
+    """
+    jobs = {sid for sid, st in states.items() if st["state"] in ("submitted", "running")}
+    current = {sid: st.get("job_id") for sid, st in states.items()}
+    replace: list[str] = []
+    for step in plan.steps:
+        st = states[step.id]
+        after = st.get("after") or {}
+        if step.id in jobs and st.get("slurm_state") == "PENDING" and any(current.get(d) != j
+                                                                           for d, j in after.items()):
+            replace.append(step.id)
+            current[step.id] = None
+            jobs.discard(step.id)
+        elif st["state"] not in ("done", "submitted", "running"):
+            current[step.id] = None
+    budget = None if max_jobs is None else max(0, max_jobs - len(jobs))
+    todo: list[Step] = []   # in plan order: dependencies first
+    chosen: set[str] = set()
+    for step in plan.steps:
+        st = states[step.id]
+        if st["state"] == "done" or step.id in jobs:
+            continue
+        if not retry and st.get("job_id") and step.id not in replace:
+            continue
+        if not all(states[d]["state"] == "done" or d in jobs or d in chosen for d in step.deps):
+            continue  # an input can't run (it failed) or is not submitted yet (max_jobs): a later run
+        if budget is not None and len(todo) >= budget:
+            continue
+        todo.append(step)
+        chosen.add(step.id)
+    groups: dict[tuple, list[Step]] = {}
+    for step in todo:
+        groups.setdefault((step.kind, step.deps, allocs[step.id].key()), []).append(step)
+    ordered: list[list[Step]] = []
+    for members in groups.values():  # dict order = first member's plan order: inputs before their users
+        ordered += [members[i:i + max_array] for i in range(0, len(members), max_array)]
+    return replace, ordered
+
+
+def step_allocations(plan: Plan, options: dict | None) -> dict[str, Allocation]:
+    """Every step's allocation with the command-line options on top (a contradiction is refused here)."""
+    if not options:
+        return {s.id: s.alloc for s in plan.steps}
+    return {s.id: allocation(s.kind, run_config_of(plan, s), plan.spec.slurm, options, where=s.id) for s in plan.steps}
+
+
 def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | None = None, rerun_changed: bool = False,
-                 max_jobs: int | None = None, array_throttle: int | None = None, echo=print) -> dict[str, str]:
-    """Submit every step that is not done and not queued (at most ``max_jobs`` queued or running at once).
+                 max_jobs: int | None = None, array_throttle: int | None = None, echo=print,
+                 retry: bool = True) -> dict[str, str]:
+    """Submit what ``schedule`` says (every step that is not done and not queued, within ``max_jobs``).
     Returns step id -> job id of what this call submitted."""
-    for tool in ("sbatch", "squeue", "scontrol"):
+    for tool in ("sbatch", "squeue", "scontrol", "scancel"):
         if which(tool) is None:
             raise ConfigError("--executor", f"slurm: `{tool}` is not on PATH")
     slurm = plan.spec.slurm
@@ -121,62 +183,22 @@ def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | Non
     for key, value in (("--max_jobs", max_jobs), ("--array_throttle", throttle)):
         if value is not None and value < 1:
             raise ConfigError(key, f"must be >= 1, got {value}")
-    # every step's allocation with the command-line options on top: a contradiction is refused here,
-    # before anything is submitted
-    allocs: dict[str, Allocation] = {}
-    sizes = {s.name: s for s in plan.spec.sizes}
-    for step in plan.steps:
-        run_cfg = step.config if step.kind in ("pretrain", "midtrain") else \
-            sizes[step.labels.get("size") or plan.spec.sizes[0].name].config
-        allocs[step.id] = allocation(step.kind, run_cfg, slurm, options or {}, where=step.id)
+    allocs = step_allocations(plan, options)
     with study_lock(out_dir):
         check_changed(plan, out_dir, rerun_changed)
         materialise(plan, out_dir, spec_path)
         states = step_states(plan, out_dir, query_slurm=True)
+        replace, groups = schedule(plan, states, allocs, max_jobs, retry)
         jobs = {sid: st["job_id"] for sid, st in states.items() if st["state"] in ("submitted", "running")}
-        submitted: dict[str, str] = {}   # what this call submitted
-        # a queued job whose afterok names a job its input no longer has (cancelled and resubmitted) can
-        # never start: it is cancelled and submitted again with the input's new job
-        current = {sid: st.get("job_id") for sid, st in states.items()}
-        replace: set[str] = set()
-        for step in plan.steps:
-            st = states[step.id]
-            after = st.get("after") or {}
-            if step.id in jobs and st.get("slurm_state") == "PENDING" and any(current.get(d) != j
-                                                                               for d, j in after.items()):
-                replace.add(step.id)
-                current[step.id] = None
-            elif st["state"] not in ("done", "submitted", "running"):
-                current[step.id] = None
-        for sid in sorted(replace):
+        for sid in replace:
             subprocess.run(["scancel", jobs.pop(sid)], capture_output=True)
-        budget = None if max_jobs is None else max(0, max_jobs - len(jobs))
-        todo: list[Step] = []   # what goes out now, in plan order (dependencies first)
-        chosen: set[str] = set()
-        for step in plan.steps:
-            if states[step.id]["state"] == "done" or step.id in jobs:
-                continue
-            if not all(states[d]["state"] == "done" or d in jobs or d in chosen for d in step.deps):
-                continue  # an input can't run (it failed) or is not submitted yet (max_jobs): a later run
-            if budget is not None and len(todo) >= budget:
-                continue
-            todo.append(step)
-            chosen.add(step.id)
-        # groups: same kind, same inputs, same allocation -> one array
-        groups: dict[tuple, list[Step]] = {}
-        for step in todo:
-            groups.setdefault((step.kind, step.deps, allocs[step.id].key()), []).append(step)
+        submitted: dict[str, str] = {}   # what this call submitted
         python = slurm.get("python") or sys.executable
         setup = slurm.get("setup") or ""
         arrays: dict[str, list[str]] = {}  # array job id -> its task ids (for compact dependencies)
-        sent: set[tuple] = set()
         (out_dir / ".slurm").mkdir(exist_ok=True)
-        for step in todo:
-            key = (step.kind, step.deps, allocs[step.id].key())
-            if key in sent:
-                continue
-            sent.add(key)
-            members = groups[key]
+        for members in groups:
+            step = members[0]
             alloc = allocs[step.id]
             deps = _dependency([jobs[d] for d in step.deps if d in jobs], arrays)
             args = ["sbatch", "--parsable", f"--job-name=mt-{step.kind}", "--open-mode=append", "--requeue",
@@ -196,7 +218,8 @@ def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | Non
                 select = ARRAY.format(listing=shlex.quote(str(listing)))
                 args += [f"--array=0-{len(members) - 1}" + (f"%{throttle}" if throttle else ""),
                          f"--output={out_dir}/.slurm/array-%A_%a.log"]
-            script.write_text(JOB_SCRIPT.format(cwd=shlex.quote(os.getcwd()), setup=setup, select=select,
+            expect = "\nexport MIDTRAIN_EXPECT_CUDA=1" if alloc.gpus else ""
+            script.write_text(JOB_SCRIPT.format(cwd=shlex.quote(os.getcwd()), setup=setup, expect=expect, select=select,
                                                 python=shlex.quote(python), requeue=EXIT_REQUEUE))
             args.append(str(script))
             job = _sbatch(args, step.id if len(members) == 1 else f"{len(members)} {step.kind} steps ({step.id}, ...)")
@@ -212,7 +235,7 @@ def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | Non
                              after={d: jobs[d] for d in m.deps if d in jobs})
         waiting = sum(1 for s in plan.steps if states[s.id]["state"] != "done" and s.id not in jobs)
         n_arrays = len(arrays)
-        echo(f"study {plan.spec.name}: submitted {len(submitted)} step(s) as {len(sent)} job(s)"
+        echo(f"study {plan.spec.name}: submitted {len(submitted)} step(s) as {len(groups)} job(s)"
              + (f" ({n_arrays} array(s))" if n_arrays else "") + f"; {len(jobs) - len(submitted)} already queued; "
              f"{sum(st['state'] == 'done' for st in states.values())} done; {waiting} not submitted"
              + (f" (max_jobs {max_jobs})" if max_jobs is not None and waiting else ""))
@@ -238,27 +261,26 @@ def settled(plan: Plan, rows: list[dict]) -> bool:
 def run_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | None = None, rerun_changed: bool = False,
               wait: bool = False, max_jobs: int | None = None, array_throttle: int | None = None, poll: float = 5.0,
               echo=print) -> int:
-    """Submit; with ``wait``, keep submitting as slots free until nothing more can run. Returns an exit status."""
+    """Submit (resubmitting what failed, was cancelled or vanished); with ``wait``, poll and submit the
+    never-submitted steps as ``max_jobs`` slots free and their inputs finish, until nothing more can run.
+    A step that fails while waiting is not retried (a new ``run`` does that). Returns an exit status."""
     import time
 
     from midtrain.study.execute import format_status, status_rows
 
-    new = submit_slurm(plan, out_dir, spec_path, options, rerun_changed, max_jobs, array_throttle, echo)
+    submit_slurm(plan, out_dir, spec_path, options, rerun_changed, max_jobs, array_throttle, echo)
     if not wait:
         return 0
+    quiet = lambda *_: None  # noqa: E731
     while True:
         time.sleep(poll)
         rows = status_rows(plan, out_dir)
-        if settled(plan, rows):
-            new = submit_slurm(plan, out_dir, spec_path, options, False, max_jobs, array_throttle, echo=lambda *_: None)
-            if not new:
-                break
-            continue
-        free = True if max_jobs is None else sum(r["state"] in ("submitted", "running") for r in rows) < max_jobs
-        if free and any(r["state"] == "pending" for r in rows):
-            new = submit_slurm(plan, out_dir, spec_path, options, False, max_jobs, array_throttle,
-                               echo=lambda *_: None)
+        if any(r["state"] == "pending" for r in rows):
+            new = submit_slurm(plan, out_dir, spec_path, options, False, max_jobs, array_throttle, quiet, retry=False)
             if new:
                 echo(f"  submitted {len(new)} more step(s)")
+                continue
+        if settled(plan, rows):
+            break
     echo(format_status(rows, plan.spec.name))
     return 0 if {r["state"] for r in rows} == {"done"} else 1

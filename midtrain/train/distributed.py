@@ -36,6 +36,18 @@ class StopDuringRendezvous(RuntimeError):
     """A stop signal arrived while the ranks were gathering: nothing to save, exit 75."""
 
 
+def check_expected_cuda() -> None:
+    """Refuse to fall back to CPU when the executor handed this step GPUs (``MIDTRAIN_EXPECT_CUDA``)."""
+    if not os.environ.get("MIDTRAIN_EXPECT_CUDA"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("accelerator", f"this step was given GPUs (CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}) but CUDA sees none: it would train "
+                          "on CPU; check the node's driver, or set accelerator: cpu in the run config")
+
+
 def launched_world() -> tuple[int, str] | None:
     """(processes, who started them) when a launcher started them; None when Fabric starts its own.
 
@@ -150,11 +162,14 @@ class Rendezvous:
     def _setup_distributed(self) -> None:  # noqa: D401 - Lightning's hook
         import torch.distributed as dist
 
+        if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun's agent hosts the store and has gathered the ranks
+            return super()._setup_distributed()
         if not dist.is_initialized():
             self._set_world_ranks()
             env = self.cluster_environment
             rank, world = env.global_rank(), env.world_size()
             store = rendezvous(env.main_address, env.main_port, rank, world, self.rendezvous_timeout)
+            store.set_timeout(self._timeout)  # the process group's own waits (not the connect retries')
             backend = self._get_process_group_backend()
             kwargs = {}
             if self.root_device.type != "cpu":

@@ -132,6 +132,8 @@ def setup(
     from midtrain.train import distributed
 
     distributed.check_world(n_devices, num_nodes)
+    if accelerator != "cpu":
+        distributed.check_expected_cuda()
     world = n_devices * num_nodes
     if train.global_batch_size % (train.micro_batch_size * world):
         raise ConfigError("train.global_batch_size", f"{train.global_batch_size} is not divisible by "
