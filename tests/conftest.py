@@ -46,3 +46,15 @@ def run_cli(*args, cwd=None, env=None):
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "midtrain", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd or REPO, env=e, timeout=300)
+
+
+# The longest files first: with `pytest -n 2 --dist loadfile` (make test) each worker takes whole files in
+# collection order, so a long file collected last would run alone at the end (measured: the demo and the
+# SLURM tests were the tail of the run). Same order in every worker (xdist requires it).
+HEAVY_FIRST = ("test_slurm.py", "test_demo.py", "test_trainer.py", "test_study_run.py", "test_signals.py",
+               "test_slurm_nodes.py", "test_posttrain.py", "test_migrate.py", "test_distributed.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept
