@@ -156,6 +156,8 @@ def mix(argv: list[str]) -> int:
     plan = data.plan(total_samples)
     if args.check_files:
         data.verify_files()
+    if data.val_data_path is not None:
+        data.check_val_sets()
     print(format_plan(plan))
     if args.json:
         text = json.dumps(plan.to_dict(), indent=2)

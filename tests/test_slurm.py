@@ -138,13 +138,13 @@ def test_two_rank_launcher_requeue_equals_an_uninterrupted_two_rank_run(cluster,
         assert time.time() < deadline, log.read_text() + cluster.logs()
         state = cluster.job_state(job)
         if state == "PENDING" and not requeued:
-            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+            cluster.release_requeued(job)
             requeued = True
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
             break
         time.sleep(1)
     text = log.read_text()
-    assert state == "COMPLETED" and requeued and "requeueing job" in text, text
+    assert state == "COMPLETED" and requeued and "requeueing job" in text, text + cluster.logs()
     assert text.count("signal SIGUSR1 received: checkpointing step") == 1, text  # rank 0 speaks for both
     assert "loading" in text and "done: 40 steps" in text
     for rank in (0, 1):
@@ -262,7 +262,7 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     assert row["state"] == "submitted" and row["note"] == f"requeued as SLURM job {job}", row
     r = study()
     assert "submitted 2 step(s) as 2 job(s)" in r.stdout, r.stdout  # the cancelled SFT task and the report only
-    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)  # skip the ~120 s requeue delay
+    cluster.release_requeued(job)  # skip the ~120 s requeue delay
     r = study("--wait", "true", timeout=1200)
     final = statuses(out)
     assert r.returncode == 0, r.stdout + r.stderr + cluster.logs() + str({k: v.get("state") for k, v in final.items()})

@@ -122,6 +122,19 @@ class ShardedMixedDataset(DataModule):
             self._val_sets = discover_val_sets(self.val_data_path, self.shard_types)
         return self._val_sets
 
+    def check_val_sets(self, field_name: str = "val_data_path") -> dict[str, int]:
+        """Samples of ``max_seq_length + 1`` tokens in each validation set (name -> count), after
+        ``connect``. A set that holds not one sample would validate over zero tokens: refused (one line)."""
+        counts = {}
+        for name, shards in self.val_sets().items():
+            counts[name] = sum(s.samples(self.seq_length) for s in shards)
+            if counts[name] == 0:
+                tokens = sum(s.tokens for s in shards)
+                raise ConfigError(field_name, f"validation set {name!r} ({shards[0].path}) has {tokens} tokens, not one "
+                                  f"sample of {self.seq_length} (max_seq_length + 1; a sample never spans chunks): "
+                                  "a loss over it would cover zero tokens")
+        return counts
+
     def mixture(self) -> Mixture:
         if self._mixture is None:
             mix_config = read_mix_config(self.mix_config_path) if self.mix_config_path is not None else None
@@ -164,7 +177,7 @@ class ShardedMixedDataset(DataModule):
             self.verify_files()
             self._verified = True
         if self.val_data_path is not None:
-            self.val_sets()  # fail early on a bad path
+            self.check_val_sets()  # fail early on a bad path or a set shorter than one sample
         if self.mixer == "exact" and self.mix_block is None and self.global_batch_size is None and not self._told_block:
             self._told_block = True
             if _is_rank_zero():  # e.g. under upstream `litgpt pretrain`, whose connect() has no global batch

@@ -25,7 +25,7 @@ def loss_on_shards(checkpoint: Path, data: Path, max_seq_length: Optional[int] =
     check_expected_cuda()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    losses = pretrain_val_losses(model, data, seq, batch_size, max_batches, device)
+    losses = pretrain_val_losses(model, data, seq, batch_size, max_batches, device, field="--data")
     return {name: {"loss": loss, "ppl": perplexity(loss)} for name, loss in losses.items()}
 
 

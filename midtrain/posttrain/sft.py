@@ -71,6 +71,25 @@ def encode_example(tokenizer, prompt: str, response: str, max_len: int) -> tuple
     return ids, labels
 
 
+def scorable(example: tuple[list[int], list[int]]) -> int:
+    """Response tokens of an encoded example that are a training target (after the shift by one)."""
+    return sum(1 for t in example[1][1:] if t != IGNORE)
+
+
+def drop_unscorable(split: str, encoded: list, max_len: int, field: str) -> tuple[list, int]:
+    """``encoded`` without the examples whose every response token fell past ``max_len`` (printed with a
+    count). A split left with nothing is refused (one line): its loss would be a mean over zero tokens."""
+    kept = [e for e in encoded if scorable(e)]
+    dropped = len(encoded) - len(kept)
+    if not kept:
+        raise ConfigError(field, f"no {split} example keeps a response token within max_seq_length {max_len} "
+                          f"(all {len(encoded)} prompts are {max_len} tokens or longer): a loss over zero tokens")
+    if dropped:
+        print(f"sft: dropped {dropped} of {len(encoded)} {split} examples: the prompt fills max_seq_length {max_len}, "
+              "no response token is left to learn or score", flush=True)
+    return kept, dropped
+
+
 def collate(batch: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad to the longest example; returns (inputs, targets) shifted by one."""
     n = max(len(ids) for ids, _ in batch)
@@ -90,7 +109,9 @@ def masked_loss(model, inputs: torch.Tensor, targets: torch.Tensor, reduction: s
 
 @torch.no_grad()
 def examples_loss(model, encoded, batch_size: int, device) -> float:
-    """Token-weighted mean loss over the response tokens of ``encoded``."""
+    """Token-weighted mean loss over the response tokens of ``encoded``; :class:`NoData` when there are none."""
+    from midtrain.train.metrics import mean_loss
+
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(encoded), batch_size):
@@ -99,16 +120,41 @@ def examples_loss(model, encoded, batch_size: int, device) -> float:
         total += float(masked_loss(model, x, y, reduction="sum"))
         count += int((y != IGNORE).sum())
     model.train()
-    return total / max(count, 1)
+    return mean_loss(total, count, "SFT examples")
+
+
+def accumulate_gradients(model, batch: list, micro: int, device) -> float:
+    """Backward of one global batch in micro-batches of ``micro`` examples; returns its loss.
+
+    The loss is the mean over every response token of ``batch``: each micro-batch's summed token loss is
+    divided by the token count of the whole batch, so the accumulated gradient equals the one of a single
+    pass over ``batch``, whatever ``micro`` is (micro-batches with few tokens do not weigh more)."""
+    n_tokens = sum(scorable(e) for e in batch)
+    if n_tokens == 0:  # unscorable examples are dropped before training (drop_unscorable)
+        raise ConfigError("--data", "an SFT batch without a response token to learn")
+    total = 0.0
+    for a in range(0, len(batch), micro):
+        x, y = collate(batch[a:a + micro])
+        loss = masked_loss(model, x.to(device), y.to(device), reduction="sum") / n_tokens
+        loss.backward()
+        total += loss.item()
+    return total
 
 
 def finetune(model, train_enc, lr: float, epochs: int, micro: int, global_batch: int, warmup_fraction: float,
              min_lr_ratio: float, weight_decay: float, seed: int, device) -> list[float]:
-    """In-place full fine-tuning; returns the loss of each optimizer step."""
+    """In-place full fine-tuning; returns the loss of each optimizer step.
+
+    Each optimizer step covers ``global_batch`` examples; its loss is the mean over the response tokens of
+    the whole global batch (the sum of every micro-batch's token losses over the batch's token count), so
+    the update does not depend on ``micro`` (token-weighted, not micro-batch-weighted). Every epoch runs
+    ``len(train_enc) // global_batch`` steps on a fresh shuffle; the remainder waits for the next epoch."""
     if global_batch % micro:
         raise ConfigError("--global_batch_size", f"{global_batch} is not a multiple of --micro_batch_size {micro}")
-    accum = global_batch // micro
-    steps_per_epoch = max(1, len(train_enc) // global_batch)
+    if len(train_enc) < global_batch:
+        raise ConfigError("--global_batch_size", f"{global_batch} is more than the {len(train_enc)} training examples: "
+                          "an epoch would have no optimizer step")
+    steps_per_epoch = len(train_enc) // global_batch
     total = steps_per_epoch * epochs
     sched = Schedule("cosine", lr, lr * min_lr_ratio, total, round(warmup_fraction * total))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
@@ -122,13 +168,8 @@ def finetune(model, train_enc, lr: float, epochs: int, micro: int, global_batch:
         for s in range(steps_per_epoch):
             for g in opt.param_groups:
                 g["lr"] = sched.lr_at(step)
-            step_loss = 0.0
-            for a in range(accum):
-                idx = order[(s * accum + a) * micro:(s * accum + a + 1) * micro]
-                x, y = collate([train_enc[i] for i in idx])
-                loss = masked_loss(model, x.to(device), y.to(device))
-                (loss / accum).backward()
-                step_loss += loss.item() / accum
+            step_loss = accumulate_gradients(model, [train_enc[i] for i in order[s * global_batch:(s + 1) * global_batch]],
+                                             micro, device)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -138,8 +179,9 @@ def finetune(model, train_enc, lr: float, epochs: int, micro: int, global_batch:
 
 
 def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: int, max_batches: Optional[int],
-                        device) -> dict:
-    """Loss on each pretraining validation set (the forgetting probe)."""
+                        device, field: str = "--pretrain_val_path") -> dict:
+    """Token-mean loss on each pretraining validation set (the forgetting probe). A set that holds not one
+    sample of ``seq + 1`` tokens is refused (``field``: one line), never scored as 0."""
     if val_path is None:
         return {}
     from midtrain.data.sharded_mixed import ShardedMixedDataset
@@ -147,9 +189,11 @@ def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: i
     data = ShardedMixedDataset(data_path=Path(val_path), val_data_path=Path(val_path), num_workers=0)
     data.connect(batch_size=batch_size, max_seq_length=seq)
     try:
-        data.val_sets()
+        data.check_val_sets()
     except ConfigError as e:
-        raise ConfigError("--pretrain_val_path", str(e).split(": ", 1)[1]) from None
+        raise ConfigError(field, str(e).split(": ", 1)[1]) from None
+    from midtrain.train.metrics import mean_loss
+
     out = {}
     model.eval()
     with torch.no_grad():
@@ -163,7 +207,7 @@ def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: i
                 total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
                                                tokens[:, 1:].reshape(-1), reduction="sum"))
                 count += tokens[:, 1:].numel()
-            out[name] = total / max(count, 1)
+            out[name] = mean_loss(total, count, f"validation set {name!r}")
     model.train()
     return out
 
@@ -255,6 +299,14 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
         raise ConfigError("--data", f"splits too small: train {len(train)}, val {len(val)}, test {len(test)}")
     enc = {name: [encode_example(tok, p, r, seq) for p, r in split] for name, split in
            (("train", train), ("val", val), ("test", test))}
+    field = {"train": "--data", "val": "--val_data" if val_data else "--data",
+             "test": "--test_data" if test_data else "--data"}
+    dropped = {}
+    for name in enc:
+        enc[name], dropped[name] = drop_unscorable(name, enc[name], seq, field[name])
+    if len(enc["train"]) < global_batch_size:
+        raise ConfigError("--global_batch_size", f"{global_batch_size} is more than the {len(enc['train'])} training "
+                          "examples: an epoch would have no optimizer step (lower it, or give more data)")
     forgetting_before = pretrain_val_losses(base, pretrain_val_path, seq, micro_batch_size, forgetting_batches, device)
     zero_shot_val = examples_loss(base, enc["val"], micro_batch_size, device)
 
@@ -274,7 +326,8 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     forgetting_after = pretrain_val_losses(model, pretrain_val_path, seq, micro_batch_size, forgetting_batches, device)
     metrics = {
         "checkpoint": str(checkpoint), "data": str(data), "task": task or Path(data).stem, "arm": arm, "seed": seed,
-        "examples": {k: len(v) for k, v in enc.items()},
+        "examples": {k: len(v) for k, v in enc.items()}, "dropped_unscorable": dropped,
+        "response_tokens": {k: sum(scorable(e) for e in v) for k, v in enc.items()},
         "epochs": epochs, "lr_sweep": sweep, "best_lr": lr, "val_loss": val_loss,
         "test_loss": examples_loss(model, enc["test"], micro_batch_size, device),
         "zero_shot_val_loss": zero_shot_val,

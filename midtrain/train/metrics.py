@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import torch
 
+from midtrain.errors import ConfigError
+
 
 class SourceMeter:
     """Sums of per-sample loss and sample counts per source since the last log (on device)."""
@@ -28,6 +30,17 @@ class SourceMeter:
         self.loss.zero_()
         self.count.zero_()
         return loss, count
+
+
+class NoData(ConfigError):
+    """A mean over zero items (tokens, examples): never reported as a number (one line, exit 2)."""
+
+
+def mean_loss(total: float, count: float, what: str) -> float:
+    """``total / count``; raises :class:`NoData` naming ``what`` when ``count`` is 0."""
+    if not count:
+        raise NoData(what, "no data (0 scorable tokens): a loss over nothing is not a number")
+    return float(total) / float(count)
 
 
 def perplexity(loss: float) -> float:

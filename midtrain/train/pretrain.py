@@ -554,7 +554,7 @@ def _finalize_loggers(fabric, status: str) -> None:
 
 
 @torch.no_grad()
-def validate(fabric, model, loader, max_iters: int) -> float:
+def validate(fabric, model, loader, max_iters: int) -> Optional[float]:
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=fabric.device)
     seq = model.max_seq_length
@@ -568,7 +568,7 @@ def validate(fabric, model, loader, max_iters: int) -> float:
         total += torch.stack([loss.double(), torch.tensor(targets.numel(), dtype=torch.float64, device=fabric.device)])
     total = fabric.all_reduce(total, reduce_op="sum")
     model.train()
-    return float(total[0] / total[1].clamp(min=1))
+    return None if total[1] == 0 else float(total[0] / total[1])  # None: no data, never a loss of 0
 
 
 def _log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> bool:
@@ -583,10 +583,13 @@ def _log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> bo
             model.train()
             fabric.print(f"validation at step {step} cut short by {signals.name(signals.requested())}: not logged")
             return False
+        if loss is None:  # refused at start-up (check_val_sets); a loader of another DataModule may still be empty
+            continue
         metrics[f"val_loss/{name}"] = loss
         metrics[f"val_ppl/{name}"] = perplexity(loss)
     fabric.log_dict(metrics, step=step)
     fabric.print("validation " + " | ".join(f"{n} loss {metrics[f'val_loss/{n}']:.4f} ppl {metrics[f'val_ppl/{n}']:.2f}"
+                                             if f"val_loss/{n}" in metrics else f"{n} no data (0 tokens)"
                                              for n in val_loaders))
     return True
 
