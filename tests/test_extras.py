@@ -63,6 +63,50 @@ def test_lm_eval_on_a_local_task_offline(tmp_path, checkpoint_with_tokenizer):
 
 
 @needs_extras
+def test_lm_eval_local_task_data_files_resolve_beside_the_yaml_from_any_folder(tmp_path, checkpoint_with_tokenizer):
+    """Issue 20, class 6: lm-eval resolves a task's relative data_files from the working directory, so a local
+    task worked only from its own folder (a FileNotFoundError traceback elsewhere). Here: run from another
+    folder, with data_files as a split mapping and as a list; a missing file is one line naming it."""
+    import shutil
+
+    env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    tasks = tmp_path / "my_tasks" / "arith"
+    tasks.mkdir(parents=True)
+    shutil.copy(os.path.join(REPO, "tests", "lm_eval_tasks", "tiny_arith.jsonl"), tasks / "items.jsonl")
+    text = open(os.path.join(REPO, "tests", "lm_eval_tasks", "tiny_arith.yaml")).read()
+    (tasks / "a.yaml").write_text(text.replace("task: tiny_arith", "task: arith_a")
+                                  .replace("test: tiny_arith.jsonl", "test: items.jsonl"))
+    (tasks / "b.yaml").write_text(text.replace("task: tiny_arith", "task: arith_b")
+                                  .replace("test: tiny_arith.jsonl", "test: [items.jsonl]"))
+    (tasks / "c.yaml").write_text(text.replace("task: tiny_arith", "task: arith_missing")
+                                  .replace("test: tiny_arith.jsonl", "test: nope.jsonl"))
+    (tasks / "d.yaml").write_text(text.replace("task: tiny_arith", "task: arith_long")  # answers past block_size
+                                  .replace("test: tiny_arith.jsonl", "test: items.jsonl")
+                                  .replace('doc_to_choice: "{{choices}}"', 'doc_to_choice: "{{[question * 40] + choices[1:]}}"'))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def lm_eval(names, out):
+        e = dict(os.environ, PYTHONPATH=REPO, **env)
+        return subprocess.run([EXTRAS_PY, "-m", "midtrain", "evaluate", "lm-eval", "--checkpoint",
+                               str(checkpoint_with_tokenizer), "--tasks", names, "--include_path",
+                               str(tmp_path / "my_tasks"), "--out_dir", str(out), "--limit", "4"],
+                              capture_output=True, text=True, cwd=elsewhere, env=e, timeout=600)
+
+    r = lm_eval("arith_a,arith_b", tmp_path / "o")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    results = json.loads((tmp_path / "o" / "results.json").read_text())["results"]
+    assert set(results) == {"arith_a", "arith_b"} and results["arith_a"] == results["arith_b"]
+    r = lm_eval("arith_missing", tmp_path / "o3")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "c.yaml: dataset_kwargs.data_files: nope.jsonl not found beside the task YAML" in r.stderr
+    r = lm_eval("arith_long", tmp_path / "o4")  # before: a raw RuntimeError from gather
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]  # (lm-eval's own progress bars aside)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(errors) == 1, r.stderr
+    assert "tokens is longer than the model's block_size" in r.stderr
+
+
+@needs_extras
 def test_lm_eval_adapter_scores_equal_the_models_own_log_probs(checkpoint_with_tokenizer):
     """The adapter's log-likelihood is the model's: recomputed here by hand for one request."""
     code = f"""

@@ -251,3 +251,36 @@ def test_sft_set_smaller_than_the_global_batch_is_one_line_before_the_sweep(tmp_
     r = run_cli("sft", "--checkpoint", ckpt, "--data", jsonl(tmp_path / "fifty.jsonl", rows), "--global_batch_size",
                 "64", "--micro_batch_size", "8")
     one_line(r, "--global_batch_size: 64 is more than the 40 training examples")
+
+
+# ---- 5. extending a finished run in place ----
+
+def test_extending_a_finished_run_in_place_is_refused_before_the_first_step(tmp_path, real_tree):
+    """Before: a finished 40-step run re-run with max_steps 60 trained steps 41-55, then failed on
+    "final: already exists" (exit 2, the extension lost, and again at every requeue)."""
+    from test_trainer import write_config
+
+    cfg = write_config(tmp_path, real_tree, train={"max_steps": 6, "save_interval": 3})
+    assert run_cli("pretrain", "--config", cfg).returncode == 0
+    final = tmp_path / "base" / "final" / "lit_model.pth"
+    before = final.read_bytes()
+    r = run_cli("pretrain", "--config", cfg, "--train.max_steps", "10", "--resume", "auto")
+    one_line(r, f"out_dir: {tmp_path / 'base' / 'final'} holds a finished run, and this config trains from step 6 to 10")
+    assert "step 7" not in r.stdout and final.read_bytes() == before
+    # the command the refusal names does it: a new folder continuing from final/
+    r = run_cli("pretrain", "--config", cfg, "--train.max_steps", "10", "--out_dir", tmp_path / "extended",
+                "--resume_from", tmp_path / "base" / "final")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "done: 10 steps" in r.stdout and (tmp_path / "extended" / "final").is_dir()
+    # the same class through another option: a finished segment re-run with more max_additional_steps
+    seg = write_config(tmp_path, real_tree, name="seg.yaml", train={"max_steps": 12, "max_additional_steps": 4,
+                                                                    "save_interval": 2}, out_dir=str(tmp_path / "seg"))
+    assert run_cli("pretrain", "--config", seg).returncode == 0
+    r = run_cli("pretrain", "--config", seg, "--train.max_additional_steps", "6", "--resume", "auto")
+    one_line(r, "holds a finished run, and this config trains from step 4 to 6")
+    # and re-running the finished run as it was is still "already complete", exit 0
+    r = run_cli("pretrain", "--config", seg, "--resume", "auto")
+    assert r.returncode == 0 and "run already complete" in r.stdout, r.stderr
+    # resume: false (a fresh start) in a folder that holds checkpoints: refused at start-up, not at the first save
+    r = run_cli("pretrain", "--config", seg)
+    one_line(r, f"resume: False, but {tmp_path / 'seg'} already holds checkpoints (newest final)")

@@ -57,8 +57,9 @@ def lm_eval(checkpoint: Path, tasks: str, out_dir: Path, batch_size: int = 1, nu
     unknown = [t for t in names if t not in manager.all_tasks]
     if unknown:
         raise ConfigError("--tasks", f"unknown task(s) {', '.join(unknown)} (local tasks need --include_path)")
+    specs = [local_task_config(manager, name, Path(include_path)) if include_path else name for name in names]
     model = LitLM(Path(checkpoint), Path(tokenizer_dir) if tokenizer_dir else None, batch_size)
-    results = simple_evaluate(model=model, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
+    results = simple_evaluate(model=model, tasks=specs, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                               log_samples=False)
     table = {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "alias"}
              for task, metrics in results["results"].items()}
@@ -67,6 +68,46 @@ def lm_eval(checkpoint: Path, tasks: str, out_dir: Path, batch_size: int = 1, nu
                                                                  "n_samples": results.get("n-samples", {})},
                                                                 indent=2, default=str))
     return table
+
+
+def _resolve_data_files(files, base: Path, where: str):
+    """``data_files`` (a path, a list, or split -> path/list) with relative paths resolved against ``base``."""
+    if isinstance(files, dict):
+        return {split: _resolve_data_files(f, base, where) for split, f in files.items()}
+    if isinstance(files, (list, tuple)):
+        return [_resolve_data_files(f, base, where) for f in files]
+    path = Path(str(files)).expanduser()
+    if path.is_absolute() or "://" in str(files):
+        return files
+    if (base / path).exists() or any(base.glob(str(path))):
+        return str(base / path)
+    if path.exists():  # lm-eval's own rule (the working directory): still found, and said
+        print(f"lm-eval: {where}: {files} is not beside the task YAML; read from the working directory {Path.cwd()}",
+              flush=True)
+        return str(path.resolve())
+    raise ConfigError(where, f"{files} not found beside the task YAML ({base / path}) nor in the working directory")
+
+
+def local_task_config(manager, name: str, include_path: Path):
+    """The config of a task defined under ``include_path`` with its ``dataset_kwargs.data_files`` resolved
+    against the YAML's own folder (lm-eval resolves them against the working directory, so a local task
+    worked only when run from its folder). Anything else (a built-in task, a group, a tag): ``name``."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = manager.task_index.get(name)
+    path = getattr(entry, "yaml_path", None)
+    if path is None or getattr(entry, "kind", None) is None or entry.kind.name != "TASK":
+        return name
+    path = Path(path).resolve()
+    if not path.is_relative_to(include_path.resolve()):
+        return name
+    cfg = load_yaml(path, resolve_func=True)
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    if files is None:
+        return name
+    cfg["dataset_kwargs"] = dict(cfg["dataset_kwargs"],
+                                 data_files=_resolve_data_files(files, path.parent, f"{path}: dataset_kwargs.data_files"))
+    return cfg
 
 
 def format_lm_eval_metrics(metrics: dict) -> list[str]:

@@ -40,6 +40,10 @@ class LitLM(LM):
         """(sum of log p(continuation | context), whether every continuation token is the argmax)."""
         if not continuation:
             raise ConfigError("lm-eval", "a request with an empty continuation")
+        if len(continuation) > self.max_length:  # its first tokens would have no position in the window
+            raise ConfigError("lm-eval", f"a continuation of {len(continuation)} tokens is longer than the model's "
+                              f"block_size {self.max_length}: it cannot be scored in one window (choose tasks whose "
+                              "answers fit, or a model with a longer context)")
         if not context:  # score the first token from the EOS "document boundary"
             context = [self.tokenizer.eos_id]
         tokens = (context + continuation)[-(self.max_length + 1):]
@@ -51,11 +55,11 @@ class LitLM(LM):
         return float(logp.gather(1, target[:, None]).sum()), bool((logits.argmax(-1) == target).all())
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        out = []
-        for req in requests:
-            context, continuation = req.args
-            out.append(self._score(self.encode(context), self.encode(continuation)))
-        return out
+        pairs = [(self.encode(context), self.encode(continuation)) for context, continuation in (r.args for r in requests)]
+        longest = max((len(c) for _, c in pairs), default=0)
+        if longest > self.max_length:  # refused before any request is scored
+            self._score([], [0] * longest)
+        return [self._score(context, continuation) for context, continuation in pairs]
 
     def loglikelihood_rolling(self, requests) -> list[float]:
         out = []

@@ -301,6 +301,12 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     resume_path = _resume_path(resume, out_dir)
     start_kind = "resume" if resume_path else ("midtrain" if resume_from else "fresh")
     load_path = resume_path or resume_from
+    if start_kind != "resume":
+        existing = ckpt.list_checkpoints(out_dir)
+        if existing:  # a fresh or midtrain start would collide with them at its first save: refuse before any work
+            raise ConfigError("resume", f"{resume!r}, but {out_dir} already holds checkpoints (newest "
+                              f"{existing[-1][1].name}): a {start_kind} run there would collide with them. Resume "
+                              "them (resume: auto), or give another out_dir")
 
     # ---- model, tokenizer, optimizer ----
     fabric.seed_everything(seed, verbose=False)
@@ -376,6 +382,11 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     if end_step < (total_steps or end_step):
         fabric.print(f"this run stops at step {end_step:,} (max_additional_steps {train.max_additional_steps:,} from "
                      f"step {state['segment_start']}) of a {total_steps:,}-step LR horizon")
+    if start_step < end_step and (out_dir / ckpt.FINAL).exists():
+        # the end of this run could never be written (final/ is never overwritten): refuse before the first step
+        raise ConfigError("out_dir", f"{out_dir / ckpt.FINAL} holds a finished run, and this config trains from step "
+                          f"{start_step:,} to {end_step:,}: a finished run is not extended in place. Extend it into a "
+                          f"new folder: --out_dir NEW --resume_from {out_dir / ckpt.FINAL}")
     if start_step >= end_step:
         fabric.print(f"run already complete: step {start_step} >= {end_step}")
         if not (out_dir / ckpt.FINAL).exists() and start_kind == "resume":
