@@ -220,6 +220,9 @@ def prepare(argv: list[str]) -> int:
                             args.val_dir, args.num_workers, args.chunk_tokens)
     for split, info in summary.items():
         print(f"{split}: {info['path']} ({info['tokens']:,} tokens, {info['chunks']} chunks)")
+        if info["documents_with_special_token_text"]:
+            print(f"  {info['documents_with_special_token_text']:,} {split} document(s) contain a special token's text "
+                  "(e.g. <|endoftext|>): tokenised as ordinary text; the only EOS is the one after each document")
     return 0
 
 

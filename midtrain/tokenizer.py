@@ -18,14 +18,39 @@ PAD = "<|padding|>"
 
 
 def load_tokenizer(tokenizer_dir, field: str = "tokenizer_dir"):
-    """litgpt's Tokenizer, with a one-line error naming the folder when it cannot be loaded."""
+    """litgpt's Tokenizer, with a one-line error naming the folder when it cannot be loaded.
+
+    Raw text is tokenised as text: the literal text of a special token inside a document
+    (``<|endoftext|>`` in a web page or a code file) becomes ordinary tokens, never the special id.
+    Special tokens come only from the code: the EOS appended after each document (``prepare``) and
+    after each SFT response. Hugging Face tokenizers parse added special tokens out of raw text by
+    default, which would turn each literal into a document boundary; this sets their
+    ``encode_special_tokens`` (tokenizers >= 0.19). SentencePiece never parses its control symbols.
+    Every command (prepare, pretrain, sft, proximity, lm-eval) loads tokenizers here, so all agree."""
     from litgpt import Tokenizer
 
     try:
-        return Tokenizer(tokenizer_dir)
+        tok = Tokenizer(tokenizer_dir)
     except (OSError, ValueError, KeyError, NotImplementedError) as e:
         raise ConfigError(field, f"{tokenizer_dir} is not a litgpt tokenizer folder "
                           f"(tokenizer.json + tokenizer_config.json): {type(e).__name__}: {e}") from None
+    if tok.backend == "huggingface":
+        if not hasattr(tok.processor, "encode_special_tokens"):
+            raise ConfigError(field, "this `tokenizers` version cannot tokenise special-token text as text "
+                              "(encode_special_tokens needs tokenizers >= 0.19)")
+        tok.processor.encode_special_tokens = True
+    return tok
+
+
+def special_token_texts(tok) -> list[str]:
+    """The literal texts of a tokenizer's special tokens (``<|endoftext|>``, ``<s>``, ...), longest first."""
+    texts: set[str] = set()
+    if tok.backend == "huggingface":
+        texts = {t.content for t in tok.processor.get_added_tokens_decoder().values() if t.special and t.content}
+    else:
+        sp = tok.processor
+        texts = {sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)}
+    return sorted((t for t in texts if t), key=lambda t: (-len(t), t))
 
 
 def tokenizer_vocab_size(tokenizer) -> int | None:

@@ -284,3 +284,39 @@ def test_extending_a_finished_run_in_place_is_refused_before_the_first_step(tmp_
     # resume: false (a fresh start) in a folder that holds checkpoints: refused at start-up, not at the first save
     r = run_cli("pretrain", "--config", seg)
     one_line(r, f"resume: False, but {tmp_path / 'seg'} already holds checkpoints (newest final)")
+
+
+# ---- 7. special-token text inside raw documents ----
+
+def test_special_token_text_in_raw_documents_is_tokenised_as_text(tmp_path, tok_dir, ckpt):
+    """Before: `prepare` on 2 documents, one holding the literal `<|endoftext|>` three times, wrote 5 EOS
+    tokens (each literal became a document boundary). The same tokenisation feeds SFT and proximity."""
+    from litgpt import Tokenizer
+
+    from midtrain.posttrain.sft import encode_example
+    from midtrain.tokenizer import load_tokenizer, special_token_texts
+
+    docs = ["a plain first document about a lazy dog.",
+            "code: s = '<|endoftext|>'; t = s + '<|endoftext|>' # and <|endoftext|> again"]
+    src = jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in docs])
+    r = run_cli("prepare", "--input", src, "--tokenizer_dir", tok_dir, "--out_dir", tmp_path / "shards",
+                "--shard", "c1")
+    assert r.returncode == 0, r.stderr
+    assert "1 train document(s) contain a special token's text" in r.stdout, r.stdout
+    tok = load_tokenizer(tok_dir)
+    assert "<|endoftext|>" in special_token_texts(tok)
+    from test_posttrain import shard_tokens
+
+    ids = shard_tokens(tmp_path / "shards" / "c1")
+    assert ids.count(tok.eos_id) == 2  # one after each document, none from the text
+    assert tok.decode(torch.tensor(ids)).count("<|endoftext|>") == 3  # the literals survive as text (decode drops EOS)
+    # litgpt's plain Tokenizer (what upstream does) would have made the literals special ids
+    assert Tokenizer(tok_dir).encode(docs[1]).tolist().count(tok.eos_id) >= 2
+    # SFT: a response quoting the literal keeps it as text; the only EOS is the one after the response
+    ids, labels = encode_example(tok, "print the marker:", " '<|endoftext|>'", 64)
+    assert ids.count(tok.eos_id) == 1 and ids[-1] == tok.eos_id
+    # proximity tokenises raw text the same way: one EOS per document, none from the text
+    from midtrain.analysis.counting import text_tokens
+
+    stream = text_tokens([str(jsonl(tmp_path / "one.jsonl", [{"text": docs[1]}]))], str(tok_dir))
+    assert stream.tolist().count(tok.eos_id) == 1

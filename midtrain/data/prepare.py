@@ -103,7 +103,7 @@ def _tokenize_unit(unit: str, tokenizer_dir: str, field: str, split: str, val_fr
     Bad input (a malformed line, a missing field) is recorded in ``error_dir`` for the main process
     to report as one line, instead of a worker traceback."""
     try:
-        yield from _tokenize_documents(unit, tokenizer_dir, field, split, val_fraction)
+        yield from _tokenize_documents(unit, tokenizer_dir, field, split, val_fraction, error_dir)
     except ConfigError as e:
         import uuid
 
@@ -111,29 +111,43 @@ def _tokenize_unit(unit: str, tokenizer_dir: str, field: str, split: str, val_fr
             f.write(str(e))
 
 
-def _tokenize_documents(unit: str, tokenizer_dir: str, field: str, split: str, val_fraction: float):
+def _tokenize_documents(unit: str, tokenizer_dir: str, field: str, split: str, val_fraction: float,
+                        notes_dir: str | None = None):
+    """Token tensors of the documents of ``unit`` in ``split``; the count of documents holding a special
+    token's text goes to ``notes_dir`` (a ``note-special-*`` file) for the main process to report."""
     import zlib
 
     import torch
 
     from midtrain.data.readers import read_documents
 
-    tok = _TOKENIZERS.get(tokenizer_dir)
-    if tok is None:
-        from midtrain.tokenizer import load_tokenizer
+    from midtrain.tokenizer import load_tokenizer, special_token_texts
 
-        tok = _TOKENIZERS[tokenizer_dir] = load_tokenizer(tokenizer_dir, "--tokenizer_dir")
+    if tokenizer_dir not in _TOKENIZERS:
+        tok = load_tokenizer(tokenizer_dir, "--tokenizer_dir")
+        _TOKENIZERS[tokenizer_dir] = (tok, special_token_texts(tok))
+    tok, specials = _TOKENIZERS[tokenizer_dir]
+    with_special = 0
     for text in read_documents(unit, field):
         # by content: the split does not depend on where the files live, and duplicates never straddle it
         in_val = val_fraction > 0 and zlib.crc32(text.encode()) / 2**32 < val_fraction
         if in_val != (split == "val"):
             continue
-        # explicit EOS (litgpt's encode(eos=True) skips it when a text already ends in it)
+        with_special += any(s in text for s in specials)
+        # raw text as text (load_tokenizer): the only special token is this explicit EOS (litgpt's
+        # encode(eos=True) would skip it when a text already ends in it)
         yield torch.cat([tok.encode(text, bos=False), torch.tensor([tok.eos_id])]).to(torch.int32)
+    if with_special and notes_dir:
+        import uuid
+
+        with open(os.path.join(notes_dir, f"note-special-{uuid.uuid4().hex}"), "w") as f:
+            f.write(str(with_special))
 
 
 def _raise_recorded(error_dir: str) -> None:
     for name in sorted(os.listdir(error_dir)):
+        if name.startswith("note-"):
+            continue
         with open(os.path.join(error_dir, name)) as f:
             message = f.read()
         field, _, rest = message.partition(": ")
@@ -196,6 +210,7 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
         if os.path.exists(dest):
             raise ConfigError(dest, "already exists (refusing to overwrite a shard)")
     temps: dict[str, str] = {}
+    special_docs: dict[str, int] = {}
     errors = tempfile.mkdtemp(prefix="midtrain-prepare-errors-")  # bad input reported by the workers
     try:
         for split, dest in targets.items():
@@ -209,6 +224,10 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
                 _raise_recorded(errors)
                 raise
             _raise_recorded(errors)
+            notes = [n for n in os.listdir(errors) if n.startswith("note-special-")]
+            special_docs[split] = sum(int(open(os.path.join(errors, n)).read()) for n in notes)
+            for n in notes:
+                os.remove(os.path.join(errors, n))
             index = os.path.join(temps[split], "index.json")
             if not os.path.isfile(index) or sum(read_index(index)[0]) == 0:
                 raise ConfigError("--val_fraction" if split == "val" else "--input",
@@ -220,7 +239,8 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
         for split, dest in targets.items():  # both complete: now make them visible
             os.replace(temps.pop(split), dest)
             dims, _ = read_index(os.path.join(dest, "index.json"))
-            summary[split] = {"path": dest, "tokens": sum(dims), "chunks": len(dims)}
+            summary[split] = {"path": dest, "tokens": sum(dims), "chunks": len(dims),
+                              "documents_with_special_token_text": special_docs.get(split, 0)}
         return summary
     finally:
         for tmp in [*temps.values(), errors]:
