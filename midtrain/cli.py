@@ -378,6 +378,8 @@ def migrate(argv: list[str]) -> int:
     parser.add_argument("--lr", type=float, default=PAPER_PEAK_LR, help="peak LR when the config gives none")
     parser.add_argument("--resume_from", type=Optional[str], default=None,
                         help="midtrain arm: the base run's checkpoint to start from (else the symlink layout)")
+    parser.add_argument("--mix_weights_str", type=Optional[str], default=None,
+                        help="the mixture, for a config whose only mixture key is the never-read mix_weight")
     a = parser.parse_args(argv)
     if a.max_steps < 1:
         raise ConfigError("--max_steps", f"must be >= 1, got {a.max_steps}")
@@ -394,16 +396,20 @@ def migrate(argv: list[str]) -> int:
     if Path(a.out).exists():
         raise ConfigError("--out", f"{a.out} already exists (never overwritten)")
     check_writable_dir(Path(a.out).parent, "--out")
-    new, changes = migrate_config(cfg, a.max_steps, a.lr, a.resume_from, importlib.util.find_spec("wandb") is not None)
+    from midtrain.migrate import is_arm
+
+    new, changes = migrate_config(cfg, a.max_steps, a.lr, a.resume_from, importlib.util.find_spec("wandb") is not None,
+                                  a.mix_weights_str)
     header = [f"# Migrated from {a.config} by `midtrain migrate`. Changes:"] + [f"#   {c}" for c in changes]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(a.out, "\n".join(header) + "\n" + yaml.safe_dump(new, sort_keys=False))
     print(f"{a.config} -> {a.out}: {len(changes)} change(s)")
     for c in changes:
         print(f"  {c}")
-    if "resume_from" not in new and "from_" in Path(a.config).stem:
+    if is_arm(new) and "resume_from" not in new and new.get("resume") is True:
         print("  note: a midtrain arm without resume_from resumes from the symlink layout: link the base run's "
-              "step-N into out_dir (util_scripts/symlink_chkpts.sh), or migrate again with --resume_from BASE/step-N")
+              "step-N into out_dir (util_scripts/symlink_chkpts.sh), or migrate again with --resume_from BASE/step-N; "
+              "it refuses to start without a checkpoint")
     return 0
 
 
@@ -596,6 +602,42 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+def fixed_choice_error(message: str) -> str | None:
+    """jsonargparse reports a bad value of a ``Literal`` key nested in a Union (``train.lr_scheduler``,
+    ``data.init_args.mixer``, ...) as "Cannot take a Union of no types" inside up to 700 characters of
+    noise; this is the one line naming the key, the value and the allowed values (None: not that case)."""
+    import re
+    import typing
+
+    if "Cannot take a Union of no types" not in message:
+        return None
+    keys = re.findall(r'Parser key "([^"]+)": Cannot take a Union of no types', message)
+    if not keys:
+        return None
+    from midtrain.data.sharded_mixed import ShardedMixedDataset
+    from midtrain.train.args import EvalArgs, TrainArgs
+    from midtrain.train.pretrain import setup
+
+    key = keys[-1]
+    choices = {}
+    for prefix, owner in (("train.", TrainArgs), ("eval.", EvalArgs), ("data.init_args.", ShardedMixedDataset),
+                          ("", setup)):
+        for field, hint in typing.get_type_hints(owner).items():
+            literals = [a for a in typing.get_args(hint) if isinstance(a, str)] if typing.get_origin(hint) in (
+                typing.Literal, typing.Union) else []
+            if typing.get_origin(hint) is typing.Literal:
+                literals = list(typing.get_args(hint))
+            if literals:
+                choices[prefix + field] = literals
+    full = next((k for k in choices if k == key or k.endswith("." + key)), None)
+    if full is None:
+        return None
+    leaf = re.escape(full.rsplit(".", 1)[-1])
+    given = re.search(r"NestedArg\(key='[^']*', val='([^']*)'\)", message) or re.search(rf"'{leaf}': '([^']*)'", message)
+    value = f"{given.group(1)!r} " if given else ""
+    return f"{full}: {value}is not one of {', '.join(map(str, choices[full]))}"
+
+
 def run_command(fn: Callable[[list[str]], int], argv: list[str], name: str) -> int:
     from jsonargparse import ArgumentError
 
@@ -606,5 +648,5 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], name: str) -> i
         return 2
     except ArgumentError as e:
         msg = " ".join(str(e).split())
-        print(f"midtrain {name}: error: {msg}", file=sys.stderr)
+        print(f"midtrain {name}: error: {fixed_choice_error(msg) or msg}", file=sys.stderr)
         return 2

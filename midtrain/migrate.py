@@ -10,10 +10,14 @@ and this module rewrites them:
   run's curve and ends where the base would.
 - No LR anywhere meant the original's ``train.max_lr`` default 3e-4; torch's AdamW default would be
   1e-3. The peak LR is written into ``optimizer.init_args.lr``.
-- ``resume: true`` (used for from-scratch runs too) becomes ``resume: auto``; a midtrain arm
-  resumes from ``resume_from`` when it is given (``--resume_from``), else from the symlink layout.
-- Keys no code read (``mix_weight``) and empty keys are removed; type weights given as
-  ``literal_weights_str`` move to ``mix_weights_str``.
+- ``resume: true`` on a base run (no weights, or the main corpus only) becomes ``resume: auto``. A
+  midtrain arm (weights on another type or shard, or a mix config) must continue a checkpoint:
+  with ``--resume_from`` it resumes from it (``resume: auto`` then covers preemption); without it
+  ``resume: true`` stays, so the arm refuses to start unless the symlink layout (or its own
+  checkpoint) is there, as the original failed loudly; it never trains from step 0 unannounced.
+- Keys no code read and empty keys are removed; type weights given as ``literal_weights_str`` move
+  to ``mix_weights_str``. ``mix_weight`` alone (the original's "math from 20k" arm: it trained the
+  main corpus only) cannot say what was meant: refused unless ``--mix_weights_str`` states it.
 - ``logger_name: wandb`` falls back to tensorboard when wandb is not installed.
 - ``stable_steps`` with a scheduler other than wsd goes; the from-scratch ``lr_scheduler: decay``
   run with a placeholder ``stable_steps`` (a flat LR to the end) becomes ``constant``.
@@ -30,9 +34,29 @@ PAPER_PEAK_LR = 3e-4
 _SHARD_ID = re.compile(r"^(main/\d+|[A-Za-z_][A-Za-z_\-]*\d+)$")
 
 
+def is_arm(cfg: dict) -> bool:
+    """A midtrain arm: its data weights name a type or shard other than the main corpus, or a mix config."""
+    data = cfg.get("data")
+    init = (data.get("init_args") if isinstance(data, dict) else None) or {}
+    if init.get("mix_config_path"):
+        return True
+    for key in ("mix_weights_str", "literal_weights_str"):
+        for part in str(init.get(key) or "").split(","):
+            name = part.rpartition(":")[0].strip()
+            if name and name != "main" and not name.startswith("main/"):
+                return True
+    return False
+
+
 def migrate_config(cfg: dict, max_steps: int = PAPER_MAX_STEPS, lr: float = PAPER_PEAK_LR,
-                   resume_from: Optional[str] = None, wandb_installed: bool = False) -> tuple[dict, list[str]]:
-    """(the rewritten config, one line per change). The input is not modified."""
+                   resume_from: Optional[str] = None, wandb_installed: bool = False,
+                   mix_weights_str: Optional[str] = None) -> tuple[dict, list[str]]:
+    """(the rewritten config, one line per change). The input is not modified.
+
+    Raises ConfigError where the original's intent cannot be known (``mix_weight`` as the only
+    mixture key without ``mix_weights_str``; ``mix_weights_str`` given for a config with its own)."""
+    from midtrain.errors import ConfigError
+
     new = copy.deepcopy(cfg)
     changes: list[str] = []
 
@@ -77,16 +101,37 @@ def migrate_config(cfg: dict, max_steps: int = PAPER_MAX_STEPS, lr: float = PAPE
         init["lr"] = lr
         change("optimizer.init_args.lr", None, lr, "peak LR: the original's train.max_lr default; torch's would be 1e-3")
 
+    data = new.get("data")
+    init_args = data.get("init_args") if isinstance(data, dict) else None
+    weight_keys = ("mix_weights_str", "literal_weights_str", "mix_config_path")
+    has_weights = isinstance(init_args, dict) and any(init_args.get(k) for k in weight_keys)
+    if mix_weights_str is not None:
+        if has_weights:
+            raise ConfigError("--mix_weights_str", "the config gives its own weights (" + ", ".join(
+                k for k in weight_keys if init_args.get(k)) + "); edit them there")
+        if not isinstance(data, dict):
+            raise ConfigError("--mix_weights_str", "the config has no data section to put the weights in")
+        init_args = data.setdefault("init_args", {}) or {}
+        data["init_args"] = init_args
+        init_args["mix_weights_str"] = mix_weights_str
+        change("data.init_args.mix_weights_str", None, mix_weights_str, "given with --mix_weights_str")
+    elif isinstance(init_args, dict) and "mix_weight" in init_args and not has_weights:
+        raise ConfigError("data.init_args.mix_weight", f"{init_args['mix_weight']!r} is the only mixture key, and the "
+                          "original never read it (it trained the main corpus only): state the mixture with "
+                          "--mix_weights_str (e.g. main:0.8,math:0.2; main:1.0 for what the original trained)")
+    arm = is_arm(new)
     if new.get("resume") is True:
-        change("resume", True, "auto", "resume this run's newest checkpoint if any, else start")
-        new["resume"] = "auto"
+        if arm and resume_from is None:
+            changes.append("resume: True kept (a midtrain arm must continue a checkpoint: the symlinked base step in "
+                           "out_dir, or migrate with --resume_from; it refuses to start without one)")
+        else:
+            change("resume", True, "auto", "resume this run's newest checkpoint if any, else start")
+            new["resume"] = "auto"
     if resume_from is not None:
         change("resume_from", new.get("resume_from"), resume_from, "midtrain: continue the base run at that step")
         new["resume_from"] = resume_from
         new.setdefault("resume", "auto")
 
-    data = new.get("data")
-    init_args = data.get("init_args") if isinstance(data, dict) else None
     if isinstance(init_args, dict):
         if "mix_weight" in init_args:
             changes.append(f"data.init_args.mix_weight: {init_args.pop('mix_weight')!r} removed (the original read it "

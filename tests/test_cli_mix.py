@@ -67,6 +67,9 @@ def test_epochs_above_one_warn(fake_tree):
     ({"mix_weights_str": "main:0.8,code:abc"}, "code:abc"),
     ({"mix_weights_str": "main:0.8", "literal_weights_str": "q1:1"}, "only one source of weights"),
     ({"mix_weight": 0.2}, "mix_weight"),
+    ({"mix_weights_str": ""}, "mix_weights_str: '' is empty"),
+    ({"mix_weights_str": "main:1", "mixer": "bogus"}, "data.init_args.mixer: 'bogus' is not one of exact, litdata"),
+    ({"mix_weights_str": "main:1", "within_type": "x"}, "data.init_args.within_type: 'x' is not one of equal, tokens"),
 ])
 def test_bad_input_exits_2_with_one_line(paper_tree, tmp_path, data_args, needle):
     cfg = write_cfg(tmp_path, {"data_path": str(paper_tree), **data_args})
@@ -95,3 +98,12 @@ def test_help_lists_commands():
     assert r.returncode == 0 and "mix" in r.stdout
     r = run_cli("nonsense")
     assert r.returncode == 2 and "unknown command 'nonsense'" in r.stderr
+
+
+def test_a_key_with_fixed_values_says_them_in_one_short_line(paper_tree, tmp_path):
+    """jsonargparse's "Cannot take a Union of no types" (up to 700 characters) becomes the allowed values."""
+    cfg = write_cfg(tmp_path, {"data_path": str(paper_tree)})
+    for args, needle in ((["--train.lr_scheduler", "cosin"], "train.lr_scheduler: is not one of cosine, wsd, decay, constant"),
+                         (["--logger_name", "tb"], "logger_name: is not one of tensorboard, csv, wandb")):
+        r = run_cli("mix", "--config", cfg, *args)
+        assert r.returncode == 2 and r.stderr.strip() == f"midtrain mix: error: {needle}", r.stderr

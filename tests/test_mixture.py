@@ -195,3 +195,14 @@ def test_shard_ids_among_type_weights():
     assert [s.id for s in m.excluded] == ["q1"]
     with pytest.raises(ConfigError, match="type 'code' has weight 1 but all its shards are also named"):
         resolve(d, mix_weights_str="code:1,c1:1,c2:1")
+
+
+def test_an_empty_weights_string_is_refused_not_main_only():
+    """`mix_weights_str: ''` used to mean "main only" without a word; no key at all still does."""
+    from midtrain.data.mixture import mix_spec
+
+    for field in ("mix_weights_str", "literal_weights_str"):
+        for value in ("", "  "):
+            with pytest.raises(ConfigError, match=f"^{field}: '{value}' is empty: give weights"):
+                mix_spec(**{field: value})
+    assert mix_spec().mode == "default"

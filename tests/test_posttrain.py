@@ -139,7 +139,10 @@ def test_prepare_refuses_inputs_that_give_no_documents(tmp_path, tokenizer_dir):
         r = run_cli(*args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
         assert needle in r.stderr, r.stderr
-        assert not (tmp_path / "s").exists() or list((tmp_path / "s").iterdir()) == []
+        assert not (tmp_path / "s").exists() and not (tmp_path / "v").exists()  # not even an empty folder
+    r = run_cli("prepare", "--tokenizer_dir", tokenizer_dir, "--out_dir", tmp_path / "s", "--type", "code", "--index",
+                "1", "--input", good, "--chunk_tokens", "0")  # was: silently one chunk
+    assert r.returncode == 2 and "--chunk_tokens: must be >= 1" in r.stderr and not (tmp_path / "s").exists()
 
 
 def test_sft_bad_options_are_refused_before_any_work(tmp_path, tokenizer_dir):

@@ -64,6 +64,21 @@ def test_token_id_outside_vocab_is_a_clear_error(real_tree, mixer, where):
             pass
 
 
+def test_token_id_outside_vocab_in_a_validation_set_names_the_set(real_tree):
+    """gsm8k's ids are 400-499: with a vocabulary of 450 the error names that set and its folder."""
+    data = ShardedMixedDataset(data_path=real_tree, val_data_path=real_tree.parent / "val", num_workers=0,
+                               vocab_size=450)
+    data.connect(batch_size=2, max_seq_length=9)
+    for name, loader in data.val_dataloaders().items():
+        if name != "gsm8k":
+            assert sum(1 for _ in loader) > 0
+            continue
+        with pytest.raises(ConfigError, match=r"^val_data_path: validation set 'gsm8k' \(.*/val/gsm8k\): token id 4\d\d "
+                                              r"is outside the vocabulary \[0, 450\)"):
+            for _ in loader:
+                pass
+
+
 def test_shard_smaller_than_one_sample(fake_tree):
     base = fake_tree({"1": [10]})
     data = ShardedMixedDataset(data_path=base, num_workers=0)

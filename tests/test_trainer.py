@@ -130,6 +130,8 @@ def test_kill_9_leaves_previous_checkpoint_usable(tmp_path, real_tree):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "loading" in r.stdout and "step-00000008" in r.stdout
     assert (out / "final").is_dir()
+    assert "removed what a save cut short left in" in r.stdout and ".latest.tmp-1" in r.stdout
+    assert not (out / ".latest.tmp-1").exists() and not partial.exists()  # cleaned at the start, not left to rot
 
 
 def test_midtrain_continues_lr_separate_out_dir_and_switches_shares(tmp_path, real_tree):

@@ -148,6 +148,10 @@ def mix_spec(
         raise ConfigError(given[1], f"only one source of weights may be given, but {' and '.join(given)} are both set")
     if within_type not in WITHIN_TYPE_MODES:
         raise ConfigError("within_type", f"{within_type!r} is not one of {', '.join(WITHIN_TYPE_MODES)}")
+    for name, value in (("mix_weights_str", mix_weights_str), ("literal_weights_str", literal_weights_str)):
+        if value is not None and _blank(value):  # not silently "main only"
+            raise ConfigError(name, f"{value!r} is empty: give weights (e.g. main:0.8,code:0.2), or remove the key "
+                              "(no weights at all = the main corpus only)")
 
     if not _blank(mix_weights_str):
         return MixSpec("weighted", parse_weights(mix_weights_str, "mix_weights_str"), "mix_weights_str",

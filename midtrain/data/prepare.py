@@ -191,6 +191,8 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
         raise ConfigError("--val_fraction", f"must be in [0, 1), got {val_fraction}")
     if val_fraction > 0 and val_dir is None:
         raise ConfigError("--val_dir", "required with --val_fraction (where the val shard goes)")
+    if chunk_tokens < 1:
+        raise ConfigError("--chunk_tokens", f"must be >= 1 (tokens per chunk file), got {chunk_tokens}")
     from midtrain.tokenizer import load_tokenizer
 
     tok_dir = os.path.abspath(tokenizer_dir)
@@ -211,6 +213,8 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
             raise ConfigError(dest, "already exists (refusing to overwrite a shard)")
     temps: dict[str, str] = {}
     special_docs: dict[str, int] = {}
+    created = _missing_folders(os.path.dirname(dest) for dest in targets.values())  # removed again on failure
+    done = False
     errors = tempfile.mkdtemp(prefix="midtrain-prepare-errors-")  # bad input reported by the workers
     try:
         for split, dest in targets.items():
@@ -241,7 +245,25 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
             dims, _ = read_index(os.path.join(dest, "index.json"))
             summary[split] = {"path": dest, "tokens": sum(dims), "chunks": len(dims),
                               "documents_with_special_token_text": special_docs.get(split, 0)}
+        done = True
         return summary
     finally:
         for tmp in [*temps.values(), errors]:
             shutil.rmtree(tmp, ignore_errors=True)
+        if not done:  # a refusal leaves nothing behind, not even the empty --out_dir / --val_dir it made
+            for folder in created:
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    pass
+
+
+def _missing_folders(folders) -> list[str]:
+    """Folders (and their missing parents) that do not exist yet, deepest first."""
+    missing: set[str] = set()
+    for folder in folders:
+        folder = os.path.abspath(folder)
+        while not os.path.exists(folder) and folder != os.path.dirname(folder):
+            missing.add(folder)
+            folder = os.path.dirname(folder)
+    return sorted(missing, key=lambda f: -f.count(os.sep))

@@ -222,11 +222,12 @@ class ShardedMixedDataset(DataModule):
             print(describe_change(saved[-1], new), flush=True)
         return history
 
-    def _val_loader(self, shards: list[Shard]) -> StreamingDataLoader:
+    def _val_loader(self, shards: list[Shard], name: str = "val") -> StreamingDataLoader:
         datasets = [StreamingDataset(input_dir=s.path, item_loader=TokensLoader(block_size=self.seq_length),
                                      shuffle=False, drop_last=False) for s in shards]
         dataset = datasets[0] if len(datasets) == 1 else CombinedStreamingDataset(datasets, iterate_over_all=True)
-        return VocabCheckedLoader(dataset, vocab_size=self.vocab_size, where="val_data_path",
+        return VocabCheckedLoader(dataset, vocab_size=self.vocab_size,
+                                  where=f"val_data_path: validation set {name!r} ({shards[0].path})",
                                   batch_size=self.batch_size, pin_memory=torch.cuda.is_available(),
                                   num_workers=self.num_workers)
 
@@ -234,7 +235,7 @@ class ShardedMixedDataset(DataModule):
         """One loader per validation set, so loss can be reported per source."""
         if self.val_data_path is None:
             return {}
-        return {name: self._val_loader(shards)
+        return {name: self._val_loader(shards, name)
                 for name, shards in self.val_sets().items()}
 
     def val_dataloader(self) -> StreamingDataLoader | None:
@@ -243,7 +244,7 @@ class ShardedMixedDataset(DataModule):
             return None
         sets = self.val_sets()
         name = next((n for n in ("main", "val") if n in sets), next(iter(sets)))
-        return self._val_loader(sets[name])
+        return self._val_loader(sets[name], name)
 
 
 def _is_rank_zero() -> bool:

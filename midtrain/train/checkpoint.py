@@ -119,6 +119,25 @@ def save_checkpoint(fabric, out_dir: Path, name: str, state: dict[str, Any], tra
     return final
 
 
+def clean_leftovers(out_dir: Path) -> list[str]:
+    """Remove what a process killed mid-save leaves in ``out_dir``: hidden ``.NAME.partial`` folders and
+    ``.latest.tmp-PID`` files (never valid checkpoints: discovery already ignores them). Returns their names.
+    Call once at the start of a run, on one rank, before anything is saved."""
+    out_dir = Path(out_dir)
+    removed = []
+    if not out_dir.is_dir():
+        return removed
+    for entry in out_dir.iterdir():
+        if entry.name.startswith(f".{LATEST}.tmp-") and entry.is_file():
+            entry.unlink(missing_ok=True)
+        elif entry.name.startswith(".") and entry.name.endswith(".partial") and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            continue
+        removed.append(entry.name)
+    return sorted(removed)
+
+
 def prune(out_dir: Path, keep_last_n: int) -> None:
     """Delete all but the newest ``keep_last_n`` step folders this run wrote (symlinks are left alone)."""
     steps = [(s, p) for s, p in list_checkpoints(out_dir) if p.name != FINAL and not p.is_symlink()]

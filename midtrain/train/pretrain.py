@@ -301,6 +301,11 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     resume_path = _resume_path(resume, out_dir)
     start_kind = "resume" if resume_path else ("midtrain" if resume_from else "fresh")
     load_path = resume_path or resume_from
+    if fabric.global_rank == 0:
+        removed = ckpt.clean_leftovers(out_dir)
+        if removed:
+            fabric.print(f"removed what a save cut short left in {out_dir}: {', '.join(removed)}")
+    fabric.barrier()
     if start_kind != "resume":
         existing = ckpt.list_checkpoints(out_dir)
         if existing:  # a fresh or midtrain start would collide with them at its first save: refuse before any work
