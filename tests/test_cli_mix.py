@@ -107,3 +107,19 @@ def test_a_key_with_fixed_values_says_them_in_one_short_line(paper_tree, tmp_pat
                          (["--logger_name", "tb"], "logger_name: is not one of tensorboard, csv, wandb")):
         r = run_cli("mix", "--config", cfg, *args)
         assert r.returncode == 2 and r.stderr.strip() == f"midtrain mix: error: {needle}", r.stderr
+
+
+def test_a_weight_that_quantises_to_no_draw_is_listed_as_excluded_with_the_reason(paper_tree, tmp_path):
+    """Below 1/(2·B·2^16) the exact mixer draws nothing from a source: before, the plan showed it as a row of
+    weight 0.0000; now it is excluded, with the reason and the weight it was given."""
+    cfg = write_cfg(tmp_path, {"data_path": str(paper_tree), "literal_weights_str": "main/1:1.0,q1:1e-9,q2:1e-5"})
+    r = run_cli("mix", "--config", cfg, "--json", tmp_path / "plan.json")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split()[0] for line in r.stdout.splitlines()[4:] if line.startswith(("main/", "q"))]
+    assert rows == ["main/1", "q2"], r.stdout  # q2 (1e-5 of 64 x 65,536 draws) is drawn; q1 is not
+    assert "q2           " in r.stdout and "1.0e-05" in r.stdout and "0.0000" not in r.stdout
+    line = next(x for x in r.stdout.splitlines() if x.startswith("excluded (weight too small"))
+    assert "q1 (1.00e-09)" in line and "of the 4,194,304 draws per schedule period" in line
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [i for i, _ in plan["too_small"]] == ["q1"] and plan["too_small"][0][1] == pytest.approx(1e-9, rel=1e-3)
+    assert [r["id"] for r in plan["rows"]] == ["main/1", "q2"]

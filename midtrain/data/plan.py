@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from midtrain.data.mixture import Mixture
 from midtrain.data.shards import Discovery
@@ -35,6 +35,9 @@ class MixPlan:
     unused_types: list[str]
     ignored: list[tuple[str, str]]
     mixer: str = "litdata"
+    # positive weights the exact mixer rounds to no draw at all: (shard id, weight, draw units per block·period)
+    too_small: list[tuple[str, float]] = field(default_factory=list)
+    units: int | None = None  # the exact mixer's draws per schedule period (block x 2^16)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -43,11 +46,17 @@ class MixPlan:
 
 
 def mixture_plan(mixture: Mixture, discovery: Discovery, block_size: int, total_samples: int | None,
-                 mixer: str = "litdata", draws: dict[str, int] | None = None) -> MixPlan:
+                 mixer: str = "litdata", draws: dict[str, int] | None = None,
+                 quantized: list[int] | None = None) -> MixPlan:
     """``total_samples`` = optimizer steps x global batch (None if unknown). ``draws``: exact samples
-    per shard (the exact mixer's schedule); otherwise the expectation weight x total_samples."""
-    rows = []
-    for src in mixture.sources:
+    per shard (the exact mixer's schedule); otherwise the expectation weight x total_samples.
+    ``quantized``: the exact mixer's integer draws per period for each source (in ``mixture.sources``
+    order); a positive weight quantised to 0 is listed as excluded, with the reason, not as a row."""
+    rows, too_small = [], []
+    for k, src in enumerate(mixture.sources):
+        if quantized is not None and quantized[k] == 0:
+            too_small.append((src.shard.id, src.weight))
+            continue
         samples = src.shard.samples(block_size)
         draw = None if total_samples is None else src.weight * total_samples
         if draws is not None:
@@ -63,7 +72,8 @@ def mixture_plan(mixture: Mixture, discovery: Discovery, block_size: int, total_
         weights_from=mixture.spec.field if mixture.spec.mode != "default" else "default (main only)",
         block_size=block_size, total_samples=total_samples, rows=rows,
         excluded=[s.id for s in mixture.excluded], unused_types=list(mixture.unused_types),
-        ignored=[(i.name, i.reason) for i in discovery.ignored], mixer=mixer,
+        ignored=[(i.name, i.reason) for i in discovery.ignored], mixer=mixer, too_small=too_small,
+        units=sum(quantized) if quantized is not None else None,
     )
 
 
@@ -74,6 +84,11 @@ def _human(n: float | None) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f}{unit}"
     return f"{n:.0f}"
+
+
+def _weight(w: float) -> str:
+    """0.2000; a small positive weight in scientific notation (never a misleading 0.0000)."""
+    return f"{w:.4f}" if w >= 1e-4 or w == 0 else f"{w:.1e}"
 
 
 def format_plan(plan: MixPlan) -> str:
@@ -88,18 +103,22 @@ def format_plan(plan: MixPlan) -> str:
     for r in plan.rows:
         epochs = "-" if r.epochs is None else f"{r.epochs:.3f}"
         warn = "  <- repeats data" if r.repeats else ""
-        lines.append(f"{r.id:<12} {r.type:<9} {_human(r.tokens):>9} {r.samples:>9,} {r.weight:>8.4f} "
+        lines.append(f"{r.id:<12} {r.type:<9} {_human(r.tokens):>9} {r.samples:>9,} {_weight(r.weight):>8} "
                      f"{_human(r.draw_tokens):>12} {epochs:>7}{warn}")
     by_type: dict[str, float] = {}
     for r in plan.rows:
         by_type[r.type] = by_type.get(r.type, 0.0) + r.weight
-    lines.append("type totals: " + ", ".join(f"{t} {w:.4f}" for t, w in by_type.items()))
+    lines.append("type totals: " + ", ".join(f"{t} {_weight(w)}" for t, w in by_type.items()))
     repeating = [r.id for r in plan.rows if r.repeats]
     if repeating:
         lines.append(f"WARNING: {len(repeating)} shard(s) will be read more than once: {', '.join(repeating[:10])}"
                      + (" ..." if len(repeating) > 10 else ""))
     if plan.excluded:
         lines.append(f"excluded (weight 0): {', '.join(plan.excluded)}")
+    if plan.too_small:
+        lines.append(f"excluded (weight too small for the exact mixer: it rounds to 0 of the {plan.units:,} draws per "
+                     f"schedule period, so no sample is ever drawn): "
+                     + ", ".join(f"{i} ({w:.2e})" for i, w in plan.too_small))
     if plan.unused_types:
         lines.append(f"unused types (discovered, no weight): {', '.join(plan.unused_types)}")
     for name, reason in plan.ignored:

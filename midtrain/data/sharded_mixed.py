@@ -158,10 +158,14 @@ class ShardedMixedDataset(DataModule):
                          tuple(s.shard.fingerprint() for s in sources), self.seq_length)
 
     def plan(self, total_samples: int | None) -> MixPlan:
-        draws = None
-        if self.mixer == "exact" and total_samples is not None:
-            draws = Blend([self.stage()]).consumed(total_samples)
-        return mixture_plan(self.mixture(), self.discovery(), self.seq_length, total_samples, self.mixer, draws)
+        draws, quantized = None, None
+        if self.mixer == "exact":
+            stage = self.stage()
+            quantized = list(stage.units)
+            if total_samples is not None:
+                draws = Blend([stage]).consumed(total_samples)
+        return mixture_plan(self.mixture(), self.discovery(), self.seq_length, total_samples, self.mixer, draws,
+                            quantized)
 
     def verify_files(self) -> None:
         """Every chunk file of every shard the mixture reads exists and is complete (stat only)."""
