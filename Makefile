@@ -46,7 +46,7 @@ extras: $(EXTRAS_VENV)/.complete
 # worker): on this 2-core machine about half the suite's wall time is waiting (SLURM scheduling, polls).
 PYTEST_WORKERS ?= 2
 test: venv extras
-	MIDTRAIN_EXTRAS_PYTHON=$(EXTRAS_PY) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	MIDTRAIN_EXTRAS_PYTHON=$(EXTRAS_PY) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/discovery.py

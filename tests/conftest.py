@@ -48,11 +48,13 @@ def run_cli(*args, cwd=None, env=None):
                           cwd=cwd or REPO, env=e, timeout=300)
 
 
-# The longest files first: with `pytest -n 2 --dist loadfile` (make test) each worker takes whole files in
-# collection order, so a long file collected last would run alone at the end (measured: the demo and the
-# SLURM tests were the tail of the run). Same order in every worker (xdist requires it).
+# The longest files first: with `pytest -n 2 --dist loadfile --no-loadscope-reorder` (make test) each worker
+# takes whole files in collection order, so a long file collected last would run alone at the end (measured:
+# the demo was the tail for 9 minutes while xdist's default reorder, by test count, scheduled it late).
+# Same order in every worker (xdist requires it).
 HEAVY_FIRST = ("test_slurm.py", "test_demo.py", "test_trainer.py", "test_study_run.py", "test_signals.py",
-               "test_slurm_nodes.py", "test_posttrain.py", "test_migrate.py", "test_distributed.py")
+               "test_fault_classes.py", "test_posttrain.py", "test_slurm_nodes.py", "test_extras.py",
+               "test_migrate.py", "test_distributed.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -158,14 +158,18 @@ def test_val_set_shorter_than_one_sample_is_refused_in_mix_pretrain_and_evaluate
     assert "step 1" not in r.stdout and not (tmp_path / "run" / "final").exists()
     r = run_cli("evaluate", "loss", "--checkpoint", ckpt, "--data", short_val / "val", "--max_seq_length", "32")
     one_line(r, "--data: validation set 'gsm8k'")
-    # the forgetting probe of SFT reads val sets the same way (its own option is named)
+    # the forgetting probe of SFT reads val sets the same way (its own option is named), before any training
+    from midtrain.posttrain.evaluate import loss_on_shards
+    from midtrain.posttrain.sft import run_sft
+
     data = jsonl(tmp_path / "d.jsonl", [{"prompt": f"{i} plus", "response": f" {i}"} for i in range(20)])
-    r = run_cli("sft", "--checkpoint", ckpt, "--data", data, "--max_seq_length", "32", "--pretrain_val_path",
-                short_val / "val", "--global_batch_size", "4", "--micro_batch_size", "4")
-    one_line(r, "--pretrain_val_path: validation set 'gsm8k'")
-    # a longer context where gsm8k still fits: the 20-token set scores at max_seq_length 16
-    r = run_cli("evaluate", "loss", "--checkpoint", ckpt, "--data", short_val / "val", "--max_seq_length", "16")
-    assert r.returncode == 0 and "gsm8k" in r.stdout, r.stderr
+    with pytest.raises(ConfigError, match="^--pretrain_val_path: validation set 'gsm8k'"):
+        run_sft(ckpt, data, max_seq_length=32, pretrain_val_path=short_val / "val", global_batch_size=4,
+                micro_batch_size=4, out=tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+    # a shorter context where gsm8k holds a sample: the 20-token set is scored (a real number, not 0)
+    losses = loss_on_shards(ckpt, short_val / "val", max_seq_length=16)
+    assert set(losses) == {"main", "gsm8k"} and losses["gsm8k"]["loss"] > 1.0
 
 
 def test_trainer_validation_over_no_tokens_is_no_data():
