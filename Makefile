@@ -15,7 +15,7 @@ EXTRAS_HASH := $(shell sed -n '/^wandb = /p;/^eval = /p' pyproject.toml | sha256
 EXTRAS_VENV ?= $(CACHE_DIR)/venv-extras-$(DEPS_HASH)-$(EXTRAS_HASH)
 EXTRAS_PY := $(EXTRAS_VENV)/bin/python
 
-.PHONY: venv extras test demo demo-full bench clean-venv
+.PHONY: venv extras hf-test test demo demo-full bench clean-venv
 
 venv: $(VENV)/.complete
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || $(PY) -m pip install --no-deps --no-build-isolation -e .
@@ -42,11 +42,30 @@ $(EXTRAS_VENV)/.complete: $(VENV)/.complete
 
 extras: $(EXTRAS_VENV)/.complete
 
+# transformers, for the tests only (real Hugging Face checkpoints built offline for `midtrain import`): a
+# third venv layered on the first. transformers needs a newer huggingface_hub than litgpt's pin, so it
+# gets its own copy here, where nothing else runs (the main and extras venvs keep theirs).
+HF_HASH := $(shell sed -n '/^hf-test = /p' pyproject.toml | sha256sum | cut -c1-8)
+HF_VENV ?= $(CACHE_DIR)/venv-hf-$(DEPS_HASH)-$(HF_HASH)
+HF_PY := $(HF_VENV)/bin/python
+
+$(HF_VENV)/.complete: $(VENV)/.complete
+	@echo "creating the transformers test virtualenv $(HF_VENV) (first time only, ~30 s)"
+	rm -rf $(HF_VENV)
+	$(PYTHON) -m venv $(HF_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c 'import site; print(site.getsitepackages()[0])')')" \
+	  > "$$($(HF_PY) -c 'import site; print(site.getsitepackages()[0])')/midtrain-base.pth"
+	$(PY) -m pip freeze | grep -iE '^(torch|numpy|tokenizers|safetensors)==' > $(HF_VENV)/constraints.txt
+	$(HF_PY) -m pip install -q -c $(HF_VENV)/constraints.txt $$(sed -n 's/^hf-test = \["\(.*\)"\]/\1/p' pyproject.toml)
+	touch $@
+
+hf-test: $(HF_VENV)/.complete
+
 # Two pytest workers, one test file each at a time (module fixtures such as a SLURM cluster stay in one
 # worker): on this 2-core machine about half the suite's wall time is waiting (SLURM scheduling, polls).
 PYTEST_WORKERS ?= 2
-test: venv extras
-	MIDTRAIN_EXTRAS_PYTHON=$(EXTRAS_PY) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
+test: venv extras hf-test
+	MIDTRAIN_EXTRAS_PYTHON=$(EXTRAS_PY) MIDTRAIN_HF_PYTHON=$(HF_PY) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/discovery.py

@@ -29,6 +29,7 @@ commands:
   demo       the paper's findings in miniature on CPU, offline: a study (what `make demo` runs)
   proximity  token-unigram proximity of mixtures to target sets, and the proximity advantage
   migrate    rewrite a config of the original fork into midtrain's form, printing every change
+  import     a Hugging Face checkpoint (Pythia, OLMo 2) -> a midtrain checkpoint at a known step of a schedule
 
 Run `midtrain <command> --help` for a command's options."""
 
@@ -359,6 +360,24 @@ def report(argv: list[str]) -> int:
     return 0
 
 
+def import_(argv: list[str]) -> int:
+    """``midtrain import``: an HF checkpoint folder -> a midtrain checkpoint that resume_from accepts."""
+    from midtrain.importer import format_import, import_hf
+
+    parser = _parser("Import a Hugging Face checkpoint (GPT-NeoX/Pythia, OLMo 2) at step --step of the schedule in "
+                     "--config's train: section; optimizer moments start fresh (recorded).", config=False)
+    parser.add_argument("--hf_dir", type=str, required=True, help="config.json + *.safetensors / pytorch_model*.bin")
+    parser.add_argument("--config", type=str, required=True,
+                        help="a run config: its model (matched against config.json) and its train: schedule")
+    parser.add_argument("--step", type=int, required=True, help="the optimizer step the checkpoint was saved at")
+    parser.add_argument("--out", type=str, required=True, help="the checkpoint folder to write (never overwritten)")
+    parser.add_argument("--pretraining_data", type=Optional[str], default=None,
+                        help="what the checkpoint was pretrained on (recorded; e.g. 'the Pile (deduplicated)')")
+    a = parser.parse_args(argv)
+    print(format_import(import_hf(a.hf_dir, a.config, a.step, a.out, a.pretraining_data)))
+    return 0
+
+
 def migrate(argv: list[str]) -> int:
     """``midtrain migrate``: rewrite a config of the original fork into midtrain's form, printing each change."""
     import importlib.util
@@ -577,7 +596,7 @@ def _take_config(argv: list[str]) -> Optional[str]:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "mix": mix, "pretrain": pretrain, "status": status, "prepare": prepare, "tokenizer": tokenizer,
     "sft": sft, "evaluate": evaluate, "plot": plot, "report": report, "demo": demo, "migrate": migrate,
-    "proximity": proximity, "study": study,
+    "proximity": proximity, "study": study, "import": import_,
 }
 
 

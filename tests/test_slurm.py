@@ -58,12 +58,17 @@ def sbatch(cluster, env, *args, wait=True):
     return cluster.sbatch(*CPU_JOB, *args, env=env, cwd=REPO, wait=wait)
 
 
+BASE_ARGS = ["--train.max_steps", "61"]
+
+
 @pytest.fixture(scope="module")
 def base_run(cluster, demo_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("base")
     env = job_env(cluster, demo_data, tmp / "ckpt", model_config_file="midtrain_configs/demo/pretrain.yaml",
                   MIDTRAIN_SAMPLE_TRACE=tmp / "trace")
-    r = sbatch(cluster, env, "-o", tmp / "job-%j.out", LAUNCHER)
+    # 61 of the config's 120 steps: step-00000060 (what the demo arms resume from) is saved, and half the
+    # CPU time of the module's longest job is saved too
+    r = sbatch(cluster, env, "-o", tmp / "job-%j.out", LAUNCHER, *BASE_ARGS)
     return tmp, env, r
 
 
@@ -72,9 +77,9 @@ def test_sbatch_wait_with_model_config_file(cluster, base_run):
     assert r.returncode == 0, r.stderr + cluster.logs()
     log = (tmp / f"job-{r.stdout.strip()}.out").read_text()
     assert "mixture: weighted" in log and "main/1" in log  # the plan is printed before training
-    assert "done: 120 steps" in log
+    assert "done: 61 steps" in log
     assert (tmp / "ckpt" / "demo" / "base" / "final" / "lit_model.pth").is_file()
-    again = sbatch(cluster, env, "-o", tmp / "again-%j.out", LAUNCHER)
+    again = sbatch(cluster, env, "-o", tmp / "again-%j.out", LAUNCHER, *BASE_ARGS)
     assert again.returncode == 0
     assert "run already complete" in (tmp / f"again-{again.stdout.strip()}.out").read_text()
 

@@ -194,6 +194,11 @@ class ExactMixLoader(DataLoader):
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("mixer") is None and state.get("imported") == "hf" and self.accept_foreign:
+            # `midtrain import`: no data position and no optimizer state in an HF checkpoint (said and recorded)
+            self.samples, self.imported = 0, True
+            self.notes = list(state.get("notes", []))
+            return
         if state.get("mixer") is None and self.accept_foreign:
             # litgpt's / the original fork's litdata loader state: its positions cannot be mapped onto this
             # schedule, so every source starts its seeded order from the beginning (said and recorded).

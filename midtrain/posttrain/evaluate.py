@@ -125,16 +125,45 @@ def format_lm_eval_metrics(metrics: dict) -> list[str]:
 
 
 def export_hf(checkpoint: Path, out_dir: Path) -> Path:
-    """Convert a checkpoint to the HF transformers layout with litgpt's converter."""
+    """Convert a checkpoint to the HF transformers layout with litgpt's converter (``model.pth``). When the
+    checkpoint carries an HF ``config.json`` (a `midtrain import`, and every run continuing one), the folder
+    is also a complete HF checkpoint: ``model.safetensors`` + ``config.json`` + tokenizer files, which
+    ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` loads. Written to a hidden folder first:
+    a refusal leaves nothing behind."""
+    import shutil
+
     from litgpt.scripts.convert_lit_checkpoint import convert_lit_checkpoint
+
+    from midtrain.train.checkpoint import copy_side_files
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not (checkpoint / "lit_model.pth").is_file():
         raise ConfigError("--checkpoint", f"{checkpoint} has no lit_model.pth")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError("--out", f"{out_dir} exists and is not empty")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    convert_lit_checkpoint(checkpoint, out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        try:
+            convert_lit_checkpoint(checkpoint, tmp)
+        except KeyError as e:  # litgpt's map for this architecture lacks a weight (e.g. OLMo 2's q/k norms)
+            raise ConfigError("--checkpoint", f"litgpt's converter cannot export this architecture (no HF name for "
+                              f"{e.args[0]!r})") from None
+        if (checkpoint / "config.json").is_file():
+            import torch
+            from safetensors.torch import save_file
+
+            state = torch.load(tmp / "model.pth", map_location="cpu", weights_only=True)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
+                      metadata={"format": "pt"})
+            copy_side_files(checkpoint, tmp)
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out_dir / "model.pth"
 
 

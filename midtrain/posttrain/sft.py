@@ -42,6 +42,16 @@ def load_checkpoint_model(checkpoint: Path):
     return model, config
 
 
+def checkpoint_notes(checkpoint: Path) -> list:
+    """The history a checkpoint carries that is not a mixture stage (an HF import with its fresh optimizer
+    state, an original-fork import): copied into SFT metrics so that every downstream number says it."""
+    path = Path(checkpoint) / "training_state.json"
+    try:
+        return list((json.loads(path.read_text()).get("data") or {}).get("notes") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def load_examples(path: Path, prompt_key: str = "prompt", response_key: str = "response") -> list[tuple[str, str]]:
     """JSON list or JSONL of objects with a prompt and a response."""
     path = Path(path)
@@ -331,6 +341,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
         "epochs": epochs, "lr_sweep": sweep, "best_lr": lr, "val_loss": val_loss,
         "test_loss": examples_loss(model, enc["test"], micro_batch_size, device),
         "zero_shot_val_loss": zero_shot_val,
+        "checkpoint_notes": checkpoint_notes(checkpoint),
         "forgetting": {name: {"before": forgetting_before[name], "after": forgetting_after[name],
                               "increase": forgetting_after[name] - forgetting_before[name]} for name in forgetting_before},
     }

@@ -46,6 +46,9 @@ class TrainArgs:
     """WSD: fraction of max_steps spent decaying to min_lr."""
     decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
     """WSD / decay: the curve from the current LR to min_lr."""
+    rewarm_steps: int = 0
+    """After `midtrain import` (fresh optimizer moments): ramp the LR linearly from 0 back to the schedule
+    over this many steps from the imported step (factor (t - S + 1) / N at step t). Only for imports."""
 
     def __post_init__(self) -> None:
         if self.lr_warmup_fraction is not None and self.lr_warmup_steps is not None:
@@ -76,6 +79,8 @@ class TrainArgs:
         if self.stable_steps is not None and self.lr_scheduler != "wsd":
             raise ConfigError("train.stable_steps", f"only lr_scheduler: wsd reads it (here: {self.lr_scheduler}); "
                               "remove it, or use wsd")
+        if self.rewarm_steps < 0:
+            raise ConfigError("train.rewarm_steps", f"must be >= 0, got {self.rewarm_steps}")
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError("train.decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
 

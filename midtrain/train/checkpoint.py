@@ -87,10 +87,24 @@ def check_checkpoint(path: Path, field: str) -> Path:
     return path
 
 
+SIDE_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "config.json",
+              "generation_config.json")
+
+
+def copy_side_files(source: Path, dest: Path) -> None:
+    """The tokenizer files and an HF ``config.json`` (an imported model's, what export-hf needs) from ``source``;
+    never ``model_config.yaml``, which is the run's own (litgpt's copy_config_files would overwrite it)."""
+    import shutil as _shutil
+
+    for name in SIDE_FILES:
+        if (Path(source) / name).is_file():
+            _shutil.copy(Path(source) / name, Path(dest) / name)
+
+
 def save_checkpoint(fabric, out_dir: Path, name: str, state: dict[str, Any], training_state: dict,
                     hparams: dict, model_config, tokenizer_dir: Optional[Path], keep_last_n: Optional[int]) -> Path:
     """Write checkpoint ``out_dir/name`` atomically on all ranks; rank 0 finalises it."""
-    from litgpt.utils import copy_config_files, save_config
+    from litgpt.utils import save_config
 
     out_dir = Path(out_dir)
     final = out_dir / name
@@ -108,7 +122,7 @@ def save_checkpoint(fabric, out_dir: Path, name: str, state: dict[str, Any], tra
         (partial / "hyperparameters.yaml").write_text(yaml.safe_dump(hparams, sort_keys=False))
         save_config(model_config, partial)
         if tokenizer_dir is not None:
-            copy_config_files(Path(tokenizer_dir), partial)
+            copy_side_files(Path(tokenizer_dir), partial)
         fsync_tree(partial)
         os.rename(partial, final)
         fsync_dir(out_dir)

@@ -301,6 +301,9 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     resume_path = _resume_path(resume, out_dir)
     start_kind = "resume" if resume_path else ("midtrain" if resume_from else "fresh")
     load_path = resume_path or resume_from
+    # what every checkpoint carries beside the weights (tokenizer files, an imported model's HF config.json):
+    # from tokenizer_dir, else from the checkpoint this run continues
+    side_files = tokenizer_dir if tokenizer_dir is not None else load_path
     if fabric.global_rank == 0:
         removed = ckpt.clean_leftovers(out_dir)
         if removed:
@@ -370,9 +373,18 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
         if getattr(train_loader, "imported", False):
             train_loader.notes[-1]["at_step"] = state["step_count"]
             state["tokens"] = state["tokens"] or state["step_count"] * train.global_batch_size * seq_len
-            fabric.print(f"resume_from: {load_path} was written by the original litgpt fork: model, optimizer and step "
-                         f"{state['step_count']:,} continue (and the LR schedule with them); its litdata data position "
-                         "cannot be mapped, so every source starts a fresh seeded order (recorded in the stage history)")
+            if "optimizer" in train_loader.notes[-1]:  # `midtrain import` of a Hugging Face checkpoint
+                fabric.print(f"resume_from: {load_path} was imported from Hugging Face: model and step "
+                             f"{state['step_count']:,} continue (and the LR schedule with them); "
+                             f"{train_loader.notes[-1]['optimizer']}: AdamW's moments start at zero"
+                             + (f", the LR ramps back up over {train.rewarm_steps} step(s) (train.rewarm_steps)"
+                                if train.rewarm_steps else "; train.rewarm_steps N would ramp the LR back up")
+                             + "; every source starts a fresh seeded order (recorded in the stage history)")
+            else:
+                fabric.print(f"resume_from: {load_path} was written by the original litgpt fork: model, optimizer and "
+                             f"step {state['step_count']:,} continue (and the LR schedule with them); its litdata data "
+                             "position cannot be mapped, so every source starts a fresh seeded order (recorded in the "
+                             "stage history)")
     start_step = state["step_count"]
     total_steps = train.total_steps(fabric.world_size, 1, seq_len)
     if total_steps == 0:
@@ -398,7 +410,7 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
             if val_loaders and eval.final_validation and not _log_validation(fabric, state["model"], val_loaders, eval,
                                                                               start_step):
                 return signals.exit_code_for(signals.requested(), EXIT_REQUEUE)
-            _save(fabric, out_dir, ckpt.FINAL, state, train_loader, hparams, model_config, tokenizer_dir, None)
+            _save(fabric, out_dir, ckpt.FINAL, state, train_loader, hparams, model_config, side_files, None)
             _finalize_loggers(fabric, "success")
         return 0
 
@@ -410,7 +422,7 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
                         warmup_steps(horizon, train.lr_warmup_steps, train.lr_warmup_fraction), train.stable_steps,
                         train.decay_fraction, train.decay_shape, decay_step, decay_lr)
     return fit(fabric, state, schedule, end_step, train, eval, val_loaders, out_dir, seq_len, model_config,
-               tokenizer_dir, keep_last_n, hparams, n_params, precision)
+               side_files, keep_last_n, hparams, n_params, precision)
 
 
 def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval: EvalArgs, val_loaders, out_dir,
@@ -429,6 +441,10 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
 
     if eval.initial_validation and state["step_count"] == 0:
         _log_validation(fabric, model, val_loaders, eval, state["step_count"])
+    rewarm_from = hf_import_step(loader)
+    if train.rewarm_steps and rewarm_from is None:
+        raise ConfigError("train.rewarm_steps", f"{train.rewarm_steps}, but this run does not continue a checkpoint "
+                          "imported from Hugging Face (`midtrain import`): its optimizer state is not fresh")
     data_iter = iter(loader)
     model.train()
     while state["step_count"] < end_step:
@@ -445,7 +461,7 @@ def fit(fabric, state, schedule: Schedule, end_step: int, train: TrainArgs, eval
                     _save(fabric, out_dir, name, state, loader, hparams, model_config, tokenizer_dir, keep_last_n)
             _finalize_loggers(fabric, "aborted")
             return code
-        lr = schedule.lr_at(state["step_count"])
+        lr = schedule.lr_at(state["step_count"]) * rewarm_factor(state["step_count"], rewarm_from, train.rewarm_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         samples_at_step = getattr(loader, "samples", None)
@@ -567,6 +583,21 @@ def _finalize_loggers(fabric, status: str) -> None:
         logger.finalize(status)
         if type(logger).__name__ == "WandbLogger" and fabric.global_rank == 0:
             logger.experiment.finish(exit_code=0 if status == "success" else 1)  # not left to interpreter exit
+
+
+def hf_import_step(loader) -> Optional[int]:
+    """The step of the `midtrain import` this run descends from (its fresh-optimizer note), else None."""
+    for note in getattr(loader, "notes", None) or []:
+        if "optimizer" in note and note.get("at_step") is not None:
+            return int(note["at_step"])
+    return None
+
+
+def rewarm_factor(step: int, import_step: Optional[int], rewarm_steps: int) -> float:
+    """LR multiplier at ``step``: (step - S + 1) / N for S <= step < S + N after an import at S, else 1. Pure."""
+    if not rewarm_steps or import_step is None or not import_step <= step < import_step + rewarm_steps:
+        return 1.0
+    return (step - import_step + 1) / rewarm_steps
 
 
 @torch.no_grad()

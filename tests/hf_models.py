@@ -1,0 +1,60 @@
+"""Build tiny real Hugging Face checkpoints offline (run with the extras venv's python, which has transformers):
+
+    python tests/hf_models.py OUT TOKENIZER_DIR
+
+OUT/neox: GPTNeoXForCausalLM (safetensors, one file); OUT/olmo2: Olmo2ForCausalLM (safetensors, sharded);
+each with the tokenizer files copied in and OUT/<name>/reference.pt = {"input_ids", "logits"} on a fixed batch.
+With `logits MODEL_DIR OUT.pt`: the logits of `AutoModelForCausalLM.from_pretrained(MODEL_DIR)` (a folder that
+`midtrain evaluate export-hf` wrote) on the same batch."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+NEOX = dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            rotary_pct=0.25, max_position_embeddings=64, use_parallel_residual=True, layer_norm_eps=1e-5,
+            rotary_emb_base=10000, tie_word_embeddings=False, hidden_act="gelu")
+OLMO2 = dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+             intermediate_size=64, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=500000.0,
+             tie_word_embeddings=False, attention_bias=False, bos_token_id=None, eos_token_id=0, pad_token_id=1)
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 400, (2, 24), generator=g)
+
+
+def build(out: Path, tok: Path) -> None:
+    for name, cls, cfg_cls, kwargs, shard in (
+            ("neox", transformers.GPTNeoXForCausalLM, transformers.GPTNeoXConfig, NEOX, None),
+            ("olmo2", transformers.Olmo2ForCausalLM, transformers.Olmo2Config, OLMO2, "60KB")):
+        torch.manual_seed(0)
+        model = cls(cfg_cls(**kwargs)).eval()
+        with torch.no_grad():  # non-trivial norms and biases, so a mis-mapped weight shows in the logits
+            for n, p in model.named_parameters():
+                if "norm" in n or n.endswith(".bias"):
+                    p.add_(0.1 * torch.randn_like(p))
+        d = out / name
+        model.save_pretrained(d, safe_serialization=True, **({"max_shard_size": shard} if shard else {}))
+        for f in tok.iterdir():
+            shutil.copy(f, d / f.name)
+        x = batch()
+        with torch.no_grad():
+            torch.save({"input_ids": x, "logits": model(x).logits}, d / "reference.pt")
+
+
+def logits(model_dir: Path, out: Path) -> None:
+    """What a user does with `midtrain evaluate export-hf`'s folder: from_pretrained, then a forward."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        torch.save({"logits": model(batch()).logits}, out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "logits":
+        logits(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        build(Path(sys.argv[1]), Path(sys.argv[2]))

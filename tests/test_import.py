@@ -1,0 +1,188 @@
+"""`midtrain import` (issue 18): real Hugging Face checkpoints built offline with transformers (GPT-NeoX as one
+safetensors file, OLMo 2 sharded) become midtrain checkpoints with the same logits; a midtrain arm continues one
+at step S with the schedule's LR (and the re-warmup); the fresh optimizer state is recorded downstream; export-hf
+round-trips to transformers; bad input is one line. transformers runs in its own test venv (MIDTRAIN_HF_PYTHON,
+built by `make test`); midtrain itself never needs it."""
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, run_cli
+from midtrain.errors import ConfigError
+
+HF_PY = os.environ.get("MIDTRAIN_HF_PYTHON")
+needs_hf = pytest.mark.skipif(not HF_PY and not os.environ.get("CI"),
+                              reason="MIDTRAIN_HF_PYTHON unset (run through `make test`)")
+pytestmark = needs_hf
+
+NEOX = {"name": "tiny-neox", "block_size": 64, "vocab_size": 512, "padded_vocab_size": 512, "n_layer": 2, "n_head": 4,
+        "n_embd": 32, "intermediate_size": 64, "rotary_percentage": 0.25, "parallel_residual": True, "bias": True,
+        "norm_class_name": "LayerNorm", "mlp_class_name": "GptNeoxMLP", "norm_eps": 1e-5, "rope_base": 10000}
+OLMO2 = {"name": "tiny-olmo2", "block_size": 64, "vocab_size": 512, "padded_vocab_size": 512, "n_layer": 2,
+         "n_head": 4, "n_embd": 32, "n_query_groups": 4, "intermediate_size": 64, "rotary_percentage": 1.0,
+         "parallel_residual": False, "bias": False, "norm_class_name": "RMSNorm", "mlp_class_name": "LLaMAMLP",
+         "norm_eps": 1e-6, "rope_base": 500000, "norm_qk": True, "post_mlp_norm": True, "norm_1": False,
+         "norm_2": False, "norm_qk_type": "olmo2", "post_attention_norm": True}
+SCHEDULE = {"max_steps": 100, "global_batch_size": 8, "micro_batch_size": 8, "max_seq_length": 32,
+            "lr_warmup_steps": 10, "min_lr": 1e-4}
+STEP = 40
+
+
+def hf_python(*args):
+    assert HF_PY, "CI runs `make test`, which builds the transformers test venv and sets MIDTRAIN_HF_PYTHON"
+    r = subprocess.run([HF_PY, os.path.join(REPO, "tests", "hf_models.py"), *map(str, args)], capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+def write_run(path, model, **extra):
+    cfg = {"model_config": model, "train": dict(SCHEDULE),
+           "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}, **extra}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    """Two real HF checkpoints (random init, saved with save_pretrained), their reference logits, run configs,
+    and each imported at step 40."""
+    from midtrain.importer import import_hf
+    from midtrain.tokenizer import train_bpe
+
+    root = tmp_path_factory.mktemp("hf")
+    texts = [" ".join(str(i * j) for j in range(40)) + " the quick brown fox" for i in range(300)]
+    tok = train_bpe(texts, root / "tok", vocab_size=400)
+    hf_python(root / "models", tok)
+    runs = {"neox": write_run(root / "neox.yaml", NEOX), "olmo2": write_run(root / "olmo2.yaml", OLMO2)}
+    for name in ("neox", "olmo2"):
+        import_hf(root / "models" / name, runs[name], STEP, root / f"imported-{name}",
+                  pretraining_data="random init (a test checkpoint)")
+    return root, runs
+
+
+def litgpt_logits(checkpoint, input_ids):
+    from midtrain.posttrain.sft import load_checkpoint_model
+
+    model, _ = load_checkpoint_model(checkpoint)
+    with torch.no_grad():
+        return model.eval()(input_ids)
+
+
+@pytest.mark.parametrize("name", ["neox", "olmo2"])
+def test_imported_checkpoint_gives_the_transformers_logits(hf, name):
+    root, _ = hf
+    ref = torch.load(root / "models" / name / "reference.pt")
+    diff = (litgpt_logits(root / f"imported-{name}", ref["input_ids"]) - ref["logits"]).abs().max().item()
+    assert diff < 1e-4, diff
+    state = json.loads((root / f"imported-{name}" / "training_state.json").read_text())
+    assert state["step"] == STEP and state["data"]["notes"][0]["optimizer"] == "optimizer state: fresh (imported from HF)"
+    assert state["data"]["notes"][0]["pretraining_data"] == "random init (a test checkpoint)"
+    for f in ("tokenizer.json", "tokenizer_config.json", "config.json", "model_config.yaml"):
+        assert (root / f"imported-{name}" / f).is_file()
+
+
+def test_an_arm_continues_the_import_at_its_step_with_the_schedule_lr_then_exports(hf, tmp_path):
+    """resume_from the import at step 40: the LR of step 41 is the schedule's at 40 times the re-warmup factor
+    (1/2 with rewarm_steps 2), then the schedule's; the fresh optimizer is said and recorded; SFT metrics carry
+    it; export-hf of the midtrained checkpoint loads in transformers with the same logits."""
+    import csv
+    import random
+
+    from midtrain.data.prepare import write_token_shard
+    from midtrain.posttrain.sft import run_sft
+    from midtrain.train.schedules import Schedule
+
+    root, runs = hf
+    rng = random.Random(0)
+    write_token_shard(tmp_path / "data" / "1", [[rng.randrange(300) for _ in range(100)] for _ in range(60)], 2000)
+    write_token_shard(tmp_path / "data" / "c1", [[rng.randrange(300, 400) for _ in range(100)] for _ in range(60)], 2000)
+    write_token_shard(tmp_path / "val" / "1", [[rng.randrange(300) for _ in range(100)] for _ in range(5)], 2000)
+    arm = write_run(tmp_path / "arm.yaml", NEOX, out_dir=str(tmp_path / "arm"), resume_from=str(root / "imported-neox"),
+                    precision="32-true", logger_name="csv",
+                    data={"class_path": "midtrain.data.ShardedMixedDataset",
+                          "init_args": {"data_path": str(tmp_path / "data"), "val_data_path": str(tmp_path / "val"),
+                                        "mix_weights_str": "main:0.8,code:0.2", "num_workers": 0}},
+                    eval={"interval": 1000, "max_iters": 2})
+    r = run_cli("pretrain", "--config", arm, "--train.max_additional_steps", "3", "--train.rewarm_steps", "2",
+                "--train.log_interval", "1")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "was imported from Hugging Face" in r.stdout and "optimizer state: fresh (imported from HF)" in r.stdout
+    assert "the LR ramps back up over 2 step(s)" in r.stdout
+    (metrics,) = (tmp_path / "arm" / "logs" / "csv").glob("version_*/metrics.csv")
+    lrs = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(metrics.open()) if row.get("lr")}
+    schedule = Schedule("cosine", 1e-3, 1e-4, 100, 10)
+    assert lrs[41] == pytest.approx(schedule.lr_at(40) / 2, rel=1e-6)  # step 41 is taken with lr_at(40)
+    assert lrs[42] == pytest.approx(schedule.lr_at(41), rel=1e-6) and lrs[43] == pytest.approx(schedule.lr_at(42))
+    notes = json.loads((tmp_path / "arm" / "final" / "training_state.json").read_text())["data"]["notes"]
+    assert notes[0]["optimizer"] == "optimizer state: fresh (imported from HF)" and notes[0]["at_step"] == STEP
+    # SFT of the midtrained checkpoint: its metrics say where the weights came from
+    rows = [{"prompt": f"{i} plus {i % 5} is", "response": f" {i + i % 5}"} for i in range(24)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    m = run_sft(tmp_path / "arm" / "final", tmp_path / "sft.jsonl", lrs=(1e-3,), epochs=1, micro_batch_size=4,
+                global_batch_size=4, max_seq_length=32)
+    assert m["checkpoint_notes"][0]["optimizer"] == "optimizer state: fresh (imported from HF)"
+    # export-hf: a folder transformers loads (from_pretrained) with the same logits as litgpt's forward
+    r = run_cli("evaluate", "export-hf", "--checkpoint", tmp_path / "arm" / "final", "--out", tmp_path / "hf_out")
+    assert r.returncode == 0, r.stderr[-2000:]
+    hf_python("logits", tmp_path / "hf_out", tmp_path / "logits.pt")
+    ref = torch.load(root / "models" / "neox" / "reference.pt")
+    ours = litgpt_logits(tmp_path / "arm" / "final", ref["input_ids"])
+    assert (torch.load(tmp_path / "logits.pt")["logits"] - ours).abs().max().item() < 1e-4
+    assert (ours - ref["logits"]).abs().max().item() > 1e-4  # it did train
+
+
+def test_bad_input_is_one_line_and_writes_nothing(hf, tmp_path):
+    from midtrain.importer import import_hf
+
+    root, runs = hf
+    neox = root / "models" / "neox"
+    out = tmp_path / "out"
+    (tmp_path / "empty").mkdir()
+    bad_arch = tmp_path / "llama"
+    bad_arch.mkdir()
+    (bad_arch / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    small_vocab = tmp_path / "small_vocab"
+    small_vocab.mkdir()
+    for f in neox.iterdir():
+        (small_vocab / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((neox / "config.json").read_text())
+    (small_vocab / "config.json").write_text(json.dumps({**cfg, "vocab_size": 300}))
+    cases = [
+        ((tmp_path / "empty", runs["neox"], STEP), "--hf_dir: ", "has no config.json"),
+        ((bad_arch, runs["neox"], STEP), "--hf_dir: ", "model_type 'bert' (BertModel) cannot be imported"),
+        ((neox, runs["neox"], 100), "--step: ", "100 is not before the end of the schedule (train.max_steps 100"),
+        ((neox, write_run(tmp_path / "3l.yaml", {**NEOX, "n_layer": 3}), STEP), "model_config: ",
+         "n_layer is 3, but the HF checkpoint's num_hidden_layers is 2"),
+        ((neox, runs["olmo2"], STEP), "model_config: ", "the HF checkpoint's"),
+        ((small_vocab, write_run(tmp_path / "v.yaml", {**NEOX, "vocab_size": 300, "padded_vocab_size": 300}), STEP),
+         "--hf_dir: ", "the tokenizer has 400 tokens, more than the model's padded_vocab_size 300"),
+    ]
+    for args, field, needle in cases:
+        with pytest.raises(ConfigError) as e:
+            import_hf(*args, out)
+        assert str(e.value).startswith(field) and needle in str(e.value), (needle, str(e.value))
+        assert not out.exists() and not list(tmp_path.glob(".out.partial"))
+    # on the command line: one line, exit 2 (a missing --step is the parser's one line)
+    r = run_cli("import", "--hf_dir", neox, "--config", runs["neox"], "--step", "100", "--out", out)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--step: 100" in r.stderr, r.stderr
+    r = run_cli("import", "--hf_dir", neox, "--config", runs["neox"], "--out", out)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "step" in r.stderr, r.stderr
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="^--out: .* already exists"):
+        import_hf(neox, runs["neox"], STEP, root / "imported-neox")
+    # export-hf of OLMo 2: litgpt's converter has no map back; one line, nothing written
+    r = run_cli("evaluate", "export-hf", "--checkpoint", root / "imported-olmo2", "--out", tmp_path / "olmo_out")
+    assert r.returncode == 2 and "litgpt's converter cannot export this architecture" in r.stderr, r.stderr
+    assert not (tmp_path / "olmo_out").exists()
+
+
+def test_rewarm_is_only_for_imports():
+    from midtrain.train.pretrain import rewarm_factor
+
+    assert [rewarm_factor(s, 40, 4) for s in (39, 40, 41, 42, 43, 44)] == [1.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert rewarm_factor(40, None, 4) == 1.0 and rewarm_factor(40, 40, 0) == 1.0
