@@ -186,3 +186,60 @@ def test_rewarm_is_only_for_imports():
 
     assert [rewarm_factor(s, 40, 4) for s in (39, 40, 41, 42, 43, 44)] == [1.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     assert rewarm_factor(40, None, 4) == 1.0 and rewarm_factor(40, 40, 0) == 1.0
+
+
+def test_a_study_from_an_imported_checkpoint_runs_end_to_end(hf, tmp_path):
+    """A size given as {checkpoint, step, config}: nothing is pretrained; the code arm and pretrain-only start at
+    the import's step; SFT and the report run; the report names the checkpoint, its step, the fresh optimizer
+    state and the declared corpus."""
+    import random
+
+    from midtrain.data.prepare import write_token_shard
+    from midtrain.importer import import_hf
+
+    root, _ = hf
+    rng = random.Random(1)
+    write_token_shard(tmp_path / "data" / "1", [[rng.randrange(300) for _ in range(100)] for _ in range(60)], 2000)
+    write_token_shard(tmp_path / "data" / "c1", [[rng.randrange(300, 400) for _ in range(100)] for _ in range(60)], 2000)
+    write_token_shard(tmp_path / "val" / "1", [[rng.randrange(300) for _ in range(100)] for _ in range(5)], 2000)
+    run = write_run(tmp_path / "run.yaml", NEOX, out_dir=str(tmp_path / "unused"), precision="32-true",
+                    logger_name="csv",
+                    data={"class_path": "midtrain.data.ShardedMixedDataset",
+                          "init_args": {"data_path": str(tmp_path / "data"), "val_data_path": str(tmp_path / "val"),
+                                        "num_workers": 0}},
+                    eval={"interval": 1000, "max_iters": 2, "final_validation": False})
+    cfg = yaml.safe_load(run.read_text())
+    cfg["train"]["max_steps"] = 44  # the schedule this test's checkpoint sits on: 4 steps left after step 40
+    run.write_text(yaml.safe_dump(cfg))
+    import_hf(root / "models" / "neox", run, STEP, tmp_path / "ckpt", pretraining_data="random init (a test)")
+    rows = [{"prompt": f"{i} plus {i % 5} is", "response": f" {i + i % 5}"} for i in range(36)]
+    for split, part in (("train", rows[:24]), ("val", rows[24:30]), ("test", rows[30:])):
+        (tmp_path / f"sft_{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in part))
+    spec = {"name": "from-public", "sizes": {"neox": {"checkpoint": str(tmp_path / "ckpt"), "step": STEP,
+                                                      "config": str(run)}},
+            "arms": [{"name": "code", "domain": "code", "start": [STEP], "weight": [0.2]}], "seeds": [0],
+            "sft": {"lrs": [1e-3], "tasks": {"sums": {"data": str(tmp_path / "sft_train.jsonl"),
+                                                      "val_data": str(tmp_path / "sft_val.jsonl"),
+                                                      "test_data": str(tmp_path / "sft_test.jsonl")}},
+                    "options": {"epochs": 1, "micro_batch_size": 4, "global_batch_size": 4, "max_seq_length": 32,
+                                "forgetting_batches": 2}},
+            "eval": {"enabled": False}, "report": {"baseline": "pretrain-only"}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = run_cli("study", "plan", tmp_path / "study.yaml")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "pretrain 0" in r.stdout and "midtrain 2" in r.stdout and "no base steps (nothing is pretrained)" in r.stdout
+    r = run_cli("study", "run", tmp_path / "study.yaml", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = (tmp_path / "out" / "report" / "table.md").read_text()
+    assert f"imported checkpoint `{tmp_path / 'ckpt'}` at step 40" in table
+    assert "optimizer state: fresh (imported from HF)" in table and "random init (a test)" in table
+    assert "pretrain-only" in table and "code20-from40" in table
+    # a spec whose arm starts elsewhere, or whose step disagrees with the checkpoint: one line before anything runs
+    for change, needle in (({"arms": [{"name": "code", "domain": "code", "start": [20], "weight": [0.2]}]},
+                            "arms[0].start: step 20 on size 'neox', which starts from an imported checkpoint at step 40"),
+                           ({"sizes": {"neox": {"checkpoint": str(tmp_path / "ckpt"), "step": 41, "config": str(run)}},
+                             "arms": [{"name": "code", "domain": "code", "start": [41], "weight": [0.2]}]},
+                            f"sizes.neox.step: 41, but {tmp_path / 'ckpt'} was saved at step 40")):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**spec, **change}, sort_keys=False))
+        r = run_cli("study", "plan", tmp_path / "bad.yaml")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr

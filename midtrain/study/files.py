@@ -55,6 +55,8 @@ def check_inputs(spec: Spec, spec_dir: Path) -> None:
     from midtrain.data.shards import discover
 
     for size in spec.sizes:
+        if size.checkpoint:
+            _check_imported(size)
         args = data_args(size.config)
         disc = discover(args["data_path"], args.get("shard_types"), f"sizes.{size.name}: data.data_path")
         types = disc.by_type()
@@ -82,6 +84,20 @@ def check_inputs(spec: Spec, spec_dir: Path) -> None:
             value = getattr(task, key)
             if value is not None and not Path(value).is_file():
                 raise ConfigError(f"sft.tasks.{task.name}.{key}", f"{value} does not exist")
+
+
+def _check_imported(size) -> None:
+    """An imported size's checkpoint exists and was saved at the step the spec says."""
+    state_path = Path(size.checkpoint) / "training_state.json"
+    if not (Path(size.checkpoint) / "lit_model.pth").is_file() or not state_path.is_file():
+        raise ConfigError(f"sizes.{size.name}.checkpoint", f"{size.checkpoint} is not a midtrain checkpoint "
+                          "(lit_model.pth + training_state.json; make one with `midtrain import`)")
+    try:
+        saved = json.loads(state_path.read_text()).get("step")
+    except ValueError:
+        raise ConfigError(f"sizes.{size.name}.checkpoint", f"{state_path} is not JSON") from None
+    if saved != size.start_step:
+        raise ConfigError(f"sizes.{size.name}.step", f"{size.start_step}, but {size.checkpoint} was saved at step {saved}")
 
 
 def sft_token_estimate(spec: Spec, size_config: dict) -> dict[str, int]:

@@ -99,8 +99,8 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
     plan = Plan(spec)
     steps: dict[str, Step] = {}
 
-    def add(kind, id_, deps, config, labels, resume_step=None, tokens=None, size=None):
-        hashes = [steps[d].hash for d in deps]
+    def add(kind, id_, deps, config, labels, resume_step=None, tokens=None, size=None, origin=None):
+        hashes = [steps[d].hash for d in deps] + ([origin] if origin else [])
         h = config_hash(kind, config, hashes)
         n = (params or {}).get(size) if size else None
         flops = 6.0 * n * tokens if n and tokens else None
@@ -117,6 +117,17 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         cuts = sorted({a.start for a in size_arms} | {size.max_steps})
         seg_at: dict[int, str] = {}
         prev, start = None, 0
+        origin = None
+        if size.checkpoint:  # an imported checkpoint: no base run; pretrain-only continues it with the base mixture
+            origin = f"import:{size.checkpoint}@{size.start_step}"
+            cfg = dict(set_dotted(size.config, "train.max_additional_steps", size.max_steps - size.start_step))
+            cfg.update(resume="auto", resume_from=size.checkpoint)
+            sid = f"midtrain/{size.name}/{CONTROL}"
+            add("midtrain", sid, [], cfg, {"size": size.name, "arm": CONTROL, "start": size.start_step,
+                                          "end": size.max_steps, "imported": size.checkpoint},
+                tokens=(size.max_steps - size.start_step) * size.tokens_per_step, size=size.name, origin=origin)
+            seg_at[size.max_steps] = sid
+            cuts = []
         for end in cuts:
             cfg = set_dotted(size.config, "train.max_additional_steps", end - start)
             cfg["resume"] = "auto"
@@ -136,11 +147,16 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
                 cfg = set_dotted(cfg, "data.seed", seed)
                 cfg["resume"] = "auto"
                 sid = f"midtrain/{size.name}/{arm.name}/s{seed}"
-                add("midtrain", sid, [seg_at[arm.start]], cfg,
-                    {"size": size.name, "arm": arm.name, "family": arm.family, "seed": seed, "start": arm.start,
-                     "end": size.max_steps, "weight": arm.weight, "domain": arm.domain, "mixture": arm.mixture},
-                    resume_step=seg_at[arm.start], tokens=(size.max_steps - arm.start) * size.tokens_per_step,
-                    size=size.name)
+                labels = {"size": size.name, "arm": arm.name, "family": arm.family, "seed": seed, "start": arm.start,
+                          "end": size.max_steps, "weight": arm.weight, "domain": arm.domain, "mixture": arm.mixture}
+                if size.checkpoint:
+                    cfg = set_dotted(cfg, "train.max_additional_steps", size.max_steps - size.start_step)
+                    cfg["resume_from"] = size.checkpoint
+                    add("midtrain", sid, [], cfg, {**labels, "imported": size.checkpoint},
+                        tokens=(size.max_steps - arm.start) * size.tokens_per_step, size=size.name, origin=origin)
+                else:
+                    add("midtrain", sid, [seg_at[arm.start]], cfg, labels, resume_step=seg_at[arm.start],
+                        tokens=(size.max_steps - arm.start) * size.tokens_per_step, size=size.name)
                 runs.append((size.name, arm.name, seed, sid))
 
     leaves = []
@@ -207,4 +223,9 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
     missing = [s.id for s in plan.steps if s.kind == "sft" and s.tokens is None]
     if missing:
         lines.append(f"note: {len(missing)} SFT steps have no token estimate")
+    for size in plan.spec.sizes:
+        if size.checkpoint:
+            lines.append(f"size {size.name}: starts from the imported checkpoint {size.checkpoint} at step "
+                         f"{size.start_step:,} of {size.max_steps:,}: no base steps (nothing is pretrained); its optimizer "
+                         "state is fresh (recorded in every run from it)")
     return "\n".join(lines)

@@ -62,6 +62,12 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
         md += [f"## {size.name}", ""]
         size_res = results["sizes"][size.name] = {"sft": [r.__dict__ for r in got["sft"]], "eval": got["eval"],
                                                   "lm_eval": got["lm_eval"]}
+        if size.checkpoint:
+            size_res["imported"] = imported = _import_note(size)
+            md += [f"Every run of this size starts from the imported checkpoint `{size.checkpoint}` at step "
+                   f"{size.start_step:,} (of {size.max_steps:,}); {imported.get('optimizer', 'optimizer state: fresh')}; "
+                   f"its pretraining data: {imported.get('pretraining_data', 'not declared')}. Nothing was pretrained "
+                   "here, so these numbers are conditional on that checkpoint, not on a base run of this study.", ""]
         if got["sft"]:
             base = baseline if any(r.arm == baseline for r in got["sft"]) else None
             cells = tables.aggregate(got["sft"], base, confidence)
@@ -91,6 +97,16 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
     write_text_atomic(rep / "table.csv", "\n".join(csv_parts) + ("\n" if csv_parts else ""))
     write_text_atomic(rep / "results.json", json.dumps(results, indent=1, default=str) + "\n")
     return rep
+
+
+def _import_note(size) -> dict:
+    """The `midtrain import` note of an imported size's checkpoint (source, step, optimizer state, corpus)."""
+    try:
+        state = json.loads((Path(size.checkpoint) / "training_state.json").read_text())
+        notes = (state.get("data") or {}).get("notes") or []
+        return next((n for n in notes if "optimizer" in n), {})
+    except (OSError, ValueError):
+        return {}
 
 
 def _eval_table(rows: list[dict], title: str) -> list[str]:

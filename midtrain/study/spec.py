@@ -9,6 +9,9 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
     name: paper-main                     # a label
     sizes:                               # one base run per model size (its run YAML + overrides)
       70m: {config: midtrain_configs/pretrain/pythia-70m.yaml, set: {train.max_steps: 61035}}
+      # or a public checkpoint imported with `midtrain import` at step S of the config's schedule: nothing
+      # is pretrained; arms start at S, pretrain-only continues the checkpoint with the config's mixture
+      160m: {checkpoint: ${CKPT_ROOT}/pythia-160m/step-00100000, step: 100000, config: runs/pythia-160m.yaml}
     arms:                                # each a grid: domain × start step × weight
       - {name: code, domain: code, start: [6000], weight: [0.2]}
       - {name: cpt-code, domain: code, start: [40000], weight: [1.0]}   # CPT: weight 1.0
@@ -58,6 +61,8 @@ class Size:
     max_steps: int
     tokens_per_step: int   # global_batch_size × max_seq_length
     data_seed: int
+    checkpoint: str | None = None  # an imported checkpoint (`midtrain import`) this size starts from ...
+    start_step: int = 0            # ... at this step (no base run is pretrained)
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,7 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     sizes = []
     for sname, sraw in sizes_raw.items():
         key = f"sizes.{sname}"
-        sraw = _mapping(sraw, key, {"config", "set"})
+        sraw = _mapping(sraw, key, {"config", "set", "checkpoint", "step"})
         if "config" not in sraw:
             raise ConfigError(f"{key}.config", "is required (the base run's YAML)")
         cfg = base_configs[str(sname)]
@@ -213,7 +218,15 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
         gbs = _int(train.get("global_batch_size", 0), f"{key}: train.global_batch_size", 1)
         seq = train.get("max_seq_length") or (cfg.get("model_config") or {}).get("block_size")
         seq = _int(seq, f"{key}: train.max_seq_length", 1)
-        sizes.append(Size(str(sname), cfg, max_steps, gbs * seq, int(data_args(cfg).get("seed", 42))))
+        checkpoint, start_step = sraw.get("checkpoint"), 0
+        if checkpoint is not None or "step" in sraw:
+            if not checkpoint or "step" not in sraw:
+                raise ConfigError(key, "an imported size gives both checkpoint (a `midtrain import` folder) and step")
+            start_step = _int(sraw["step"], f"{key}.step", 0)
+            if start_step >= max_steps:
+                raise ConfigError(f"{key}.step", f"{start_step} is not before train.max_steps {max_steps} of its config")
+        sizes.append(Size(str(sname), cfg, max_steps, gbs * seq, int(data_args(cfg).get("seed", 42)),
+                          str(checkpoint) if checkpoint else None, start_step))
 
     seeds = [_int(s, f"seeds[{i}]") for i, s in enumerate(_list(raw.get("seeds", [0]), "seeds"))]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -242,6 +255,10 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
             raise ConfigError(f"{key}.start", "give one or more start steps")
         for s in starts:
             for size in (sz for sz in sizes if arm_sizes is None or sz.name in arm_sizes):
+                if size.checkpoint and s != size.start_step:
+                    raise ConfigError(f"{key}.start", f"step {s} on size {size.name!r}, which starts from an imported "
+                                      f"checkpoint at step {size.start_step}: its arms start there (or restrict this "
+                                      "arm with sizes:)")
                 if s >= size.max_steps:
                     raise ConfigError(f"{key}.start", f"step {s} is not before the end of base run {size.name!r} "
                                       f"(train.max_steps {size.max_steps})")
