@@ -96,6 +96,9 @@ def check_shapes(hf: dict, config) -> None:
     if hf["model_type"] == "olmo2" and not (getattr(config, "norm_qk", False) and config.post_attention_norm):
         raise ConfigError("model_config", "an OLMo 2 checkpoint needs an OLMo 2 model config (norm_qk, "
                           "post_attention_norm; e.g. model_name: OLMo-2-1124-7B)")
+    if hf["model_type"] == "olmo2" and not config.name.lower().startswith("olmo-2-"):
+        raise ConfigError("model_config.name", f"{config.name!r}: litgpt chooses OLMo 2's converters by a name "
+                          "starting with OLMo-2- (export-hf would map the weights as another architecture)")
     if hf.get("tie_word_embeddings") and hf["model_type"] == "gpt_neox":
         raise ConfigError("--hf_dir", "tied input/output embeddings in a GPT-NeoX checkpoint are not supported")
 
