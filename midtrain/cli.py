@@ -415,17 +415,15 @@ def migrate(argv: list[str]) -> int:
     if Path(a.out).exists():
         raise ConfigError("--out", f"{a.out} already exists (never overwritten)")
     check_writable_dir(Path(a.out).parent, "--out")
-    from midtrain.migrate import is_arm
-
     new, changes = migrate_config(cfg, a.max_steps, a.lr, a.resume_from, importlib.util.find_spec("wandb") is not None,
-                                  a.mix_weights_str)
+                                  a.mix_weights_str, named_arm="from_" in Path(a.config).stem)
     header = [f"# Migrated from {a.config} by `midtrain migrate`. Changes:"] + [f"#   {c}" for c in changes]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(a.out, "\n".join(header) + "\n" + yaml.safe_dump(new, sort_keys=False))
     print(f"{a.config} -> {a.out}: {len(changes)} change(s)")
     for c in changes:
         print(f"  {c}")
-    if is_arm(new) and "resume_from" not in new and new.get("resume") is True:
+    if "resume_from" not in new and new.get("resume") is True:  # migrate keeps resume: true for arms only
         print("  note: a midtrain arm without resume_from resumes from the symlink layout: link the base run's "
               "step-N into out_dir (util_scripts/symlink_chkpts.sh), or migrate again with --resume_from BASE/step-N; "
               "it refuses to start without a checkpoint")

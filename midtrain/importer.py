@@ -189,6 +189,8 @@ def import_hf(hf_dir: Path, run_config: Path, step: int, out: Path, pretraining_
     shutil.rmtree(partial_dir, ignore_errors=True)
     partial_dir.mkdir(parents=True)
     try:
+        # what identifies these weights (a study hashes its steps with it: another import at the same path re-runs them)
+        note["weights_sha256"] = weights_sha256(model.state_dict())
         torch.save({"model": model.state_dict(), "train_dataloader": data_state, "iter_num": 0, "step_count": step,
                     "tokens": tokens}, partial_dir / ckpt.MODEL_FILE)
         save_config(model_config, partial_dir)
@@ -204,6 +206,18 @@ def import_hf(hf_dir: Path, run_config: Path, step: int, out: Path, pretraining_
         raise
     return {"out": str(out), "step": step, "horizon": horizon, "model_type": hf["model_type"],
             "parameters": sum(p.numel() for p in model.parameters()), "tokenizer": tok_vocab, "note": note}
+
+
+def weights_sha256(state_dict: dict) -> str:
+    """sha256 over the tensors (name, dtype, shape, bytes) in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _tokenizer_vocab(hf_dir: Path) -> int | None:

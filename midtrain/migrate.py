@@ -50,9 +50,10 @@ def is_arm(cfg: dict) -> bool:
 
 def migrate_config(cfg: dict, max_steps: int = PAPER_MAX_STEPS, lr: float = PAPER_PEAK_LR,
                    resume_from: Optional[str] = None, wandb_installed: bool = False,
-                   mix_weights_str: Optional[str] = None) -> tuple[dict, list[str]]:
+                   mix_weights_str: Optional[str] = None, named_arm: bool = False) -> tuple[dict, list[str]]:
     """(the rewritten config, one line per change). The input is not modified.
 
+    ``named_arm``: the file name says it continues a base (the original's ``*_from_*`` names).
     Raises ConfigError where the original's intent cannot be known (``mix_weight`` as the only
     mixture key without ``mix_weights_str``; ``mix_weights_str`` given for a config with its own)."""
     from midtrain.errors import ConfigError
@@ -119,7 +120,9 @@ def migrate_config(cfg: dict, max_steps: int = PAPER_MAX_STEPS, lr: float = PAPE
         raise ConfigError("data.init_args.mix_weight", f"{init_args['mix_weight']!r} is the only mixture key, and the "
                           "original never read it (it trained the main corpus only): state the mixture with "
                           "--mix_weights_str (e.g. main:0.8,math:0.2; main:1.0 for what the original trained)")
-    arm = is_arm(new)
+    # an arm continues a base checkpoint: weights beyond main, a mixture stated for it, a decay branch (it
+    # decays from a checkpoint's LR), or a name that says so
+    arm = is_arm(new) or mix_weights_str is not None or train.get("lr_scheduler") == "decay" or named_arm
     if new.get("resume") is True:
         if arm and resume_from is None:
             changes.append("resume: True kept (a midtrain arm must continue a checkpoint: the symlinked base step in "

@@ -152,7 +152,18 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
                               f"{e.args[0]!r})") from None
         if (checkpoint / "config.json").is_file():
             import torch
+            from litgpt import Config
             from safetensors.torch import save_file
+
+            from midtrain.importer import ARCHITECTURES, check_shapes
+
+            hf = json.loads((checkpoint / "config.json").read_text())
+            if hf.get("model_type") in ARCHITECTURES:  # it must describe these weights, or it is not written
+                try:
+                    check_shapes(hf, Config.from_file(checkpoint / "model_config.yaml"))
+                except ConfigError as e:
+                    raise ConfigError("--checkpoint", f"{checkpoint}/config.json describes another model than "
+                                      f"model_config.yaml ({str(e).split(': ', 1)[1]})") from None
 
             state = torch.load(tmp / "model.pth", map_location="cpu", weights_only=True)
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),

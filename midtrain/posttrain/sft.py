@@ -93,10 +93,10 @@ def drop_unscorable(split: str, encoded: list, max_len: int, field: str) -> tupl
     dropped = len(encoded) - len(kept)
     if not kept:
         raise ConfigError(field, f"no {split} example keeps a response token within max_seq_length {max_len} "
-                          f"(all {len(encoded)} prompts are {max_len} tokens or longer): a loss over zero tokens")
+                          f"(all {len(encoded)} prompts fill it, or the responses are empty): a loss over zero tokens")
     if dropped:
-        print(f"sft: dropped {dropped} of {len(encoded)} {split} examples: the prompt fills max_seq_length {max_len}, "
-              "no response token is left to learn or score", flush=True)
+        print(f"sft: dropped {dropped} of {len(encoded)} {split} examples: no response token is left to learn or score "
+              f"within max_seq_length {max_len} (a prompt that fills it, or an empty response)", flush=True)
     return kept, dropped
 
 
@@ -358,7 +358,9 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
 def _save_model(model, config, source: Path, dest: Path, metrics: dict) -> None:
     import shutil
 
-    from litgpt.utils import copy_config_files, save_config
+    from litgpt.utils import save_config
+
+    from midtrain.train.checkpoint import copy_side_files
 
     if dest.exists():
         raise ConfigError("--save", f"{dest} already exists")
@@ -367,7 +369,7 @@ def _save_model(model, config, source: Path, dest: Path, metrics: dict) -> None:
     tmp.mkdir(parents=True)
     torch.save({"model": model.state_dict()}, tmp / "lit_model.pth")
     save_config(config, tmp)
-    copy_config_files(source, tmp)
+    copy_side_files(source, tmp)
     (tmp / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
     tmp.rename(dest)
 

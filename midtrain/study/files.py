@@ -7,6 +7,7 @@ model or litdata (parameter counts are arithmetic: ``midtrain.study.params``).""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 from pathlib import Path
 
@@ -45,9 +46,27 @@ def load_spec(path: str | os.PathLike, check_files: bool = True) -> Spec:
         else:
             bases[str(name)] = {}
     spec = parse_spec(raw, bases)
+    spec = replace(spec, sizes=tuple(replace(s, origin=checkpoint_origin(s.checkpoint)) if s.checkpoint else s
+                                     for s in spec.sizes))
     if check_files:
         check_inputs(spec, spec_dir)
     return spec
+
+
+def checkpoint_origin(checkpoint: str) -> dict:
+    """What identifies a size's starting checkpoint: its `midtrain import` note (with the weights' sha256),
+    else the step and the size and mtime of its weights file ({} when it is not there yet)."""
+    path = Path(checkpoint)
+    try:
+        state = json.loads((path / "training_state.json").read_text())
+        notes = (state.get("data") or {}).get("notes") or []
+        note = next((n for n in notes if "optimizer" in n), None)
+        if note is not None:
+            return dict(note)
+        st = (path / "lit_model.pth").stat()
+        return {"step": state.get("step"), "weights_bytes": st.st_size, "weights_mtime_ns": st.st_mtime_ns}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def check_inputs(spec: Spec, spec_dir: Path) -> None:

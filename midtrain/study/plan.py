@@ -119,7 +119,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         prev, start = None, 0
         origin = None
         if size.checkpoint:  # an imported checkpoint: no base run; pretrain-only continues it with the base mixture
-            origin = f"import:{size.checkpoint}@{size.start_step}"
+            origin = f"import:{size.checkpoint}@{size.start_step}:" + json.dumps(size.origin, sort_keys=True)
             cfg = dict(set_dotted(size.config, "train.max_additional_steps", size.max_steps - size.start_step))
             cfg.update(resume="auto", resume_from=size.checkpoint)
             sid = f"midtrain/{size.name}/{CONTROL}"
@@ -225,7 +225,7 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
         lines.append(f"note: {len(missing)} SFT steps have no token estimate")
     for size in plan.spec.sizes:
         if size.checkpoint:
-            lines.append(f"size {size.name}: starts from the imported checkpoint {size.checkpoint} at step "
-                         f"{size.start_step:,} of {size.max_steps:,}: no base steps (nothing is pretrained); its optimizer "
-                         "state is fresh (recorded in every run from it)")
+            optimizer = size.origin.get("optimizer") or "optimizer state: as the checkpoint holds it"
+            lines.append(f"size {size.name}: starts from the checkpoint {size.checkpoint} at step {size.start_step:,} "
+                         f"of {size.max_steps:,}: no base steps (nothing is pretrained); {optimizer}")
     return "\n".join(lines)

@@ -63,6 +63,7 @@ class Size:
     data_seed: int
     checkpoint: str | None = None  # an imported checkpoint (`midtrain import`) this size starts from ...
     start_step: int = 0            # ... at this step (no base run is pretrained)
+    origin: dict = field(default_factory=dict)  # its import note (files.load_spec): what hashes its steps
 
 
 @dataclass(frozen=True)

@@ -87,23 +87,39 @@ def check_checkpoint(path: Path, field: str) -> Path:
     return path
 
 
-SIDE_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "config.json",
-              "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+MODEL_FILES = ("config.json", "generation_config.json")  # an imported model's HF config (what export-hf needs)
+SIDE_FILES = TOKENIZER_FILES + MODEL_FILES
 
 
 def copy_side_files(source: Path, dest: Path) -> None:
-    """The tokenizer files and an HF ``config.json`` (an imported model's, what export-hf needs) from ``source``;
-    never ``model_config.yaml``, which is the run's own (litgpt's copy_config_files would overwrite it)."""
-    import shutil as _shutil
+    """The tokenizer files and an HF ``config.json`` from ``source``; never ``model_config.yaml``, which
+    is the run's own (litgpt's copy_config_files would overwrite it)."""
+    write_side_files(read_side_files(None, source), dest)
 
-    for name in SIDE_FILES:
-        if (Path(source) / name).is_file():
-            _shutil.copy(Path(source) / name, Path(dest) / name)
+
+def read_side_files(tokenizer_dir: Optional[Path], checkpoint: Optional[Path]) -> dict[str, bytes]:
+    """What every checkpoint of a run carries beside the weights, read once at its start (a later prune may
+    delete the checkpoint it came from): tokenizer files from ``tokenizer_dir`` (else from ``checkpoint``),
+    the HF ``config.json`` only from ``checkpoint``, the model this run continues (a tokenizer folder's
+    config.json may describe another model)."""
+    out: dict[str, bytes] = {}
+    for folder, names in ((checkpoint, MODEL_FILES), (tokenizer_dir or checkpoint, TOKENIZER_FILES)):
+        for name in names if folder is not None else ():
+            if (Path(folder) / name).is_file():
+                out[name] = (Path(folder) / name).read_bytes()
+    return out
+
+
+def write_side_files(files: dict[str, bytes], dest: Path) -> None:
+    for name, data in files.items():
+        (Path(dest) / name).write_bytes(data)
 
 
 def save_checkpoint(fabric, out_dir: Path, name: str, state: dict[str, Any], training_state: dict,
-                    hparams: dict, model_config, tokenizer_dir: Optional[Path], keep_last_n: Optional[int]) -> Path:
-    """Write checkpoint ``out_dir/name`` atomically on all ranks; rank 0 finalises it."""
+                    hparams: dict, model_config, side_files: Optional[dict], keep_last_n: Optional[int]) -> Path:
+    """Write checkpoint ``out_dir/name`` atomically on all ranks; rank 0 finalises it. ``side_files``:
+    name -> bytes written beside the weights (``read_side_files``)."""
     from litgpt.utils import save_config
 
     out_dir = Path(out_dir)
@@ -121,8 +137,7 @@ def save_checkpoint(fabric, out_dir: Path, name: str, state: dict[str, Any], tra
         (partial / STATE_FILE).write_text(json.dumps(training_state, indent=1))
         (partial / "hyperparameters.yaml").write_text(yaml.safe_dump(hparams, sort_keys=False))
         save_config(model_config, partial)
-        if tokenizer_dir is not None:
-            copy_side_files(Path(tokenizer_dir), partial)
+        write_side_files(side_files or {}, partial)
         fsync_tree(partial)
         os.rename(partial, final)
         fsync_dir(out_dir)

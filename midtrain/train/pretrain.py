@@ -301,9 +301,9 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     resume_path = _resume_path(resume, out_dir)
     start_kind = "resume" if resume_path else ("midtrain" if resume_from else "fresh")
     load_path = resume_path or resume_from
-    # what every checkpoint carries beside the weights (tokenizer files, an imported model's HF config.json):
-    # from tokenizer_dir, else from the checkpoint this run continues
-    side_files = tokenizer_dir if tokenizer_dir is not None else load_path
+    # what every checkpoint carries beside the weights (tokenizer files; the HF config.json of an imported model,
+    # from the checkpoint this run continues), read now: a later prune may delete that checkpoint
+    side_files = ckpt.read_side_files(tokenizer_dir, load_path)
     if fabric.global_rank == 0:
         removed = ckpt.clean_leftovers(out_dir)
         if removed:
@@ -416,6 +416,10 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
 
     horizon = total_steps if total_steps is not None else end_step
     if train.lr_scheduler == "decay" and state["decay_from"] is None:
+        if hf_import_step(train_loader) is not None:  # decay starts from the LR the optimizer held: an import holds none
+            raise ConfigError("train.lr_scheduler", "decay continues from the LR in the checkpoint's optimizer state, "
+                              "and a checkpoint imported from Hugging Face has none: give the original schedule "
+                              "(cosine or wsd with its max_steps) instead")
         state["decay_from"] = [start_step, optimizer.param_groups[0]["lr"] if start_step else max_lr]
     decay_step, decay_lr = state["decay_from"] or (0, None)
     schedule = Schedule(train.lr_scheduler, max_lr, train.min_lr, horizon,
