@@ -61,10 +61,9 @@ $(HF_VENV)/.complete: $(VENV)/.complete
 
 hf-test: $(HF_VENV)/.complete
 
-# Three pytest workers on this 2-core machine, one test file each at a time (module fixtures such as a
-# SLURM cluster stay in one worker): with two, a fresh-clone run kept the cores busy only ~73% of its
-# 24 min (SLURM scheduling, polls, job start-up); the third worker fills those gaps.
-PYTEST_WORKERS ?= 3
+# Two pytest workers, one test file each at a time (module fixtures such as a SLURM cluster stay in one
+# worker): on this 2-core machine about half the suite's wall time is waiting (SLURM scheduling, polls).
+PYTEST_WORKERS ?= 2
 test: venv extras hf-test
 	MIDTRAIN_EXTRAS_PYTHON=$(EXTRAS_PY) MIDTRAIN_HF_PYTHON=$(HF_PY) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
