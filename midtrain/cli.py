@@ -332,6 +332,9 @@ def report(argv: list[str]) -> int:
                         help="the arm every Δ is measured against (null: no Δ)")
     parser.add_argument("--main_set", type=str, default="main", help="the val set whose loss after SFT is forgetting")
     parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--lr_choice", type=str, default="per_checkpoint",
+                        help="--by_seed: per_checkpoint (one LR per fine-tuned checkpoint and task, on the val loss "
+                             "averaged over its seeds) or per_seed")
     a = parser.parse_args(argv)
     if a.format not in ("markdown", "csv"):
         raise ConfigError("--format", f"{a.format!r} is not markdown or csv")
@@ -348,7 +351,7 @@ def report(argv: list[str]) -> int:
             raise ConfigError("--sft", "--by_seed aggregates SFT metrics files: give them")
         if not 0 < a.confidence < 1:
             raise ConfigError("--confidence", f"must be in (0, 1), got {a.confidence}")
-        text = seed_table(a.sft, a.runs, a.baseline, a.format, a.main_set, a.confidence).rstrip("\n")
+        text = seed_table(a.sft, a.runs, a.baseline, a.format, a.main_set, a.confidence, a.lr_choice).rstrip("\n")
     else:
         if not a.runs:
             raise ConfigError("--runs", "give the run folders to report")

@@ -127,8 +127,9 @@ def report_rows(runs: list[str], sft_files: list[str] | None = None) -> tuple[li
         for s in sft:
             if Path(s["checkpoint"]).resolve().is_relative_to(Path(run).resolve()):
                 row["sft_best_lr"], row["sft_val_loss"], row["sft_test_loss"] = s["best_lr"], s["val_loss"], s["test_loss"]
-                for name, f in s.get("forgetting", {}).items():
-                    row[f"forgetting/{name}"] = f["increase"]
+                for name, f in s.get("forgetting", {}).items():  # forgetting = the loss after SFT (one definition)
+                    row[f"forgetting/{name}"] = f["after"]
+                    row[f"forgetting_increase/{name}"] = f["increase"]
         rows.append(row)
     cols = ["run", "step", "tokens"] + [f"val_loss/{s}" for s in sorted(sets)]
     extra = sorted({k for r in rows for k in r} - set(cols), key=lambda k: (not k.startswith("sft"), k))
@@ -161,27 +162,32 @@ def sft_results(sft_files: list[str], runs: list[str] | None = None, main_set: s
             raise ConfigError("--main_set", f"{f} has no forgetting on {main_set!r} (it has: "
                               f"{', '.join(m['forgetting'])})")
         task = m.get("task") or Path(m.get("data", f)).stem
+        checkpoint = str(Path(m["checkpoint"]).resolve()) if m.get("checkpoint") else None
         for lr_text, row in sweep.items():
             lr = float(lr_text)
             kept = abs(lr - best) <= 1e-12 * max(1.0, abs(best))
+            test, forgot = (m.get("test_loss"), forgetting) if kept else (row.get("test_loss"),
+                                                                          (row.get("forgetting") or {}).get(main_set))
             out.append(SFTResult(arm, task, m.get("seed"), lr, float(row["val_loss"]),
-                                 test_loss=float(m["test_loss"]) if kept else None,
-                                 main_after=forgetting["after"] if kept and forgetting else None,
-                                 main_before=forgetting["before"] if kept and forgetting else None))
+                                 test_loss=float(test) if test is not None else None,
+                                 main_after=forgot["after"] if forgot else None,
+                                 main_before=forgot["before"] if forgot else None, checkpoint=checkpoint))
     return out
 
 
 def seed_table(sft_files: list[str], runs: list[str] | None, baseline: str | None, fmt: str = "markdown",
-               main_set: str = "main", confidence: float = 0.95) -> str:
+               main_set: str = "main", confidence: float = 0.95, lr_choice: str = "per_checkpoint") -> str:
     """The paper-style table (arms x tasks, mean ± CI over seeds, Δ vs ``baseline``) from SFT JSONs."""
     from midtrain.analysis import tables
 
+    if lr_choice not in tables.LR_CHOICES:
+        raise ConfigError("--lr_choice", f"expected one of {', '.join(tables.LR_CHOICES)}, got {lr_choice!r}")
     results = sft_results(sft_files, runs, main_set)
     try:
-        cells = tables.aggregate(results, baseline, confidence)
+        cells = tables.aggregate(results, baseline, confidence, lr_choice)
     except ValueError as e:
         raise ConfigError("--baseline" if "baseline" in str(e) else "--sft", str(e)) from None
-    return tables.csv_text(cells) if fmt == "csv" else tables.markdown(cells, baseline, confidence)
+    return tables.csv_text(cells) if fmt == "csv" else tables.markdown(cells, baseline, confidence, lr_choice)
 
 
 def format_table(cols: list[str], rows: list[dict], fmt: str = "markdown") -> str:

@@ -11,7 +11,7 @@ from scipy import stats as sps
 
 from midtrain.analysis import proximity as px
 from midtrain.analysis import stats
-from midtrain.analysis.tables import SFTResult, aggregate, choose_per_seed, csv_text, markdown
+from midtrain.analysis.tables import SFTResult, aggregate, choose_per_checkpoint, choose_per_seed, csv_text, markdown
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False)
 
@@ -198,6 +198,31 @@ def test_lr_is_chosen_on_val_never_test():
     assert c.choice.lr == 1e-4 and c.values["sft_test"] == 9.0 and c.choice.edge == "low"
     with pytest.raises(ValueError, match="no test loss"):
         choose_per_seed([SFTResult("a", "t", 0, 1e-4, 1.0), SFTResult("a", "t", 0, 1e-3, 2.0, test_loss=0.1)])
+
+
+def test_lr_chosen_per_checkpoint_on_the_mean_val_loss_over_its_seeds():
+    # one checkpoint fine-tuned with two seeds: seed 0 alone prefers 1e-4, seed 1 alone 1e-3; the mean prefers 1e-3
+    rs = [SFTResult("a", "t", 0, 1e-4, 1.00, test_loss=5.0, checkpoint="/r/final"),
+          SFTResult("a", "t", 0, 1e-3, 1.05, test_loss=6.0, checkpoint="/r/final"),
+          SFTResult("a", "t", 1, 1e-4, 1.30, test_loss=7.0, checkpoint="/r/final"),
+          SFTResult("a", "t", 1, 1e-3, 1.10, test_loss=8.0, checkpoint="/r/final")]
+    chosen = choose_per_checkpoint(rs)
+    assert [(c.seed, c.choice.lr, c.values["sft_test"]) for c in chosen] == [(0, 1e-3, 6.0), (1, 1e-3, 8.0)]
+    assert chosen[0].choice.val_loss == pytest.approx((1.05 + 1.10) / 2) and chosen[0].choice.edge == "high"
+    assert [c.choice.lr for c in choose_per_seed(rs)] == [1e-4, 1e-3]
+    # two checkpoints (one per seed, as with seeds.vary: midtrain): each chooses its own LR
+    own = [SFTResult(r.arm, r.task, r.seed, r.lr, r.val_loss, r.test_loss, checkpoint=f"/r{r.seed}") for r in rs]
+    assert [c.choice.lr for c in choose_per_checkpoint(own)] == [1e-4, 1e-3]
+    with pytest.raises(ValueError, match="seed 1 has no result for lr 0.001"):
+        choose_per_checkpoint(rs[:3])
+    with pytest.raises(ValueError, match="no test loss"):
+        choose_per_checkpoint([SFTResult(r.arm, r.task, r.seed, r.lr, r.val_loss, None if r.lr == 1e-3 else 1.0,
+                                         checkpoint="/r") for r in rs])
+    cells = aggregate(rs, None)
+    assert cells[0].lrs == (1e-3, 1e-3) and cells[0].edge_seeds == (0, 1)
+    assert aggregate(rs, None, lr_choice="per_seed")[0].lrs == (1e-4, 1e-3)
+    assert "once per fine-tuned checkpoint" in markdown(cells, None)
+    assert "The seeds sample X." in markdown(cells, None, variance="X")
 
 
 def test_aggregate_paired_deltas_and_verdicts():

@@ -155,6 +155,7 @@ def test_sft_bad_options_are_refused_before_any_work(tmp_path, tokenizer_dir):
         (["--out", tmp_path / "afile" / "m.json"], "--out: "),
         (["--pretrain_val_path", tmp_path / "nope"], "--pretrain_val_path: "),
         (["--lrs", "[-1]"], "--lrs: "),
+        (["--precision", "16-mixed"], "--precision: "),
     ]
     for extra, needle in cases:  # the checkpoint does not even exist: these fail first, in milliseconds
         r = run_cli("sft", "--checkpoint", tmp_path / "no_ckpt", "--data", data, *extra)
@@ -216,8 +217,14 @@ def test_sft_picks_lr_on_val_reports_test_and_forgetting(tmp_path, tiny_run, rea
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
     m = run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=(1e-4, 3e-3), epochs=1,
                 micro_batch_size=8, global_batch_size=8, pretrain_val_path=real_tree.parent / "val",
-                forgetting_batches=2, out=tmp_path / "m.json")
+                forgetting_batches=2, out=tmp_path / "m.json", score_every_lr=True)
     assert json.loads((tmp_path / "m.json").read_text()) == m
+    assert m["precision"] == "32-true"  # the CPU default
+    # score_every_lr: every LR has its test loss and forgetting; the kept one's equal the reported ones
+    kept = m["lr_sweep"][f"{m['best_lr']:g}"]
+    assert kept["test_loss"] == m["test_loss"] and kept["forgetting"] == m["forgetting"]
+    other = next(v for lr, v in m["lr_sweep"].items() if float(lr) != m["best_lr"])
+    assert other["test_loss"] != m["test_loss"] and set(other["forgetting"]) == {"main", "code", "gsm8k"}
     assert m["best_lr"] == min((float(lr) for lr in m["lr_sweep"]), key=lambda lr: m["lr_sweep"][f"{lr:g}"]["val_loss"])
     assert m["examples"] == {"train": 76, "val": 10, "test": 10}  # 96 examples, 10% + 10% held out
     assert (m["task"], m["arm"], m["seed"]) == ("sft", None, 42)  # labels for `midtrain report --by_seed`
@@ -236,6 +243,11 @@ def test_sft_picks_lr_on_val_reports_test_and_forgetting(tmp_path, tiny_run, rea
         for name in ("main", "code", "gsm8k"):
             assert m2["forgetting"][name][key] == pytest.approx(independent[name]["loss"], rel=1e-5)
     assert m2["forgetting"]["main"]["after"] != pytest.approx(m2["forgetting"]["main"]["before"], rel=1e-4)
+    # bf16 on CPU (torch supports it): recorded, finite, close to fp32 (bf16 keeps ~3 significant digits)
+    for precision in ("bf16-mixed", "bf16-true"):
+        b = run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=(3e-3,), epochs=1, micro_batch_size=8,
+                    global_batch_size=8, precision=precision)
+        assert b["precision"] == precision and b["test_loss"] == pytest.approx(m2["test_loss"], rel=0.05)
     with pytest.raises(ConfigError, match="^--lrs"):
         run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=())
     with pytest.raises(ConfigError, match="^--max_seq_length: 64 is longer than the model's block_size 32"):

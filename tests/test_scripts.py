@@ -47,6 +47,33 @@ def test_symlink_chkpts_and_collect_results(run_dir, tmp_path):
     assert (tmp_path / "res.csv").read_text().startswith("run,step,tokens,val_loss/code")
 
 
+def test_forgetting_is_one_number_in_every_writer(run_dir, tmp_path):
+    """Forgetting = the main-corpus loss after SFT in `report --runs --sft`, collect_results.sh and the seed
+    tables; the increase over before-SFT is its own column (forgetting_increase), never called forgetting."""
+    import csv
+    import io
+    import json
+
+    m = {"checkpoint": str(run_dir / "final"), "data": "/d/py.jsonl", "task": "py", "arm": "base", "seed": 0,
+         "lr_sweep": {"0.001": {"val_loss": 2.0, "final_train_loss": 1.9, "steps": 3}}, "best_lr": 1e-3,
+         "val_loss": 2.0, "test_loss": 2.1, "zero_shot_val_loss": 3.0,
+         "forgetting": {"main": {"before": 4.0, "after": 5.5, "increase": 1.5}}}
+    f = tmp_path / "sft.json"
+    f.write_text(json.dumps(m))
+    r = run_cli("report", "--runs", run_dir, "--sft", f, "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    (row,) = csv.DictReader(io.StringIO(r.stdout))
+    assert float(row["forgetting/main"]) == 5.5 and float(row["forgetting_increase/main"]) == 1.5
+    r = sh("util_scripts/collect_results.sh", tmp_path / "res.csv", run_dir, "--", f)
+    assert r.returncode == 0, r.stderr
+    (row,) = csv.DictReader(io.StringIO((tmp_path / "res.csv").read_text()))
+    assert float(row["forgetting/main"]) == 5.5 and float(row["forgetting_increase/main"]) == 1.5
+    r = run_cli("report", "--by_seed", "true", "--sft", f, "--baseline", "null", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    (row,) = csv.DictReader(io.StringIO(r.stdout))
+    assert float(row["main_after_mean"]) == 5.5 and float(row["main_increase_mean"]) == 1.5
+
+
 def test_changed_shard_on_resume_is_one_line_exit_2(run_dir, real_tree, tmp_path):
     ckpt = torch.load(run_dir / "step-00000008" / "lit_model.pth", weights_only=False)
     ckpt["train_dataloader"]["stages"][0]["fingerprints"][0]["tokens"] += 1

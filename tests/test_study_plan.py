@@ -26,13 +26,16 @@ def raw(**over):
     return spec
 
 
+MID = {"values": [0, 1, 2], "vary": "midtrain"}  # each arm re-run per seed
+
+
 def plan_of(spec=None, base=None, **kw):
     spec = spec or raw()
     return make_plan(parse_spec(spec, {s: copy.deepcopy(base or BASE) for s in spec["sizes"]}), **kw)
 
 
 def test_grid_expansion_and_counts():
-    p = plan_of(params={"70m": 70_000_000}, sft_tokens={"py": 1000})
+    p = plan_of(raw(seeds=MID), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
     arms = sorted({s.labels["arm"] for s in p.steps if s.kind == "midtrain"})
     assert arms == ["code20-from20", "code20-from60", "code50-from20", "code50-from60", "cpt-code100-from80"]
     c = p.counts()
@@ -49,7 +52,7 @@ def test_grid_expansion_and_counts():
 
 
 def test_segment_chain_and_edges():
-    p = plan_of()
+    p = plan_of(raw(seeds=MID))
     segs = [s for s in p.steps if s.kind == "pretrain"]
     assert [(s.labels["start"], s.labels["end"]) for s in segs] == [(0, 20), (20, 60), (60, 80), (80, 100)]
     assert [s.deps for s in segs] == [(), (segs[0].id,), (segs[1].id,), (segs[2].id,)]
@@ -102,6 +105,12 @@ def test_output_paths_are_stable_and_config_derived():
     ({"arms": [{"name": "x", "domain": "code", "start": [10], "weights": [0.1]}]}, "arms[0].weights: unknown key"),
     ({"arms": [{"name": CONTROL, "domain": "code", "start": [10], "weight": [0.1]}]}, "built-in control"),
     ({"seeds": [1, 1]}, "seeds: give one or more distinct"),
+    ({"seeds": {"values": [1, 1], "vary": "sft"}}, "seeds.values: give one or more distinct"),
+    ({"seeds": {"values": [1], "vary": "init"}}, "seeds.vary: expected one of sft, midtrain, base, got 'init'"),
+    ({"seeds": {"values": [1], "what": "sft"}}, "seeds.what: unknown key"),
+    ({"report": {"lr_choice": "best"}}, "report.lr_choice: expected one of per_checkpoint, per_seed"),
+    ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"score_every_lr": True}}},
+     "sft.options.score_every_lr: is set by the study"),
     ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"seed": 3}}}, "sft.options.seed"),
     ({"report": {"baseline": "nope"}}, "report.baseline"),
     ({"arm": []}, "study.arm: unknown key"),
@@ -110,6 +119,46 @@ def test_spec_errors_name_the_key(over, needle):
     with pytest.raises(ConfigError) as e:
         parse_spec(raw(**over), {"70m": copy.deepcopy(BASE)})
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_seeds_vary_sft_is_one_midtrained_checkpoint_per_arm_fine_tuned_with_every_seed():
+    p = plan_of(params={"70m": 70_000_000}, sft_tokens={"py": 1000})  # seeds: [0, 1, 2] = vary: sft
+    assert p.spec.vary == "sft"
+    assert p.counts() == {"pretrain": 4, "midtrain": 5, "sft": 2 * (5 * 3 + 3), "eval": 6, "lm-eval": 0, "report": 1}
+    arm = p.by_id["midtrain/70m/code20-from20"]
+    assert arm.labels["seed"] is None and arm.config["data"]["init_args"]["seed"] == 42  # the base's data order
+    for s in (0, 1, 2):  # every SFT seed fine-tunes the same checkpoint
+        assert p.by_id[f"sft/70m/code20-from20/py/lr0.001/s{s}"].deps == ("midtrain/70m/code20-from20",)
+    tokens = 100 * 128 + sum((100 - s) * 128 for s in (20, 20, 60, 60, 80)) + 36 * 1000
+    assert p.total_tokens() == tokens == p.cost_by_vary["sft"][0]
+    mid = plan_of(raw(seeds=MID), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
+    assert p.cost_by_vary["midtrain"][0] == mid.total_tokens() == tokens + 2 * sum((100 - s) * 128 for s in (20, 20, 60, 60, 80))
+    assert p.cost_by_vary == mid.cost_by_vary and p.cost_by_vary["base"][0] == 3 * 100 * 128 + mid.total_tokens() - 100 * 128
+    from midtrain.study.plan import format_plan
+
+    text = format_plan(p)
+    assert f"seeds.vary: sft      {tokens:,} tokens" in text and "(this plan)" in text and "SFT data order only" in text
+
+
+def test_seeds_vary_base_runs_the_whole_grid_per_base_seed():
+    p = plan_of(raw(seeds={"values": [0, 1, 2], "vary": "base"}))
+    assert p.counts() == {"pretrain": 12, "midtrain": 15, "sft": 2 * 18, "eval": 18, "lm-eval": 0, "report": 1}
+    for s in (0, 1, 2):
+        seg = p.by_id[f"base/70m/s{s}/to20"]
+        assert seg.config["seed"] == s and seg.config["data"]["init_args"]["seed"] == s  # own init and data order
+        assert p.by_id[f"midtrain/70m/code20-from20/s{s}"].deps == (seg.id,)
+        assert p.by_id[f"sft/70m/pretrain-only/py/lr0.001/s{s}"].deps == (f"base/70m/s{s}/to100",)
+        assert [x for x in p.steps if x.kind == "sft" and x.deps == (f"base/70m/s{s}/to100",)] and \
+            {x.labels["seed"] for x in p.steps if x.kind == "sft" and x.deps == (f"base/70m/s{s}/to100",)} == {s}
+    assert len({p.by_id[f"base/70m/s{s}/to20"].out for s in (0, 1, 2)}) == 3
+
+
+def test_lr_choice_per_checkpoint_makes_a_sweeping_sft_step_score_every_lr():
+    sft = {"lrs": [1e-4, 1e-3], "one_step_per_lr": False, "tasks": {"py": {"data": "/t.jsonl"}}}
+    p = plan_of(raw(sft=sft))
+    assert all(s.config["options"].get("score_every_lr") for s in p.steps if s.kind == "sft")
+    q = plan_of(raw(sft=sft, report={"lr_choice": "per_seed"}))
+    assert not any("score_every_lr" in s.config["options"] for s in q.steps if s.kind == "sft")
 
 
 def test_base_config_must_be_a_whole_run():

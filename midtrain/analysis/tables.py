@@ -3,11 +3,14 @@
 Pure: records in, cells and text out (no I/O, no torch). The numbers and verdict words come from
 ``stats`` only.
 
-Protocol, per (arm, task, seed):
-1. the SFT LR is chosen on the *validation* loss over every LR run for that seed
-   (``stats.choose_lr``; an edge winner is flagged);
+Protocol:
+1. the SFT LR is chosen on *validation* loss (``stats.choose_lr``; an edge winner is flagged), either
+   ``per_checkpoint`` (default, the paper's: one LR per fine-tuned checkpoint and task, the one with the
+   lowest validation loss averaged over the seeds that fine-tuned it) or ``per_seed`` (one LR per
+   (arm, task, seed));
 2. the reported numbers are that LR's held-out **test** loss and its **main-corpus loss after SFT**
-   (forgetting, the paper's definition; the increase over before-SFT is an extra, labelled column);
+   (forgetting, the paper's definition; the increase over before-SFT is an extra column,
+   ``main_increase``, never called forgetting);
 3. per (arm, task): mean ± t-interval over seeds, and the paired difference versus the baseline arm
    on matched seeds with its verdict (lower loss = better for both metrics).
 """
@@ -38,6 +41,10 @@ class SFTResult:
     test_loss: float | None = None      # only the LR a run kept has one
     main_after: float | None = None
     main_before: float | None = None
+    checkpoint: str | None = None       # the checkpoint it fine-tuned (LR choice per checkpoint groups by it)
+
+
+LR_CHOICES = ("per_checkpoint", "per_seed")
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,29 @@ class Cell:
     lrs: tuple = ()                               # chosen LR per seed (in seed order)
 
 
+def _values(r: SFTResult) -> dict:
+    values = {"sft_val": r.val_loss, "sft_test": r.test_loss}
+    if r.main_after is not None:
+        values["main_after"] = r.main_after
+        if r.main_before is not None:
+            values["main_increase"] = r.main_after - r.main_before
+    return values
+
+
+def _by_lr(rs: list[SFTResult], where: str) -> dict[float, SFTResult]:
+    by_lr: dict[float, SFTResult] = {}
+    for r in rs:
+        if r.lr in by_lr and by_lr[r.lr] != r:
+            raise ValueError(f"{where}: two results for lr {r.lr:g}")
+        by_lr[r.lr] = r
+    return by_lr
+
+
+def _no_test(where: str, lr: float) -> ValueError:
+    return ValueError(f"{where}: lr {lr:g} wins on validation but its run has no test loss (SFT metrics written "
+                      "before every LR of a sweep kept one: re-run that SFT step, or choose the LR per seed)")
+
+
 def choose_per_seed(results: Iterable[SFTResult]) -> list[Chosen]:
     """Group by (arm, task, seed); choose the LR on validation; keep that LR's numbers."""
     groups: dict[tuple, list[SFTResult]] = {}
@@ -68,27 +98,47 @@ def choose_per_seed(results: Iterable[SFTResult]) -> list[Chosen]:
         groups.setdefault((r.arm, r.task, r.seed), []).append(r)
     out = []
     for (arm, task, seed), rs in groups.items():  # first-seen order
-        by_lr: dict[float, SFTResult] = {}
-        for r in rs:
-            if r.lr in by_lr and by_lr[r.lr] != r:
-                raise ValueError(f"{arm}/{task}/seed {seed}: two results for lr {r.lr:g}")
-            by_lr[r.lr] = r
+        by_lr = _by_lr(rs, f"{arm}/{task}/seed {seed}")
         choice = stats.choose_lr({lr: r.val_loss for lr, r in by_lr.items()})
         best = by_lr[choice.lr]
         if best.test_loss is None:
-            raise ValueError(f"{arm}/{task}/seed {seed}: lr {choice.lr:g} wins on validation but has no test loss")
-        values = {"sft_val": best.val_loss, "sft_test": best.test_loss}
-        if best.main_after is not None:
-            values["main_after"] = best.main_after
-            if best.main_before is not None:
-                values["main_increase"] = best.main_after - best.main_before
-        out.append(Chosen(arm, task, seed, choice, values))
+            raise _no_test(f"{arm}/{task}/seed {seed}", choice.lr)
+        out.append(Chosen(arm, task, seed, choice, _values(best)))
     return out
 
 
-def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: float = 0.95) -> list[Cell]:
-    """One cell per (arm, task), in first-seen arm and task order."""
-    chosen = choose_per_seed(results)
+def choose_per_checkpoint(results: Iterable[SFTResult]) -> list[Chosen]:
+    """Group by (arm, task, checkpoint); choose one LR on the validation loss averaged over the seeds that
+    fine-tuned that checkpoint (each seed must have run every LR of the grid); keep each seed's numbers
+    at that LR. Results without a checkpoint group by (arm, task, seed), i.e. per seed."""
+    groups: dict[tuple, dict[int, list[SFTResult]]] = {}
+    for r in results:
+        key = (r.arm, r.task, r.checkpoint if r.checkpoint is not None else ("seed", r.seed))
+        groups.setdefault(key, {}).setdefault(r.seed, []).append(r)
+    out = []
+    for (arm, task, _), by_seed in groups.items():
+        grids = {seed: _by_lr(rs, f"{arm}/{task}/seed {seed}") for seed, rs in by_seed.items()}
+        lrs = set.union(*(set(g) for g in grids.values()))
+        for seed, g in grids.items():
+            if set(g) != lrs:
+                missing = ", ".join(f"{lr:g}" for lr in sorted(lrs - set(g)))
+                raise ValueError(f"{arm}/{task}: seed {seed} has no result for lr {missing}: the LR is chosen on the "
+                                 "mean over seeds, so every seed needs the whole grid")
+        choice = stats.choose_lr({lr: sum(g[lr].val_loss for g in grids.values()) / len(grids) for lr in lrs})
+        for seed, g in grids.items():
+            best = g[choice.lr]
+            if best.test_loss is None:
+                raise _no_test(f"{arm}/{task}/seed {seed}", choice.lr)
+            out.append(Chosen(arm, task, seed, choice, _values(best)))
+    return out
+
+
+def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: float = 0.95,
+              lr_choice: str = "per_checkpoint") -> list[Cell]:
+    """One cell per (arm, task), in first-seen arm and task order; ``lr_choice``: ``LR_CHOICES``."""
+    if lr_choice not in LR_CHOICES:
+        raise ValueError(f"lr_choice must be one of {LR_CHOICES}, got {lr_choice!r}")
+    chosen = (choose_per_checkpoint if lr_choice == "per_checkpoint" else choose_per_seed)(results)
     arms = list(dict.fromkeys(c.arm for c in chosen))
     tasks = list(dict.fromkeys(c.task for c in chosen))
     if baseline is not None and baseline not in arms:
@@ -124,18 +174,25 @@ def _signed(iv: stats.Interval, digits: int = 3) -> str:
     return f"{iv.mean:+.{digits}f} ± {iv.half_width:.{digits}f}"
 
 
-def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95) -> str:
-    """Rows arms, columns tasks; a cell: test loss / main-corpus loss after SFT, Δ vs baseline, n."""
+def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, lr_choice: str = "per_checkpoint",
+             variance: str | None = None) -> str:
+    """Rows arms, columns tasks; a cell: test loss / main-corpus loss after SFT, Δ vs baseline, n.
+    ``variance``: what the seeds sample (said in the header: every interval is conditional on the rest)."""
     arms = list(dict.fromkeys(c.arm for c in cells))
     tasks = list(dict.fromkeys(c.task for c in cells))
     at = {(c.arm, c.task): c for c in cells}
     pct = f"{confidence:.0%}"
-    lines = [f"Each cell: {LABELS['sft_test']} / {LABELS['main_after']}, mean ± {pct} t-interval over seeds; "
-             f"Δ = paired difference vs `{baseline}` on matched seeds (negative = lower loss) with its verdict; "
-             "n = seeds. The SFT LR is chosen per seed on validation loss; † = a seed's chosen LR is at the "
-             "edge of the grid." if baseline else
-             f"Each cell: {LABELS['sft_test']} / {LABELS['main_after']}, mean ± {pct} t-interval over seeds; n = seeds.",
-             "", "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    how = ("once per fine-tuned checkpoint and task, on the validation loss averaged over its seeds"
+           if lr_choice == "per_checkpoint" else "per seed on validation loss")
+    head = f"Each cell: {LABELS['sft_test']} / {LABELS['main_after']}, mean ± {pct} t-interval over seeds; "
+    if baseline:
+        head += (f"Δ = paired difference vs `{baseline}` on matched seeds (negative = lower loss) with its verdict; "
+                 f"n = seeds. The SFT LR is chosen {how}; † = a chosen LR is at the edge of the grid.")
+    else:
+        head += f"n = seeds. The SFT LR is chosen {how}."
+    if variance:
+        head += f" The seeds sample {variance}."
+    lines = [head, "", "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for arm in arms:
         row = []
         for task in tasks:

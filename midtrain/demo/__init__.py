@@ -112,7 +112,8 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
         if s.kind == "sft":
             results += sft_results([str(out / "study" / s.out / "metrics.json")])
     chosen = {(c.arm, c.task, c.seed): dict(c.values, lr=c.choice.lr, lr_edge=c.choice.edge)
-              for c in tables.choose_per_seed(results)}
+              for c in (tables.choose_per_seed if plan.spec.report.get("lr_choice") == "per_seed"
+                        else tables.choose_per_checkpoint)(results)}
     report = json.loads((out / "study" / "report" / "results.json").read_text())
     size_name = plan.spec.sizes[0].name
     prox = report["sizes"][size_name].get("proximity", {})
@@ -123,7 +124,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     above = sorted({k[0] for k, v in chosen.items() if v["main_after"] >= ln_v})
     edges = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if v["lr_edge"]})
     runs = [out / "study" / by[f"base/{size_name}/to{plan.spec.sizes[0].max_steps}"].out / "run"] + \
-        [out / "study" / s.out / "run" for s in plan.steps if s.kind == "midtrain" and s.labels["seed"] == plan.spec.seeds[0]]
+        [out / "study" / s.out / "run" for s in plan.steps if s.kind == "midtrain" and s.labels["seed"] in (None, plan.spec.seeds[0])]
     png = plot_runs([str(r) for r in runs], str(out / "study" / "report" / "val_loss_curves.png"))
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "

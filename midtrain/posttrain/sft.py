@@ -4,7 +4,12 @@
 - Epochs, warmup fraction then cosine to ``min_lr_ratio * lr``, micro and global batch.
 - An LR sweep (``--lrs``) fine-tunes from the same checkpoint per LR, picks the best LR on the
   validation split and reports the loss on a separate held-out test split (never used to choose).
-- Forgetting: loss on the pretraining validation sets before and after SFT (and the increase).
+- Forgetting: loss on the pretraining validation sets after SFT (the paper's definition); the loss
+  before SFT and the increase are recorded beside it (``increase``, never called forgetting).
+- ``--score_every_lr``: every LR of the sweep also gets its test loss and forgetting (so that the LR can
+  later be chosen per checkpoint, on validation loss averaged over seeds); otherwise only the kept LR.
+- ``--precision``: ``32-true``, ``bf16-mixed`` (autocast) or ``bf16-true`` (bf16 weights and optimizer);
+  default bf16-mixed on CUDA, 32-true on CPU; recorded in the metrics.
 - Writes a metrics JSON (and, with ``--save``, the fine-tuned checkpoint in litgpt layout).
 """
 
@@ -23,6 +28,37 @@ from midtrain.errors import ConfigError
 from midtrain.train.schedules import Schedule
 
 IGNORE = -100
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
+
+
+def resolve_precision(precision: Optional[str], device: torch.device) -> str:
+    """``precision`` checked against ``device`` (default: bf16-mixed on CUDA, 32-true on CPU); one line if the
+    device cannot run it."""
+    if precision is None:
+        return "bf16-mixed" if device.type == "cuda" else "32-true"
+    if precision not in PRECISIONS:
+        raise ConfigError("--precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision.startswith("bf16") and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision", f"{precision}: this GPU ({torch.cuda.get_device_name()}) has no bfloat16 "
+                          "support; use 32-true")
+    return precision
+
+
+def apply_precision(model, precision: str):
+    """bf16-true: bf16 weights (and so optimizer state); bf16-mixed: fp32 weights, bf16 autocast in forward."""
+    if precision == "bf16-true":
+        model.to(torch.bfloat16)
+    model.autocast_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
+    return model
+
+
+def forward(model, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` under the model's autocast setting (``apply_precision``)."""
+    dtype = getattr(model, "autocast_dtype", None)
+    if dtype is None:
+        return model(x)
+    with torch.autocast(x.device.type, dtype=dtype):
+        return model(x)
 
 
 def load_checkpoint_model(checkpoint: Path):
@@ -112,7 +148,7 @@ def collate(batch: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, tor
 
 
 def masked_loss(model, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    logits = model(inputs)
+    logits = forward(model, inputs)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE,
                            reduction=reduction)
 
@@ -213,7 +249,7 @@ def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: i
                 if max_batches is not None and k >= max_batches:
                     break
                 tokens = batch.long().to(device)
-                logits = model(tokens[:, :-1])
+                logits = forward(model, tokens[:, :-1])
                 total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
                                                tokens[:, 1:].reshape(-1), reduction="sum"))
                 count += tokens[:, 1:].numel()
@@ -275,7 +311,9 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
             warmup_fraction: float = 0.1, min_lr_ratio: float = 0.0, weight_decay: float = 0.0,
             max_seq_length: Optional[int] = None, pretrain_val_path: Optional[Path] = None, forgetting_batches: Optional[int] = 8,
             prompt_key: str = "prompt", response_key: str = "response", seed: int = 42, out: Optional[Path] = None,
-            save: Optional[Path] = None, task: Optional[str] = None, arm: Optional[str] = None) -> dict:
+            save: Optional[Path] = None, task: Optional[str] = None, arm: Optional[str] = None,
+            score_every_lr: bool = False,
+            precision: Optional[str] = None) -> dict:
     """Fine-tune ``checkpoint`` once per LR, keep the LR with the lowest val loss, report its test loss
     and the pretraining val losses before/after (forgetting). ``task`` / ``arm`` only label the metrics
     (default task: the data file's stem) so that ``midtrain report`` can aggregate seeds of one arm."""
@@ -290,6 +328,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
 
     check_expected_cuda()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(precision, device)
     base, config = load_checkpoint_model(checkpoint)
     if max_seq_length is not None and max_seq_length > config.block_size:
         raise ConfigError("--max_seq_length", f"{max_seq_length} is longer than the model's block_size {config.block_size}")
@@ -299,6 +338,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     seq = max_seq_length or config.block_size
     base.max_seq_length = seq
     base.to(device)
+    apply_precision(base, precision)
     examples = load_examples(Path(data), prompt_key, response_key)
     train, val, test = split_examples(examples, 0 if val_data else val_fraction, 0 if test_data else test_fraction, seed)
     if val_data:
@@ -328,6 +368,10 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
                           min_lr_ratio, weight_decay, seed, device)
         val_loss = examples_loss(model, enc["val"], micro_batch_size, device)
         sweep[f"{lr:g}"] = {"val_loss": val_loss, "final_train_loss": losses[-1], "steps": len(losses)}
+        if score_every_lr and len(lrs) > 1:
+            after = pretrain_val_losses(model, pretrain_val_path, seq, micro_batch_size, forgetting_batches, device)
+            sweep[f"{lr:g}"].update(test_loss=examples_loss(model, enc["test"], micro_batch_size, device),
+                                    forgetting=_forgetting(forgetting_before, after))
         if best is None or val_loss < best[1]:
             best = (lr, val_loss, model)
         else:
@@ -338,12 +382,11 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
         "checkpoint": str(checkpoint), "data": str(data), "task": task or Path(data).stem, "arm": arm, "seed": seed,
         "examples": {k: len(v) for k, v in enc.items()}, "dropped_unscorable": dropped,
         "response_tokens": {k: sum(scorable(e) for e in v) for k, v in enc.items()},
-        "epochs": epochs, "lr_sweep": sweep, "best_lr": lr, "val_loss": val_loss,
+        "epochs": epochs, "precision": precision, "lr_sweep": sweep, "best_lr": lr, "val_loss": val_loss,
         "test_loss": examples_loss(model, enc["test"], micro_batch_size, device),
         "zero_shot_val_loss": zero_shot_val,
         "checkpoint_notes": checkpoint_notes(checkpoint),
-        "forgetting": {name: {"before": forgetting_before[name], "after": forgetting_after[name],
-                              "increase": forgetting_after[name] - forgetting_before[name]} for name in forgetting_before},
+        "forgetting": _forgetting(forgetting_before, forgetting_after),
     }
     if save is not None:
         _save_model(model, config, checkpoint, Path(save), metrics)
@@ -353,6 +396,12 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, json.dumps(metrics, indent=2))
     return metrics
+
+
+def _forgetting(before: dict, after: dict) -> dict:
+    """Per pretraining val set: ``after`` (forgetting: the loss after SFT), ``before`` and ``increase``."""
+    return {name: {"before": before[name], "after": after[name], "increase": after[name] - before[name]}
+            for name in before}
 
 
 def _save_model(model, config, source: Path, dest: Path, metrics: dict) -> None:
@@ -381,6 +430,7 @@ def format_sft(metrics: dict) -> str:
     lines.append(f"best lr {metrics['best_lr']:g}: val {metrics['val_loss']:.4f}, held-out test {metrics['test_loss']:.4f} "
                  f"(before SFT: val {metrics['zero_shot_val_loss']:.4f})")
     for name, f in metrics["forgetting"].items():
-        lines.append(f"  forgetting on {name}: {f['before']:.4f} -> {f['after']:.4f} ({f['increase']:+.4f})")
+        lines.append(f"  forgetting on {name} (loss after SFT): {f['after']:.4f} (before {f['before']:.4f}, "
+                     f"increase {f['increase']:+.4f})")
     return "\n".join(lines)
 

@@ -13,9 +13,13 @@ Guarantees:
 - **Edges**: segment k <- segment k-1; arm(S, seed) <- segment ending at S; SFT(run, task, lr, seed)
   (or one SFT step per (run, task, seed) sweeping the grid: ``sft.one_step_per_lr: false``) <- that run; eval(run) <- that run; report <- every SFT and eval step. Steps are listed in an
   order where every step comes after its dependencies.
-- **Seeds**: an arm is run once per seed (the seed is its data seed: the order of the sources it
-  adds) and fine-tuned with the same SFT seed; the control is one run (the base continued), fine-
-  tuned with every seed, so each (arm, task, seed) pairs with (control, task, seed).
+- **Seeds** (``seeds.vary``; every (arm, task, seed) pairs with (control, task, seed)):
+  ``sft`` (default, the paper's protocol): one midtrained run per arm and one control, each fine-tuned
+  with every seed; ``midtrain``: an arm is also re-run per seed (``data.seed`` = the seed: the data
+  order of the new stage) and fine-tuned with that seed, the control is one run fine-tuned with every
+  seed; ``base``: the whole grid per seed, from a base run of its own (``seed`` = ``data.seed`` = the
+  seed: init and data order), each run fine-tuned with that seed only.
+  ``Plan.cost_by_vary`` gives the tokens and FLOPs each choice would cost, so the choice is made seeing it.
 - **Cost**: tokens per step (training steps × global batch × sequence length; SFT from an estimate
   given per task) and FLOPs 6·N·tokens for the model size's N.
 """
@@ -52,6 +56,7 @@ class Step:
 class Plan:
     spec: Spec
     steps: list[Step] = field(default_factory=list)
+    cost_by_vary: dict = field(default_factory=dict)  # seeds.vary choice -> (tokens, FLOPs or 0) of that plan
 
     @property
     def by_id(self) -> dict[str, Step]:
@@ -94,9 +99,19 @@ def run_config_of(plan: Plan, step: Step) -> Mapping:
 
 
 def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
-              sft_tokens: Mapping[str, int] | None = None) -> Plan:
+              sft_tokens: Mapping[str, int] | None = None, _costs: bool = True) -> Plan:
     """``params``: size -> parameter count (for FLOPs); ``sft_tokens``: task -> tokens one SFT run trains on."""
     plan = Plan(spec)
+    if _costs:
+        import dataclasses
+
+        from midtrain.study.spec import VARY
+
+        for vary in VARY:
+            if vary == "base" and any(sz.checkpoint for sz in spec.sizes):
+                continue
+            other = make_plan(dataclasses.replace(spec, vary=vary), params, sft_tokens, _costs=False)
+            plan.cost_by_vary[vary] = (other.total_tokens(), other.total_flops())
     steps: dict[str, Step] = {}
 
     def add(kind, id_, deps, config, labels, resume_step=None, tokens=None, size=None, origin=None):
@@ -112,52 +127,43 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         return step
 
     runs: list[tuple[str, str, int | None, str]] = []   # (size, arm, seed, step id) of every trained run
+    base_seeds = spec.seeds if spec.vary == "base" else (None,)
     for size in spec.sizes:
         size_arms = [a for a in spec.arms if a.sizes is None or size.name in a.sizes]
-        cuts = sorted({a.start for a in size_arms} | {size.max_steps})
-        seg_at: dict[int, str] = {}
-        prev, start = None, 0
         origin = None
-        if size.checkpoint:  # an imported checkpoint: no base run; pretrain-only continues it with the base mixture
+        if size.checkpoint:
             origin = f"import:{size.checkpoint}@{size.start_step}:" + json.dumps(size.origin, sort_keys=True)
-            cfg = dict(set_dotted(size.config, "train.max_additional_steps", size.max_steps - size.start_step))
-            cfg.update(resume="auto", resume_from=size.checkpoint)
-            sid = f"midtrain/{size.name}/{CONTROL}"
-            add("midtrain", sid, [], cfg, {"size": size.name, "arm": CONTROL, "start": size.start_step,
-                                          "end": size.max_steps, "imported": size.checkpoint},
-                tokens=(size.max_steps - size.start_step) * size.tokens_per_step, size=size.name, origin=origin)
-            seg_at[size.max_steps] = sid
-            cuts = []
-        for end in cuts:
-            cfg = set_dotted(size.config, "train.max_additional_steps", end - start)
-            cfg["resume"] = "auto"
-            sid = f"base/{size.name}/to{end}"
-            add("pretrain", sid, [prev] if prev else [], cfg,
-                {"size": size.name, "start": start, "end": end, "arm": CONTROL if end == size.max_steps else None},
-                resume_step=prev, tokens=(end - start) * size.tokens_per_step, size=size.name)
-            seg_at[end] = sid
-            prev, start = sid, end
-        runs.append((size.name, CONTROL, None, seg_at[size.max_steps]))
-        for arm in size_arms:
-            for seed in spec.seeds:
-                if arm.mix_config:
-                    cfg = set_dotted(size.config, "data.mix_config_path", arm.mix_config)
-                else:
-                    cfg = set_dotted(size.config, "data.mix_weights_str", arm.mixture)
-                cfg = set_dotted(cfg, "data.seed", seed)
-                cfg["resume"] = "auto"
-                sid = f"midtrain/{size.name}/{arm.name}/s{seed}"
-                labels = {"size": size.name, "arm": arm.name, "family": arm.family, "seed": seed, "start": arm.start,
-                          "end": size.max_steps, "weight": arm.weight, "domain": arm.domain, "mixture": arm.mixture}
-                if size.checkpoint:
-                    cfg = set_dotted(cfg, "train.max_additional_steps", size.max_steps - size.start_step)
-                    cfg["resume_from"] = size.checkpoint
-                    add("midtrain", sid, [], cfg, {**labels, "imported": size.checkpoint},
-                        tokens=(size.max_steps - arm.start) * size.tokens_per_step, size=size.name, origin=origin)
-                else:
-                    add("midtrain", sid, [seg_at[arm.start]], cfg, labels, resume_step=seg_at[arm.start],
-                        tokens=(size.max_steps - arm.start) * size.tokens_per_step, size=size.name)
-                runs.append((size.name, arm.name, seed, sid))
+        for base_seed in base_seeds:
+            base_cfg, tag = size.config, ""
+            if base_seed is not None:  # vary: base: this seed's own init and data order
+                base_cfg = set_dotted(dict(set_dotted(base_cfg, "data.seed", base_seed)), "seed", base_seed)
+                tag = f"/s{base_seed}"
+            seg_at = _base_chain(size, size_arms, base_cfg, tag, base_seed, origin, add)
+            runs.append((size.name, CONTROL, base_seed, seg_at[size.max_steps]))
+            arm_seeds = [base_seed] if base_seed is not None else (spec.seeds if spec.vary == "midtrain" else [None])
+            for arm in size_arms:
+                for seed in arm_seeds:
+                    if arm.mix_config:
+                        cfg = set_dotted(base_cfg, "data.mix_config_path", arm.mix_config)
+                    else:
+                        cfg = set_dotted(base_cfg, "data.mix_weights_str", arm.mixture)
+                    if spec.vary == "midtrain":
+                        cfg = set_dotted(cfg, "data.seed", seed)
+                    cfg["resume"] = "auto"
+                    sid = f"midtrain/{size.name}/{run_label(arm.name, seed)}"
+                    labels = {"size": size.name, "arm": arm.name, "family": arm.family, "seed": seed,
+                              "start": arm.start, "end": size.max_steps, "weight": arm.weight, "domain": arm.domain,
+                              "mixture": arm.mixture}
+                    tokens = (size.max_steps - arm.start) * size.tokens_per_step
+                    if size.checkpoint:
+                        cfg = set_dotted(cfg, "train.max_additional_steps", size.max_steps - size.start_step)
+                        cfg["resume_from"] = size.checkpoint
+                        add("midtrain", sid, [], cfg, {**labels, "imported": size.checkpoint}, tokens=tokens,
+                            size=size.name, origin=origin)
+                    else:
+                        add("midtrain", sid, [seg_at[arm.start]], cfg, labels, resume_step=seg_at[arm.start],
+                            tokens=tokens, size=size.name)
+                    runs.append((size.name, arm.name, seed, sid))
 
     leaves = []
     grids = [(lr,) for lr in spec.lrs] if spec.one_step_per_lr else [tuple(spec.lrs)]
@@ -173,7 +179,10 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         for task in spec.tasks:
             for lrs in grids:
                 for s in ([seed] if seed is not None else spec.seeds):
-                    cfg = {"task": task.__dict__, "lrs": list(lrs), "seed": s, "options": dict(spec.sft_options),
+                    options = dict(spec.sft_options)
+                    if len(lrs) > 1 and spec.report.get("lr_choice", "per_checkpoint") == "per_checkpoint":
+                        options["score_every_lr"] = True  # the LR is chosen later, on the mean over seeds
+                    cfg = {"task": task.__dict__, "lrs": list(lrs), "seed": s, "options": options,
                            "pretrain_val_path": spec.pretrain_val_path}
                     lr_part = f"/lr{lrs[0]:g}" if spec.one_step_per_lr else ""
                     tid = f"sft/{size_name}/{arm}/{task.name}{lr_part}/s{s}"
@@ -184,6 +193,35 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
                                       tokens=tokens, size=size_name).id)
     add("report", "report", leaves, dict(spec.report), {})
     return plan
+
+
+def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, origin: str | None, add) -> dict:
+    """The steps that bring ``size``'s base run to every arm start and to max_steps: end step -> step id.
+
+    A base run is a chain of pretrain segments cut at every arm start; an imported size has one midtrain
+    step instead (the checkpoint continued with the base mixture: the pretrain-only control)."""
+    seg_at: dict[int, str] = {}
+    if size.checkpoint:
+        cfg = dict(set_dotted(base_cfg, "train.max_additional_steps", size.max_steps - size.start_step))
+        cfg.update(resume="auto", resume_from=size.checkpoint)
+        sid = f"midtrain/{size.name}/{CONTROL}"
+        add("midtrain", sid, [], cfg, {"size": size.name, "arm": CONTROL, "start": size.start_step,
+                                      "end": size.max_steps, "imported": size.checkpoint},
+            tokens=(size.max_steps - size.start_step) * size.tokens_per_step, size=size.name, origin=origin)
+        seg_at[size.max_steps] = sid
+        return seg_at
+    prev, start = None, 0
+    for end in sorted({a.start for a in size_arms} | {size.max_steps}):
+        cfg = set_dotted(base_cfg, "train.max_additional_steps", end - start)
+        cfg["resume"] = "auto"
+        sid = f"base/{size.name}{tag}/to{end}"
+        add("pretrain", sid, [prev] if prev else [], cfg,
+            {"size": size.name, "start": start, "end": end, "seed": seed,
+             "arm": CONTROL if end == size.max_steps else None},
+            resume_step=prev, tokens=(end - start) * size.tokens_per_step, size=size.name)
+        seg_at[end] = sid
+        prev, start = sid, end
+    return seg_at
 
 
 def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_rows: int | None = None) -> str:
@@ -203,6 +241,14 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
         hours = flops / (mfu * peak_tflops * 1e12) / 3600
         lines.append(f"compute: {flops:.3g} FLOPs (6·N·tokens) = {hours:,.1f} GPU-hours at {mfu:.0%} MFU of "
                      f"{peak_tflops:g} TFLOP/s (--mfu, --peak_tflops; eval steps not counted)")
+    from midtrain.study.spec import VARY
+
+    lines.append(f"seeds: {len(plan.spec.seeds)} ({', '.join(map(str, plan.spec.seeds))}), vary: {plan.spec.vary}: "
+                 f"they sample {VARY[plan.spec.vary]}")
+    for vary, (tok, fl) in plan.cost_by_vary.items():
+        hours = f", {fl / (mfu * peak_tflops * 1e12) / 3600:,.1f} GPU-hours" if fl else ""
+        mark = " (this plan)" if vary == plan.spec.vary else ""
+        lines.append(f"  seeds.vary: {vary:<8} {tok:,} tokens{hours}{mark}")
     lines += ["", "| kind | steps | allocation per step | GPU-hours (compute estimate) |", "|---|---|---|---|"]
     for kind in KINDS:
         of_kind = [s for s in plan.steps if s.kind == kind]

@@ -16,7 +16,7 @@ from midtrain.analysis import stats, tables
 from midtrain.errors import ConfigError
 from midtrain.study.execute import step_states
 from midtrain.study.plan import Plan
-from midtrain.study.spec import CONTROL, data_args
+from midtrain.study.spec import CONTROL, VARY, data_args
 
 
 def collect(plan: Plan, out_dir: Path) -> dict:
@@ -54,9 +54,14 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
     rep.mkdir(parents=True, exist_ok=True)
     baseline = spec.report.get("baseline", CONTROL)
     confidence = float(spec.report.get("confidence", 0.95))
+    lr_choice = spec.report.get("lr_choice", "per_checkpoint")
     data = collect(plan, out_dir)
-    md = [f"# Study {spec.name}", ""]
-    csv_parts, results = [], {"sizes": {}}
+    md = [f"# Study {spec.name}", "",
+          f"Seeds {', '.join(map(str, spec.seeds))} (seeds.vary: {spec.vary}) sample {VARY[spec.vary]}. "
+          f"SFT LR choice: {lr_choice}.", ""]
+    csv_parts = []
+    results = {"sizes": {}, "seeds": list(spec.seeds), "vary": spec.vary, "variance": VARY[spec.vary],
+               "lr_choice": lr_choice}
     for size in spec.sizes:
         got = data.get(size.name, {"sft": [], "eval": [], "lm_eval": []})
         md += [f"## {size.name}", ""]
@@ -70,8 +75,11 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
                    "here, so these numbers are conditional on that checkpoint, not on a base run of this study.", ""]
         if got["sft"]:
             base = baseline if any(r.arm == baseline for r in got["sft"]) else None
-            cells = tables.aggregate(got["sft"], base, confidence)
-            md += [tables.markdown(cells, base, confidence), ""]
+            try:
+                cells = tables.aggregate(got["sft"], base, confidence, lr_choice)
+            except ValueError as e:
+                raise ConfigError(f"report ({size.name})", str(e)) from None
+            md += [tables.markdown(cells, base, confidence, lr_choice, VARY[spec.vary]), ""]
             csv = tables.csv_text(cells).splitlines()
             csv_parts += ([("size," + csv[0])] if not csv_parts else []) + [f"{size.name},{line}" for line in csv[1:]]
             size_res["cells"] = [{"arm": c.arm, "task": c.task, "seeds": list(c.seeds), "lrs": list(c.lrs),

@@ -16,7 +16,8 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       - {name: code, domain: code, start: [6000], weight: [0.2]}
       - {name: cpt-code, domain: code, start: [40000], weight: [1.0]}   # CPT: weight 1.0
       - {name: qa, mixture: "main:0.8,q1:0.15,q2:0.03,q3:0.015,q4:0.005", start: [40000]}
-    seeds: [0, 1, 2, 3, 4]               # an arm's data order and the SFT seed
+    seeds: [0, 1, 2, 3, 4]               # SFT seeds: one midtrained checkpoint per arm, fine-tuned per seed
+    # or {values: [0, 1, 2], vary: sft | midtrain | base}: what each seed re-runs (see VARY)
     sft:
       lrs: [3e-4, 1e-3, 3e-3]
       tasks: {pycode: {data: ..., val_data: ..., test_data: ...}}
@@ -43,15 +44,26 @@ from typing import Any, Mapping
 from midtrain.errors import ConfigError
 
 CONTROL = "pretrain-only"
+# What a seed re-runs, i.e. which sources of variance the intervals over seeds sample.
+VARY = {
+    "sft": "the SFT data order only: one base run and one midtrained checkpoint per arm, each fine-tuned with "
+           "every seed (the paper's protocol); intervals are conditional on that base run and those checkpoints",
+    "midtrain": "the midtraining data order (each arm re-run per seed with data.seed = seed) and the SFT data "
+                "order; one base run, so intervals are conditional on it",
+    "base": "the base run (model init and data order: seed = data.seed = the seed), the midtraining data order "
+            "and the SFT data order: the whole grid per base seed",
+}
+LR_CHOICES = ("per_checkpoint", "per_seed")
 TOP_KEYS = {"name", "sizes", "arms", "seeds", "sft", "eval", "report", "slurm", "description"}
 ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "sizes"}
 SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr"}
 TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
 EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval"}
 LM_EVAL_KEYS = {"tasks", "include_path", "num_fewshot", "limit", "batch_size"}
-REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "demo"}
+REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "demo", "lr_choice"}
+SEED_KEYS = {"values", "vary"}
 SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out", "save", "task", "arm",
-             "pretrain_val_path", "prompt_key", "response_key"}
+             "pretrain_val_path", "prompt_key", "response_key", "score_every_lr"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,7 @@ class Spec:
     report: dict = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)
     one_step_per_lr: bool = True   # False: one SFT step per (run, task, seed) sweeping the whole grid
+    vary: str = "sft"              # what a seed re-runs (VARY)
 
 
 def _mapping(value: Any, key: str, allowed: set[str] | None = None) -> dict:
@@ -229,9 +242,16 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
         sizes.append(Size(str(sname), cfg, max_steps, gbs * seq, int(data_args(cfg).get("seed", 42)),
                           str(checkpoint) if checkpoint else None, start_step))
 
-    seeds = [_int(s, f"seeds[{i}]") for i, s in enumerate(_list(raw.get("seeds", [0]), "seeds"))]
+    seeds_raw, vary, seeds_key = raw.get("seeds", [0]), "sft", "seeds"
+    if isinstance(seeds_raw, Mapping):
+        seeds_raw = _mapping(seeds_raw, "seeds", SEED_KEYS)
+        vary = seeds_raw.get("vary", "sft")
+        if vary not in VARY:
+            raise ConfigError("seeds.vary", f"expected one of {', '.join(VARY)}, got {vary!r}")
+        seeds_raw, seeds_key = seeds_raw.get("values"), "seeds.values"
+    seeds = [_int(s, f"{seeds_key}[{i}]") for i, s in enumerate(_list(seeds_raw, seeds_key))]
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError("seeds", f"give one or more distinct integers, got {seeds}")
+        raise ConfigError(seeds_key, f"give one or more distinct integers, got {seeds}")
 
     arms: list[Arm] = []
     seen: dict[str, str] = {}
@@ -294,6 +314,11 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
             seen[resolved] = key
             arms.append(Arm(resolved, family, mix, s, w, domain, araw.get("mix_config"), arm_sizes))
 
+    if vary == "base":
+        imported = next((sz.name for sz in sizes if sz.checkpoint), None)
+        if imported:
+            raise ConfigError("seeds.vary", f"base: size {imported!r} starts from an imported checkpoint, so there is "
+                              "no base run to re-run per seed (use vary: sft or midtrain)")
     sft = _mapping(raw.get("sft"), "sft", SFT_KEYS)
     lrs = [_float(x, "sft.lrs") for x in _list(sft.get("lrs", []), "sft.lrs")] if "lrs" in sft else []
     tasks_raw = _mapping(sft.get("tasks"), "sft.tasks")
@@ -320,6 +345,8 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     baseline = report.get("baseline", CONTROL)
     if baseline not in {CONTROL, *(a.name for a in arms)}:
         raise ConfigError("report.baseline", f"{baseline!r} is not an arm of this study")
+    if report.get("lr_choice", "per_checkpoint") not in LR_CHOICES:
+        raise ConfigError("report.lr_choice", f"expected one of {', '.join(LR_CHOICES)}, got {report['lr_choice']!r}")
     slurm = _slurm(raw.get("slurm"))
     per_lr = sft.get("one_step_per_lr", True)
     if not isinstance(per_lr, bool):
@@ -330,4 +357,4 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     if not isinstance(ev.get("enabled", True), bool):
         raise ConfigError("eval.enabled", f"expected true or false, got {ev['enabled']!r}")
     return Spec(name, tuple(sizes), tuple(arms), tuple(seeds), tuple(lrs), tuple(tasks), options,
-                sft.get("pretrain_val_path"), ev, report, slurm, per_lr)
+                sft.get("pretrain_val_path"), ev, report, slurm, per_lr, vary)
