@@ -477,8 +477,14 @@ def study(argv: list[str]) -> int:
     if what not in ("plan", "run", "status", "report"):
         raise ConfigError("midtrain study", "expected one of: plan, run, status, report")
     parser = _parser(f"midtrain study {what}", config=False)
-    parser.add_argument("spec", type=str, help="the study spec (YAML, e.g. midtrain_configs/studies/paper-main.yaml)")
-    if what != "plan":
+    if what == "plan":
+        parser.add_argument("spec", type=str, nargs="+",
+                            help="study specs (YAML), planned in this order into one folder: later ones reuse the "
+                                 "base segments of earlier ones")
+        parser.add_argument("--out", type=Optional[str], default=None,
+                            help="a study folder: reuse the base segments already planned there (bases.json)")
+    else:
+        parser.add_argument("spec", type=str, help="the study spec (YAML, e.g. midtrain_configs/studies/paper-main.yaml)")
         parser.add_argument("--out", type=str, required=True, help="the study folder (every step's output lives here)")
     if what == "plan":
         parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation for GPU-hours")
@@ -505,22 +511,34 @@ def study(argv: list[str]) -> int:
     if what == "status":
         parser.add_argument("--json", type=Optional[str], default=None, help="also write the rows as JSON")
     a = parser.parse_args(rest)
+    from midtrain.study.execute import read_bases
     from midtrain.study.files import load_plan
 
-    spec_path = Path(a.spec).resolve()
-    plan = load_plan(a.spec, check_files=what == "run" or (what == "plan" and a.check_files),
-                     estimate=what == "plan")
     if what == "plan":
-        from midtrain.study.plan import format_plan
+        from midtrain.study.plan import format_plan, format_sharing
 
         if not (0 < a.mfu <= 1):
             raise ConfigError("--mfu", f"must be in (0, 1], got {a.mfu}")
         rows = None if a.rows == "all" else int(a.rows) if a.rows.isdigit() else None
         if rows is None and a.rows != "all":
             raise ConfigError("--rows", f"expected all or a number, got {a.rows!r}")
-        print(format_plan(plan, a.mfu, a.peak_tflops, rows))
+        known = read_bases(Path(a.out) if a.out else None)
+        plans = []
+        for spec in a.spec:
+            plan = load_plan(spec, check_files=a.check_files, estimate=True, known=known)
+            known = known + [seg for seg in plan.base_segments() if seg.out not in {k.out for k in known}]
+            plans.append(plan)
+            if len(a.spec) > 1:
+                print(f"## {spec}\n")
+            print(format_plan(plan, a.mfu, a.peak_tflops, rows))
+            if len(a.spec) > 1:
+                print()
+        if len(plans) > 1:
+            print(format_sharing(plans))
         return 0
+    spec_path = Path(a.spec).resolve()
     out = Path(a.out).resolve()
+    plan = load_plan(a.spec, check_files=what == "run", estimate=False, known=read_bases(out))
     from midtrain.atomic import check_writable_dir
 
     if what == "run":
@@ -546,7 +564,7 @@ def study(argv: list[str]) -> int:
             print(f"follow with: midtrain study status {a.spec} --out {a.out}")
         return code
     if not out.is_dir():
-        raise ConfigError("--out", f"{out} is not a study folder (nothing has run there)")
+        raise ConfigError("--out", f"{out} is not a study folder (nothing has run there)")  # noqa: E501
     if what == "status":
         from midtrain.study.execute import format_status, status_rows
 

@@ -1,4 +1,4 @@
-"""A tiny study on real shards: 1 base + 2 arms + 1 CPT, 1 SFT task x 2 LRs x 2 seeds (33 steps)."""
+"""A tiny study on real shards: 1 base + 2 arms + 1 CPT, 1 SFT task x 2 LRs x 2 seeds (33 steps; seeds.vary: midtrain)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def build(root: Path) -> Path:
         "sizes": {"tiny": {"config": str(root / "base.yaml")}},
         "arms": [{"name": "code", "domain": "code", "start": [4], "weight": [0.2, 0.5]},
                  {"name": "cpt-code", "domain": "code", "start": [8], "weight": [1.0]}],
-        "seeds": [0, 1],
+        "seeds": {"values": [0, 1], "vary": "midtrain"},  # each arm re-run per seed (more steps to exercise)
         "sft": {"lrs": [1e-4, 1e-3], "tasks": {"fn": {"data": str(root / "sft_train.jsonl"),
                                                        "val_data": str(root / "sft_val.jsonl"),
                                                        "test_data": str(root / "sft_test.jsonl")}},

@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 from midtrain.analysis import proximity as px
 from midtrain.analysis import stats
+from midtrain.analysis import tables
 from midtrain.analysis.tables import SFTResult, aggregate, choose_per_checkpoint, choose_per_seed, csv_text, markdown
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False)
@@ -236,9 +237,39 @@ def test_aggregate_paired_deltas_and_verdicts():
     # an effect smaller than the seed noise: the interval includes 0
     assert aggregate(_results(0.0, noise=0.3), "pretrain-only")[1].verdict["sft_test"] == "inconclusive"
     md = markdown(cells, "pretrain-only")
-    assert "| code20 |" in md and "(better)" in md and "n=3" in md
+    assert "| code20 |" in md and "(better; Holm: better)" in md and "n=3" in md
     text = csv_text(cells)
     assert text.splitlines()[0].startswith("arm,task,n,seeds") and "better" in text.splitlines()[2]
+
+
+def test_holm_verdicts_equal_statsmodels_multipletests_over_the_table():
+    from scipy.stats import ttest_rel
+    from statsmodels.stats.multitest import multipletests
+
+    rs = []
+    for task, effect in (("pycode", -0.05), ("gsm8k", -0.02), ("lima", 0.0)):
+        rs += [SFTResult(r.arm, task, r.seed, r.lr, r.val_loss, r.test_loss, r.main_after + (0.01 * r.seed if r.arm ==
+               "code20" else 0), r.main_before) for r in _results(effect, seeds=(0, 1, 2, 3), noise=0.02)]
+    cells = aggregate(rs, "pretrain-only", 0.95)
+    family = [(c, m) for c in cells for m in ("sft_test", "main_after") if m in c.delta]
+    assert len(family) == 6 and tables.comparisons(cells) == 6
+    by = {(c.arm, c.task, c.seed): c.values for c in tables.choose_per_checkpoint(rs)}
+    raw_p = [ttest_rel([by[(c.arm, c.task, s)][m] for s in c.seeds],
+                       [by[("pretrain-only", c.task, s)][m] for s in c.seeds]).pvalue for c, m in family]
+    assert [c.delta[m].p for c, m in family] == pytest.approx(raw_p)
+    reject, adjusted, _, _ = multipletests(raw_p, alpha=0.05, method="holm")
+    assert [c.p_holm[m] for c, m in family] == pytest.approx(list(adjusted))
+    for (c, m), rej in zip(family, reject):
+        assert c.holm[m] == (("better" if c.delta[m].diff.mean < 0 else "worse") if rej else "inconclusive")
+        # the raw verdict is the interval's, which is the raw test at 5%
+        assert (c.verdict[m] != "inconclusive") == (c.delta[m].p < 0.05)
+    # a known answer where the adjustment matters: raw p 0.01, 0.04, 0.03 are all < 0.05; Holm: 0.03, 0.06, 0.06
+    assert stats.holm([0.01, 0.04, 0.03, float("nan")]) == pytest.approx([0.03, 0.06, 0.06, float("nan")], nan_ok=True)
+    assert stats.holm_verdicts([(-1, 0.01), (-1, 0.04), (1, 0.03)]) == ["better", "inconclusive", "inconclusive"]
+    md = markdown(cells, "pretrain-only")
+    assert "This table holds 6 comparisons" in md and "Holm: " in md
+    row = next(r for r in csv_text(cells).splitlines()[1:] if r.startswith("code20,pycode"))
+    assert ",6" in row
 
 
 def test_edge_winner_is_flagged():

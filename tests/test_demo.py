@@ -89,7 +89,7 @@ def test_seeds_verdicts_and_outputs(demo):
         for metric, v in c["verdict"].items():
             d = c["delta"][metric]
             assert v == ("better" if d["hi"] < 0 else "worse" if d["lo"] > 0 else "inconclusive")
-    rep = out / "study" / "report"
+    rep = out / "study" / "report" / "demo-tiny"
     for png in ("demo-sft-test.png", "demo-code-code-heatmap.png", "demo-proximity.png", "val_loss_curves.png"):
         assert (rep / png).stat().st_size > 5000, png
     assert "ln(V)" in r.stdout and "Pearson r" in r.stdout and res["main_loss_vs_ln_vocab"]["ln_vocab"] == math.log(2048)

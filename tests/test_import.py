@@ -240,7 +240,7 @@ def test_a_study_from_an_imported_checkpoint_runs_end_to_end(hf, tmp_path):
     assert "pretrain 0" in r.stdout and "midtrain 2" in r.stdout and "no base steps (nothing is pretrained)" in r.stdout
     r = run_cli("study", "run", tmp_path / "study.yaml", "--out", tmp_path / "out")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    table = (tmp_path / "out" / "report" / "table.md").read_text()
+    table = (tmp_path / "out" / "report" / "from-public" / "table.md").read_text()
     assert f"imported checkpoint `{tmp_path / 'ckpt'}` at step 40" in table
     assert "optimizer state: fresh (imported from HF)" in table and "random init (a test)" in table
     assert "pretrain-only" in table and "code20-from40" in table

@@ -276,7 +276,7 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     assert final[seg]["job_id"] == job  # the requeued job finished the segment
     assert final[victim]["job_id"] != old_job and final[victim]["array"] is None
     assert all(final[s]["job_id"] == first[s]["job_id"] for s in sft_ctrl if s != victim)
-    assert (out / "report" / "table.md").is_file()
+    assert (out / "report" / "tiny" / "table.md").is_file()
     for sid, st in final.items():
         if sid.split("/")[0] in ("base", "midtrain"):
             log = Path(st["log"]).read_text()

@@ -161,6 +161,61 @@ def test_lr_choice_per_checkpoint_makes_a_sweeping_sft_step_score_every_lr():
     assert not any("score_every_lr" in s.config["options"] for s in q.steps if s.kind == "sft")
 
 
+def _arm(starts, name="code"):
+    return [{"name": name, "domain": "code", "start": starts, "weight": [0.2]}]
+
+
+def test_specs_in_one_folder_share_base_segments_and_checkpoints():
+    base = copy.deepcopy(BASE)
+    base["train"]["save_interval"] = 20  # every 20th step's checkpoint is kept (keep_last_n: null)
+    a = plan_of(raw(arms=_arm([20, 60])), base=base)
+    assert [(s.labels["start"], s.labels["end"]) for s in a.steps if s.kind == "pretrain"] == [(0, 20), (20, 60), (60, 100)]
+    # spec b, other starts, planned into a's folder: no base step of its own; arms start from a's checkpoints
+    b = plan_of(raw(name="b", arms=_arm([40, 80])), base=base, known=a.base_segments())
+    segs = [s for s in b.steps if s.kind == "pretrain"]
+    assert segs and all(s.reused == "t" and s.out == a.by_id[s.id].out for s in segs)
+    arm40, arm80 = b.by_id["midtrain/70m/code20-from40"], b.by_id["midtrain/70m/code20-from80"]
+    assert (arm40.deps, arm40.resume_step, arm40.resume_at) == (("base/70m/to60",), "base/70m/to60", 40)
+    assert (arm80.resume_step, arm80.resume_at) == ("base/70m/to100", 80)
+    assert b.total_tokens() == (60 + 20) * 128  # its two arms; SFT has no estimate here
+    # the pretrain-only control and its SFT steps are the same steps (same folders) in both specs
+    for s in b.steps:
+        if s.kind in ("sft", "eval") and s.labels["arm"] == CONTROL:
+            assert a.by_id[s.id].out == s.out
+    # a segment's folder is the base run + its start and end, not the cuts of the spec that planned it
+    c = plan_of(raw(arms=_arm([20])), base=base)
+    assert c.by_id["base/70m/to20"].out == a.by_id["base/70m/to20"].out
+    assert c.by_id["base/70m/to100"].out != a.by_id["base/70m/to100"].out  # 20 -> 100 is another segment
+    # a start that no segment keeps a checkpoint at is trained from the latest kept one before it
+    d = plan_of(raw(name="d", arms=_arm([50])), base=base, known=a.base_segments())
+    (new,) = [s for s in d.steps if s.kind == "pretrain" and not s.reused]
+    assert (new.labels["start"], new.labels["end"], new.resume_step, new.resume_at) == (40, 50, "base/70m/to60", 40)
+    assert d.total_tokens() == 10 * 128 + 50 * 128
+    # without kept checkpoints (keep_last_n), only segment ends are reused
+    kept = {**copy.deepcopy(base), "keep_last_n": 2}
+    a2 = plan_of(raw(arms=_arm([20, 60])), base=kept)
+    e = plan_of(raw(name="e", arms=_arm([40])), base=kept, known=a2.base_segments())
+    (new,) = [s for s in e.steps if s.kind == "pretrain" and not s.reused]
+    assert (new.labels["start"], new.labels["end"], new.resume_step, new.resume_at) == (20, 40, "base/70m/to20", None)
+    # a changed base config shares nothing
+    other = {**copy.deepcopy(base), "optimizer": {"init_args": {"lr": 1e-3}}}
+    f = plan_of(raw(name="f", arms=_arm([40])), base=other, known=a.base_segments())
+    assert not any(s.reused for s in f.steps) and f.by_id["base/70m/to40"].labels["start"] == 0
+
+
+def test_the_paper_specs_planned_into_one_folder_pretrain_each_size_once():
+    specs = [os.path.join(REPO, "midtrain_configs", "studies", f"paper-{n}.yaml")
+             for n in ("main", "timing", "percentage", "cpt", "window")]
+    env = {"DATA_ROOT": "/nonexistent", "CKPT_ROOT": "/c", "TOKENIZER_DIR": "/t", "SFT_ROOT": "/s"}
+    r = run_cli("study", "plan", *specs, "--rows", "0", "--check_files", "false", env=env)
+    assert r.returncode == 0, r.stderr
+    for size in ("70m", "160m"):
+        assert f"size {size}: 1 base run(s), 4 segment(s), {61035 * 1024 * 2048:,} base tokens in all" in r.stdout
+    assert "reused: 8 base segment(s) planned in this folder by spec 'paper-main'" in r.stdout
+    window = r.stdout.split("## ")[5]
+    assert "steps: " in window and "pretrain 8" in window and "no cut needed" in window
+
+
 def test_base_config_must_be_a_whole_run():
     bad = copy.deepcopy(BASE)
     bad["train"]["max_additional_steps"] = 10

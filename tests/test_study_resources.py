@@ -104,7 +104,8 @@ def _plan(tmp_path, **spec_extra):
     base = {"devices": 2, "accelerator": "cpu", "data": {"init_args": {"data_path": "x", "val_data_path": "v"}},
             "train": {"max_steps": 12, "global_batch_size": 4, "max_seq_length": 8}}
     raw = {"name": "t", "sizes": {"s": {"config": "base.yaml"}},
-           "arms": [{"name": "code", "domain": "code", "start": [4], "weight": [0.2]}], "seeds": [0, 1],
+           "arms": [{"name": "code", "domain": "code", "start": [4], "weight": [0.2]}],
+           "seeds": {"values": [0, 1], "vary": "midtrain"},
            "sft": {"lrs": [1e-4, 1e-3], "tasks": {"fn": {"data": "d.jsonl"}}}, **spec_extra}
     return make_plan(parse_spec(raw, {"s": base}))
 

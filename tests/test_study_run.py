@@ -91,7 +91,7 @@ def test_killed_run_is_completed_by_a_rerun_then_nothing_reruns(study):
     rows = json.loads((root / "status.json").read_text())
     assert len(rows) == 33 and {row["state"] for row in rows} == {"done"}
     # the report: tables, CSV, per-seed results and figures
-    rep = out / "report"
+    rep = out / "report" / "tiny"
     for f in ("table.md", "table.csv", "results.json", "tiny-sft-test.png", "tiny-code-fn-heatmap.png",
               "tiny-proximity.png"):
         assert (rep / f).is_file() and (rep / f).stat().st_size > 0, f
@@ -157,6 +157,53 @@ def test_segment_chain_equals_an_unsegmented_run(study, tmp_path):
     seg2 = yaml.safe_load((out / index["base/tiny/to8"]["out"] / "run.yaml").read_text())
     assert seg2["resume_from"].endswith(index["base/tiny/to4"]["out"] + "/run/final")
     assert seg2["train"]["max_additional_steps"] == 4
+
+
+def test_a_second_spec_in_the_folder_trains_no_base_step_and_starts_from_the_first_specs_checkpoints(study, tmp_path):
+    """Two specs with different arm starts run into one folder: the second reuses the first's base segments
+    (its arm at step 8 starts from the periodic checkpoint the first spec's 4 -> 12 segment kept), and that
+    arm's weights equal the same spec's arm run alone, where a segment ends at 8 (exact resume)."""
+    spec, root = study
+    base = yaml.safe_load(spec.read_text())
+    specs = {}
+    for name, start in (("first", 4), ("second", 8)):
+        s = {**base, "name": name, "arms": [{"name": "code", "domain": "code", "start": [start], "weight": [0.2]}],
+             "seeds": [0], "eval": {"enabled": False}, "report": {"baseline": "pretrain-only"},
+             "sft": {**base["sft"], "lrs": [1e-3]}}
+        specs[name] = tmp_path / f"{name}.yaml"
+        specs[name].write_text(yaml.safe_dump(s, sort_keys=False))
+    out, alone = tmp_path / "shared", tmp_path / "alone"
+    env = {"OMP_NUM_THREADS": "1"}
+    r = run_cli("study", "run", specs["first"], "--out", out, "--parallel", "1", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    first = statuses(out)
+    r = run_cli("study", "plan", specs["second"], "--out", out, "--check_files", "false")
+    assert r.returncode == 0 and "reused: 2 base segment(s) planned in this folder by spec 'first'" in r.stdout, r.stdout
+    r = run_cli("study", "run", specs["second"], "--out", out, "--parallel", "1", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    second = statuses(out)
+    index = json.loads((out / "studies" / "second.json").read_text())["steps"]
+    base_steps = [sid for sid in index if sid.startswith("base/")]
+    assert base_steps == ["base/tiny/to4", "base/tiny/to12"]
+    for sid in base_steps + ["sft/tiny/pretrain-only/fn/lr0.001/s0"]:  # trained once, by the first spec
+        assert second[sid]["started"] == first[sid]["started"] and second[sid]["state"] == "done", sid
+    arm = index["midtrain/tiny/code20-from8"]["out"]
+    run = yaml.safe_load((out / arm / "run.yaml").read_text())
+    assert run["resume_from"] == str(out / index["base/tiny/to12"]["out"] / "run" / "step-00000008")
+    assert (out / "report" / "first" / "table.md").is_file() and (out / "report" / "second" / "table.md").is_file()
+    r = run_cli("study", "status", specs["first"], "--out", out)  # the first spec still reads as done
+    assert r.returncode == 0 and "study first: 6 steps: 6 done" in r.stdout, r.stdout
+    # the same arm from a spec run alone (its base cut at 8) has the same weights
+    r = run_cli("study", "run", specs["second"], "--out", alone, "--parallel", "1", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    alone_index = json.loads((alone / "study.json").read_text())["steps"]
+    assert [sid for sid in alone_index if sid.startswith("base/")] == ["base/tiny/to8", "base/tiny/to12"]
+    a = torch.load(out / arm / "run" / "final" / "lit_model.pth", weights_only=False)
+    b = torch.load(alone / alone_index["midtrain/tiny/code20-from8"]["out"] / "run" / "final" / "lit_model.pth",
+                   weights_only=False)
+    assert a["step_count"] == b["step_count"] == 12
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
 
 
 def test_unknown_domain_is_one_line(study, tmp_path):

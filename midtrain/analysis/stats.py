@@ -14,6 +14,12 @@ Guarantees:
   choice is flagged when it sits at either edge of the grid (or the grid has one LR), because then
   the optimum is not bracketed. Test losses never enter the choice: they are not an argument.
 - ``pearson(x, y)``: scipy's Pearson r with its p-value and Fisher-z interval.
+- ``paired(...).p``: the two-sided one-sample t-test p-value of the differences (scipy; NaN for n < 2 or
+  n identical differences: 0, or 1 when they are 0), the test the t-interval inverts: p < 1 - confidence exactly when the interval
+  excludes 0.
+- ``holm(pvalues, alpha)``: Holm's step-down adjusted p-values (statsmodels ``multipletests``) over a
+  family of tests; ``holm_verdicts`` gives the verdict word of each test at family-wise level ``alpha``
+  (NaN p-values are left out of the family and read "inconclusive").
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class Paired:
     diff: Interval            # of arm - baseline over matched seeds
     seeds: tuple               # the matched seeds, sorted
     unmatched: tuple           # seeds only one side has, sorted
+    p: float = math.nan        # two-sided paired t-test p-value (NaN: n < 2 or no spread)
 
 
 def paired(arm: Mapping[Hashable, float], baseline: Mapping[Hashable, float], confidence: float = 0.95) -> Paired:
@@ -78,7 +85,44 @@ def paired(arm: Mapping[Hashable, float], baseline: Mapping[Hashable, float], co
     if not seeds:
         raise ValueError(f"no seed in common (arm: {sorted(arm, key=repr)}, baseline: {sorted(baseline, key=repr)})")
     unmatched = tuple(sorted(set(arm) ^ set(baseline), key=repr))
-    return Paired(summarize([arm[s] - baseline[s] for s in seeds], confidence), seeds, unmatched)
+    diffs = [arm[s] - baseline[s] for s in seeds]
+    return Paired(summarize(diffs, confidence), seeds, unmatched, t_test_p(diffs))
+
+
+def t_test_p(diffs: Sequence[float]) -> float:
+    """Two-sided one-sample t-test of mean 0 (scipy); NaN for n < 2 or differences without spread."""
+    from scipy import stats
+
+    if len(diffs) < 2:
+        return math.nan
+    if max(diffs) == min(diffs):  # no spread: the interval is the point itself
+        return 1.0 if diffs[0] == 0 else 0.0
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def holm(pvalues: Sequence[float], alpha: float = 0.05) -> list[float]:
+    """Holm-adjusted p-values (statsmodels); NaN entries stay NaN and are not part of the family."""
+    idx = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
+    out = [math.nan] * len(pvalues)
+    if idx:
+        from statsmodels.stats.multitest import multipletests
+
+        adjusted = multipletests([pvalues[i] for i in idx], alpha=alpha, method="holm")[1]
+        for i, p in zip(idx, adjusted):
+            out[i] = float(p)
+    return out
+
+
+def holm_verdicts(tests: Sequence[tuple[float, float]], alpha: float = 0.05, lower_is_better: bool = True) -> list[str]:
+    """``tests``: (mean difference, raw p) per test of one family -> a verdict word each, Holm at ``alpha``."""
+    adjusted = holm([p for _, p in tests], alpha)
+    out = []
+    for (mean, _), p in zip(tests, adjusted):
+        if math.isnan(p) or p >= alpha:
+            out.append("inconclusive")
+        else:
+            out.append("better" if (mean < 0) == lower_is_better else "worse")
+    return out
 
 
 def verdict(diff: Interval, lower_is_better: bool = True) -> str:

@@ -64,6 +64,8 @@ class Cell:
     summary: dict = field(default_factory=dict)   # metric -> stats.Interval
     delta: dict = field(default_factory=dict)     # metric -> stats.Paired (vs the baseline arm)
     verdict: dict = field(default_factory=dict)   # metric -> a word from stats.VERDICTS
+    holm: dict = field(default_factory=dict)      # metric -> the verdict after Holm over the table's family
+    p_holm: dict = field(default_factory=dict)    # metric -> Holm-adjusted p-value
     edge_seeds: tuple = ()                        # seeds whose chosen LR sits at the grid edge
     lrs: tuple = ()                               # chosen LR per seed (in seed order)
 
@@ -165,7 +167,17 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
                         cell.delta[metric] = stats.paired(vals, base, confidence)
                         cell.verdict[metric] = stats.verdict(cell.delta[metric].diff)
             cells.append(cell)
+    family = [(c, m) for c in cells for m in METRICS if m in c.delta]
+    words = stats.holm_verdicts([(c.delta[m].diff.mean, c.delta[m].p) for c, m in family], 1 - confidence)
+    adjusted = stats.holm([c.delta[m].p for c, m in family], 1 - confidence)
+    for (c, m), word, p in zip(family, words, adjusted):
+        c.holm[m], c.p_holm[m] = word, p
     return cells
+
+
+def comparisons(cells: list[Cell]) -> int:
+    """How many paired comparisons (arm × task × metric vs the baseline) the table holds: Holm's family."""
+    return sum(len(c.delta) for c in cells)
 
 
 def _signed(iv: stats.Interval, digits: int = 3) -> str:
@@ -192,6 +204,10 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
         head += f"n = seeds. The SFT LR is chosen {how}."
     if variance:
         head += f" The seeds sample {variance}."
+    k = comparisons(cells)
+    if k:
+        head += (f" This table holds {k} comparisons: each verdict is given raw (its own {pct} interval) and, after "
+                 f"\"Holm:\", adjusted over all {k} (Holm, family-wise error {1 - confidence:.0%}).")
     lines = [head, "", "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for arm in arms:
         row = []
@@ -202,8 +218,8 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
                 continue
             parts = [" / ".join(c.summary[m].format() if m in c.summary else "–" for m in METRICS)]
             if c.delta:
-                parts.append("Δ " + " / ".join(f"{_signed(c.delta[m].diff)} ({c.verdict[m]})" if m in c.delta else "–"
-                                                for m in METRICS))
+                parts.append("Δ " + " / ".join(f"{_signed(c.delta[m].diff)} ({c.verdict[m]}; Holm: {c.holm[m]})"
+                                                if m in c.delta else "–" for m in METRICS))
             parts.append(f"n={len(c.seeds)}" + (" †" if c.edge_seeds else ""))
             row.append("<br>".join(parts))
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
@@ -214,7 +230,9 @@ CSV_COLUMNS = ["arm", "task", "n", "seeds", "chosen_lrs", "lr_edge_seeds"]
 for _m in ("sft_test", "sft_val", "main_after", "main_increase"):
     CSV_COLUMNS += [f"{_m}_mean", f"{_m}_sd", f"{_m}_lo", f"{_m}_hi"]
 for _m in METRICS:
-    CSV_COLUMNS += [f"delta_{_m}_mean", f"delta_{_m}_lo", f"delta_{_m}_hi", f"delta_{_m}_n", f"verdict_{_m}"]
+    CSV_COLUMNS += [f"delta_{_m}_mean", f"delta_{_m}_lo", f"delta_{_m}_hi", f"delta_{_m}_n", f"verdict_{_m}",
+                    f"p_{_m}", f"p_holm_{_m}", f"verdict_holm_{_m}", f"comparisons"]
+CSV_COLUMNS = list(dict.fromkeys(CSV_COLUMNS))
 
 
 def csv_text(cells: list[Cell]) -> str:
@@ -228,6 +246,8 @@ def csv_text(cells: list[Cell]) -> str:
             row.update({f"{m}_mean": iv.mean, f"{m}_sd": iv.sd, f"{m}_lo": iv.lo, f"{m}_hi": iv.hi})
         for m, p in c.delta.items():
             row.update({f"delta_{m}_mean": p.diff.mean, f"delta_{m}_lo": p.diff.lo, f"delta_{m}_hi": p.diff.hi,
-                        f"delta_{m}_n": p.diff.n, f"verdict_{m}": c.verdict[m]})
+                        f"delta_{m}_n": p.diff.n, f"verdict_{m}": c.verdict[m], f"p_{m}": p.p,
+                        f"p_holm_{m}": c.p_holm.get(m), f"verdict_holm_{m}": c.holm.get(m),
+                        "comparisons": comparisons(cells)})
         w.writerow(row)
     return buf.getvalue()

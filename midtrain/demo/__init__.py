@@ -5,7 +5,7 @@ The demo is data plus a study spec, not a second code path:
    shards under ``OUT/`` (raw texts as JSONL under ``OUT/raw/``);
 2. ``midtrain_configs/studies/demo{,-full,-tiny}.yaml`` is run by the study engine (local executor)
    into ``OUT/study`` (a re-run on the same OUT starts nothing);
-3. the study report (``OUT/study/report/``) gives the tables and figures; ``findings.py`` judges the
+3. the study report (``OUT/study/report/NAME/``) gives the tables and figures; ``findings.py`` judges the
    paper's four findings from intervals; ``OUT/results.json`` holds every per-seed value.
 Whatever the numbers say is what the demo says: the protocol is fixed in the specs and findings.py.
 """
@@ -97,7 +97,9 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     if leaks:
         raise ConfigError("demo data", f"{leaks} SFT val/test items overlap training data (see above)")
     spec = REPO / "midtrain_configs" / "studies" / SPECS[size]
-    plan = load_plan(spec)
+    from midtrain.study.execute import read_bases
+
+    plan = load_plan(spec, known=read_bases(out / "study"))
     print(f"[demo] study {spec.relative_to(REPO)}: {len(plan.steps)} steps, {parallel} at a time "
           f"({time.time() - t0:.0f} s so far)", flush=True)
     code = run_local(plan, out / "study", spec, parallel)
@@ -114,7 +116,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     chosen = {(c.arm, c.task, c.seed): dict(c.values, lr=c.choice.lr, lr_edge=c.choice.edge)
               for c in (tables.choose_per_seed if plan.spec.report.get("lr_choice") == "per_seed"
                         else tables.choose_per_checkpoint)(results)}
-    report = json.loads((out / "study" / "report" / "results.json").read_text())
+    report = json.loads((out / "study" / plan.by_id["report"].out / "results.json").read_text())
     size_name = plan.spec.sizes[0].name
     prox = report["sizes"][size_name].get("proximity", {})
     demo = plan.spec.report.get("demo") or {}
@@ -123,9 +125,10 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     worst = max(((k, v["main_after"]) for k, v in chosen.items()), key=lambda kv: kv[1])
     above = sorted({k[0] for k, v in chosen.items() if v["main_after"] >= ln_v})
     edges = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if v["lr_edge"]})
-    runs = [out / "study" / by[f"base/{size_name}/to{plan.spec.sizes[0].max_steps}"].out / "run"] + \
+    control = next(s for s in plan.steps if s.kind == "pretrain" and s.labels.get("arm") == "pretrain-only")
+    runs = [out / "study" / control.out / "run"] + \
         [out / "study" / s.out / "run" for s in plan.steps if s.kind == "midtrain" and s.labels["seed"] in (None, plan.spec.seeds[0])]
-    png = plot_runs([str(r) for r in runs], str(out / "study" / "report" / "val_loss_curves.png"))
+    png = plot_runs([str(r) for r in runs], str(out / "study" / plan.by_id["report"].out / "val_loss_curves.png"))
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"{platform.system()} {platform.release()}", "size": size, "spec": str(spec.relative_to(REPO)),
@@ -136,7 +139,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
         "steps_run": sum(1 for st in states.values() if st.get("state") == "done"),
     }
     write_text_atomic(out / "results.json", json.dumps(summary, indent=1, default=str) + "\n")
-    text = (out / "study" / "report" / "table.md").read_text()
+    text = (out / "study" / plan.by_id["report"].out / "table.md").read_text()
     lines = [text, "## Findings (paper v2), judged from intervals", F.format_findings(found), "",
              f"Main-corpus loss after SFT stays below ln(V) = {ln_v:.2f} (a uniform guess) in every cell: "
              + ("yes" if not above else f"NO for {', '.join(above)}") + f" (highest {worst[1]:.3f}, {worst[0][0]} on "

@@ -1,7 +1,10 @@
 """Running a study's plan: step folders, status files and the step runner (executors: ``study.local``, ``study.slurm``).
 
 Layout under the study folder ``DIR`` (``--out``):
-- ``DIR/study.json``: the plan last run here (step id -> output folder, kind, deps);
+- ``DIR/study.json``: the plan last run here (step id -> output folder, kind, deps); ``DIR/studies/NAME.json``
+  the same per spec name (several specs can run into one folder);
+- ``DIR/bases.json``: every base segment planned here, by any spec: what the next spec reuses
+  (``read_bases``; a base checkpoint is found by its base run and step, not by a spec's cuts);
 - ``DIR/<step out>/step.json``: what the step runs (a ``midtrain`` command line) and what it must
   leave behind; ``run.yaml`` for training steps; ``log.txt`` (or ``slurm-<job>.log``);
 - ``DIR/<step out>/status.json``: the step's state, written atomically: ``submitted`` (a SLURM job
@@ -54,7 +57,9 @@ def step_command(plan: Plan, step: Step, out_dir: Path, spec_path: Path) -> tupl
         cfg = dict(step.config)
         cfg["out_dir"] = str(folder / "run")
         if step.resume_step:
-            cfg["resume_from"] = str(checkpoint_of(out_dir, by[step.resume_step]))
+            source = by[step.resume_step]
+            cfg["resume_from"] = str(checkpoint_of(out_dir, source) if step.resume_at is None else
+                                     out_dir / source.out / "run" / f"step-{step.resume_at:08d}")
         return ["pretrain", "--config", str(folder / "run.yaml")], [str(folder / "run" / "final" / "lit_model.pth")], cfg
     run = by[step.deps[0]] if step.deps else None
     val = spec.pretrain_val_path or data_args(size.config).get("val_data_path") if size else None
@@ -350,9 +355,16 @@ def study_lock(out_dir: Path):
 
 def check_changed(plan: Plan, out_dir: Path, rerun_changed: bool) -> list[str]:
     """Steps that already ran here under another resolved config; refused unless ``rerun_changed``."""
-    try:
-        before = json.loads((out_dir / "study.json").read_text())["steps"]
-    except (OSError, ValueError, KeyError):
+    before = None
+    for path in (out_dir / "studies" / f"{plan.spec.name}.json", out_dir / "study.json"):
+        try:
+            index = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if index.get("name") == plan.spec.name and "steps" in index:
+            before = index["steps"]
+            break
+    if before is None:
         return []
     changed = []
     for step in plan.steps:
@@ -388,9 +400,37 @@ def materialise(plan: Plan, out_dir: Path, spec_path: Path) -> None:
             write_text_atomic(folder / "step.json", text)
             if run_cfg is not None:
                 write_text_atomic(folder / "run.yaml", yaml.safe_dump(run_cfg, sort_keys=False))
-    write_json_atomic(out_dir / "study.json", {
-        "spec": str(spec_path), "name": plan.spec.name,
-        "steps": {s.id: {"out": s.out, "kind": s.kind, "deps": list(s.deps)} for s in plan.steps}})
+    index = {"spec": str(spec_path), "name": plan.spec.name,
+             "steps": {s.id: {"out": s.out, "kind": s.kind, "deps": list(s.deps)} for s in plan.steps}}
+    (out_dir / "studies").mkdir(exist_ok=True)
+    write_json_atomic(out_dir / "studies" / f"{plan.spec.name}.json", index)
+    write_json_atomic(out_dir / "study.json", index)
+    record_bases(plan, out_dir)
+
+
+def read_bases(out_dir: Path | None) -> list:
+    """The base segments planned in the study folder ``out_dir`` so far (``bases.json``), for ``make_plan``."""
+    from midtrain.study.plan import BaseSegment
+
+    if out_dir is None:
+        return []
+    try:
+        raw = json.loads((Path(out_dir) / "bases.json").read_text())["segments"]
+        return [BaseSegment(**{**seg, "deps": tuple(seg["deps"])}) for seg in raw.values()]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError("--out", f"{out_dir}/bases.json is not a base-segment index ({type(e).__name__}: {e})") from None
+
+
+def record_bases(plan: Plan, out_dir: Path) -> None:
+    """Add this plan's base segments to ``bases.json`` (kept: segments of other specs)."""
+    import dataclasses
+
+    known = {seg.out: seg for seg in read_bases(out_dir)}
+    for seg in plan.base_segments():
+        known.setdefault(seg.out, seg)
+    write_json_atomic(out_dir / "bases.json", {"segments": {out: dataclasses.asdict(seg) for out, seg in known.items()}})
 
 
 # ---- status ----

@@ -135,11 +135,12 @@ def sft_token_estimate(spec: Spec, size_config: dict) -> dict[str, int]:
     return out
 
 
-def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool = True) -> Plan:
+def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool = True, known=()) -> Plan:
+    """The plan of the spec at ``path``; ``known``: base segments already planned in its study folder."""
     spec = load_spec(path, check_files)
     params = {s.name: params_of(s.config) for s in spec.sizes} if estimate else {}
     tokens = sft_token_estimate(spec, spec.sizes[0].config) if estimate else {}
-    return make_plan(spec, {k: v for k, v in params.items() if v}, tokens)
+    return make_plan(spec, {k: v for k, v in params.items() if v}, tokens, known=list(known))
 
 
 def spec_digest(path: str | os.PathLike) -> str:

@@ -46,10 +46,34 @@ class Step:
     out: str                  # folder, relative to the study's --out
     labels: dict              # size, arm, seed, task, lr, start, end, ...
     config: dict              # pretrain/midtrain: the run config (out_dir/resume_from filled in by the runner)
-    resume_step: str | None = None   # pretrain/midtrain: the step whose final checkpoint this run starts from
+    resume_step: str | None = None   # pretrain/midtrain: the step whose checkpoint this run starts from ...
+    resume_at: int | None = None     # ... its periodic checkpoint at this step (None: its final checkpoint)
     tokens: int | None = None
     flops: float | None = None
     alloc: Allocation | None = None  # what a scheduler is asked for (not part of the hash: it changes no result)
+    reused: str | None = None        # a base segment another spec planned in this study folder (its spec's name)
+
+
+@dataclass(frozen=True)
+class BaseSegment:
+    """A base-run segment already planned in a study folder (``bases.json``): what another spec can reuse.
+
+    ``key`` identifies the base run (its resolved config without the segment length); the segment trains
+    steps ``start`` -> ``end`` and keeps a checkpoint at every multiple of ``save_every`` in between
+    (None: none kept). ``deps``: ids of the segments it resumes from."""
+    id: str
+    out: str
+    hash: str
+    key: str
+    size: str
+    start: int
+    end: int
+    save_every: int | None
+    config: dict
+    labels: dict
+    deps: tuple[str, ...] = ()
+    resume_at: int | None = None
+    spec: str = ""
 
 
 @dataclass
@@ -57,6 +81,16 @@ class Plan:
     spec: Spec
     steps: list[Step] = field(default_factory=list)
     cost_by_vary: dict = field(default_factory=dict)  # seeds.vary choice -> (tokens, FLOPs or 0) of that plan
+
+    def base_segments(self) -> list[BaseSegment]:
+        """This plan's base segments, as a study folder records them for the next spec (``bases.json``)."""
+        out = []
+        for st in self.steps:
+            if st.kind == "pretrain":
+                out.append(BaseSegment(st.id, st.out, st.hash, st.labels["base_key"], st.labels["size"],
+                                       st.labels["start"], st.labels["end"], st.labels.get("save_every"), st.config,
+                                       st.labels, st.deps, st.resume_at, st.reused or self.spec.name))
+        return out
 
     @property
     def by_id(self) -> dict[str, Step]:
@@ -69,10 +103,11 @@ class Plan:
         return out
 
     def total_tokens(self) -> int:
-        return sum(s.tokens or 0 for s in self.steps)
+        """Tokens this spec trains (base segments another spec planned in its folder are theirs, not counted)."""
+        return sum(s.tokens or 0 for s in self.steps if not s.reused)
 
     def total_flops(self) -> float:
-        return sum(s.flops or 0.0 for s in self.steps)
+        return sum(s.flops or 0.0 for s in self.steps if not s.reused)
 
 
 def config_hash(kind: str, config: Mapping, deps: list[str]) -> str:
@@ -98,9 +133,24 @@ def run_config_of(plan: Plan, step: Step) -> Mapping:
     return _run_config(plan.spec, step.kind, step.config, step.labels)
 
 
+def base_key(cfg: Mapping) -> str:
+    """The identity of a base run: its resolved config without what a segment sets (length, resume)."""
+    return config_hash("base", set_dotted(dict(cfg), "train.max_additional_steps", None), [])[:16]
+
+
+def _save_every(cfg: Mapping) -> int | None:
+    """The step multiple at which a run keeps every checkpoint (None: not every one is kept)."""
+    train = cfg.get("train") or {}
+    every = train.get("save_interval", 1000)
+    return int(every) if every and cfg.get("keep_last_n") is None else None
+
+
 def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
-              sft_tokens: Mapping[str, int] | None = None, _costs: bool = True) -> Plan:
-    """``params``: size -> parameter count (for FLOPs); ``sft_tokens``: task -> tokens one SFT run trains on."""
+              sft_tokens: Mapping[str, int] | None = None, _costs: bool = True,
+              known: "list[BaseSegment] | tuple" = ()) -> Plan:
+    """``params``: size -> parameter count (for FLOPs); ``sft_tokens``: task -> tokens one SFT run trains on;
+    ``known``: base segments already planned in the study folder (``bases.json``), reused where they hold
+    the checkpoint an arm starts from."""
     plan = Plan(spec)
     if _costs:
         import dataclasses
@@ -110,21 +160,39 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         for vary in VARY:
             if vary == "base" and any(sz.checkpoint for sz in spec.sizes):
                 continue
-            other = make_plan(dataclasses.replace(spec, vary=vary), params, sft_tokens, _costs=False)
+            other = make_plan(dataclasses.replace(spec, vary=vary), params, sft_tokens, _costs=False, known=known)
             plan.cost_by_vary[vary] = (other.total_tokens(), other.total_flops())
     steps: dict[str, Step] = {}
 
-    def add(kind, id_, deps, config, labels, resume_step=None, tokens=None, size=None, origin=None):
-        hashes = [steps[d].hash for d in deps] + ([origin] if origin else [])
-        h = config_hash(kind, config, hashes)
+    def add(kind, id_, deps, config, labels, resume_step=None, tokens=None, size=None, origin=None, resume_at=None,
+            hash_deps=None):
+        hashes = [steps[d].hash for d in deps] + ([origin] if origin else []) + \
+            ([f"at:{resume_at}"] if resume_at is not None else [])
+        h = config_hash(kind, config, hash_deps if hash_deps is not None else hashes)
         n = (params or {}).get(size) if size else None
         flops = 6.0 * n * tokens if n and tokens else None
         alloc = allocation(kind, _run_config(spec, kind, config, labels), spec.slurm, where=id_)
-        step = Step(id_, kind, tuple(deps), h, id_ if kind == "report" else f"{id_}-{h[:8]}", labels, config,
-                    resume_step, tokens, flops, alloc)
+        out = f"report/{spec.name}" if kind == "report" else f"{id_}-{h[:8]}"
+        step = Step(id_, kind, tuple(deps), h, out, labels, config, resume_step, resume_at, tokens, flops, alloc)
         steps[id_] = step
         plan.steps.append(step)
         return step
+
+    def reuse(seg: BaseSegment):
+        """Put a segment another spec planned here (and those it resumes from) into this plan, unchanged."""
+        if seg.id in steps:
+            return
+        for d in seg.deps:
+            reuse(next(k for k in known if k.id == d))
+        alloc = allocation("pretrain", seg.config, spec.slurm, where=seg.id)
+        size = next((sz for sz in spec.sizes if sz.name == seg.size), None)
+        tokens = (seg.end - seg.start) * size.tokens_per_step if size else None
+        n = (params or {}).get(seg.size)
+        step = Step(seg.id, "pretrain", tuple(seg.deps), seg.hash, seg.out, dict(seg.labels), seg.config,
+                    seg.deps[0] if seg.deps else None, seg.resume_at, tokens, 6.0 * n * tokens if n and tokens else None,
+                    alloc, reused=seg.spec if seg.spec != spec.name else None)
+        steps[seg.id] = step
+        plan.steps.append(step)
 
     runs: list[tuple[str, str, int | None, str]] = []   # (size, arm, seed, step id) of every trained run
     base_seeds = spec.seeds if spec.vary == "base" else (None,)
@@ -138,8 +206,8 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
             if base_seed is not None:  # vary: base: this seed's own init and data order
                 base_cfg = set_dotted(dict(set_dotted(base_cfg, "data.seed", base_seed)), "seed", base_seed)
                 tag = f"/s{base_seed}"
-            seg_at = _base_chain(size, size_arms, base_cfg, tag, base_seed, origin, add)
-            runs.append((size.name, CONTROL, base_seed, seg_at[size.max_steps]))
+            seg_at = _base_chain(size, size_arms, base_cfg, tag, base_seed, origin, add, known, reuse, steps)
+            runs.append((size.name, CONTROL, base_seed, seg_at[size.max_steps][0]))
             arm_seeds = [base_seed] if base_seed is not None else (spec.seeds if spec.vary == "midtrain" else [None])
             for arm in size_arms:
                 for seed in arm_seeds:
@@ -161,8 +229,9 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
                         add("midtrain", sid, [], cfg, {**labels, "imported": size.checkpoint}, tokens=tokens,
                             size=size.name, origin=origin)
                     else:
-                        add("midtrain", sid, [seg_at[arm.start]], cfg, labels, resume_step=seg_at[arm.start],
-                            tokens=tokens, size=size.name)
+                        seg, at = seg_at[arm.start]
+                        add("midtrain", sid, [seg], cfg, labels, resume_step=seg, resume_at=at, tokens=tokens,
+                            size=size.name)
                     runs.append((size.name, arm.name, seed, sid))
 
     leaves = []
@@ -195,12 +264,19 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
     return plan
 
 
-def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, origin: str | None, add) -> dict:
-    """The steps that bring ``size``'s base run to every arm start and to max_steps: end step -> step id.
+def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, origin: str | None, add, known,
+                reuse, steps) -> dict:
+    """The steps that bring ``size``'s base run to every arm start and to max_steps:
+    end step -> (step id, periodic checkpoint step or None for its final checkpoint).
 
-    A base run is a chain of pretrain segments cut at every arm start; an imported size has one midtrain
-    step instead (the checkpoint continued with the base mixture: the pretrain-only control)."""
-    seg_at: dict[int, str] = {}
+    A checkpoint at step E of a base run is the same whatever chain of segments reached it (exact
+    resume), so it is looked up by (base run, E): a segment of this or another spec of the study folder
+    (``known``) that ends at E, else one that passes E keeping its periodic checkpoint there; only
+    what no segment provides is trained, from the latest checkpoint before it. A segment's hash covers
+    the base run's config, its start and its end (not the cuts of the spec that planned it), so specs
+    with other arm starts share it. An imported size has one midtrain step instead (the checkpoint
+    continued with the base mixture: the pretrain-only control)."""
+    seg_at: dict[int, tuple[str, int | None]] = {}
     if size.checkpoint:
         cfg = dict(set_dotted(base_cfg, "train.max_additional_steps", size.max_steps - size.start_step))
         cfg.update(resume="auto", resume_from=size.checkpoint)
@@ -208,19 +284,48 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
         add("midtrain", sid, [], cfg, {"size": size.name, "arm": CONTROL, "start": size.start_step,
                                       "end": size.max_steps, "imported": size.checkpoint},
             tokens=(size.max_steps - size.start_step) * size.tokens_per_step, size=size.name, origin=origin)
-        seg_at[size.max_steps] = sid
+        seg_at[size.max_steps] = (sid, None)
         return seg_at
-    prev, start = None, 0
+    key = base_key(base_cfg)
+    every = _save_every(base_cfg)
+    pool = [k for k in known if k.key == key]   # segments of this base run: known ones, then those added here
+
+    def provider(e: int):
+        for k in pool:
+            if k.end == e:
+                return k, None
+        for k in pool:
+            if k.start < e < k.end and k.save_every and e % k.save_every == 0:
+                return k, e
+        return None
+
     for end in sorted({a.start for a in size_arms} | {size.max_steps}):
-        cfg = set_dotted(base_cfg, "train.max_additional_steps", end - start)
-        cfg["resume"] = "auto"
-        sid = f"base/{size.name}{tag}/to{end}"
-        add("pretrain", sid, [prev] if prev else [], cfg,
-            {"size": size.name, "start": start, "end": end, "seed": seed,
-             "arm": CONTROL if end == size.max_steps else None},
-            resume_step=prev, tokens=(end - start) * size.tokens_per_step, size=size.name)
-        seg_at[end] = sid
-        prev, start = sid, end
+        found = provider(end)
+        if found is None:  # train from the latest checkpoint before `end` that some segment holds
+            points = [(k.end, k, None) for k in pool if k.end < end] + \
+                     [(p, k, p) for k in pool if k.save_every for p in range(k.start + 1, min(k.end, end))
+                      if p % k.save_every == 0]
+            start, prev, at = max(points, key=lambda x: x[0], default=(0, None, None))
+            cfg = set_dotted(base_cfg, "train.max_additional_steps", end - start)
+            cfg["resume"] = "auto"
+            sid = f"base/{size.name}{tag}/to{end}"
+            if sid in steps or any(k.id == sid for k in known):
+                sid = f"{sid}-from{start}"
+            if prev is not None and prev.id not in steps:
+                reuse(prev)
+            st = add("pretrain", sid, [prev.id] if prev else [], cfg,
+                     {"size": size.name, "start": start, "end": end, "seed": seed, "base_key": key,
+                      "save_every": every, "arm": CONTROL if end == size.max_steps else None},
+                     resume_step=prev.id if prev else None, resume_at=at,
+                     tokens=(end - start) * size.tokens_per_step, size=size.name,
+                     hash_deps=[f"base:{key}", f"from:{start}"])
+            seg = BaseSegment(st.id, st.out, st.hash, key, size.name, start, end, every, cfg, st.labels, st.deps, at)
+            pool.append(seg)
+            found = (seg, None)
+        seg, at = found
+        if seg.id not in steps:
+            reuse(seg)
+        seg_at[end] = (seg.id, at)
     return seg_at
 
 
@@ -230,7 +335,10 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
     shown = plan.steps if max_rows is None else plan.steps[:max_rows]
     for s in shown:
         deps = ", ".join(s.deps) if len(s.deps) <= 2 else f"{s.deps[0]}, ... ({len(s.deps)} steps)"
-        lines.append(f"| {s.id} | {s.kind} | {deps or '-'} | {s.out} | {f'{s.tokens:,}' if s.tokens else '-'} |")
+        tok = f"{s.tokens:,}" if s.tokens else "-"
+        if s.reused:
+            tok = f"reused ({s.reused})"
+        lines.append(f"| {s.id} | {s.kind} | {deps or '-'} | {s.out} | {tok} |")
     if max_rows is not None and len(plan.steps) > max_rows:
         lines.append(f"| ... {len(plan.steps) - max_rows} more steps (--rows all) | | | | |")
     counts = plan.counts()
@@ -266,6 +374,20 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
         else:
             hours = "no estimate"
         lines.append(f"| {kind} | {len(of_kind)} | {'; '.join(allocs)} | {hours} |")
+    reused = [s for s in plan.steps if s.reused]
+    if reused:
+        by_spec: dict[str, list] = {}
+        for s in reused:
+            by_spec.setdefault(s.reused, []).append(s)
+        for name, segs in by_spec.items():
+            lines.append(f"reused: {len(segs)} base segment(s) planned in this folder by spec {name!r} "
+                         f"({sum(s.tokens or 0 for s in segs):,} tokens not trained again): "
+                         + ", ".join(f"{s.id} ({s.labels['start']}->{s.labels['end']})" for s in segs))
+    at = [s for s in plan.steps if s.resume_at is not None]
+    if at:
+        lines.append(f"{len(at)} run(s) start from a periodic checkpoint of a base segment (no cut needed): "
+                     + ", ".join(f"{s.id} <- {s.resume_step} step {s.resume_at}" for s in at[:4])
+                     + (" ..." if len(at) > 4 else ""))
     missing = [s.id for s in plan.steps if s.kind == "sft" and s.tokens is None]
     if missing:
         lines.append(f"note: {len(missing)} SFT steps have no token estimate")
@@ -274,4 +396,24 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
             optimizer = size.origin.get("optimizer") or "optimizer state: as the checkpoint holds it"
             lines.append(f"size {size.name}: starts from the checkpoint {size.checkpoint} at step {size.start_step:,} "
                          f"of {size.max_steps:,}: no base steps (nothing is pretrained); {optimizer}")
+    return "\n".join(lines)
+
+
+def format_sharing(plans: list[Plan]) -> str:
+    """What several specs planned into one folder train together: each base segment once."""
+    seen: dict[str, Step] = {}
+    for plan in plans:
+        for s in plan.steps:
+            if s.kind == "pretrain":
+                seen.setdefault(s.out, s)
+    sizes: dict[str, list[Step]] = {}
+    for s in seen.values():
+        sizes.setdefault(s.labels["size"], []).append(s)
+    lines = [f"## {len(plans)} specs into one folder: base runs are trained once and shared", ""]
+    for name, segs in sizes.items():
+        keys = sorted({s.labels.get("base_key") for s in segs})
+        lines.append(f"size {name}: {len(keys)} base run(s), {len(segs)} segment(s), "
+                     f"{sum(s.tokens or 0 for s in segs):,} base tokens in all")
+    total = sum(p.total_tokens() for p in plans)
+    lines.append(f"tokens: {total:,} in total over the {len(plans)} specs (each base segment counted once)")
     return "\n".join(lines)

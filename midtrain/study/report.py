@@ -1,6 +1,6 @@
 """``midtrain study report``: the study's tables and figures from its finished steps.
 
-Writes into ``DIR/report/``: ``table.md`` / ``table.csv`` (per size: arms × SFT tasks, mean ± CI over
+Writes into ``DIR/report/NAME/`` (the spec's name: several specs can share a study folder): ``table.md`` / ``table.csv`` (per size: arms × SFT tasks, mean ± CI over
 seeds, paired Δ vs the baseline with verdicts; ``midtrain.analysis.tables``), ``eval.md`` (each
 run's val losses, mean over seeds), ``results.json`` (every per-seed value), PNGs (arms per task,
 start × weight heatmaps of a grid arm, proximity advantage vs relative improvement when
@@ -50,7 +50,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
     from midtrain.atomic import write_text_atomic
 
     spec = plan.spec
-    rep = out_dir / "report"
+    rep = out_dir / plan.by_id["report"].out
     rep.mkdir(parents=True, exist_ok=True)
     baseline = spec.report.get("baseline", CONTROL)
     confidence = float(spec.report.get("confidence", 0.95))
@@ -83,7 +83,8 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             csv = tables.csv_text(cells).splitlines()
             csv_parts += ([("size," + csv[0])] if not csv_parts else []) + [f"{size.name},{line}" for line in csv[1:]]
             size_res["cells"] = [{"arm": c.arm, "task": c.task, "seeds": list(c.seeds), "lrs": list(c.lrs),
-                                  "edge_seeds": list(c.edge_seeds), "verdict": c.verdict,
+                                  "edge_seeds": list(c.edge_seeds), "verdict": c.verdict, "holm": c.holm,
+                                  "p_holm": c.p_holm, "comparisons": tables.comparisons(cells),
                                   "summary": {m: iv.__dict__ for m, iv in c.summary.items()},
                                   "delta": {m: p.diff.__dict__ for m, p in c.delta.items()}} for c in cells]
             by_task: dict[str, dict] = {}
@@ -93,6 +94,11 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             figures.arm_bars(by_task, rep / f"{size.name}-sft-test.png")
             md.append(f"![SFT test loss per arm]({size.name}-sft-test.png)")
             md += _heatmaps(spec, size.name, cells, rep) + [""]
+            chosen = (tables.choose_per_checkpoint if lr_choice == "per_checkpoint" else tables.choose_per_seed)(got["sft"])
+            inter = interactions(spec, chosen, confidence)
+            if inter:
+                size_res["interactions"] = inter
+                md += _format_interactions(inter, confidence) + [""]
             if spec.report.get("proximity") and base:
                 md += _proximity(plan, size, cells, rep, size_res) + [""]
         else:
@@ -128,6 +134,58 @@ def _eval_table(rows: list[dict], title: str) -> list[str]:
                  for s in sets]
         out.append(f"| {arm} | " + " | ".join(cells) + " |")
     return out
+
+
+def interactions(spec, chosen, confidence: float = 0.95) -> list[dict]:
+    """Timing × weight, for every arm family crossing >= 2 starts with >= 2 weights, per SFT task: per seed
+    I = (late high - late low) - (early high - early low) of the SFT test loss (earliest/latest start,
+    lowest/highest weight; > 0: a high weight costs more when introduced late), its t-interval over seeds
+    and verdict word ("worse" = the interval lies above 0: the paper's window). Pure."""
+    from midtrain.analysis import stats
+
+    values = {(c.arm, c.task, c.seed): c.values for c in chosen}
+    out = []
+    families: dict[str, list] = {}
+    for a in spec.arms:
+        if a.weight is not None:
+            families.setdefault(a.family, []).append(a)
+    for family, members in families.items():
+        starts, weights = sorted({a.start for a in members}), sorted({a.weight for a in members})
+        if len(starts) < 2 or len(weights) < 2:
+            continue
+        cell = {(a.start, a.weight): a.name for a in members}
+        corners = {"early_low": (starts[0], weights[0]), "early_high": (starts[0], weights[-1]),
+                   "late_low": (starts[-1], weights[0]), "late_high": (starts[-1], weights[-1])}
+        if not all(k in cell for k in corners.values()):
+            continue
+        names = {k: cell[v] for k, v in corners.items()}
+        for task in dict.fromkeys(c.task for c in chosen):
+            per_seed = {}
+            for seed in sorted({c.seed for c in chosen}):
+                keys = {k: (n, task, seed) for k, n in names.items()}
+                if all(k in values and "sft_test" in values[k] for k in keys.values()):
+                    v = {k: values[key]["sft_test"] for k, key in keys.items()}
+                    per_seed[seed] = (v["late_high"] - v["late_low"]) - (v["early_high"] - v["early_low"])
+            if not per_seed:
+                continue
+            iv = stats.summarize(list(per_seed.values()), confidence)
+            out.append({"family": family, "task": task, "cells": names, "per_seed": per_seed,
+                        "interval": iv.__dict__, "verdict": stats.verdict(iv),
+                        "p": stats.t_test_p(list(per_seed.values()))})
+    return out
+
+
+def _format_interactions(inter: list[dict], confidence: float) -> list[str]:
+    lines = [f"Timing × weight interaction, I = (late high − late low) − (early high − early low) of SFT test loss "
+             f"per seed, mean ± {confidence:.0%} t-interval (I > 0: a high weight costs more when introduced late; "
+             "\"worse\" = the interval lies above 0, the paper's window; \"better\" = below 0):", ""]
+    for x in inter:
+        iv = x["interval"]
+        num = f"{iv['mean']:+.4f}" + ("" if iv["lo"] != iv["lo"] else f", CI [{iv['lo']:+.4f}, {iv['hi']:+.4f}]")
+        c = x["cells"]
+        lines.append(f"- {x['family']} on {x['task']}: I = {num}, n={iv['n']}: **{x['verdict']}** "
+                     f"({c['late_high']} − {c['late_low']} vs {c['early_high']} − {c['early_low']})")
+    return lines
 
 
 def _heatmaps(spec, size: str, cells, rep: Path) -> list[str]:
