@@ -206,6 +206,35 @@ def test_a_second_spec_in_the_folder_trains_no_base_step_and_starts_from_the_fir
         assert torch.equal(v, b["model"][k]), k
 
 
+def test_a_mix_config_arm_naming_shards_is_in_the_proximity_table_with_its_mixture(study, tmp_path):
+    """Known answer: c1 is the only shard of type code, so an arm given as a mix_config file naming shard c1
+    has the same unigram mixture, hence the same proximity advantage, as the typed mixture main:0.5,code:0.5."""
+    from midtrain.analysis.tables import SFTResult, aggregate
+    from midtrain.study.files import load_plan
+    from midtrain.study.report import _proximity
+
+    spec, root = study
+    raw = yaml.safe_load(spec.read_text())
+    (tmp_path / "qa.json").write_text(json.dumps({"weights": {"main": 0.5, "c1": 0.5}}))
+    raw["arms"] = [{"name": "qa", "mix_config": str(tmp_path / "qa.json"), "start": [4]},
+                   {"name": "typed", "mixture": "main:0.5,code:0.5", "start": [4]},
+                   {"name": "code", "domain": "code", "start": [4], "weight": [0.2]}]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    plan = load_plan(tmp_path / "s.yaml")
+    qa = next(a for a in plan.spec.arms if a.family == "qa")
+    assert qa.mixture == "main:0.5,c1:0.5" and qa.mix_config  # the file's weights, as written; the run reads the file
+    results = [SFTResult(arm, "fn", seed, 1e-3, 2.0 - d, test_loss=2.0 - d + 0.01 * seed)
+               for seed in (0, 1, 2) for arm, d in (("pretrain-only", 0), ("qa-from4", 0.1), ("typed-from4", 0.2),
+                                                    ("code20-from4", 0.05))]
+    size_res = {}
+    lines = _proximity(plan, plan.spec.sizes[0], aggregate(results, "pretrain-only"), tmp_path, size_res)
+    rows = {r["arm"]: r for r in size_res["proximity"]["rows"]}
+    assert set(rows) == {"qa-from4", "typed-from4", "code20-from4"}
+    assert rows["qa-from4"]["advantage"] == pytest.approx(rows["typed-from4"]["advantage"], rel=1e-12)
+    assert rows["qa-from4"]["advantage"] != pytest.approx(rows["code20-from4"]["advantage"])
+    assert any("| qa-from4 | fn |" in line for line in lines) and (tmp_path / "tiny-proximity.png").stat().st_size > 0
+
+
 def test_unknown_domain_is_one_line(study, tmp_path):
     spec, _ = study
     bad = yaml.safe_load(spec.read_text())

@@ -95,8 +95,9 @@ def t_test_p(diffs: Sequence[float]) -> float:
 
     if len(diffs) < 2:
         return math.nan
-    if max(diffs) == min(diffs):  # no spread: the interval is the point itself
-        return 1.0 if diffs[0] == 0 else 0.0
+    mean = math.fsum(diffs) / len(diffs)
+    if max(diffs) - min(diffs) <= 1e-12 * max(1.0, abs(mean)):  # no spread (to rounding): the interval is a point
+        return 1.0 if mean == 0 else 0.0
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 

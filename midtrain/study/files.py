@@ -47,10 +47,27 @@ def load_spec(path: str | os.PathLike, check_files: bool = True) -> Spec:
             bases[str(name)] = {}
     spec = parse_spec(raw, bases)
     spec = replace(spec, sizes=tuple(replace(s, origin=checkpoint_origin(s.checkpoint)) if s.checkpoint else s
-                                     for s in spec.sizes))
+                                     for s in spec.sizes),
+                   arms=tuple(_with_mix_config_weights(a) for a in spec.arms))
     if check_files:
         check_inputs(spec, spec_dir)
     return spec
+
+
+def _with_mix_config_weights(arm):
+    """An arm given as a mix_config file carries that file's weights as its ``mixture`` (types or shard ids,
+    as written), so that reports (proximity) see what it trains on; the run itself reads the file."""
+    if not arm.mix_config or not Path(arm.mix_config).is_file():
+        return arm
+    from midtrain.data.mixture import mix_spec
+
+    field = f"arms: {arm.family}.mix_config"
+    try:
+        cfg = json.loads(Path(arm.mix_config).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(field, f"{arm.mix_config} is not a JSON mix config ({e})") from None
+    ms = mix_spec(mix_config=cfg, mix_config_field=field)
+    return replace(arm, mixture=",".join(f"{k}:{w:.10g}" for k, w in ms.weights))
 
 
 def checkpoint_origin(checkpoint: str) -> dict:

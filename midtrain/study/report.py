@@ -243,6 +243,13 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict) -> list[str]:
         parts = [counting.count_dataset(sh.id, sh.path, max_tokens, 0).counts for sh in shards]
         width = max(len(c) for c in parts)
         counts[t] = sum(counting.pad_to(c, width) for c in parts)
+    by_id = {sh.id: sh for shards in disc.values() for sh in shards}
+    named = {k for a in spec.arms if a.mixture for k, _ in parse_weights(a.mixture, "mixture") if k not in counts}
+    for sid in sorted(named):  # a mixture that names shards (a mix_config or literal arm): that shard's own counts
+        if sid not in by_id:
+            raise ConfigError("report.proximity", f"an arm's mixture names {sid!r}, neither a shard type nor a shard "
+                              f"under {args['data_path']}")
+        counts[sid] = counting.count_dataset(sid, by_id[sid].path, max_tokens, 0).counts
     for task in spec.tasks:
         ids = []
         for p, r in load_examples(Path(task.data), task.prompt_key, task.response_key):
