@@ -198,12 +198,52 @@ def test_a_second_spec_in_the_folder_trains_no_base_step_and_starts_from_the_fir
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     alone_index = json.loads((alone / "study.json").read_text())["steps"]
     assert [sid for sid in alone_index if sid.startswith("base/")] == ["base/tiny/to8", "base/tiny/to12"]
+    # seeds.vary: sft (the default) with 2 seeds and 2 LRs: one midtrained checkpoint per arm (the first spec's,
+    # reused), SFT per seed, and one LR per checkpoint chosen on the validation loss averaged over its seeds
+    third = {**yaml.safe_load(specs["first"].read_text()), "name": "third", "seeds": [0, 1]}
+    third["sft"]["lrs"] = [1e-4, 1e-3]
+    (tmp_path / "third.yaml").write_text(yaml.safe_dump(third, sort_keys=False))
+    r = run_cli("study", "run", tmp_path / "third.yaml", "--out", out, "--parallel", "1", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    idx3 = json.loads((out / "studies" / "third.json").read_text())["steps"]
+    assert [sid for sid in idx3 if sid.startswith("midtrain/")] == ["midtrain/tiny/code20-from4"]
+    assert statuses(out)["midtrain/tiny/code20-from4"]["started"] == first["midtrain/tiny/code20-from4"]["started"]
+    res = json.loads((out / "report" / "third" / "results.json").read_text())
+    assert res["vary"] == "sft" and "SFT data order only" in res["variance"] and res["lr_choice"] == "per_checkpoint"
+    for cell in res["sizes"]["tiny"]["cells"]:
+        val = {}
+        for sid, info in idx3.items():
+            if sid.startswith(f"sft/tiny/{cell['arm']}/"):
+                m = json.loads((out / info["out"] / "metrics.json").read_text())
+                val.setdefault(m["best_lr"], []).append(m["val_loss"])
+        best = min(val, key=lambda lr: sum(val[lr]) / len(val[lr]))
+        assert cell["seeds"] == [0, 1] and cell["lrs"] == [best, best], (cell, val)
+    assert "Seeds 0, 1 (seeds.vary: sft) sample the SFT data order only" in \
+        (out / "report" / "third" / "table.md").read_text()
     a = torch.load(out / arm / "run" / "final" / "lit_model.pth", weights_only=False)
     b = torch.load(alone / alone_index["midtrain/tiny/code20-from8"]["out"] / "run" / "final" / "lit_model.pth",
                    weights_only=False)
     assert a["step_count"] == b["step_count"] == 12
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+
+
+def test_seeds_vary_base_trains_a_base_run_per_seed_with_its_own_init(study, tmp_path):
+    spec, root = study
+    raw = yaml.safe_load(spec.read_text())
+    raw.update(name="bases", arms=[], seeds={"values": [0, 1], "vary": "base"}, eval={"enabled": False})
+    raw.pop("sft")
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(raw))
+    r = run_cli("study", "run", tmp_path / "b.yaml", "--out", tmp_path / "out", "--parallel", "1")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    index = json.loads((tmp_path / "out" / "study.json").read_text())["steps"]
+    runs = {}
+    for seed in (0, 1):
+        folder = tmp_path / "out" / index[f"base/tiny/s{seed}/to12"]["out"]
+        cfg = yaml.safe_load((folder / "run.yaml").read_text())
+        assert cfg["seed"] == seed and cfg["data"]["init_args"]["seed"] == seed
+        runs[seed] = torch.load(folder / "run" / "step-00000004" / "lit_model.pth", weights_only=False)["model"]
+    assert any(not torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
 def test_a_mix_config_arm_naming_shards_is_in_the_proximity_table_with_its_mixture(study, tmp_path):
