@@ -275,10 +275,18 @@ def evaluate(argv: list[str]) -> int:
         parser.add_argument("--batch_size", type=int, default=8)
         parser.add_argument("--max_batches", type=int, default=100)
         parser.add_argument("--json", type=Optional[str], default=None)
+        parser.add_argument("--all_checkpoints", type=bool, default=False,
+                            help="--checkpoint is a run folder: evaluate every saved checkpoint in it (by_step)")
         a = parser.parse_args(argv[1:])
-        result = ev.loss_on_shards(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches)
+        if a.all_checkpoints:
+            result = ev.loss_over_checkpoints(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches)
+            for step, sets in result["by_step"].items():
+                print(f"step {step}: " + ", ".join(f"{n} loss {m['loss']:.4f}" for n, m in sets.items()))
+        else:
+            result = ev.loss_on_shards(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches)
         for name, m in result.items():
-            print(f"{name}: loss {m['loss']:.4f} ppl {m['ppl']:.2f}")
+            if name != "by_step":
+                print(f"{name}: loss {m['loss']:.4f} ppl {m['ppl']:.2f}")
         ev.write_json(result, a.json)
     elif what == "lm-eval":
         parser.add_argument("--tasks", type=str, required=True)

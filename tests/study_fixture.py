@@ -53,7 +53,7 @@ def build(root: Path) -> Path:
                                                        "val_data": str(root / "sft_val.jsonl"),
                                                        "test_data": str(root / "sft_test.jsonl")}},
                 "options": {"epochs": 1, "micro_batch_size": 8, "global_batch_size": 8, "forgetting_batches": 2}},
-        "eval": {"max_batches": 2, "batch_size": 4},
+        "eval": {"max_batches": 2, "batch_size": 4, "checkpoints": "all"},
         "report": {"baseline": "pretrain-only", "proximity": {"max_tokens": 100000}},
     }
     (root / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))

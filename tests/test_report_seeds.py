@@ -85,6 +85,16 @@ def test_figures_write_pngs_of_the_asked_size(tmp_path):
     bars = {"pycode": {"pretrain-only": stats.summarize([2.0, 2.1, 2.05]), "code20": stats.summarize([1.9, 1.95, 1.92])}}
     out = figures.arm_bars(bars, tmp_path / "bars.png", size=(500, 400))
     assert png_size(out) == (500, 400)
-    for f in ("h/heat.png", "scatter.png", "bars.png"):
+    lines = {"SFT test loss": {f"weight {w:g}": [(s, iv[(s, w)]) for s in (2000, 4000)] for w in (0.1, 0.5)},
+             "main-corpus loss after SFT": {"weight 0.3": [(s, iv[(s, 0.3)]) for s in (2000, 4000)]}}
+    out = figures.delta_lines(lines, tmp_path / "lines.png", "start step", size=(900, 350))
+    assert png_size(out) == (900, 350)
+    out = figures.gain_vs_forgetting([(iv[(2000, 0.1)], iv[(4000, 0.5)], "a/t"), (iv[(4000, 0.1)], iv[(2000, 0.3)], "b/t")],
+                                     tmp_path / "gain.png", size=(600, 500))
+    assert png_size(out) == (600, 500)
+    out = figures.curves({"main": {"run a": [(4, 3.0), (8, 2.5)], "run b": [(8, 2.7), (12, 2.2)]}}, tmp_path / "c.png",
+                         size=(500, 300))
+    assert png_size(out) == (500, 300)
+    for f in ("h/heat.png", "scatter.png", "bars.png", "lines.png", "gain.png", "c.png"):
         img = __import__("matplotlib.image").image.imread(tmp_path / f)
         assert img[..., :3].std() > 0.01  # something was drawn, not a blank canvas

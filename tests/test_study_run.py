@@ -93,7 +93,8 @@ def test_killed_run_is_completed_by_a_rerun_then_nothing_reruns(study):
     # the report: tables, CSV, per-seed results and figures
     rep = out / "report" / "tiny"
     for f in ("table.md", "table.csv", "results.json", "tiny-sft-test.png", "tiny-code-fn-heatmap.png",
-              "tiny-proximity.png"):
+              "tiny-proximity.png", "tiny-code-fn-over-weight.png", "tiny-gain-vs-forgetting.png",
+              "tiny-eval-checkpoints.png"):
         assert (rep / f).is_file() and (rep / f).stat().st_size > 0, f
     results = json.loads((rep / "results.json").read_text())["sizes"]["tiny"]
     assert len(results["sft"]) == 16 and {c["arm"] for c in results["cells"]} == {

@@ -6,6 +6,12 @@ plotted, axes carry units, intervals are the ``stats`` module's t-intervals.
 - ``proximity_scatter``: proximity advantage vs relative improvement after SFT, one panel per model
   size, least-squares line and Pearson r (scipy) in the title.
 - ``arm_bars``: arms per SFT task, mean with the t-interval as error bars.
+- ``delta_lines``: paired Δ versus pretrain-only over start step (one line per weight) or over weight
+  (one line per start), one panel per metric, t-interval error bars.
+- ``gain_vs_forgetting``: per (arm, task), Δ SFT test loss (in-domain) against Δ main-corpus loss after
+  SFT (forgetting), both with t-interval error bars: the paper's trade-off scatter.
+- ``curves``: one panel per validation set, one line per run: loss over optimizer steps (the study's
+  eval of every saved checkpoint).
 - Per-source validation curves: ``midtrain.report.plot_runs``.
 
 Every function takes plain data, writes ``out`` (parent folders created) and returns its path. The
@@ -126,5 +132,75 @@ def arm_bars(values: Mapping[str, Mapping[str, stats.Interval]], out: str | Path
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
         ax.set_title(f"{task}: {metric}\n(mean ± 95% CI, n={min(arms[a].n for a in names)}+ seeds)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def delta_lines(panels: Mapping[str, Mapping[str, Sequence[tuple[float, stats.Interval]]]], out: str | Path,
+                xlabel: str, title: str = "", size: tuple[int, int] = (1100, 420)) -> str:
+    """``panels``: metric label -> {line label -> [(x, Δ interval)]}; Δ < 0 = lower loss than the baseline."""
+    plt = _plt()
+    if not panels:
+        raise ValueError("no panels to draw")
+    fig, axes = plt.subplots(1, len(panels), figsize=(size[0] / DPI, size[1] / DPI), squeeze=False)
+    for ax, (label, lines) in zip(axes[0], panels.items()):
+        for i, (name, pts) in enumerate(lines.items()):
+            pts = sorted(pts, key=lambda p: p[0])
+            xs = [p[0] for p in pts]
+            ys = [p[1].mean for p in pts]
+            errs = [0.0 if math.isnan(p[1].lo) else p[1].half_width for p in pts]
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=name, color=f"C{i % 10}")
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"Δ {label} vs pretrain-only")
+        ax.set_title(f"Δ {label} (mean ± 95% CI; < 0 = lower loss)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def gain_vs_forgetting(points: Sequence[tuple[stats.Interval, stats.Interval, str]], out: str | Path,
+                       title: str = "", size: tuple[int, int] = (700, 560)) -> str:
+    """``points``: (Δ main-corpus loss after SFT, Δ SFT test loss, label) per (arm, task), both vs pretrain-only."""
+    plt = _plt()
+    if not points:
+        raise ValueError("no points to draw")
+    fig, ax = plt.subplots(figsize=(size[0] / DPI, size[1] / DPI))
+    for i, (fx, gy, lab) in enumerate(points):
+        ax.errorbar([fx.mean], [gy.mean], xerr=[0.0 if math.isnan(fx.lo) else fx.half_width],
+                    yerr=[0.0 if math.isnan(gy.lo) else gy.half_width], marker="o", capsize=3, color=f"C{i % 10}")
+        ax.annotate(lab, (fx.mean, gy.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.set_xlabel("Δ main-corpus loss after SFT (forgetting) vs pretrain-only\n< 0: forgets less")
+    ax.set_ylabel("Δ SFT test loss (in-domain) vs pretrain-only\n< 0: gains in-domain")
+    ax.set_title(title or "In-domain gain against forgetting (mean ± 95% CI over seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def curves(panels: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], out: str | Path, ylabel: str = "loss",
+           title: str = "", size: tuple[int, int] = (1100, 420)) -> str:
+    """``panels``: panel (a validation set) -> {line (a run) -> [(optimizer step, value)]}."""
+    plt = _plt()
+    if not panels:
+        raise ValueError("no panels to draw")
+    fig, axes = plt.subplots(1, len(panels), figsize=(size[0] / DPI, size[1] / DPI), squeeze=False)
+    for ax, (label, lines) in zip(axes[0], panels.items()):
+        for i, (name, pts) in enumerate(lines.items()):
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=name,
+                    color=f"C{i % 10}")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, out)

@@ -29,6 +29,23 @@ def loss_on_shards(checkpoint: Path, data: Path, max_seq_length: Optional[int] =
     return {name: {"loss": loss, "ppl": perplexity(loss)} for name, loss in losses.items()}
 
 
+def loss_over_checkpoints(run_dir: Path, data: Path, max_seq_length: Optional[int] = None, batch_size: int = 8,
+                          max_batches: int = 100) -> dict:
+    """``loss_on_shards`` of every saved checkpoint of a run folder (step-* and final, oldest first):
+    ``{set: {loss, ppl}}`` of the final checkpoint (as for one checkpoint) plus ``by_step``:
+    ``{step: {set: {loss, ppl}}}`` (a final checkpoint at the same step as a step-* one is evaluated once)."""
+    from midtrain.train.checkpoint import list_checkpoints
+
+    found = list_checkpoints(Path(run_dir))
+    if not found or found[-1][1].name != "final":
+        raise ConfigError("--checkpoint", f"{run_dir} is not a finished run folder (no final checkpoint among "
+                          f"{[p.name for _, p in found] or 'no checkpoints'})")
+    by_step = {}
+    for step, path in found:
+        by_step[step] = loss_on_shards(path, data, max_seq_length, batch_size, max_batches)
+    return {**by_step[found[-1][0]], "by_step": by_step}
+
+
 def lm_eval(checkpoint: Path, tasks: str, out_dir: Path, batch_size: int = 1, num_fewshot: Optional[int] = None,
             limit: Optional[float] = None, include_path: Optional[Path] = None,
             tokenizer_dir: Optional[Path] = None) -> dict:

@@ -64,8 +64,10 @@ def step_command(plan: Plan, step: Step, out_dir: Path, spec_path: Path) -> tupl
     run = by[step.deps[0]] if step.deps else None
     val = spec.pretrain_val_path or data_args(size.config).get("val_data_path") if size else None
     if step.kind == "eval":
-        argv = ["evaluate", "loss", "--checkpoint", str(checkpoint_of(out_dir, run)), "--data", str(val),
-                "--json", str(folder / "loss.json")]
+        every = step.config.get("checkpoints", "final") == "all"
+        argv = ["evaluate", "loss", "--checkpoint", str(checkpoint_of(out_dir, run).parent if every else
+                                                        checkpoint_of(out_dir, run)),
+                "--data", str(val), "--json", str(folder / "loss.json")] + (["--all_checkpoints", "true"] if every else [])
         for k in ("max_batches", "batch_size"):
             if k in step.config:
                 argv += [f"--{k}", str(step.config[k])]

@@ -15,7 +15,7 @@ from pathlib import Path
 from midtrain.analysis import stats, tables
 from midtrain.errors import ConfigError
 from midtrain.study.execute import step_states
-from midtrain.study.plan import Plan
+from midtrain.study.plan import Plan, run_label
 from midtrain.study.spec import CONTROL, VARY, data_args
 
 
@@ -36,7 +36,10 @@ def collect(plan: Plan, out_dir: Path) -> dict:
         elif step.kind == "eval":
             losses = json.loads((out_dir / step.out / "loss.json").read_text())
             bucket["eval"].append({"arm": step.labels["arm"], "seed": step.labels["seed"],
-                                   **{k: v["loss"] for k, v in losses.items()}})
+                                   **{k: v["loss"] for k, v in losses.items() if k != "by_step"}})
+            if "by_step" in losses:
+                bucket.setdefault("eval_curves", []).append((run_label(step.labels["arm"], step.labels["seed"]),
+                                                             losses["by_step"]))
         elif step.kind == "lm-eval":
             res = json.loads((out_dir / step.out / "lm_eval" / "results.json").read_text())["results"]
             bucket["lm_eval"].append({"arm": step.labels["arm"], "seed": step.labels["seed"],
@@ -94,6 +97,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             figures.arm_bars(by_task, rep / f"{size.name}-sft-test.png")
             md.append(f"![SFT test loss per arm]({size.name}-sft-test.png)")
             md += _heatmaps(spec, size.name, cells, rep) + [""]
+            md += _lines_and_scatter(spec, size.name, cells, rep) + [""]
             chosen = (tables.choose_per_checkpoint if lr_choice == "per_checkpoint" else tables.choose_per_seed)(got["sft"])
             inter = interactions(spec, chosen, confidence)
             if inter:
@@ -105,6 +109,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             md += ["(no finished SFT steps yet)", ""]
         if got["eval"]:
             md += _eval_table(got["eval"], "Validation loss of each run (mean ± CI over seeds):") + [""]
+        md += _curves(plan, out_dir, size.name, got.get("eval_curves") or [], rep) + [""]
         if got["lm_eval"]:
             md += _eval_table(got["lm_eval"], "lm-eval metrics of each run before SFT (mean ± CI over seeds):") + [""]
     write_text_atomic(rep / "table.md", "\n".join(md) + "\n")
@@ -185,6 +190,76 @@ def _format_interactions(inter: list[dict], confidence: float) -> list[str]:
         c = x["cells"]
         lines.append(f"- {x['family']} on {x['task']}: I = {num}, n={iv['n']}: **{x['verdict']}** "
                      f"({c['late_high']} − {c['late_low']} vs {c['early_high']} − {c['early_low']})")
+    return lines
+
+
+def _lines_and_scatter(spec, size: str, cells, rep: Path) -> list[str]:
+    """Δ vs the baseline over start step (a line per weight) and over weight (a line per start), per grid
+    family and task; and the in-domain gain against forgetting scatter of every (arm, task)."""
+    from midtrain.analysis import figures
+
+    lines = []
+    arms = {a.name: a for a in spec.arms}
+    labels = {"sft_test": "SFT test loss", "main_after": "main-corpus loss after SFT"}
+    families: dict[str, list] = {}
+    for a in spec.arms:
+        if a.weight is not None:
+            families.setdefault(a.family, []).append(a)
+    for family, members in families.items():
+        for task in dict.fromkeys(c.task for c in cells):
+            mine = [c for c in cells if c.task == task and c.arm in arms and arms[c.arm].family == family]
+            for x_key, line_key, xlabel in (("start", "weight", "start step"), ("weight", "start", "midtraining weight")):
+                if len({getattr(arms[c.arm], x_key) for c in mine}) < 2:
+                    continue
+                panels = {}
+                for metric, label in labels.items():
+                    by_line: dict[str, list] = {}
+                    for c in mine:
+                        if metric in c.delta:
+                            a = arms[c.arm]
+                            name = f"{line_key} {getattr(a, line_key):g}"
+                            by_line.setdefault(name, []).append((getattr(a, x_key), c.delta[metric].diff))
+                    if by_line:
+                        panels[label] = by_line
+                if panels:
+                    name = f"{size}-{family}-{task}-over-{x_key}.png"
+                    figures.delta_lines(panels, rep / name, xlabel, title=f"{size}: {family} on {task}, over {xlabel}")
+                    lines.append(f"![{family} over {xlabel} on {task}]({name})")
+    points = [(c.delta["main_after"].diff, c.delta["sft_test"].diff, f"{c.arm}/{c.task}") for c in cells
+              if "main_after" in c.delta and "sft_test" in c.delta]
+    if points:
+        name = f"{size}-gain-vs-forgetting.png"
+        figures.gain_vs_forgetting(points, rep / name, title=f"{size}: in-domain gain against forgetting "
+                                   "(Δ vs pretrain-only, mean ± 95% CI over seeds)")
+        lines.append(f"![in-domain gain against forgetting]({name})")
+    return lines
+
+
+def _curves(plan: Plan, out_dir: Path, size: str, eval_curves: list, rep: Path) -> list[str]:
+    """Validation curves of every finished run of ``size``: logged during training (every run), and the
+    study's eval of every saved checkpoint (``eval.checkpoints: all``)."""
+    from midtrain.analysis import figures
+    from midtrain.report import plot_runs
+
+    lines = []
+    runs = [out_dir / s.out / "run" for s in plan.steps if s.kind in ("pretrain", "midtrain")
+            and s.labels.get("size") == size and (out_dir / s.out / "run" / "final").is_dir()]
+    if runs:
+        try:
+            name = f"{size}-val-curves.png"
+            plot_runs([str(r) for r in runs], str(rep / name))
+            lines.append(f"![validation loss logged during training, every run]({name})")
+        except ConfigError:
+            lines.append("(no validation loss was logged during training: eval.interval / final_validation)")
+    if eval_curves:
+        panels: dict[str, dict] = {}
+        for label, by_step in eval_curves:
+            for step, sets in by_step.items():
+                for set_name, m in sets.items():
+                    panels.setdefault(set_name, {}).setdefault(label, []).append((int(step), m["loss"]))
+        name = f"{size}-eval-checkpoints.png"
+        figures.curves(panels, rep / name, "loss", title=f"{size}: loss of every saved checkpoint of every run")
+        lines.append(f"![loss of every saved checkpoint]({name})")
     return lines
 
 

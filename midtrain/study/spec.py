@@ -22,7 +22,8 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       lrs: [3e-4, 1e-3, 3e-3]
       tasks: {pycode: {data: ..., val_data: ..., test_data: ...}}
       options: {epochs: 4}               # any other `midtrain sft` option
-    eval: {max_batches: 100}             # loss on the base's val sets for every run
+    eval: {max_batches: 100}             # loss on the base's val sets for every run (checkpoints: all = every
+                                         # saved checkpoint of every run, plotted over steps in the report)
     report: {baseline: pretrain-only}
     slurm:                               # shapes (nodes, tasks, GPUs) come from each run config
       options: {partition: gpu}          # shared by every kind of step
@@ -58,7 +59,7 @@ TOP_KEYS = {"name", "sizes", "arms", "seeds", "sft", "eval", "report", "slurm", 
 ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "sizes"}
 SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr"}
 TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
-EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval"}
+EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval", "checkpoints"}
 LM_EVAL_KEYS = {"tasks", "include_path", "num_fewshot", "limit", "batch_size"}
 REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "demo", "lr_choice"}
 SEED_KEYS = {"values", "vary"}
@@ -354,6 +355,8 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     lm = _mapping(ev.get("lm_eval"), "eval.lm_eval", LM_EVAL_KEYS)
     if lm and not lm.get("tasks"):
         raise ConfigError("eval.lm_eval.tasks", "give the lm-eval tasks (comma-separated)")
+    if ev.get("checkpoints", "final") not in ("final", "all"):
+        raise ConfigError("eval.checkpoints", f"expected final or all (every saved checkpoint), got {ev['checkpoints']!r}")
     if not isinstance(ev.get("enabled", True), bool):
         raise ConfigError("eval.enabled", f"expected true or false, got {ev['enabled']!r}")
     return Spec(name, tuple(sizes), tuple(arms), tuple(seeds), tuple(lrs), tuple(tasks), options,
