@@ -281,12 +281,16 @@ def evaluate(argv: list[str]) -> int:
         if a.all_checkpoints:
             result = ev.loss_over_checkpoints(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches)
             for step, sets in result["by_step"].items():
-                print(f"step {step}: " + ", ".join(f"{n} loss {m['loss']:.4f}" for n, m in sets.items()))
+                print(f"step {step}: " + ", ".join(f"{n} loss {m['loss']:.4f}" for n, m in sets.items()
+                                                   if n != "checkpoint_notes"))
         else:
             result = ev.loss_on_shards(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches)
         for name, m in result.items():
-            if name != "by_step":
+            if name not in ("by_step", "checkpoint_notes"):
                 print(f"{name}: loss {m['loss']:.4f} ppl {m['ppl']:.2f}")
+        for note in result.get("checkpoint_notes") or []:
+            if note.get("optimizer"):
+                print(f"note: {note['optimizer']} at step {note.get('at_step', note.get('step'))}")
         ev.write_json(result, a.json)
     elif what == "lm-eval":
         parser.add_argument("--tasks", type=str, required=True)

@@ -267,9 +267,61 @@ def test_holm_verdicts_equal_statsmodels_multipletests_over_the_table():
     assert stats.holm([0.01, 0.04, 0.03, float("nan")]) == pytest.approx([0.03, 0.06, 0.06, float("nan")], nan_ok=True)
     assert stats.holm_verdicts([(-1, 0.01), (-1, 0.04), (1, 0.03)]) == ["better", "inconclusive", "inconclusive"]
     md = markdown(cells, "pretrain-only")
-    assert "This table holds 6 comparisons" in md and "Holm: " in md
+    assert "This table holds 6 judged comparisons" in md and "Holm: " in md
     row = next(r for r in csv_text(cells).splitlines()[1:] if r.startswith("code20,pycode"))
     assert ",6" in row
+
+
+def test_a_cell_above_ln_v_is_not_judged_in_the_table_and_the_findings():
+    from midtrain.demo import findings as F
+
+    ok = aggregate(_results(+0.2), "pretrain-only", ln_vocab=5.2)  # main after SFT 5.0 / 5.1: below ln V
+    assert ok[1].verdict["main_after"] == "worse" and not ok[1].regime
+    cells = aggregate(_results(+0.2), "pretrain-only", ln_vocab=5.05)  # the arm's 5.1 is above
+    base, arm = cells
+    assert not base.regime and arm.regime[0] == "s0: main-corpus loss after SFT 5.10 >= ln V 5.05"
+    assert arm.verdict == arm.holm == {"sft_test": "not judged", "main_after": "not judged"}
+    assert tables.comparisons(cells) == 0 and tables.not_judged(cells) == 2
+    md = markdown(cells, "pretrain-only")
+    assert "(not judged: s0: main-corpus loss after SFT 5.10 >= ln V 5.05" in md and "2 more are **not judged**" in md
+    assert "not judged" in csv_text(cells).splitlines()[2]
+    # the baseline's broken cell makes every comparison with it not judged
+    assert set(aggregate(_results(-0.2), "pretrain-only", ln_vocab=4.95)[1].verdict.values()) == {"not judged"}
+    # an edge winner is outside the regime too
+    assert aggregate(_results(-0.2, lrs=(1e-4, 3e-4)), "pretrain-only")[1].verdict["sft_test"] == "not judged"
+    # the findings: finding 1 rests on a cell above ln V -> not judged; the others are judged, with Holm and power
+    values = {}
+    for seed, noise in zip((0, 1, 2, 3), (0.0, 0.01, -0.01, 0.02)):
+        for arm, test, after in (("pretrain-only", 2.0, 6.0), ("m20", 1.9, 8.0), ("cpt", 2.1, 6.5),
+                                 ("el", 1.0, 6.0), ("eh", 1.1, 6.0), ("ll", 1.0, 6.0), ("lh", 1.3, 6.0)):
+            values[(arm, "math" if arm in ("pretrain-only", "m20", "cpt") else "code", seed)] = \
+                {"sft_test": test + noise * (arm != "pretrain-only"), "main_after": after + noise, "lr": 1e-3,
+                 "lr_edge": None}
+    for seed in (0, 1, 2, 3):
+        values[("pretrain-only", "code", seed)] = {"sft_test": 1.5, "main_after": 6.0, "lr": 1e-3, "lr_edge": None}
+    found = F.evaluate(values, (0, 1, 2, 3), {"math": {"mid": "m20", "cpt": "cpt", "task": "math"}},
+                       {"task": "code", "early_low": "el", "early_high": "eh", "late_low": "ll", "late_high": "lh"},
+                       [], ln_vocab=7.62)
+    f = {x["finding"]: x for x in found}
+    assert f["1-math"]["verdict"] == "not judged (regime)" and "m20/math/s0: main-corpus loss after SFT 8.00" in \
+        f["1-math"]["regime"][0]
+    assert f["3-timing-x-weight"]["verdict"] == "reproduced" and f["3-timing-x-weight"]["holm"] in F.WORDS.values()
+    assert "**not judged (regime)**" in F.format_findings(found) and "Holm" in F.format_findings(found)
+
+
+def test_detectable_effect_is_statsmodels_power():
+    from statsmodels.stats.power import TTestPower
+
+    for sd, n in ((0.02, 3), (0.5, 5), (1.0, 10)):
+        d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=0.05, power=0.8, alternative="two-sided")
+        assert stats.detectable_effect(sd, n) == pytest.approx(d * sd)
+        # at that effect the library's power is 80%
+        assert TTestPower().power(effect_size=stats.detectable_effect(sd, n) / sd, nobs=n, alpha=0.05) == \
+            pytest.approx(0.8, abs=1e-6)
+    assert math.isnan(stats.detectable_effect(0.1, 1))
+    cells = aggregate(_results(-0.2), "pretrain-only")
+    d = cells[1].delta["sft_test"].diff
+    assert cells[1].mde["sft_test"] == pytest.approx(stats.detectable_effect(d.sd, d.n))
 
 
 def test_edge_winner_is_flagged():

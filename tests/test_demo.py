@@ -73,7 +73,10 @@ def test_seeds_verdicts_and_outputs(demo):
     words = {"reproduced", "not reproduced", "inconclusive (interval includes 0)"}
     assert {f["finding"].split("-")[0] for f in res["findings"]} == {"1", "2", "3", "4"}
     for f in res["findings"]:
-        assert f["verdict"] in words
+        if f["regime"]:  # a finding resting on a cell outside a valid regime is never judged
+            assert f["verdict"] == "not judged (regime)" and f"**not judged (regime)**" in r.stdout
+            continue
+        assert f["verdict"] in words and f["holm"] in words
         lo, hi = f["lo"], f["hi"]
         if lo is None or (isinstance(lo, float) and math.isnan(lo)):
             assert f["verdict"] == "inconclusive (interval includes 0)"
@@ -85,10 +88,19 @@ def test_seeds_verdicts_and_outputs(demo):
                                 "inconclusive (interval includes 0)"), f
         assert f"**{f['verdict']}**" in r.stdout
     # each cell's verdicts in the table follow from its paired interval too
+    by_arm = {(c["arm"], c["task"]): c for c in cells}
     for c in cells:
         for metric, v in c["verdict"].items():
             d = c["delta"][metric]
+            if c["regime"] or by_arm[("pretrain-only", c["task"])]["regime"]:
+                assert v == "not judged"  # validity gates verdicts (ln V, LR at a grid edge, non-finite)
+                continue
             assert v == ("better" if d["hi"] < 0 else "worse" if d["lo"] > 0 else "inconclusive")
+        for s in c["seeds"]:  # a seed above ln V is named in the cell's regime problems
+            row = next(p for p in res["per_seed"] if (p["arm"], p["task"], p["seed"]) == (c["arm"], c["task"], s))
+            if row["main_after"] >= math.log(2048):
+                assert any(x.startswith(f"s{s}: main-corpus loss after SFT") for x in c["regime"]), c
+    assert "Holm" in r.stdout and "detectable" in r.stdout
     rep = out / "study" / "report" / "demo-tiny"
     for png in ("demo-sft-test.png", "demo-code-code-heatmap.png", "demo-proximity.png", "val_loss_curves.png"):
         assert (rep / png).stat().st_size > 5000, png

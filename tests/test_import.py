@@ -130,6 +130,14 @@ def test_an_arm_continues_the_import_at_its_step_with_the_schedule_lr_then_expor
     assert lrs[42] == pytest.approx(schedule.lr_at(41), rel=1e-6) and lrs[43] == pytest.approx(schedule.lr_at(42))
     notes = json.loads((tmp_path / "arm" / "final" / "training_state.json").read_text())["data"]["notes"]
     assert notes[0]["optimizer"] == "optimizer state: fresh (imported from HF)" and notes[0]["at_step"] == STEP
+    # ... and in the run's own metrics (the logger's hparams) and in `evaluate loss`'s JSON
+    (hparams,) = (tmp_path / "arm" / "logs" / "csv").glob("version_*/hparams.yaml")
+    assert "optimizer state: fresh (imported from HF)" in hparams.read_text()
+    r = run_cli("evaluate", "loss", "--checkpoint", tmp_path / "arm" / "final", "--data", tmp_path / "val",
+                "--max_batches", "1", "--json", tmp_path / "loss.json")
+    assert r.returncode == 0 and "note: optimizer state: fresh (imported from HF) at step 40" in r.stdout, r.stderr
+    loss = json.loads((tmp_path / "loss.json").read_text())
+    assert loss["checkpoint_notes"][0]["optimizer"] == "optimizer state: fresh (imported from HF)" and "main" in loss
     # SFT of the midtrained checkpoint: its metrics say where the weights came from
     rows = [{"prompt": f"{i} plus {i % 5} is", "response": f" {i + i % 5}"} for i in range(24)]
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))

@@ -17,6 +17,13 @@ Guarantees:
 - ``paired(...).p``: the two-sided one-sample t-test p-value of the differences (scipy; NaN for n < 2 or
   n identical differences: 0, or 1 when they are 0), the test the t-interval inverts: p < 1 - confidence exactly when the interval
   excludes 0.
+- ``regime_problems(values, choice, ln_vocab)``: why a cell is outside a valid regime, so that no verdict
+  rests on it ("not judged"): a non-finite loss; the main-corpus loss after SFT at or above ln V (worse
+  than a uniform guess over the vocabulary); the chosen SFT LR at an edge of its grid, or a one-LR grid
+  (the optimum is not bracketed).
+- ``detectable_effect(sd, n)``: the smallest true mean difference a two-sided one-sample t-test at level
+  ``alpha`` detects with probability ``power`` given the observed spread ``sd`` and ``n`` (statsmodels
+  ``TTestPower``): "inconclusive" reads as "can't see effects smaller than this".
 - ``holm(pvalues, alpha)``: Holm's step-down adjusted p-values (statsmodels ``multipletests``) over a
   family of tests; ``holm_verdicts`` gives the verdict word of each test at family-wise level ``alpha``
   (NaN p-values are left out of the family and read "inconclusive").
@@ -29,6 +36,7 @@ from dataclasses import dataclass
 from typing import Hashable, Mapping, Sequence
 
 VERDICTS = ("better", "worse", "inconclusive")
+NOT_JUDGED = "not judged"  # a verdict resting on a cell outside a valid regime (``regime_problems``)
 
 
 @dataclass(frozen=True)
@@ -192,3 +200,32 @@ def pearson(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) ->
     else:
         lo = hi = math.nan
     return Correlation(float(res.statistic), float(res.pvalue), len(x), lo, hi)
+
+
+def regime_problems(values: Mapping[str, float], choice: "LRChoice | None" = None,
+                    ln_vocab: float | None = None) -> list[str]:
+    """Why a (run, task, seed) value set is outside a valid regime ([] when it is valid)."""
+    out = []
+    for k, v in values.items():
+        if v is None or math.isnan(v) or math.isinf(v):
+            out.append(f"{k} is not finite")
+    after = values.get("main_after")
+    if ln_vocab is not None and after is not None and not math.isnan(after) and after >= ln_vocab:
+        out.append(f"main-corpus loss after SFT {after:.2f} >= ln V {ln_vocab:.2f}")
+    if choice is not None and choice.edge is not None:
+        out.append("one SFT LR (the optimum is not bracketed)" if choice.edge == "single" else
+                   f"SFT LR {choice.lr:g} at the {choice.edge} edge of the grid")
+    return out
+
+
+def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest |mean difference| detectable at ``power`` by a two-sided one-sample t-test (statsmodels);
+    NaN when n < 2 or sd is not finite."""
+    if n < 2 or sd is None or math.isnan(sd) or math.isinf(sd):
+        return math.nan
+    if sd == 0:
+        return 0.0
+    from statsmodels.stats.power import TTestPower
+
+    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    return float(d) * sd

@@ -12,7 +12,11 @@ Protocol:
    (forgetting, the paper's definition; the increase over before-SFT is an extra column,
    ``main_increase``, never called forgetting);
 3. per (arm, task): mean ± t-interval over seeds, and the paired difference versus the baseline arm
-   on matched seeds with its verdict (lower loss = better for both metrics).
+   on matched seeds with its verdict (lower loss = better for both metrics);
+4. **validity gates verdicts**: every (arm, task, seed) carries ``stats.regime_problems`` (a non-finite
+   loss, main-corpus loss after SFT >= ln V, the chosen LR at a grid edge); a verdict resting on a cell
+   (or its baseline cell) with a problem is "not judged", names the problem, and is left out of the
+   Holm family; the others get a raw verdict and a Holm-adjusted one over the table.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ class Cell:
     p_holm: dict = field(default_factory=dict)    # metric -> Holm-adjusted p-value
     edge_seeds: tuple = ()                        # seeds whose chosen LR sits at the grid edge
     lrs: tuple = ()                               # chosen LR per seed (in seed order)
+    regime: tuple = ()                            # "s<seed>: problem" for every seed outside a valid regime
+    mde: dict = field(default_factory=dict)       # metric -> smallest Δ detectable at 80% power (observed sd, n)
 
 
 def _values(r: SFTResult) -> dict:
@@ -136,8 +142,9 @@ def choose_per_checkpoint(results: Iterable[SFTResult]) -> list[Chosen]:
 
 
 def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: float = 0.95,
-              lr_choice: str = "per_checkpoint") -> list[Cell]:
-    """One cell per (arm, task), in first-seen arm and task order; ``lr_choice``: ``LR_CHOICES``."""
+              lr_choice: str = "per_checkpoint", ln_vocab: float | None = None) -> list[Cell]:
+    """One cell per (arm, task), in first-seen arm and task order; ``lr_choice``: ``LR_CHOICES``;
+    ``ln_vocab``: ln of the model's vocabulary size (None: that regime check is not made)."""
     if lr_choice not in LR_CHOICES:
         raise ValueError(f"lr_choice must be one of {LR_CHOICES}, got {lr_choice!r}")
     chosen = (choose_per_checkpoint if lr_choice == "per_checkpoint" else choose_per_seed)(results)
@@ -154,7 +161,9 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
                 continue
             seeds = tuple(sorted(mine))
             cell = Cell(arm, task, seeds, edge_seeds=tuple(s for s in seeds if mine[s].choice.at_edge),
-                        lrs=tuple(mine[s].choice.lr for s in seeds))
+                        lrs=tuple(mine[s].choice.lr for s in seeds),
+                        regime=tuple(f"s{s}: {p}" for s in seeds
+                                     for p in stats.regime_problems(mine[s].values, mine[s].choice, ln_vocab)))
             for metric in ("sft_test", "sft_val", "main_after", "main_increase"):
                 vals = {s: mine[s].values[metric] for s in seeds if metric in mine[s].values}
                 if not vals:
@@ -166,8 +175,16 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
                     if base and set(base) & set(vals):
                         cell.delta[metric] = stats.paired(vals, base, confidence)
                         cell.verdict[metric] = stats.verdict(cell.delta[metric].diff)
+                        cell.mde[metric] = stats.detectable_effect(cell.delta[metric].diff.sd, cell.delta[metric].diff.n,
+                                                                   1 - confidence)
             cells.append(cell)
-    family = [(c, m) for c in cells for m in METRICS if m in c.delta]
+    at = {(c.arm, c.task): c for c in cells}
+    for c in cells:  # validity gates verdicts: the cell and its baseline cell must both be in a valid regime
+        base_cell = at.get((baseline, c.task))
+        if c.delta and (c.regime or (base_cell is not None and base_cell.regime)):
+            for m in c.delta:
+                c.verdict[m] = c.holm[m] = stats.NOT_JUDGED
+    family = [(c, m) for c in cells for m in METRICS if m in c.delta and c.verdict[m] != stats.NOT_JUDGED]
     words = stats.holm_verdicts([(c.delta[m].diff.mean, c.delta[m].p) for c, m in family], 1 - confidence)
     adjusted = stats.holm([c.delta[m].p for c, m in family], 1 - confidence)
     for (c, m), word, p in zip(family, words, adjusted):
@@ -176,8 +193,19 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
 
 
 def comparisons(cells: list[Cell]) -> int:
-    """How many paired comparisons (arm × task × metric vs the baseline) the table holds: Holm's family."""
-    return sum(len(c.delta) for c in cells)
+    """How many judged paired comparisons (arm × task × metric vs the baseline) the table holds: Holm's family."""
+    return sum(1 for c in cells for m in c.delta if c.verdict.get(m) != stats.NOT_JUDGED)
+
+
+def not_judged(cells: list[Cell]) -> int:
+    """How many paired comparisons rest on a cell outside a valid regime (``stats.regime_problems``)."""
+    return sum(1 for c in cells for m in c.delta if c.verdict.get(m) == stats.NOT_JUDGED)
+
+
+def regime_of(cell: Cell, cells: list[Cell], baseline: str | None) -> list[str]:
+    """The problems a cell's verdicts rest on: its own and its baseline cell's."""
+    base = next((c for c in cells if c.arm == baseline and c.task == cell.task), None)
+    return list(cell.regime) + ([f"{baseline} {p}" for p in base.regime] if base is not None and base is not cell else [])
 
 
 def _signed(iv: stats.Interval, digits: int = 3) -> str:
@@ -204,10 +232,13 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
         head += f"n = seeds. The SFT LR is chosen {how}."
     if variance:
         head += f" The seeds sample {variance}."
-    k = comparisons(cells)
-    if k:
-        head += (f" This table holds {k} comparisons: each verdict is given raw (its own {pct} interval) and, after "
-                 f"\"Holm:\", adjusted over all {k} (Holm, family-wise error {1 - confidence:.0%}).")
+    k, nj = comparisons(cells), not_judged(cells)
+    if k or nj:
+        head += (f" This table holds {k} judged comparisons: each verdict is given raw (its own {pct} interval) and, "
+                 f"after \"Holm:\", adjusted over all {k} (Holm, family-wise error {1 - confidence:.0%}).")
+        if nj:
+            head += (f" {nj} more are **not judged**: they rest on a cell outside a valid regime (a non-finite loss, "
+                     "main-corpus loss after SFT ≥ ln V, or the chosen LR at a grid edge), named in the cell.")
     lines = [head, "", "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for arm in arms:
         row = []
@@ -218,20 +249,26 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
                 continue
             parts = [" / ".join(c.summary[m].format() if m in c.summary else "–" for m in METRICS)]
             if c.delta:
-                parts.append("Δ " + " / ".join(f"{_signed(c.delta[m].diff)} ({c.verdict[m]}; Holm: {c.holm[m]})"
-                                                if m in c.delta else "–" for m in METRICS))
+                if any(c.verdict.get(m) == stats.NOT_JUDGED for m in c.delta):
+                    problems = regime_of(c, cells, baseline)
+                    shown = "; ".join(problems[:2]) + (f"; +{len(problems) - 2} more" if len(problems) > 2 else "")
+                    parts.append("Δ " + " / ".join(f"{_signed(c.delta[m].diff)}" if m in c.delta else "–"
+                                                    for m in METRICS) + f" (not judged: {shown})")
+                else:
+                    parts.append("Δ " + " / ".join(f"{_signed(c.delta[m].diff)} ({c.verdict[m]}; Holm: {c.holm[m]})"
+                                                    if m in c.delta else "–" for m in METRICS))
             parts.append(f"n={len(c.seeds)}" + (" †" if c.edge_seeds else ""))
             row.append("<br>".join(parts))
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ["arm", "task", "n", "seeds", "chosen_lrs", "lr_edge_seeds"]
+CSV_COLUMNS = ["arm", "task", "n", "seeds", "chosen_lrs", "lr_edge_seeds", "regime"]
 for _m in ("sft_test", "sft_val", "main_after", "main_increase"):
     CSV_COLUMNS += [f"{_m}_mean", f"{_m}_sd", f"{_m}_lo", f"{_m}_hi"]
 for _m in METRICS:
     CSV_COLUMNS += [f"delta_{_m}_mean", f"delta_{_m}_lo", f"delta_{_m}_hi", f"delta_{_m}_n", f"verdict_{_m}",
-                    f"p_{_m}", f"p_holm_{_m}", f"verdict_holm_{_m}", f"comparisons"]
+                    f"p_{_m}", f"p_holm_{_m}", f"verdict_holm_{_m}", f"mde80_{_m}", "comparisons", "not_judged"]
 CSV_COLUMNS = list(dict.fromkeys(CSV_COLUMNS))
 
 
@@ -241,13 +278,14 @@ def csv_text(cells: list[Cell]) -> str:
     w.writeheader()
     for c in cells:
         row = {"arm": c.arm, "task": c.task, "n": len(c.seeds), "seeds": " ".join(map(str, c.seeds)),
-               "chosen_lrs": " ".join(f"{lr:g}" for lr in c.lrs), "lr_edge_seeds": " ".join(map(str, c.edge_seeds))}
+               "chosen_lrs": " ".join(f"{lr:g}" for lr in c.lrs), "lr_edge_seeds": " ".join(map(str, c.edge_seeds)),
+               "regime": "; ".join(c.regime)}
         for m, iv in c.summary.items():
             row.update({f"{m}_mean": iv.mean, f"{m}_sd": iv.sd, f"{m}_lo": iv.lo, f"{m}_hi": iv.hi})
         for m, p in c.delta.items():
             row.update({f"delta_{m}_mean": p.diff.mean, f"delta_{m}_lo": p.diff.lo, f"delta_{m}_hi": p.diff.hi,
                         f"delta_{m}_n": p.diff.n, f"verdict_{m}": c.verdict[m], f"p_{m}": p.p,
                         f"p_holm_{m}": c.p_holm.get(m), f"verdict_holm_{m}": c.holm.get(m),
-                        "comparisons": comparisons(cells)})
+                        f"mde80_{m}": c.mde.get(m), "comparisons": comparisons(cells), "not_judged": not_judged(cells)})
         w.writerow(row)
     return buf.getvalue()

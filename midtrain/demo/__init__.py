@@ -120,7 +120,8 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     size_name = plan.spec.sizes[0].name
     prox = report["sizes"][size_name].get("proximity", {})
     demo = plan.spec.report.get("demo") or {}
-    found = F.evaluate(chosen, plan.spec.seeds, demo["domains"], demo["grid"], prox.get("rows", []))
+    found = F.evaluate(chosen, plan.spec.seeds, demo["domains"], demo["grid"], prox.get("rows", []),
+                       ln_vocab=math.log(VOCAB))
     ln_v = math.log(VOCAB)
     worst = max(((k, v["main_after"]) for k, v in chosen.items()), key=lambda kv: kv[1])
     above = sorted({k[0] for k, v in chosen.items() if v["main_after"] >= ln_v})

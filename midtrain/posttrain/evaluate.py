@@ -11,7 +11,9 @@ from midtrain.errors import ConfigError
 
 def loss_on_shards(checkpoint: Path, data: Path, max_seq_length: Optional[int] = None, batch_size: int = 8,
                    max_batches: int = 100) -> dict:
-    """Loss and perplexity per validation set under ``data`` (one dataset, or a folder of them)."""
+    """Loss and perplexity per validation set under ``data`` (one dataset, or a folder of them): ``{set: {loss,
+    ppl}}``, plus ``checkpoint_notes`` when the checkpoint carries history that is not a mixture stage (an HF
+    import's fresh optimizer state)."""
     import torch
 
     from midtrain.posttrain.sft import load_checkpoint_model, pretrain_val_losses
@@ -26,7 +28,11 @@ def loss_on_shards(checkpoint: Path, data: Path, max_seq_length: Optional[int] =
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     losses = pretrain_val_losses(model, data, seq, batch_size, max_batches, device, field="--data")
-    return {name: {"loss": loss, "ppl": perplexity(loss)} for name, loss in losses.items()}
+    out = {name: {"loss": loss, "ppl": perplexity(loss)} for name, loss in losses.items()}
+    from midtrain.posttrain.sft import checkpoint_notes
+
+    notes = checkpoint_notes(checkpoint)  # e.g. "optimizer state: fresh (imported from HF)": said with every number
+    return {**out, "checkpoint_notes": notes} if notes else out
 
 
 def loss_over_checkpoints(run_dir: Path, data: Path, max_seq_length: Optional[int] = None, batch_size: int = 8,

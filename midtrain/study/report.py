@@ -36,7 +36,7 @@ def collect(plan: Plan, out_dir: Path) -> dict:
         elif step.kind == "eval":
             losses = json.loads((out_dir / step.out / "loss.json").read_text())
             bucket["eval"].append({"arm": step.labels["arm"], "seed": step.labels["seed"],
-                                   **{k: v["loss"] for k, v in losses.items() if k != "by_step"}})
+                                   **{k: v["loss"] for k, v in losses.items() if isinstance(v, dict) and "loss" in v}})
             if "by_step" in losses:
                 bucket.setdefault("eval_curves", []).append((run_label(step.labels["arm"], step.labels["seed"]),
                                                              losses["by_step"]))
@@ -79,7 +79,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
         if got["sft"]:
             base = baseline if any(r.arm == baseline for r in got["sft"]) else None
             try:
-                cells = tables.aggregate(got["sft"], base, confidence, lr_choice)
+                cells = tables.aggregate(got["sft"], base, confidence, lr_choice, ln_vocab(size))
             except ValueError as e:
                 raise ConfigError(f"report ({size.name})", str(e)) from None
             md += [tables.markdown(cells, base, confidence, lr_choice, VARY[spec.vary]), ""]
@@ -88,6 +88,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             size_res["cells"] = [{"arm": c.arm, "task": c.task, "seeds": list(c.seeds), "lrs": list(c.lrs),
                                   "edge_seeds": list(c.edge_seeds), "verdict": c.verdict, "holm": c.holm,
                                   "p_holm": c.p_holm, "comparisons": tables.comparisons(cells),
+                                  "regime": list(c.regime), "mde80": c.mde, "not_judged": tables.not_judged(cells),
                                   "summary": {m: iv.__dict__ for m, iv in c.summary.items()},
                                   "delta": {m: p.diff.__dict__ for m, p in c.delta.items()}} for c in cells]
             by_task: dict[str, dict] = {}
@@ -116,6 +117,19 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
     write_text_atomic(rep / "table.csv", "\n".join(csv_parts) + ("\n" if csv_parts else ""))
     write_text_atomic(rep / "results.json", json.dumps(results, indent=1, default=str) + "\n")
     return rep
+
+
+def ln_vocab(size) -> float | None:
+    """ln of the size's vocabulary (the model config's vocab_size): the loss of a uniform guess, above which a
+    main-corpus loss marks a broken regime. None when the config names no resolvable model."""
+    import math
+
+    from midtrain.study.params import litgpt_config
+
+    try:
+        return math.log(litgpt_config(size.config.get("model_name"), size.config.get("model_config")).vocab_size)
+    except Exception:  # noqa: BLE001 - no litgpt or an unresolvable config: that check is not made (and said)
+        return None
 
 
 def _import_note(size) -> dict:
@@ -256,6 +270,8 @@ def _curves(plan: Plan, out_dir: Path, size: str, eval_curves: list, rep: Path) 
         for label, by_step in eval_curves:
             for step, sets in by_step.items():
                 for set_name, m in sets.items():
+                    if not (isinstance(m, dict) and "loss" in m):
+                        continue
                     panels.setdefault(set_name, {}).setdefault(label, []).append((int(step), m["loss"]))
         name = f"{size}-eval-checkpoints.png"
         figures.curves(panels, rep / name, "loss", title=f"{size}: loss of every saved checkpoint of every run")

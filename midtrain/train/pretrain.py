@@ -23,6 +23,7 @@ is done it writes the final checkpoint and exits 0 (complete).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -385,6 +386,10 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
                              f"step {state['step_count']:,} continue (and the LR schedule with them); its litdata data "
                              "position cannot be mapped, so every source starts a fresh seeded order (recorded in the "
                              "stage history)")
+    notes = [n for n in getattr(train_loader, "notes", None) or [] if "optimizer" in n or "imported" in n]
+    if notes:  # an import's history (e.g. a fresh optimizer state) goes with this run's metrics, not only its checkpoints
+        for logger in fabric.loggers:
+            logger.log_hyperparams({"checkpoint_notes": json.dumps(notes, default=str)})
     start_step = state["step_count"]
     total_steps = train.total_steps(fabric.world_size, 1, seq_len)
     if total_steps == 0:
