@@ -346,7 +346,7 @@ def report(argv: list[str]) -> int:
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--lr_choice", type=str, default="per_checkpoint",
                         help="--by_seed: per_checkpoint (one LR per fine-tuned checkpoint and task, on the val loss "
-                             "averaged over its seeds) or per_seed")
+                             "averaged over its seeds), per_arm (one per arm and task) or per_seed")
     a = parser.parse_args(argv)
     if a.format not in ("markdown", "csv"):
         raise ConfigError("--format", f"{a.format!r} is not markdown or csv")

@@ -21,6 +21,7 @@ import sys
 def _child(req: dict) -> int:
     code = 1
     try:
+        os.setsid()  # its own process group: a timeout kills everything it started (ranks, forked steps)
         for fd, path in ((1, req["out"]), (2, req["err"])):
             f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(f, fd)
@@ -31,11 +32,14 @@ def _child(req: dict) -> int:
         os.environ.clear()
         os.environ.update(req["env"])
         os.chdir(req["cwd"])
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        sys.path[0] = req["cwd"]  # as `python -m` puts the working folder first
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
-        import torch
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt, as in a fresh interpreter
+        if os.environ.get("OMP_NUM_THREADS"):  # read at torch's start-up, which happened in the zygote
+            import torch
 
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         if req["argv"] and req["argv"][0] == "pretrain":  # as `midtrain pretrain` records stops from its start
             from midtrain import signals
 
@@ -55,7 +59,9 @@ def _child(req: dict) -> int:
     finally:
         try:
             import atexit
+            import threading
 
+            threading._shutdown()  # wait for non-daemon threads, as interpreter exit does
             atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()

@@ -91,20 +91,31 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
     if os.environ.get("MIDTRAIN_TEST_NO_ZYGOTE"):
         return subprocess.run([sys.executable, "-m", "midtrain", *argv], capture_output=True, text=True,
                               cwd=cwd or REPO, env=e, timeout=timeout)
+    global _ZYGOTE
     z = _zygote()
+    pid = None
     with tempfile.TemporaryDirectory() as tmp:
         out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
-        z.stdin.write((json.dumps({"argv": argv, "env": e, "cwd": str(cwd or REPO), "out": out, "err": err})
-                       + "\n").encode())
-        z.stdin.flush()
-        fd = z.stdout.fileno()
-        pid = int(_readline(fd, 60))
-        line = _readline(fd, timeout)
-        if line is None:
-            os.kill(pid, signal.SIGKILL)
-            _readline(fd, 60)
-            raise subprocess.TimeoutExpired([sys.executable, "-m", "midtrain", *argv], timeout)
-        code = int(line)
+        try:
+            z.stdin.write((json.dumps({"argv": argv, "env": e, "cwd": str(cwd or REPO), "out": out, "err": err})
+                           + "\n").encode())
+            z.stdin.flush()
+            fd = z.stdout.fileno()
+            pid = int(_readline(fd, 60))
+            line = _readline(fd, timeout)
+            if line is None:
+                raise subprocess.TimeoutExpired([sys.executable, "-m", "midtrain", *argv], timeout)
+            code = int(line)
+        except BaseException:  # a timeout, an interrupt, a broken pipe: the protocol is out of step, start afresh
+            if pid:
+                for kill in (os.killpg, os.kill):  # the child leads its own process group (what it started, too)
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            z.kill()
+            _ZYGOTE = None
+            raise
         with open(out) as f_out, open(err) as f_err:
             return subprocess.CompletedProcess([sys.executable, "-m", "midtrain", *argv], code, f_out.read(),
                                                f_err.read())

@@ -214,6 +214,7 @@ def test_lr_chosen_per_checkpoint_on_the_mean_val_loss_over_its_seeds():
     # two checkpoints (one per seed, as with seeds.vary: midtrain): each chooses its own LR
     own = [SFTResult(r.arm, r.task, r.seed, r.lr, r.val_loss, r.test_loss, checkpoint=f"/r{r.seed}") for r in rs]
     assert [c.choice.lr for c in choose_per_checkpoint(own)] == [1e-4, 1e-3]
+    assert [c.choice.lr for c in choose_per_checkpoint(own, per_arm=True)] == [1e-3, 1e-3]  # one LR per (arm, task)
     with pytest.raises(ValueError, match="seed 1 has no result for lr 0.001"):
         choose_per_checkpoint(rs[:3])
     with pytest.raises(ValueError, match="no test loss"):

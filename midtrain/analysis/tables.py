@@ -48,7 +48,7 @@ class SFTResult:
     checkpoint: str | None = None       # the checkpoint it fine-tuned (LR choice per checkpoint groups by it)
 
 
-LR_CHOICES = ("per_checkpoint", "per_seed")
+LR_CHOICES = ("per_checkpoint", "per_seed", "per_arm")
 
 
 @dataclass(frozen=True)
@@ -115,13 +115,15 @@ def choose_per_seed(results: Iterable[SFTResult]) -> list[Chosen]:
     return out
 
 
-def choose_per_checkpoint(results: Iterable[SFTResult]) -> list[Chosen]:
+def choose_per_checkpoint(results: Iterable[SFTResult], per_arm: bool = False) -> list[Chosen]:
     """Group by (arm, task, checkpoint); choose one LR on the validation loss averaged over the seeds that
     fine-tuned that checkpoint (each seed must have run every LR of the grid); keep each seed's numbers
-    at that LR. Results without a checkpoint group by (arm, task, seed), i.e. per seed."""
+    at that LR. Results without a checkpoint group by (arm, task, seed), i.e. per seed. ``per_arm``: one group
+    per (arm, task) over all its seeds, whatever checkpoints they fine-tuned (when each seed of an arm has its
+    own checkpoint, so that arms and the control are tuned alike)."""
     groups: dict[tuple, dict[int, list[SFTResult]]] = {}
     for r in results:
-        key = (r.arm, r.task, r.checkpoint if r.checkpoint is not None else ("seed", r.seed))
+        key = (r.arm, r.task, None if per_arm else r.checkpoint if r.checkpoint is not None else ("seed", r.seed))
         groups.setdefault(key, {}).setdefault(r.seed, []).append(r)
     out = []
     for (arm, task, _), by_seed in groups.items():
@@ -131,7 +133,8 @@ def choose_per_checkpoint(results: Iterable[SFTResult]) -> list[Chosen]:
             if set(g) != lrs:
                 missing = ", ".join(f"{lr:g}" for lr in sorted(lrs - set(g)))
                 raise ValueError(f"{arm}/{task}: seed {seed} has no result for lr {missing}: the LR is chosen on the "
-                                 "mean over seeds, so every seed needs the whole grid")
+                                 "mean over seeds, so every seed needs the whole grid (or choose it per seed: "
+                                 "--lr_choice per_seed / report.lr_choice: per_seed)")
         choice = stats.choose_lr({lr: sum(g[lr].val_loss for g in grids.values()) / len(grids) for lr in lrs})
         for seed, g in grids.items():
             best = g[choice.lr]
@@ -141,13 +144,20 @@ def choose_per_checkpoint(results: Iterable[SFTResult]) -> list[Chosen]:
     return out
 
 
+def choose(results: Iterable[SFTResult], lr_choice: str = "per_checkpoint") -> list[Chosen]:
+    """The chosen LR's numbers per (arm, task, seed) under ``lr_choice`` (``LR_CHOICES``)."""
+    if lr_choice == "per_seed":
+        return choose_per_seed(results)
+    return choose_per_checkpoint(results, per_arm=lr_choice == "per_arm")
+
+
 def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: float = 0.95,
               lr_choice: str = "per_checkpoint", ln_vocab: float | None = None) -> list[Cell]:
     """One cell per (arm, task), in first-seen arm and task order; ``lr_choice``: ``LR_CHOICES``;
     ``ln_vocab``: ln of the model's vocabulary size (None: that regime check is not made)."""
     if lr_choice not in LR_CHOICES:
         raise ValueError(f"lr_choice must be one of {LR_CHOICES}, got {lr_choice!r}")
-    chosen = (choose_per_checkpoint if lr_choice == "per_checkpoint" else choose_per_seed)(results)
+    chosen = choose(results, lr_choice)
     arms = list(dict.fromkeys(c.arm for c in chosen))
     tasks = list(dict.fromkeys(c.task for c in chosen))
     if baseline is not None and baseline not in arms:
@@ -222,8 +232,9 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
     tasks = list(dict.fromkeys(c.task for c in cells))
     at = {(c.arm, c.task): c for c in cells}
     pct = f"{confidence:.0%}"
-    how = ("once per fine-tuned checkpoint and task, on the validation loss averaged over its seeds"
-           if lr_choice == "per_checkpoint" else "per seed on validation loss")
+    how = {"per_checkpoint": "once per fine-tuned checkpoint and task, on the validation loss averaged over its seeds",
+           "per_arm": "once per arm and task, on the validation loss averaged over its seeds",
+           "per_seed": "per seed on validation loss"}[lr_choice]
     head = f"Each cell: {LABELS['sft_test']} / {LABELS['main_after']}, mean ± {pct} t-interval over seeds; "
     if baseline:
         head += (f"Δ = paired difference vs `{baseline}` on matched seeds (negative = lower loss) with its verdict; "

@@ -114,8 +114,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
         if s.kind == "sft":
             results += sft_results([str(out / "study" / s.out / "metrics.json")])
     chosen = {(c.arm, c.task, c.seed): dict(c.values, lr=c.choice.lr, lr_edge=c.choice.edge)
-              for c in (tables.choose_per_seed if plan.spec.report.get("lr_choice") == "per_seed"
-                        else tables.choose_per_checkpoint)(results)}
+              for c in tables.choose(results, plan.spec.report.get("lr_choice", "per_checkpoint"))}
     report = json.loads((out / "study" / plan.by_id["report"].out / "results.json").read_text())
     size_name = plan.spec.sizes[0].name
     prox = report["sizes"][size_name].get("proximity", {})

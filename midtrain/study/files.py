@@ -33,6 +33,8 @@ def load_spec(path: str | os.PathLike, check_files: bool = True) -> Spec:
     if not path.is_file():
         raise ConfigError("SPEC", f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     raw = load_config(path)
+    if isinstance(raw, dict) and not raw.get("name"):  # unnamed: the file's stem names it (report/STEM/)
+        raw = {**raw, "name": path.stem}
     spec_dir = path.resolve().parent
     sizes = raw.get("sizes") if isinstance(raw.get("sizes"), dict) else {}
     bases = {}

@@ -31,6 +31,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from midtrain.errors import ConfigError
 from midtrain.study.resources import TRAINING, Allocation, allocation
 from midtrain.study.spec import CONTROL, Spec, set_dotted
 
@@ -181,9 +182,12 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
     def reuse(seg: BaseSegment):
         """Put a segment another spec planned here (and those it resumes from) into this plan, unchanged."""
         if seg.id in steps:
+            if steps[seg.id].out != seg.out:
+                raise ConfigError("--out", f"bases.json: two base segments are named {seg.id} ({steps[seg.id].out}, "
+                                  f"{seg.out}); remove the stale entry")
             return
         for d in seg.deps:
-            reuse(next(k for k in known if k.id == d))
+            reuse(next(k for k in known if k.id == d and k.key == seg.key))
         alloc = allocation("pretrain", seg.config, spec.slurm, where=seg.id)
         size = next((sz for sz in spec.sizes if sz.name == seg.size), None)
         tokens = (seg.end - seg.start) * size.tokens_per_step if size else None
@@ -206,7 +210,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
             if base_seed is not None:  # vary: base: this seed's own init and data order
                 base_cfg = set_dotted(dict(set_dotted(base_cfg, "data.seed", base_seed)), "seed", base_seed)
                 tag = f"/s{base_seed}"
-            seg_at = _base_chain(size, size_arms, base_cfg, tag, base_seed, origin, add, known, reuse, steps)
+            seg_at = _base_chain(size, size_arms, base_cfg, tag, base_seed, origin, add, known, reuse, steps, spec.name)
             runs.append((size.name, CONTROL, base_seed, seg_at[size.max_steps][0]))
             arm_seeds = [base_seed] if base_seed is not None else (spec.seeds if spec.vary == "midtrain" else [None])
             for arm in size_arms:
@@ -249,7 +253,10 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
             for lrs in grids:
                 for s in ([seed] if seed is not None else spec.seeds):
                     options = dict(spec.sft_options)
-                    if len(lrs) > 1 and spec.report.get("lr_choice", "per_checkpoint") == "per_checkpoint":
+                    # said in the step's config (and hash), never left to the device the step lands on:
+                    # 32-true unless the spec's sft.options.precision says otherwise (the paper specs: bf16-mixed)
+                    options.setdefault("precision", "32-true")
+                    if len(lrs) > 1 and spec.report.get("lr_choice", "per_checkpoint") != "per_seed":
                         options["score_every_lr"] = True  # the LR is chosen later, on the mean over seeds
                     cfg = {"task": task.__dict__, "lrs": list(lrs), "seed": s, "options": options,
                            "pretrain_val_path": spec.pretrain_val_path}
@@ -265,7 +272,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
 
 
 def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, origin: str | None, add, known,
-                reuse, steps) -> dict:
+                reuse, steps, spec_name: str = "") -> dict:
     """The steps that bring ``size``'s base run to every arm start and to max_steps:
     end step -> (step id, periodic checkpoint step or None for its final checkpoint).
 
@@ -288,7 +295,9 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
         return seg_at
     key = base_key(base_cfg)
     every = _save_every(base_cfg)
-    pool = [k for k in known if k.key == key]   # segments of this base run: known ones, then those added here
+    # segments of this base run: this spec's own first (a re-plan finds what it planned), then other specs',
+    # then those added here
+    pool = sorted((k for k in known if k.key == key), key=lambda k: k.spec != spec_name)
 
     def provider(e: int):
         for k in pool:
@@ -308,9 +317,9 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
             start, prev, at = max(points, key=lambda x: x[0], default=(0, None, None))
             cfg = set_dotted(base_cfg, "train.max_additional_steps", end - start)
             cfg["resume"] = "auto"
-            sid = f"base/{size.name}{tag}/to{end}"
-            if sid in steps or any(k.id == sid for k in known):
-                sid = f"{sid}-from{start}"
+            sid, n = f"base/{size.name}{tag}/to{end}", 1
+            while sid in steps or any(k.id == sid for k in known):  # ids stay unique in the folder
+                sid, n = f"base/{size.name}{tag}/to{end}-from{start}" + (f"-{n}" if n > 1 else ""), n + 1
             if prev is not None and prev.id not in steps:
                 reuse(prev)
             st = add("pretrain", sid, [prev.id] if prev else [], cfg,
@@ -363,7 +372,7 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
         if not of_kind:
             continue
         allocs = sorted({s.alloc.describe() for s in of_kind if s.alloc})
-        kflops = sum(s.flops or 0.0 for s in of_kind)
+        kflops = sum(s.flops or 0.0 for s in of_kind if not s.reused)  # reused segments: trained by another spec
         gpu = any(s.alloc and s.alloc.gpus for s in of_kind)
         if not gpu:
             hours = "no GPU"

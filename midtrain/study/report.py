@@ -58,6 +58,10 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
     baseline = spec.report.get("baseline", CONTROL)
     confidence = float(spec.report.get("confidence", 0.95))
     lr_choice = spec.report.get("lr_choice", "per_checkpoint")
+    if lr_choice == "per_checkpoint" and spec.vary != "sft":
+        # each seed of an arm is its own checkpoint while the control is one: choose once per arm and task,
+        # so that the arms and the control are tuned alike (per checkpoint would tune arms per seed)
+        lr_choice = "per_arm"
     data = collect(plan, out_dir)
     md = [f"# Study {spec.name}", "",
           f"Seeds {', '.join(map(str, spec.seeds))} (seeds.vary: {spec.vary}) sample {VARY[spec.vary]}. "
@@ -99,7 +103,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             md.append(f"![SFT test loss per arm]({size.name}-sft-test.png)")
             md += _heatmaps(spec, size.name, cells, rep) + [""]
             md += _lines_and_scatter(spec, size.name, cells, rep) + [""]
-            chosen = (tables.choose_per_checkpoint if lr_choice == "per_checkpoint" else tables.choose_per_seed)(got["sft"])
+            chosen = tables.choose(got["sft"], lr_choice)
             inter = interactions(spec, chosen, confidence)
             if inter:
                 size_res["interactions"] = inter
@@ -244,7 +248,7 @@ def _lines_and_scatter(spec, size: str, cells, rep: Path) -> list[str]:
     if points:
         name = f"{size}-gain-vs-forgetting.png"
         figures.gain_vs_forgetting(points, rep / name, title=f"{size}: in-domain gain against forgetting "
-                                   "(Δ vs pretrain-only, mean ± 95% CI over seeds)")
+                                   f"(Δ vs {spec.report.get('baseline', CONTROL)}, mean ± CI over seeds)")
         lines.append(f"![in-domain gain against forgetting]({name})")
     return lines
 

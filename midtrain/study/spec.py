@@ -54,7 +54,7 @@ VARY = {
     "base": "the base run (model init and data order: seed = data.seed = the seed), the midtraining data order "
             "and the SFT data order: the whole grid per base seed",
 }
-LR_CHOICES = ("per_checkpoint", "per_seed")
+LR_CHOICES = ("per_checkpoint", "per_seed", "per_arm")
 TOP_KEYS = {"name", "sizes", "arms", "seeds", "sft", "eval", "report", "slurm", "description"}
 ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "sizes"}
 SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr"}
@@ -207,6 +207,11 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     """Validate a study spec; ``base_configs``: size name -> its base run config (before ``set``)."""
     raw = _mapping(raw, "study", TOP_KEYS)
     name = str(raw.get("name") or "study")
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError("name", f"{name!r}: letters, digits, '_', '.', '-' only (it names the spec's report folder "
+                          "and index in a study folder several specs can share)")
     sizes_raw = _mapping(raw.get("sizes"), "sizes")
     if not sizes_raw:
         raise ConfigError("sizes", "give at least one model size with its base run config")
