@@ -28,6 +28,8 @@ commands:
   study      a whole experiment from one spec: `study plan|run|status|report SPEC --out DIR`
   demo       the paper's findings in miniature on CPU, offline: a study (what `make demo` runs)
   proximity  token-unigram proximity of mixtures to target sets, and the proximity advantage
+  overlap    near-duplicate decontamination: eval items sharing a normalised n-gram with corpora / training
+             sets, and responses equal to a training response after renaming names and numbers
   migrate    rewrite a config of the original fork into midtrain's form, printing every change
   import     a Hugging Face checkpoint (Pythia, OLMo 2) -> a midtrain checkpoint at a known step of a schedule
 
@@ -475,6 +477,29 @@ def proximity(argv: list[str]) -> int:
     return 0
 
 
+def overlap(argv: list[str]) -> int:
+    """``midtrain overlap``: near-duplicates of evaluation items in corpora and training sets."""
+    from midtrain.analysis.overlap import format_summary, run_overlap
+
+    parser = _parser("Near-duplicate decontamination: per evaluation set, the items that share a normalised "
+                     "word n-gram with any document of --against (case, whitespace and punctuation ignored; an "
+                     "item shorter than n words is matched whole), and the items whose response equals a "
+                     "training response after replacing names and numbers.")
+    parser.add_argument("--eval", type=str, nargs="+", required=True, help="NAME=PATH of prompt/response JSONL sets")
+    parser.add_argument("--against", type=str, nargs="+", required=True,
+                        help="NAME=PATH of corpora (JSONL with text, .txt, or a folder of them) and training sets "
+                             "(prompt/response JSONL: also checked for renamed-entity responses)")
+    parser.add_argument("--n", type=int, default=13, help="n-gram length in words (13: common practice)")
+    parser.add_argument("--prompt_key", type=str, default="prompt")
+    parser.add_argument("--response_key", type=str, default="response")
+    parser.add_argument("--json", type=Optional[str], default=None, help="also write the counts and examples as JSON")
+    a = parser.parse_args(argv)
+    result = run_overlap(a.eval, a.against, a.n, a.json, a.prompt_key, a.response_key)
+    print(format_summary(result["eval"], a.n))
+    print("words read: " + ", ".join(f"{k} {v:,}" for k, v in result["words_read"].items()))
+    return 0
+
+
 def study(argv: list[str]) -> int:
     """``midtrain study plan|run|status|report|step``."""
     from pathlib import Path
@@ -627,7 +652,7 @@ def _take_config(argv: list[str]) -> Optional[str]:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "mix": mix, "pretrain": pretrain, "status": status, "prepare": prepare, "tokenizer": tokenizer,
     "sft": sft, "evaluate": evaluate, "plot": plot, "report": report, "demo": demo, "migrate": migrate,
-    "proximity": proximity, "study": study, "import": import_,
+    "proximity": proximity, "overlap": overlap, "study": study, "import": import_,
 }
 
 
