@@ -130,7 +130,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
         [out / "study" / s.out / "run" for s in plan.steps if s.kind == "midtrain" and s.labels["seed"] in (None, plan.spec.seeds[0])]
     png = plot_runs([str(r) for r in runs], str(out / "study" / plan.by_id["report"].out / "val_loss_curves.png"))
     summary = {
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": _commit(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"{platform.system()} {platform.release()}", "size": size, "spec": str(spec.relative_to(REPO)),
         "data": built, "per_seed": [{"arm": k[0], "task": k[1], "seed": k[2], **v} for k, v in chosen.items()],
         "cells": report["sizes"][size_name].get("cells", []), "proximity": prox, "findings": found,
@@ -145,8 +145,23 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
              + ("yes" if not above else f"NO for {', '.join(above)}") + f" (highest {worst[1]:.3f}, {worst[0][0]} on "
              f"{worst[0][1]}, seed {worst[0][2]}).",
              "LR grid edge winners (the optimum is not bracketed): " + (", ".join(edges) if edges else "none") + ".",
-             f"Curves: {png}. Every per-seed value: {out / 'results.json'}. Runtime {summary['runtime_s']:.0f} s."]
+             f"Curves: {png}. Every per-seed value: {out / 'results.json'}. Runtime {summary['runtime_s']:.0f} s "
+             f"(commit {summary['commit']}, {summary['machine']}, {summary['date']})."]
     final = "\n".join(lines)
     write_text_atomic(out / "results.md", final + "\n")
     print("\n" + final)
     return 0
+
+
+def _commit() -> str:
+    """The repository's commit (with "+changes" when the tree differs from it), or "unknown"."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (head + ("+changes" if dirty else "")) if head else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
