@@ -130,9 +130,9 @@ def test_an_arm_continues_the_import_at_its_step_with_the_schedule_lr_then_expor
     assert lrs[42] == pytest.approx(schedule.lr_at(41), rel=1e-6) and lrs[43] == pytest.approx(schedule.lr_at(42))
     notes = json.loads((tmp_path / "arm" / "final" / "training_state.json").read_text())["data"]["notes"]
     assert notes[0]["optimizer"] == "optimizer state: fresh (imported from HF)" and notes[0]["at_step"] == STEP
-    # ... and in the run's own metrics (the logger's hparams) and in `evaluate loss`'s JSON
-    (hparams,) = (tmp_path / "arm" / "logs" / "csv").glob("version_*/hparams.yaml")
-    assert "optimizer state: fresh (imported from HF)" in hparams.read_text()
+    # ... and beside the run's own metrics (metrics.csv) and in `evaluate loss`'s JSON
+    (saved,) = (tmp_path / "arm" / "logs" / "csv").glob("version_*/checkpoint_notes.json")
+    assert json.loads(saved.read_text())[0]["optimizer"] == "optimizer state: fresh (imported from HF)"
     r = run_cli("evaluate", "loss", "--checkpoint", tmp_path / "arm" / "final", "--data", tmp_path / "val",
                 "--max_batches", "1", "--json", tmp_path / "loss.json")
     assert r.returncode == 0 and "note: optimizer state: fresh (imported from HF) at step 40" in r.stdout, r.stderr

@@ -389,7 +389,14 @@ def main(fabric, model_config: Config, out_dir: Path, precision: str, initial_ch
     notes = [n for n in getattr(train_loader, "notes", None) or [] if "optimizer" in n or "imported" in n]
     if notes:  # an import's history (e.g. a fresh optimizer state) goes with this run's metrics, not only its checkpoints
         for logger in fabric.loggers:
-            logger.log_hyperparams({"checkpoint_notes": json.dumps(notes, default=str)})
+            try:  # TensorBoard and W&B keep it with the run's hyperparameters
+                logger.log_hyperparams({"checkpoint_notes": json.dumps(notes, default=str)})
+            except NotImplementedError:  # Fabric's CSV logger keeps none
+                pass
+            log_dir = getattr(logger, "log_dir", None)
+            if log_dir and fabric.global_rank == 0:  # beside metrics.csv / the event files, whatever the logger
+                Path(log_dir).mkdir(parents=True, exist_ok=True)
+                (Path(log_dir) / "checkpoint_notes.json").write_text(json.dumps(notes, indent=1, default=str) + "\n")
     start_step = state["step_count"]
     total_steps = train.total_steps(fabric.world_size, 1, seq_len)
     if total_steps == 0:
