@@ -580,6 +580,9 @@ def study(argv: list[str]) -> int:
 
     if what == "run":
         check_writable_dir(out, "--out")
+        from midtrain.study.execute import check_external
+
+        check_external(plan, out)
         if a.executor == "local":
             from midtrain.study.local import parse_gpus, run_local
 

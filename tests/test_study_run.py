@@ -199,6 +199,31 @@ def test_a_second_spec_in_the_folder_trains_no_base_step_and_starts_from_the_fir
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     alone_index = json.loads((alone / "study.json").read_text())["steps"]
     assert [sid for sid in alone_index if sid.startswith("base/")] == ["base/tiny/to8", "base/tiny/to12"]
+    # a spec in another folder naming this one as its size's base: reads the base segments in place, writes
+    # nothing there, trains no base step; refused in one line while a reused step is not done there
+    other = {**yaml.safe_load(specs["second"].read_text()), "name": "elsewhere"}
+    other["sizes"]["tiny"]["base"] = str(out)
+    (tmp_path / "elsewhere.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("step.json")}
+    r = run_cli("study", "plan", tmp_path / "elsewhere.yaml", "--check_files", "false")
+    assert r.returncode == 0 and f"planned in study folder {out} by spec" in r.stdout, r.stdout + r.stderr
+    r = run_cli("study", "run", tmp_path / "elsewhere.yaml", "--out", tmp_path / "elsewhere", "--parallel", "1", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("step.json")} == before
+    idx_e = json.loads((tmp_path / "elsewhere" / "study.json").read_text())["steps"]
+    assert all(idx_e[sid]["out"].startswith(str(out)) for sid in idx_e if sid.startswith("base/"))
+    run_e = yaml.safe_load((tmp_path / "elsewhere" / idx_e["midtrain/tiny/code20-from8"]["out"] / "run.yaml").read_text())
+    assert run_e["resume_from"] == str(out / index["base/tiny/to12"]["out"] / "run" / "step-00000008")
+    status_file = out / index["base/tiny/to12"]["out"] / "status.json"
+    saved = status_file.read_text()
+    status_file.write_text(json.dumps({**json.loads(saved), "state": "failed"}))
+    r = run_cli("study", "run", tmp_path / "elsewhere.yaml", "--out", tmp_path / "elsewhere2")
+    status_file.write_text(saved)
+    assert r.returncode == 2 and "sizes.tiny.base: base/tiny/to12 in" in r.stderr and "is not done there" in r.stderr
+    other["sizes"]["tiny"]["set"] = {"train.max_steps": 16}  # another base config: nothing to reuse there
+    (tmp_path / "elsewhere3.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    r = run_cli("study", "plan", tmp_path / "elsewhere3.yaml", "--check_files", "false")
+    assert r.returncode == 2 and "sizes.tiny.base:" in r.stderr and "holds no base run" in r.stderr, r.stderr
     # seeds.vary: sft (the default) with 2 seeds and 2 LRs: one midtrained checkpoint per arm (the first spec's,
     # reused), SFT per seed, and one LR per checkpoint chosen on the validation loss averaged over its seeds
     third = {**yaml.safe_load(specs["first"].read_text()), "name": "third", "seeds": [0, 1]}

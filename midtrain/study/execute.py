@@ -388,6 +388,8 @@ def materialise(plan: Plan, out_dir: Path, spec_path: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for step in plan.steps:
+        if step.external:  # another study folder's step: read, never written or run from here
+            continue
         folder = out_dir / step.out
         argv, outputs, run_cfg = step_command(plan, step, out_dir, spec_path)
         desc = {"id": step.id, "kind": step.kind, "hash": step.hash, "argv": argv, "outputs": outputs,
@@ -408,6 +410,16 @@ def materialise(plan: Plan, out_dir: Path, spec_path: Path) -> None:
     write_json_atomic(out_dir / "studies" / f"{plan.spec.name}.json", index)
     write_json_atomic(out_dir / "study.json", index)
     record_bases(plan, out_dir)
+
+
+def check_external(plan: Plan, out_dir: Path) -> None:
+    """Every base step reused from another study folder (``sizes.X.base``) must be done there: this study
+    never runs or writes another folder's steps. One line naming the first that is not."""
+    states = step_states(plan, out_dir, query_slurm=False)
+    for step in plan.steps:
+        if step.external and states[step.id]["state"] != "done":
+            raise ConfigError(f"sizes.{step.labels.get('size')}.base", f"{step.id} in {step.external} is not done "
+                              f"there (state: {states[step.id]['state']}): run that study to it first")
 
 
 def read_bases(out_dir: Path | None) -> list:

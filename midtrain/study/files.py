@@ -156,10 +156,25 @@ def sft_token_estimate(spec: Spec, size_config: dict) -> dict[str, int]:
 
 def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool = True, known=()) -> Plan:
     """The plan of the spec at ``path``; ``known``: base segments already planned in its study folder."""
+    from midtrain.study.execute import read_bases
+
     spec = load_spec(path, check_files)
     params = {s.name: params_of(s.config) for s in spec.sizes} if estimate else {}
     tokens = sft_token_estimate(spec, spec.sizes[0].config) if estimate else {}
-    return make_plan(spec, {k: v for k, v in params.items() if v}, tokens, known=list(known))
+    known = list(known)
+    for size in spec.sizes:
+        if size.base:  # another study folder's base run: its segments, read in place
+            folder = Path(size.base).resolve()
+            if not (folder / "bases.json").is_file():
+                raise ConfigError(f"sizes.{size.name}.base", f"{size.base} is not a study folder with base runs "
+                                  "(no bases.json: run a study there first)")
+            known += [replace(seg, folder=str(folder)) for seg in read_bases(folder) if not seg.folder]
+    plan = make_plan(spec, {k: v for k, v in params.items() if v}, tokens, known=known)
+    for size in spec.sizes:
+        if size.base and not any(s.external and s.labels.get("size") == size.name for s in plan.steps):
+            raise ConfigError(f"sizes.{size.name}.base", f"{size.base} holds no base run with this size's resolved "
+                              "config (a base run is reused only when every field of its config is the same)")
+    return plan
 
 
 def spec_digest(path: str | os.PathLike) -> str:

@@ -53,6 +53,7 @@ class Step:
     flops: float | None = None
     alloc: Allocation | None = None  # what a scheduler is asked for (not part of the hash: it changes no result)
     reused: str | None = None        # a base segment another spec planned in this study folder (its spec's name)
+    external: str | None = None      # ... in another study folder (``sizes.X.base``): read only, never run here
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class BaseSegment:
     deps: tuple[str, ...] = ()
     resume_at: int | None = None
     spec: str = ""
+    folder: str = ""     # the study folder it lives in, when not this one (``sizes.X.base``)
 
 
 @dataclass
@@ -87,7 +89,7 @@ class Plan:
         """This plan's base segments, as a study folder records them for the next spec (``bases.json``)."""
         out = []
         for st in self.steps:
-            if st.kind == "pretrain":
+            if st.kind == "pretrain" and not st.external:  # another folder's segments stay recorded there
                 out.append(BaseSegment(st.id, st.out, st.hash, st.labels["base_key"], st.labels["size"],
                                        st.labels["start"], st.labels["end"], st.labels.get("save_every"), st.config,
                                        st.labels, st.deps, st.resume_at, st.reused or self.spec.name))
@@ -182,19 +184,21 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
     def reuse(seg: BaseSegment):
         """Put a segment another spec planned here (and those it resumes from) into this plan, unchanged."""
         if seg.id in steps:
-            if steps[seg.id].out != seg.out:
+            if steps[seg.id].out not in (seg.out, f"{seg.folder.rstrip('/')}/{seg.out}"):
                 raise ConfigError("--out", f"bases.json: two base segments are named {seg.id} ({steps[seg.id].out}, "
                                   f"{seg.out}); remove the stale entry")
             return
         for d in seg.deps:
-            reuse(next(k for k in known if k.id == d and k.key == seg.key))
+            reuse(next(k for k in known if k.id == d and k.key == seg.key and k.folder == seg.folder))
         alloc = allocation("pretrain", seg.config, spec.slurm, where=seg.id)
         size = next((sz for sz in spec.sizes if sz.name == seg.size), None)
         tokens = (seg.end - seg.start) * size.tokens_per_step if size else None
         n = (params or {}).get(seg.size)
-        step = Step(seg.id, "pretrain", tuple(seg.deps), seg.hash, seg.out, dict(seg.labels), seg.config,
+        out = f"{seg.folder.rstrip('/')}/{seg.out}" if seg.folder else seg.out  # absolute: another study folder
+        step = Step(seg.id, "pretrain", tuple(seg.deps), seg.hash, out, dict(seg.labels), seg.config,
                     seg.deps[0] if seg.deps else None, seg.resume_at, tokens, 6.0 * n * tokens if n and tokens else None,
-                    alloc, reused=seg.spec if seg.spec != spec.name else None)
+                    alloc, reused=seg.spec if (seg.spec != spec.name or seg.folder) else None,
+                    external=seg.folder or None)
         steps[seg.id] = step
         plan.steps.append(step)
 
@@ -387,9 +391,10 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
     if reused:
         by_spec: dict[str, list] = {}
         for s in reused:
-            by_spec.setdefault(s.reused, []).append(s)
-        for name, segs in by_spec.items():
-            lines.append(f"reused: {len(segs)} base segment(s) planned in this folder by spec {name!r} "
+            by_spec.setdefault((s.reused, s.external), []).append(s)
+        for (name, _), segs in by_spec.items():
+            where = f"study folder {segs[0].external}" if segs[0].external else "this folder"
+            lines.append(f"reused: {len(segs)} base segment(s) planned in {where} by spec {name!r} "
                          f"({sum(s.tokens or 0 for s in segs):,} tokens not trained again): "
                          + ", ".join(f"{s.id} ({s.labels['start']}->{s.labels['end']})" for s in segs))
     at = [s for s in plan.steps if s.resume_at is not None]

@@ -12,6 +12,9 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       # or a public checkpoint imported with `midtrain import` at step S of the config's schedule: nothing
       # is pretrained; arms start at S, pretrain-only continues the checkpoint with the config's mixture
       160m: {checkpoint: ${CKPT_ROOT}/pythia-160m/step-00100000, step: 100000, config: runs/pythia-160m.yaml}
+      # or the base run another study folder trained (same base config): its segments and kept checkpoints
+      # are reused in place (never written to); what it lacks is trained here
+      410m: {config: midtrain_configs/pretrain/pythia-410m.yaml, base: /ckpt/studies/main}
     arms:                                # each a grid: domain × start step × weight
       - {name: code, domain: code, start: [6000], weight: [0.2]}
       - {name: cpt-code, domain: code, start: [40000], weight: [1.0]}   # CPT: weight 1.0
@@ -77,6 +80,7 @@ class Size:
     checkpoint: str | None = None  # an imported checkpoint (`midtrain import`) this size starts from ...
     start_step: int = 0            # ... at this step (no base run is pretrained)
     origin: dict = field(default_factory=dict)  # its import note (files.load_spec): what hashes its steps
+    base: str | None = None        # another study folder whose base segments this size reuses (read only)
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     sizes = []
     for sname, sraw in sizes_raw.items():
         key = f"sizes.{sname}"
-        sraw = _mapping(sraw, key, {"config", "set", "checkpoint", "step"})
+        sraw = _mapping(sraw, key, {"config", "set", "checkpoint", "step", "base"})
         if "config" not in sraw:
             raise ConfigError(f"{key}.config", "is required (the base run's YAML)")
         cfg = base_configs[str(sname)]
@@ -245,8 +249,15 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
             start_step = _int(sraw["step"], f"{key}.step", 0)
             if start_step >= max_steps:
                 raise ConfigError(f"{key}.step", f"{start_step} is not before train.max_steps {max_steps} of its config")
+        base_folder = sraw.get("base")
+        if base_folder is not None:
+            if checkpoint is not None:
+                raise ConfigError(f"{key}.base", "give either base (a study folder whose base run this size reuses) "
+                                  "or checkpoint (an imported checkpoint), not both")
+            if not isinstance(base_folder, str) or not base_folder:
+                raise ConfigError(f"{key}.base", f"expected a study folder, got {base_folder!r}")
         sizes.append(Size(str(sname), cfg, max_steps, gbs * seq, int(data_args(cfg).get("seed", 42)),
-                          str(checkpoint) if checkpoint else None, start_step))
+                          str(checkpoint) if checkpoint else None, start_step, base=base_folder))
 
     seeds_raw, vary, seeds_key = raw.get("seeds", [0]), "sft", "seeds"
     if isinstance(seeds_raw, Mapping):
