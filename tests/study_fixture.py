@@ -54,7 +54,8 @@ def build(root: Path) -> Path:
                                                        "test_data": str(root / "sft_test.jsonl")}},
                 "options": {"epochs": 1, "micro_batch_size": 8, "global_batch_size": 8, "forgetting_batches": 2}},
         "eval": {"max_batches": 2, "batch_size": 4, "checkpoints": "all"},
-        "report": {"baseline": "pretrain-only", "proximity": {"max_tokens": 100000}},
+        "report": {"baseline": "pretrain-only", "proximity": {"max_tokens": 100000},
+                   "overlap": {"against": {"prose": str(root / "raw" / "1.jsonl"), "code": str(root / "raw" / "c1.jsonl")}}},
     }
     (root / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return root / "study.yaml"

@@ -96,6 +96,13 @@ def test_killed_run_is_completed_by_a_rerun_then_nothing_reruns(study):
               "tiny-proximity.png", "tiny-code-fn-over-weight.png", "tiny-gain-vs-forgetting.png",
               "tiny-eval-checkpoints.png"):
         assert (rep / f).is_file() and (rep / f).stat().st_size > 0, f
+    # report.overlap: the val/test items against the raw corpora and the training set (the fixture's SFT
+    # responses are code-like functions: "def f3(x): return x + 3" shares its shape with f3 of the train set)
+    table = (rep / "table.md").read_text()
+    assert "Near-duplicates of the SFT val/test items" in table and "| fn/val | 10 |" in table
+    ov = json.loads((rep / "results.json").read_text())["overlap"]
+    assert set(ov["eval"]) == {"fn/val", "fn/test"} and set(ov["words_read"]) == {"prose", "code", "fn/train"}
+    assert ov["eval"]["fn/val"]["same_response"]["fn/train"] == 10  # only names and numbers differ
     results = json.loads((rep / "results.json").read_text())["sizes"]["tiny"]
     assert len(results["sft"]) == 16 and {c["arm"] for c in results["cells"]} == {
         "pretrain-only", "code20-from4", "code50-from4", "cpt-code100-from8"}

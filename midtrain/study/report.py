@@ -117,10 +117,32 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
         md += _curves(plan, out_dir, size.name, got.get("eval_curves") or [], rep) + [""]
         if got["lm_eval"]:
             md += _eval_table(got["lm_eval"], "lm-eval metrics of each run before SFT (mean ± CI over seeds):") + [""]
+    if spec.report.get("overlap"):
+        md += _overlap(spec, results) + [""]
     write_text_atomic(rep / "table.md", "\n".join(md) + "\n")
     write_text_atomic(rep / "table.csv", "\n".join(csv_parts) + ("\n" if csv_parts else ""))
     write_text_atomic(rep / "results.json", json.dumps(results, indent=1, default=str) + "\n")
     return rep
+
+
+def _overlap(spec, results: dict) -> list[str]:
+    """Near-duplicates of each task's SFT val/test items in the named corpora and in every task's training
+    set (``midtrain overlap``): the counts go in the table and ``results.json``."""
+    from midtrain.analysis.overlap import format_summary, run_overlap
+
+    cfg = spec.report["overlap"]
+    n = int(cfg.get("n", 13))
+    evals = [f"{t.name}/{split}={getattr(t, key)}" for t in spec.tasks
+             for split, key in (("val", "val_data"), ("test", "test_data")) if getattr(t, key)]
+    if not evals:
+        return ["(report.overlap: no task names val_data or test_data files to check)"]
+    against = [f"{name}={path}" for name, path in cfg["against"].items()] + \
+        [f"{t.name}/train={t.data}" for t in spec.tasks]
+    res = run_overlap(evals, against, n)
+    results["overlap"] = res
+    total = sum(s["ngram_any"] + s["same_response_any"] for s in res["eval"].values())
+    return [f"Near-duplicates of the SFT val/test items (`midtrain overlap`, normalised {n}-grams; responses equal "
+            f"after blanking names and numbers): {total} item-flags in all.", "", format_summary(res["eval"], n)]
 
 
 def ln_vocab(size) -> float | None:

@@ -64,7 +64,7 @@ SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr"}
 TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
 EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval", "checkpoints"}
 LM_EVAL_KEYS = {"tasks", "include_path", "num_fewshot", "limit", "batch_size"}
-REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "demo", "lr_choice"}
+REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "demo", "lr_choice", "overlap"}
 SEED_KEYS = {"values", "vary"}
 SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out", "save", "task", "arm",
              "pretrain_val_path", "prompt_key", "response_key", "score_every_lr"}
@@ -362,6 +362,13 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     baseline = report.get("baseline", CONTROL)
     if baseline not in {CONTROL, *(a.name for a in arms)}:
         raise ConfigError("report.baseline", f"{baseline!r} is not an arm of this study")
+    ov = _mapping(report.get("overlap"), "report.overlap", {"against", "n"})
+    if "overlap" in report:
+        against = _mapping(ov.get("against"), "report.overlap.against")
+        if not against:
+            raise ConfigError("report.overlap.against", "name the raw-text corpora to check the SFT val/test sets "
+                              "against (NAME: PATH; the tasks' training sets are always checked)")
+        _int(ov.get("n", 13), "report.overlap.n", 1)
     if report.get("lr_choice", "per_checkpoint") not in LR_CHOICES:
         raise ConfigError("report.lr_choice", f"expected one of {', '.join(LR_CHOICES)}, got {report['lr_choice']!r}")
     slurm = _slurm(raw.get("slurm"))
