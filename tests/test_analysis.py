@@ -310,6 +310,19 @@ def test_a_cell_above_ln_v_is_not_judged_in_the_table_and_the_findings():
     assert "**not judged (regime)**" in F.format_findings(found) and "Holm" in F.format_findings(found)
 
 
+def test_a_diverged_lr_never_wins_and_a_non_finite_cell_is_not_judged_not_a_crash():
+    nan = float("nan")
+    assert stats.choose_lr({1e-4: nan, 1e-3: 1.0, 1e-2: 1.2}).lr == 1e-3
+    none = stats.choose_lr({1e-4: nan, 1e-3: float("inf")})
+    assert none.edge == "none finite" and "no SFT LR gave a finite validation loss" in stats.regime_problems({}, none)
+    rs = _results(-0.2)
+    rs = [SFTResult(r.arm, r.task, r.seed, r.lr, r.val_loss, nan if (r.arm, r.seed) == ("code20", 1) else r.test_loss,
+                    r.main_after, r.main_before) for r in rs]
+    cells = aggregate(rs, "pretrain-only")
+    assert cells[1].verdict["sft_test"] == "not judged" and "s1: sft_test is not finite" in cells[1].regime
+    assert cells[1].summary["sft_test"].n == 2  # the finite seeds only, never a NaN mean
+
+
 def test_detectable_effect_is_statsmodels_power():
     from statsmodels.stats.power import TTestPower
 

@@ -206,6 +206,31 @@ def test_specs_in_one_folder_share_base_segments_and_checkpoints():
     assert not any(s.reused for s in f.steps) and f.by_id["base/70m/to40"].labels["start"] == 0
 
 
+def test_a_base_folder_s_segments_are_read_in_place_never_scheduled_and_re_plans_are_stable():
+    import dataclasses
+
+    from midtrain.study.slurm import schedule
+
+    base = copy.deepcopy(BASE)
+    base["train"]["save_interval"] = 20
+    c = plan_of(raw(name="c", arms=_arm([20, 60])), base=base)
+    in_c = [dataclasses.replace(seg, folder="/studies/c") for seg in c.base_segments()]
+    b = plan_of(raw(name="b", arms=_arm([50])), base=base, known=in_c)  # 50: trained here from c's step 40
+    ext = [s for s in b.steps if s.external]
+    (new,) = [s for s in b.steps if s.kind == "pretrain" and not s.external]
+    assert ext and all(s.out.startswith("/studies/c/") for s in ext)
+    assert (new.labels["start"], new.resume_step, new.resume_at) == (40, "base/70m/to60", 40)
+    # re-planning b (its own bases.json + the base folder's): the same steps, no crash
+    again = plan_of(raw(name="b", arms=_arm([50])), base=base, known=b.base_segments() + in_c)
+    assert [(s.id, s.out) for s in again.steps] == [(s.id, s.out) for s in b.steps]
+    with pytest.raises(ConfigError, match="no study folder this spec reads holds"):
+        plan_of(raw(name="b", arms=_arm([50])), base=base, known=b.base_segments())
+    # the SLURM scheduler never submits another folder's step, done or not
+    states = {s.id: {"state": "pending"} for s in b.steps}
+    _, groups = schedule(b, states, {s.id: s.alloc for s in b.steps})
+    assert not {s.id for g in groups for s in g} & {s.id for s in ext}
+
+
 def test_the_paper_specs_planned_into_one_folder_pretrain_each_size_once():
     specs = [os.path.join(REPO, "midtrain_configs", "studies", f"paper-{n}.yaml")
              for n in ("main", "timing", "percentage", "cpt", "window")]

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-_NON_WORD = re.compile(r"[^0-9a-z]+")
+_NON_WORD = re.compile(r"[\W_]+")  # any script's letters and digits are words
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAPITALISED = re.compile(r"\b[A-Z][a-zA-Z]*\b")
 SEP = 0  # word id of a document boundary (no n-gram spans it)
@@ -229,7 +229,7 @@ def _rows(path, key: str):
                     raise ConfigError(key, f"{path}:{i} is not a JSON line ({e})") from None
 
 
-def _documents(path: str, key: str, responses: list[str]):
+def _documents(path: str, key: str, responses: list[str], prompt_key: str = "prompt", response_key: str = "response"):
     """Documents of a corpus or training set: JSONL/JSON rows ("text", or prompt + response: the responses
     are collected for the renamed-entity check), .txt files (one document each), or a folder of them."""
     from pathlib import Path
@@ -255,15 +255,17 @@ def _documents(path: str, key: str, responses: list[str]):
                 continue
             if "text" in row:
                 yield str(row["text"])
-            elif "prompt" in row or "response" in row:
-                responses.append(str(row.get("response", "")))
-                yield f"{row.get('prompt', '')} {row.get('response', '')}"
+            elif prompt_key in row or response_key in row:
+                responses.append(str(row.get(response_key, "")))
+                yield f"{row.get(prompt_key, '')} {row.get(response_key, '')}"
 
 
 def run_overlap(evals: Sequence[str], against: Sequence[str], n: int = 13, json_out: str | None = None,
-                prompt_key: str = "prompt", response_key: str = "response") -> dict:
+                prompt_key: str = "prompt", response_key: str = "response", keys: dict | None = None) -> dict:
     """``evals``: NAME=PATH of evaluation sets (prompt/response JSONL); ``against``: NAME=PATH of corpora and
-    training sets. Returns {"n", "eval": summary(...), "words_read": {name: words}}; writes ``json_out``."""
+    training sets; ``keys``: NAME -> (prompt key, response key) where a set's differ from the defaults.
+    Returns {"n", "eval": summary(...), "words_read": {name: words}}; writes ``json_out``."""
+    keys = dict(keys or {})
     import json
     from pathlib import Path
 
@@ -280,18 +282,20 @@ def run_overlap(evals: Sequence[str], against: Sequence[str], n: int = 13, json_
     for name, path in eval_paths.items():
         if not Path(path).is_file():
             raise ConfigError("--eval", f"{name}={path}: not a file")
+        pk, rk = keys.get(name, (prompt_key, response_key))
         for i, row in enumerate(_rows(path, "--eval")):
-            if not isinstance(row, dict) or prompt_key not in row or response_key not in row:
-                raise ConfigError("--eval", f"{path}: item {i} has no {prompt_key!r} and {response_key!r}")
-            text = f"{row[prompt_key]} {row[response_key]}"
-            items.append(EvalItem(name, i, tuple(normalise(text).split()), entity_key(str(row[response_key]))))
+            if not isinstance(row, dict) or pk not in row or rk not in row:
+                raise ConfigError("--eval", f"{path}: item {i} has no {pk!r} and {rk!r}")
+            text = f"{row[pk]} {row[rk]}"
+            items.append(EvalItem(name, i, tuple(normalise(text).split()), entity_key(str(row[rk]))))
     if not items:
         raise ConfigError("--eval", "the evaluation sets hold no items")
     index = Index(items, n)
     words_read, trains = {}, []
     for name, path in against_paths.items():
         responses: list[str] = []
-        words_read[name] = index.scan(name, _documents(path, "--against", responses))
+        words_read[name] = index.scan(name, _documents(path, "--against", responses,
+                                                       *keys.get(name, (prompt_key, response_key))))
         if responses:
             mark_same_responses(items, name, responses)
             trains.append(name)

@@ -164,9 +164,10 @@ def choose_lr(val_by_lr: Mapping[float, float]) -> LRChoice:
         raise ValueError("empty LR grid")
     grid = tuple(sorted(float(lr) for lr in val_by_lr))
     vals = {float(lr): float(v) for lr, v in val_by_lr.items()}
-    if any(math.isnan(v) for v in vals.values()):
-        raise ValueError(f"NaN validation loss in {vals}")
-    best = min(grid, key=lambda lr: (vals[lr], lr))
+    finite = [lr for lr in grid if math.isfinite(vals[lr])]
+    if not finite:  # every LR diverged: nothing to choose; the cell is outside a valid regime (regime_problems)
+        return LRChoice(grid[0], vals[grid[0]], grid, "none finite")
+    best = min(finite, key=lambda lr: (vals[lr], lr))  # a diverged (NaN/inf) LR never wins
     edge = "single" if len(grid) == 1 else "low" if best == grid[0] else "high" if best == grid[-1] else None
     return LRChoice(best, vals[best], grid, edge)
 
@@ -214,6 +215,7 @@ def regime_problems(values: Mapping[str, float], choice: "LRChoice | None" = Non
         out.append(f"main-corpus loss after SFT {after:.2f} >= ln V {ln_vocab:.2f}")
     if choice is not None and choice.edge is not None:
         out.append("one SFT LR (the optimum is not bracketed)" if choice.edge == "single" else
+                   "no SFT LR gave a finite validation loss" if choice.edge == "none finite" else
                    f"SFT LR {choice.lr:g} at the {choice.edge} edge of the grid")
     return out
 

@@ -175,13 +175,15 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
                         regime=tuple(f"s{s}: {p}" for s in seeds
                                      for p in stats.regime_problems(mine[s].values, mine[s].choice, ln_vocab)))
             for metric in ("sft_test", "sft_val", "main_after", "main_increase"):
-                vals = {s: mine[s].values[metric] for s in seeds if metric in mine[s].values}
-                if not vals:
+                vals = {s: mine[s].values[metric] for s in seeds if metric in mine[s].values
+                        and mine[s].values[metric] is not None and math.isfinite(mine[s].values[metric])}
+                if not vals:  # non-finite values are named in the cell's regime problems, never summarised
                     continue
                 cell.summary[metric] = stats.summarize(list(vals.values()), confidence)
                 if baseline is not None and arm != baseline and metric in METRICS:
                     base = {s: by[(baseline, task, s)].values[metric] for s in seeds
-                            if (baseline, task, s) in by and metric in by[(baseline, task, s)].values}
+                            if (baseline, task, s) in by and metric in by[(baseline, task, s)].values
+                            and math.isfinite(by[(baseline, task, s)].values[metric] or math.nan)}
                     if base and set(base) & set(vals):
                         cell.delta[metric] = stats.paired(vals, base, confidence)
                         cell.verdict[metric] = stats.verdict(cell.delta[metric].diff)

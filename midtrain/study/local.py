@@ -140,6 +140,10 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None =
                 for s in plan.steps:
                     if state[s.id] in ("done", "failed", "blocked") or s.id in running or s.id in external:
                         continue
+                    if s.external:  # another study folder's step: never run from here
+                        state[s.id] = "blocked"
+                        echo(f"  blocked: {s.id} belongs to {s.external} and is not done there")
+                        continue
                     if any(state[d] in ("failed", "blocked") for d in s.deps):
                         state[s.id] = "blocked"
                         continue

@@ -185,11 +185,16 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         """Put a segment another spec planned here (and those it resumes from) into this plan, unchanged."""
         if seg.id in steps:
             if steps[seg.id].out not in (seg.out, f"{seg.folder.rstrip('/')}/{seg.out}"):
-                raise ConfigError("--out", f"bases.json: two base segments are named {seg.id} ({steps[seg.id].out}, "
-                                  f"{seg.out}); remove the stale entry")
+                raise ConfigError("--out", f"two base segments are named {seg.id} ({steps[seg.id].out}, {seg.out}): "
+                                  "one of this folder and one of a study folder named as a base; plan this size "
+                                  "under another name")
             return
-        for d in seg.deps:
-            reuse(next(k for k in known if k.id == d and k.key == seg.key and k.folder == seg.folder))
+        for d in seg.deps:  # the segment it resumes from: in its own folder first, else in a folder named as a base
+            found = sorted((k for k in known if k.id == d and k.key == seg.key), key=lambda k: k.folder != seg.folder)
+            if not found:
+                raise ConfigError("--out", f"base segment {seg.id} resumes from {d}, which no study folder this spec "
+                                  "reads holds (name its folder with sizes.<size>.base)")
+            reuse(found[0])
         alloc = allocation("pretrain", seg.config, spec.slurm, where=seg.id)
         size = next((sz for sz in spec.sizes if sz.name == seg.size), None)
         tokens = (seg.end - seg.start) * size.tokens_per_step if size else None

@@ -10,6 +10,7 @@ start × weight heatmaps of a grid arm, proximity advantage vs relative improvem
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from midtrain.analysis import stats, tables
@@ -104,7 +105,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             md += _heatmaps(spec, size.name, cells, rep) + [""]
             md += _lines_and_scatter(spec, size.name, cells, rep) + [""]
             chosen = tables.choose(got["sft"], lr_choice)
-            inter = interactions(spec, chosen, confidence)
+            inter = interactions(spec, chosen, confidence, ln_vocab(size))
             if inter:
                 size_res["interactions"] = inter
                 md += _format_interactions(inter, confidence) + [""]
@@ -138,7 +139,8 @@ def _overlap(spec, results: dict) -> list[str]:
         return ["(report.overlap: no task names val_data or test_data files to check)"]
     against = [f"{name}={path}" for name, path in cfg["against"].items()] + \
         [f"{t.name}/train={t.data}" for t in spec.tasks]
-    res = run_overlap(evals, against, n)
+    keys = {f"{t.name}/{split}": (t.prompt_key, t.response_key) for t in spec.tasks for split in ("val", "test", "train")}
+    res = run_overlap(evals, against, n, keys=keys)
     results["overlap"] = res
     total = sum(s["ngram_any"] + s["same_response_any"] for s in res["eval"].values())
     return [f"Near-duplicates of the SFT val/test items (`midtrain overlap`, normalised {n}-grams; responses equal "
@@ -181,14 +183,17 @@ def _eval_table(rows: list[dict], title: str) -> list[str]:
     return out
 
 
-def interactions(spec, chosen, confidence: float = 0.95) -> list[dict]:
+def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = None) -> list[dict]:
     """Timing × weight, for every arm family crossing >= 2 starts with >= 2 weights, per SFT task: per seed
     I = (late high - late low) - (early high - early low) of the SFT test loss (earliest/latest start,
     lowest/highest weight; > 0: a high weight costs more when introduced late), its t-interval over seeds
-    and verdict word ("worse" = the interval lies above 0: the paper's window). Pure."""
+    and verdict word ("worse" = the interval lies above 0: the paper's window), or "not judged" when a
+    cell it rests on is outside a valid regime (``stats.regime_problems``). Pure."""
     from midtrain.analysis import stats
 
     values = {(c.arm, c.task, c.seed): c.values for c in chosen}
+    problems_of = {(c.arm, c.task, c.seed): stats.regime_problems(
+        {m: c.values[m] for m in ("sft_test", "main_after") if m in c.values}, c.choice, ln_v) for c in chosen}
     out = []
     families: dict[str, list] = {}
     for a in spec.arms:
@@ -205,18 +210,22 @@ def interactions(spec, chosen, confidence: float = 0.95) -> list[dict]:
             continue
         names = {k: cell[v] for k, v in corners.items()}
         for task in dict.fromkeys(c.task for c in chosen):
-            per_seed = {}
+            per_seed, problems = {}, []
             for seed in sorted({c.seed for c in chosen}):
                 keys = {k: (n, task, seed) for k, n in names.items()}
+                problems += [f"{key[0]}/s{seed}: {p}" for key in keys.values() for p in problems_of.get(key, [])]
                 if all(k in values and "sft_test" in values[k] for k in keys.values()):
                     v = {k: values[key]["sft_test"] for k, key in keys.items()}
                     per_seed[seed] = (v["late_high"] - v["late_low"]) - (v["early_high"] - v["early_low"])
             if not per_seed:
                 continue
-            iv = stats.summarize(list(per_seed.values()), confidence)
+            finite = [v for v in per_seed.values() if math.isfinite(v)]
+            if not finite:
+                continue
+            iv = stats.summarize(finite, confidence)
             out.append({"family": family, "task": task, "cells": names, "per_seed": per_seed,
-                        "interval": iv.__dict__, "verdict": stats.verdict(iv),
-                        "p": stats.t_test_p(list(per_seed.values()))})
+                        "interval": iv.__dict__, "verdict": stats.NOT_JUDGED if problems else stats.verdict(iv),
+                        "regime": problems, "p": stats.t_test_p(finite)})
     return out
 
 
@@ -228,7 +237,10 @@ def _format_interactions(inter: list[dict], confidence: float) -> list[str]:
         iv = x["interval"]
         num = f"{iv['mean']:+.4f}" + ("" if iv["lo"] != iv["lo"] else f", CI [{iv['lo']:+.4f}, {iv['hi']:+.4f}]")
         c = x["cells"]
-        lines.append(f"- {x['family']} on {x['task']}: I = {num}, n={iv['n']}: **{x['verdict']}** "
+        why = ""
+        if x.get("regime"):
+            why = ": " + "; ".join(x["regime"][:2]) + (f"; +{len(x['regime']) - 2} more" if len(x["regime"]) > 2 else "")
+        lines.append(f"- {x['family']} on {x['task']}: I = {num}, n={iv['n']}: **{x['verdict']}**{why} "
                      f"({c['late_high']} − {c['late_low']} vs {c['early_high']} − {c['early_low']})")
     return lines
 

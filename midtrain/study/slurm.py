@@ -143,7 +143,7 @@ def schedule(plan: Plan, states: dict[str, dict], allocs: dict[str, Allocation],
     chosen: set[str] = set()
     for step in plan.steps:
         st = states[step.id]
-        if st["state"] == "done" or step.id in jobs:
+        if st["state"] == "done" or step.id in jobs or step.external:  # another folder's step: never from here
             continue
         if not retry and st.get("job_id") and step.id not in replace:
             continue
