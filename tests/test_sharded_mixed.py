@@ -91,7 +91,7 @@ def test_original_class_path_resolves_through_midtrain_cli(real_tree):
     from jsonargparse import ArgumentParser
     from litgpt.data import DataModule
 
-    from midtrain.cli import install_litgpt_alias
+    from midtrain.run_args import install_litgpt_alias
 
     install_litgpt_alias()
     parser = ArgumentParser()

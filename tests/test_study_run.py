@@ -165,6 +165,35 @@ def test_segment_chain_equals_an_unsegmented_run(study, tmp_path):
     seg2 = yaml.safe_load((out / index["base/tiny/to8"]["out"] / "run.yaml").read_text())
     assert seg2["resume_from"].endswith(index["base/tiny/to4"]["out"] + "/run/final")
     assert seg2["train"]["max_additional_steps"] == 4
+    # that plain run folder as a size's base (sizes.X.base: RUN_DIR): read in place, no base step trained; the
+    # arm at 8 starts from its kept step-8 checkpoint, the control's SFT from its final one
+    whole_dir = tmp_path / "whole"
+    files_before = {p: p.stat().st_mtime_ns for p in whole_dir.rglob("*")}
+    s = {**yaml.safe_load(spec.read_text()), "name": "fromrun", "seeds": [0], "eval": {"enabled": False},
+         "arms": [{"name": "code", "domain": "code", "start": [8], "weight": [0.2]}],
+         "report": {"baseline": "pretrain-only"}}
+    s["sizes"]["tiny"]["base"] = str(whole_dir)
+    s["sft"] = {**s["sft"], "lrs": [1e-3]}
+    (tmp_path / "fromrun.yaml").write_text(yaml.safe_dump(s, sort_keys=False))
+    r = run_cli("study", "plan", tmp_path / "fromrun.yaml", "--check_files", "false")
+    assert r.returncode == 0 and f"reused: base run folder {whole_dir} (steps 0->12, checkpoints at 4, 8, 12" in r.stdout, \
+        r.stdout + r.stderr
+    r = run_cli("study", "run", tmp_path / "fromrun.yaml", "--out", tmp_path / "fromrun", "--parallel", "1",
+                env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    idx = json.loads((tmp_path / "fromrun" / "study.json").read_text())["steps"]
+    assert [sid for sid in idx if sid.startswith("base/")] == ["base/tiny/run-folder"]
+    arm_run = yaml.safe_load((tmp_path / "fromrun" / idx["midtrain/tiny/code20-from8"]["out"] / "run.yaml").read_text())
+    assert arm_run["resume_from"] == str(whole_dir / "step-00000008")
+    sft = json.loads((tmp_path / "fromrun" / idx["sft/tiny/pretrain-only/fn/lr0.001/s0"]["out"] / "step.json").read_text())
+    assert str(whole_dir / "final") in sft["argv"]
+    assert {p: p.stat().st_mtime_ns for p in whole_dir.rglob("*")} == files_before  # nothing written there
+    # a run folder trained with another value of a field that decides the weights is another base run
+    s["sizes"]["tiny"]["set"] = {"train.min_lr": 2e-4}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(s, sort_keys=False))
+    r = run_cli("study", "plan", tmp_path / "other.yaml", "--check_files", "false")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "sizes.tiny.base:" in r.stderr \
+        and "train.min_lr: 0.0001" in r.stderr and "says 0.0002" in r.stderr, r.stderr
 
 
 def test_a_second_spec_in_the_folder_trains_no_base_step_and_starts_from_the_first_specs_checkpoints(study, tmp_path):

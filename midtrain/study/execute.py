@@ -43,8 +43,13 @@ ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED"
 
 # ---- what a step runs ----
 
+def run_dir_of(out_dir: Path, step: Step) -> Path:
+    """The out_dir of a training step's run (a base run folder named as a size's base is its own)."""
+    return Path(step.out) if step.labels.get("run_folder") else out_dir / step.out / "run"
+
+
 def checkpoint_of(out_dir: Path, step: Step) -> Path:
-    return out_dir / step.out / "run" / "final"
+    return run_dir_of(out_dir, step) / step.labels.get("final", "final")
 
 
 def step_command(plan: Plan, step: Step, out_dir: Path, spec_path: Path) -> tuple[list[str], list[str], dict | None]:
@@ -59,7 +64,7 @@ def step_command(plan: Plan, step: Step, out_dir: Path, spec_path: Path) -> tupl
         if step.resume_step:
             source = by[step.resume_step]
             cfg["resume_from"] = str(checkpoint_of(out_dir, source) if step.resume_at is None else
-                                     out_dir / source.out / "run" / f"step-{step.resume_at:08d}")
+                                     run_dir_of(out_dir, source) / f"step-{step.resume_at:08d}")
         return ["pretrain", "--config", str(folder / "run.yaml")], [str(folder / "run" / "final" / "lit_model.pth")], cfg
     run = by[step.deps[0]] if step.deps else None
     val = spec.pretrain_val_path or data_args(size.config).get("val_data_path") if size else None
@@ -134,7 +139,13 @@ def step_states(plan: Plan, out_dir: Path, query_slurm: bool = True) -> dict[str
     for step in plan.steps:  # topological order: deps resolved first
         st = dict(raw[step.id])
         state = st.get("state", "pending")
-        if state == "done":
+        if step.labels.get("run_folder"):  # a base run folder: done while the checkpoints it was planned from exist
+            kept = [checkpoint_of(out_dir, step)] + [Path(step.out) / f"step-{k:08d}" for k in step.labels["kept"][:-1]]
+            missing = [p for p in kept if not (p / "lit_model.pth").is_file()]
+            state = "pending" if missing else "done"
+            if missing:
+                st["note"] = f"{missing[0]} is gone"
+        elif state == "done":
             outputs = st.get("outputs") or []
             deps_newer = any(out[d].get("state") != "done" or (out[d].get("ended") or 0) > (st.get("started") or 0)
                              for d in step.deps)
@@ -430,7 +441,8 @@ def read_bases(out_dir: Path | None) -> list:
         return []
     try:
         raw = json.loads((Path(out_dir) / "bases.json").read_text())["segments"]
-        return [BaseSegment(**{**seg, "deps": tuple(seg["deps"])}) for seg in raw.values()]
+        return [BaseSegment(**{**seg, "deps": tuple(seg["deps"]), "kept": tuple(seg.get("kept", ()))})
+                for seg in raw.values()]
     except FileNotFoundError:
         return []
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -166,8 +166,16 @@ def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool 
         if size.base:  # another study folder's base run: its segments, read in place
             folder = Path(size.base).resolve()
             if not (folder / "bases.json").is_file():
+                if (folder / "final").is_dir() or any(folder.glob("step-*")):  # a plain `midtrain pretrain` run
+                    if spec.vary == "base":
+                        raise ConfigError(f"sizes.{size.name}.base", f"{size.base} is one base run, and seeds.vary: "
+                                          "base trains one per seed (name a study folder that holds them, or vary "
+                                          "sft or midtrain)")
+                    known.append(run_folder_segment(folder, size))
+                    continue
                 raise ConfigError(f"sizes.{size.name}.base", f"{size.base} is not a study folder with base runs "
-                                  "(no bases.json: run a study there first)")
+                                  "(no bases.json: run a study there first) nor a run folder (no final/ or step-*/ "
+                                  "checkpoint)")
             known += [replace(seg, folder=str(folder)) for seg in read_bases(folder) if not seg.folder]
     plan = make_plan(spec, {k: v for k, v in params.items() if v}, tokens, known=known)
     for size in spec.sizes:
@@ -175,6 +183,86 @@ def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool 
             raise ConfigError(f"sizes.{size.name}.base", f"{size.base} holds no base run with this size's resolved "
                               "config (a base run is reused only when every field of its config is the same)")
     return plan
+
+
+# Fields of a run config that decide nothing about its weights: where it writes, how it was continued,
+# what it logs and evaluates, which checkpoints it keeps (exact resume makes every cut the same run).
+NOT_WEIGHTS = ("out_dir", "resume", "resume_from", "train.max_additional_steps", "train.save_interval",
+               "train.log_interval", "keep_last_n", "logger_name", "eval.")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resolved_run_config(cfg: dict) -> dict:
+    """``cfg`` resolved the way ``midtrain pretrain`` writes ``hyperparameters.yaml`` (every default filled
+    in by its parser), so that a config and a finished run's record compare field by field. Imports the
+    trainer (torch): only for a size whose base is a run folder."""
+    import yaml
+
+    from midtrain.run_args import run_parser  # the one definition of a run config's fields
+    from midtrain.train.pretrain import run_config_dict
+
+    parser = run_parser("")
+    args = parser.parse_args(["--run_yaml", yaml.safe_dump(cfg)])
+    return run_config_dict({k: v for k, v in args.as_dict().items() if k not in ("config", "run_yaml", "__path__")})
+
+
+def run_folder_segment(folder: Path, size):
+    """A plain ``midtrain pretrain`` out_dir as ``size``'s base run (``sizes.X.base: RUN_DIR``): one base
+    segment 0 -> its last checkpoint, with every checkpoint it kept, read in place. Refused in one line
+    unless the run is the size's base run: every field that decides the weights equal in its recorded
+    ``hyperparameters.yaml`` and the size's config (both resolved with the trainer's defaults), and one
+    mixture stage from step 0 (not a midtrained or imported run)."""
+    import yaml
+
+    from midtrain.study.plan import BaseSegment, base_key, config_hash
+    from midtrain.study.spec import CONTROL, set_dotted
+    from midtrain.train import checkpoint as ckpt
+
+    where = f"sizes.{size.name}.base"
+    found = ckpt.list_checkpoints(folder)
+    if not found:
+        raise ConfigError(where, f"{folder} holds no complete checkpoint (step-*/ or final/ with lit_model.pth)")
+    last_step, last = found[-1]
+    try:
+        recorded = yaml.safe_load((last / "hyperparameters.yaml").read_text()) or {}
+        state = ckpt.read_training_state(last)
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(where, f"{last}/hyperparameters.yaml is unreadable ({type(e).__name__})") from None
+    stages = (state.get("data") or {}).get("stages") or []
+    notes = (state.get("data") or {}).get("notes") or []
+    if len(stages) != 1 or stages[0].get("start", 0) != 0 or any("imported" in n for n in notes):
+        raise ConfigError(where, f"{folder} is not a base run from scratch ({len(stages)} mixture stage(s)"
+                          + (", imported" if any("imported" in n for n in notes) else "")
+                          + "): name the size's checkpoint with checkpoint: and step: instead")
+    mine = _flat(resolved_run_config(size.config))
+    theirs = _flat(recorded)
+    for key in sorted(set(mine) | set(theirs)):
+        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in NOT_WEIGHTS):
+            continue
+        if mine.get(key) != theirs.get(key):
+            raise ConfigError(where, f"{folder} was trained with {key}: {theirs.get(key)!r}, and this size's config "
+                              f"says {mine.get(key)!r}: it is another base run (only fields that change no weight "
+                              "may differ: out_dir, resume, save/log intervals, logger, eval)")
+    if last_step > size.max_steps:
+        raise ConfigError(where, f"{folder} reached step {last_step}, past train.max_steps {size.max_steps}")
+    key = base_key(size.config)
+    cfg = set_dotted(size.config, "train.max_additional_steps", last_step)
+    kept = tuple(s for s, p in found if p.name != ckpt.FINAL and s < last_step)
+    labels = {"size": size.name, "start": 0, "end": last_step, "seed": None, "base_key": key, "save_every": None,
+              "arm": CONTROL if last_step == size.max_steps else None, "run_folder": True, "final": last.name, "kept": [*kept, last_step]}
+    seg_id = f"base/{size.name}/run-folder"
+    h = config_hash("pretrain", cfg, [f"base:{key}", "from:0", f"run-folder:{folder}"])
+    return BaseSegment(seg_id, ".", h, key, size.name, 0, last_step, None, cfg, labels, (), None, "run folder",
+                       str(folder), kept)
 
 
 def spec_digest(path: str | os.PathLike) -> str:

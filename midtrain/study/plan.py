@@ -77,6 +77,7 @@ class BaseSegment:
     resume_at: int | None = None
     spec: str = ""
     folder: str = ""     # the study folder it lives in, when not this one (``sizes.X.base``)
+    kept: tuple[int, ...] = ()  # steps whose checkpoints are already on disk (a plain run folder as a base)
 
 
 @dataclass
@@ -184,7 +185,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
     def reuse(seg: BaseSegment):
         """Put a segment another spec planned here (and those it resumes from) into this plan, unchanged."""
         if seg.id in steps:
-            if steps[seg.id].out not in (seg.out, f"{seg.folder.rstrip('/')}/{seg.out}"):
+            if steps[seg.id].out not in (seg.out, f"{seg.folder.rstrip('/')}/{seg.out}", seg.folder):
                 raise ConfigError("--out", f"two base segments are named {seg.id} ({steps[seg.id].out}, {seg.out}): "
                                   "one of this folder and one of a study folder named as a base; plan this size "
                                   "under another name")
@@ -200,6 +201,8 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         tokens = (seg.end - seg.start) * size.tokens_per_step if size else None
         n = (params or {}).get(seg.size)
         out = f"{seg.folder.rstrip('/')}/{seg.out}" if seg.folder else seg.out  # absolute: another study folder
+        if seg.labels.get("run_folder"):  # a plain `midtrain pretrain` out_dir: its checkpoints sit in it
+            out = seg.folder
         step = Step(seg.id, "pretrain", tuple(seg.deps), seg.hash, out, dict(seg.labels), seg.config,
                     seg.deps[0] if seg.deps else None, seg.resume_at, tokens, 6.0 * n * tokens if n and tokens else None,
                     alloc, reused=seg.spec if (seg.spec != spec.name or seg.folder) else None,
@@ -313,7 +316,7 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
             if k.end == e:
                 return k, None
         for k in pool:
-            if k.start < e < k.end and k.save_every and e % k.save_every == 0:
+            if k.start < e < k.end and ((k.save_every and e % k.save_every == 0) or e in k.kept):
                 return k, e
         return None
 
@@ -322,7 +325,8 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
         if found is None:  # train from the latest checkpoint before `end` that some segment holds
             points = [(k.end, k, None) for k in pool if k.end < end] + \
                      [(p, k, p) for k in pool if k.save_every for p in range(k.start + 1, min(k.end, end))
-                      if p % k.save_every == 0]
+                      if p % k.save_every == 0] + \
+                     [(p, k, p) for k in pool for p in k.kept if k.start < p < min(k.end, end)]
             start, prev, at = max(points, key=lambda x: x[0], default=(0, None, None))
             cfg = set_dotted(base_cfg, "train.max_additional_steps", end - start)
             cfg["resume"] = "auto"
@@ -398,6 +402,12 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
         for s in reused:
             by_spec.setdefault((s.reused, s.external), []).append(s)
         for (name, _), segs in by_spec.items():
+            if segs[0].labels.get("run_folder"):
+                s = segs[0]
+                lines.append(f"reused: base run folder {s.external} (steps {s.labels['start']}->{s.labels['end']}, "
+                             f"checkpoints at {', '.join(map(str, s.labels['kept']))}; "
+                             f"{s.tokens or 0:,} tokens not trained again)")
+                continue
             where = f"study folder {segs[0].external}" if segs[0].external else "this folder"
             lines.append(f"reused: {len(segs)} base segment(s) planned in {where} by spec {name!r} "
                          f"({sum(s.tokens or 0 for s in segs):,} tokens not trained again): "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from midtrain.analysis import stats, tables
 from midtrain.errors import ConfigError
-from midtrain.study.execute import step_states
+from midtrain.study.execute import checkpoint_of, run_dir_of, step_states
 from midtrain.study.plan import Plan, run_label
 from midtrain.study.spec import CONTROL, VARY, data_args
 
@@ -294,8 +294,8 @@ def _curves(plan: Plan, out_dir: Path, size: str, eval_curves: list, rep: Path) 
     from midtrain.report import plot_runs
 
     lines = []
-    runs = [out_dir / s.out / "run" for s in plan.steps if s.kind in ("pretrain", "midtrain")
-            and s.labels.get("size") == size and (out_dir / s.out / "run" / "final").is_dir()]
+    runs = [run_dir_of(out_dir, s) for s in plan.steps if s.kind in ("pretrain", "midtrain")
+            and s.labels.get("size") == size and checkpoint_of(out_dir, s).is_dir()]
     if runs:
         try:
             name = f"{size}-val-curves.png"

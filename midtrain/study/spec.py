@@ -15,6 +15,9 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       # or the base run another study folder trained (same base config): its segments and kept checkpoints
       # are reused in place (never written to); what it lacks is trained here
       410m: {config: midtrain_configs/pretrain/pythia-410m.yaml, base: /ckpt/studies/main}
+      # or a plain `midtrain pretrain` out_dir trained with the same config (only fields that change no
+      # weight may differ): its kept step-*/ and final/ checkpoints, read in place
+      1b: {config: midtrain_configs/pretrain/pythia-1b.yaml, base: /ckpt/runs/pythia-1b}
     arms:                                # each a grid: domain × start step × weight
       - {name: code, domain: code, start: [6000], weight: [0.2]}
       - {name: cpt-code, domain: code, start: [40000], weight: [1.0]}   # CPT: weight 1.0
@@ -255,7 +258,7 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
                 raise ConfigError(f"{key}.base", "give either base (a study folder whose base run this size reuses) "
                                   "or checkpoint (an imported checkpoint), not both")
             if not isinstance(base_folder, str) or not base_folder:
-                raise ConfigError(f"{key}.base", f"expected a study folder, got {base_folder!r}")
+                raise ConfigError(f"{key}.base", f"expected a study folder or a run folder, got {base_folder!r}")
         sizes.append(Size(str(sname), cfg, max_steps, gbs * seq, int(data_args(cfg).get("seed", 42)),
                           str(checkpoint) if checkpoint else None, start_step, base=base_folder))
 
