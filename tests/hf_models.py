@@ -4,6 +4,8 @@
 
 OUT/neox: GPTNeoXForCausalLM (safetensors, one file); OUT/olmo2: Olmo2ForCausalLM (safetensors, sharded);
 each with the tokenizer files copied in and OUT/<name>/reference.pt = {"input_ids", "logits"} on a fixed batch.
+With `pythia OUT`: OUT/pythia-14m, a GPTNeoXForCausalLM with EleutherAI/pythia-14m's config.json values (its
+padded 50,304-row vocabulary) and a 50,277-token tokenizer.json, as the hub's Pythia checkpoints pair them.
 With `logits MODEL_DIR OUT.pt`: the logits of `AutoModelForCausalLM.from_pretrained(MODEL_DIR)` (a folder that
 `midtrain evaluate export-hf` wrote) on the same batch."""
 
@@ -46,6 +48,36 @@ def build(out: Path, tok: Path) -> None:
             torch.save({"input_ids": x, "logits": model(x).logits}, d / "reference.pt")
 
 
+# EleutherAI/pythia-14m's config.json (the hub's values; random init here, no network)
+PYTHIA_14M = dict(vocab_size=50304, hidden_size=128, num_hidden_layers=6, num_attention_heads=4,
+                  intermediate_size=512, rotary_pct=0.25, rotary_emb_base=10000, max_position_embeddings=2048,
+                  use_parallel_residual=True, layer_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="gelu",
+                  bos_token_id=0, eos_token_id=0)
+PYTHIA_TOKENS = 50277  # the Pythia tokenizer's size: the last 27 embedding rows are padding
+
+
+def pythia(out: Path) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    torch.manual_seed(0)
+    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**PYTHIA_14M)).eval()
+    d = out / "pythia-14m"
+    model.save_pretrained(d, safe_serialization=True)
+    tok = Tokenizer(WordLevel({("<|endoftext|>" if i == 0 else f"w{i}"): i for i in range(PYTHIA_TOKENS)},
+                              unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(  # Pythia's, as the hub serves it
+        '{"add_prefix_space": false, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", '
+        '"name_or_path": "EleutherAI/gpt-neox-20b", "tokenizer_class": "GPTNeoXTokenizer", "unk_token": "<|endoftext|>"}')
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, PYTHIA_TOKENS, (2, 24), generator=g)
+    with torch.no_grad():
+        torch.save({"input_ids": x, "logits": model(x).logits}, d / "reference.pt")
+
+
 def logits(model_dir: Path, out: Path) -> None:
     """What a user does with `midtrain evaluate export-hf`'s folder: from_pretrained, then a forward."""
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
@@ -56,5 +88,7 @@ def logits(model_dir: Path, out: Path) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "logits":
         logits(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1] == "pythia":
+        pythia(Path(sys.argv[2]))
     else:
         build(Path(sys.argv[1]), Path(sys.argv[2]))

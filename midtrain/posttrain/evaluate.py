@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 from typing import Optional
@@ -147,6 +149,31 @@ def format_lm_eval_metrics(metrics: dict) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def _olmo2_export_fix():
+    """litgpt 0.5.13's OLMo 2 converters disagree on one name: its import map (convert_hf_checkpoint) puts
+    HF ``post_attention_layernorm`` into ``transformer.h.N.post_attention_norm`` (the module litgpt's OLMo 2
+    config builds, with ``norm_2`` off), while its export map (convert_lit_checkpoint.copy_weights_olmo2)
+    only knows that HF name as ``norm_2``, so every OLMo 2 export fails on a KeyError. While converting,
+    the export is handed the same tensor under the name its own map expects, and only when the model has
+    no ``norm_2`` weights of its own: the weights are litgpt's maps end to end. test_import checks the
+    exported folder against transformers' logits, so an upstream change to either map shows there."""
+    import litgpt.scripts.convert_lit_checkpoint as lit
+
+    original = lit.copy_weights_olmo2
+
+    def copy_weights_olmo2(config, state_dict, lit_weights, *args, **kwargs):
+        if not any(".norm_2." in k for k in lit_weights):
+            lit_weights = {k.replace(".post_attention_norm.", ".norm_2."): v for k, v in lit_weights.items()}
+        return original(config, state_dict, lit_weights, *args, **kwargs)
+
+    lit.copy_weights_olmo2 = copy_weights_olmo2
+    try:
+        yield
+    finally:
+        lit.copy_weights_olmo2 = original
+
+
 def export_hf(checkpoint: Path, out_dir: Path) -> Path:
     """Convert a checkpoint to the HF transformers layout with litgpt's converter (``model.pth``). When the
     checkpoint carries an HF ``config.json`` (a `midtrain import`, and every run continuing one), the folder
@@ -169,7 +196,8 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
     tmp.mkdir(parents=True)
     try:
         try:
-            convert_lit_checkpoint(checkpoint, tmp)
+            with _olmo2_export_fix():
+                convert_lit_checkpoint(checkpoint, tmp)
         except KeyError as e:  # litgpt's map for this architecture lacks a weight (e.g. OLMo 2's q/k norms)
             raise ConfigError("--checkpoint", f"litgpt's converter cannot export this architecture (no HF name for "
                               f"{e.args[0]!r})") from None
