@@ -5,6 +5,7 @@ follow from their intervals, the figures and results.json; a re-run starts nothi
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,68 @@ def test_no_leakage_checked_from_the_raw_files(demo):
     for shard in ("1", "2", "c1", "m1"):
         assert (out / "data" / "shards" / shard / "index.json").is_file()
     assert "Leakage check" in r.stdout and "| math/test |" in r.stdout
+    # near duplicates: `midtrain overlap` (the command) on the written files finds none, and the math split is
+    # compositional: no (item, operation sequence) of val/test is in train (recomputed from the responses)
+    evals = [f"{t}/{s}={out / 'raw' / 'sft' / t / f'{s}.jsonl'}" for t in ("math", "code") for s in ("val", "test")]
+    against = [f"{p.stem}={p}" for p in sorted((out / "raw" / "corpora").glob("*.jsonl"))] + \
+        [f"{t}-train={out / 'raw' / 'sft' / t / 'train.jsonl'}" for t in ("math", "code")]
+    res = run_cli("overlap", "--eval", *evals, "--against", *against, "--json", out / "overlap-check.json")
+    assert res.returncode == 0, res.stderr
+    counts = json.loads((out / "overlap-check.json").read_text())["eval"]
+    assert set(counts) == {"math/val", "math/test", "code/val", "code/test"}
+    assert all(c["ngram_any"] == 0 and c["same_response_any"] == 0 and c["items"] >= 20 for c in counts.values()), counts
+
+    def combo(row):
+        steps = re.findall(r"\d+ (\w+) (plus|minus|times) \d+", row["response"])
+        return steps[0][0], tuple(op for _, op in steps)
+
+    train = {combo(x) for x in jsonl(out / "raw" / "sft" / "math" / "train.jsonl")}
+    for name in ("val", "test"):
+        assert not train & {combo(x) for x in jsonl(out / "raw" / "sft" / "math" / f"{name}.jsonl")}
+    assert "Near-duplicate check" in r.stdout
+
+
+def test_protocol_is_checked_printed_and_hashed(demo):
+    """The protocol block is printed with its hash; every early start is at >= 80% of peak LR and every late
+    one at <= 15% (recomputed from the trainer's schedule), the SFT sets within 0.1 of the domain dose."""
+    from midtrain.train.schedules import Schedule
+
+    out, r = demo
+    res = json.loads((out / "results.json").read_text())
+    proto = res["protocol"]
+    assert re.fullmatch(r"[0-9a-f]{12}", proto["hash"]) and f"Protocol {proto['hash']}" in r.stdout
+    assert proto["violations"] == []
+    sched = Schedule("cosine", 3e-3, 3e-4, 200, 20)  # demo-tiny: 200 steps, 10% warmup, min 10% of peak
+    roles = {row["arm"]: row for row in proto["arms"]}
+    for arm, row in roles.items():
+        assert math.isclose(row["lr_fraction"], sched.lr_at(row["start"]) / 3e-3), arm
+    assert {a for a, row in roles.items() if row["role"] == "early"} == {"math20-from65", "code20-from65", "code50-from65"}
+    assert all(row["lr_fraction"] >= 0.8 for row in roles.values() if row["role"] == "early")
+    assert all(row["lr_fraction"] <= 0.15 for row in roles.values() if row["role"] == "late")
+    assert roles["math20-from65"]["sft_ratio"] <= 0.1 and roles["code20-from65"]["sft_ratio"] <= 0.1
+    assert res["near_duplicates"]["math/test"]["ngram_any"] == 0
+
+
+def test_a_protocol_violation_is_named(tmp_path, monkeypatch):
+    """A late start moved up the schedule, and an SFT set larger than its share, are refused in words."""
+    import yaml
+
+    from midtrain.demo import protocol as P
+    from midtrain.study.files import load_spec
+
+    for var in ("DEMO_ROOT", "DATA_ROOT", "CKPT_ROOT"):
+        monkeypatch.setenv(var, str(tmp_path))
+    raw = yaml.safe_load((Path(REPO) / "midtrain_configs" / "studies" / "demo-tiny.yaml").read_text())
+    raw["sizes"]["demo"]["config"] = str(Path(REPO) / raw["sizes"]["demo"]["config"])
+    raw["arms"][1]["start"] = [65, 120]
+    raw["report"]["demo"]["grid"].update(late_low="code20-from120", late_high="code50-from120")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    spec = load_spec(tmp_path / "s.yaml", check_files=False)
+    got = P.check(spec, {"math": 5000, "code": 100})
+    assert len(got["violations"]) == 3, got["violations"]
+    assert any("code20-from120 starts at step 120" in v and "late starts need <= 15%" in v for v in got["violations"])
+    assert any("the math SFT set holds 0.18 x the domain tokens math20-from65 adds" in v for v in got["violations"])
+    assert P.check(spec, {"math": 100, "code": 100})["violations"] == [v for v in got["violations"] if "SFT" not in v]
 
 
 def test_seeds_verdicts_and_outputs(demo):
@@ -65,8 +128,8 @@ def test_seeds_verdicts_and_outputs(demo):
     res = json.loads((out / "results.json").read_text())
     assert res["size"] == "tiny" and res["date"] and res["machine"]
     cells = res["cells"]
-    assert {c["arm"] for c in cells} >= {"pretrain-only", "math20-from20", "code20-from20", "code50-from40",
-                                         "cpt-math100-from52", "cpt-code100-from52"}
+    assert {c["arm"] for c in cells} >= {"pretrain-only", "math20-from65", "code20-from65", "code50-from177",
+                                         "cpt-math100-from173", "cpt-code100-from173"}
     assert all(len(c["seeds"]) >= 3 for c in cells)
     per_seed = {(p["arm"], p["task"], p["seed"]) for p in res["per_seed"]}
     assert len(per_seed) == len(res["per_seed"]) == sum(len(c["seeds"]) for c in cells)

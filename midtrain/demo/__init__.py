@@ -71,8 +71,33 @@ def format_overlaps(built: dict) -> str:
              "|---|---|---|---|---|"]
     for split, c in built["overlaps"].items():
         lines.append(f"| {split} | {c['items']} | {c['in_sft_train']} | {c['test_in_val']} | {c['in_corpora']} |")
-    lines.append(f"(removed by deduplication before writing: {built['dropped_by_dedup']})")
+    lines.append(f"(val/test candidates dropped before writing, per task and reason: {built['dropped_by_dedup']})")
     return "\n".join(lines)
+
+
+def sft_train_tokens(out: Path, spec) -> dict[str, int]:
+    """Task -> tokens one epoch of its SFT training set feeds the model (prompt + response + EOS, cut at
+    max_seq_length + 1, as ``midtrain sft`` encodes them)."""
+    from midtrain.demo.data import read_jsonl
+    from midtrain.posttrain.sft import encode_example
+    from midtrain.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(out / "tokenizer")
+    max_len = int(spec.sft_options.get("max_seq_length") or 128)
+    return {t.name: sum(len(encode_example(tok, r["prompt"], r["response"], max_len)[0]) - 1
+                        for r in read_jsonl(Path(t.data))) for t in spec.tasks}
+
+
+def near_duplicates(out: Path, spec) -> dict:
+    """``midtrain overlap`` on the written files: every SFT val/test set against every corpus and every SFT
+    training set (13-word n-grams; responses equal after renaming names and numbers)."""
+    from midtrain.analysis.overlap import run_overlap
+
+    evals, against = [], [f"{p.stem}={p}" for p in sorted((out / "raw" / "corpora").glob("*.jsonl"))]
+    for t in spec.tasks:
+        evals += [f"{t.name}/val={t.val_data}", f"{t.name}/test={t.test_data}"]
+        against.append(f"{t.name}-sft-train={t.data}")
+    return run_overlap(evals, against, n=13)
 
 
 def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
@@ -97,9 +122,26 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     if leaks:
         raise ConfigError("demo data", f"{leaks} SFT val/test items overlap training data (see above)")
     spec = REPO / "midtrain_configs" / "studies" / SPECS[size]
+    from midtrain.analysis.overlap import format_summary
+    from midtrain.demo import protocol as P
     from midtrain.study.execute import read_bases
 
     plan = load_plan(spec, known=read_bases(out / "study"))
+    proto = P.check(plan.spec, sft_train_tokens(out, plan.spec))
+    digest = protocol_digest(spec, size)
+    size0 = plan.spec.sizes[0]
+    proto_text = P.format_protocol(proto, digest, size0.max_steps, size0.tokens_per_step)
+    print(proto_text, flush=True)
+    if proto["violations"]:
+        raise ConfigError(f"{spec.name} protocol", proto["violations"][0] + (f" (+{len(proto['violations']) - 1} more)"
+                                                                           if len(proto["violations"]) > 1 else ""))
+    dups = near_duplicates(out, plan.spec)
+    dup_text = ("Near-duplicate check (`midtrain overlap`, the same code as the command): SFT val/test against "
+                "every corpus and SFT training set:\n" + format_summary(dups["eval"], dups["n"]))
+    print(dup_text, flush=True)
+    n_dups = sum(s["ngram_any"] + s["same_response_any"] for s in dups["eval"].values())
+    if n_dups:
+        raise ConfigError("demo data", f"{n_dups} SFT val/test items are near-duplicates of training data (see above)")
     print(f"[demo] study {spec.relative_to(REPO)}: {len(plan.steps)} steps, {parallel} at a time "
           f"({time.time() - t0:.0f} s so far)", flush=True)
     code = run_local(plan, out / "study", spec, parallel)
@@ -130,6 +172,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
         [out / "study" / s.out / "run" for s in plan.steps if s.kind == "midtrain" and s.labels["seed"] in (None, plan.spec.seeds[0])]
     png = plot_runs([str(r) for r in runs], str(out / "study" / plan.by_id["report"].out / "val_loss_curves.png"))
     summary = {
+        "protocol": {"hash": digest, **proto}, "near_duplicates": dups["eval"],
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": _commit(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"{platform.system()} {platform.release()}", "size": size, "spec": str(spec.relative_to(REPO)),
         "data": built, "per_seed": [{"arm": k[0], "task": k[1], "seed": k[2], **v} for k, v in chosen.items()],
@@ -140,7 +183,8 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     }
     write_text_atomic(out / "results.json", json.dumps(summary, indent=1, default=str) + "\n")
     text = (out / "study" / plan.by_id["report"].out / "table.md").read_text()
-    lines = [text, "## Findings (paper v2), judged from intervals", F.format_findings(found), "",
+    lines = ["## Protocol", proto_text, "", dup_text, "", text, "## Findings (paper v2), judged from intervals",
+             F.format_findings(found), "",
              f"Main-corpus loss after SFT stays below ln(V) = {ln_v:.2f} (a uniform guess) in every cell: "
              + ("yes" if not above else f"NO for {', '.join(above)}") + f" (highest {worst[1]:.3f}, {worst[0][0]} on "
              f"{worst[0][1]}, seed {worst[0][2]}).",
@@ -151,6 +195,21 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     write_text_atomic(out / "results.md", final + "\n")
     print("\n" + final)
     return 0
+
+
+def protocol_digest(spec: Path, size: str) -> str:
+    """``protocol.protocol_hash`` of the demo spec and its base config as written, and the data scale."""
+    import dataclasses
+
+    import yaml
+
+    from midtrain.demo import data as D
+    from midtrain.demo import protocol as P
+
+    raw = yaml.safe_load(Path(spec).read_text())
+    base = next(iter(raw["sizes"].values()))["config"]
+    base_raw = yaml.safe_load((REPO / base).read_text())
+    return P.protocol_hash(raw, base_raw, dataclasses.asdict(D.SCALES[size]), 0)
 
 
 def _commit() -> str:

@@ -1,24 +1,31 @@
-"""The demo's data, built offline from this Python installation and generators, leak-free by construction
-and by check.
+"""The demo's data, built offline from this Python installation and generators, decontaminated by
+construction and by check.
 
 - **main** (pretraining corpus): English prose, docstrings of stdlib modules, classes and functions
   plus pydoc's topic texts;
 - **code** (midtraining): stdlib source files, minus the held-out modules;
 - **math** (midtraining): arithmetic derivations, worked expressions and tables (``(23 + 14) * 3 =
   37 * 3 = 111``), never word problems;
-- SFT **math**: word problems in a ``Word problem: ... / Work it out:`` prompt/response format that no
-  corpus uses; SFT **code**: "complete the body of this function" from stdlib modules held out of the
-  code shards and of the prose.
+- SFT **math**: multi-step word problems in a ``Word problem: ... / Work it out:`` prompt/response format
+  that no corpus uses; SFT **code**: "complete the body of this function" from stdlib modules held out
+  of the code shards and of the prose.
 
-SFT val and test items are deduplicated (normalised exact match: lower case, whitespace collapsed)
-against each other, against SFT train, and against every pretraining and midtraining document (a
-val/test prompt, response or whole item that occurs inside a document is dropped). ``overlaps``
-counts what remains (all 0 when the data is written) and is printed and saved.
+Decontamination (``midtrain.analysis.overlap``, the same core as ``midtrain overlap``):
+- math items are split **compositionally**: each (item noun, sequence of operations) pair belongs to
+  train or to val/test, never both, so no val/test response equals a training response after renaming
+  names and numbers (the renamed-entity check would flag any template shared with train);
+- a val/test item is dropped when its prompt, response or whole text occurs inside a corpus document
+  (normalised exact match), when it shares a normalised 13-word n-gram (its whole text when shorter)
+  with any corpus document or SFT training item, when its response equals a training response after
+  renaming, or when its prompt repeats another val/test prompt.
+``build_texts`` returns what it dropped and why; ``midtrain demo`` then runs ``midtrain overlap`` on the
+written files and refuses to train unless every count is 0.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import random
 import re
@@ -36,12 +43,13 @@ class Scale:
     prose_chars: int
     code_bytes: int
     math_docs: int
-    sft_train: int
-    sft_eval: int  # val and test each (before deduplication)
+    sft_train: dict  # task -> training items (sized so SFT tokens stay a small fraction of the domain tokens)
+    sft_eval: int    # val and test each, per task (before decontamination)
 
 
-SCALES = {"tiny": Scale(300_000, 200_000, 300, 120, 30), "quick": Scale(1_200_000, 700_000, 1_200, 400, 80),
-          "full": Scale(2_400_000, 1_200_000, 2_000, 800, 120)}
+SCALES = {"tiny": Scale(600_000, 300_000, 600, {"math": 22, "code": 25}, 40),
+          "quick": Scale(1_600_000, 800_000, 2_000, {"math": 55, "code": 70}, 80),
+          "full": Scale(1_600_000, 1_200_000, 2_400, {"math": 55, "code": 70}, 120)}
 
 
 def normalise(text: str) -> str:
@@ -61,6 +69,17 @@ def split_modules(seed: int, held_out_share: float = 0.2) -> tuple[list[Path], l
     files = stdlib_sources(seed)
     k = int(len(files) * held_out_share)
     return files[k:], files[:k]
+
+
+def prose_modules(held_out: list[Path], seed: int) -> list[Path]:
+    """Every stdlib module outside tests, of any size, except the held-out ones (their docstrings are the
+    code SFT prompts): the docstrings of the size-filtered corpus modules alone are too little prose."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = set(held_out)
+    files = sorted(p for p in root.rglob("*.py") if "test" not in p.parts and "tests" not in p.parts
+                   and "site-packages" not in p.parts and "idlelib" not in p.parts and p not in skip)
+    random.Random(seed).shuffle(files)
+    return files
 
 
 def prose_documents(modules: list[Path], limit_chars: int, seed: int) -> list[str]:
@@ -140,24 +159,48 @@ def math_documents(n: int, seed: int) -> list[str]:
     return docs
 
 
-def word_problem(rng: random.Random) -> dict:
-    a, b = rng.randrange(2, 60), rng.randrange(2, 40)
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    kind = rng.randrange(3)
-    if kind == 0:
-        q, work, ans = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", f"{a} + {b}", a + b
-    elif kind == 1:
-        a, b = max(a, b), min(a, b)
-        q, work, ans = f"{name} had {a} {item} and gave away {b}. How many {item} are left?", f"{a} - {b}", a - b
-    else:
-        c = rng.randrange(2, 10)
-        q, work, ans = f"{name} buys {c} boxes with {b} {item} in each. How many {item} is that?", f"{c} * {b}", c * b
-    return {"prompt": f"Word problem: {q}\nWork it out:", "response": f" {work} = {ans}. The answer is {ans}."}
+OPS = ("plus", "minus", "times")
 
 
-def math_sft(n: int, seed: int) -> list[dict]:
+def word_problem(rng: random.Random, item: str, ops: tuple[str, ...]) -> dict:
+    """A multi-step word problem about ``item`` applying ``ops`` in order (no step goes below 0)."""
+    name = rng.choice(NAMES)
+    value = rng.randrange(5, 60)
+    clauses, work = [f"{name} starts with {value} {item}."], []
+    for op in ops:
+        if op == "plus":
+            b = rng.randrange(2, 40)
+            clauses.append(f"{name} gets {b} more.")
+            new = value + b
+        elif op == "minus":
+            b = rng.randrange(1, max(2, value))
+            clauses.append(f"{name} gives away {b}.")
+            new = value - b
+        else:
+            b = rng.randrange(2, 6)
+            clauses.append(f"{name} ends up with {b} times as many.")
+            new = value * b
+        work.append(f"{value} {item} {op} {b} is {new} {item}")
+        value = new
+    q = " ".join(clauses) + f" How many {item} does {name} have at the end?"
+    return {"prompt": f"Word problem: {q}\nWork it out:", "response": f" {'; '.join(work)}. The answer is {value}."}
+
+
+def math_combos(seed: int, eval_share: float = 0.3) -> tuple[list, list]:
+    """(train combos, eval combos): every (item noun, operation sequence of 2 or 3 steps), split at random."""
+    combos = [(item, ops) for item in ITEMS for k in (2, 3) for ops in itertools.product(OPS, repeat=k)]
+    random.Random(seed).shuffle(combos)
+    k = int(len(combos) * eval_share)
+    return combos[k:], combos[:k]
+
+
+def math_sft(n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train items, val+test candidates): compositionally split (``math_combos``)."""
     rng = random.Random(seed)
-    return [word_problem(rng) for _ in range(n)]
+    train_combos, eval_combos = math_combos(seed)
+    train = [word_problem(rng, *rng.choice(train_combos)) for _ in range(n_train)]
+    evals = [word_problem(rng, *rng.choice(eval_combos)) for _ in range(n_eval)]
+    return train, evals
 
 
 def code_sft(modules: list[Path], n: int, seed: int, max_chars: int = 360) -> list[dict]:
@@ -186,22 +229,36 @@ def code_sft(modules: list[Path], n: int, seed: int, max_chars: int = 360) -> li
     return items[:n]
 
 
-def _dedup(train: list[dict], evals: list[list[dict]], corpus_text: str) -> list[list[dict]]:
-    seen_prompts = {normalise(r["prompt"]) for r in train}
-    seen_items = {normalise(r["prompt"] + r["response"]) for r in train}
-    out = []
-    for split in evals:
-        kept = []
-        for r in split:
-            p, whole, resp = normalise(r["prompt"]), normalise(r["prompt"] + r["response"]), normalise(r["response"])
-            if p in seen_prompts or whole in seen_items or p in corpus_text or whole in corpus_text or \
-                    resp in corpus_text:
-                continue
-            seen_prompts.add(p)
-            seen_items.add(whole)
+def decontaminate(train: list[dict], evals: list[dict], corpora: dict[str, list[str]], n: int = 13
+                  ) -> tuple[list[dict], dict]:
+    """The ``evals`` candidates that share no normalised ``n``-gram with any corpus document or training
+    item, whose response differs from every training response after renaming (``overlap.entity_key``), and
+    whose prompt repeats no earlier candidate's; (kept, {reason: dropped})."""
+    from midtrain.analysis import overlap as O
+
+    items = [O.EvalItem("eval", i, tuple(O.normalise(r["prompt"] + " " + r["response"]).split()),
+                        O.entity_key(r["response"])) for i, r in enumerate(evals)]
+    index = O.Index(items, n)
+    for name, docs in corpora.items():
+        index.scan(name, docs)
+    index.scan("sft-train", (r["prompt"] + " " + r["response"] for r in train))
+    O.mark_same_responses(items, "sft-train", [r["response"] for r in train])
+    corpus_text = "\x00".join(normalise(d) for docs in corpora.values() for d in docs)
+    kept, dropped, prompts = [], {"exact": 0, "ngram": 0, "same_response": 0, "repeated_prompt": 0}, set()
+    for item, r in zip(items, evals):
+        p = O.normalise(r["prompt"])
+        if any(normalise(x) in corpus_text for x in (r["prompt"], r["response"], r["prompt"] + r["response"])):
+            dropped["exact"] += 1  # a prompt, response or whole item inside a document (the exact check's rule)
+        elif item.hits:
+            dropped["ngram"] += 1
+        elif item.same_response:
+            dropped["same_response"] += 1
+        elif p in prompts:
+            dropped["repeated_prompt"] += 1
+        else:
+            prompts.add(p)
             kept.append(r)
-        out.append(kept)
-    return out
+    return kept, dropped
 
 
 def overlaps(sft: dict[str, dict[str, list[dict]]], corpora: dict[str, list[str]]) -> dict:
@@ -228,20 +285,22 @@ def overlaps(sft: dict[str, dict[str, list[dict]]], corpora: dict[str, list[str]
 
 
 def build_texts(scale: Scale, seed: int = 0) -> tuple[dict[str, list[str]], dict[str, dict[str, list[dict]]], dict]:
-    """(corpora: name -> documents, sft: task -> split -> items, dedup counts)."""
+    """(corpora: name -> documents, sft: task -> split -> items, dropped: task -> reason -> count)."""
     corpus_mods, held_out = split_modules(seed)
-    prose = prose_documents(corpus_mods, scale.prose_chars, seed)
+    prose = prose_documents(prose_modules(held_out, seed), scale.prose_chars, seed)
     corpora = {"main": prose, "code": code_documents(corpus_mods, scale.code_bytes),
                "math": math_documents(scale.math_docs, seed + 3)}
-    corpus_text = "\x00".join(normalise(d) for docs in corpora.values() for d in docs)
     sft, dropped = {}, {}
-    for task, items in (("math", math_sft(scale.sft_train + 2 * scale.sft_eval, seed + 4)),
-                        ("code", code_sft(held_out, scale.sft_train + 2 * scale.sft_eval, seed + 5))):
-        n_eval = min(scale.sft_eval, len(items) // 5)
-        val, test, train = items[:n_eval], items[n_eval:2 * n_eval], items[2 * n_eval:2 * n_eval + scale.sft_train]
-        val2, test2 = _dedup(train, [val, test], corpus_text)
-        dropped[task] = {"val": len(val) - len(val2), "test": len(test) - len(test2)}
-        sft[task] = {"train": train, "val": val2, "test": test2}
+    n_math, n_code = scale.sft_train["math"], scale.sft_train["code"]
+    # four times the eval items needed as candidates: decontamination drops some
+    math_train, math_cand = math_sft(n_math, 4 * scale.sft_eval, seed + 4)
+    code_items = code_sft(held_out, n_code + 4 * scale.sft_eval, seed + 5)
+    for task, train, cand in (("math", math_train, math_cand),
+                              ("code", code_items[:n_code], code_items[n_code:])):
+        kept, why = decontaminate(train, cand, corpora)
+        n_eval = min(scale.sft_eval, len(kept) // 2)
+        sft[task] = {"train": train, "val": kept[:n_eval], "test": kept[n_eval:2 * n_eval]}
+        dropped[task] = {**why, "candidates": len(cand)}
     return corpora, sft, dropped
 
 

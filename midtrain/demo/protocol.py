@@ -1,0 +1,112 @@
+"""The demo's protocol: fixed before any run, derived from the paper's ratios, checked, and hashed. Pure.
+
+The paper (arXiv 2510.14865) midtrains Pythia-style models pretrained on C4 for ~61k steps; a mixture
+is introduced at a start step S and runs to the end, and SFT afterwards is a tiny fraction of the domain
+tokens midtraining added. Its early starts sit near the peak LR, and its late window (~50k) where the
+cosine schedule is down to about 10% of peak. A miniature keeps those ratios, not the absolute sizes:
+
+- **early** arms start where the LR is at least ``early_lr_min`` (0.8) of its peak;
+- **late** arms start where it is at most ``late_lr_max`` (0.15) of its peak;
+- each domain's SFT training set holds at most ``sft_to_domain_max`` (0.1) of the domain tokens its
+  midtraining arm (the findings' ``mid`` arm) adds: SFT tokens / ((max_steps - S) x tokens per step x w);
+- the CPT arm sees as many domain tokens as that midtraining arm (within one step's worth).
+
+``check`` computes every arm's LR fraction at its start, its domain dose and its SFT ratio from the spec
+and the tokenized SFT sets, and lists each violation in words; ``midtrain demo`` refuses to start on any.
+``protocol_hash`` is a digest of what defines the protocol (the spec and base config as written, ${VARS}
+unexpanded, comments excluded; the data scale; the seed): printed with every result, so a reader sees
+that it did not move between runs. A change goes into the dated changelog in the spec's header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Mapping
+
+from midtrain.train.schedules import Schedule, warmup_steps
+
+DEFAULT_LIMITS = {"early_lr_min": 0.8, "late_lr_max": 0.15, "sft_to_domain_max": 0.1}
+
+
+def lr_fraction(config: Mapping, step: int) -> float:
+    """LR at ``step`` (the one the optimizer step ``step -> step + 1`` uses) over the peak LR, from a run
+    config's ``train:`` and ``optimizer:`` sections (the trainer's own schedule)."""
+    train = config.get("train") or {}
+    opt = (config.get("optimizer") or {}).get("init_args") or {}
+    peak = float(train.get("max_lr") or opt.get("lr"))
+    total = int(train["max_steps"])
+    sched = Schedule(train.get("lr_scheduler", "cosine"), peak, float(train.get("min_lr", 6e-5)), total,
+                     warmup_steps(total, train.get("lr_warmup_steps"), train.get("lr_warmup_fraction")),
+                     train.get("stable_steps"), float(train.get("decay_fraction", 0.1)),
+                     train.get("decay_shape", "linear"))
+    return sched.lr_at(step) / peak
+
+
+def check(spec, sft_tokens: Mapping[str, int]) -> dict:
+    """``spec``: the demo's parsed study spec; ``sft_tokens``: task -> tokens of its SFT training set (one
+    epoch, prompt + response as the SFT loader tokenizes them). Returns {"limits", "arms", "violations"}:
+    one row per arm (start, LR fraction, role, domain tokens, SFT ratio) and the violations in words."""
+    demo = spec.report.get("demo") or {}
+    limits = {**DEFAULT_LIMITS, **(demo.get("protocol") or {})}
+    size = spec.sizes[0]
+    epochs = int(spec.sft_options.get("epochs", 1))
+    grid = demo.get("grid") or {}
+    early = {grid.get("early_low"), grid.get("early_high")} | {d["mid"] for d in (demo.get("domains") or {}).values()}
+    late = {grid.get("late_low"), grid.get("late_high")}
+    mids = {d["mid"]: (name, d) for name, d in (demo.get("domains") or {}).items()}
+    cpts = {d["cpt"]: d["mid"] for d in (demo.get("domains") or {}).values()}
+    rows, violations = [], []
+    by_name = {a.name: a for a in spec.arms}
+    for arm in spec.arms:
+        frac = lr_fraction(size.config, arm.start)
+        dose = (size.max_steps - arm.start) * size.tokens_per_step * (arm.weight or 0.0)
+        role = "early" if arm.name in early else "late" if arm.name in late else "cpt" if arm.name in cpts else "-"
+        row = {"arm": arm.name, "start": arm.start, "lr_fraction": frac, "role": role, "domain_tokens": dose}
+        task = next((d["task"] for d in (demo.get("domains") or {}).values() if d["mid"] == arm.name), None)
+        if task is None and arm.domain:
+            task = next((d["task"] for name, d in (demo.get("domains") or {}).items() if name == arm.domain), None)
+        if task in sft_tokens and dose:
+            row["sft_ratio"] = sft_tokens[task] * epochs / dose
+        rows.append(row)
+        if role == "early" and frac < limits["early_lr_min"]:
+            violations.append(f"{arm.name} starts at step {arm.start}, where the LR is {frac:.0%} of peak "
+                              f"(early starts need >= {limits['early_lr_min']:.0%})")
+        if role == "late" and frac > limits["late_lr_max"]:
+            violations.append(f"{arm.name} starts at step {arm.start}, where the LR is {frac:.0%} of peak "
+                              f"(late starts need <= {limits['late_lr_max']:.0%})")
+        if arm.name in mids and row.get("sft_ratio", 0) > limits["sft_to_domain_max"]:
+            violations.append(f"the {mids[arm.name][1]['task']} SFT set holds {row['sft_ratio']:.2f} x the domain "
+                              f"tokens {arm.name} adds (at most {limits['sft_to_domain_max']} allowed)")
+        if arm.name in cpts and cpts[arm.name] in by_name:
+            mid = by_name[cpts[arm.name]]
+            mid_dose = (size.max_steps - mid.start) * size.tokens_per_step * (mid.weight or 0.0)
+            if abs(dose - mid_dose) > size.tokens_per_step:
+                violations.append(f"{arm.name} adds {dose:,.0f} domain tokens and {mid.name} {mid_dose:,.0f}: CPT "
+                                  "must see as many as midtraining (within one step)")
+    return {"limits": limits, "arms": rows, "violations": violations, "sft_tokens": dict(sft_tokens),
+            "epochs": epochs}
+
+
+def protocol_hash(spec_raw: Mapping, base_raw: Mapping, scale: Mapping, seed: int) -> str:
+    """12 hex digits over the spec and base config as written (parsed YAML, ${VARS} unexpanded, so the
+    output folder does not enter), the data scale and the data seed."""
+    payload = {"spec": spec_raw, "base": base_raw, "scale": scale, "seed": seed}
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def format_protocol(p: dict, digest: str, steps: int, tokens_per_step: int) -> str:
+    lim = p["limits"]
+    lines = [f"Protocol {digest} (fixed before any run; changes are logged in the spec's header): early starts "
+             f"at >= {lim['early_lr_min']:.0%} of peak LR, late starts at <= {lim['late_lr_max']:.0%}, each "
+             f"domain's SFT set <= {lim['sft_to_domain_max']} x the domain tokens its midtraining arm adds "
+             f"(paper: << 1); {steps} steps x {tokens_per_step:,} tokens of pretraining; SFT "
+             + ", ".join(f"{t} {n:,} tokens" for t, n in p["sft_tokens"].items()) + f" x {p['epochs']} epoch(s).",
+             "", "| arm | start | LR at start / peak | role | domain tokens added | SFT tokens / domain tokens |",
+             "|---|---|---|---|---|---|"]
+    for r in p["arms"]:
+        ratio = f"{r['sft_ratio']:.3f}" if "sft_ratio" in r else "-"
+        lines.append(f"| {r['arm']} | {r['start']} | {r['lr_fraction']:.2f} | {r['role']} | "
+                     f"{r['domain_tokens']:,.0f} | {ratio} |")
+    return "\n".join(lines)
