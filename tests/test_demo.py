@@ -95,8 +95,20 @@ def test_protocol_is_checked_printed_and_hashed(demo):
     for arm, row in roles.items():
         assert math.isclose(row["lr_fraction"], sched.lr_at(row["start"]) / 3e-3), arm
     assert {a for a, row in roles.items() if row["role"] == "early"} == {"math20-from65", "code20-from65", "code50-from65"}
+    assert {a for a, row in roles.items() if row["role"] == "late"} == {"code20-from177", "code50-from177"}
     assert all(row["lr_fraction"] >= 0.8 for row in roles.values() if row["role"] == "early")
     assert all(row["lr_fraction"] <= 0.15 for row in roles.values() if row["role"] == "late")
+    # the schedule the protocol reads is the one the base run trained with: the LR it logged at step 150 (taken
+    # with lr_at(149)) over the peak
+    import csv
+
+    (metrics,) = (out / "study" / "base" / "demo").glob("to173-*/run/logs/csv/version_*/metrics.csv")
+    logged = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(metrics.open()) if row.get("lr")}
+    from midtrain.demo.protocol import lr_fraction
+
+    cfg = {"train": {"max_steps": 200, "lr_warmup_fraction": 0.1, "min_lr": 3e-4},
+           "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-3}}}
+    assert 150 in logged and math.isclose(logged[150] / 3e-3, lr_fraction(cfg, 149, 200), rel_tol=1e-6)
     assert roles["math20-from65"]["sft_ratio"] <= 0.1 and roles["code20-from65"]["sft_ratio"] <= 0.1
     assert res["near_duplicates"]["math/test"]["ngram_any"] == 0
 
@@ -116,11 +128,17 @@ def test_a_protocol_violation_is_named(tmp_path, monkeypatch):
     raw["report"]["demo"]["grid"].update(late_low="code20-from120", late_high="code50-from120")
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     spec = load_spec(tmp_path / "s.yaml", check_files=False)
-    got = P.check(spec, {"math": 5000, "code": 100})
+    got = P.check(spec, {"math": 2500, "code": 100}, epochs=2)
     assert len(got["violations"]) == 3, got["violations"]
     assert any("code20-from120 starts at step 120" in v and "late starts need <= 15%" in v for v in got["violations"])
-    assert any("the math SFT set holds 0.18 x the domain tokens math20-from65 adds" in v for v in got["violations"])
-    assert P.check(spec, {"math": 100, "code": 100})["violations"] == [v for v in got["violations"] if "SFT" not in v]
+    assert any("one math SFT run trains on 0.18 x the domain tokens math20-from65 adds" in v for v in got["violations"])
+    assert P.check(spec, {"math": 100, "code": 100}, 1)["violations"] == [v for v in got["violations"] if "SFT" not in v]
+    # a name in report.demo that matches no arm or task is a violation, not a skipped check
+    raw["report"]["demo"]["domains"]["math"]["mid"] = "math20-from66"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    got = P.check(load_spec(tmp_path / "s.yaml", check_files=False), {"math": 100}, 1)["violations"]
+    assert "report.demo names 'math20-from66', which is not an arm of the spec" in got
+    assert "report.demo names task 'code', which has no SFT training set" in got
 
 
 def test_seeds_verdicts_and_outputs(demo):

@@ -188,12 +188,33 @@ def test_segment_chain_equals_an_unsegmented_run(study, tmp_path):
     sft = json.loads((tmp_path / "fromrun" / idx["sft/tiny/pretrain-only/fn/lr0.001/s0"]["out"] / "step.json").read_text())
     assert str(whole_dir / "final") in sft["argv"]
     assert {p: p.stat().st_mtime_ns for p in whole_dir.rglob("*")} == files_before  # nothing written there
+    # that study folder as another spec's base: its bases.json records the run-folder segment it read
+    via = {**s, "name": "via"}
+    via["sizes"] = {"tiny": {**s["sizes"]["tiny"], "base": str(tmp_path / "fromrun")}}
+    (tmp_path / "via.yaml").write_text(yaml.safe_dump(via, sort_keys=False))
+    r = run_cli("study", "plan", tmp_path / "via.yaml", "--check_files", "false")
+    assert r.returncode == 0 and f"reused: base run folder {whole_dir}" in r.stdout, r.stdout + r.stderr
     # a run folder trained with another value of a field that decides the weights is another base run
     s["sizes"]["tiny"]["set"] = {"train.min_lr": 2e-4}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(s, sort_keys=False))
     r = run_cli("study", "plan", tmp_path / "other.yaml", "--check_files", "false")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "sizes.tiny.base:" in r.stderr \
         and "train.min_lr: 0.0001" in r.stderr and "says 0.0002" in r.stderr, r.stderr
+    # refused too: a run folder without final/ (unfinished or still being written), and one whose checkpoint was
+    # trained from another folder's (its history is not in it)
+    del s["sizes"]["tiny"]["set"]
+    for name, change in (("unfinished", lambda d: shutil.rmtree(d / "final")),
+                         ("continued", lambda d: (d / "step-00000008" / "hyperparameters.yaml").write_text(
+                             (d / "step-00000008" / "hyperparameters.yaml").read_text().replace(
+                                 "resume_from: null", "resume_from: /elsewhere/step-00000004")))):
+        copy = tmp_path / name
+        shutil.copytree(whole_dir, copy, symlinks=True)
+        change(copy)
+        s["sizes"]["tiny"]["base"] = str(copy)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(s, sort_keys=False))
+        r = run_cli("study", "plan", tmp_path / f"{name}.yaml", "--check_files", "false")
+        want = "has no complete final/ checkpoint" if name == "unfinished" else "was trained from /elsewhere/step-00000004"
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and want in r.stderr, (name, r.stderr)
 
 
 def test_a_second_spec_in_the_folder_trains_no_base_step_and_starts_from_the_first_specs_checkpoints(study, tmp_path):

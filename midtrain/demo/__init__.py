@@ -26,6 +26,7 @@ from midtrain.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent.parent
 SPECS = {"tiny": "demo-tiny.yaml", "quick": "demo.yaml", "full": "demo-full.yaml"}
 VOCAB = 2048
+DATA_VERSION = 2  # the data builder's version (v2: compositional math split, near-duplicate decontamination)
 
 
 def build_data(out: Path, size: str, seed: int = 0) -> dict:
@@ -39,6 +40,9 @@ def build_data(out: Path, size: str, seed: int = 0) -> dict:
         built = json.loads(marker.read_text())
         if built["size"] != size:
             raise ConfigError("--out", f"{out} holds a {built['size']!r} demo, not {size!r}: pick another folder")
+        if built.get("data_version", 1) != DATA_VERSION:
+            raise ConfigError("--out", f"{out} holds data built by demo data v{built.get('data_version', 1)}, and this "
+                              f"demo builds v{DATA_VERSION}: pick another folder")
         return built
     corpora, sft, dropped = D.build_texts(D.SCALES[size], seed)
     raw = out / "raw"
@@ -57,7 +61,7 @@ def build_data(out: Path, size: str, seed: int = 0) -> dict:
         path = D.write_jsonl(out / "data" / "inputs" / f"{name}.jsonl", docs)
         prepare_shard([str(path)], str(tok), str(out / "data" / "shards"), name, val_fraction=0.05,
                       val_dir=str(out / "data" / "val"), num_workers=1, chunk_tokens=1 << 18)
-    built = {"size": size, "seed": seed, "dropped_by_dedup": dropped, "overlaps": overlaps,
+    built = {"size": size, "seed": seed, "data_version": DATA_VERSION, "dropped_by_dedup": dropped, "overlaps": overlaps,
              "documents": {k: len(v) for k, v in corpora.items()},
              "chars": {k: sum(map(len, v)) for k, v in corpora.items()},
              "sft": {t: {k: len(v) for k, v in s.items()} for t, s in sft.items()}}
@@ -83,7 +87,7 @@ def sft_train_tokens(out: Path, spec) -> dict[str, int]:
     from midtrain.tokenizer import load_tokenizer
 
     tok = load_tokenizer(out / "tokenizer")
-    max_len = int(spec.sft_options.get("max_seq_length") or 128)
+    max_len = int(spec.sft_options.get("max_seq_length") or spec.sizes[0].config["model_config"]["block_size"])
     return {t.name: sum(len(encode_example(tok, r["prompt"], r["response"], max_len)[0]) - 1
                         for r in read_jsonl(Path(t.data))) for t in spec.tasks}
 
@@ -127,8 +131,8 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     from midtrain.study.execute import read_bases
 
     plan = load_plan(spec, known=read_bases(out / "study"))
-    proto = P.check(plan.spec, sft_train_tokens(out, plan.spec))
-    digest = protocol_digest(spec, size)
+    proto = P.check(plan.spec, sft_train_tokens(out, plan.spec), sft_epochs(plan.spec))
+    digest = protocol_digest(spec, size, built["seed"])
     size0 = plan.spec.sizes[0]
     proto_text = P.format_protocol(proto, digest, size0.max_steps, size0.tokens_per_step)
     print(proto_text, flush=True)
@@ -197,7 +201,16 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     return 0
 
 
-def protocol_digest(spec: Path, size: str) -> str:
+def sft_epochs(spec) -> int:
+    """The epochs one SFT step trains: the spec's, else ``midtrain sft``'s own default."""
+    import inspect
+
+    from midtrain.posttrain.sft import run_sft
+
+    return int(spec.sft_options.get("epochs", inspect.signature(run_sft).parameters["epochs"].default))
+
+
+def protocol_digest(spec: Path, size: str, seed: int) -> str:
     """``protocol.protocol_hash`` of the demo spec and its base config as written, and the data scale."""
     import dataclasses
 
@@ -209,7 +222,7 @@ def protocol_digest(spec: Path, size: str) -> str:
     raw = yaml.safe_load(Path(spec).read_text())
     base = next(iter(raw["sizes"].values()))["config"]
     base_raw = yaml.safe_load((REPO / base).read_text())
-    return P.protocol_hash(raw, base_raw, dataclasses.asdict(D.SCALES[size]), 0)
+    return P.protocol_hash(raw, base_raw, {**dataclasses.asdict(D.SCALES[size]), "data_version": DATA_VERSION}, seed)
 
 
 def _commit() -> str:

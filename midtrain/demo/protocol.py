@@ -24,48 +24,58 @@ import hashlib
 import json
 from typing import Mapping
 
+from midtrain.errors import ConfigError
 from midtrain.train.schedules import Schedule, warmup_steps
 
 DEFAULT_LIMITS = {"early_lr_min": 0.8, "late_lr_max": 0.15, "sft_to_domain_max": 0.1}
 
 
-def lr_fraction(config: Mapping, step: int) -> float:
+def lr_fraction(config: Mapping, step: int, total_steps: int) -> float:
     """LR at ``step`` (the one the optimizer step ``step -> step + 1`` uses) over the peak LR, from a run
-    config's ``train:`` and ``optimizer:`` sections (the trainer's own schedule)."""
+    config's ``train:`` and ``optimizer:`` sections and the run's horizon ``total_steps`` (the trainer's own
+    schedule: peak = train.max_lr, else the optimizer's lr)."""
+    from midtrain.train.pretrain import optimizer_lr
+
     train = config.get("train") or {}
-    opt = (config.get("optimizer") or {}).get("init_args") or {}
-    peak = float(train.get("max_lr") or opt.get("lr"))
-    total = int(train["max_steps"])
-    sched = Schedule(train.get("lr_scheduler", "cosine"), peak, float(train.get("min_lr", 6e-5)), total,
-                     warmup_steps(total, train.get("lr_warmup_steps"), train.get("lr_warmup_fraction")),
+    peak = train.get("max_lr") or optimizer_lr(config.get("optimizer"))
+    if not peak:
+        raise ConfigError("optimizer", "sets no lr (nor train.max_lr): the protocol needs the peak LR")
+    peak = float(peak)
+    sched = Schedule(train.get("lr_scheduler", "cosine"), peak, float(train.get("min_lr", 6e-5)), total_steps,
+                     warmup_steps(total_steps, train.get("lr_warmup_steps"), train.get("lr_warmup_fraction")),
                      train.get("stable_steps"), float(train.get("decay_fraction", 0.1)),
                      train.get("decay_shape", "linear"))
     return sched.lr_at(step) / peak
 
 
-def check(spec, sft_tokens: Mapping[str, int]) -> dict:
+def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
     """``spec``: the demo's parsed study spec; ``sft_tokens``: task -> tokens of its SFT training set (one
-    epoch, prompt + response as the SFT loader tokenizes them). Returns {"limits", "arms", "violations"}:
-    one row per arm (start, LR fraction, role, domain tokens, SFT ratio) and the violations in words."""
+    epoch, prompt + response + EOS as the SFT loader encodes them); ``epochs``: the epochs one SFT run
+    trains. Returns {"limits", "arms", "violations"}: one row per arm (start, LR fraction, role, domain
+    tokens, SFT tokens per domain token) and the violations in words, including every name in
+    ``report.demo`` that is not an arm or task of the spec (a check that would otherwise be skipped)."""
     demo = spec.report.get("demo") or {}
     limits = {**DEFAULT_LIMITS, **(demo.get("protocol") or {})}
     size = spec.sizes[0]
-    epochs = int(spec.sft_options.get("epochs", 1))
     grid = demo.get("grid") or {}
-    early = {grid.get("early_low"), grid.get("early_high")} | {d["mid"] for d in (demo.get("domains") or {}).values()}
-    late = {grid.get("late_low"), grid.get("late_high")}
-    mids = {d["mid"]: (name, d) for name, d in (demo.get("domains") or {}).items()}
-    cpts = {d["cpt"]: d["mid"] for d in (demo.get("domains") or {}).values()}
-    rows, violations = [], []
+    domains = demo.get("domains") or {}
     by_name = {a.name: a for a in spec.arms}
+    violations = [f"report.demo names {n!r}, which is not an arm of the spec" for n in
+                  [*(d.get(k) for d in domains.values() for k in ("mid", "cpt")),
+                   *(grid.get(k) for k in ("early_low", "early_high", "late_low", "late_high"))] if n not in by_name]
+    violations += [f"report.demo names task {d.get('task')!r}, which has no SFT training set" for d in domains.values()
+                   if d.get("task") not in sft_tokens]
+    early = {grid.get("early_low"), grid.get("early_high")} | {d.get("mid") for d in domains.values()}
+    late = {grid.get("late_low"), grid.get("late_high")}
+    mids = {d.get("mid"): d for d in domains.values()}
+    cpts = {d.get("cpt"): d.get("mid") for d in domains.values()}
+    rows = []
     for arm in spec.arms:
-        frac = lr_fraction(size.config, arm.start)
+        frac = lr_fraction(size.config, arm.start, size.max_steps)
         dose = (size.max_steps - arm.start) * size.tokens_per_step * (arm.weight or 0.0)
         role = "early" if arm.name in early else "late" if arm.name in late else "cpt" if arm.name in cpts else "-"
         row = {"arm": arm.name, "start": arm.start, "lr_fraction": frac, "role": role, "domain_tokens": dose}
-        task = next((d["task"] for d in (demo.get("domains") or {}).values() if d["mid"] == arm.name), None)
-        if task is None and arm.domain:
-            task = next((d["task"] for name, d in (demo.get("domains") or {}).items() if name == arm.domain), None)
+        task = (domains.get(arm.domain) or {}).get("task") if arm.domain else None
         if task in sft_tokens and dose:
             row["sft_ratio"] = sft_tokens[task] * epochs / dose
         rows.append(row)
@@ -76,7 +86,7 @@ def check(spec, sft_tokens: Mapping[str, int]) -> dict:
             violations.append(f"{arm.name} starts at step {arm.start}, where the LR is {frac:.0%} of peak "
                               f"(late starts need <= {limits['late_lr_max']:.0%})")
         if arm.name in mids and row.get("sft_ratio", 0) > limits["sft_to_domain_max"]:
-            violations.append(f"the {mids[arm.name][1]['task']} SFT set holds {row['sft_ratio']:.2f} x the domain "
+            violations.append(f"one {mids[arm.name]['task']} SFT run trains on {row['sft_ratio']:.2f} x the domain "
                               f"tokens {arm.name} adds (at most {limits['sft_to_domain_max']} allowed)")
         if arm.name in cpts and cpts[arm.name] in by_name:
             mid = by_name[cpts[arm.name]]

@@ -139,12 +139,13 @@ def step_states(plan: Plan, out_dir: Path, query_slurm: bool = True) -> dict[str
     for step in plan.steps:  # topological order: deps resolved first
         st = dict(raw[step.id])
         state = st.get("state", "pending")
-        if step.labels.get("run_folder"):  # a base run folder: done while the checkpoints it was planned from exist
-            kept = [checkpoint_of(out_dir, step)] + [Path(step.out) / f"step-{k:08d}" for k in step.labels["kept"][:-1]]
-            missing = [p for p in kept if not (p / "lit_model.pth").is_file()]
+        if step.labels.get("run_folder"):  # a base run folder: done while the checkpoints this plan reads exist
+            used = sorted({s.resume_at for s in plan.steps if s.resume_step == step.id and s.resume_at is not None})
+            needed = [checkpoint_of(out_dir, step)] + [Path(step.out) / f"step-{k:08d}" for k in used]
+            missing = [p for p in needed if not (p / "lit_model.pth").is_file()]
             state = "pending" if missing else "done"
             if missing:
-                st["note"] = f"{missing[0]} is gone"
+                st["note"] = f"{missing[0]} is gone from the run folder"
         elif state == "done":
             outputs = st.get("outputs") or []
             deps_newer = any(out[d].get("state") != "done" or (out[d].get("ended") or 0) > (st.get("started") or 0)
@@ -429,6 +430,9 @@ def check_external(plan: Plan, out_dir: Path) -> None:
     states = step_states(plan, out_dir, query_slurm=False)
     for step in plan.steps:
         if step.external and states[step.id]["state"] != "done":
+            if step.labels.get("run_folder"):
+                raise ConfigError(f"sizes.{step.labels.get('size')}.base", f"{states[step.id]['note']}: this study "
+                                  "reads it; restore it or plan from another base")
             raise ConfigError(f"sizes.{step.labels.get('size')}.base", f"{step.id} in {step.external} is not done "
                               f"there (state: {states[step.id]['state']}): run that study to it first")
 

@@ -171,15 +171,18 @@ def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool 
                         raise ConfigError(f"sizes.{size.name}.base", f"{size.base} is one base run, and seeds.vary: "
                                           "base trains one per seed (name a study folder that holds them, or vary "
                                           "sft or midtrain)")
-                    known.append(run_folder_segment(folder, size))
+                    known = [k for k in known if not (k.labels.get("run_folder") and k.folder == str(folder))]
+                    known.append(run_folder_segment(folder, size))  # read afresh: what it holds now
                     continue
                 raise ConfigError(f"sizes.{size.name}.base", f"{size.base} is not a study folder with base runs "
                                   "(no bases.json: run a study there first) nor a run folder (no final/ or step-*/ "
                                   "checkpoint)")
-            known += [replace(seg, folder=str(folder)) for seg in read_bases(folder) if not seg.folder]
+            known += [replace(seg, folder=str(folder)) if not seg.folder else seg for seg in read_bases(folder)
+                      if not seg.folder or seg.labels.get("run_folder")]
     plan = make_plan(spec, {k: v for k, v in params.items() if v}, tokens, known=known)
     for size in spec.sizes:
-        if size.base and not any(s.external and s.labels.get("size") == size.name for s in plan.steps):
+        if size.base and (Path(size.base) / "bases.json").is_file() and \
+                not any(s.external and s.labels.get("size") == size.name for s in plan.steps):
             raise ConfigError(f"sizes.{size.name}.base", f"{size.base} holds no base run with this size's resolved "
                               "config (a base run is reused only when every field of its config is the same)")
     return plan
@@ -217,10 +220,16 @@ def resolved_run_config(cfg: dict) -> dict:
 
 def run_folder_segment(folder: Path, size):
     """A plain ``midtrain pretrain`` out_dir as ``size``'s base run (``sizes.X.base: RUN_DIR``): one base
-    segment 0 -> its last checkpoint, with every checkpoint it kept, read in place. Refused in one line
-    unless the run is the size's base run: every field that decides the weights equal in its recorded
-    ``hyperparameters.yaml`` and the size's config (both resolved with the trainer's defaults), and one
-    mixture stage from step 0 (not a midtrained or imported run)."""
+    segment 0 -> its ``final`` checkpoint, with every ``step-*`` checkpoint it kept, read in place.
+
+    Refused in one line unless the folder is the size's base run, trained in this folder from scratch:
+    - a finished run: ``final/`` exists (a run still being written, or stopped, may yet change or prune
+      what it holds);
+    - in every checkpoint it holds, every field that decides the weights equals the size's config (the
+      recorded ``hyperparameters.yaml`` and the config, both resolved with the trainer's defaults), and
+      ``resume_from`` is unset (a run continued from another folder's checkpoint has a history this
+      folder does not show);
+    - one mixture stage from step 0 (not a midtrained or imported run), no checkpoint a link out of it."""
     import yaml
 
     from midtrain.study.plan import BaseSegment, base_key, config_hash
@@ -229,40 +238,47 @@ def run_folder_segment(folder: Path, size):
 
     where = f"sizes.{size.name}.base"
     found = ckpt.list_checkpoints(folder)
-    if not found:
-        raise ConfigError(where, f"{folder} holds no complete checkpoint (step-*/ or final/ with lit_model.pth)")
-    last_step, last = found[-1]
-    try:
-        recorded = yaml.safe_load((last / "hyperparameters.yaml").read_text()) or {}
-        state = ckpt.read_training_state(last)
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(where, f"{last}/hyperparameters.yaml is unreadable ({type(e).__name__})") from None
-    stages = (state.get("data") or {}).get("stages") or []
-    notes = (state.get("data") or {}).get("notes") or []
-    if len(stages) != 1 or stages[0].get("start", 0) != 0 or any("imported" in n for n in notes):
-        raise ConfigError(where, f"{folder} is not a base run from scratch ({len(stages)} mixture stage(s)"
-                          + (", imported" if any("imported" in n for n in notes) else "")
-                          + "): name the size's checkpoint with checkpoint: and step: instead")
+    if not (folder / ckpt.FINAL / ckpt.MODEL_FILE).is_file():
+        raise ConfigError(where, f"{folder} has no complete final/ checkpoint: the run is not finished (or is still "
+                          "being written); name it once it has ended")
     mine = _flat(resolved_run_config(size.config))
-    theirs = _flat(recorded)
-    for key in sorted(set(mine) | set(theirs)):
-        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in NOT_WEIGHTS):
-            continue
-        if mine.get(key) != theirs.get(key):
-            raise ConfigError(where, f"{folder} was trained with {key}: {theirs.get(key)!r}, and this size's config "
-                              f"says {mine.get(key)!r}: it is another base run (only fields that change no weight "
-                              "may differ: out_dir, resume, save/log intervals, logger, eval)")
+    for step, path in found:
+        if path.is_symlink() or path.resolve().parent != folder.resolve():
+            raise ConfigError(where, f"{path} links out of {folder}: its history is another run's")
+        try:
+            recorded = yaml.safe_load((path / "hyperparameters.yaml").read_text()) or {}
+            state = ckpt.read_training_state(path)
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(where, f"{path}/hyperparameters.yaml is unreadable ({type(e).__name__})") from None
+        if recorded.get("resume_from") or recorded.get("initial_checkpoint_dir"):
+            raise ConfigError(where, f"{path} was trained from {recorded.get('resume_from') or recorded.get('initial_checkpoint_dir')}"
+                              ": a base run named as a size's base must be trained in its own folder from scratch")
+        data = state.get("data") or {}
+        stages, notes = data.get("stages"), data.get("notes") or []
+        if any("imported" in n for n in notes):
+            raise ConfigError(where, f"{path} continues an imported checkpoint: name it with checkpoint: and step: instead")
+        if stages is not None and (len(stages) != 1 or stages[0].get("start", 0) != 0):
+            raise ConfigError(where, f"{path} holds {len(stages)} mixture stages: it was midtrained, not a base run")
+        theirs = _flat(recorded)
+        for key in sorted(set(mine) | set(theirs)):
+            if any(key == f or (f.endswith(".") and key.startswith(f)) for f in NOT_WEIGHTS):
+                continue
+            if mine.get(key) != theirs.get(key):
+                raise ConfigError(where, f"{path} was trained with {key}: {theirs.get(key)!r}, and this size's config "
+                                  f"says {mine.get(key)!r}: it is another base run (only fields that change no weight "
+                                  "may differ: out_dir, resume, save/log intervals, logger, eval)")
+    last_step = next(s for s, p in found if p.name == ckpt.FINAL)
     if last_step > size.max_steps:
         raise ConfigError(where, f"{folder} reached step {last_step}, past train.max_steps {size.max_steps}")
     key = base_key(size.config)
     cfg = set_dotted(size.config, "train.max_additional_steps", last_step)
-    kept = tuple(s for s, p in found if p.name != ckpt.FINAL and s < last_step)
+    kept = tuple(sorted({s for s, p in found if p.name != ckpt.FINAL and s < last_step}))
     labels = {"size": size.name, "start": 0, "end": last_step, "seed": None, "base_key": key, "save_every": None,
-              "arm": CONTROL if last_step == size.max_steps else None, "run_folder": True, "final": last.name, "kept": [*kept, last_step]}
-    seg_id = f"base/{size.name}/run-folder"
+              "arm": CONTROL if last_step == size.max_steps else None, "run_folder": True, "final": ckpt.FINAL,
+              "kept": [*kept, last_step]}
     h = config_hash("pretrain", cfg, [f"base:{key}", "from:0", f"run-folder:{folder}"])
-    return BaseSegment(seg_id, ".", h, key, size.name, 0, last_step, None, cfg, labels, (), None, "run folder",
-                       str(folder), kept)
+    return BaseSegment(f"base/{size.name}/run-folder", ".", h, key, size.name, 0, last_step, None, cfg, labels, (),
+                       None, "run folder", str(folder), kept)
 
 
 def spec_digest(path: str | os.PathLike) -> str:

@@ -90,10 +90,14 @@ class Plan:
         """This plan's base segments, as a study folder records them for the next spec (``bases.json``)."""
         out = []
         for st in self.steps:
-            if st.kind == "pretrain" and not st.external:  # another folder's segments stay recorded there
+            # another study folder's segments stay recorded there; a run folder's is recorded here too, so that
+            # a study naming this folder as its base finds what the segments trained here resume from
+            if st.kind == "pretrain" and (not st.external or st.labels.get("run_folder")):
                 out.append(BaseSegment(st.id, st.out, st.hash, st.labels["base_key"], st.labels["size"],
                                        st.labels["start"], st.labels["end"], st.labels.get("save_every"), st.config,
-                                       st.labels, st.deps, st.resume_at, st.reused or self.spec.name))
+                                       st.labels, st.deps, st.resume_at, st.reused or self.spec.name,
+                                       st.external if st.labels.get("run_folder") else "",
+                                       tuple(st.labels["kept"][:-1]) if st.labels.get("run_folder") else ()))
         return out
 
     @property
