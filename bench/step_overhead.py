@@ -26,7 +26,7 @@ def main() -> None:
     from litgpt.utils import chunked_cross_entropy
 
     from midtrain.train.metrics import SourceMeter
-    from midtrain.train.pretrain import per_token_loss
+    from midtrain.train.metrics import per_token_loss
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)

@@ -39,7 +39,8 @@ Run `midtrain <command> --help` for a command's options."""
 
 def pretrain(argv: list[str]) -> int:
     """``midtrain pretrain``: pretrain / midtrain / resume (see midtrain.train.pretrain)."""
-    from midtrain.train.pretrain import run_config_dict, setup
+    from midtrain.run_args import run_config_dict
+    from midtrain.train.pretrain import setup
 
     parser = run_parser("Pretrain, or midtrain from a base checkpoint with a new mixture (resume_from).")
     args, init = parse_run(parser, argv)
@@ -66,7 +67,7 @@ def mix(argv: list[str]) -> int:
     from pathlib import Path
 
     from midtrain.train import checkpoint as ckpt
-    from midtrain.train.pretrain import check_run_inputs, resolve_model_config, run_end_step
+    from midtrain.train.startup import check_run_inputs, resolve_model_config, run_end_step
 
     train = init.train
     given = args.model_name is not None or init.model_config is not None

@@ -239,7 +239,7 @@ def _run_model_and_schedule(run_config: Path):
     from litgpt import Config
 
     from midtrain.train.args import TrainArgs
-    from midtrain.train.pretrain import resolve_model_config
+    from midtrain.train.startup import resolve_model_config
 
     path = Path(run_config)
     if not path.is_file():

@@ -90,3 +90,21 @@ def _take_config(argv: list[str]) -> Optional[str]:
     return None
 
 
+
+
+def run_config_dict(cfg) -> dict:
+    """The resolved config as plain data, for hyperparameters.yaml."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    def plain(v):
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if hasattr(v, "__dataclass_fields__"):
+            return plain(asdict(v))
+        return v
+    return plain(cfg)

@@ -17,6 +17,7 @@ import os
 import signal
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed after a signal (or nothing to save yet); launchers requeue on it
 _received: list[int] = []
 _main_pid: int | None = None
 

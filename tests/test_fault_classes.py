@@ -176,7 +176,7 @@ def test_trainer_validation_over_no_tokens_is_no_data():
     """The trainer's validate() over an empty loader returns None (logged as "no data"), not 0."""
     from types import SimpleNamespace
 
-    from midtrain.train.pretrain import validate
+    from midtrain.train.validation import validate
 
     fabric = SimpleNamespace(device=torch.device("cpu"), to_device=lambda t: t, all_reduce=lambda t, reduce_op: t)
     model = torch.nn.Module()

@@ -225,7 +225,7 @@ def test_bad_input_is_one_line_and_writes_nothing(hf, tmp_path):
 
 
 def test_rewarm_is_only_for_imports():
-    from midtrain.train.pretrain import rewarm_factor
+    from midtrain.train.schedules import rewarm_factor
 
     assert [rewarm_factor(s, 40, 4) for s in (39, 40, 41, 42, 43, 44)] == [1.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     assert rewarm_factor(40, None, 4) == 1.0 and rewarm_factor(40, 40, 0) == 1.0

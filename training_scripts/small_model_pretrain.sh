@@ -39,7 +39,7 @@ trap 'pending=USR1' USR1
 trap 'pending=TERM' TERM
 set -euo pipefail
 
-EXIT_REQUEUE=75  # midtrain.train.pretrain.EXIT_REQUEUE
+EXIT_REQUEUE=75  # midtrain.signals.EXIT_REQUEUE
 
 requeue() {
   if [ -n "${SLURM_JOB_ID:-}" ]; then

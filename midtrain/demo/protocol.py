@@ -34,7 +34,7 @@ def lr_fraction(config: Mapping, step: int, total_steps: int) -> float:
     """LR at ``step`` (the one the optimizer step ``step -> step + 1`` uses) over the peak LR, from a run
     config's ``train:`` and ``optimizer:`` sections and the run's horizon ``total_steps`` (the trainer's own
     schedule: peak = train.max_lr, else the optimizer's lr)."""
-    from midtrain.train.pretrain import optimizer_lr
+    from midtrain.train.startup import optimizer_lr
 
     train = config.get("train") or {}
     peak = train.get("max_lr") or optimizer_lr(config.get("optimizer"))

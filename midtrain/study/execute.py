@@ -31,12 +31,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from midtrain.errors import ConfigError
+from midtrain.signals import EXIT_REQUEUE
 from midtrain.study.files import write_json_atomic
 from midtrain.study.plan import Plan, Step
 from midtrain.study.spec import CONTROL, data_args
 
 STATES = ("pending", "submitted", "running", "done", "failed", "interrupted", "blocked")
-EXIT_REQUEUE = 75
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
          "DEADLINE"}
 

@@ -211,7 +211,7 @@ def resolved_run_config(cfg: dict) -> dict:
     import yaml
 
     from midtrain.run_args import run_parser  # the one definition of a run config's fields
-    from midtrain.train.pretrain import run_config_dict
+    from midtrain.run_args import run_config_dict
 
     parser = run_parser("")
     args = parser.parse_args(["--run_yaml", yaml.safe_dump(cfg)])

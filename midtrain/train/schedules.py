@@ -82,3 +82,10 @@ def warmup_steps(total_steps: int, lr_warmup_steps: Optional[int], lr_warmup_fra
     if lr_warmup_fraction is not None:
         return min(total_steps, round(lr_warmup_fraction * total_steps))
     return 0
+
+
+def rewarm_factor(step: int, import_step: Optional[int], rewarm_steps: int) -> float:
+    """LR multiplier at ``step``: (step - S + 1) / N for S <= step < S + N after an import at S, else 1. Pure."""
+    if not rewarm_steps or import_step is None or not import_step <= step < import_step + rewarm_steps:
+        return 1.0
+    return (step - import_step + 1) / rewarm_steps

@@ -1,0 +1,45 @@
+"""The run's checkpoint writer: what every save repeats, held once.
+
+``Saver(fabric, out_dir, ...)`` knows where a run's checkpoints go, what they carry beside the
+weights (resolved config, model config, tokenizer and HF side files) and how many to keep;
+``save(state)`` writes the current step (``final/`` at the end) through ``checkpoint.save_checkpoint``
+(atomic, never overwriting). The counters and the data position go into ``training_state.json``
+too, readable without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from midtrain.train import checkpoint as ckpt
+
+
+class Saver:
+    def __init__(self, fabric, out_dir: Path, hparams: dict, model_config, side_files: dict[str, bytes],
+                 keep_last_n: Optional[int]) -> None:
+        self.fabric, self.out_dir, self.hparams = fabric, Path(out_dir), hparams
+        self.model_config, self.side_files, self.keep_last_n = model_config, side_files, keep_last_n
+
+    def exists(self, state: dict[str, Any]) -> bool:
+        return (self.out_dir / ckpt.step_name(state["step_count"])).exists()
+
+    def save(self, state: dict[str, Any], final: bool = False) -> Path:
+        """Write the current step's checkpoint (or ``final/``, which no prune touches)."""
+        name = ckpt.FINAL if final else ckpt.step_name(state["step_count"])
+        loader = state["train_dataloader"]
+        training_state = {
+            "step": state["step_count"], "iter_num": state["iter_num"], "tokens": state["tokens"],
+            "end_step": state["end_step"], "segment_start": state["segment_start"],
+            "source_tokens": state["source_tokens"],
+            "data": loader.state_dict() if hasattr(loader, "state_dict") else {},
+        }
+        path = ckpt.save_checkpoint(self.fabric, self.out_dir, name, state, training_state, self.hparams,
+                                    self.model_config, self.side_files, None if final else self.keep_last_n)
+        self.fabric.print(f"saved {path}")
+        return path
+
+    def save_missing(self, state: dict[str, Any]) -> None:
+        """The current step, unless it is already on disk (a stop right after a periodic save)."""
+        if not self.exists(state):
+            self.save(state)

@@ -1,0 +1,175 @@
+"""Start-up checks of a training run: everything that would otherwise crash mid-run or silently train
+something other than the YAML says, refused in one line before any work. Pure but for the file checks.
+
+Also where a run starts (``resume_path``) and where it stops (``run_end_step``): both are decided
+once, here, from the config and the checkpoint, the same on every (re)start of a job.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from litgpt import Config
+
+from midtrain.atomic import check_writable_dir
+from midtrain.errors import ConfigError
+from midtrain.train import checkpoint as ckpt
+from midtrain.train.args import TrainArgs
+
+
+def resolve_model_config(model_name: Optional[str], model_config: Optional[Config]) -> Config:
+    """``model_config`` if given, else litgpt's config for ``model_name``."""
+    if model_config is not None:
+        return model_config
+    if model_name is None:
+        raise ConfigError("model_name", "give model_name or model_config")
+    try:
+        return Config.from_name(model_name)
+    except ValueError:
+        raise ConfigError("model_name", f"{model_name!r} is not a litgpt model name") from None
+
+
+def check_run_inputs(model_config: Optional[Config], out_dir: Path, precision: Optional[str], train: TrainArgs,
+                     optimizer: Union[str, dict], keep_last_n: Optional[int], logger_name: str) -> None:
+    """Refuse, before any work, what would otherwise crash mid-run or silently train something else."""
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    if keep_last_n is not None and keep_last_n < 1:
+        raise ConfigError("keep_last_n", f"must be >= 1 (or null to keep every checkpoint), got {keep_last_n}: "
+                          "fewer would delete the checkpoint a requeued job resumes from")
+    valid = get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS)
+    if precision is not None and str(precision) not in valid:
+        raise ConfigError("precision", f"{precision!r} is not one of {', '.join(valid)}")
+    if model_config is not None and train.max_seq_length is not None and train.max_seq_length > model_config.block_size:
+        raise ConfigError("train.max_seq_length", f"{train.max_seq_length} is longer than the model's block_size "
+                          f"{model_config.block_size}")
+    lr = optimizer_lr(optimizer)
+    if train.max_lr is None and lr is None:
+        raise ConfigError("optimizer", "no learning rate: set optimizer.init_args.lr or train.max_lr (the paper and "
+                          "the original used 3e-4; torch's default 1e-3 would otherwise apply unannounced), or run "
+                          "`midtrain migrate --config FILE --out NEW.yaml`")
+    peak = train.max_lr if train.max_lr is not None else lr
+    if not peak > 0:
+        raise ConfigError("optimizer.init_args.lr", f"must be > 0, got {peak}")
+    if train.min_lr > peak:
+        raise ConfigError("train.min_lr", f"{train.min_lr} is above the peak LR {peak}")
+    if logger_name == "wandb":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("logger_name", "wandb is not installed: `pip install -e .[wandb]` (offline runs: "
+                              "WANDB_MODE=offline), or use logger_name: tensorboard / csv")
+    trace = os.environ.get("MIDTRAIN_SAMPLE_TRACE")
+    if trace and not Path(trace).parent.is_dir():
+        raise ConfigError("MIDTRAIN_SAMPLE_TRACE", f"{trace}: folder {Path(trace).parent} does not exist")
+    check_writable_dir(Path(out_dir), "out_dir")
+
+
+def optimizer_lr(optimizer: Union[str, dict]) -> Optional[float]:
+    """The lr an optimizer spec sets (None: the class default), after checking that the class exists."""
+    import importlib
+
+    if isinstance(optimizer, str):
+        path, init = (optimizer if "." in optimizer else f"torch.optim.{optimizer}"), {}
+    elif isinstance(optimizer, dict) and isinstance(optimizer.get("class_path"), str):
+        path, init = optimizer["class_path"], dict(optimizer.get("init_args") or {})
+    else:
+        raise ConfigError("optimizer", f"expected a class name or {{class_path, init_args}}, got {optimizer!r}")
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError("optimizer", f"{path!r} is not an optimizer class") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError("optimizer", f"{path!r} is not a torch.optim.Optimizer")
+    lr = init.get("lr")
+    if lr is not None and not isinstance(lr, (int, float)):
+        raise ConfigError("optimizer.init_args.lr", f"expected a number, got {lr!r}")
+    return None if lr is None else float(lr)
+
+
+def run_end_step(train: TrainArgs, total_steps: Optional[int], segment_start: Optional[int],
+                 saved_end_step: Optional[int], start_step: int) -> int:
+    """The step this run stops at, the same on every (re)start of the job. Pure.
+
+    ``max_additional_steps`` counts from ``segment_start`` (where this run first started in its
+    out_dir), not from the step a requeued job resumes at. ``segment_start`` is None only for a
+    checkpoint written before it was recorded: then its saved end step stands.
+    """
+    if train.max_additional_steps is not None:
+        if segment_start is None:
+            if saved_end_step is None:
+                raise ConfigError("resume", "the checkpoint records neither its segment start nor its end step")
+            end = saved_end_step
+        else:
+            end = segment_start + train.max_additional_steps
+        if train.max_steps is None and train.max_iters is not None and end < total_steps:
+            raise ConfigError("train.max_iters", f"{train.max_iters:,} micro-batches = {total_steps:,} optimizer steps "
+                              f"here is the LR horizon, but max_additional_steps stops this run at step {end:,}: the "
+                              "original's 'infinity' placeholder leaves the LR schedule unfinished. Set train.max_steps "
+                              "to the whole run (the paper: 61035) and drop max_iters, or run `midtrain migrate "
+                              "--config FILE --out NEW.yaml`")
+        if total_steps is not None and end > total_steps:
+            raise ConfigError("train.max_additional_steps", f"{train.max_additional_steps:,} steps from step "
+                              f"{segment_start if segment_start is not None else start_step:,} end at {end:,}, past "
+                              f"the run's {total_steps:,} steps (train.max_steps/max_iters/max_tokens, the LR "
+                              "horizon); remove max_additional_steps or make the two agree")
+        return end
+    if total_steps is not None:
+        return total_steps
+    raise ConfigError("train.max_steps", "set max_steps, max_additional_steps, max_iters or max_tokens")
+
+
+def device_count(devices: Union[int, str], accelerator: str) -> int:
+    if devices == "auto":
+        return torch.cuda.device_count() if accelerator == "cuda" else 1
+    try:
+        n = int(devices)
+    except ValueError:
+        raise ConfigError("devices", f"expected an integer or 'auto', got {devices!r}") from None
+    if n < 1:
+        raise ConfigError("devices", f"must be >= 1, got {n}")
+    return n
+
+
+def resume_path(resume, out_dir: Path) -> Optional[Path]:
+    if resume is False or resume is None:
+        return None
+    if resume == "auto":
+        return ckpt.latest_checkpoint(out_dir)
+    if resume is True:
+        path = ckpt.latest_checkpoint(out_dir)
+        if path is None:
+            raise ConfigError("resume", f"true, but {out_dir} holds no checkpoint (use resume: auto to start fresh)")
+        return path
+    return ckpt.check_checkpoint(Path(resume), "resume")
+
+
+def check_no_newer_checkpoints(out_dir: Path, load_path: Path) -> None:
+    step = ckpt.checkpoint_step(load_path)
+    newer = [p.name for s, p in ckpt.list_checkpoints(out_dir) if step is not None and s > step]
+    if newer:
+        raise ConfigError("resume", f"{out_dir} holds {newer[0]} beyond the resume point {load_path.name}; "
+                          "a checkpoint is never overwritten: resume from the newest or use a new out_dir")
+
+
+def check_fresh_out_dir(out_dir: Path, resume, start_kind: str) -> None:
+    """A fresh or midtrain start would collide with existing checkpoints at its first save: refuse before any work."""
+    existing = ckpt.list_checkpoints(out_dir)
+    if existing:
+        raise ConfigError("resume", f"{resume!r}, but {out_dir} already holds checkpoints (newest "
+                          f"{existing[-1][1].name}): a {start_kind} run there would collide with them. Resume "
+                          "them (resume: auto), or give another out_dir")
+
+
+def check_extends_in_place(out_dir: Path, start_step: int, end_step: int) -> None:
+    """The end of this run could never be written (final/ is never overwritten): refuse before the first step."""
+    if start_step < end_step and (Path(out_dir) / ckpt.FINAL).exists():
+        raise ConfigError("out_dir", f"{Path(out_dir) / ckpt.FINAL} holds a finished run, and this config trains from "
+                          f"step {start_step:,} to {end_step:,}: a finished run is not extended in place. Extend it "
+                          f"into a new folder: --out_dir NEW --resume_from {Path(out_dir) / ckpt.FINAL}")
