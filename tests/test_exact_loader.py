@@ -204,3 +204,44 @@ def test_changed_max_seq_length_on_resume_is_refused(real_tree):
     data.connect(batch_size=4, max_seq_length=15, global_batch_size=16)
     with pytest.raises(ConfigError, match="^train.max_seq_length: 15 differs from the checkpoint's 7"):
         data.train_dataloader().load_state_dict(base.state_dict())
+
+
+READ_UNDER_LIMIT = r"""
+import os, resource, sys
+from midtrain.data.sharded_mixed import ShardedMixedDataset
+data = ShardedMixedDataset(data_path=sys.argv[1], mix_weights_str="main:1", num_workers=0, seed=1)
+data.connect(batch_size=8, max_seq_length=63, global_batch_size=8)
+loader = data.train_dataloader()
+open_now = len(os.listdir("/proc/self/fd"))
+limit = open_now + 100
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+total = sum(data.discovery().by_id()["main/1"].samples(64) for _ in [0])
+seen = 0
+for batch in loader:
+    seen += len(batch)
+    if seen >= total:
+        break
+print(f"limit {limit} chunks {len(data.discovery().by_id()['main/1'].chunk_tokens)} samples {seen} of {total} "
+      f"open {len(os.listdir('/proc/self/fd'))}")
+"""
+
+
+def test_a_shard_of_many_more_chunks_than_open_files_reads_to_the_end(tmp_path):
+    """Issue 26: one np.memmap per chunk held a file descriptor each; at `ulimit -n` a long run stopped with
+    'unreadable while training [Errno 24]'. 400 chunks under a limit of (open now + 100) read to the end."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from midtrain.data.prepare import write_fake_index
+
+    write_fake_index(tmp_path / "data" / "1", [640] * 400)
+    script = tmp_path / "read.py"
+    script.write_text(READ_UNDER_LIMIT)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "data")], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    words = r.stdout.split()
+    limit, chunks, seen, total, still_open = (int(words[i]) for i in (1, 3, 5, 7, 9))
+    assert chunks == 400 > limit and seen == total == 4000, r.stdout
+    assert still_open < limit, r.stdout

@@ -3,12 +3,19 @@
 Chunks written by ``litdata.optimize(..., item_loader=TokensLoader())`` are ``[n u32][n+1 offsets
 u32][tokens]``; sample t of chunk c is tokens ``[t*L, (t+1)*L)`` — the same blocks litdata's
 TokensLoader yields. We memory-map them (bench/loader.py compares this with litdata random access).
+
+Open maps are bounded: each np.memmap keeps a file descriptor, and a run reads every chunk of its
+sources (a C4-sized corpus at 2^24-token chunks is ~9k chunks), so an unbounded cache stops a run
+at ``ulimit -n``. At most ``MAX_OPEN_CHUNKS`` maps stay open per process, least recently used out
+first; a source's order visits one chunk's samples before the next (``blend.SourceOrder``), so
+reads stay on a few maps at a time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,6 +25,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from midtrain.data.blend import Blend, SourceOrder, StageSpec, micro_batch_starts
 from midtrain.data.shards import Shard
 from midtrain.errors import ConfigError
+
+MAX_OPEN_CHUNKS = 64
+_OPEN: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()  # (shard path, chunk) -> rows, this process's maps
 
 
 def _numpy_dtype(data_format: str, where: str) -> np.dtype:
@@ -46,7 +56,6 @@ class ShardReader:
         self.dtype = _numpy_dtype((cfg.get("data_format") or ["?"])[0], index_path)
         self.chunks = index["chunks"]
         self.items = [int(c["dim"]) // block for c in self.chunks]
-        self._maps: dict[int, np.ndarray] = {}
 
     def chunk_file(self, c: int) -> tuple[str, int]:
         """(path, the size in bytes index.json implies) of chunk c: ``[n u32][n+1 offsets u32][tokens]``."""
@@ -66,18 +75,23 @@ class ShardReader:
                 raise ConfigError(path, f"truncated: {size} bytes, its index.json implies {expected}")
 
     def _chunk(self, c: int) -> np.ndarray:
-        arr = self._maps.get(c)
-        if arr is None:
-            meta = self.chunks[c]
-            header = (1 + int(meta["chunk_size"]) + 1) * 4
-            path, expected = self.chunk_file(c)
-            try:
-                mm = np.memmap(path, dtype=self.dtype, mode="r", offset=header, shape=(int(meta["dim"]),))
-            except (OSError, ValueError) as e:
-                raise ConfigError(path, f"unreadable while training ({type(e).__name__}: {e}); the shard changed "
-                                  "or vanished under the run") from None
-            # a plain ndarray view: indexing a np.memmap subclass costs more than the copy itself
-            arr = self._maps[c] = np.asarray(mm)[: self.items[c] * self.block].reshape(self.items[c], self.block)
+        key = (self.path, c)
+        arr = _OPEN.get(key)
+        if arr is not None:
+            _OPEN.move_to_end(key)
+            return arr
+        meta = self.chunks[c]
+        header = (1 + int(meta["chunk_size"]) + 1) * 4
+        path, expected = self.chunk_file(c)
+        while len(_OPEN) >= MAX_OPEN_CHUNKS:
+            _OPEN.popitem(last=False)  # its map (and file descriptor) closes when the last view goes
+        try:
+            mm = np.memmap(path, dtype=self.dtype, mode="r", offset=header, shape=(int(meta["dim"]),))
+        except (OSError, ValueError) as e:
+            raise ConfigError(path, f"unreadable while training ({type(e).__name__}: {e}); the shard changed "
+                              "or vanished under the run") from None
+        # a plain ndarray view: indexing a np.memmap subclass costs more than the copy itself
+        arr = _OPEN[key] = np.asarray(mm)[: self.items[c] * self.block].reshape(self.items[c], self.block)
         return arr
 
     def read(self, chunks: np.ndarray, items: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
