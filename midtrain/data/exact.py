@@ -27,7 +27,7 @@ from midtrain.data.shards import Shard
 from midtrain.errors import ConfigError
 
 MAX_OPEN_CHUNKS = 64
-_OPEN: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()  # (shard path, chunk) -> rows, this process's maps
+_OPEN: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()  # (shard, block, chunk) -> rows, this process
 
 
 def _numpy_dtype(data_format: str, where: str) -> np.dtype:
@@ -56,6 +56,8 @@ class ShardReader:
         self.dtype = _numpy_dtype((cfg.get("data_format") or ["?"])[0], index_path)
         self.chunks = index["chunks"]
         self.items = [int(c["dim"]) // block for c in self.chunks]
+        for key in [k for k in _OPEN if k[0] == path]:  # a new reader sees the files as they are now
+            del _OPEN[key]
 
     def chunk_file(self, c: int) -> tuple[str, int]:
         """(path, the size in bytes index.json implies) of chunk c: ``[n u32][n+1 offsets u32][tokens]``."""
@@ -75,7 +77,7 @@ class ShardReader:
                 raise ConfigError(path, f"truncated: {size} bytes, its index.json implies {expected}")
 
     def _chunk(self, c: int) -> np.ndarray:
-        key = (self.path, c)
+        key = (self.path, self.block, c)
         arr = _OPEN.get(key)
         if arr is not None:
             _OPEN.move_to_end(key)
