@@ -178,7 +178,8 @@ def test_trainer_validation_over_no_tokens_is_no_data():
 
     from midtrain.train.validation import validate
 
-    fabric = SimpleNamespace(device=torch.device("cpu"), to_device=lambda t: t, all_reduce=lambda t, reduce_op: t)
+    fabric = SimpleNamespace(device=torch.device("cpu"), to_device=lambda t: t, all_reduce=lambda t, reduce_op: t,
+                             world_size=1)
     model = torch.nn.Module()
     model.max_seq_length = 8
     assert validate(fabric, model, [], 4) is None

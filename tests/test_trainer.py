@@ -451,10 +451,11 @@ def test_bf16_true_runs_on_cpu_and_resumes(tmp_path, real_tree):
     assert len(losses) == 6 and all(l == l and l < 20 for l in losses)
 
 
-def test_fsdp_on_cpu_is_refused_not_silently_ddp(tmp_path, real_tree):
-    cfg = write_config(tmp_path, real_tree, strategy="fsdp", devices=2, out_dir=str(tmp_path / "bad"))
+def test_hsdp_on_one_node_is_refused_not_silently_fsdp(tmp_path, real_tree):
+    cfg = write_config(tmp_path, real_tree, strategy="hsdp", devices=2, out_dir=str(tmp_path / "bad"))
     r = run_cli("pretrain", "--config", cfg)
-    assert r.returncode == 2 and "strategy: fsdp needs GPUs" in r.stderr and not (tmp_path / "bad").exists()
+    assert r.returncode == 2 and "strategy: hsdp replicates across nodes" in r.stderr and not (tmp_path / "bad").exists()
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def _original_fork_checkpoint(path, real_tree, steps=6):

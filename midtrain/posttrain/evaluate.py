@@ -184,20 +184,34 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
 
     from litgpt.scripts.convert_lit_checkpoint import convert_lit_checkpoint
 
+    from midtrain.train import checkpoint as ckpt
     from midtrain.train.checkpoint import copy_side_files
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if not (checkpoint / "lit_model.pth").is_file():
-        raise ConfigError("--checkpoint", f"{checkpoint} has no lit_model.pth")
+    if not ckpt.is_checkpoint(checkpoint):
+        raise ConfigError("--checkpoint", f"{checkpoint} has no lit_model.pth (nor sharded/)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError("--out", f"{out_dir} exists and is not empty")
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    whole = out_dir.with_name(f".{out_dir.name}.consolidated")
     try:
+        source = checkpoint
+        if ckpt.is_sharded(checkpoint):  # litgpt's converter reads one lit_model.pth: gather the shards first
+            import torch
+
+            from midtrain.posttrain.sft import load_checkpoint_model
+
+            shutil.rmtree(whole, ignore_errors=True)
+            whole.mkdir(parents=True)
+            model, _ = load_checkpoint_model(checkpoint)
+            torch.save({"model": model.state_dict()}, whole / "lit_model.pth")
+            shutil.copy(checkpoint / "model_config.yaml", whole / "model_config.yaml")
+            source = whole
         try:
             with _olmo2_export_fix():
-                convert_lit_checkpoint(checkpoint, tmp)
+                convert_lit_checkpoint(source, tmp)
         except KeyError as e:  # litgpt's map for this architecture lacks a weight (e.g. OLMo 2's q/k norms)
             raise ConfigError("--checkpoint", f"litgpt's converter cannot export this architecture (no HF name for "
                               f"{e.args[0]!r})") from None
@@ -226,6 +240,8 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(whole, ignore_errors=True)
     return out_dir / "model.pth"
 
 

@@ -62,19 +62,21 @@ def forward(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def load_checkpoint_model(checkpoint: Path):
-    """A litgpt GPT from ``checkpoint/{lit_model.pth, model_config.yaml}`` (ours or litgpt's layout)."""
+    """A litgpt GPT from ``checkpoint/model_config.yaml`` and its weights, full (``lit_model.pth``, ours or litgpt's
+    layout; memory-mapped, so an optimizer state beside the weights is never read) or sharded (``sharded/``)."""
     from litgpt import GPT, Config
 
+    from midtrain.train import checkpoint as ckpt
+
     checkpoint = Path(checkpoint)
-    if not (checkpoint / "lit_model.pth").is_file() or not (checkpoint / "model_config.yaml").is_file():
-        raise ConfigError("--checkpoint", f"{checkpoint} needs lit_model.pth and model_config.yaml")
+    if not ckpt.is_checkpoint(checkpoint) or not (checkpoint / "model_config.yaml").is_file():
+        raise ConfigError("--checkpoint", f"{checkpoint} needs lit_model.pth (or sharded/) and model_config.yaml")
     config = Config.from_file(checkpoint / "model_config.yaml")
     model = GPT(config)
     try:
-        state = torch.load(checkpoint / "lit_model.pth", map_location="cpu", weights_only=False)
-        model.load_state_dict(state.get("model", state))
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise ConfigError("--checkpoint", f"{checkpoint}/lit_model.pth could not be loaded ({str(e)[:200]})") from None
+        ckpt.load_model_weights(checkpoint, model)
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as e:
+        raise ConfigError("--checkpoint", f"{checkpoint} could not be loaded ({str(e)[:200]})") from None
     return model, config
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from midtrain.errors import ConfigError
 from midtrain.signals import EXIT_REQUEUE
+from midtrain.train.checkpoint import is_checkpoint
 from midtrain.study.files import write_json_atomic
 from midtrain.study.plan import Plan, Step
 from midtrain.study.spec import CONTROL, data_args
@@ -142,7 +143,7 @@ def step_states(plan: Plan, out_dir: Path, query_slurm: bool = True) -> dict[str
         if step.labels.get("run_folder"):  # a base run folder: done while the checkpoints this plan reads exist
             used = sorted({s.resume_at for s in plan.steps if s.resume_step == step.id and s.resume_at is not None})
             needed = [checkpoint_of(out_dir, step)] + [Path(step.out) / f"step-{k:08d}" for k in used]
-            missing = [p for p in needed if not (p / "lit_model.pth").is_file()]
+            missing = [p for p in needed if not is_checkpoint(p)]
             state = "pending" if missing else "done"
             if missing:
                 st["note"] = f"{missing[0]} is gone from the run folder"

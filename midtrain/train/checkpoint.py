@@ -1,12 +1,22 @@
-"""Checkpoints: atomic, never overwritten, litgpt-compatible layout.
+"""Checkpoints: atomic, never overwritten, litgpt-compatible layout, full or sharded.
 
-``out_dir/step-00001000/`` holds ``lit_model.pth`` (``{"model", "optimizer", "train_dataloader",
-"iter_num", "step_count", ...}``, litgpt's pretrain layout, so litgpt tools load it),
-``model_config.yaml``, ``hyperparameters.yaml`` (the resolved run config), tokenizer files and
-``training_state.json`` (counters, data state, mixture stages: readable without torch).
+``out_dir/step-00001000/`` holds the weights and optimizer state in one of two formats, which
+``training_state.json`` records as ``"format"`` and the files show:
+- **full**: ``lit_model.pth`` (``{"model", "optimizer", "train_dataloader", "iter_num", "step_count",
+  ...}``, litgpt's pretrain layout, so litgpt tools load it), written by rank 0. The optimizer
+  state is keyed by parameter name (``torch.distributed.checkpoint.state_dict``'s full state dict);
+  older integer-keyed states still load.
+- **sharded**: ``sharded/``, a torch distributed checkpoint (``.metadata`` + one ``__R_0.distcp``
+  per rank, ``{"model", "optimizer"}``): each rank writes its own shard, and a resume reads only
+  its own (at any world size: DCP reshards on load). The step checkpoints of a sharded run
+  (``strategy: fsdp``/``hsdp``) are of this kind; ``final/`` is always full.
+Beside them: ``model_config.yaml``, ``hyperparameters.yaml`` (the resolved run config), tokenizer files
+and ``training_state.json`` (format, counters, data state, mixture stages: readable without torch;
+a sharded checkpoint's counters are read from here). ``load_model_weights`` reads either format.
 
-Writes go to a hidden ``.step-XXXXXXXX.partial`` folder, are fsynced, then renamed into place; the
-``latest`` pointer file is replaced last. A process killed mid-write leaves only the hidden
+Writes go straight into a hidden ``.step-XXXXXXXX.partial`` folder of the run (never staged in
+``$TMPDIR``: cluster nodes often have a small node-local /tmp), are fsynced, then renamed into place;
+the ``latest`` pointer file is replaced last. A process killed mid-write leaves only the hidden
 folder, which discovery ignores and the next save clears: the previous checkpoint stays valid.
 """
 
@@ -17,7 +27,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
 
@@ -25,6 +35,7 @@ from midtrain.atomic import fsync_dir, fsync_tree, write_text_atomic
 from midtrain.errors import ConfigError
 
 MODEL_FILE = "lit_model.pth"
+SHARDED_DIR = "sharded"
 STATE_FILE = "training_state.json"
 LATEST = "latest"
 FINAL = "final"
@@ -47,6 +58,16 @@ def checkpoint_step(path: Path) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def is_sharded(path: Path) -> bool:
+    """A sharded checkpoint folder (torch distributed checkpoint under ``sharded/``)."""
+    return (Path(path) / SHARDED_DIR / ".metadata").is_file()
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A complete checkpoint folder of either format."""
+    return (Path(path) / MODEL_FILE).is_file() or is_sharded(path)
+
+
 def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints in out_dir (step-* and final, symlinks included), oldest first."""
     out_dir = Path(out_dir)
@@ -56,7 +77,7 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     for entry in out_dir.iterdir():
         if entry.name.startswith(".") or not (_STEP_RE.match(entry.name) or entry.name == FINAL):
             continue
-        if not (entry / MODEL_FILE).is_file():
+        if not is_checkpoint(entry):
             continue
         step = checkpoint_step(entry)
         if step is not None:
@@ -82,8 +103,8 @@ def check_checkpoint(path: Path, field: str) -> Path:
     path = Path(path)
     if path.is_file() and path.name == MODEL_FILE:
         path = path.parent
-    if not (path / MODEL_FILE).is_file():
-        raise ConfigError(field, f"{path} is not a checkpoint (no {MODEL_FILE})")
+    if not is_checkpoint(path):
+        raise ConfigError(field, f"{path} is not a checkpoint (no {MODEL_FILE} or {SHARDED_DIR}/)")
     return path
 
 
@@ -116,10 +137,14 @@ def write_side_files(files: dict[str, bytes], dest: Path) -> None:
         (Path(dest) / name).write_bytes(data)
 
 
-def save_checkpoint(fabric, out_dir: Path, name: str, state: dict[str, Any], training_state: dict,
-                    hparams: dict, model_config, side_files: Optional[dict], keep_last_n: Optional[int]) -> Path:
-    """Write checkpoint ``out_dir/name`` atomically on all ranks; rank 0 finalises it. ``side_files``:
-    name -> bytes written beside the weights (``read_side_files``)."""
+def save_checkpoint(fabric, out_dir: Path, name: str, model, optimizer, extra: dict, training_state: dict,
+                    hparams: dict, model_config, side_files: Optional[dict], keep_last_n: Optional[int],
+                    sharded: bool) -> Path:
+    """Write checkpoint ``out_dir/name`` atomically, every rank taking part; rank 0 finalises it.
+
+    ``model``/``optimizer``: the (unwrapped) module and optimizer; ``extra``: what ``lit_model.pth`` carries
+    beside them (counters, data state); ``sharded``: each rank writes its shard (torch distributed checkpoint)
+    instead of rank 0 writing the full state. ``side_files``: name -> bytes written beside the weights."""
     from litgpt.utils import save_config
 
     out_dir = Path(out_dir)
@@ -132,9 +157,11 @@ def save_checkpoint(fabric, out_dir: Path, name: str, state: dict[str, Any], tra
         shutil.rmtree(partial, ignore_errors=True)  # left by a process killed mid-write
         partial.mkdir(parents=True)
     fabric.barrier()
-    fabric.save(partial / MODEL_FILE, state)
+    write_model_state(fabric, partial, model, optimizer, extra, sharded)
+    fabric.barrier()
     if fabric.global_rank == 0:
-        (partial / STATE_FILE).write_text(json.dumps(training_state, indent=1))
+        (partial / STATE_FILE).write_text(json.dumps({**training_state, "format": "sharded" if sharded else "full"},
+                                                     indent=1))
         (partial / "hyperparameters.yaml").write_text(yaml.safe_dump(hparams, sort_keys=False))
         save_config(model_config, partial)
         write_side_files(side_files or {}, partial)
@@ -146,6 +173,55 @@ def save_checkpoint(fabric, out_dir: Path, name: str, state: dict[str, Any], tra
             prune(out_dir, keep_last_n)
     fabric.barrier()
     return final
+
+
+def write_model_state(fabric, folder: Path, model, optimizer, extra: dict, sharded: bool) -> None:
+    """Model and optimizer state into ``folder``: ``sharded/`` (every rank its shard) or ``lit_model.pth`` (rank 0;
+    a sharded model is gathered to rank 0's CPU first). Written in place, never through ``$TMPDIR``."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+
+        model_state, optim_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=Path(folder) / SHARDED_DIR)
+        return
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state, optim_state = get_state_dict(model, optimizer, options=options)
+    if fabric.global_rank == 0:
+        torch.save({"model": model_state, "optimizer": optim_state, **extra}, Path(folder) / MODEL_FILE)
+
+
+def load_file(path: Path) -> dict:
+    """``torch.load`` of a full checkpoint file, memory-mapped (tensors are read when touched: an optimizer state
+    beside the weights costs nothing unless used); files of torch's legacy format are read whole."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_model_weights(path: Path, model) -> None:
+    """The weights of checkpoint folder ``path`` (either format) into ``model``, an unsharded module: a sharded
+    checkpoint's ``model`` entries are read from every shard file (no optimizer state is read)."""
+    import torch
+
+    path = Path(path)
+    if is_sharded(path):
+        import torch.distributed.checkpoint as dcp
+
+        state = {"model": model.state_dict()}
+        alone = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        dcp.load(state, checkpoint_id=path / SHARDED_DIR, no_dist=alone)
+        model.load_state_dict(state["model"])
+        return
+    state = load_file(path / MODEL_FILE)
+    model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
 
 
 def clean_leftovers(out_dir: Path) -> list[str]:

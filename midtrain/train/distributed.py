@@ -13,7 +13,7 @@ registers under its number in a ``TCPStore`` and polls, so that
 - a stop signal (recorded by ``midtrain.signals``) during the wait ends it within ``poll`` seconds
   (``StopDuringRendezvous``: the trainer exits 75, nothing to save, the job requeues).
 The store then becomes the process group's store, so no second port is opened. ``Rendezvous`` is the
-mixin that puts this into Lightning's DDP/FSDP strategies (their ``_setup_distributed`` finds the
+mixin that puts this into Lightning's DDP and ModelParallel (FSDP2) strategies (their ``_setup_distributed`` finds the
 group already initialised and goes on as usual).
 """
 
@@ -155,7 +155,7 @@ def rendezvous(address: str, port: int, rank: int, world: int, timeout: float = 
 
 
 class Rendezvous:
-    """Mixin for Lightning's DDPStrategy/FSDPStrategy: ``rendezvous`` before the process group exists."""
+    """Mixin for Lightning's DDPStrategy/ModelParallelStrategy: ``rendezvous`` before the process group exists."""
 
     rendezvous_timeout: float = DEFAULT_TIMEOUT_S
 
@@ -186,9 +186,9 @@ class Rendezvous:
 
 
 def strategy(kind: str, timeout: float, **kwargs):
-    """A Lightning ``DDPStrategy``/``FSDPStrategy`` whose process-group set-up is ``rendezvous``."""
-    from lightning.fabric.strategies import DDPStrategy, FSDPStrategy
+    """A Lightning ``DDPStrategy``/``ModelParallelStrategy`` (FSDP2) whose process-group set-up is ``rendezvous``."""
+    from lightning.fabric.strategies import DDPStrategy, ModelParallelStrategy
 
-    base = {"ddp": DDPStrategy, "fsdp": FSDPStrategy}[kind]
+    base = {"ddp": DDPStrategy, "model_parallel": ModelParallelStrategy}[kind]
     cls = type(f"Rendezvous{base.__name__}", (Rendezvous, base), {"rendezvous_timeout": float(timeout)})
     return cls(**kwargs)

@@ -39,7 +39,6 @@ import lightning as L
 import torch
 from litgpt import Config
 from litgpt.data import DataModule
-from litgpt.model import GPT, Block
 from litgpt.utils import choose_logger, get_default_supported_precision, instantiate_torch_optimizer, num_parameters
 
 from midtrain import signals
@@ -47,7 +46,7 @@ from midtrain.errors import ConfigError, config_error_line
 from midtrain.signals import EXIT_REQUEUE
 from midtrain.tokenizer import load_tokenizer, tokenizer_vocab_size
 from midtrain.train import checkpoint as ckpt
-from midtrain.train import startup
+from midtrain.train import memory, parallel, startup
 from midtrain.train.args import EvalArgs, TrainArgs
 from midtrain.train.metrics import Progress, SourceMeter, available_flops, flops_per_token, per_token_loss
 from midtrain.train.restore import hf_import_step, load_weights, log_checkpoint_notes, restore
@@ -71,7 +70,8 @@ def setup(
     optimizer: Union[str, dict] = "AdamW",
     devices: Union[int, str] = "auto",
     num_nodes: Optional[int] = None,
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    strategy: Literal["auto", "ddp", "fsdp", "hsdp"] = "auto",
+    activation_checkpointing: bool = False,
     accelerator: Literal["auto", "cuda", "cpu"] = "auto",
     rendezvous_timeout: float = 300.0,
     tokenizer_dir: Optional[Path] = None,
@@ -97,7 +97,11 @@ def setup(
         eval: validation interval and size.
         optimizer: ``AdamW`` or ``{class_path, init_args}``.
         devices: devices per node. num_nodes: nodes (default: SLURM_NNODES or 1).
-        strategy: ``auto`` = FSDP on several GPUs, DDP (gloo) on several CPU processes.
+        strategy: ``ddp`` (a full replica per rank), ``fsdp`` (FSDP2: shard over every rank), ``hsdp`` (replicate
+            across nodes, shard within one), or ``auto``: ddp where the memory estimate of a replica fits the GPU
+            (always on CPU), else fsdp. See midtrain.train.parallel.
+        activation_checkpointing: recompute each transformer Block's activations in the backward pass instead of
+            keeping them (less memory, ~1/3 more compute).
         accelerator: ``auto`` (CUDA when available, else CPU), ``cuda`` (refused without GPUs) or ``cpu``;
             study executors ask SLURM for GPUs unless it is ``cpu``.
         rendezvous_timeout: seconds the processes of a multi-process run wait for each other at start-up
@@ -143,17 +147,14 @@ def setup(
         raise ConfigError("train.global_batch_size", f"{train.global_batch_size} is not divisible by "
                           f"micro_batch_size {train.micro_batch_size} x {world} processes")
     precision = precision or (get_default_supported_precision(training=True) if accelerator == "cuda" else "32-true")
-    if strategy == "fsdp" and accelerator != "cuda":
-        raise ConfigError("strategy", "fsdp needs GPUs: Lightning and torch's FSDP refuse CPU devices; use ddp (gloo) "
-                          "for several CPU processes")
-    if world > 1 and strategy in ("auto", "fsdp") and accelerator == "cuda":
-        fabric_strategy = distributed.strategy("fsdp", rendezvous_timeout, auto_wrap_policy={Block},
-                                               state_dict_type="full", sharding_strategy="HYBRID_SHARD")
-    elif world > 1:
-        fabric_strategy = distributed.strategy("ddp", rendezvous_timeout,
-                                               process_group_backend="nccl" if accelerator == "cuda" else "gloo")
-    else:
-        fabric_strategy = "auto"
+    fits = None
+    if world > 1 and strategy == "auto" and accelerator == "cuda":  # a replica per GPU where it fits, else shard
+        seq = train.max_seq_length or model_config.block_size
+        replica = memory.estimate(model_config, train.micro_batch_size, seq, precision, "ddp", 1,
+                                  activation_checkpointing, optimizer_name(optimizer))
+        fits = replica.fits(torch.cuda.get_device_properties(0).total_memory)
+    kind = parallel.resolve(strategy, world, num_nodes, accelerator, fits)
+    fabric_strategy = parallel.fabric_strategy(kind, rendezvous_timeout, accelerator, world, num_nodes, precision)
     # Lightning hints at srun whenever it exists; our launcher uses srun under SLURM, and a run
     # started by hand on a login/dev node is deliberate.
     warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
@@ -175,7 +176,8 @@ def setup(
     fabric.print(f"processes: {fabric.world_size} (devices {n_devices} x num_nodes {num_nodes}; "
                  f"{'started by ' + launched[1].split(' started')[0] if launched else 'started by Fabric'})")
     run = Run(model_config, out_dir, precision, initial_checkpoint_dir, resume, resume_from, train, eval, optimizer,
-              tokenizer_dir, seed, accelerator == "cuda" if compile is None else compile, keep_last_n, hparams or {})
+              tokenizer_dir, seed, accelerator == "cuda" if compile is None else compile, keep_last_n, hparams or {},
+              kind, activation_checkpointing, num_nodes)
     return main(fabric, run, data)
 
 
@@ -197,6 +199,14 @@ class Run:
     compile: bool
     keep_last_n: Optional[int]
     hparams: dict
+    strategy: str = "single"
+    """single, ddp, fsdp or hsdp (``parallel.resolve``)."""
+    activation_checkpointing: bool = False
+    num_nodes: int = 1
+
+    @property
+    def sharded(self) -> bool:
+        return self.strategy in parallel.SHARDED
 
 
 def main(fabric, run: Run, data: DataModule) -> int:
@@ -227,19 +237,20 @@ def main(fabric, run: Run, data: DataModule) -> int:
         if vocab > model_config.padded_vocab_size:
             raise ConfigError("tokenizer_dir", f"tokenizer vocabulary {vocab} is larger than the model's "
                               f"padded_vocab_size {model_config.padded_vocab_size}")
-    with fabric.init_module(empty_init=False):
-        model = GPT(model_config)
-    from litgpt.pretrain import initialize_weights
-
-    initialize_weights(fabric, model, n_layer=model_config.n_layer, n_embd=model_config.n_embd)
-    model.max_seq_length = seq_len
-    if run.initial_checkpoint_dir is not None and load_path is None:
-        load_weights(model, ckpt.check_checkpoint(run.initial_checkpoint_dir, "initial_checkpoint_dir") / ckpt.MODEL_FILE)
-    n_params = num_parameters(model)
+    estimate = memory.estimate(model_config, train.micro_batch_size, seq_len, run.precision, run.strategy,
+                               parallel.shard_size(run.strategy, fabric.world_size, run.num_nodes),
+                               run.activation_checkpointing, optimizer_name(run.optimizer))
+    model, n_params = setup_model(fabric, run, seq_len, will_load=load_path is not None)
     fabric.print(f"model: {n_params / 1e6:.1f}M parameters, seq {seq_len}, {start_kind} run -> {out_dir}")
-    if run.compile:
-        model = torch.compile(model)
-    model = fabric.setup(model)
+    fabric.print(f"strategy: {run.strategy} over {fabric.world_size} process(es), precision {run.precision}"
+                 f"{', activation checkpointing' if run.activation_checkpointing else ''}; memory estimate "
+                 f"{estimate.describe()}")
+    if fabric.device.type == "cuda":
+        gpu = torch.cuda.get_device_properties(fabric.device).total_memory
+        if not estimate.fits(gpu):
+            fabric.print(f"warning: the estimate exceeds this GPU's {gpu / 2**30:.0f} GiB less headroom: expect "
+                         "out-of-memory (strategy: fsdp, activation_checkpointing: true or a smaller micro_batch_size "
+                         "lower it)")
     try:
         optimizer = instantiate_torch_optimizer(run.optimizer, model.parameters())
     except (TypeError, ValueError) as e:
@@ -269,7 +280,7 @@ def main(fabric, run: Run, data: DataModule) -> int:
             startup.check_no_newer_checkpoints(out_dir, load_path)
         restore(fabric, load_path, state, start_kind, train, seq_len)
     log_checkpoint_notes(fabric, train_loader)
-    saver = Saver(fabric, out_dir, run.hparams, model_config, side_files, run.keep_last_n)
+    saver = Saver(fabric, out_dir, run.hparams, model_config, side_files, run.keep_last_n, sharded=run.sharded)
 
     # ---- where this run stops ----
     start_step = state["step_count"]
@@ -304,11 +315,28 @@ def main(fabric, run: Run, data: DataModule) -> int:
     schedule = Schedule(train.lr_scheduler, max_lr, train.min_lr, horizon,
                         warmup_steps(horizon, train.lr_warmup_steps, train.lr_warmup_fraction), train.stable_steps,
                         train.decay_fraction, train.decay_shape, decay_step, decay_lr)
-    return fit(fabric, run, state, saver, schedule, val_loaders, seq_len, n_params)
+    return fit(fabric, run, state, saver, schedule, val_loaders, seq_len, n_params, estimate)
+
+
+def setup_model(fabric, run: Run, seq_len: int, will_load: bool):
+    """The model at step 0, set up on its devices: one init whatever the strategy (``parallel.build_model``; a sharded
+    model that a checkpoint will fill is built on meta), ``initial_checkpoint_dir``'s weights, activation
+    checkpointing, compile, then Fabric's setup (DDP wrap, or fully_shard over the run's mesh). Returns
+    (model, parameter count)."""
+    model = parallel.build_model(run.model_config, run.seed, on_meta=run.sharded and will_load)
+    model.max_seq_length = seq_len
+    if run.initial_checkpoint_dir is not None and not will_load:
+        load_weights(model, ckpt.check_checkpoint(run.initial_checkpoint_dir, "initial_checkpoint_dir"))
+    n_params = num_parameters(model)
+    if run.activation_checkpointing:
+        parallel.checkpoint_blocks(model)
+    if run.compile:
+        model = torch.compile(model)
+    return fabric.setup(model), n_params
 
 
 def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loaders: dict, seq_len: int,
-        n_params: int) -> int:
+        n_params: int, estimate: Optional[memory.MemoryEstimate] = None) -> int:
     train, eval = run.train, run.eval
     model, optimizer, loader = state["model"], state["optimizer"], state["train_dataloader"]
     end_step, first_step = state["end_step"], state["step_count"]
@@ -360,12 +388,13 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
                             "mid-step", can_save=samples_at_step is not None)
             tokens, sources = batch if isinstance(batch, (tuple, list)) else (batch, torch.zeros(len(batch), dtype=torch.long))
             if trace is not None:  # written once the step is complete (a step cut short is redone on resume)
-                trace_lines.append(f"{state['step_count']} {micro} {zlib.crc32(tokens.numpy().tobytes())}\n")
+                trace_lines += [f"{state['step_count']} {micro} {zlib.crc32(row.numpy().tobytes())}\n" for row in tokens]
             tokens = fabric.to_device(tokens.long())
             sources = fabric.to_device(sources.long())
             # contiguous: the loader's rows carry a source column, and strided inputs slow the model
             inputs, targets = tokens[:, :seq_len].contiguous(), tokens[:, 1:seq_len + 1].contiguous()
-            with fabric.no_backward_sync(model, enabled=micro < accum - 1):
+            # DDP all-reduces once per step; sharded gradients are reduce-scattered every micro-batch (kept sharded)
+            with fabric.no_backward_sync(model, enabled=micro < accum - 1 and not run.sharded):
                 logits = model(inputs)
                 per_sample = per_token_loss(logits, targets).mean(dim=1)
                 fabric.backward(per_sample.mean() / accum)
@@ -374,6 +403,8 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
         if train.max_norm:
             fabric.clip_gradients(model, optimizer, max_norm=train.max_norm)
         optimizer.step()
+        if state["step_count"] == first_step and estimate is not None:
+            _write_memory(fabric, run, estimate, model, optimizer)
         optimizer.zero_grad(set_to_none=True)
         if trace is not None:
             trace.writelines(trace_lines)
@@ -448,6 +479,31 @@ def finalize_loggers(fabric, status: str) -> None:
             logger.experiment.finish(exit_code=0 if status == "success" else 1)  # not left to interpreter exit
 
 
+def _write_memory(fabric, run: Run, estimate, model, optimizer) -> None:
+    """``out_dir/memory.json``: the estimate beside rank 0's measured state bytes (and CUDA's peak) after its first
+    optimizer step, so every run checks the numbers its plan was made with."""
+    from midtrain.atomic import write_text_atomic
+    from midtrain.train.saver import unwrap
+
+    measured = memory.measured_state_bytes(unwrap(model), unwrap(optimizer))
+    if fabric.device.type == "cuda":
+        measured["peak_allocated"] = torch.cuda.max_memory_allocated(fabric.device)
+    if fabric.global_rank == 0:
+        import json
+
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run.out_dir / "memory.json", json.dumps(
+            {"strategy": run.strategy, "world": fabric.world_size, "precision": run.precision,
+             "activation_checkpointing": run.activation_checkpointing, "estimate": estimate.to_dict(),
+             "measured_rank0": measured}, indent=1) + "\n")
+
+
+def optimizer_name(optimizer) -> str:
+    """The optimizer class's name (AdamW, SGD, ...) from a run config's ``optimizer``."""
+    path = optimizer if isinstance(optimizer, str) else (optimizer or {}).get("class_path", "AdamW")
+    return str(path).rsplit(".", 1)[-1]
+
+
 def _any_rank(fabric, value: bool) -> bool:
     if fabric.world_size == 1:
         return value
@@ -455,7 +511,8 @@ def _any_rank(fabric, value: bool) -> bool:
 
 
 def _sample_trace(fabric):
-    """Debug aid: MIDTRAIN_SAMPLE_TRACE=prefix writes one line per consumed micro-batch (step, micro, crc32)."""
+    """Debug aid: MIDTRAIN_SAMPLE_TRACE=prefix writes one line per consumed sample (step, micro-batch, crc32 of its
+    tokens) to ``prefix.rankR``: a step's samples are the same set whatever the world size."""
     prefix = os.environ.get("MIDTRAIN_SAMPLE_TRACE")
     if not prefix:
         return None

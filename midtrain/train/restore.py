@@ -1,7 +1,10 @@
 """Where a run starts: restore a checkpoint into the freshly built model, optimizer and loader.
 
 ``restore`` loads a checkpoint of this run (``resume``), of a base run (``resume_from``, midtraining)
-or weights only (``initial_checkpoint_dir``); errors become one line naming the field. What a
+or weights only (``initial_checkpoint_dir``); errors become one line naming the field. Any format into
+any strategy: a sharded checkpoint is read through torch.distributed.checkpoint (each rank reads
+its shard of a sharded model; a replica reads the whole), a full ``lit_model.pth`` through
+``set_state_dict`` (into a sharded model rank 0's copy is broadcast, shard by shard). What a
 foreign checkpoint (the original litgpt fork, a Hugging Face import) cannot carry is said and
 recorded in the loader's notes, which every later checkpoint and the run's logs keep.
 """
@@ -13,8 +16,6 @@ import pickle
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
 from midtrain.errors import ConfigError
 from midtrain.train import checkpoint as ckpt
 
@@ -22,18 +23,59 @@ from midtrain.train import checkpoint as ckpt
 def restore(fabric, load_path: Path, state: dict[str, Any], start_kind: str, train, seq_len: int) -> None:
     """Load ``load_path`` into ``state`` (model, optimizer, loader, counters) for a resume or a midtrain start."""
     loader = state["train_dataloader"]
-    fabric.print(f"loading {load_path}")
+    fabric.print(f"loading {load_path}" + (" (sharded)" if ckpt.is_sharded(load_path) else ""))
     if start_kind == "midtrain" and hasattr(loader, "accept_foreign"):
         loader.accept_foreign = True
     field = "resume_from" if start_kind == "midtrain" else "resume"
-    translate_load_errors(lambda: _load(fabric, load_path / ckpt.MODEL_FILE, state), load_path / ckpt.MODEL_FILE, field)
+    where = load_path / (ckpt.SHARDED_DIR if ckpt.is_sharded(load_path) else ckpt.MODEL_FILE)
+    translate_load_errors(lambda: _load(load_path, state), where, field)
     if getattr(loader, "imported", False):
         _announce_foreign(fabric, load_path, state, loader, train, seq_len)
 
 
-def _load(fabric, path: Path, state: dict) -> None:
-    remainder = fabric.load(path, state, strict=False)
-    state.update({k: v for k, v in remainder.items() if k in state})
+def _load(path: Path, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                         set_optimizer_state_dict, set_state_dict)
+
+    from midtrain.train.parallel import is_sharded
+    from midtrain.train.saver import COUNTERS, unwrap
+
+    model, optimizer, loader = unwrap(state["model"]), unwrap(state["optimizer"]), state["train_dataloader"]
+    if ckpt.is_sharded(path):
+        import torch.distributed.checkpoint as dcp
+
+        model_state, optim_state = get_state_dict(model, optimizer)
+        dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=path / ckpt.SHARDED_DIR)
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+        saved = ckpt.read_training_state(path)
+        saved = {**saved, "step_count": saved.get("step"), "train_dataloader": saved.get("data")}
+    else:
+        saved = ckpt.load_file(path / ckpt.MODEL_FILE)
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=is_sharded(model), strict=True)
+        set_model_state_dict(model, saved["model"], options=options)
+        if saved.get("optimizer"):  # an import from Hugging Face has none: the optimizer starts fresh (said)
+            set_optimizer_state_dict(model, optimizer, name_keyed(saved["optimizer"], model), options=options)
+    if saved.get("train_dataloader") is not None and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(saved["train_dataloader"])
+    state.update({k: saved[k] for k in COUNTERS if saved.get(k) is not None})
+
+
+def name_keyed(optim_state: dict, model) -> dict:
+    """An optimizer state dict keyed by parameter name (what set_optimizer_state_dict takes) from one keyed by
+    position (``optimizer.state_dict()``, as older checkpoints and the original fork wrote it)."""
+    keys = list(optim_state.get("state", {})) + [p for g in optim_state.get("param_groups", []) for p in g["params"]]
+    if not keys or not isinstance(keys[0], int):
+        return optim_state
+    names = [canonical_name(n) for n, _ in model.named_parameters()]
+    return {"state": {names[i]: v for i, v in optim_state["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in optim_state["param_groups"]]}
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's name without wrapper prefixes (activation checkpointing, torch.compile, DDP)."""
+    for prefix in ("_checkpoint_wrapped_module.", "_orig_mod.", "module."):
+        name = name.replace(prefix, "")
+    return name
 
 
 def _announce_foreign(fabric, load_path: Path, state: dict, loader, train, seq_len: int) -> None:
@@ -54,12 +96,9 @@ def _announce_foreign(fabric, load_path: Path, state: dict, loader, train, seq_l
 
 
 def load_weights(model, path: Path) -> None:
-    """Weights only, from our checkpoints ({"model": ...}) or plain litgpt/converted state dicts."""
-    def load():
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-
-    translate_load_errors(load, path, "initial_checkpoint_dir")
+    """Weights only (``initial_checkpoint_dir``), from our checkpoints of either format or plain litgpt/converted
+    state dicts."""
+    translate_load_errors(lambda: ckpt.load_model_weights(path, model), path, "initial_checkpoint_dir")
 
 
 def translate_load_errors(load, path: Path, field: str) -> None:

@@ -1,10 +1,11 @@
 """The run's checkpoint writer: what every save repeats, held once.
 
-``Saver(fabric, out_dir, ...)`` knows where a run's checkpoints go, what they carry beside the
-weights (resolved config, model config, tokenizer and HF side files) and how many to keep;
-``save(state)`` writes the current step (``final/`` at the end) through ``checkpoint.save_checkpoint``
-(atomic, never overwriting). The counters and the data position go into ``training_state.json``
-too, readable without torch.
+``Saver(fabric, out_dir, ...)`` knows where a run's checkpoints go, in which format (sharded step
+checkpoints for a sharded model, a full ``lit_model.pth`` otherwise and always in ``final/``), what
+they carry beside the weights (resolved config, model config, tokenizer and HF side files) and how
+many to keep; ``save(state)`` writes the current step (``final/`` at the end) through
+``checkpoint.save_checkpoint`` (atomic, never overwriting). The counters and the data position go
+into ``training_state.json`` too, readable without torch: a sharded checkpoint is resumed from there.
 """
 
 from __future__ import annotations
@@ -14,28 +15,34 @@ from typing import Any, Optional
 
 from midtrain.train import checkpoint as ckpt
 
+COUNTERS = ("iter_num", "step_count", "tokens", "source_tokens", "end_step", "decay_from", "segment_start")
+
 
 class Saver:
     def __init__(self, fabric, out_dir: Path, hparams: dict, model_config, side_files: dict[str, bytes],
-                 keep_last_n: Optional[int]) -> None:
+                 keep_last_n: Optional[int], sharded: bool) -> None:
         self.fabric, self.out_dir, self.hparams = fabric, Path(out_dir), hparams
         self.model_config, self.side_files, self.keep_last_n = model_config, side_files, keep_last_n
+        self.sharded = sharded
 
     def exists(self, state: dict[str, Any]) -> bool:
         return (self.out_dir / ckpt.step_name(state["step_count"])).exists()
 
     def save(self, state: dict[str, Any], final: bool = False) -> Path:
-        """Write the current step's checkpoint (or ``final/``, which no prune touches)."""
+        """Write the current step's checkpoint (or ``final/``: full, and no prune touches it)."""
         name = ckpt.FINAL if final else ckpt.step_name(state["step_count"])
         loader = state["train_dataloader"]
+        data_state = loader.state_dict() if hasattr(loader, "state_dict") else {}
         training_state = {
             "step": state["step_count"], "iter_num": state["iter_num"], "tokens": state["tokens"],
             "end_step": state["end_step"], "segment_start": state["segment_start"],
-            "source_tokens": state["source_tokens"],
-            "data": loader.state_dict() if hasattr(loader, "state_dict") else {},
+            "source_tokens": state["source_tokens"], "decay_from": state["decay_from"], "data": data_state,
         }
-        path = ckpt.save_checkpoint(self.fabric, self.out_dir, name, state, training_state, self.hparams,
-                                    self.model_config, self.side_files, None if final else self.keep_last_n)
+        extra = {"train_dataloader": data_state, **{k: state[k] for k in COUNTERS}}
+        path = ckpt.save_checkpoint(self.fabric, self.out_dir, name, unwrap(state["model"]),
+                                    unwrap(state["optimizer"]), extra, training_state, self.hparams,
+                                    self.model_config, self.side_files, None if final else self.keep_last_n,
+                                    sharded=self.sharded and not final)
         self.fabric.print(f"saved {path}")
         return path
 
@@ -43,3 +50,10 @@ class Saver:
         """The current step, unless it is already on disk (a stop right after a periodic save)."""
         if not self.exists(state):
             self.save(state)
+
+
+def unwrap(obj):
+    """The torch module / optimizer inside Fabric's wrappers (the one whose state dict names the parameters)."""
+    if hasattr(obj, "optimizer") and not hasattr(obj, "parameters"):
+        return obj.optimizer
+    return getattr(obj, "module", obj)

@@ -14,20 +14,43 @@ from midtrain.train.metrics import perplexity
 
 @torch.no_grad()
 def validate(fabric, model, loader, max_iters: int) -> Optional[float]:
+    """Mean cross-entropy per token over the batches ``loader`` gives this rank (at most ``max_iters``), summed over
+    every rank; None over zero tokens (never a loss of 0).
+
+    Every rank runs the same number of forward passes: a loader may give ranks unequal shares (litdata's
+    ``drop_last=False`` hands the leftovers to the last rank), and under sharding each forward is a collective
+    that would wait forever for a rank that has stopped. So the ranks agree before each batch whether any of
+    them still has one; a rank whose share is done runs its last batch again with weight 0. Each sample's tokens
+    count once."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=fabric.device)
     seq = model.max_seq_length
-    for k, batch in enumerate(loader):
-        if k >= max_iters:
+    batches, spare = iter(loader), None
+    for _ in range(max_iters):
+        batch = next(batches, None)
+        if fabric.world_size > 1:
+            if not _any_rank_has(fabric, batch is not None):
+                break
+        elif batch is None:
             break
+        weight = 1.0
+        if batch is None:  # this rank's share is done and another's is not: a forward that counts for nothing
+            batch, weight = (spare if spare is not None else torch.zeros((1, seq + 1), dtype=torch.long)), 0.0
+        spare = batch
         tokens = fabric.to_device((batch[0] if isinstance(batch, (tuple, list)) else batch).long())
         logits = model(tokens[:, :seq])
         targets = tokens[:, 1:seq + 1]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="sum")
-        total += torch.stack([loss.double(), torch.tensor(targets.numel(), dtype=torch.float64, device=fabric.device)])
+        total += weight * torch.stack([loss.double(), torch.tensor(targets.numel(), dtype=torch.float64,
+                                                                   device=fabric.device)])
     total = fabric.all_reduce(total, reduce_op="sum")
     model.train()
     return None if total[1] == 0 else float(total[0] / total[1])  # None: no data, never a loss of 0
+
+
+def _any_rank_has(fabric, has: bool) -> bool:
+    flag = torch.tensor(1.0 if has else 0.0, device=fabric.device)
+    return bool(fabric.all_reduce(flag, reduce_op="sum") > 0)
 
 
 def log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> bool:

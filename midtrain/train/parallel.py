@@ -1,0 +1,144 @@
+"""How a run is spread over its processes: the strategy, its DeviceMesh, the one init, activation checkpointing.
+
+Strategies (the run config's ``strategy``):
+- ``ddp``: every rank holds the whole model, gradients and optimizer state; gradients are all-reduced
+  once per optimizer step (on the last micro-batch). The default wherever a full replica fits.
+- ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard`` per transformer Block, then at the root)
+  over a 1-D DeviceMesh of all ``devices × num_nodes`` ranks: parameters, gradients and optimizer
+  state sharded over every rank.
+- ``hsdp``: FSDP2 over a 2-D mesh ``(num_nodes, devices)``: replicated across nodes, sharded within
+  a node (all-gathers stay on the node's links).
+- ``auto``: ``ddp`` when the memory estimate of a full replica fits the device (always on CPU),
+  else ``fsdp``; one process: no strategy.
+The mesh comes from the run config, never from ``torch.cuda.device_count()`` (FSDP1's HYBRID_SHARD took
+"GPUs per node" from the visible devices and crashed ``devices: 2`` on a full node). Under sharding
+every micro-batch's gradients are reduce-scattered, so gradients accumulate sharded (memory ∝ 1/shard);
+DDP skips its all-reduce until the last micro-batch.
+
+One init: ``build_model`` builds the model on CPU in fp32 from the seed and applies litgpt's GPT-NeoX
+init (``litgpt.pretrain.initialize_weights``) whatever the strategy, so a run's step-0 weights are
+bitwise those of the same config on one CPU process, under DDP and under sharding (litgpt skips that
+init under FSDPStrategy, expecting meta tensors that an ``empty_init=False`` model never has: a multi-GPU
+run kept torch's default init, embeddings N(0, 1)). A precision's dtype is a cast of those weights.
+A model whose weights will come from a checkpoint is built on the meta device under sharding: nothing
+is initialised that the load overwrites, and no rank holds a full copy.
+
+Precision under sharding: ``bf16-mixed`` keeps fp32 parameters and optimizer state (the shards) and
+computes in bf16 (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` plus autocast, as on
+one device); ``bf16-true`` shards bf16 parameters and state.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Optional
+
+import torch
+
+from midtrain.errors import ConfigError
+
+STRATEGIES = ("auto", "ddp", "fsdp", "hsdp")
+SHARDED = ("fsdp", "hsdp")
+
+
+def resolve(strategy: str, world: int, num_nodes: int, accelerator: str, fits_replica: Optional[bool]) -> str:
+    """The strategy a run uses: ``single`` (one process), ``ddp``, ``fsdp`` or ``hsdp``. Pure.
+
+    ``fits_replica``: whether a full DDP replica fits one device (None: unknown, e.g. on CPU)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError("strategy", f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if world == 1:
+        return "single"
+    if strategy == "hsdp" and num_nodes < 2:
+        raise ConfigError("strategy", f"hsdp replicates across nodes and shards within one; num_nodes is {num_nodes}: "
+                          "use fsdp to shard over the node's devices")
+    if strategy != "auto":
+        return strategy
+    return "fsdp" if fits_replica is False else "ddp"
+
+
+def mesh_shape(kind: str, world: int, num_nodes: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(shape, dim names) of the DeviceMesh a sharded strategy shards over. Pure."""
+    if kind == "fsdp":
+        return (world,), ("shard",)
+    if kind == "hsdp":
+        return (num_nodes, world // num_nodes), ("replicate", "shard")
+    raise ValueError(kind)
+
+
+def shard_size(kind: str, world: int, num_nodes: int) -> int:
+    """Ranks one parameter is split over: 1 for single/ddp, the world for fsdp, a node's devices for hsdp."""
+    return mesh_shape(kind, world, num_nodes)[0][-1] if kind in SHARDED else 1
+
+
+def build_model(config, seed: int, on_meta: bool = False):
+    """The model with litgpt's GPT-NeoX init, on CPU in fp32, from ``seed`` (the same weights whatever the world
+    size or strategy); ``on_meta``: shapes only, for weights that a checkpoint load will provide."""
+    from litgpt.model import GPT
+    from litgpt.pretrain import initialize_weights
+
+    if on_meta:
+        with torch.device("meta"):
+            return GPT(config)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        torch.manual_seed(seed)
+        with torch.device("cpu"):
+            model = GPT(config)
+        # litgpt's init, told there is no FSDPStrategy (it would otherwise skip reset_parameters)
+        initialize_weights(types.SimpleNamespace(strategy=None), model, n_layer=config.n_layer, n_embd=config.n_embd)
+    finally:
+        torch.set_default_dtype(default)
+    return model
+
+
+def checkpoint_blocks(model) -> None:
+    """Activation checkpointing per transformer Block (torch's non-reentrant checkpoint_wrapper, as torchtitan):
+    a block's activations are recomputed in the backward pass instead of kept; state-dict keys are unchanged."""
+    from litgpt.model import Block
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (apply_activation_checkpointing,
+                                                                             checkpoint_wrapper)
+
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper,
+                                   check_fn=lambda m: isinstance(m, Block))
+
+
+def sharder(kind: str, world: int, num_nodes: int, precision: str, accelerator: str):
+    """The ``parallelize_fn`` of Lightning's ModelParallelStrategy: fully_shard each Block, then the root, over the
+    mesh of ``kind``."""
+    def parallelize(model, _lightning_mesh):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        shape, names = mesh_shape(kind, world, num_nodes)
+        mesh = init_device_mesh("cuda" if accelerator == "cuda" else "cpu", shape, mesh_dim_names=names)
+        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                  if precision == "bf16-mixed" else MixedPrecisionPolicy())
+        for block in model.transformer.h:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        return model
+
+    return parallelize
+
+
+def fabric_strategy(kind: str, timeout: float, accelerator: str, world: int, num_nodes: int, precision: str):
+    """The Lightning strategy for ``kind`` whose process-group set-up is midtrain's rendezvous (or "auto")."""
+    from midtrain.train import distributed
+
+    if kind == "single":
+        return "auto"
+    if kind == "ddp":
+        return distributed.strategy("ddp", timeout, process_group_backend="nccl" if accelerator == "cuda" else "gloo",
+                                    gradient_as_bucket_view=True)
+    return distributed.strategy("model_parallel", timeout, parallelize_fn=sharder(kind, world, num_nodes, precision, accelerator),
+                                data_parallel_size=world, tensor_parallel_size=1,
+                                process_group_backend="nccl" if accelerator == "cuda" else "gloo")
+
+
+def is_sharded(model) -> bool:
+    """Whether ``model`` (a Fabric-wrapped one included) holds DTensor shards."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
