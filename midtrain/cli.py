@@ -77,13 +77,14 @@ def mix(argv: list[str]) -> int:
                          args.logger_name)
     seq = train.max_seq_length or model_config.block_size
     data.connect(batch_size=train.micro_batch_size, max_seq_length=seq, global_batch_size=train.global_batch_size)
+    start = (ckpt.checkpoint_step(Path(args.resume_from)) or 0) if args.resume_from else 0
+    end = None
     if args.tokens is not None:
         if args.tokens < 0:
             raise ConfigError("--tokens", f"must be >= 0, got {args.tokens}")
         total_samples = args.tokens // seq
     else:  # exactly the steps the trainer will run with this mixture: from the start step to the end step
         world = (args.devices if isinstance(args.devices, int) else 1) * (args.num_nodes or 1)
-        start = (ckpt.checkpoint_step(Path(args.resume_from)) or 0) if args.resume_from else 0
         total = train.total_steps(world, 1, seq)
         try:
             end = run_end_step(train, total, start, None, start)
@@ -98,6 +99,8 @@ def mix(argv: list[str]) -> int:
     if data.val_data_path is not None:
         data.check_val_sets()
     print(format_plan(plan))
+    if model_config is not None and given:
+        print(run_footprint(args, init, model_config, seq, start, end if args.tokens is None else None))
     if args.json:
         text = json.dumps(plan.to_dict(), indent=2)
         if args.json == "-":
@@ -105,6 +108,31 @@ def mix(argv: list[str]) -> int:
         else:
             write_text_atomic(args.json, text)
     return 0
+
+
+def run_footprint(args, init, model_config, seq: int, start: int, end) -> str:
+    """What `mix` says of the devices: strategy and memory per rank, and bf16-true's cost at the run's LRs."""
+    import torch
+
+    from midtrain.train.footprint import bf16_true_cost, footprint, schedule_lr
+    from midtrain.train.pretrain import optimizer_name
+    from midtrain.train.startup import optimizer_lr
+
+    train = init.train
+    devices = args.devices if isinstance(args.devices, int) else (torch.cuda.device_count() or 1)
+    accelerator = args.accelerator if args.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "gpu")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    fp = footprint(model_config, train.micro_batch_size, seq, args.precision, args.strategy, devices,
+                   args.num_nodes or 1, accelerator, args.activation_checkpointing, optimizer_name(args.optimizer), gpu)
+    from midtrain.train.footprint import ASSUMED
+
+    lines = [f"devices: {fp.describe()}" + (f" {ASSUMED}" if fp.assumed_gpu else "")]
+    peak = train.max_lr if train.max_lr is not None else optimizer_lr(args.optimizer)
+    horizon = train.total_steps(devices * (args.num_nodes or 1), 1, seq) or end
+    lrs = [(f"{'starts' if s == start else 'ends'} at step {s:,}", schedule_lr(train, peak, horizon, s))
+           for s in sorted({start, max(start, (end or horizon or 1) - 1)})]
+    lines += bf16_true_cost(fp.precision, [(w, lr) for w, lr in lrs if lr], model_config.n_embd)
+    return "\n".join(lines)
 
 
 def status(argv: list[str]) -> int:
@@ -487,6 +515,8 @@ def study(argv: list[str]) -> int:
     from midtrain.study.execute import read_bases
     from midtrain.study.files import load_plan
 
+    from midtrain.study import footprints
+
     if what == "plan":
         from midtrain.study.plan import format_plan, format_sharing
 
@@ -504,6 +534,8 @@ def study(argv: list[str]) -> int:
             if len(a.spec) > 1:
                 print(f"## {spec}\n")
             print(format_plan(plan, a.mfu, a.peak_tflops, rows))
+            footprints.check(plan)
+            print("\n" + footprints.format_footprints(plan))
             if len(a.spec) > 1:
                 print()
         if len(plans) > 1:
@@ -516,6 +548,7 @@ def study(argv: list[str]) -> int:
 
     if what == "run":
         check_writable_dir(out, "--out")
+        footprints.check(plan)  # a run that fits on no strategy is refused before anything starts or is submitted
         from midtrain.study.execute import check_external
 
         check_external(plan, out)
