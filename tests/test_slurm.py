@@ -9,6 +9,7 @@ In CI (CI=true) these tests fail, never skip, when SLURM cannot start.
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -125,6 +126,8 @@ def test_two_rank_launcher_requeue_equals_an_uninterrupted_two_rank_run(cluster,
     text = (ref / "job.out").read_text()
     assert r.returncode == 0, text + cluster.logs()
     assert "processes: 2 (devices 2 x num_nodes 1; started by SLURM)" in text and "done: 40 steps" in text
+    # srun no longer inherits --cpus-per-task from sbatch (Slurm >= 22.05): the launcher passes the job's on
+    assert "launch: srun --kill-on-bad-exit=1 --cpus-per-task=1 midtrain pretrain --config" in text, text
     run = tmp_path / "run"
     run.mkdir()
     env = job_env(cluster, demo_data, run / "ckpt", model_config_file="midtrain_configs/demo/pretrain.yaml",
@@ -157,6 +160,19 @@ def test_two_rank_launcher_requeue_equals_an_uninterrupted_two_rank_run(cluster,
     assert (ref / "trace.rank0").read_text() != (ref / "trace.rank1").read_text()  # the ranks read different data
 
 
+def test_the_launcher_refuses_a_job_given_gpus_that_cuda_cannot_see(demo_data, tmp_path):
+    """A job whose allocation holds GPUs (SLURM_GPUS_ON_NODE) on a node where CUDA sees none (too old a driver, say)
+    would train on CPU processes: the launcher exports MIDTRAIN_EXPECT_CUDA and the trainer refuses in one line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(DATA_ROOT=str(demo_data), CKPT_ROOT=str(tmp_path / "ckpt"), PYTHONPATH=REPO, SLURM_GPUS_ON_NODE="8",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    r = subprocess.run(["bash", LAUNCHER, "midtrain_configs/demo/pretrain.yaml", "--train.max_steps", "2"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "this step was given GPUs" in r.stderr and "CUDA sees none" in r.stderr, r.stderr
+    assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").rglob("step-*"))
+
+
 def test_allocation_that_contradicts_the_config_is_refused_in_one_line(cluster, demo_data, tmp_path):
     """devices: 2 in a job with one task: Lightning would train with 1 process; the trainer refuses."""
     env = job_env(cluster, demo_data, tmp_path / "ckpt", model_config_file="midtrain_configs/demo/pretrain.yaml")
@@ -184,7 +200,7 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
 
     spec = build(tmp_path)
     base = yaml.safe_load((tmp_path / "base.yaml").read_text())
-    base.update(devices=2, accelerator="cpu")
+    base.update(devices=2, accelerator="cpu", strategy="fsdp")  # every training step: 2 FSDP2 ranks under srun
     base["train"]["micro_batch_size"] = 2
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     raw = yaml.safe_load(spec.read_text())
@@ -282,6 +298,7 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
             log = Path(st["log"]).read_text()
             assert "srun --kill-on-bad-exit=1 --nodes=1 --ntasks=2 --ntasks-per-node=2" in log, log
             assert "processes: 2 (devices 2 x num_nodes 1; started by SLURM)" in log, log
+            assert "strategy: fsdp over 2 process(es)" in log, log  # sharded (FSDP2 over gloo) under srun
             assert st["processes"] == 2
     index = json.loads((out / "study.json").read_text())["steps"]
     for sid, info in index.items():

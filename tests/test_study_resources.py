@@ -14,7 +14,16 @@ GPU8 = {"devices": 8, "num_nodes": 1}
 def test_training_steps_take_their_shape_from_the_run_config():
     a = allocation("pretrain", GPU8, {})
     assert (a.nodes, a.tasks_per_node, a.gpus_per_node, a.srun) == (1, 8, 8, True)
-    assert a.sbatch_args() == ["--nodes=1", "--ntasks-per-node=8", "--gpus-per-node=8"]
+    # a GPU task's default share: the loader's workers + 2 CPUs, 16 GiB + (4 + 16 / devices) bytes per parameter
+    assert a.sbatch_args() == ["--nodes=1", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10",
+                               "--mem-per-gpu=32G"]
+    a = allocation("pretrain", GPU8, {}, params=1_011_781_632)  # pythia-1b: 6 bytes x 1.01e9 = 5.65 GiB -> 6
+    assert a.options == {"cpus-per-task": 10, "mem-per-gpu": "22G"}
+    a = allocation("pretrain", {**GPU8, "data": {"init_args": {"num_workers": 2}}}, {}, params=1_011_781_632)
+    assert a.options["cpus-per-task"] == 4
+    assert allocation("sft", GPU8, {}, params=1_011_781_632).options["mem-per-gpu"] == "35G"  # 20 bytes/param
+    a = allocation("pretrain", GPU8, {"options": {"cpus-per-task": 16, "mem": "900G"}})  # named: kept, no share
+    assert a.options == {"cpus-per-task": 16, "mem": "900G"}
     a = allocation("midtrain", {"devices": 2, "accelerator": "cpu"}, {})
     assert a.sbatch_args() == ["--nodes=1", "--ntasks-per-node=2"] and a.gpus == 0
     a = allocation("midtrain", {"devices": 4, "num_nodes": 3}, {})
@@ -31,13 +40,14 @@ def test_single_process_steps_ask_for_one_task(kind, gpus):
 def test_options_layer_shared_then_kind_then_command_line():
     slurm = {"options": {"partition": "gpu", "time": "1:00:00", "account": "lab"},
              "sft": {"time": "4:00:00"}, "report": {"partition": "cpu"}}
-    assert allocation("sft", GPU8, slurm).options == {"partition": "gpu", "time": "4:00:00", "account": "lab"}
+    assert allocation("sft", GPU8, slurm).options == {"partition": "gpu", "time": "4:00:00", "account": "lab",
+                                                      "cpus-per-task": 10, "mem-per-gpu": "32G"}
     assert allocation("report", GPU8, slurm).options["partition"] == "cpu"
     assert allocation("pretrain", GPU8, slurm, {"time": "48:00:00"}).options["time"] == "48:00:00"
     # a shape option equal to the derived value is accepted (and not passed twice); a GPU type is kept
     a = allocation("pretrain", GPU8, {"pretrain": {"ntasks-per-node": 8, "gpus-per-node": "h100:8", "nodes": 1}})
-    assert a.sbatch_args() == ["--nodes=1", "--ntasks-per-node=8", "--gpus-per-node=h100:8"]
-    assert allocation("sft", GPU8, {"sft": {"gres": "gpu:a100:1"}}).sbatch_args() == [
+    assert a.sbatch_args()[:3] == ["--nodes=1", "--ntasks-per-node=8", "--gpus-per-node=h100:8"]
+    assert allocation("sft", GPU8, {"sft": {"gres": "gpu:a100:1"}}).sbatch_args()[:3] == [
         "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=a100:1"]
 
 

@@ -22,7 +22,10 @@
 # --ntasks-per-node=devices. The defaults below fit a config with devices: 8, num_nodes: 1; for
 # another shape pass e.g. `sbatch --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 ...` (or use
 # `midtrain study run --executor slurm`, which derives them). Size --cpus-per-task / --mem / --time /
-# --partition for your cluster.
+# --partition for your cluster. srun is given the job's --cpus-per-task (since Slurm 22.05 it no
+# longer inherits it: each rank would run its main thread, loader workers and NCCL on one core).
+# A job given GPUs exports MIDTRAIN_EXPECT_CUDA=1: a node whose driver cannot run the installed CUDA
+# build is refused in one line instead of training on CPU processes (accelerator: cpu opts out).
 #SBATCH --job-name=midtrain
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
@@ -43,8 +46,13 @@ EXIT_REQUEUE=75  # midtrain.signals.EXIT_REQUEUE
 
 requeue() {
   if [ -n "${SLURM_JOB_ID:-}" ]; then
-    echo "[$(date '+%F %T')] $1; requeueing job $SLURM_JOB_ID"
-    scontrol requeue "$SLURM_JOB_ID"
+    # an array task requeues itself only: its SLURM_JOB_ID may be the array's id, which requeues every task
+    local job="$SLURM_JOB_ID"
+    if [ -n "${SLURM_ARRAY_TASK_ID:-}" ] && [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
+      job="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+    fi
+    echo "[$(date '+%F %T')] $1; requeueing job $job"
+    scontrol requeue "$job"
   else
     echo "[$(date '+%F %T')] $1"
   fi
@@ -93,7 +101,14 @@ midtrain mix --config "$config" "$@"
 launch=()
 if [ -n "${SLURM_JOB_ID:-}" ] && command -v srun >/dev/null 2>&1; then
   launch=(srun --kill-on-bad-exit=1)
+  if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+    launch+=("--cpus-per-task=$SLURM_CPUS_PER_TASK")
+  fi
 fi
+if [ -n "${SLURM_JOB_GPUS:-}${SLURM_GPUS_ON_NODE:-}" ] && [ "${SLURM_GPUS_ON_NODE:-1}" != "0" ]; then
+  export MIDTRAIN_EXPECT_CUDA=1  # this job was given GPUs: never fall back to CPU processes
+fi
+echo "[$(date '+%F %T')] launch: ${launch[*]} midtrain pretrain --config $config --resume auto $*"
 
 if [ -n "$pending" ]; then
   requeue "$pending received before the trainer started: nothing to save"

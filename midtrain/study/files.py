@@ -159,7 +159,7 @@ def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool 
     from midtrain.study.execute import read_bases
 
     spec = load_spec(path, check_files)
-    params = {s.name: params_of(s.config) for s in spec.sizes} if estimate else {}
+    params = {s.name: params_of(s.config) for s in spec.sizes}  # always: a GPU task's memory share depends on it
     tokens = sft_token_estimate(spec, spec.sizes[0].config) if estimate else {}
     known = list(known)
     for size in spec.sizes:

@@ -85,6 +85,7 @@ class Plan:
     spec: Spec
     steps: list[Step] = field(default_factory=list)
     cost_by_vary: dict = field(default_factory=dict)  # seeds.vary choice -> (tokens, FLOPs or 0) of that plan
+    params: dict = field(default_factory=dict)  # size -> parameter count (FLOPs, a GPU task's memory share)
 
     def base_segments(self) -> list[BaseSegment]:
         """This plan's base segments, as a study folder records them for the next spec (``bases.json``)."""
@@ -159,7 +160,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
     """``params``: size -> parameter count (for FLOPs); ``sft_tokens``: task -> tokens one SFT run trains on;
     ``known``: base segments already planned in the study folder (``bases.json``), reused where they hold
     the checkpoint an arm starts from."""
-    plan = Plan(spec)
+    plan = Plan(spec, params=dict(params or {}))
     if _costs:
         import dataclasses
 
@@ -179,7 +180,8 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         h = config_hash(kind, config, hash_deps if hash_deps is not None else hashes)
         n = (params or {}).get(size) if size else None
         flops = 6.0 * n * tokens if n and tokens else None
-        alloc = allocation(kind, _run_config(spec, kind, config, labels), spec.slurm, where=id_)
+        alloc = allocation(kind, _run_config(spec, kind, config, labels), spec.slurm, where=id_,
+                           params=(params or {}).get(labels.get("size")))
         out = f"report/{spec.name}" if kind == "report" else f"{id_}-{h[:8]}"
         step = Step(id_, kind, tuple(deps), h, out, labels, config, resume_step, resume_at, tokens, flops, alloc)
         steps[id_] = step
@@ -200,7 +202,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
                 raise ConfigError("--out", f"base segment {seg.id} resumes from {d}, which no study folder this spec "
                                   "reads holds (name its folder with sizes.<size>.base)")
             reuse(found[0])
-        alloc = allocation("pretrain", seg.config, spec.slurm, where=seg.id)
+        alloc = allocation("pretrain", seg.config, spec.slurm, where=seg.id, params=(params or {}).get(seg.size))
         size = next((sz for sz in spec.sizes if sz.name == seg.size), None)
         tokens = (seg.end - seg.start) * size.tokens_per_step if size else None
         n = (params or {}).get(seg.size)

@@ -14,6 +14,12 @@ Guarantees:
 - Other options (partition, time, account, qos, cpus-per-task, mem, constraint, ...) come from the
   shared ``slurm.options``, then the kind's section (``slurm.pretrain``, ``midtrain``, ``sft``,
   ``eval``, ``lm_eval``, ``report``), then the command line (``--slurm``), the later winning.
+- **A GPU step gets a CPU and memory share per GPU unless the spec names one** (``gpu_share``):
+  ``cpus-per-task`` = the run's data-loader workers + 2 (the rank's main thread, pinning and NCCL
+  threads), and ``mem-per-gpu`` = 16 GiB + (4 + 16 / devices) bytes per parameter (the fp32 model a
+  rank builds at init, and its share of the full fp32 weights-and-AdamW state gathered on the node
+  for a checkpoint). Without them a scheduler gives one core per task: the main thread, 8 loader
+  workers and NCCL on one core. Any of ``mem``/``mem-per-cpu``/``mem-per-gpu`` replaces the memory share.
 """
 
 from __future__ import annotations
@@ -136,9 +142,25 @@ def _same(given, derived) -> bool:
     return text == str(derived) or (text.startswith("gpu:") and text.rsplit(":", 1)[-1] == str(derived).rsplit(":", 1)[-1])
 
 
+GPU_SHARE_BASE_GIB = 16
+MEMORY_OPTIONS = ("mem", "mem-per-cpu", "mem-per-gpu")
+
+
+def gpu_share(run_config: Mapping, params: int | None, devices: int) -> dict:
+    """The default ``cpus-per-task`` and ``mem-per-gpu`` of a GPU task (see the module docstring). Pure."""
+    data = run_config.get("data") if isinstance(run_config.get("data"), Mapping) else {}
+    init = data.get("init_args") if isinstance(data.get("init_args"), Mapping) else data
+    workers = init.get("num_workers", 8) if isinstance(init, Mapping) else 8
+    workers = workers if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0 else 8
+    per_param = 4 + 16 / max(1, devices)
+    gib = GPU_SHARE_BASE_GIB + (-(-int(per_param * params) // 2**30) if params else 16)
+    return {"cpus-per-task": workers + 2, "mem-per-gpu": f"{gib}G"}
+
+
 def allocation(kind: str, run_config: Mapping, slurm: Mapping, cli: Mapping | None = None,
-               where: str = "step") -> Allocation:
-    """The allocation of one step. ``run_config``: the training step's config, or the base run's for the others."""
+               where: str = "step", params: int | None = None) -> Allocation:
+    """The allocation of one step. ``run_config``: the training step's config, or the base run's for the others;
+    ``params``: the model's parameter count (for the default memory share of a GPU task)."""
     devices, nodes, gpu = run_shape(run_config, where)
     if kind in TRAINING:
         base = Allocation(nodes, devices, devices if gpu else 0, srun=True)
@@ -164,6 +186,11 @@ def allocation(kind: str, run_config: Mapping, slurm: Mapping, cli: Mapping | No
                                       "the shape of every step: remove it" + (" or change the run config"
                                                                                if kind in TRAINING else ""))
             options[k] = v
+    if base.gpus_per_node:
+        share = gpu_share(run_config, params, base.tasks_per_node)
+        options.setdefault("cpus-per-task", share["cpus-per-task"])
+        if not any(k in options for k in MEMORY_OPTIONS):
+            options["mem-per-gpu"] = share["mem-per-gpu"]
     return Allocation(base.nodes, base.tasks_per_node, base.gpus_per_node,
                       {k: v for k, v in options.items() if k not in SHAPE}, base.srun,
                       gpu_type if base.gpus_per_node else None)

@@ -166,7 +166,8 @@ def step_allocations(plan: Plan, options: dict | None) -> dict[str, Allocation]:
     """Every step's allocation with the command-line options on top (a contradiction is refused here)."""
     if not options:
         return {s.id: s.alloc for s in plan.steps}
-    return {s.id: allocation(s.kind, run_config_of(plan, s), plan.spec.slurm, options, where=s.id) for s in plan.steps}
+    return {s.id: allocation(s.kind, run_config_of(plan, s), plan.spec.slurm, options, where=s.id,
+                             params=plan.params.get(s.labels.get("size"))) for s in plan.steps}
 
 
 def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | None = None, rerun_changed: bool = False,

@@ -132,16 +132,16 @@ def setup(
         raise ConfigError("accelerator", "cuda: no CUDA device is visible to this process")
     if accelerator not in ("auto", "cuda", "cpu"):
         raise ConfigError("accelerator", f"expected auto, cuda or cpu, got {accelerator!r}")
+    from midtrain.train import distributed
+
+    if accelerator != "cpu":  # the configured one: "auto" would otherwise fall back to CPU on a GPU job, silently
+        distributed.check_expected_cuda()
     accelerator = "cuda" if accelerator == "auto" and torch.cuda.is_available() else accelerator
     accelerator = "cpu" if accelerator == "auto" else accelerator
     n_devices = startup.device_count(devices, accelerator)
     if not rendezvous_timeout > 0:
         raise ConfigError("rendezvous_timeout", f"must be > 0 seconds, got {rendezvous_timeout}")
-    from midtrain.train import distributed
-
     distributed.check_world(n_devices, num_nodes)
-    if accelerator != "cpu":
-        distributed.check_expected_cuda()
     world = n_devices * num_nodes
     if train.global_batch_size % (train.micro_batch_size * world):
         raise ConfigError("train.global_batch_size", f"{train.global_batch_size} is not divisible by "
