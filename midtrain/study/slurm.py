@@ -53,8 +53,10 @@ while true; do
   kill -0 $pid 2>/dev/null || break
 done
 if [ "$status" -eq {requeue} ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then
-  echo "[$(date '+%F %T')] interrupted: requeueing job $SLURM_JOB_ID"
-  scontrol requeue "$SLURM_JOB_ID" && exit 0
+  job="$SLURM_JOB_ID"  # an array task requeues itself only (its SLURM_JOB_ID may name the whole array)
+  [ -n "${{SLURM_ARRAY_TASK_ID:-}}" ] && job="${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
+  echo "[$(date '+%F %T')] interrupted: requeueing job $job"
+  scontrol requeue "$job" && exit 0
 fi
 exit $status
 """
