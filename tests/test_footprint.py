@@ -97,3 +97,14 @@ def test_study_plan_shows_each_training_shape_and_refuses_what_fits_nowhere(tmp_
         assert r.returncode == 2 and "DOES NOT FIT" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "v100 (32 GiB)" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_docs_memory_table_is_the_generated_one():
+    """docs/training-on-gpus.md's per-rank memory table is bench/memory_table.py's output, not typed by hand."""
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from memory_table import table
+
+    doc = open(os.path.join(REPO, "docs", "training-on-gpus.md")).read()
+    assert table() in doc
