@@ -66,7 +66,13 @@ def run(tmp: str, data: str, label: str, model: dict, devices: int, strategy: st
     (metrics,) = glob.glob(os.path.join(out, "logs", "csv", "version_*", "metrics.csv"))[-1:]
     with open(metrics) as f:
         rows = [row for row in csv.DictReader(f) if row.get("tokens_per_sec")]
-    return {"label": label, "rows": rows, "wall_s": wall}
+    memory = {}
+    if os.path.exists(os.path.join(out, "memory.json")):
+        import json
+
+        with open(os.path.join(out, "memory.json")) as f:
+            memory = json.load(f)
+    return {"label": label, "rows": rows, "wall_s": wall, "memory": memory}
 
 
 def summarize(result: dict, skip: int) -> str:
@@ -78,8 +84,10 @@ def summarize(result: dict, skip: int) -> str:
         vals = [float(r[key]) * scale for r in rows if r.get(key) not in (None, "")]
         return statistics.median(vals) if vals else float("nan")
 
+    mem = result.get("memory") or {}
+    estimate = (mem.get("estimate") or {}).get("total", float("nan")) / 1e9
     return (f"{result['label']:<28} {med('tokens_per_sec'):>12,.0f} {med('mfu', 100):>6.1f}% "
-            f"{med('peak_mem_gb'):>9.1f} {med('data_wait_share', 100):>9.1f}% {result['wall_s']:>7.0f}s")
+            f"{med('peak_mem_gb'):>9.1f} {estimate:>8.2f} {med('data_wait_share', 100):>9.1f}% {result['wall_s']:>7.0f}s")
 
 
 def main() -> int:
@@ -96,7 +104,8 @@ def main() -> int:
         print("bench/gpu.sh: no GPU visible (use --smoke to test the script on CPU)", file=sys.stderr)
         return 2
     if args.smoke:
-        cases = [("tiny 1xCPU fp32", {"model_config": TINY}, 1, "auto", "32-true", 64, 4, False)]
+        cases = [("tiny 1xCPU fp32", {"model_config": TINY}, 1, "auto", "32-true", 64, 4, False),
+                 ("tiny 2xCPU FSDP bf16-mixed", {"model_config": TINY}, 2, "fsdp", "bf16-mixed", 64, 4, False)]
         vocab, tokens = 512, 200_000
     else:
         cases = [("pythia-160m 1xGPU bf16", {"model_name": "pythia-160m"}, 1, "auto", "bf16-true", 2048, 16, True),
@@ -110,7 +119,7 @@ def main() -> int:
         t0 = time.perf_counter()
         data = make_shards(os.path.join(tmp, "data"), tokens, vocab)
         print(f"synthetic shards: {tokens:,} tokens in {time.perf_counter() - t0:.0f}s")
-        print(f"{'run':<28} {'tokens/s':>12} {'MFU':>7} {'peak GB':>9} {'data wait':>10} {'wall':>8}")
+        print(f"{'run':<28} {'tokens/s':>12} {'MFU':>7} {'peak GB':>9} {'est. GB':>8} {'data wait':>10} {'wall':>8}")
         failed = 0
         for label, model, devices, strategy, precision, seq, micro, compile_ in cases:
             result = run(tmp, data, label.replace(" ", "_"), model, devices, strategy, precision, seq, micro,
@@ -118,7 +127,8 @@ def main() -> int:
             result["label"] = label
             print(summarize(result, args.skip), flush=True)
             failed += "error" in result
-    print("medians over logged intervals after step", args.skip, "| data wait = share of wall time in next(loader)")
+    print("medians over logged intervals after step", args.skip, "| data wait = share of wall time in next(loader) | "
+          "est. = the per-rank memory estimate (memory.json; peak GB is torch.cuda.max_memory_allocated)")
     return 1 if failed else 0
 
 

@@ -96,4 +96,6 @@ def test_gpu_bench_script_runs_its_code_path_on_cpu():
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     row = next(line for line in r.stdout.splitlines() if line.startswith("tiny 1xCPU fp32"))
     assert float(row.split()[3].replace(",", "")) > 0  # tokens/s
-    assert "data wait" in r.stdout
+    sharded = next(line for line in r.stdout.splitlines() if line.startswith("tiny 2xCPU FSDP bf16-mixed"))
+    assert "FAILED" not in sharded and float(sharded.split()[4].replace(",", "")) > 0, r.stdout
+    assert "data wait" in r.stdout and "est. GB" in r.stdout
