@@ -670,13 +670,19 @@ def fixed_choice_error(message: str) -> str | None:
     return f"{full}: {value}is not one of {', '.join(map(str, choices[full]))}"
 
 
+def _rank_zero() -> bool:
+    dist = sys.modules.get("torch.distributed")
+    return not (dist is not None and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
 def run_command(fn: Callable[[list[str]], int], argv: list[str], name: str) -> int:
     from jsonargparse import ArgumentError
 
     try:
         return fn(argv)
     except ConfigError as e:
-        print(f"midtrain {name}: error: {e}", file=sys.stderr)
+        if _rank_zero():  # every rank of a run refuses alike: one of them says it
+            print(f"midtrain {name}: error: {e}", file=sys.stderr)
         return 2
     except ArgumentError as e:
         msg = " ".join(str(e).split())

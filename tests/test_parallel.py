@@ -336,3 +336,33 @@ def test_a_tiny_tmpdir_does_not_stop_a_save(tmp_path, real_tree):
             assert (tmp_path / name / "step-00000002").is_dir() and (tmp_path / name / "final" / "lit_model.pth").is_file()
     finally:
         subprocess.run(["umount", str(tiny)])
+
+
+@pytest.mark.parametrize("top", [{}, {"devices": 2, "strategy": "fsdp"}], ids=["full", "sharded"])
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_the_last_one(tmp_path, real_tree, top):
+    """out_dir on a tmpfs with room for two checkpoints: the third save fails; one line names the folder and the
+    bytes, the partial folder is gone, `latest` and its checkpoint still load, and freeing space lets it resume."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        cfg = write_config(tmp_path, real_tree, out_dir=str(disk / "run"), resume="auto", logger_name="csv", **top,
+                           train={"max_steps": 12, "save_interval": 2, "micro_batch_size": 2 if top else 4},
+                           eval={"interval": 0, "max_iters": 1})
+        r = run_cli("pretrain", "--config", cfg, timeout=600)
+        assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+        lines = [line for line in r.stderr.strip().splitlines() if "error" in line]  # (litdata warns on stderr)
+        assert len(lines) == 1 and "disk full" in lines[0] and "MiB free there" in lines[0], r.stderr
+        assert "Traceback" not in r.stderr
+        left = sorted(p.name for p in (disk / "run").iterdir())
+        assert not [n for n in left if n.endswith(".partial")], left
+        latest = (disk / "run" / "latest").read_text().strip()
+        assert latest in left and f"the last complete checkpoint is {latest}" in lines[0]
+        weights(disk / "run" / latest)
+        subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)  # space freed: the run resumes
+        r = run_cli("pretrain", "--config", cfg, timeout=600)
+        assert r.returncode == 0 and f"loading {disk / 'run' / latest}" in r.stdout and "done: 12 steps" in r.stdout, \
+            r.stdout[-2000:] + r.stderr[-2000:]
+    finally:
+        subprocess.run(["umount", str(disk)])

@@ -153,19 +153,37 @@ def save_checkpoint(fabric, out_dir: Path, name: str, model, optimizer, extra: d
     if final.exists() or final.is_symlink():
         raise ConfigError(str(final), "already exists; checkpoint folders are never overwritten "
                           "(use a new out_dir, or remove it yourself)")
+    failure = None
+    try:
+        if fabric.global_rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)  # left by a process killed mid-write
+            partial.mkdir(parents=True)
+        fabric.barrier()
+        write_model_state(fabric, partial, model, optimizer, extra, sharded)
+    except OSError as e:  # a full disk or quota (dcp.save raises it on every rank, torch.save on rank 0 only)
+        failure = e
+    except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException (a BaseException) wraps the ranks' OSErrors
+        failure = None if isinstance(e, (KeyboardInterrupt, SystemExit)) else _os_error_in(e)
+        if failure is None:
+            raise
+    if _any_rank_failed(fabric, failure is not None):
+        if fabric.global_rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise ConfigError(str(out_dir), _failed_save_line(out_dir, name, failure, model, optimizer))
     if fabric.global_rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)  # left by a process killed mid-write
-        partial.mkdir(parents=True)
-    fabric.barrier()
-    write_model_state(fabric, partial, model, optimizer, extra, sharded)
-    fabric.barrier()
+        try:
+            (partial / STATE_FILE).write_text(json.dumps({**training_state, "format": "sharded" if sharded else "full"},
+                                                         indent=1))
+            (partial / "hyperparameters.yaml").write_text(yaml.safe_dump(hparams, sort_keys=False))
+            save_config(model_config, partial)
+            write_side_files(side_files or {}, partial)
+            fsync_tree(partial)
+        except OSError as e:
+            shutil.rmtree(partial, ignore_errors=True)
+            failure = e
+    if _any_rank_failed(fabric, failure is not None):
+        raise ConfigError(str(out_dir), _failed_save_line(out_dir, name, failure, model, optimizer))
     if fabric.global_rank == 0:
-        (partial / STATE_FILE).write_text(json.dumps({**training_state, "format": "sharded" if sharded else "full"},
-                                                     indent=1))
-        (partial / "hyperparameters.yaml").write_text(yaml.safe_dump(hparams, sort_keys=False))
-        save_config(model_config, partial)
-        write_side_files(side_files or {}, partial)
-        fsync_tree(partial)
         os.rename(partial, final)
         fsync_dir(out_dir)
         write_text_atomic(out_dir / LATEST, name + "\n")
@@ -173,6 +191,66 @@ def save_checkpoint(fabric, out_dir: Path, name: str, model, optimizer, extra: d
             prune(out_dir, keep_last_n)
     fabric.barrier()
     return final
+
+
+def _any_rank_failed(fabric, failed: bool) -> bool:
+    """Every rank learns whether any rank's write failed (a barrier would wait forever for a rank that raised)."""
+    if fabric.world_size == 1:
+        return failed
+    import torch
+
+    flag = torch.tensor(1.0 if failed else 0.0, device=fabric.device)
+    return bool(fabric.all_reduce(flag, reduce_op="sum") > 0)
+
+
+def _os_error_in(e: BaseException) -> Optional[OSError]:
+    """The OSError behind an exception (its cause chain, or the per-rank failures torch.distributed.checkpoint
+    collects), or None."""
+    seen = set()
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError):
+            return x
+        stack += [x.__cause__, x.__context__]
+        failures = getattr(x, "failures", None)  # CheckpointException: {rank: exception or (exception, traceback)}
+        if isinstance(failures, dict):
+            stack += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+    return None
+
+
+def _failed_save_line(out_dir: Path, name: str, error: Optional[OSError], model, optimizer) -> str:
+    """One line: which checkpoint could not be written, the bytes it needs and has, and what is still safe."""
+    import errno
+
+    need = _state_bytes(model, optimizer)
+    try:
+        free = shutil.disk_usage(out_dir).free
+    except OSError:
+        free = None
+    previous = latest_checkpoint(out_dir)
+    safe = f"the last complete checkpoint is {previous.name}" if previous else "no earlier checkpoint exists"
+    what = ("disk full" if error is not None and error.errno in (errno.ENOSPC, errno.EDQUOT)
+            else f"{type(error).__name__}: {error.strerror or error}" if error is not None else "another rank failed")
+    space = f"; it needs ~{need / 2**20:,.1f} MiB, {free / 2**20:,.1f} MiB free there" if free is not None else ""
+    return (f"could not write checkpoint {name} ({what}{space}); the partial folder was removed and {safe}: free "
+            "space (or raise the quota), then resume")
+
+
+def _state_bytes(model, optimizer) -> int:
+    """Bytes of the full model and optimizer state (what a full checkpoint holds; a sharded one in all)."""
+    import torch
+
+    def full(t):
+        return int(t.numel()) * t.element_size()  # a DTensor's numel is its global size
+
+    total = sum(full(p) for p in model.parameters())
+    for st in optimizer.state.values():
+        total += sum(full(v) for v in st.values() if isinstance(v, torch.Tensor))
+    return total
 
 
 def write_model_state(fabric, folder: Path, model, optimizer, extra: dict, sharded: bool) -> None:
@@ -190,7 +268,8 @@ def write_model_state(fabric, folder: Path, model, optimizer, extra: dict, shard
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state, optim_state = get_state_dict(model, optimizer, options=options)
     if fabric.global_rank == 0:
-        torch.save({"model": model_state, "optimizer": optim_state, **extra}, Path(folder) / MODEL_FILE)
+        with open(Path(folder) / MODEL_FILE, "wb") as f:  # a file object: a write error keeps its OSError (errno)
+            torch.save({"model": model_state, "optimizer": optim_state, **extra}, f)
 
 
 def load_file(path: Path) -> dict:
