@@ -156,6 +156,41 @@ def test_memory_estimate_terms_equal_the_real_tensors(runs):
     assert half["params"] < full["params"] and half["gathered"] > 0 and half["recompute"] > 0
 
 
+def test_hsdp_over_two_nodes_matches_one_process(runs):
+    """2 nodes x 2 devices, as two torchrun agents (one per "node") on this machine: replicated across the nodes,
+    sharded within each (a (2, 2) mesh); the same samples and losses as one process, states split over 2 ranks."""
+    import socket
+
+    cfg = yaml.safe_load((runs / "fsdp.yaml").read_text())
+    cfg.update(out_dir=str(runs / "hsdp"), strategy="hsdp", devices=2, num_nodes=2)
+    cfg["train"]["micro_batch_size"] = 1
+    (runs / "hsdp.yaml").write_text(yaml.safe_dump(cfg))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PYTHONPATH=REPO, MIDTRAIN_SAMPLE_TRACE=str(runs / "trace-hsdp"))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    agents = [subprocess.Popen([torchrun, "--nnodes", "2", "--nproc_per_node", "2", "--node_rank", str(node),
+                                "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "midtrain", "pretrain",
+                                "--config", str(runs / "hsdp.yaml")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True) for node in (0, 1)]
+    try:
+        outs = [a.communicate(timeout=600)[0] for a in agents]
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                os.killpg(a.pid, signal.SIGKILL)
+    assert all(a.returncode == 0 for a in agents), outs[0][-3000:] + outs[1][-3000:]
+    assert "processes: 4 (devices 2 x num_nodes 2; started by torchrun)" in outs[0]
+    assert "strategy: hsdp over 4 process(es)" in outs[0] and "states split over 2 ranks" in outs[0]
+    assert samples_per_step(runs / "trace-hsdp") == samples_per_step(runs / "trace-one")
+    one, hsdp = losses(runs / "one"), losses(runs / "hsdp")
+    assert one.keys() == hsdp.keys() and all(hsdp[s] == pytest.approx(one[s], rel=1e-4) for s in one)
+    assert len(os.listdir(runs / "hsdp" / "step-00000010" / "sharded")) == 5  # .metadata + one file per rank
+    assert max_diff(weights(runs / "one" / "final"), weights(runs / "hsdp" / "final")) < 2e-3
+
+
 def _resume_copy(runs, src, name, step, **top):
     """A copy of run ``src`` as it stood at ``step`` (later checkpoints removed), configured to resume with ``top``."""
     dest = runs / name
