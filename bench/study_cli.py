@@ -4,7 +4,8 @@ runs them: a fresh interpreter each time, imports included (bench/study.py times
     python bench/study_cli.py                 # 5 runs of each command
     python bench/study_cli.py --repeats 9
 
-Commands: `study plan midtrain_configs/studies/paper-main.yaml --check_files false`; `study status` on the
+Commands: `study plan midtrain_configs/studies/paper-main.yaml --check_files false --devices false` (the
+devices section imports torch in a child process: several seconds more, by design); `study status` on the
 tiny test study (tests/study_fixture.py) materialised, nothing run; `study status` on the paper grid
 materialised with half its steps done. Target (issue 16): each <= 1.5 s wall on a quiet machine. Reports
 the median wall time and the median / max peak RSS of each command (the child's own rusage, os.wait4).
@@ -117,8 +118,9 @@ def main() -> None:
               f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} (quiet machine: well under the CPU count)")
         bench("interpreter start (python -c pass), for reference", [sys.executable, "-c", "pass"], env, a.repeats,
               None)
-        results.append(bench(f"study plan {Path(a.spec).name} --check_files false",
-                             midtrain + ["study", "plan", a.spec, "--check_files", "false"], env, a.repeats, a.target))
+        results.append(bench(f"study plan {Path(a.spec).name} --check_files false --devices false",
+                             midtrain + ["study", "plan", a.spec, "--check_files", "false", "--devices", "false"], env,
+                             a.repeats, a.target))
         results.append(bench("study status, tiny study (33 steps)",
                              midtrain + ["study", "status", paths["tiny_spec"], "--out", paths["tiny_out"]], env,
                              a.repeats, a.target))

@@ -122,8 +122,10 @@ def run_footprint(args, init, model_config, seq: int, start: int, end) -> str:
     devices = args.devices if isinstance(args.devices, int) else (torch.cuda.device_count() or 1)
     accelerator = args.accelerator if args.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "gpu")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else None
     fp = footprint(model_config, train.micro_batch_size, seq, args.precision, args.strategy, devices,
-                   args.num_nodes or 1, accelerator, args.activation_checkpointing, optimizer_name(args.optimizer), gpu)
+                   args.num_nodes or 1, accelerator, args.activation_checkpointing, optimizer_name(args.optimizer), gpu,
+                   gib)
     from midtrain.train.footprint import ASSUMED
 
     lines = [f"devices: {fp.describe()}" + (f" {ASSUMED}" if fp.assumed_gpu else "")]
@@ -492,6 +494,9 @@ def study(argv: list[str]) -> int:
         parser.add_argument("--peak_tflops", type=float, default=989.0,
                             help="peak dense bf16 TFLOP/s per GPU (H100 SXM: 989)")
         parser.add_argument("--rows", type=str, default="all", help="how many steps to list: all or a number")
+        parser.add_argument("--devices", type=bool, default=True,
+                            help="each training shape's strategy and memory per rank on its GPUs (refusing what fits nowhere), "
+                                 "and bf16-true's cost per arm; computed with torch in a child process (false: skip it)")
         parser.add_argument("--check_files", type=bool, default=True,
                             help="check the shards and SFT files the spec names (false: plan before the data exists)")
     if what == "run":
@@ -534,8 +539,8 @@ def study(argv: list[str]) -> int:
             if len(a.spec) > 1:
                 print(f"## {spec}\n")
             print(format_plan(plan, a.mfu, a.peak_tflops, rows))
-            footprints.check(plan)
-            print("\n" + footprints.format_footprints(plan))
+            if a.devices:
+                print("\n" + footprints.isolated(footprints.checked_text, plan))
             if len(a.spec) > 1:
                 print()
         if len(plans) > 1:
@@ -548,7 +553,7 @@ def study(argv: list[str]) -> int:
 
     if what == "run":
         check_writable_dir(out, "--out")
-        footprints.check(plan)  # a run that fits on no strategy is refused before anything starts or is submitted
+        footprints.isolated(footprints.check, plan)  # fits on no strategy: refused before anything runs
         from midtrain.study.execute import check_external
 
         check_external(plan, out)
@@ -670,9 +675,10 @@ def fixed_choice_error(message: str) -> str | None:
     return f"{full}: {value}is not one of {', '.join(map(str, choices[full]))}"
 
 
-def _rank_zero() -> bool:
+def _rank() -> int:
+    """This process's rank in a running process group (0 outside one)."""
     dist = sys.modules.get("torch.distributed")
-    return not (dist is not None and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+    return dist.get_rank() if dist is not None and dist.is_available() and dist.is_initialized() else 0
 
 
 def run_command(fn: Callable[[list[str]], int], argv: list[str], name: str) -> int:
@@ -681,8 +687,9 @@ def run_command(fn: Callable[[list[str]], int], argv: list[str], name: str) -> i
     try:
         return fn(argv)
     except ConfigError as e:
-        if _rank_zero():  # every rank of a run refuses alike: one of them says it
-            print(f"midtrain {name}: error: {e}", file=sys.stderr)
+        rank = _rank()
+        if (e.speaker == "rank0" and rank == 0) or e.speaker == "self":  # one line per cause, not per rank
+            print(f"midtrain {name}: error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         return 2
     except ArgumentError as e:
         msg = " ".join(str(e).split())

@@ -6,10 +6,14 @@ with the offending field or path so the user knows exactly what to edit.
 
 
 class ConfigError(ValueError):
-    """Bad user input: raised with a one-line message that names the field or path."""
+    """Bad user input: raised with a one-line message that names the field or path.
 
-    def __init__(self, field: str, message: str | None = None) -> None:
+    ``speaker`` (multi-process runs): ``rank0`` when every rank refuses alike and rank 0 says it; ``self`` when
+    this rank alone saw it (it says it, naming its rank); ``quiet`` when another rank says it."""
+
+    def __init__(self, field: str, message: str | None = None, speaker: str = "rank0") -> None:
         self.field = field
+        self.speaker = speaker
         # one argument: an already formatted text (how torch's DataLoader re-raises a worker's error)
         super().__init__(field if message is None else f"{field}: {message}")
 

@@ -31,5 +31,8 @@ if __name__ == "__main__":
     fabric.seed_everything(7)  # the trainer seeds here too; the init must not depend on what ran before it
     model, _ = setup_model(fabric, run, 16, will_load=False)
     weights = get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # the path of a sharded model that a checkpoint fills (built on meta): its buffers must be the fresh path's
+    meta, _ = setup_model(fabric, run, 16, will_load=True)
+    buffers = {name: (unwrap(m).cos.clone(), unwrap(m).sin.clone()) for name, m in (("fresh", model), ("meta", meta))}
     if fabric.global_rank == 0:
-        torch.save({"weights": weights, "sharded": parallel.is_sharded(unwrap(model))}, out)
+        torch.save({"weights": weights, "sharded": parallel.is_sharded(unwrap(model)), "rope": buffers}, out)

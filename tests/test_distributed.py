@@ -126,7 +126,8 @@ def test_two_node_step_command_line():
     from midtrain.study.resources import allocation
 
     alloc = allocation("midtrain", {"devices": 8, "num_nodes": 2}, {"options": {"partition": "gpu"}})
-    assert alloc.sbatch_args() == ["--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu"]
+    assert alloc.sbatch_args() == ["--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu",
+                                   "--cpus-per-task=10", "--mem-per-gpu=32G"]  # the default share per GPU
     assert alloc.srun and alloc.tasks == 16 and alloc.gpus == 16
     argv = srun_argv(["pretrain", "--config", "run.yaml"], {"nodes": 2, "tasks_per_node": 8}, "python")
     assert argv == ["srun", "--kill-on-bad-exit=1", "--nodes=2", "--ntasks=16", "--ntasks-per-node=8", "python", "-m",

@@ -29,8 +29,22 @@ def test_gpu_table_by_type_or_device_name():
     assert gpu_spec("NVIDIA H200")[:2] == ("h200", 141)
     assert gpu_spec("a100:8")[:2] == ("a100", 80) and gpu_spec("a100-40")[:2] == ("a100-40", 40)
     assert gpu_spec("NVIDIA H100 PCIe")[1:] == (80, 756) and gpu_spec(None)[0] == "h100"
-    with pytest.raises(ConfigError, match="not a known GPU"):
-        gpu_spec("tpu-v5")
+    assert gpu_spec("NVIDIA A100-SXM4-40GB")[:2] == ("a100", 40)  # the size in a device name wins
+    assert gpu_spec("Tesla V100-SXM2-16GB")[1] == 16
+    assert gpu_spec("a40:4")[1:] == (None, None)  # unknown: memory not checked, never refused
+
+
+def test_an_unknown_gpu_is_not_checked_and_says_so():
+    from litgpt import Config
+
+    from midtrain.train.footprint import footprint, refuse_if_too_big
+
+    fp = footprint(Config.from_name("OLMo-2-1124-7B"), 8, 4096, "bf16-mixed", "ddp", 8, 1, "cuda", gpu_type="a40:8")
+    assert fp.fits and "an unknown GPU: memory not checked" in fp.describe()
+    refuse_if_too_big(fp, "arm")
+    seen = footprint(Config.from_name("pythia-160m"), 16, 2048, None, "auto", 8, 1, "cuda", gpu_type="NVIDIA L4",
+                     device_gib=22.0)  # a visible device's own memory
+    assert seen.device_gib == 22.0 and "22 GiB" in seen.describe()
 
 
 def test_auto_shards_what_a_replica_cannot_hold_and_nothing_that_fits_nowhere_passes():

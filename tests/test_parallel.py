@@ -61,10 +61,12 @@ def samples_per_step(prefix):
 # ---- one init ----
 
 def test_step0_weights_are_bitwise_equal_on_one_process_ddp_and_sharded(tmp_path):
-    """The trainer's own set-up (pretrain.setup_model) on 1 process, DDP x2 and FSDP2 x2 (and its bf16-mixed shards):
-    the same tensors bit for bit, with the NeoX init (embedding std sqrt(2/5/n_embd), not torch's N(0, 1))."""
+    """The trainer's own set-up (pretrain.setup_model) on 1 process, DDP x2 and FSDP2 x2 (and bf16-true shards, a cast
+    of the same weights): the same tensors bit for bit, with the NeoX init (embedding std sqrt(2/5/n_embd), not
+    torch's N(0, 1)). A sharded model built on meta for a checkpoint load gets the fresh path's rope cache, dtype
+    included."""
     got = {}
-    for kind, precision in (("single", "32-true"), ("ddp", "32-true"), ("fsdp", "32-true"), ("fsdp", "bf16-mixed")):
+    for kind, precision in (("single", "32-true"), ("ddp", "32-true"), ("fsdp", "32-true"), ("fsdp", "bf16-true")):
         out = tmp_path / f"{kind}-{precision}.pt"
         r = subprocess.run(PY + [os.path.join(REPO, "tests", "parallel_init.py"), kind, precision, str(out)],
                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
@@ -75,7 +77,10 @@ def test_step0_weights_are_bitwise_equal_on_one_process_ddp_and_sharded(tmp_path
     assert not got[("single", "32-true")]["sharded"] and got[("fsdp", "32-true")]["sharded"]
     for key, value in got.items():
         assert value["weights"].keys() == ref.keys(), key
-        assert all(torch.equal(value["weights"][n], ref[n]) for n in ref), key
+        assert all(torch.equal(value["weights"][n], ref[n].to(value["weights"][n].dtype)) for n in ref), key
+        for fresh, meta in zip(*[value["rope"][k] for k in ("fresh", "meta")]):
+            assert fresh.dtype == meta.dtype and torch.equal(fresh, meta), key
+    assert got[("fsdp", "bf16-true")]["rope"]["meta"][0].dtype == torch.bfloat16
     std = ref["transformer.wte.weight"].std().item()
     assert std == pytest.approx(math.sqrt(2 / 5 / TINY_MODEL["n_embd"]), rel=0.05), std
 
@@ -141,6 +146,17 @@ def test_eval_and_export_read_a_sharded_step(runs, real_tree):
     ours = weights(runs / "fsdp" / "step-00000010")
     assert torch.equal(exported["gpt_neox.embed_in.weight"], ours["transformer.wte.weight"])
     assert not list(runs.glob(".export-sharded*"))
+
+
+def test_a_sharded_checkpoint_of_another_model_is_one_line(runs, real_tree):
+    """torch.distributed.checkpoint's CheckpointException (a BaseException) is unwrapped: resume_from a sharded step
+    of a different model is refused in one line, like the same mismatch in a full file."""
+    other = {**TINY_MODEL, "intermediate_size": 64}
+    cfg = write_config(runs, real_tree, "other.yaml", out_dir=str(runs / "other"), model_config=other,
+                       resume_from=str(runs / "fsdp" / "step-00000010"))
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and "sharded does not match the model config" in r.stderr, r.stderr
 
 
 def test_memory_estimate_terms_equal_the_real_tensors(runs):
@@ -281,19 +297,24 @@ def test_bf16_mixed_keeps_late_updates_that_bf16_true_drops(tmp_path, real_tree)
     assert run_cli("pretrain", "--config", base).returncode == 0
     start = weights(tmp_path / "base" / "final")
     share = {}
-    for precision, top in (("bf16-true", {}), ("bf16-mixed", {"devices": 2, "strategy": "fsdp"})):
-        cfg = write_config(tmp_path, real_tree, f"{precision}.yaml", out_dir=str(tmp_path / precision),
+    runs = (("bf16-true", {}), ("bf16-mixed", {"devices": 2, "strategy": "fsdp"}), ("bf16-mixed-one", {}))
+    for name, top in runs:
+        precision = name.replace("-one", "")
+        cfg = write_config(tmp_path, real_tree, f"{name}.yaml", out_dir=str(tmp_path / name),
                            precision=precision, resume_from=str(tmp_path / "base" / "final"), **top,
                            train={"max_steps": 12, "lr_scheduler": "constant", "max_lr": 2.9e-5, "min_lr": 0.0,
                                   "micro_batch_size": 2 if top else 4, "save_interval": 0},
                            eval={"interval": 0, "max_iters": 1})
         r = run_cli("pretrain", "--config", cfg, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
-        end = weights(tmp_path / precision / "final")
+        end = weights(tmp_path / name / "final")
         cast = {k: v.to(torch.bfloat16).float() for k, v in start.items()} if precision == "bf16-true" else start
-        share[precision] = _changed_share(cast, end)
+        share[name] = _changed_share(cast, end)
     print("share of weights changed", share)
     assert share["bf16-true"] < 0.5 and share["bf16-mixed"] > 0.95, share
+    # FSDP2's bf16-mixed computes as autocast does on one process (fp32 residual stream, norms and root)
+    one, two = losses(tmp_path / "bf16-mixed-one"), losses(tmp_path / "bf16-mixed")
+    assert one.keys() == two.keys() and all(two[k] == pytest.approx(one[k], rel=2e-3) for k in one), (one, two)
 
 
 def test_activation_checkpointing_keeps_loss_and_gradients():
@@ -318,17 +339,21 @@ def test_activation_checkpointing_keeps_loss_and_gradients():
     assert all(torch.allclose(g0[n], g1[n], atol=1e-6, rtol=1e-5) for n in g0)
 
 
-@pytest.mark.parametrize("autocast,checkpointing", [(False, False), (True, False), (False, True), (True, True)])
-def test_activation_term_equals_the_bytes_a_real_cpu_forward_saves(autocast, checkpointing):
+@pytest.mark.parametrize("autocast,checkpointing,kind", [(False, False, "single"), (True, False, "single"),
+                                                         (False, True, "single"), (True, True, "single"),
+                                                         (True, False, "fsdp")])
+def test_activation_term_equals_the_bytes_a_real_cpu_forward_saves(autocast, checkpointing, kind):
     """The estimate's activations (a FakeTensorMode trace of 1 and 2 layers, extended linearly) equal what a real
-    3-layer forward + loss saves for backward on CPU."""
+    3-layer forward + loss saves for backward on CPU (under FSDP2's bf16-mixed: bf16 Blocks, fp32 norms and root)."""
     from litgpt import Config
 
     from midtrain.train.memory import estimate, saved_tensor_bytes
 
     config = Config(**{**TINY_MODEL, "n_layer": 3})
-    real = saved_tensor_bytes(config, 2, 16, torch.float32, autocast, checkpointing, fake=False)
-    est = estimate(config, 2, 16, "bf16-mixed" if autocast else "32-true", "single", 1, checkpointing)
+    real = saved_tensor_bytes(config, 2, 16, torch.float32, autocast, checkpointing, fake=False,
+                              bf16_blocks=kind == "fsdp")
+    est = estimate(config, 2, 16, "bf16-mixed" if autocast else "32-true", kind, 2 if kind == "fsdp" else 1,
+                   checkpointing)
     assert est.activations == real > 0
 
 

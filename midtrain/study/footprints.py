@@ -2,7 +2,10 @@
 names, and what bf16-true costs at the LR where each run starts. ``check`` refuses a plan in one line when a
 step fits on no strategy, before anything runs or is submitted (``study plan`` and ``study run``).
 
-The I/O shell around ``midtrain.train.footprint`` (torch imported on first use); ``plan.py`` stays pure.
+The I/O shell around ``midtrain.train.footprint``; ``plan.py`` stays pure. The CLI calls ``checked_text`` and
+``check`` through ``isolated``: torch is imported and run in a forked child, so ``study plan``'s own process
+stays torch-free, and ``study run``'s keeps no OpenMP threads (a step forked from a process whose OpenMP pool
+has run aborts).
 """
 
 from __future__ import annotations
@@ -110,3 +113,15 @@ def format_footprints(plan: Plan) -> str:
     if lrs:
         lines.append("(the paper's configs keep bf16-true, as the paper ran; precision: bf16-mixed keeps every update)")
     return "\n".join(lines)
+
+
+def checked_text(plan: Plan) -> str:
+    check(plan)
+    return format_footprints(plan)
+
+
+def isolated(fn, *args):
+    """``fn(*args)`` in a forked child process (``midtrain.forked``)."""
+    from midtrain.forked import run_forked
+
+    return run_forked(fn, *args)

@@ -59,8 +59,9 @@ def checkpoint_step(path: Path) -> Optional[int]:
 
 
 def is_sharded(path: Path) -> bool:
-    """A sharded checkpoint folder (torch distributed checkpoint under ``sharded/``)."""
-    return (Path(path) / SHARDED_DIR / ".metadata").is_file()
+    """A sharded checkpoint folder: a torch distributed checkpoint under ``sharded/`` and its training_state.json
+    (which holds the counters and data position a sharded checkpoint keeps nowhere else)."""
+    return (Path(path) / SHARDED_DIR / ".metadata").is_file() and (Path(path) / STATE_FILE).is_file()
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -153,12 +154,26 @@ def save_checkpoint(fabric, out_dir: Path, name: str, model, optimizer, extra: d
     if final.exists() or final.is_symlink():
         raise ConfigError(str(final), "already exists; checkpoint folders are never overwritten "
                           "(use a new out_dir, or remove it yourself)")
+    rank0 = fabric.global_rank == 0
+
+    def agree_or_raise(failure) -> None:
+        """Every rank learns whether any rank failed (a barrier would wait forever for a rank that raised)."""
+        failed = _failed_ranks(fabric, failure is not None)
+        if failed:
+            if rank0:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise ConfigError(str(out_dir), _failed_save_line(out_dir, name, failure, model, optimizer),
+                              speaker="self" if fabric.global_rank == failed[0] else "quiet")  # the first one says it
+
     failure = None
-    try:
-        if fabric.global_rank == 0:
+    if rank0:
+        try:
             shutil.rmtree(partial, ignore_errors=True)  # left by a process killed mid-write
             partial.mkdir(parents=True)
-        fabric.barrier()
+        except OSError as e:
+            failure = e
+    agree_or_raise(failure)
+    try:
         write_model_state(fabric, partial, model, optimizer, extra, sharded)
     except OSError as e:  # a full disk or quota (dcp.save raises it on every rank, torch.save on rank 0 only)
         failure = e
@@ -166,11 +181,8 @@ def save_checkpoint(fabric, out_dir: Path, name: str, model, optimizer, extra: d
         failure = None if isinstance(e, (KeyboardInterrupt, SystemExit)) else _os_error_in(e)
         if failure is None:
             raise
-    if _any_rank_failed(fabric, failure is not None):
-        if fabric.global_rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise ConfigError(str(out_dir), _failed_save_line(out_dir, name, failure, model, optimizer))
-    if fabric.global_rank == 0:
+    agree_or_raise(failure)
+    if rank0:
         try:
             (partial / STATE_FILE).write_text(json.dumps({**training_state, "format": "sharded" if sharded else "full"},
                                                          indent=1))
@@ -178,29 +190,31 @@ def save_checkpoint(fabric, out_dir: Path, name: str, model, optimizer, extra: d
             save_config(model_config, partial)
             write_side_files(side_files or {}, partial)
             fsync_tree(partial)
+            os.rename(partial, final)
+            fsync_dir(out_dir)
+            write_text_atomic(out_dir / LATEST, name + "\n")
         except OSError as e:
-            shutil.rmtree(partial, ignore_errors=True)
             failure = e
-    if _any_rank_failed(fabric, failure is not None):
-        raise ConfigError(str(out_dir), _failed_save_line(out_dir, name, failure, model, optimizer))
-    if fabric.global_rank == 0:
-        os.rename(partial, final)
-        fsync_dir(out_dir)
-        write_text_atomic(out_dir / LATEST, name + "\n")
-        if keep_last_n:
+    agree_or_raise(failure)  # (a checkpoint renamed into place before `latest` failed is complete: discovery finds it)
+    if rank0 and keep_last_n:
+        try:
             prune(out_dir, keep_last_n)
+        except OSError as e:  # e.g. NFS's .nfs* files: the new checkpoint is safe; old ones stay
+            print(f"warning: could not remove old checkpoints of {out_dir} ({e}); keep_last_n not applied this time",
+                  flush=True)
     fabric.barrier()
     return final
 
 
-def _any_rank_failed(fabric, failed: bool) -> bool:
-    """Every rank learns whether any rank's write failed (a barrier would wait forever for a rank that raised)."""
+def _failed_ranks(fabric, failed: bool) -> list[int]:
+    """The ranks whose step failed, known to every rank (a barrier would wait forever for a rank that raised)."""
     if fabric.world_size == 1:
-        return failed
+        return [0] if failed else []
     import torch
 
-    flag = torch.tensor(1.0 if failed else 0.0, device=fabric.device)
-    return bool(fabric.all_reduce(flag, reduce_op="sum") > 0)
+    flags = torch.zeros(fabric.world_size, device=fabric.device)
+    flags[fabric.global_rank] = float(failed)
+    return [r for r, x in enumerate(fabric.all_reduce(flags, reduce_op="sum").tolist()) if x > 0]
 
 
 def _os_error_in(e: BaseException) -> Optional[OSError]:
@@ -295,8 +309,12 @@ def load_model_weights(path: Path, model) -> None:
         import torch.distributed.checkpoint as dcp
 
         state = {"model": model.state_dict()}
+        import warnings
+
         alone = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-        dcp.load(state, checkpoint_id=path / SHARDED_DIR, no_dist=alone)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=path / SHARDED_DIR, no_dist=alone)
         model.load_state_dict(state["model"])
         return
     state = load_file(path / MODEL_FILE)

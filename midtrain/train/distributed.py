@@ -192,3 +192,13 @@ def strategy(kind: str, timeout: float, **kwargs):
     base = {"ddp": DDPStrategy, "model_parallel": ModelParallelStrategy}[kind]
     cls = type(f"Rendezvous{base.__name__}", (Rendezvous, base), {"rendezvous_timeout": float(timeout)})
     return cls(**kwargs)
+
+
+def agree(fabric, *flags: bool) -> list[bool]:
+    """Each flag, true if it is true on any rank (one all-reduce; nothing to agree on in one process)."""
+    if fabric.world_size == 1:
+        return list(flags)
+    import torch
+
+    total = fabric.all_reduce(torch.tensor([float(f) for f in flags], device=fabric.device), reduce_op="sum")
+    return [bool(x > 0) for x in total.tolist()]

@@ -24,13 +24,18 @@ GPUS = {"a100-40": (40, 312), "a100": (80, 312), "h100-pcie": (80, 756), "h100":
 DEFAULT_GPU = "h100"
 
 
-def gpu_spec(name: Optional[str]) -> tuple[str, int, float]:
-    """(table key, memory GiB, bf16 TFLOP/s) for a GPU type or a device name (``NVIDIA H200``, ``a100:8``)."""
+def gpu_spec(name: Optional[str]) -> tuple[str, Optional[int], Optional[float]]:
+    """(name, memory GiB, bf16 TFLOP/s) for a GPU type or a device name (``NVIDIA H200``, ``a100:8``,
+    ``NVIDIA A100-SXM4-40GB``): a size in the name wins over the table; an unknown GPU gives None (never refused)."""
+    import re
+
     text = (name or DEFAULT_GPU).lower().replace("nvidia", "").replace(" ", "-").strip("-")
+    size = re.search(r"(\d+)\s*gb", text)
     for key in sorted(GPUS, key=len, reverse=True):  # h100-pcie before h100, a100-40 before a100
         if key in text:
-            return key, *GPUS[key]
-    raise ConfigError("gpu type", f"{name!r} is not a known GPU ({', '.join(GPUS)})")
+            memory, tflops = GPUS[key]
+            return key, int(size.group(1)) if size else memory, tflops
+    return text.split(":")[0] or "?", int(size.group(1)) if size else None, None
 
 
 @dataclass(frozen=True)
@@ -40,17 +45,21 @@ class Footprint:
     precision: str
     estimate: memory.MemoryEstimate
     gpu: Optional[str]          # None on CPU
-    device_gib: Optional[int]
+    device_gib: Optional[float]
     activation_checkpointing: bool
     assumed_gpu: bool = False
 
     @property
     def fits(self) -> bool:
-        return self.gpu is None or self.estimate.fits(self.device_gib * 2**30)
+        """Fits the device (True on CPU and on a GPU whose memory is unknown: not checked, and said)."""
+        return self.gpu is None or self.device_gib is None or self.estimate.fits(self.device_gib * 2**30)
 
     def describe(self) -> str:
         assumed = ", assumed" if self.assumed_gpu else ""
-        where = f"on {self.gpu} ({self.device_gib} GiB{assumed})" if self.gpu else "on CPU"
+        if self.gpu and self.device_gib is None:
+            where = f"on {self.gpu} (an unknown GPU: memory not checked)"
+        else:
+            where = f"on {self.gpu} ({self.device_gib:.0f} GiB{assumed})" if self.gpu else "on CPU"
         ac = ", activation checkpointing" if self.activation_checkpointing else ""
         verdict = "" if self.fits else " -- DOES NOT FIT"
         return (f"{self.strategy} x {self.world}, {self.precision}{ac} {where}: memory {self.estimate.describe()}"
@@ -59,21 +68,25 @@ class Footprint:
 
 def footprint(model_config, micro: int, seq: int, precision: Optional[str], strategy: str, devices: int,
               num_nodes: int, accelerator: str, activation_checkpointing: bool = False, optimizer: str = "AdamW",
-              gpu_type: Optional[str] = None) -> Footprint:
-    """The strategy and per-rank memory of a run on ``gpu_type`` (None: ``DEFAULT_GPU``) or on CPU."""
+              gpu_type: Optional[str] = None, device_gib: Optional[float] = None) -> Footprint:
+    """The strategy and per-rank memory of a run on ``gpu_type`` (None: ``DEFAULT_GPU``) or on CPU;
+    ``device_gib``: the device's memory when known (a visible GPU's ``total_memory``), over the table's."""
     world = devices * num_nodes
     on_gpu = accelerator != "cpu"
     precision = precision or ("bf16-mixed" if on_gpu else "32-true")
-    gpu = device_gib = None
+    gpu, known_gib = None, None
     fits_replica = None
     if on_gpu:
-        gpu, device_gib, _ = gpu_spec(gpu_type)
-        replica = memory.estimate(model_config, micro, seq, precision, "ddp", 1, activation_checkpointing, optimizer)
-        fits_replica = replica.fits(device_gib * 2**30)
+        gpu, table_gib, _ = gpu_spec(gpu_type)
+        known_gib = device_gib if device_gib is not None else table_gib
+        if known_gib is not None:
+            replica = memory.estimate(model_config, micro, seq, precision, "ddp", 1, activation_checkpointing,
+                                      optimizer)
+            fits_replica = replica.fits(known_gib * 2**30)
     kind = parallel.resolve(strategy, world, num_nodes, "cuda" if on_gpu else "cpu", fits_replica)
     est = memory.estimate(model_config, micro, seq, precision, kind, parallel.shard_size(kind, world, num_nodes),
                           activation_checkpointing, optimizer)
-    return Footprint(world, kind, precision, est, gpu, device_gib, activation_checkpointing,
+    return Footprint(world, kind, precision, est, gpu, known_gib, activation_checkpointing,
                      assumed_gpu=on_gpu and gpu_type is None)
 
 
@@ -88,7 +101,7 @@ def refuse_if_too_big(fp: Footprint, where: str) -> None:
                               ("activation_checkpointing: true", not fp.activation_checkpointing),
                               ("a smaller train.micro_batch_size (the global batch stays)", True),
                               ("more devices", True)) if ok]
-    raise ConfigError(where, f"{fp.describe()}: more than the {fp.device_gib} GiB of one {fp.gpu} less headroom "
+    raise ConfigError(where, f"{fp.describe()}: more than the {fp.device_gib:.0f} GiB of one {fp.gpu} less headroom "
                       f"({memory.HEADROOM_FRACTION:.0%} + {memory.HEADROOM_BYTES / 2**30:.0f} GiB); try "
                       + ", ".join(hints))
 

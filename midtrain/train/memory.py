@@ -101,18 +101,19 @@ def estimate(config, micro: int, seq: int, precision: str, kind: str, shard: int
     optimizer_bytes = (states or 0) * local * size + (4 * len(shapes) if name in ("AdamW", "Adam") else 0)
     gathered = 0
     if sharded:
-        compute = 2 if precision == "bf16-mixed" else size
+        compute = 2 if precision == "bf16-mixed" else size  # Blocks gather bf16 copies; the root stays as stored
         block = sum(math.prod(s) for n, s in shapes if n.startswith("transformer.h.0."))
         root = sum(math.prod(s) for n, s in shapes if not n.startswith("transformer.h."))
-        gathered = (root + 2 * block) * compute + block * (4 if precision == "bf16-mixed" else size)
+        gathered = root * size + 2 * block * compute + block * (4 if precision == "bf16-mixed" else size)
     autocast = precision == "bf16-mixed"
-    compute_params = torch.bfloat16 if sharded and autocast else dtype
-    acts = _activation_bytes(_key(config), micro, seq, str(compute_params), autocast, activation_checkpointing,
-                             config.n_layer)
+    # under FSDP2's bf16-mixed the Blocks hold bf16 parameters (their norms and the root fp32): trace that model
+    blocks = "bf16" if sharded and autocast else ""
+    acts = _activation_bytes(_key(config), micro, seq, str(dtype), autocast, activation_checkpointing,
+                             config.n_layer, blocks)
     recompute = 0
     if activation_checkpointing:
-        plain = _activation_bytes(_key(config), micro, seq, str(compute_params), autocast, False, 2)
-        recompute = plain - _activation_bytes(_key(config), micro, seq, str(compute_params), autocast, False, 1)
+        plain = _activation_bytes(_key(config), micro, seq, str(dtype), autocast, False, 2, blocks)
+        recompute = plain - _activation_bytes(_key(config), micro, seq, str(dtype), autocast, False, 1, blocks)
     return MemoryEstimate(params=local * size, grads=local * size, optimizer=optimizer_bytes, gathered=gathered,
                           activations=acts, recompute=recompute,
                           logits_grad=micro * seq * config.padded_vocab_size * 4, shard=split,
@@ -143,20 +144,21 @@ def _param_shapes(key: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
 
 @functools.lru_cache(maxsize=256)
 def _activation_bytes(key: str, micro: int, seq: int, dtype: str, autocast: bool, checkpointing: bool,
-                      n_layer: int) -> int:
+                      n_layer: int, blocks: str = "") -> int:
     """Saved bytes of the whole model from traces of 1 and 2 layers (Blocks are identical: linear in depth)."""
     dt = getattr(torch, dtype.split(".")[-1])
-    one = saved_tensor_bytes(_config(key, n_layer=1), micro, seq, dt, autocast, checkpointing)
+    one = saved_tensor_bytes(_config(key, n_layer=1), micro, seq, dt, autocast, checkpointing, bf16_blocks=bool(blocks))
     if n_layer == 1:
         return one
-    two = saved_tensor_bytes(_config(key, n_layer=2), micro, seq, dt, autocast, checkpointing)
+    two = saved_tensor_bytes(_config(key, n_layer=2), micro, seq, dt, autocast, checkpointing, bf16_blocks=bool(blocks))
     return one + (n_layer - 1) * (two - one)
 
 
 def saved_tensor_bytes(config, micro: int, seq: int, dtype: torch.dtype = torch.float32, autocast: bool = False,
-                       checkpointing: bool = False, fake: bool = True) -> int:
+                       checkpointing: bool = False, fake: bool = True, bf16_blocks: bool = False) -> int:
     """Bytes autograd saves for the backward pass of one forward + the trainer's loss, once per storage, parameters
-    excluded. ``fake``: on FakeTensorMode (no memory); False: real CPU tensors (to check the fake trace)."""
+    excluded. ``fake``: on FakeTensorMode (no memory); False: real CPU tensors (to check the fake trace).
+    ``bf16_blocks``: the Blocks' parameters in bf16 but their norms' (FSDP2's bf16-mixed compute copies)."""
     import contextlib
 
     from litgpt.model import GPT
@@ -170,6 +172,14 @@ def saved_tensor_bytes(config, micro: int, seq: int, dtype: torch.dtype = torch.
         try:
             with torch.device("cpu"):
                 model = GPT(config)
+                if bf16_blocks:
+                    torch.set_default_dtype(torch.bfloat16)
+                    half = GPT(config)
+                    for full, low in zip(model.transformer.h, half.transformer.h):
+                        for name, child in list(low.named_children()):
+                            if "norm" in type(child).__name__.lower():
+                                setattr(low, name, getattr(full, name))
+                    model.transformer.h = half.transformer.h
         finally:
             torch.set_default_dtype(default)
         model.max_seq_length = seq

@@ -24,8 +24,9 @@ A model whose weights will come from a checkpoint is built on the meta device un
 is initialised that the load overwrites, and no rank holds a full copy.
 
 Precision under sharding: ``bf16-mixed`` keeps fp32 parameters and optimizer state (the shards) and
-computes in bf16 (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` plus autocast, as on
-one device); ``bf16-true`` shards bf16 parameters and state.
+computes in bf16: the Blocks' ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` (inputs not
+cast, so the residual stream stays fp32) plus autocast, with the root's parameters left fp32, so the
+numerics are those of autocast on one device or under DDP; ``bf16-true`` shards bf16 parameters and state.
 """
 
 from __future__ import annotations
@@ -113,11 +114,17 @@ def sharder(kind: str, world: int, num_nodes: int, precision: str, accelerator: 
 
         shape, names = mesh_shape(kind, world, num_nodes)
         mesh = init_device_mesh("cuda" if accelerator == "cuda" else "cpu", shape, mesh_dim_names=names)
-        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        # bf16-mixed: Blocks compute with bf16 copies of their fp32 shards (gathered in bf16, gradients reduced in
+        # fp32), and take their input as it comes: the residual stream stays fp32 as under autocast on one device.
+        # The root (embeddings, final norm, head) keeps fp32 parameters, cast per op by autocast, as with DDP.
+        blocks = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
                   if precision == "bf16-mixed" else MixedPrecisionPolicy())
         for block in model.transformer.h:
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(model, mesh=mesh, mp_policy=policy)
+            if precision == "bf16-mixed":  # norms compute in fp32 on fp32 input, as under autocast (their own units)
+                for norm in [m for m in block.modules() if m is not block and "norm" in type(m).__name__.lower()]:
+                    fully_shard(norm, mesh=mesh, mp_policy=MixedPrecisionPolicy())
+            fully_shard(block, mesh=mesh, mp_policy=blocks)
+        fully_shard(model, mesh=mesh, mp_policy=MixedPrecisionPolicy())
         return model
 
     return parallelize

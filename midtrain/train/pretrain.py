@@ -43,6 +43,7 @@ from litgpt.utils import choose_logger, get_default_supported_precision, instant
 
 from midtrain import signals
 from midtrain.errors import ConfigError, config_error_line
+from midtrain.forked import run_forked
 from midtrain.signals import EXIT_REQUEUE
 from midtrain.tokenizer import load_tokenizer, tokenizer_vocab_size
 from midtrain.train import checkpoint as ckpt
@@ -52,6 +53,7 @@ from midtrain.train.metrics import Progress, SourceMeter, available_flops, flops
 from midtrain.train.restore import hf_import_step, load_weights, log_checkpoint_notes, restore
 from midtrain.train.saver import Saver
 from midtrain.train.schedules import Schedule, rewarm_factor, warmup_steps
+from midtrain.train.distributed import agree as agree_across_ranks
 from midtrain.train.validation import log_validation
 
 
@@ -87,7 +89,8 @@ def setup(
         model_name: a litgpt model name (e.g. ``pythia-160m``); or give ``model_config``.
         model_config: a litgpt Config (overrides ``model_name``).
         out_dir: where checkpoints and logs go.
-        precision: Fabric precision (default: bf16-true where supported, 32-true on CPU).
+        precision: Fabric precision (default: bf16-mixed on GPUs that support bf16, 16-mixed on older ones, 32-true
+            on CPU).
         initial_checkpoint_dir: load model weights only from here, start at step 0.
         resume: ``auto`` (newest checkpoint in out_dir, if any), ``true`` (must exist), a checkpoint path, or false.
         resume_from: midtrain: continue the base run's checkpoint into this new ``out_dir``.
@@ -109,7 +112,7 @@ def setup(
         tokenizer_dir: a litgpt tokenizer folder (copied into checkpoints; checks the vocabulary).
         logger_name: tensorboard, csv or wandb.
         seed: model init seed.
-        compile: torch.compile the model (default: on for CUDA, off on CPU).
+        compile: torch.compile the model (default: on for CUDA without sharding, off on CPU and under fsdp/hsdp).
         keep_last_n: keep only the newest N step checkpoints of this run.
     """
     from midtrain.data.sharded_mixed import ShardedMixedDataset
@@ -147,13 +150,16 @@ def setup(
         raise ConfigError("train.global_batch_size", f"{train.global_batch_size} is not divisible by "
                           f"micro_batch_size {train.micro_batch_size} x {world} processes")
     precision = precision or (get_default_supported_precision(training=True) if accelerator == "cuda" else "32-true")
-    fits = None
-    if world > 1 and strategy == "auto" and accelerator == "cuda":  # a replica per GPU where it fits, else shard
-        seq = train.max_seq_length or model_config.block_size
-        replica = memory.estimate(model_config, train.micro_batch_size, seq, precision, "ddp", 1,
-                                  activation_checkpointing, optimizer_name(optimizer))
-        fits = replica.fits(torch.cuda.get_device_properties(0).total_memory)
-    kind = parallel.resolve(strategy, world, num_nodes, accelerator, fits)
+    seq = train.max_seq_length or model_config.block_size
+    # the strategy (auto: a replica per GPU where it fits, else shard) and the per-rank memory estimate, computed
+    # in a forked child: its FakeTensorMode trace would leave extra autograd threads in this process
+    kind, estimate = run_forked(plan_memory, model_config, train.micro_batch_size, seq, precision, strategy, world,
+                                num_nodes, accelerator, activation_checkpointing, optimizer_name(optimizer))
+    estimate = memory.MemoryEstimate(**{k: v for k, v in estimate.items() if k not in ("states", "total")})
+    if kind in parallel.SHARDED and getattr(data, "mixer", "exact") == "litdata":
+        raise ConfigError("strategy", f"{kind} keeps the data position in training_state.json, where mixer litdata's "
+                          "state does not survive (its per-worker counts are keyed by integers): use data mixer: "
+                          "exact, or strategy: ddp")
     fabric_strategy = parallel.fabric_strategy(kind, rendezvous_timeout, accelerator, world, num_nodes, precision)
     # Lightning hints at srun whenever it exists; our launcher uses srun under SLURM, and a run
     # started by hand on a login/dev node is deliberate.
@@ -176,8 +182,11 @@ def setup(
     fabric.print(f"processes: {fabric.world_size} (devices {n_devices} x num_nodes {num_nodes}; "
                  f"{'started by ' + launched[1].split(' started')[0] if launched else 'started by Fabric'})")
     run = Run(model_config, out_dir, precision, initial_checkpoint_dir, resume, resume_from, train, eval, optimizer,
-              tokenizer_dir, seed, accelerator == "cuda" if compile is None else compile, keep_last_n, hparams or {},
-              kind, activation_checkpointing, num_nodes)
+              tokenizer_dir, seed,
+              # torch.compile over FSDP2 has not met a GPU here yet (bench/gpu.sh): off under sharding unless asked
+              (accelerator == "cuda" and kind not in parallel.SHARDED) if compile is None else compile,
+              keep_last_n, hparams or {},
+              kind, activation_checkpointing, num_nodes, estimate)
     return main(fabric, run, data)
 
 
@@ -203,6 +212,8 @@ class Run:
     """single, ddp, fsdp or hsdp (``parallel.resolve``)."""
     activation_checkpointing: bool = False
     num_nodes: int = 1
+    estimate: Optional[memory.MemoryEstimate] = None
+    """Per-rank memory, estimated before launch (``plan_memory``)."""
 
     @property
     def sharded(self) -> bool:
@@ -227,6 +238,8 @@ def main(fabric, run: Run, data: DataModule) -> int:
     fabric.barrier()
     if start_kind != "resume":
         startup.check_fresh_out_dir(out_dir, run.resume, start_kind)
+    if run.sharded and fabric.world_size > 1:
+        startup.check_shared_out_dir(fabric, out_dir)
 
     # ---- model, tokenizer, optimizer ----
     fabric.seed_everything(run.seed, verbose=False)
@@ -237,15 +250,13 @@ def main(fabric, run: Run, data: DataModule) -> int:
         if vocab > model_config.padded_vocab_size:
             raise ConfigError("tokenizer_dir", f"tokenizer vocabulary {vocab} is larger than the model's "
                               f"padded_vocab_size {model_config.padded_vocab_size}")
-    estimate = memory.estimate(model_config, train.micro_batch_size, seq_len, run.precision, run.strategy,
-                               parallel.shard_size(run.strategy, fabric.world_size, run.num_nodes),
-                               run.activation_checkpointing, optimizer_name(run.optimizer))
+    estimate = run.estimate
     model, n_params = setup_model(fabric, run, seq_len, will_load=load_path is not None)
     fabric.print(f"model: {n_params / 1e6:.1f}M parameters, seq {seq_len}, {start_kind} run -> {out_dir}")
     fabric.print(f"strategy: {run.strategy} over {fabric.world_size} process(es), precision {run.precision}"
                  f"{', activation checkpointing' if run.activation_checkpointing else ''}; memory estimate "
-                 f"{estimate.describe()}")
-    if fabric.device.type == "cuda":
+                 f"{estimate.describe() if estimate else 'not computed'}")
+    if fabric.device.type == "cuda" and estimate is not None:
         gpu = torch.cuda.get_device_properties(fabric.device).total_memory
         if not estimate.fits(gpu):
             fabric.print(f"warning: the estimate exceeds this GPU's {gpu / 2**30:.0f} GiB less headroom: expect "
@@ -279,6 +290,9 @@ def main(fabric, run: Run, data: DataModule) -> int:
         if start_kind == "resume":
             startup.check_no_newer_checkpoints(out_dir, load_path)
         restore(fabric, load_path, state, start_kind, train, seq_len)
+        if start_kind == "resume":
+            for line in startup.changed_at_resume(load_path, run.hparams):
+                fabric.print(line)
     log_checkpoint_notes(fabric, train_loader)
     saver = Saver(fabric, out_dir, run.hparams, model_config, side_files, run.keep_last_n, sharded=run.sharded)
 
@@ -318,6 +332,21 @@ def main(fabric, run: Run, data: DataModule) -> int:
     return fit(fabric, run, state, saver, schedule, val_loaders, seq_len, n_params, estimate)
 
 
+def plan_memory(model_config, micro: int, seq: int, precision: str, strategy: str, world: int, num_nodes: int,
+                accelerator: str, activation_checkpointing: bool, optimizer: str) -> tuple[str, dict]:
+    """(strategy kind, per-rank estimate as a dict): ``auto`` shards where a DDP replica does not fit the GPU.
+    Run in a forked child (``run_forked``): the caller's process keeps CUDA and autograd untouched."""
+    fits = None
+    if world > 1 and strategy == "auto" and accelerator == "cuda":
+        device_bytes = torch.cuda.get_device_properties(0).total_memory
+        fits = memory.estimate(model_config, micro, seq, precision, "ddp", 1, activation_checkpointing,
+                               optimizer).fits(device_bytes)
+    kind = parallel.resolve(strategy, world, num_nodes, accelerator, fits)
+    est = memory.estimate(model_config, micro, seq, precision, kind, parallel.shard_size(kind, world, num_nodes),
+                          activation_checkpointing, optimizer)
+    return kind, est.to_dict()
+
+
 def setup_model(fabric, run: Run, seq_len: int, will_load: bool):
     """The model at step 0, set up on its devices: one init whatever the strategy (``parallel.build_model``; a sharded
     model that a checkpoint will fill is built on meta), ``initial_checkpoint_dir``'s weights, activation
@@ -332,7 +361,14 @@ def setup_model(fabric, run: Run, seq_len: int, will_load: bool):
         parallel.checkpoint_blocks(model)
     if run.compile:
         model = torch.compile(model)
-    return fabric.setup(model), n_params
+    model = fabric.setup(model)
+    if run.sharded and will_load and run.precision in ("bf16-true", "16-true"):
+        # materialised from meta, the rope cache was rebuilt in fp32; the fresh path's is cast with the weights
+        from midtrain.train.saver import unwrap
+
+        gpt, dtype = unwrap(model), memory.param_dtype(run.precision)
+        gpt.cos, gpt.sin = gpt.cos.to(dtype), gpt.sin.to(dtype)
+    return model, n_params
 
 
 def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loaders: dict, seq_len: int,
@@ -369,23 +405,33 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
         for micro in range(accum):
             t_wait = time.perf_counter()
             try:
-                batch = next(data_iter)
-                progress.data_wait += time.perf_counter() - t_wait
-            except Exception as e:
-                # a worker ended by the stop signal, or a shard changed/vanished under the run: the model and
-                # optimizer are still at the last step boundary, so rewind the data position to it and stop there
-                line = config_error_line(e)
-                if signals.requested() is None and line is None:
-                    raise
+                batch, failure = next(data_iter), None
+            except Exception as e:  # a worker ended by the stop signal, or a shard changed/vanished under the run
+                batch, failure = None, e
+            progress.data_wait += time.perf_counter() - t_wait
+            # every rank learns whether any rank's loader failed before anyone runs a forward pass (under FSDP each
+            # is a collective, and a rank that left for the stop path would leave the others waiting forever)
+            line = config_error_line(failure) if failure is not None else None
+            failed, signalled, unexpected = agree_across_ranks(fabric, failure is not None, signals.requested() is not None,
+                                                   failure is not None and line is None and signals.requested() is None)
+            if failed:
+                # the model and optimizer are still at the last step boundary: rewind the data position to it
                 optimizer.zero_grad(set_to_none=True)
                 if samples_at_step is not None:
                     loader.samples = samples_at_step
-                if signals.requested() is None:
+                if unexpected:  # not a stop and not bad input: a bug, raised as it is (other ranks stop quietly)
+                    if failure is not None and line is None:
+                        raise failure
+                    raise ConfigError("another rank's data loader failed (its traceback is in the log)", speaker="quiet")
+                if not signalled:
                     if state["step_count"] != first_step and samples_at_step is not None:
                         saver.save_missing(state)
-                    raise ConfigError(line) from None
-                return stop(fabric, saver, state, first_step, f"signal {signals.name(signals.requested())} received "
-                            "mid-step", can_save=samples_at_step is not None)
+                    if line is not None:
+                        raise ConfigError(line, speaker="self") from None
+                    raise ConfigError("another rank stopped (its line is in the log)", speaker="quiet")
+                who = (f"signal {signals.name(signals.requested())} received" if signals.requested() is not None
+                       else "a stop signal reached another rank")
+                return stop(fabric, saver, state, first_step, f"{who} mid-step", can_save=samples_at_step is not None)
             tokens, sources = batch if isinstance(batch, (tuple, list)) else (batch, torch.zeros(len(batch), dtype=torch.long))
             if trace is not None:  # written once the step is complete (a step cut short is redone on resume)
                 trace_lines += [f"{state['step_count']} {micro} {zlib.crc32(row.numpy().tobytes())}\n" for row in tokens]

@@ -45,7 +45,14 @@ def _load(path: Path, state: dict) -> None:
         import torch.distributed.checkpoint as dcp
 
         model_state, optim_state = get_state_dict(model, optimizer)
-        dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=path / ckpt.SHARDED_DIR)
+        import warnings
+
+        import torch.distributed as dist
+
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load({"model": model_state, "optimizer": optim_state}, checkpoint_id=path / ckpt.SHARDED_DIR,
+                     no_dist=not (dist.is_available() and dist.is_initialized()))
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
         saved = ckpt.read_training_state(path)
         saved = {**saved, "step_count": saved.get("step"), "train_dataloader": saved.get("data")}
@@ -103,7 +110,7 @@ def load_weights(model, path: Path) -> None:
 
 def translate_load_errors(load, path: Path, field: str) -> None:
     try:
-        load()
+        _unwrapping_dcp(load)
     except ConfigError:
         raise
     except RuntimeError as e:
@@ -111,8 +118,27 @@ def translate_load_errors(load, path: Path, field: str) -> None:
         if "size mismatch" in msg or "Missing key" in msg or "Unexpected key" in msg:
             raise ConfigError(field, f"{path} does not match the model config ({msg[:200]})") from None
         raise ConfigError(field, f"{path} could not be loaded ({msg[:200]})") from None
-    except (OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as e:
+    except ValueError as e:
+        msg = " ".join(str(e).split())
+        if "Size mismatch" in msg or "size mismatch" in msg:  # torch.distributed.checkpoint's wording
+            raise ConfigError(field, f"{path} does not match the model config ({msg[:200]})") from None
+        raise ConfigError(field, f"{path} is missing or corrupt (ValueError: {msg[:200]})") from None
+    except (OSError, EOFError, KeyError, pickle.UnpicklingError) as e:
         raise ConfigError(field, f"{path} is missing or corrupt ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _unwrapping_dcp(load) -> None:
+    """torch.distributed.checkpoint raises CheckpointException (a BaseException) holding each rank's error: the
+    first of them is raised instead, so a mismatched or missing shard reads like the same fault in a full file."""
+    try:
+        load()
+    except BaseException as e:  # noqa: BLE001
+        failures = getattr(e, "failures", None)
+        if type(e).__name__ != "CheckpointException" or not isinstance(failures, dict) or not failures:
+            raise
+        first = next(iter(failures.values()))
+        first = first[0] if isinstance(first, tuple) else first
+        raise (first if isinstance(first, Exception) else RuntimeError(str(first))) from None
 
 
 def hf_import_step(loader) -> Optional[int]:

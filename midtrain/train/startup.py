@@ -173,3 +173,41 @@ def check_extends_in_place(out_dir: Path, start_step: int, end_step: int) -> Non
         raise ConfigError("out_dir", f"{Path(out_dir) / ckpt.FINAL} holds a finished run, and this config trains from "
                           f"step {start_step:,} to {end_step:,}: a finished run is not extended in place. Extend it "
                           f"into a new folder: --out_dir NEW --resume_from {Path(out_dir) / ckpt.FINAL}")
+
+
+def check_shared_out_dir(fabric, out_dir: Path) -> None:
+    """Every rank writes its shard into the folder rank 0 creates: refuse (one line) an out_dir some rank cannot see
+    (node-local storage on several nodes), before any work, instead of checkpoints that lack other nodes' shards."""
+    import secrets
+
+    from midtrain.train.distributed import agree
+
+    token = Path(out_dir) / f".shared-check-{fabric.broadcast(secrets.token_hex(8) if fabric.global_rank == 0 else None)}"
+    if fabric.global_rank == 0:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        token.write_text("")
+    fabric.barrier()
+    (blind,) = agree(fabric, not token.exists())
+    fabric.barrier()
+    if fabric.global_rank == 0:
+        token.unlink(missing_ok=True)
+    if blind:
+        raise ConfigError("out_dir", f"{out_dir} is not the same folder on every rank (a file rank 0 wrote there is "
+                          "missing on another): sharded checkpoints need a filesystem all nodes share")
+
+
+def changed_at_resume(checkpoint: Path, hparams: dict) -> list[str]:
+    """Lines saying which run-shape fields (precision, strategy, devices, num_nodes) differ from what the resumed
+    checkpoint was trained with: the YAML's apply from here on, and the log says so."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(checkpoint) / "hyperparameters.yaml").read_text()) or {}
+    except (OSError, ValueError):
+        return []
+    out = []
+    for key in ("precision", "strategy", "devices", "num_nodes", "activation_checkpointing"):
+        if key in saved and key in hparams and saved[key] != hparams[key]:
+            out.append(f"note: {checkpoint.name} was trained with {key}: {saved[key]}; this run continues with "
+                       f"{key}: {hparams[key]} (the config's)")
+    return out
