@@ -553,7 +553,8 @@ def study(argv: list[str]) -> int:
 
     if what == "run":
         check_writable_dir(out, "--out")
-        footprints.isolated(footprints.check, plan)  # fits on no strategy: refused before anything runs
+        if a.executor != "local" or _gpus_visible():  # a run that fits on no strategy: refused before anything runs
+            footprints.isolated(footprints.check, plan)  # (local steps on a machine without GPUs run on CPU)
         from midtrain.study.execute import check_external
 
         check_external(plan, out)
@@ -673,6 +674,13 @@ def fixed_choice_error(message: str) -> str | None:
     given = re.search(r"NestedArg\(key='[^']*', val='([^']*)'\)", message) or re.search(rf"'{leaf}': '([^']*)'", message)
     value = f"{given.group(1)!r} " if given else ""
     return f"{full}: {value}is not one of {', '.join(map(str, choices[full]))}"
+
+
+def _gpus_visible() -> bool:
+    """Whether this machine has a GPU for local steps (nvidia-smi's device files; no CUDA initialisation here)."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*")) and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
 
 
 def _rank() -> int:

@@ -125,7 +125,8 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
 # takes whole files in collection order, so a long file collected last would run alone at the end (measured:
 # the demo was the tail for 9 minutes while xdist's default reorder, by test count, scheduled it late).
 # Same order in every worker (xdist requires it).
-HEAVY_FIRST = ("test_slurm.py", "test_demo.py", "test_trainer.py", "test_study_run.py", "test_signals.py",
+HEAVY_FIRST = ("test_slurm.py", "test_demo.py", "test_parallel.py", "test_trainer.py", "test_study_run.py",
+               "test_signals.py",
                "test_fault_classes.py", "test_posttrain.py", "test_import.py", "test_slurm_nodes.py", "test_extras.py",
                "test_migrate.py", "test_distributed.py")
 

@@ -1,6 +1,7 @@
 """Step-0 weights as the trainer sets a model up (``pretrain.setup_model``) under a strategy, gathered to rank 0.
 
     python tests/parallel_init.py KIND PRECISION OUT.pt     (KIND: single, ddp, fsdp; 2 CPU processes unless single)
+    step0("single", "32-true", out)                          (in-process: one process needs no launcher)
 """
 
 import sys
@@ -20,8 +21,7 @@ TINY = {"name": "tiny", "block_size": 32, "vocab_size": 512, "padded_vocab_size"
         "n_embd": 32, "rotary_percentage": 0.25, "parallel_residual": True, "bias": True, "norm_class_name": "LayerNorm",
         "mlp_class_name": "GptNeoxMLP", "intermediate_size": 128}
 
-if __name__ == "__main__":
-    kind, precision, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+def step0(kind: str, precision: str, out: Path) -> None:
     world = 1 if kind == "single" else 2
     run = Run(Config(**TINY), out.parent, precision, None, False, None, TrainArgs(), EvalArgs(), "AdamW", None, 42,
               False, None, {}, kind, False, 1)
@@ -36,3 +36,7 @@ if __name__ == "__main__":
     buffers = {name: (unwrap(m).cos.clone(), unwrap(m).sin.clone()) for name, m in (("fresh", model), ("meta", meta))}
     if fabric.global_rank == 0:
         torch.save({"weights": weights, "sharded": parallel.is_sharded(unwrap(model)), "rope": buffers}, out)
+
+
+if __name__ == "__main__":
+    step0(sys.argv[1], sys.argv[2], Path(sys.argv[3]))

@@ -105,8 +105,8 @@ def test_study_plan_shows_each_training_shape_and_refuses_what_fits_nowhere(tmp_
     base.update(model_name="OLMo-2-1124-7B", model_config=None, tokenizer_dir=None)
     base["train"].update(micro_batch_size=4, global_batch_size=8, max_seq_length=4096)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    for what in ("plan", "run"):
-        args = ["--check_files", "false"] if what == "plan" else ["--out", tmp_path / "out"]
+    for what in ("plan", "run"):  # run: refused before anything is submitted (no sbatch is ever called)
+        args = ["--check_files", "false"] if what == "plan" else ["--out", tmp_path / "out", "--executor", "slurm"]
         r = run_cli("study", what, spec, *args)
         assert r.returncode == 2 and "DOES NOT FIT" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "v100 (32 GiB)" in r.stderr
