@@ -346,16 +346,17 @@ def test_activation_checkpointing_keeps_loss_and_gradients():
                                                          (False, True, "single"), (True, True, "single"),
                                                          (True, False, "fsdp")])
 def test_activation_term_equals_the_bytes_a_real_cpu_forward_saves(autocast, checkpointing, kind):
-    """The estimate's activations (a FakeTensorMode trace of 1 and 2 layers, extended linearly) equal what a real
-    3-layer forward + loss saves for backward on CPU (under FSDP2's bf16-mixed: bf16 Blocks, fp32 norms and root)."""
+    """The estimate's activations (FakeTensorMode traces of 1 and 2 layers at micro-batches 2 and 3, extended
+    linearly) equal what a real 3-layer forward + loss at micro-batch 5 saves for backward on CPU (under FSDP2's
+    bf16-mixed: bf16 Blocks, fp32 norms and root)."""
     from litgpt import Config
 
     from midtrain.train.memory import estimate, saved_tensor_bytes
 
     config = Config(**{**TINY_MODEL, "n_layer": 3})
-    real = saved_tensor_bytes(config, 2, 16, torch.float32, autocast, checkpointing, fake=False,
-                              bf16_blocks=kind == "fsdp")
-    est = estimate(config, 2, 16, "bf16-mixed" if autocast else "32-true", kind, 2 if kind == "fsdp" else 1,
+    real = saved_tensor_bytes(config, 5, 16, torch.float32, autocast, checkpointing, fake=False,
+                              bf16_blocks=kind == "fsdp")  # micro 5: the estimate extends its traces of 2 and 3
+    est = estimate(config, 5, 16, "bf16-mixed" if autocast else "32-true", kind, 2 if kind == "fsdp" else 1,
                    checkpointing)
     assert est.activations == real > 0
 

@@ -235,7 +235,7 @@ def test_the_paper_specs_planned_into_one_folder_pretrain_each_size_once():
     specs = [os.path.join(REPO, "midtrain_configs", "studies", f"paper-{n}.yaml")
              for n in ("main", "timing", "percentage", "cpt", "window")]
     env = {"DATA_ROOT": "/nonexistent", "CKPT_ROOT": "/c", "TOKENIZER_DIR": "/t", "SFT_ROOT": "/s"}
-    r = run_cli("study", "plan", *specs, "--rows", "0", "--check_files", "false", env=env)
+    r = run_cli("study", "plan", *specs, "--rows", "0", "--check_files", "false", "--devices", "false", env=env)
     assert r.returncode == 0, r.stderr
     for size in ("70m", "160m"):
         assert f"size {size}: 1 base run(s), 4 segment(s), {61035 * 1024 * 2048:,} base tokens in all" in r.stdout
@@ -264,6 +264,6 @@ def test_shipped_specs_plan(spec):
     imported = "from-public" in spec  # a public checkpoint: nothing is pretrained
     assert ("no base steps" in r.stdout if imported else "| base/" in r.stdout) and "steps: " in r.stdout
     # with the files checked, the missing checkpoint or shards are one line naming the key
-    r = run_cli("study", "plan", spec, env=env)
+    r = run_cli("study", "plan", spec, "--devices", "false", env=env)
     key = "sizes.160m.checkpoint" if imported else "data.data_path"
     assert r.returncode == 2 and key in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr

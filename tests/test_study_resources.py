@@ -84,6 +84,7 @@ def test_plan_prints_allocation_and_gpu_hours_per_kind(tmp_path, monkeypatch):
     for var in ("DATA_ROOT", "SFT_ROOT", "TOKENIZER_DIR", "CKPT_ROOT"):
         monkeypatch.setenv(var, str(tmp_path))
     r = run_cli("study", "plan", "midtrain_configs/studies/paper-main.yaml", "--check_files", "false", "--rows", "0",
+                "--devices", "false",
                 env={v: str(tmp_path) for v in ("DATA_ROOT", "SFT_ROOT", "TOKENIZER_DIR", "CKPT_ROOT")})
     assert r.returncode == 0, r.stderr
     rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("| ")}
@@ -101,7 +102,7 @@ def test_every_paper_spec_plans_with_per_kind_resources(tmp_path):
     for spec in sorted(glob.glob("midtrain_configs/studies/paper-*.yaml")):
         raw = yaml.safe_load(open(spec))
         assert set(raw["slurm"]) >= {"pretrain", "midtrain", "sft", "eval", "report"}, spec
-        r = run_cli("study", "plan", spec, "--check_files", "false", "--rows", "0", env=env)
+        r = run_cli("study", "plan", spec, "--check_files", "false", "--rows", "0", "--devices", "false", env=env)
         assert r.returncode == 0 and "| sft |" in r.stdout, (spec, r.stderr)
 
 

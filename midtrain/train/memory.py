@@ -10,7 +10,8 @@ Terms, in bytes on one rank (rank 0, the largest shard) at the peak of an optimi
   module's (embeddings, final norm, head) and two Blocks' (the one computing and the one prefetched),
   plus one Block's unsharded gradient before its reduce-scatter.
 - ``activations``: the bytes autograd saves in one micro-batch's forward and loss, traced on
-  ``FakeTensorMode`` (shapes and dtypes only: no memory, no device, milliseconds): the tensors the
+  ``FakeTensorMode`` (shapes and dtypes only: no memory, no device) for 1 and 2 layers at micro-batches
+  of 2 and 3 and extended linearly in both: the tensors the
   real run saves, counted once per storage and without the parameters (on CPU it equals the real
   run's saved bytes exactly, tests/test_parallel.py). Under DDP's ``bf16-mixed`` this includes
   autocast's bf16 copies of the weights; with activation checkpointing, each Block's input. Traced
@@ -145,13 +146,22 @@ def _param_shapes(key: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
 @functools.lru_cache(maxsize=256)
 def _activation_bytes(key: str, micro: int, seq: int, dtype: str, autocast: bool, checkpointing: bool,
                       n_layer: int, blocks: str = "") -> int:
-    """Saved bytes of the whole model from traces of 1 and 2 layers (Blocks are identical: linear in depth)."""
+    """Saved bytes of the whole model from traces of 1 and 2 layers at micro-batches of 2 and 3: Blocks are identical
+    (linear in depth) and every saved tensor either has a batch dimension or none (linear in the micro-batch)."""
     dt = getattr(torch, dtype.split(".")[-1])
-    one = saved_tensor_bytes(_config(key, n_layer=1), micro, seq, dt, autocast, checkpointing, bf16_blocks=bool(blocks))
-    if n_layer == 1:
-        return one
-    two = saved_tensor_bytes(_config(key, n_layer=2), micro, seq, dt, autocast, checkpointing, bf16_blocks=bool(blocks))
-    return one + (n_layer - 1) * (two - one)
+
+    def traced(layers: int, batch: int) -> int:
+        return saved_tensor_bytes(_config(key, n_layer=layers), batch, seq, dt, autocast, checkpointing,
+                                  bf16_blocks=bool(blocks))
+
+    def at(batch: int) -> int:
+        one = traced(1, batch)
+        return one if n_layer == 1 else one + (n_layer - 1) * (traced(2, batch) - one)
+
+    if micro <= 3:
+        return at(micro)
+    second, third = at(2), at(3)  # (a batch of 1 can alias what a larger one copies: not a base point)
+    return second + (micro - 2) * (third - second)
 
 
 def saved_tensor_bytes(config, micro: int, seq: int, dtype: torch.dtype = torch.float32, autocast: bool = False,
@@ -164,7 +174,7 @@ def saved_tensor_bytes(config, micro: int, seq: int, dtype: torch.dtype = torch.
     from litgpt.model import GPT
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from midtrain.train.metrics import per_token_loss
+    from midtrain.train.metrics import LOSS_CHUNK_ROWS, per_token_loss
 
     default = torch.get_default_dtype()
     with FakeTensorMode() if fake else contextlib.nullcontext():
@@ -200,7 +210,38 @@ def saved_tensor_bytes(config, micro: int, seq: int, dtype: torch.dtype = torch.
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 logits = model(tokens[:, :seq])
-            per_token_loss(logits, tokens[:, 1:]).mean()
+            if not fake:
+                per_token_loss(logits, tokens[:, 1:]).mean()
+        if fake:  # the loss's chunks are alike: trace one of each size (a fake cross-entropy costs ~20 ms)
+            rows, vocab = micro * seq, logits.size(-1)
+            full, rest = divmod(rows, LOSS_CHUNK_ROWS)
+            extra = full * _chunk_bytes(LOSS_CHUNK_ROWS, vocab, logits.dtype) + (
+                _chunk_bytes(rest, vocab, logits.dtype) if rest else 0)
+            extra += rows * 8  # the targets: one contiguous int64 copy the chunks' cross-entropies keep
+            return sum(seen.values()) + extra
+    return sum(seen.values())
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_bytes(rows: int, vocab: int, dtype: torch.dtype) -> int:
+    """What the trainer's loss saves for one chunk of ``rows`` logits (its fp32 log-softmax), beyond the logits and
+    targets (saved by the forward already)."""
+    import torch.nn.functional as F
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        logits = torch.zeros((rows, vocab), dtype=dtype, requires_grad=True)
+        targets = torch.zeros(rows, dtype=torch.long)
+        known = {logits.untyped_storage()._cdata, targets.untyped_storage()._cdata}
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            if t.untyped_storage()._cdata not in known:
+                seen[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            F.cross_entropy(logits.float(), targets, reduction="none")
     return sum(seen.values())
 
 

@@ -83,7 +83,10 @@ class Progress:
         return rate, str(timedelta(seconds=int(eta))), share
 
 
-def per_token_loss(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 128) -> torch.Tensor:
+LOSS_CHUNK_ROWS = 128
+
+
+def per_token_loss(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = LOSS_CHUNK_ROWS) -> torch.Tensor:
     """Cross-entropy per token, ``[batch, seq]``, in row chunks as litgpt's chunked_cross_entropy does (on CPU the
     full ``[batch*seq, vocab]`` softmax was ~9% of a step slower: bench/step_overhead.py); unreduced, so the
     loss can be split per sample and per source."""
