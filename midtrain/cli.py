@@ -22,6 +22,7 @@ commands:
   status     where a run stands: checkpoints, step, complete or not
   prepare    raw text (JSONL, parquet, text, HF save_to_disk) -> one typed token shard (+ val shard)
   tokenizer  `tokenizer train`: a byte-level BPE tokenizer for offline use
+  shard      what a shard holds: its tokenizer, tokens, documents and a few decoded documents
   sft        fine-tune a checkpoint (LR sweep on val, held-out test loss, forgetting)
   evaluate   `evaluate loss` on shard folders, `evaluate lm-eval`, `evaluate export-hf`
   plot       per-source validation loss against step for several runs (PNG)
@@ -67,7 +68,7 @@ def mix(argv: list[str]) -> int:
     from pathlib import Path
 
     from midtrain.train import checkpoint as ckpt
-    from midtrain.train.startup import check_run_inputs, resolve_model_config, run_end_step
+    from midtrain.train.startup import check_run_inputs, check_run_length, resolve_model_config, run_end_step
 
     train = init.train
     given = args.model_name is not None or init.model_config is not None
@@ -77,6 +78,17 @@ def mix(argv: list[str]) -> int:
                          args.logger_name)
     seq = train.max_seq_length or model_config.block_size
     data.connect(batch_size=train.micro_batch_size, max_seq_length=seq, global_batch_size=train.global_batch_size)
+    notes = []
+    if args.resume_from:  # a plan before the base run has trained: its step from the name, said; else one line
+        if Path(args.resume_from).exists():
+            args.resume_from = ckpt.check_checkpoint(Path(args.resume_from), "resume_from")
+        elif ckpt.checkpoint_step(Path(args.resume_from)) is None:
+            raise ConfigError("resume_from", f"{args.resume_from} is not a checkpoint, and its name gives no step "
+                              "(step-NNNNNNNN) to plan from")
+        else:
+            notes.append(f"note: resume_from {args.resume_from} does not exist (yet): planned from step "
+                         f"{ckpt.checkpoint_step(Path(args.resume_from))}, read from its name; pretrain refuses it "
+                         "until it exists")
     start = (ckpt.checkpoint_step(Path(args.resume_from)) or 0) if args.resume_from else 0
     end = None
     if args.tokens is not None:
@@ -92,13 +104,19 @@ def mix(argv: list[str]) -> int:
             if total is not None or train.max_additional_steps is not None:
                 raise
             end = None  # no run length in the config: the plan shows weights only
+        if args.resume_from and end is not None:  # what `pretrain` refuses: a run that would move or train nothing
+            saved = ckpt.read_training_state(Path(args.resume_from))
+            check_run_length(train, start, saved.get("tokens") or 0, seq, end, "resume_from", Path(args.resume_from))
         total_samples = None if end is None else (end - start) * train.global_batch_size
     plan = data.plan(total_samples)
     if args.check_files:
         data.verify_files()
     if data.val_data_path is not None:
         data.check_val_sets()
+    notes += data.check_tokenizer(args.tokenizer_dir)
     print(format_plan(plan))
+    for line in notes:
+        print(line)
     if model_config is not None and given:
         print(run_footprint(args, init, model_config, seq, start, end if args.tokens is None else None))
     if args.json:
@@ -195,6 +213,32 @@ def prepare(argv: list[str]) -> int:
     return 0
 
 
+def shard(argv: list[str]) -> int:
+    """``midtrain shard PATH``: a shard's tokenizer identity, token and document counts, decoded samples."""
+    from midtrain.data.shard_info import describe
+
+    parser = _parser("What a shard holds: the tokenizer it was made with, its tokens and documents, and its first "
+                     "documents decoded (nonsense text: another tokenizer made it).", config=False)
+    parser.add_argument("path", type=str, help="a shard folder (with index.json)")
+    parser.add_argument("--samples", type=int, default=3, help="documents to decode")
+    parser.add_argument("--tokenizer_dir", type=Optional[str], default=None,
+                        help="decode with this tokenizer (default: the one the shard records)")
+    args = parser.parse_args(argv)
+    print(describe(args.path, args.samples, args.tokenizer_dir))
+    return 0
+
+
+def _help(argv: list[str], command: str, subcommands: dict[str, str]) -> bool:
+    """``midtrain COMMAND --help`` for a command with subcommands: their list (exit 0)."""
+    if not argv or argv[0] not in ("-h", "--help"):
+        return False
+    width = max(map(len, subcommands))
+    print(f"usage: midtrain {command} {{{','.join(subcommands)}}} ...\n\n"
+          + "\n".join(f"  {k.ljust(width)}  {v}" for k, v in subcommands.items())
+          + f"\n\nRun `midtrain {command} SUBCOMMAND --help` for its options.")
+    return True
+
+
 def tokenizer(argv: list[str]) -> int:
     """``midtrain tokenizer train``: a byte-level BPE for offline use."""
     from itertools import islice
@@ -202,6 +246,8 @@ def tokenizer(argv: list[str]) -> int:
     from midtrain.data.readers import input_units, read_documents
     from midtrain.tokenizer import train_bpe
 
+    if _help(argv, "tokenizer", {"train": "train a byte-level BPE into a folder (--input FILES --out DIR)"}):
+        return 0
     if not argv or argv[0] != "train":
         raise ConfigError("midtrain tokenizer", "expected the subcommand `train`")
     parser = _parser("Train a byte-level BPE tokenizer into a folder litgpt's Tokenizer loads.")
@@ -232,6 +278,10 @@ def sft(argv: list[str]) -> int:
 
 def evaluate(argv: list[str]) -> int:
     """``midtrain evaluate loss|lm-eval|export-hf``."""
+    if _help(argv, "evaluate", {"loss": "loss per val set of a checkpoint (or of every checkpoint of a run)",
+                                "lm-eval": "lm-evaluation-harness tasks on a checkpoint, offline",
+                                "export-hf": "a checkpoint as a Hugging Face model folder"}):
+        return 0
     from midtrain.posttrain import evaluate as ev
 
     what = argv[0] if argv else ""
@@ -470,6 +520,10 @@ def study(argv: list[str]) -> int:
     """``midtrain study plan|run|status|report|step``."""
     from pathlib import Path
 
+    if _help(argv, "study", {"plan": "every run of the specs with its allocation, memory and cost; nothing runs",
+                             "run": "run the plan's steps (locally, or submitted to SLURM)",
+                             "status": "each step's state, job and log", "report": "tables, figures and findings"}):
+        return 0
     what, rest = (argv[0], argv[1:]) if argv else ("", [])
     if what == "step":  # internal: what an executor runs for one step
         from midtrain.study.execute import run_step
@@ -615,7 +669,7 @@ def demo(argv: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "mix": mix, "pretrain": pretrain, "status": status, "prepare": prepare, "tokenizer": tokenizer,
     "sft": sft, "evaluate": evaluate, "plot": plot, "report": report, "demo": demo, "migrate": migrate,
-    "proximity": proximity, "overlap": overlap, "study": study, "import": import_,
+    "proximity": proximity, "overlap": overlap, "study": study, "import": import_, "shard": shard,
 }
 
 

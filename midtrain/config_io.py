@@ -40,8 +40,13 @@ def load_config(path: str | os.PathLike) -> dict:
             cfg = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError("--config", f"{path} does not exist") from None
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    except yaml.YAMLError as e:  # where: line and column (1-based), and what the parser found there
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        what = " ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+        raise ConfigError(where, f"not valid YAML ({what or str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise ConfigError(path, f"unreadable ({e.strerror or e})") from None
     if cfg is None:
         cfg = {}
     if not isinstance(cfg, dict):

@@ -62,6 +62,75 @@ def hf_value(hf: dict, key: str):
 
 NOTE = "optimizer state: fresh (imported from HF)"
 
+# Every other config.json key, per architecture: what litgpt's model computes for that key's value (compared:
+# another value is refused), or why the key changes nothing litgpt computes (harmless). A key in neither
+# is refused: it may change the function, and an import that ignored it would silently be another model.
+def _gelu_act(config) -> tuple:
+    return ("gelu",) if config.gelu_approximate == "none" else ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+REQUIRED = {  # key -> (function of the litgpt config -> accepted values, what it decides)
+    "gpt_neox": {
+        "hidden_act": (_gelu_act, "the MLP's activation (litgpt: GELU, gelu_approximate)"),
+        "attention_bias": (lambda c: (bool(c.bias),), "biases in the attention projections (litgpt: bias)"),
+        "attention_dropout": (lambda c: (0, 0.0), "dropout (litgpt trains without)"),
+        "hidden_dropout": (lambda c: (0, 0.0), "dropout (litgpt trains without)"),
+        "tie_word_embeddings": (lambda c: (False,), "tied input/output embeddings (litgpt: untied)"),
+        "rope_type": (lambda c: ("default",), "the rotary scheme (litgpt: plain RoPE here)"),
+        "rope_scaling": (lambda c: (None,), "rotary scaling (litgpt: none here)"),
+    },
+    "olmo2": {
+        "hidden_act": (lambda c: ("silu",), "the MLP's activation (litgpt's LLaMAMLP: SiLU)"),
+        "attention_bias": (lambda c: (bool(c.bias),), "biases in the attention projections (litgpt: bias)"),
+        "attention_dropout": (lambda c: (0, 0.0), "dropout (litgpt trains without)"),
+        "tie_word_embeddings": (lambda c: (False,), "tied input/output embeddings (litgpt: untied)"),
+        "rope_type": (lambda c: ("default",), "the rotary scheme (litgpt: plain RoPE here)"),
+        "rope_scaling": (lambda c: (None,), "rotary scaling (litgpt: none here)"),
+    },
+}
+HARMLESS = {
+    "architectures": "names the HF class; model_type decides the import",
+    "model_type": "decides the import (checked above)",
+    "transformers_version": "the writer's version",
+    "torch_dtype": "the stored dtype; the run config's precision decides the compute",
+    "dtype": "the stored dtype (transformers 5's name)",
+    "use_cache": "HF generation's KV cache",
+    "bos_token_id": "the tokenizer's business; the weights do not depend on it",
+    "eos_token_id": "the tokenizer's business; the weights do not depend on it",
+    "pad_token_id": "the tokenizer's business; the weights do not depend on it",
+    "initializer_range": "the init of a fresh model; an import loads trained weights",
+    "classifier_dropout": "only the sequence-classification head reads it",
+    "is_decoder": "an encoder-decoder flag; the causal LM is a decoder either way",
+    "max_position_embeddings": "the length HF precomputes RoPE for; litgpt's block_size bounds the run",
+    "_name_or_path": "where it was loaded from",
+    "rope_parameters": "holds rope_theta / partial_rotary_factor / rope_type, each checked",
+}
+
+
+def check_config_keys(hf: dict, config) -> None:
+    """Every key of config.json is compared (``ARCHITECTURES``), required to be what litgpt computes
+    (``REQUIRED``) or known to change nothing (``HARMLESS``); any other key is refused in one line (issue 27,
+    class 8: `hidden_act: relu` imported with exit 0 and 0.14 logit error)."""
+    kind = hf["model_type"]
+    compared = {k for k, _ in ARCHITECTURES[kind][1]}
+    compared |= {alias for k in compared for alias in _ALIASES.get(k, ())}
+    required = REQUIRED[kind]
+    nested = {k: v for k, v in (hf.get("rope_parameters") or {}).items()} if isinstance(
+        hf.get("rope_parameters"), dict) else {}
+    for key, value in [*hf.items(), *nested.items()]:
+        if key in compared or key in HARMLESS:
+            continue
+        if key in required:
+            accepted, what = required[key]
+            ok = accepted(config)
+            if value not in ok:
+                raise ConfigError("--hf_dir", f"config.json {key}: {value!r}, and the run's model computes "
+                                  f"{ok[0]!r} ({what}): importing it would give another function")
+            continue
+        raise ConfigError("--hf_dir", f"config.json has {key}: {value!r}, a key the importer does not know "
+                          f"for {kind}: it may change what the model computes, so it is refused rather than "
+                          "ignored (known keys: midtrain/importer.py REQUIRED / HARMLESS)")
+
 
 def read_hf_config(hf_dir: Path) -> dict:
     path = Path(hf_dir) / "config.json"
@@ -101,6 +170,7 @@ def check_shapes(hf: dict, config) -> None:
                           "starting with OLMo-2- (export-hf would map the weights as another architecture)")
     if hf.get("tie_word_embeddings") and hf["model_type"] == "gpt_neox":
         raise ConfigError("--hf_dir", "tied input/output embeddings in a GPT-NeoX checkpoint are not supported")
+    check_config_keys(hf, config)
 
 
 def weight_files(hf_dir: Path) -> list[Path]:

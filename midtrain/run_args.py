@@ -38,26 +38,154 @@ def run_parser(description: str):
     # `--config` is read by `parse_run` (for ${VAR} expansion) and handed over as a YAML string here.
     parser.add_argument("--run_yaml", action=ActionConfigFile, help="(internal) the expanded --config")
     parser.add_argument("--config", type=Optional[str], default=None, help="run YAML (${VARS} are expanded)")
-    parser.add_function_arguments(setup, skip={"hparams"})
+    parser.add_function_arguments(setup, skip={"hparams", "optimizer"})
+    # The optimizer is parsed as a class (class_path + init_args checked against its signature), so that
+    # `--optimizer.lr 30` and `--optimizer.init_args.lr 30` set init_args.lr as the YAML key would and a
+    # key the class does not take is refused. Typed `Union[str, dict]` (litgpt's), jsonargparse stored them
+    # as stray top-level keys that nothing read (litgpt#1905). `run_namespace` turns it back into the
+    # `{class_path, init_args}` dict the trainer and hyperparameters.yaml use.
+    parser.add_argument("--optimizer", type=_optimizer_type(), default=None,
+                        help="the optimizer: a torch.optim class name or {class_path, init_args}")
     # `--data.data_path X` without a class_path means our DataModule.
     parser.set_defaults(data={"class_path": "midtrain.data.ShardedMixedDataset"})
     return parser
 
 
-def parse_run(parser, argv: list[str]):
-    """Parse argv (with ``--config`` read by us, for ${VAR} expansion) -> (namespace, instantiated)."""
+def _optimizer_type():
+    from typing import Callable, Iterable
+
+    import torch
+
+    return Callable[[Iterable], torch.optim.Optimizer]
+
+
+def optimizer_dict(value, written: set) -> dict:
+    """The parsed optimizer (a jsonargparse Namespace) as the plain ``{class_path, init_args}`` the trainer
+    instantiates and hyperparameters.yaml records: the init args the YAML or command line wrote, typed by
+    the class's signature (the class's defaults stay its defaults; an unwritten lr stays unwritten, which
+    the trainer refuses unless train.max_lr is set)."""
+    from jsonargparse import Namespace
+
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+
+    def plain(v):
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return {"class_path": value["class_path"],
+            "init_args": {k: plain(v) for k, v in (value.get("init_args") or {}).items() if k in written}}
+
+
+def _written_init_args(cfg_optimizer, argv: list[str]) -> set:
+    """Names of the optimizer init args that the config or the command line gives."""
     import yaml
 
+    written = set((cfg_optimizer.get("init_args") or {}) if isinstance(cfg_optimizer, dict) else ())
+    for i, a in enumerate(argv):
+        key, eq, value = a.partition("=")
+        if key.startswith("--optimizer."):
+            name = key[len("--optimizer."):]
+            name = name[len("init_args."):] if name.startswith("init_args.") else name
+            if name == "init_args":
+                value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+                try:
+                    written |= set(yaml.safe_load(value) or {})
+                except (yaml.YAMLError, TypeError):
+                    pass
+            elif name != "class_path":
+                written.add(name)
+        elif key == "--optimizer":
+            value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            try:
+                given = yaml.safe_load(value)
+            except yaml.YAMLError:
+                given = None
+            if isinstance(given, dict):
+                written |= set(given.get("init_args") or {})
+    return written
+
+
+def _class_of(spec) -> Optional[str]:
+    """The class path an optimizer spec names (a name, or a dict's class_path); None if it names none."""
+    if isinstance(spec, dict):
+        spec = spec.get("class_path")
+    if not isinstance(spec, str):
+        return None
+    return spec if "." in spec else f"torch.optim.{spec}"
+
+
+def _check_optimizer_class(path: str) -> None:
+    """An importable torch.optim.Optimizer subclass, or one line (jsonargparse's own is a paragraph)."""
+    import importlib
+
+    import torch
+
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError("optimizer", f"{path!r} is not an optimizer class") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError("optimizer", f"{path!r} is not a torch.optim.Optimizer")
+
+
+def _cli_optimizer_class(argv: list[str]) -> Optional[str]:
+    """The optimizer class the command line names (``--optimizer X``, ``--optimizer.class_path X``), if any."""
+    import yaml
+
+    named = None
+    for i, a in enumerate(argv):
+        key, eq, value = a.partition("=")
+        if key in ("--optimizer", "--optimizer.class_path"):
+            if not eq:
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+            try:
+                named = _class_of(yaml.safe_load(value)) or named
+            except yaml.YAMLError:
+                pass
+    return named
+
+
+def run_namespace(parser, argv: list[str], cfg: Optional[dict] = None):
+    """Parse a run config (``cfg``, the YAML as a dict) and ``argv`` on top, as ``midtrain pretrain`` does; the
+    optimizer comes back as the plain ``{class_path, init_args}`` dict of what was written (``optimizer_dict``).
+
+    The optimizer is AdamW where neither names one. A command line naming another class than the YAML's
+    is refused: jsonargparse would carry the YAML class's resolved init args (its defaults too) into the
+    new class, which the same change in the YAML would not do."""
+    import yaml
+
+    cfg = dict(cfg or {})
+    named = _cli_optimizer_class(argv)
+    written = cfg.get("optimizer")
+    if isinstance(written, dict) and "class_path" not in written:  # `optimizer: {lr: ...}`: the default class
+        written = cfg["optimizer"] = {"class_path": "torch.optim.AdamW", "init_args": dict(written)}
+    for path in {_class_of(written), named} - {None}:
+        _check_optimizer_class(path)
+    if written is None and named is None:
+        cfg["optimizer"] = "AdamW"
+    elif written is not None and named is not None and _class_of(written) != named:
+        raise ConfigError("--optimizer", f"names {named}, and the config's optimizer is {_class_of(written)}: change "
+                          "the class in the YAML (its init_args belong to that class)")
+    args = parser.parse_args(["--run_yaml", yaml.safe_dump(cfg)] + list(argv))
+    args.optimizer = optimizer_dict(args.optimizer, _written_init_args(cfg.get("optimizer"), argv))
+    return args
+
+
+def parse_run(parser, argv: list[str]):
+    """Parse argv (with ``--config`` read by us, for ${VAR} expansion) -> (namespace, instantiated)."""
     from midtrain.config_io import load_config
 
     argv = list(argv)
     config_path = _take_config(argv)
+    cfg = {}
     if config_path is not None:
         cfg = load_config(config_path)
         check_retired_keys(cfg, config_path)
-        argv = ["--run_yaml", yaml.safe_dump(cfg)] + argv
-    args = parser.parse_args(argv)
-    return args, parser.instantiate_classes(args)
+    args = run_namespace(parser, argv, cfg)
+    optimizer = args.pop("optimizer")
+    init = parser.instantiate_classes(args)
+    args.optimizer = init.optimizer = optimizer
+    return args, init
 
 
 RETIRED_KEYS = {

@@ -5,7 +5,9 @@ checkpoint load) or after the final checkpoint that loses the requeue, and a SIG
 KeyboardInterrupt wherever the interpreter happens to be. ``install()`` runs first thing in the
 ``midtrain`` entry point and replaces those actions with a flag the trainer reads at step
 boundaries (``requested()``): a run then checkpoints and exits ``EXIT_REQUEUE``, or says that
-there is nothing to save yet. A second SIGINT (an impatient Ctrl-C) exits at once with 130.
+there is nothing to save yet, whichever signal it was (a Ctrl-C too: 75 always means "stopped at a
+consistent checkpoint, run again to continue"). A second SIGINT (an impatient Ctrl-C) exits at once
+with 130, without a checkpoint: 130 means only that.
 
 DataLoader workers get their own handlers (``worker_init``): a signal sent to the whole process
 group (Ctrl-C, ``srun``) never crashes the loop with a worker traceback.
@@ -18,6 +20,7 @@ import signal
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed after a signal (or nothing to save yet); launchers requeue on it
+EXIT_INTERRUPTED = 130  # a second SIGINT: stopped at once, without a checkpoint
 _received: list[int] = []
 _main_pid: int | None = None
 
@@ -25,7 +28,7 @@ _main_pid: int | None = None
 def _handler(signum, frame) -> None:
     if signum == signal.SIGINT and signal.SIGINT in _received and os.getpid() == _main_pid:
         os.write(2, b"midtrain: second interrupt: stopping now without a checkpoint\n")
-        os._exit(130)
+        os._exit(EXIT_INTERRUPTED)
     _received.append(signum)
 
 
@@ -52,11 +55,6 @@ def requested() -> int | None:
 
 def name(signum: int | None) -> str:
     return signal.Signals(signum).name if signum else "none"
-
-
-def exit_code_for(signum: int | None, requeue_code: int) -> int:
-    """SIGINT (a person at a terminal) -> 130; SIGTERM/SIGUSR1 (scheduler) -> ``requeue_code``."""
-    return 130 if signum == signal.SIGINT else requeue_code
 
 
 def _exit_quietly(signum, frame) -> None:

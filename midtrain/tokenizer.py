@@ -53,6 +53,17 @@ def special_token_texts(tok) -> list[str]:
     return sorted((t for t in texts if t), key=lambda t: (-len(t), t))
 
 
+def check_tokenizer_fits(tokenizer, padded_vocab_size: int, field: str) -> None:
+    """A tokenizer that can produce ids the model has no embedding row for is another model's tokenizer:
+    one line, not an IndexError deep in the embedding."""
+    from midtrain.errors import ConfigError
+
+    size = tokenizer_vocab_size(tokenizer)
+    if size is not None and size > padded_vocab_size:
+        raise ConfigError(field, f"the tokenizer has {size:,} tokens and the model {padded_vocab_size:,} embedding "
+                          "rows: it is not this model's tokenizer")
+
+
 def tokenizer_vocab_size(tokenizer) -> int | None:
     """Token ids a tokenizer can produce, added special tokens included."""
     size = getattr(tokenizer, "vocab_size", None)

@@ -60,8 +60,12 @@ def test_a_rank_that_never_arrives_ends_the_setup_in_one_line(two_device_config)
 
 
 @pytest.mark.parametrize("when", [0.5, 2.5, "waiting"])
-def test_stop_signal_from_startup_to_the_rendezvous_exits_75_quickly(two_device_config, when):
-    proc = start_rank0_alone(two_device_config, "--rendezvous_timeout", "120")
+def test_stop_signal_from_startup_to_the_rendezvous_exits_75_without_waiting_it_out(two_device_config, when):
+    """A stop signal at any moment of start-up ends rank 0 with exit 75 and nothing saved, without waiting
+    for rank 1's rendezvous (timeout 600 s). No wall-clock bound (issue 27, class 11: a busy machine took
+    17-20 s to import the libraries, past the old `< 10`): waiting the rendezvous out would end with its
+    timeout line and exit 1, after communicate's 300 s, which the assertions below tell apart."""
+    proc = start_rank0_alone(two_device_config, "--rendezvous_timeout", "600")
     if when == "waiting":  # rank 0 is in the rendezvous, waiting for rank 1
         seen = ""
         while "rendezvous: waiting for 2 ranks" not in seen:
@@ -70,14 +74,11 @@ def test_stop_signal_from_startup_to_the_rendezvous_exits_75_quickly(two_device_
             seen += line
     else:
         time.sleep(when)
-    sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    took = time.monotonic() - sent
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, out + err
-    assert took < 10, took
     assert "signal SIGTERM received" in out and "nothing to save" in out, out + err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "never arrived" not in err
 
 
 def test_launched_world_must_equal_devices_times_nodes(monkeypatch):

@@ -175,3 +175,27 @@ def test_without_the_extras_one_line_names_the_extra(tmp_path, real_tree):
     cfg = write_config(tmp_path, real_tree, logger_name="wandb", out_dir=str(tmp_path / "w"))
     r = run_cli("pretrain", "--config", cfg)
     assert r.returncode == 2 and "pip install -e .[wandb]" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@needs_extras
+def test_lm_eval_stop_sequence_given_as_a_string_is_one_sequence(checkpoint_with_tokenizer):
+    """Issue 27, class 6: `generation_kwargs: {until: "Question:"}` was iterated character by character,
+    so generation stopped at the first "o" (0.0 where the list form scored 1.0). A string is now one stop
+    sequence, as lm-eval's own models read it: the same generations as the list form."""
+    code = f"""
+import json
+from lm_eval.api.instance import Instance
+from midtrain.posttrain.lm_eval_adapter import LitLM
+lm = LitLM("{checkpoint_with_tokenizer}")
+reqs = lambda until: [Instance("generate_until", {{}}, (f"{{a}} plus 2 is", {{"until": until, "max_gen_toks": 24}}), 0)
+                      for a in range(6)]
+print(json.dumps([lm.generate_until(reqs("Question:")), lm.generate_until(reqs(["Question:"])),
+                  lm.generate_until(reqs([]))]))
+"""
+    r = subprocess.run([EXTRAS_PY, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=REPO), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    as_string, as_list, free = json.loads(r.stdout.strip().splitlines()[-1])
+    assert as_string == as_list
+    # the generations hold characters of "Question:" (so a per-character stop would have cut them short)
+    assert any(set(text) & set("Question:") for text in free) and as_list == free

@@ -6,6 +6,7 @@ built by `make test`); midtrain itself never needs it."""
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -286,3 +287,38 @@ def test_a_study_from_an_imported_checkpoint_runs_end_to_end(hf, tmp_path):
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**spec, **change}, sort_keys=False))
         r = run_cli("study", "plan", tmp_path / "bad.yaml")
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+
+
+@needs_hf
+def test_every_config_json_key_is_compared_required_or_known_harmless(hf, tmp_path):
+    """Issue 27, class 8: a GPT-NeoX checkpoint differing only in hidden_act imported with exit 0 (logits off by
+    0.14 for relu, 1.8e-4 for gelu_fast) and its config.json was copied for export-hf to write back. Now a key
+    that decides the function must match the run's model, a harmless one is listed, any other is refused."""
+    from midtrain.importer import import_hf
+
+    root, runs = hf
+    out = tmp_path / "out"
+    for i, (name, key, value, needle) in enumerate([
+        ("neox", "hidden_act", "relu", "config.json hidden_act: 'relu', and the run's model computes 'gelu'"),
+        ("neox", "hidden_act", "gelu_fast", "config.json hidden_act: 'gelu_fast', and the run's model computes 'gelu'"),
+        ("neox", "attention_bias", False, "config.json attention_bias: False, and the run's model computes True"),
+        ("neox", "rope_scaling", {"type": "linear", "factor": 2.0}, "config.json rope_scaling"),
+        ("olmo2", "hidden_act", "gelu", "config.json hidden_act: 'gelu', and the run's model computes 'silu'"),
+        ("olmo2", "sliding_window", 16, "config.json has sliding_window: 16, a key the importer does not know"),
+    ]):
+        folder = tmp_path / f"{name}-{i}"
+        shutil.copytree(root / "models" / name, folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(ConfigError) as e:
+            import_hf(folder, runs[name], STEP, out)
+        assert str(e.value).startswith("--hf_dir: ") and needle in str(e.value), (needle, str(e.value))
+        assert not out.exists()
+    # harmless keys change nothing: a stored dtype, the writer's version, generation's cache
+    folder = tmp_path / "harmless"
+    shutil.copytree(root / "models" / "neox", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "torch_dtype": "float16", "use_cache": False,
+                                                    "transformers_version": "4.24.0"}))
+    import_hf(folder, runs["neox"], STEP, out)
+    assert (out / "lit_model.pth").is_file()

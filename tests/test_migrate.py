@@ -138,6 +138,7 @@ def test_a_migrated_config_trains_with_the_horizon_and_peak_lr(tmp_path, real_tr
     LR rises to the peak 3e-4 and anneals to min_lr at step 12 (the placeholder would have kept it warming up)."""
     cfg = yaml.safe_load(ORIGINAL.format(out=tmp_path / "run", data=real_tree, weights=VARIANTS["base"]))
     cfg.update(model_config=TINY_MODEL, precision="32-true", logger_name="csv")
+    cfg.pop("model_name", None)  # the tiny model instead (both given would be refused: one would be ignored)
     cfg["resume"] = True
     cfg["train"].update(max_additional_steps=5, micro_batch_size=4, global_batch_size=8, max_seq_length=16,
                         log_interval=1, save_interval=4)
@@ -158,6 +159,7 @@ def test_a_migrated_arm_never_trains_from_step_0_unannounced(tmp_path, real_tree
     fresh run (LR 4.9e-08 at step 1) where the original failed loudly."""
     cfg = yaml.safe_load(ORIGINAL.format(out=tmp_path / "arm", data=real_tree, weights=VARIANTS["math_arm"]))
     cfg.update(model_config=TINY_MODEL, precision="32-true", logger_name="csv")
+    cfg.pop("model_name", None)
     cfg["train"].update(micro_batch_size=4, global_batch_size=8, max_seq_length=16, save_interval=4)
     cfg["data"]["init_args"]["num_workers"] = 0
     original = tmp_path / "orig_arm.yaml"  # no "from_" in the name: the note does not depend on it

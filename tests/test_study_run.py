@@ -401,3 +401,44 @@ def test_lm_eval_step_runs_offline_and_reaches_the_report(study, tmp_path):
 
     rep = write_report(plan, out)
     assert "lm-eval metrics of each run" in (rep / "table.md").read_text() and "tiny_arith/acc" in (rep / "table.md").read_text()
+
+
+def test_one_ctrl_c_checkpoints_the_running_step_and_the_study_says_so(study, tmp_path):
+    """Issue 27, class 12: Ctrl-C sends SIGINT to the whole process group (`kill -INT -- -PGID` here). The
+    trainer got it twice, from the terminal and forwarded by its step runner, took the second for an
+    impatient Ctrl-C and stopped without a checkpoint (exit 130), while `study run` printed 'running steps
+    checkpointed'. Now the trainer, in its own process group, gets it once: it checkpoints and exits 75;
+    the step is interrupted with that note, the study exits 75 and says what each step did."""
+    spec, root = study
+    s = yaml.safe_load(spec.read_text())
+    s["name"] = "ctrlc"
+    s["sizes"]["tiny"]["set"] = {"train.max_steps": 400, "train.save_interval": 1000, "train.log_interval": 1}
+    s["arms"] = [{"name": "code", "domain": "code", "start": [300], "weight": [0.2]}]
+    s["seeds"] = {"values": [0], "vary": "sft"}
+    (tmp_path / "ctrlc.yaml").write_text(yaml.safe_dump(s, sort_keys=False))
+    out = tmp_path / "out"
+    proc = _start_run(tmp_path / "ctrlc.yaml", out)
+    deadline = time.time() + 300
+    log = None
+    while time.time() < deadline:
+        time.sleep(0.2)
+        running = [st for st in (statuses(out).values() if (out / "study.json").exists() else [])
+                   if st.get("state") == "running" and st.get("log")]
+        if running and os.path.exists(running[0]["log"]) and "step 5/" in open(running[0]["log"]).read():
+            log = running[0]["log"]
+            break
+    assert log, "the base step never reached step 5"
+    os.killpg(proc.pid, signal.SIGINT)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, text
+    assert "stopped by signal SIGINT:" in text and "checkpointed; run again to continue" in text, text
+    body = open(log).read()
+    assert "second interrupt" not in body and "signal SIGINT received: checkpointing step" in body, body[-2000:]
+    (st,) = [st for st in statuses(out).values() if st.get("log") == log]
+    assert st["state"] == "interrupted" and st["exit_code"] == 75, st
+    argv = json.loads(open(os.path.join(os.path.dirname(log), "step.json")).read())["argv"]
+    run_dir = argv[argv.index("--out_dir") + 1] if "--out_dir" in argv else None
+    if run_dir is None:  # the out_dir is in the step's config file
+        run_dir = yaml.safe_load(open(argv[argv.index("--config") + 1]).read())["out_dir"]
+    kept = [name for name in os.listdir(run_dir) if name.startswith("step-")]
+    assert kept and int(kept[0].split("-")[1]) >= 5, kept

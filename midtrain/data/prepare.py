@@ -191,6 +191,9 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
         raise ConfigError("--val_fraction", f"must be in [0, 1), got {val_fraction}")
     if val_fraction > 0 and val_dir is None:
         raise ConfigError("--val_dir", "required with --val_fraction (where the val shard goes)")
+    if val_dir is not None and val_fraction == 0:
+        raise ConfigError("--val_fraction", f"is 0, so nothing would be written to --val_dir {val_dir}: give the "
+                          "fraction of documents held out (e.g. 0.01), or drop --val_dir")
     if chunk_tokens < 1:
         raise ConfigError("--chunk_tokens", f"must be >= 1 (tokens per chunk file), got {chunk_tokens}")
     from midtrain.tokenizer import load_tokenizer
@@ -239,6 +242,12 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
                                       f" (--val_fraction {val_fraction} leaves none for training)"
                                       if split == "train" and val_fraction > 0 else
                                       f" (empty input, or no non-empty {field!r} text)"))
+        from midtrain.data.identity import write_record
+        from midtrain.tokenizer import tokenizer_vocab_size
+
+        for split, temp in temps.items():  # which tokenizer made it, inside the shard (checked before a run)
+            write_record(temp, tok_dir, tokenizer_vocab_size(tok), tok.eos_id,
+                         sum(read_index(os.path.join(temp, "index.json"))[0]))
         summary = {}
         for split, dest in targets.items():  # both complete: now make them visible
             os.replace(temps.pop(split), dest)

@@ -44,17 +44,41 @@ def read_documents(unit: str, field: str = "text") -> Iterator[str]:
     elif p.suffix == ".parquet":
         yield from _read_parquet(p, field)
     else:
+        raw = p.read_bytes()
         try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(str(p), "is not UTF-8 text (give .jsonl, .parquet, text files or a save_to_disk folder)") from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(_where(p, raw, e.start), f"is not UTF-8 text: byte 0x{raw[e.start]:02x} (give .jsonl, "
+                              ".parquet, text files or a save_to_disk folder, in UTF-8)") from None
         if text.strip():
             yield text
 
 
+def _where(p: Path, raw: bytes, offset: int) -> str:
+    """``file:line:column`` of a byte offset (1-based)."""
+    line = raw.count(b"\n", 0, offset) + 1
+    column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+    return f"{p}:{line}:{column}"
+
+
+def checked_text(value: str, where: str) -> str:
+    """Text a tokenizer can encode: a lone surrogate (valid JSON, ``"\\ud83d"``: half of an emoji's escape) is
+    not Unicode text, and the tokenizer would fail on it deep in a worker."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(where, f"holds {value[e.start]!r} at character {e.start}, a lone surrogate (half of a "
+                          "UTF-16 pair, not text): fix or drop the document") from None
+    return value
+
+
 def _read_jsonl(p: Path, field: str) -> Iterator[str]:
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(p, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{p}:{n}:{e.start + 1}", f"is not UTF-8: byte 0x{raw[e.start]:02x}") from None
             if not line.strip():
                 continue
             try:
@@ -66,7 +90,7 @@ def _read_jsonl(p: Path, field: str) -> Iterator[str]:
             if obj[field] is not None and not isinstance(obj[field], str):
                 raise ConfigError(f"{p}:{n}", f"field {field!r} holds {type(obj[field]).__name__}, not text (set --field)")
             if obj[field]:
-                yield obj[field]
+                yield checked_text(obj[field], f"{p}:{n}")
 
 
 def _pyarrow():
@@ -83,12 +107,18 @@ def _read_parquet(p: Path, field: str) -> Iterator[str]:
     pf = pa.parquet.ParquetFile(p)
     if field not in pf.schema_arrow.names:
         raise ConfigError(str(p), f"no column {field!r} (columns: {', '.join(pf.schema_arrow.names)}; set --field)")
+    row = 0
     for batch in pf.iter_batches(columns=[field]):
-        for t in batch.column(0).to_pylist():
+        try:
+            values = batch.column(0).to_pylist()
+        except (UnicodeDecodeError, pa.ArrowInvalid) as e:
+            raise ConfigError(f"{p}: rows {row}-{row + len(batch) - 1}", f"not UTF-8 text ({e})") from None
+        for t in values:
             if t is not None and not isinstance(t, str):
-                raise ConfigError(str(p), f"column {field!r} holds {type(t).__name__}, not text (set --field)")
+                raise ConfigError(f"{p}: row {row}", f"column {field!r} holds {type(t).__name__}, not text (set --field)")
             if t:
-                yield t
+                yield checked_text(t, f"{p}: row {row}")
+            row += 1
 
 
 def _read_hf_saved(p: Path, field: str) -> Iterator[str]:
@@ -105,4 +135,12 @@ def _read_hf_saved(p: Path, field: str) -> Iterator[str]:
             table = reader.read_all()
         if field not in table.column_names:
             raise ConfigError(str(f), f"no column {field!r} (columns: {', '.join(table.column_names)}; set --field)")
-        yield from (t for t in table.column(field).to_pylist() if t)
+        try:
+            values = table.column(field).to_pylist()
+        except (UnicodeDecodeError, pa.ArrowInvalid) as e:
+            raise ConfigError(str(f), f"column {field!r} is not UTF-8 text ({e})") from None
+        for row, t in enumerate(values):
+            if t is not None and not isinstance(t, str):
+                raise ConfigError(f"{f}: row {row}", f"column {field!r} holds {type(t).__name__}, not text (set --field)")
+            if t:
+                yield checked_text(t, f"{f}: row {row}")

@@ -167,6 +167,16 @@ class ShardedMixedDataset(DataModule):
         return mixture_plan(self.mixture(), self.discovery(), self.seq_length, total_samples, self.mixer, draws,
                             quantized)
 
+    def check_tokenizer(self, tokenizer_dir=None) -> list[str]:
+        """The mixture's shards and the validation sets were made with one tokenizer, ``tokenizer_dir``'s when
+        given (``data.identity``): one line if not; notes for shards that record none."""
+        from midtrain.data.identity import check_same_tokenizer
+
+        shards = {src.shard.id: src.shard.path for src in self.mixture().sources}
+        if self.val_data_path is not None:
+            shards.update({f"val {name}/{s.id}": s.path for name, group in self.val_sets().items() for s in group})
+        return check_same_tokenizer(shards, "data.data_path", tokenizer_dir)
+
     def verify_files(self) -> None:
         """Every chunk file of every shard the mixture reads exists and is complete (stat only)."""
         for src in self.mixture().sources:

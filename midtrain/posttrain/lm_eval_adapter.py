@@ -18,14 +18,29 @@ from lm_eval.api.model import LM
 from midtrain.errors import ConfigError
 
 
+def stop_sequences(until) -> list[str]:
+    """A task's ``generation_kwargs.until`` as a list: a string is one stop sequence, as lm-eval's own models
+    read it (iterated as it was, ``until: "Question:"`` stopped at the first "o": lm-eval-harness#699, #1608)."""
+    if until is None:
+        return []
+    if isinstance(until, str):
+        return [until]
+    if isinstance(until, (list, tuple)) and all(isinstance(u, str) for u in until):
+        return list(until)
+    from midtrain.errors import ConfigError
+
+    raise ConfigError("generation_kwargs.until", f"expected a string or a list of strings, got {until!r}")
+
+
 class LitLM(LM):
     def __init__(self, checkpoint: Path, tokenizer_dir: Optional[Path] = None, batch_size: int = 1) -> None:
         super().__init__()
         from midtrain.posttrain.sft import load_checkpoint_model
-        from midtrain.tokenizer import load_tokenizer
+        from midtrain.tokenizer import check_tokenizer_fits, load_tokenizer
 
         self.model, self.config = load_checkpoint_model(checkpoint)
         self.tokenizer = load_tokenizer(tokenizer_dir or checkpoint, "--tokenizer_dir")
+        check_tokenizer_fits(self.tokenizer, self.config.padded_vocab_size, "--tokenizer_dir")
         self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self._device).eval()
         self.max_length = self.config.block_size
@@ -78,7 +93,7 @@ class LitLM(LM):
         out = []
         for req in requests:
             context, kwargs = req.args
-            until = kwargs.get("until") or []
+            until = stop_sequences(kwargs.get("until"))
             max_new = int(kwargs.get("max_gen_toks", 64))
             tokens = self.encode(context) or [self.tokenizer.eos_id]
             new: list[int] = []

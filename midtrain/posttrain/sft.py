@@ -319,7 +319,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     """Fine-tune ``checkpoint`` once per LR, keep the LR with the lowest val loss, report its test loss
     and the pretraining val losses before/after (forgetting). ``task`` / ``arm`` only label the metrics
     (default task: the data file's stem) so that ``midtrain report`` can aggregate seeds of one arm."""
-    from midtrain.tokenizer import load_tokenizer
+    from midtrain.tokenizer import check_tokenizer_fits, load_tokenizer
 
     check_sft_args(epochs=epochs, micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
                    val_fraction=val_fraction, test_fraction=test_fraction, warmup_fraction=warmup_fraction,
@@ -337,6 +337,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     tok = load_tokenizer(Path(tokenizer_dir) if tokenizer_dir else checkpoint)
     if tok.eos_id is None:
         raise ConfigError("--tokenizer_dir", "the tokenizer defines no eos_token")
+    check_tokenizer_fits(tok, config.padded_vocab_size, "--tokenizer_dir" if tokenizer_dir else "--checkpoint")
     seq = max_seq_length or config.block_size
     base.max_seq_length = seq
     base.to(device)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from midtrain.errors import ConfigError
-from midtrain.signals import EXIT_REQUEUE
+from midtrain.signals import EXIT_INTERRUPTED, EXIT_REQUEUE
 from midtrain.train.checkpoint import is_checkpoint
 from midtrain.study.files import write_json_atomic
 from midtrain.study.plan import Plan, Step
@@ -227,12 +228,26 @@ def run_step(folder: Path) -> int:
     if ok:
         write_status(folder, state="done", ended=time.time(), exit_code=0)
         return 0
-    if rc in (EXIT_REQUEUE, 130) or (pending and rc != 0):
-        write_status(folder, state="interrupted", ended=time.time(), exit_code=rc)
+    if rc in (EXIT_REQUEUE, EXIT_INTERRUPTED) or (pending and rc != 0):
+        note = ("checkpointed; run again to continue" if rc == EXIT_REQUEUE else
+                "stopped without a checkpoint (a second interrupt): it continues from its last checkpoint")
+        write_status(folder, state="interrupted", ended=time.time(), exit_code=rc, note=note)
         return EXIT_REQUEUE
     write_status(folder, state="failed", ended=time.time(), exit_code=rc if rc else 1,
-                 note=None if rc else "exited 0 without its outputs")
+                 note=_error_line(log_path) if rc else "exited 0 without its outputs")
     return rc or 1
+
+
+def _error_line(log_path: Path) -> str | None:
+    """The last ``midtrain ...: error...`` line of a step's log: why it failed, for ``study status``."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            tail = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    found = [line.strip() for line in tail if re.match(r"midtrain [\w-]+: error", line)]
+    return found[-1][:500] if found else None
 
 
 def slurm_job_id() -> str | None:
@@ -267,9 +282,17 @@ def _fork_command(argv: list[str], log_path: Path, cwd: str | None) -> int:
     step starts in a fraction of a second instead of a new interpreter's import time); output to the log."""
     pid = os.fork()
     if pid:
+        try:  # (both sides set it: no window where a terminal's signal reaches the child directly)
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
         return pid
     code = 1
     try:
+        # Its own process group: a terminal's Ctrl-C reaches this step runner, which forwards it once. In the
+        # runner's group the trainer got it twice (terminal + forward) and took it for an impatient second
+        # Ctrl-C: stopped without a checkpoint (issue 27, class 12).
+        os.setpgid(0, 0)
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)

@@ -48,12 +48,35 @@ def load_spec(path: str | os.PathLike, check_files: bool = True) -> Spec:
         else:
             bases[str(name)] = {}
     spec = parse_spec(raw, bases)
+    check_run_configs(spec, raw, bases)
     spec = replace(spec, sizes=tuple(replace(s, origin=checkpoint_origin(s.checkpoint)) if s.checkpoint else s
                                      for s in spec.sizes),
                    arms=tuple(_with_mix_config_weights(a) for a in spec.arms))
     if check_files:
         check_inputs(spec, spec_dir)
     return spec
+
+
+def check_run_configs(spec: Spec, raw: dict, bases: dict) -> None:
+    """Every size's run config (its YAML with ``set:`` applied) parsed by the trainer's own parser: a key
+    it does not take (``set: {train.max_step: 80}``) or a value of the wrong type is one line here, not a
+    plan of another run and a first step that fails (issue 27, class 13). Blames ``set`` when the config
+    alone parses."""
+    from jsonargparse import ArgumentError
+
+    for size in spec.sizes:
+        try:
+            resolved_run_config(size.config)
+        except ArgumentError as e:
+            where = f"sizes.{size.name}.set"
+            if (raw["sizes"][size.name] or {}).get("set"):
+                try:
+                    resolved_run_config(bases[size.name])
+                except ArgumentError:
+                    where = f"sizes.{size.name}.config"
+            else:
+                where = f"sizes.{size.name}.config"
+            raise ConfigError(where, f"the trainer's parser refuses it: {' '.join(str(e).split())[:400]}") from None
 
 
 def _with_mix_config_weights(arm):
@@ -211,10 +234,10 @@ def resolved_run_config(cfg: dict) -> dict:
     import yaml
 
     from midtrain.run_args import run_parser  # the one definition of a run config's fields
-    from midtrain.run_args import run_config_dict
+    from midtrain.run_args import run_config_dict, run_namespace
 
     parser = run_parser("")
-    args = parser.parse_args(["--run_yaml", yaml.safe_dump(cfg)])
+    args = run_namespace(parser, [], cfg)
     return run_config_dict({k: v for k, v in args.as_dict().items() if k not in ("config", "run_yaml", "__path__")})
 
 

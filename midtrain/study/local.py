@@ -8,7 +8,8 @@
 - **Processes.** A multi-device training step is started once; Fabric starts one process per
   device (world size = ``devices``), never inside a SLURM allocation's task count (``SLURM_*``
   variables are not passed to steps). A config with ``num_nodes`` > 1 is refused: one machine.
-- Signals: SIGTERM/SIGINT make every running step checkpoint; the run exits 75 (130 for SIGINT).
+- Signals: SIGTERM/SIGINT make every running step checkpoint; the run says what each step did and exits
+  75.
 """
 
 from __future__ import annotations
@@ -131,12 +132,20 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None =
                     elif state[sid] == "done":
                         echo(f"  done: {sid}")
                 if stop:
+                    # A Ctrl-C reaches the step runners from the terminal as well; a runner forwards one stop
+                    # to its trainer (in its own process group) whichever reaches it first.
                     for pid in running.values():
                         os.kill(pid, signal.SIGTERM)
                     for pid in running.values():
                         os.waitpid(pid, 0)
-                    echo(f"stopped by signal {stop[0]}: running steps checkpointed; run again to continue")
-                    return 130 if stop[0] == signal.SIGINT else EXIT_REQUEUE
+                    echo(f"stopped by signal {signal.Signals(stop[0]).name}:")
+                    for sid in running:  # what happened to each, from its status (not assumed)
+                        st = read_status(out_dir / plan.by_id[sid].out)
+                        what = {"interrupted": st.get("note") or "interrupted", "done": "it had finished",
+                                "failed": f"failed (exit {st.get('exit_code')}; log {st.get('log')})"}
+                        echo(f"  {sid}: {what.get(st.get('state'), st.get('state'))}")
+                    echo("run again to continue")
+                    return EXIT_REQUEUE
                 for s in plan.steps:
                     if state[s.id] in ("done", "failed", "blocked") or s.id in running or s.id in external:
                         continue

@@ -31,6 +31,7 @@ class TrainArgs:
     max_seq_length: Optional[int] = None
     """Training sequence length (defaults to the model's block size)."""
     tie_embeddings: Optional[bool] = None
+    """Original key. Only false/null: the models are untied (true is refused; litgpt's Config has no such field)."""
     max_norm: Optional[float] = None
     """Gradient clipping norm."""
     max_lr: Optional[float] = None

@@ -18,7 +18,7 @@ first start in this out_dir, kept in the checkpoint), so a preempted and requeue
 longer than its YAML says.
 
 Signals: ``midtrain.signals`` records SIGTERM/SIGUSR1/SIGINT from the first line of the process.
-At the next step boundary the run checkpoints and exits ``EXIT_REQUEUE`` (75; 130 for SIGINT);
+At the next step boundary the run checkpoints and exits ``EXIT_REQUEUE`` (75, a Ctrl-C too);
 before its first step it exits the same way saying there is nothing to save; once the last step
 is done it writes the final checkpoint and exits 0 (complete). Every early exit goes through
 ``stop``: keep the last complete step, close the logs, return the exit code.
@@ -49,6 +49,7 @@ from midtrain.tokenizer import load_tokenizer, tokenizer_vocab_size
 from midtrain.train import checkpoint as ckpt
 from midtrain.train import memory, parallel, startup
 from midtrain.train.args import EvalArgs, TrainArgs
+from midtrain.train.divergence import Divergence
 from midtrain.train.metrics import Progress, SourceMeter, available_flops, flops_per_token, per_token_loss
 from midtrain.train.restore import hf_import_step, load_weights, log_checkpoint_notes, restore
 from midtrain.train.saver import Saver
@@ -119,11 +120,10 @@ def setup(
 
     model_config = startup.resolve_model_config(model_name, model_config)
     startup.check_run_inputs(model_config, out_dir, precision, train, optimizer, keep_last_n, logger_name)
-    if train.tie_embeddings is not None:
-        model_config.tie_embeddings = train.tie_embeddings
     data = ShardedMixedDataset() if data is None else data
     if isinstance(data, ShardedMixedDataset):
         data.check()
+        data.check_tokenizer(tokenizer_dir)  # shards of one tokenizer, tokenizer_dir's (its notes: in main)
     out_dir = Path(out_dir)
     if resume_from is not None:
         resume_from = ckpt.check_checkpoint(resume_from, "resume_from")
@@ -174,7 +174,7 @@ def setup(
         fabric.launch()
     except distributed.StopDuringRendezvous as e:
         print(f"midtrain pretrain: {e}; exiting {EXIT_REQUEUE} (requeue)", flush=True)
-        return signals.exit_code_for(signals.requested(), EXIT_REQUEUE)
+        return EXIT_REQUEUE
     except distributed.RendezvousTimeout as e:
         print(f"midtrain pretrain: error: {e}", file=sys.stderr, flush=True)
         return 1
@@ -294,6 +294,9 @@ def main(fabric, run: Run, data: DataModule) -> int:
             for line in startup.changed_at_resume(load_path, run.hparams):
                 fabric.print(line)
     log_checkpoint_notes(fabric, train_loader)
+    if isinstance(data, ShardedMixedDataset):
+        for line in data.check_tokenizer(run.tokenizer_dir):
+            fabric.print(line)
     saver = Saver(fabric, out_dir, run.hparams, model_config, side_files, run.keep_last_n, sharded=run.sharded)
 
     # ---- where this run stops ----
@@ -306,15 +309,18 @@ def main(fabric, run: Run, data: DataModule) -> int:
     own_checkpoint = start_kind == "resume" and not load_path.is_symlink()
     if not own_checkpoint:
         state["segment_start"] = start_step
+    saved_end = state["end_step"] if own_checkpoint else None
     end_step = startup.run_end_step(train, total_steps, state["segment_start"], state["end_step"], start_step)
     state["end_step"] = end_step
     if end_step < (total_steps or end_step):
         fabric.print(f"this run stops at step {end_step:,} (max_additional_steps {train.max_additional_steps:,} from "
                      f"step {state['segment_start']}) of a {total_steps:,}-step LR horizon")
     startup.check_extends_in_place(out_dir, start_step, end_step)
-    if start_step >= end_step:
+    startup.check_run_length(train, start_step, state["tokens"], seq_len, end_step, start_kind, load_path,
+                             saved_end)
+    if start_step >= end_step:  # a requeued job of a run that has reached its end (start_kind resume)
         fabric.print(f"run already complete: step {start_step} >= {end_step}")
-        if (out_dir / ckpt.FINAL).exists() or start_kind != "resume":
+        if (out_dir / ckpt.FINAL).exists():
             return 0
         return finish(fabric, saver, state, val_loaders, run.eval, first_step=start_step)
 
@@ -385,6 +391,7 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
     signals.install()  # already done by the CLI entry point; here for callers of the library
     trace = _sample_trace(fabric)
     tokens_at_start = state["tokens"]
+    divergence = saver.divergence = Divergence(fabric.device, saver.out_dir)
 
     if eval.initial_validation and first_step == 0:
         log_validation(fabric, model, val_loaders, eval, first_step)
@@ -445,9 +452,10 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
                 per_sample = per_token_loss(logits, targets).mean(dim=1)
                 fabric.backward(per_sample.mean() / accum)
             meter.add(sources, per_sample.detach())
+            divergence.watch(per_sample, state["step_count"] + 1)
             state["iter_num"] += 1
         if train.max_norm:
-            fabric.clip_gradients(model, optimizer, max_norm=train.max_norm)
+            divergence.watch(fabric.clip_gradients(model, optimizer, max_norm=train.max_norm), state["step_count"] + 1)
         optimizer.step()
         if state["step_count"] == first_step and estimate is not None:
             _write_memory(fabric, run, estimate, model, optimizer)
@@ -481,6 +489,7 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
             mem = f" | peak mem {metrics['peak_mem_gb']:.1f} GB" if "peak_mem_gb" in metrics else ""
             fabric.print(f"step {step}/{end_step} | loss {loss:.4f} | lr {lr:.3e} | {rate:,.0f} tok/s{mfu}{mem} | "
                          f"data wait {data_share:.1%} | ETA {eta}")
+            divergence.check(fabric)
         if val_loaders and eval.interval and step % eval.interval == 0 and step != end_step:
             log_validation(fabric, model, val_loaders, eval, step)
         if train.save_interval and step % train.save_interval == 0 and step != end_step:
@@ -491,6 +500,8 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
 def finish(fabric, saver: Saver, state: dict, val_loaders: dict, eval: EvalArgs, first_step: int) -> int:
     """The last step is done: the final validation, then ``final/`` and exit 0 (or ``stop`` if a signal cut the
     validation short: the requeued job validates and finishes)."""
+    if saver.divergence is not None:
+        saver.divergence.check(fabric)
     if val_loaders and eval.final_validation and not log_validation(fabric, state["model"], val_loaders, eval,
                                                                     state["step_count"]):
         return stop(fabric, saver, state, first_step, "stopped before the final validation", always_save=True)
@@ -503,8 +514,8 @@ def finish(fabric, saver: Saver, state: dict, val_loaders: dict, eval: EvalArgs,
 def stop(fabric, saver: Saver, state: dict, first_step: int, why: str, can_save: bool = True,
          always_save: bool = False) -> int:
     """The one way out before the end: keep the last complete step (model, optimizer and data position are at
-    a step boundary), close the logs, and return the exit code (75 requeue; 130 for SIGINT)."""
-    code = signals.exit_code_for(signals.requested(), EXIT_REQUEUE)
+    a step boundary), close the logs, and return ``EXIT_REQUEUE`` (75, whichever the signal)."""
+    code = EXIT_REQUEUE
     if not can_save:
         fabric.print(f"{why}: this step's data position cannot be rewound (mixer: litdata), nothing saved; "
                      f"exiting {code}")

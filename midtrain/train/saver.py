@@ -24,12 +24,16 @@ class Saver:
         self.fabric, self.out_dir, self.hparams = fabric, Path(out_dir), hparams
         self.model_config, self.side_files, self.keep_last_n = model_config, side_files, keep_last_n
         self.sharded = sharded
+        self.divergence = None  # set by the loop: a save first checks that no step was non-finite
 
     def exists(self, state: dict[str, Any]) -> bool:
         return (self.out_dir / ckpt.step_name(state["step_count"])).exists()
 
     def save(self, state: dict[str, Any], final: bool = False) -> Path:
-        """Write the current step's checkpoint (or ``final/``: full, and no prune touches it)."""
+        """Write the current step's checkpoint (or ``final/``: full, and no prune touches it). Never non-finite
+        weights: a diverged run raises its line here instead (``divergence``)."""
+        if self.divergence is not None:
+            self.divergence.check(self.fabric, state["model"], state["step_count"])
         name = ckpt.FINAL if final else ckpt.step_name(state["step_count"])
         loader = state["train_dataloader"]
         data_state = loader.state_dict() if hasattr(loader, "state_dict") else {}

@@ -21,8 +21,12 @@ from midtrain.train.args import TrainArgs
 
 
 def resolve_model_config(model_name: Optional[str], model_config: Optional[Config]) -> Config:
-    """``model_config`` if given, else litgpt's config for ``model_name``."""
+    """``model_config`` if given, else litgpt's config for ``model_name``. Both given: they must name the
+    same model (a ``--model_name`` on the command line is otherwise ignored for the YAML's model_config)."""
     if model_config is not None:
+        if model_name is not None and model_name != model_config.name:
+            raise ConfigError("model_name", f"{model_name!r} and model_config (name {model_config.name!r}) are both "
+                              "given and disagree: model_config would be trained; give one of them")
         return model_config
     if model_name is None:
         raise ConfigError("model_name", "give model_name or model_config")
@@ -42,6 +46,10 @@ def check_run_inputs(model_config: Optional[Config], out_dir: Path, precision: O
     if keep_last_n is not None and keep_last_n < 1:
         raise ConfigError("keep_last_n", f"must be >= 1 (or null to keep every checkpoint), got {keep_last_n}: "
                           "fewer would delete the checkpoint a requeued job resumes from")
+    if train.tie_embeddings:
+        raise ConfigError("train.tie_embeddings", "true is not supported: litgpt's GPT-NeoX and OLMo 2 models keep "
+                          "wte and lm_head untied, and its Config has no such field (the key was recorded and "
+                          "ignored); remove it or set false")
     valid = get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS)
     if precision is not None and str(precision) not in valid:
         raise ConfigError("precision", f"{precision!r} is not one of {', '.join(valid)}")
@@ -123,6 +131,38 @@ def run_end_step(train: TrainArgs, total_steps: Optional[int], segment_start: Op
     if total_steps is not None:
         return total_steps
     raise ConfigError("train.max_steps", "set max_steps, max_additional_steps, max_iters or max_tokens")
+
+
+def check_run_length(train: TrainArgs, start_step: int, tokens: int, seq_len: int, end_step: int, start_kind: str,
+                     load_path: Optional[Path], saved_end: Optional[int] = None) -> None:
+    """A run's length is its configured steps or tokens, the same at every (re)start, else one line:
+
+    - a length in tokens (or the original's micro-batch ``max_iters``) becomes steps through the batch:
+      resuming a checkpoint trained at another tokens-per-step would move the end step (a run of
+      20,480 tokens at 256 per step, resumed at step 42 with 512 per step, "completed" at step 40);
+    - ``max_iters`` counts micro-batches per rank: a requeue on another number of ranks would move the end
+      step the checkpoint recorded;
+    - a start at or past the end: nothing to train is not a success (a ``resume_from`` step-30 checkpoint
+      with ``max_steps: 20``). Only a requeued job of this run (``resume`` from its own folder) may start
+      at its end step, where it writes ``final/`` if missing."""
+    if load_path is not None and start_step > 0 and train.max_steps is None and (
+            train.max_tokens is not None or train.max_iters is not None):
+        before, now = tokens / start_step, train.global_batch_size * seq_len
+        if before != now:
+            key = "train.max_tokens" if train.max_iters is None else "train.max_iters"
+            raise ConfigError("train.global_batch_size", f"{train.global_batch_size} x {seq_len} tokens = {now:,} per "
+                              f"step, but {load_path.name} was trained at {before:,.0f} per step and this run's length "
+                              f"is {key}: its end step would move. Resume with the checkpoint's batch and sequence "
+                              "length, or give train.max_steps")
+    if (train.max_iters is not None and train.max_steps is None and train.max_additional_steps is None
+            and start_kind == "resume" and saved_end is not None and saved_end != end_step):
+        raise ConfigError("train.max_iters", f"{train.max_iters:,} micro-batches end this run at step {end_step:,} on "
+                          f"this allocation, and {load_path.name} recorded its end at step {saved_end:,} (another "
+                          "number of ranks or batch): give train.max_steps")
+    if start_step > end_step or (start_step == end_step and start_kind != "resume"):
+        raise ConfigError("train.max_steps" if train.max_steps is not None else "train",
+                          f"this run starts at step {start_step:,} ({load_path}) and ends at step {end_step:,}: "
+                          "nothing to train; give a longer run (max_steps, max_tokens, max_additional_steps)")
 
 
 def device_count(devices: Union[int, str], accelerator: str) -> int:
