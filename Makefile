@@ -15,17 +15,24 @@ EXTRAS_HASH := $(shell sed -n '/^wandb = /p;/^eval = /p' pyproject.toml | sha256
 EXTRAS_VENV ?= $(CACHE_DIR)/venv-extras-$(DEPS_HASH)-$(EXTRAS_HASH)
 EXTRAS_PY := $(EXTRAS_VENV)/bin/python
 
+# The venv holds the dependencies only, never this project: every command runs this clone's code,
+# first on PYTHONPATH (here for make's targets; bin/midtrain for the CLI, launchers and study jobs).
+# An editable install in the shared venv ran whichever clone had installed last (issue 27, class 14).
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
 .PHONY: venv extras hf-test test demo demo-full bench clean-venv
 
 venv: $(VENV)/.complete
-	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || $(PY) -m pip install --no-deps --no-build-isolation -e .
+	@echo $(PY) > .venv-python
 
 $(VENV)/.complete:
 	@echo "creating virtualenv $(VENV) (first time only, ~2 min)"
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	  print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' > $(VENV)/requirements.txt
+	$(PY) -m pip install -q -r $(VENV)/requirements.txt
 	touch $@
 
 $(EXTRAS_VENV)/.complete: $(VENV)/.complete

@@ -99,3 +99,35 @@ def test_gpu_bench_script_runs_its_code_path_on_cpu():
     sharded = next(line for line in r.stdout.splitlines() if line.startswith("tiny 2xCPU FSDP bf16-mixed"))
     assert "FAILED" not in sharded and float(sharded.split()[4].replace(",", "")) > 0, r.stdout
     assert "data wait" in r.stdout and "est. GB" in r.stdout
+
+
+def test_two_clones_sharing_the_venv_each_run_their_own_code(tmp_path, real_tree):
+    """Issue 27, class 14: `make venv` re-ran `pip install -e .` into the one cached venv, so `bin/midtrain`
+    and `import midtrain` loaded whichever clone had installed last. The venv now holds dependencies only
+    (this test's venv still has an old editable install of some clone: the worst case) and each clone's
+    bin/midtrain, launchers and study job scripts put that clone's code first."""
+    import shutil
+
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(".git", "out", "__pycache__", ".pytest_cache",
+                                                                ".hypothesis", "*.egg-info"))
+    main = clone / "midtrain" / "__main__.py"
+    main.write_text('import sys\nprint("code of the second clone", file=sys.stderr)\n' + main.read_text())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(MIDTRAIN_PYTHON=sys.executable)
+    for where, marked in ((clone, True), (REPO, False)):
+        r = subprocess.run([os.path.join(where, "bin", "midtrain"), "--help"], capture_output=True, text=True,
+                           env=env, cwd=tmp_path, timeout=300)
+        assert r.returncode == 0 and r.stdout.startswith("usage: midtrain"), r.stderr[-2000:]
+        assert ("code of the second clone" in r.stderr) == marked, (where, r.stderr[-500:])
+    # the launcher run from the clone's root runs the clone's trainer
+    cfg = write_config(tmp_path, real_tree, train={"max_steps": 2, "save_interval": 2}, out_dir=str(tmp_path / "run"))
+    r = subprocess.run(["bash", "training_scripts/small_model_pretrain.sh", str(cfg)], capture_output=True, text=True,
+                       env={**env, "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]}, cwd=clone,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr.count("code of the second clone") >= 3  # status, mix, pretrain
+    # a study's SLURM job script exports the submitting clone first on PYTHONPATH
+    r = subprocess.run([sys.executable, "-c", "from midtrain.study.slurm import CLONE; print(CLONE)"],
+                       capture_output=True, text=True, env={**env, "PYTHONPATH": str(clone)}, cwd=tmp_path, timeout=300)
+    assert r.stdout.strip() == str(clone), r.stderr[-1000:]

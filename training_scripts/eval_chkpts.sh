@@ -17,6 +17,7 @@
 #SBATCH --output=midtrain-eval-%j.out
 set -euo pipefail
 cd "${MIDTRAIN_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}"
+midtrain() { "$PWD/bin/midtrain" "$@"; }  # this clone's code, whatever other clones share the venv
 
 if [ $# -lt 2 ]; then
   echo "usage: eval_chkpts.sh RUN_DIR VAL_DATA [TASKS]" >&2

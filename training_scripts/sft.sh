@@ -17,6 +17,7 @@
 #SBATCH --output=midtrain-sft-%j.out
 set -euo pipefail
 cd "${MIDTRAIN_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}"
+midtrain() { "$PWD/bin/midtrain" "$@"; }  # this clone's code, whatever other clones share the venv
 
 if [ $# -lt 3 ]; then
   echo "usage: sft.sh CHECKPOINT DATA.jsonl OUT_DIR [midtrain sft options]" >&2

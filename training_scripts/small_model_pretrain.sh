@@ -86,10 +86,13 @@ if [ ! -f "$config" ]; then
   echo "error: config $config does not exist (relative to $PWD)" >&2
   exit 2
 fi
-if ! command -v midtrain >/dev/null 2>&1; then
-  echo "error: the midtrain command is not on PATH: activate its virtualenv (make venv) before sbatch" >&2
+# this clone's midtrain (bin/midtrain puts the clone's code first, whatever other clones share the venv)
+MIDTRAIN="$PWD/bin/midtrain"
+if [ ! -x "$MIDTRAIN" ]; then
+  echo "error: $MIDTRAIN is missing: submit from the midtrain clone's root (or set MIDTRAIN_HOME)" >&2
   exit 2
 fi
+midtrain() { "$MIDTRAIN" "$@"; }
 
 echo "[$(date '+%F %T')] job ${SLURM_JOB_ID:-local} (restart ${SLURM_RESTART_COUNT:-0}) on $(hostname): $config $*"
 if midtrain status --config "$config" --check-complete "$@"; then
@@ -114,7 +117,7 @@ if [ -n "$pending" ]; then
   requeue "$pending received before the trainer started: nothing to save"
   exit 0
 fi
-"${launch[@]}" midtrain pretrain --config "$config" --resume auto "$@" &
+"${launch[@]}" "$MIDTRAIN" pretrain --config "$config" --resume auto "$@" &
 pid=$!
 forward() {
   echo "[$(date '+%F %T')] $1 received: asking the trainer to checkpoint and stop"

@@ -3,6 +3,7 @@
 #
 #   util_scripts/collect_results.sh OUT.csv RUN_DIR [RUN_DIR ...] [-- SFT_METRICS.json ...]
 set -euo pipefail
+midtrain() { "$(dirname "$0")/../bin/midtrain" "$@"; }  # this clone's code, whatever other clones share the venv
 if [ $# -lt 2 ]; then
   echo "usage: collect_results.sh OUT.csv RUN_DIR [RUN_DIR ...] [-- SFT_METRICS.json ...]" >&2
   exit 2

@@ -31,6 +31,8 @@ from midtrain.study.execute import (EXIT_REQUEUE, ENDED, check_changed, material
 from midtrain.study.plan import Plan, Step, run_config_of
 from midtrain.study.resources import Allocation, allocation
 
+# The clone whose code submits: its jobs run it (first on PYTHONPATH), not whichever clone a shared venv knows.
+CLONE = shlex.quote(str(Path(__file__).resolve().parents[2]))
 MAX_ARRAY = 1000  # SLURM's default MaxArraySize is 1001 (indices 0-1000)
 
 JOB_SCRIPT = """#!/bin/bash
@@ -42,6 +44,7 @@ trap 'pending=USR1' USR1
 trap 'pending=TERM' TERM
 cd {cwd}
 {setup}{expect}
+export PYTHONPATH={clone}${{PYTHONPATH:+:$PYTHONPATH}}  # the submitting clone's code, whatever shares the venv
 {select}
 {python} -m midtrain study step "$folder" &
 pid=$!
@@ -223,7 +226,7 @@ def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | Non
                          f"--output={out_dir}/.slurm/array-%A_%a.log"]
             expect = "\nexport MIDTRAIN_EXPECT_CUDA=1" if alloc.gpus else ""
             script.write_text(JOB_SCRIPT.format(cwd=shlex.quote(os.getcwd()), setup=setup, expect=expect, select=select,
-                                                python=shlex.quote(python), requeue=EXIT_REQUEUE))
+                                                python=shlex.quote(python), requeue=EXIT_REQUEUE, clone=CLONE))
             args.append(str(script))
             job = _sbatch(args, step.id if len(members) == 1 else f"{len(members)} {step.kind} steps ({step.id}, ...)")
             ids = [job] if len(members) == 1 else [f"{job}_{i}" for i in range(len(members))]
