@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 
 from midtrain.errors import ConfigError
@@ -28,15 +30,54 @@ def fsync_tree(path: str | os.PathLike) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace ``path`` with ``text``; readers see the old or the new content, never a partial one."""
+    """Replace ``path`` with ``text``; readers see the old or the new content, never a partial one. A full
+    disk is one line naming the file, and leaves the old content and no temporary file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if disk_full(e):
+            raise disk_full_error(str(path), path.parent, len(text.encode())) from None
+        raise
     fsync_dir(path.parent)
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it, or a worker's error it reports) is a full disk or an exceeded quota."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(e) for text in ("No space left on device", "Disk quota exceeded")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Free bytes where ``folder`` is (or would be created)."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return 1 << 62
+
+
+def disk_full_error(field: str, folder: str | os.PathLike, need: int | None = None) -> ConfigError:
+    """The one line of every writer that ran out of space (checkpoints have their own, naming the last one)."""
+    free = f"{free_bytes(folder) / 2**20:,.1f} MiB free there"
+    needs = f"it needs ~{need / 2**20:,.1f} MiB, " if need else ""
+    return ConfigError(field, f"disk full (or quota) in {folder} ({needs}{free}); nothing partial was left "
+                       "behind: free space or choose another folder, and run again")
 
 
 def check_writable_dir(path: Path, field: str) -> None:

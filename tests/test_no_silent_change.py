@@ -15,6 +15,7 @@ a class (docs/no-silent-change.md). Each test failed on the code before its fix.
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -456,3 +457,42 @@ def test_shards_record_their_tokenizer_and_a_mixture_of_two_tokenizers_is_refuse
     assert first.strip().startswith("'def f") and "return x *" in first
     r = run_cli("shard", data / "c1", "--samples", "1", "--tokenizer_dir", tok_a)
     assert "warning: --tokenizer_dir is tokenizer" in r.stdout
+
+
+# ---- 9. a full disk, for every writer ----
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs (root only; CI runs as root), unmounted afterwards."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    yield disk
+    subprocess.run(["umount", str(disk)])
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_partial_for_every_writer(tmp_path, real_tree, ckpt, tok_dir,
+                                                                              full_disk):
+    """Checkpoints were done with issue 26 (test_parallel.py). The other writers: prepare (a litdata traceback,
+    exit 1), export-hf, and the small files written atomically (a study's status and plan files, mix --json)."""
+    big = jsonl(tmp_path / "big.jsonl", [{"text": f"the lazy dog {i} " * 30} for i in range(3000)])
+    r = run_cli("prepare", "--input", big, "--tokenizer_dir", tok_dir, "--out_dir", full_disk / "shards",
+                "--shard", "main/1")
+    _one_line(r, f"--out_dir: disk full (or quota) in {full_disk / 'shards'} (it needs ~")
+    assert "MiB free there" in r.stderr and list(full_disk.iterdir()) == []
+    (full_disk / "filler").write_bytes(b"\0" * (250 * 1024))  # what is left: less than the weights, the plan's JSON
+    r = run_cli("evaluate", "export-hf", "--checkpoint", ckpt, "--out", full_disk / "hf")
+    _one_line(r, f"--out: disk full (or quota) in {full_disk}")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+    with open(full_disk / "filler", "ab", buffering=0) as f:  # now full
+        try:
+            while True:
+                f.write(b"\0" * 1024)
+        except OSError:
+            pass
+    r = run_cli("mix", "--config", write_config(tmp_path, real_tree), "--json", full_disk / "plan.json")
+    _one_line(r, f"{full_disk / 'plan.json'}: disk full (or quota) in {full_disk}")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]

@@ -202,7 +202,7 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
     tok = load_tokenizer(tok_dir, "--tokenizer_dir")
     if tok.eos_id is None:
         raise ConfigError("--tokenizer_dir", f"{tokenizer_dir} defines no eos_token (needed between documents)")
-    from midtrain.atomic import check_writable_dir
+    from midtrain.atomic import check_writable_dir, disk_full, disk_full_error
 
     units = input_units(inputs)
     check_writable_dir(out_dir, "--out_dir")
@@ -227,8 +227,11 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
                          error_dir=errors)
             try:
                 optimize_tokens(fn, units, temps[split], chunk_tokens, max(1, min(num_workers, len(units))))
-            except Exception:
+            except Exception as e:
                 _raise_recorded(errors)
+                if disk_full(e):  # the shard takes ~4 bytes per token, about the input text's size
+                    raise disk_full_error("--out_dir" if split == "train" else "--val_dir", os.path.dirname(dest),
+                                          sum(os.path.getsize(u) for u in units if os.path.isfile(u))) from None
                 raise
             _raise_recorded(errors)
             notes = [n for n in os.listdir(errors) if n.startswith("note-special-")]
@@ -246,8 +249,14 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
         from midtrain.tokenizer import tokenizer_vocab_size
 
         for split, temp in temps.items():  # which tokenizer made it, inside the shard (checked before a run)
-            write_record(temp, tok_dir, tokenizer_vocab_size(tok), tok.eos_id,
-                         sum(read_index(os.path.join(temp, "index.json"))[0]))
+            try:
+                write_record(temp, tok_dir, tokenizer_vocab_size(tok), tok.eos_id,
+                             sum(read_index(os.path.join(temp, "index.json"))[0]))
+            except OSError as e:
+                if disk_full(e):
+                    raise disk_full_error("--out_dir" if split == "train" else "--val_dir", os.path.dirname(temp)) \
+                        from None
+                raise
         summary = {}
         for split, dest in targets.items():  # both complete: now make them visible
             os.replace(temps.pop(split), dest)

@@ -192,6 +192,11 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
         raise ConfigError("--checkpoint", f"{checkpoint} has no lit_model.pth (nor sharded/)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError("--out", f"{out_dir} exists and is not empty")
+    from midtrain.atomic import disk_full, disk_full_error, free_bytes
+
+    need = ckpt_bytes(checkpoint)
+    if free_bytes(out_dir.parent) < need:  # checked first: torch.save reports a full disk as a zip error
+        raise disk_full_error("--out", out_dir.parent, need)
     tmp = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -237,12 +242,22 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)
+    except (OSError, RuntimeError) as e:  # a full disk: one line; the hidden folder goes as for any failure
+        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(e) or free_bytes(out_dir.parent) < 2**20:  # (torch.save's zip writer hides the ENOSPC)
+            raise disk_full_error("--out", out_dir.parent, need) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(whole, ignore_errors=True)
     return out_dir / "model.pth"
+
+
+def ckpt_bytes(checkpoint: Path) -> int:
+    """The weights' size on disk (what an export writes about twice: model.pth and model.safetensors)."""
+    return 2 * sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file() and f.suffix in (".pth", ".distcp"))
 
 
 def write_json(obj: dict, path: Optional[str]) -> None:
