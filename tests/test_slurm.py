@@ -59,7 +59,10 @@ def sbatch(cluster, env, *args, wait=True):
     return cluster.sbatch(*CPU_JOB, *args, env=env, cwd=REPO, wait=wait)
 
 
-BASE_ARGS = ["--train.max_steps", "61"]
+# The demo model at half width (the shipped config's 128 -> 64; MLP 512 -> 256) for every launcher job here:
+# the suite's time on 2 cores. The arms get the same override, so they continue the base's shapes.
+NARROW = ["--model_config.n_embd", "64", "--model_config.intermediate_size", "256"]
+BASE_ARGS = ["--train.max_steps", "61", *NARROW]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +97,7 @@ def test_array_job_over_a_list_file(cluster, base_run, demo_data, tmp_path):
     env = job_env(cluster, demo_data, base_tmp / "ckpt", CONFIG_LIST=lst)
     # each arm: 8 steps past the base's step 60 (arguments after the script go to every task's trainer)
     r = sbatch(cluster, env, "--array=1-2", "-o", tmp_path / "arr-%A_%a.out", LAUNCHER,
-               "--train.max_additional_steps", "8")
+               "--train.max_additional_steps", "8", *NARROW)
     assert r.returncode == 0, r.stderr + cluster.logs()
     for arm in ("midtrain", "cpt"):
         assert (base_tmp / "ckpt" / "demo" / arm / "final" / "lit_model.pth").is_file()
@@ -106,8 +109,68 @@ def test_array_job_over_a_list_file(cluster, base_run, demo_data, tmp_path):
     assert "has no line 5" in "".join(p.read_text() for p in tmp_path.glob("bad-*.out"))
 
 
-TWO_RANKS = ["--devices", "2", "--train.micro_batch_size", "8", "--train.max_steps", "40", "--train.save_interval",
-             "20", "--train.log_interval", "10", "--eval.interval", "1000"]
+def _show(cluster, job):
+    fields = dict(t.split("=", 1) for t in cluster.run("scontrol", "show", "job", job, check=False).stdout.split()
+                  if "=" in t)
+    return fields
+
+
+def test_an_interrupted_array_task_requeues_itself_only(cluster, demo_data, tmp_path):
+    """Issue 27, class 3 (pytorch-lightning#15022): the array task whose SLURM_JOB_ID is the array's id
+    (the last to start) exited 75 and `scontrol requeue $SLURM_JOB_ID` sent every task back to PENDING: a
+    COMPLETED task was requeued and a RUNNING one killed. A 3-task array on 2 CPUs: task 1 is done, task 2
+    runs, task 3 starts last, is signalled, checkpoints and requeues only `ARRAY_3`, then finishes."""
+    import yaml
+
+    base = yaml.safe_load(open(os.path.join(REPO, "midtrain_configs", "demo", "pretrain.yaml")).read())
+    lines = []
+    for task, steps in ((1, 2), (2, 400), (3, 40)):
+        cfg = dict(base, out_dir=f"${{CKPT_ROOT}}/demo/t{task}")
+        cfg["model_config"] = dict(base["model_config"], n_embd=64, intermediate_size=256)  # NARROW
+        cfg["train"] = dict(base["train"], max_steps=steps, save_interval=1000, log_interval=1)
+        cfg["eval"] = dict(base["eval"], interval=1000, final_validation=False)
+        path = tmp_path / f"t{task}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        lines.append(str(path))
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    env = job_env(cluster, demo_data, tmp_path / "ckpt", CONFIG_LIST=tmp_path / "list.txt")
+    r = sbatch(cluster, env, "--array=1-3", "-o", tmp_path / "arr-%A_%a.out", LAUNCHER, wait=False)
+    assert r.returncode == 0, r.stderr + cluster.logs()
+    array = r.stdout.strip()
+    log3 = tmp_path / f"arr-{array}_3.out"
+    deadline = time.time() + 300
+    while "step 3/" not in (log3.read_text() if log3.exists() else ""):  # task 3 starts once task 1 is done
+        assert time.time() < deadline, cluster.logs()
+        time.sleep(0.3)
+    t1, t2, t3 = (_show(cluster, f"{array}_{i}") for i in (1, 2, 3))
+    assert t1["JobState"] == "COMPLETED" and t2["JobState"] == "RUNNING" and t3["JobState"] == "RUNNING"
+    assert t3["JobId"] == t3["ArrayJobId"] == array  # the task the old `scontrol requeue $SLURM_JOB_ID` hit
+    cluster.run("scancel", "--signal=USR1", "--batch", f"{array}_3")
+    requeued = False
+    while True:
+        assert time.time() < deadline, log3.read_text() + cluster.logs()
+        state = cluster.job_state(f"{array}_3")
+        if state == "PENDING" and not requeued:
+            cluster.release_requeued(f"{array}_3")
+            requeued = True
+        if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            break
+        time.sleep(0.5)
+    text = log3.read_text()
+    assert state == "COMPLETED" and requeued and f"requeueing job {array}_3" in text, text + cluster.logs()
+    assert "done: 40 steps" in text
+    t1, t2 = _show(cluster, f"{array}_1"), _show(cluster, f"{array}_2")
+    assert t1["JobState"] == "COMPLETED" and t1["Restarts"] == "0", t1  # the finished task stayed finished
+    assert t2["JobState"] == "RUNNING" and t2["Restarts"] == "0", t2  # the running task was never touched
+    assert "restart 1" not in (tmp_path / f"arr-{array}_2.out").read_text()
+    cluster.run("scancel", f"{array}_2")
+    while cluster.run("squeue", "-h", "-j", array, check=False).stdout.strip():  # gone before the next test
+        assert time.time() < deadline + 120, cluster.logs()
+        time.sleep(0.3)
+
+
+TWO_RANKS = [*NARROW, "--devices", "2", "--train.micro_batch_size", "8", "--train.max_steps", "40",
+             "--train.save_interval", "20", "--train.log_interval", "10", "--eval.interval", "1000"]
 
 
 def two_rank_job(cluster, env, log, *extra, wait=True):
