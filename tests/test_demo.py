@@ -168,6 +168,8 @@ def test_seeds_verdicts_and_outputs(demo):
         assert f["verdict"] == ("reproduced" if good else "not reproduced" if bad else
                                 "inconclusive (interval includes 0)"), f
         assert f"**{f['verdict']}**" in r.stdout
+    # the judged branch is exercised too (at the tiny size's protocol, some findings rest on valid cells)
+    assert sum(not f["regime"] and f["lo"] is not None for f in res["findings"]) >= 2, res["findings"]
     # each cell's verdicts in the table follow from its paired interval too
     by_arm = {(c["arm"], c["task"]): c for c in cells}
     for c in cells:
