@@ -24,6 +24,9 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 venv: $(VENV)/.complete
 	@echo $(PY) > .venv-python
+	@# a venv made before this rule may hold an editable install of some clone (and its `midtrain` script)
+	@if [ -n "$$(ls $$($(PY) -c 'import site; print(site.getsitepackages()[0])') | grep -i '^__editable__.*midtrain\|^midtrain.*\.dist-info\|^midtrain.*egg-link')" ]; then \
+	  $(PY) -m pip uninstall -y -q midtrain >/dev/null 2>&1 || true; fi
 
 $(VENV)/.complete:
 	@echo "creating virtualenv $(VENV) (first time only, ~2 min)"

@@ -105,8 +105,9 @@ def mix(argv: list[str]) -> int:
                 raise
             end = None  # no run length in the config: the plan shows weights only
         if args.resume_from and end is not None:  # what `pretrain` refuses: a run that would move or train nothing
-            saved = ckpt.read_training_state(Path(args.resume_from))
-            check_run_length(train, start, saved.get("tokens") or 0, seq, end, "resume_from", Path(args.resume_from))
+            saved = ckpt.read_training_state(Path(args.resume_from)) if Path(args.resume_from).exists() else {}
+            tokens = saved.get("tokens") or start * train.global_batch_size * seq  # as restore assumes when unrecorded
+            check_run_length(train, start, tokens, seq, end, "resume_from", Path(args.resume_from))
         total_samples = None if end is None else (end - start) * train.global_batch_size
     plan = data.plan(total_samples)
     if args.check_files:

@@ -113,8 +113,8 @@ def _class_of(spec) -> Optional[str]:
     return spec if "." in spec else f"torch.optim.{spec}"
 
 
-def _check_optimizer_class(path: str) -> None:
-    """An importable torch.optim.Optimizer subclass, or one line (jsonargparse's own is a paragraph)."""
+def _check_optimizer_class(path: str):
+    """The class: an importable torch.optim.Optimizer subclass, or one line (jsonargparse's own is a paragraph)."""
     import importlib
 
     import torch
@@ -126,6 +126,7 @@ def _check_optimizer_class(path: str) -> None:
         raise ConfigError("optimizer", f"{path!r} is not an optimizer class") from None
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ConfigError("optimizer", f"{path!r} is not a torch.optim.Optimizer")
+    return cls
 
 
 def _cli_optimizer_class(argv: list[str]) -> Optional[str]:
@@ -149,9 +150,9 @@ def run_namespace(parser, argv: list[str], cfg: Optional[dict] = None):
     """Parse a run config (``cfg``, the YAML as a dict) and ``argv`` on top, as ``midtrain pretrain`` does; the
     optimizer comes back as the plain ``{class_path, init_args}`` dict of what was written (``optimizer_dict``).
 
-    The optimizer is AdamW where neither names one. A command line naming another class than the YAML's
-    is refused: jsonargparse would carry the YAML class's resolved init args (its defaults too) into the
-    new class, which the same change in the YAML would not do."""
+    The optimizer is AdamW where neither names one. A command line naming another class than the YAML's,
+    when the YAML gives init args, is refused: jsonargparse would carry the YAML class's resolved init args
+    (its defaults too) into the new class, which the same change in the YAML would not do."""
     import yaml
 
     cfg = dict(cfg or {})
@@ -159,11 +160,11 @@ def run_namespace(parser, argv: list[str], cfg: Optional[dict] = None):
     written = cfg.get("optimizer")
     if isinstance(written, dict) and "class_path" not in written:  # `optimizer: {lr: ...}`: the default class
         written = cfg["optimizer"] = {"class_path": "torch.optim.AdamW", "init_args": dict(written)}
-    for path in {_class_of(written), named} - {None}:
-        _check_optimizer_class(path)
+    classes = {path: _check_optimizer_class(path) for path in {_class_of(written), named} - {None}}
     if written is None and named is None:
         cfg["optimizer"] = "AdamW"
-    elif written is not None and named is not None and _class_of(written) != named:
+    elif (isinstance(written, dict) and written.get("init_args") and named is not None
+          and classes[_class_of(written)] is not classes[named]):
         raise ConfigError("--optimizer", f"names {named}, and the config's optimizer is {_class_of(written)}: change "
                           "the class in the YAML (its init_args belong to that class)")
     args = parser.parse_args(["--run_yaml", yaml.safe_dump(cfg)] + list(argv))

@@ -278,6 +278,9 @@ def test_a_run_length_in_tokens_survives_no_batch_change_and_a_start_past_the_en
                     "--train.max_steps", "6")
         _one_line(r, "this run starts at step 8")
     assert not (tmp_path / "mid").exists()
+    # a base checkpoint that does not exist yet holds no token count: planned from its name, not refused
+    r = run_cli("mix", "--config", cfg, "--resume_from", tmp_path / "later" / "step-00000008")
+    assert r.returncode == 0 and "does not exist (yet): planned from step 8" in r.stdout, r.stdout + r.stderr
     # a requeue of the run itself (its own folder) with another batch
     own = tmp_path / "own"
     own.mkdir()
@@ -294,12 +297,16 @@ def test_a_run_length_in_tokens_survives_no_batch_change_and_a_start_past_the_en
 
 # ---- 5. a diverged run ----
 
-def test_a_diverged_run_stops_at_the_first_non_finite_step_and_keeps_its_last_finite_checkpoint(tmp_path, real_tree):
+@pytest.mark.parametrize("max_norm", [None, 1.0], ids=["no-clipping", "clipping"])
+def test_a_diverged_run_stops_at_the_first_non_finite_step_and_keeps_its_last_finite_checkpoint(tmp_path, real_tree,
+                                                                                               max_norm):
     """The issue's case: LR 1e20 without clipping, keep_last_n 1: NaN losses were logged to the end, NaN
     checkpoints replaced every finite one, final/ was written and the exit was 0. Now: one line naming the
-    step, exit 2, no final/, and what is kept is finite; a study step records that line as its failure."""
+    step, exit 2, no final/, and what is kept is finite; a study step records that line as its failure. With
+    clipping (every shipped arm config), a non-finite gradient norm is the same line, not clipping's traceback."""
     cfg = write_config(tmp_path, real_tree, train={"max_steps": 12, "save_interval": 1, "log_interval": 4,
-                                                   "lr_warmup_steps": 0, "lr_scheduler": "constant"}, keep_last_n=1)
+                                                   "lr_warmup_steps": 0, "lr_scheduler": "constant",
+                                                   "max_norm": max_norm}, keep_last_n=1)
     step_dir = tmp_path / "step"
     step_dir.mkdir()
     (step_dir / "step.json").write_text(json.dumps({
@@ -404,6 +411,15 @@ def test_undecodable_raw_text_is_one_line_naming_file_and_line(tmp_path, tok_dir
     assert not (tmp_path / "shards" / "c1").exists()
     r = run_cli("tokenizer", "train", "--input", src, "--out", tmp_path / "tok")
     _one_line(r, needle)
+
+
+def test_text_files_are_read_with_universal_newlines_as_before(tmp_path):
+    """Reading bytes to name a bad byte's line must not change what a good file tokenizes to: CRLF and CR
+    line ends still become LF, as Path.read_text gave."""
+    from midtrain.data.readers import read_documents
+
+    (tmp_path / "crlf.txt").write_bytes(b"line one\r\nline two\rthree\n")
+    assert list(read_documents(str(tmp_path / "crlf.txt"))) == ["line one\nline two\nthree\n"]
 
 
 # ---- 10. shards made with another tokenizer ----

@@ -104,8 +104,8 @@ def test_gpu_bench_script_runs_its_code_path_on_cpu():
 def test_two_clones_sharing_the_venv_each_run_their_own_code(tmp_path, real_tree):
     """Issue 27, class 14: `make venv` re-ran `pip install -e .` into the one cached venv, so `bin/midtrain`
     and `import midtrain` loaded whichever clone had installed last. The venv now holds dependencies only
-    (this test's venv still has an old editable install of some clone: the worst case) and each clone's
-    bin/midtrain, launchers and study job scripts put that clone's code first."""
+    (`make venv` removes such an install) and each clone's bin/midtrain, launchers and study job scripts put
+    that clone's code first."""
     import shutil
 
     clone = tmp_path / "clone"

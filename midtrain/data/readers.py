@@ -50,6 +50,7 @@ def read_documents(unit: str, field: str = "text") -> Iterator[str]:
         except UnicodeDecodeError as e:
             raise ConfigError(_where(p, raw, e.start), f"is not UTF-8 text: byte 0x{raw[e.start]:02x} (give .jsonl, "
                               ".parquet, text files or a save_to_disk folder, in UTF-8)") from None
+        text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as read_text gave
         if text.strip():
             yield text
 

@@ -256,8 +256,17 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
 
 
 def ckpt_bytes(checkpoint: Path) -> int:
-    """The weights' size on disk (what an export writes about twice: model.pth and model.safetensors)."""
-    return 2 * sum(f.stat().st_size for f in Path(checkpoint).rglob("*") if f.is_file() and f.suffix in (".pth", ".distcp"))
+    """What an export writes: the model's weights (not the optimizer state a training checkpoint also holds),
+    twice when an HF config.json makes it write model.safetensors beside model.pth. 0 when unknown (sharded)."""
+    import torch
+
+    path = Path(checkpoint) / "lit_model.pth"
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    model = state.get("model", state) if isinstance(state, dict) else {}
+    weights = sum(t.numel() * t.element_size() for t in model.values() if isinstance(t, torch.Tensor))
+    return weights * (2 if (Path(checkpoint) / "config.json").is_file() else 1)
 
 
 def write_json(obj: dict, path: Optional[str]) -> None:

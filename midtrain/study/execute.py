@@ -189,7 +189,7 @@ def run_step(folder: Path) -> int:
     except (OSError, ValueError) as e:
         raise ConfigError(str(folder), f"is not a study step folder (step.json: {e})") from None
     pending: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):  # (a closed terminal: SIGHUP)
         signal.signal(sig, lambda s, f: pending.append(s))
     log_path = Path(os.environ.get("MIDTRAIN_STEP_LOG") or folder / "log.txt")
     started = time.time()
@@ -219,7 +219,7 @@ def run_step(folder: Path) -> int:
         while sent < len(pending):
             s = pending[sent]
             try:  # the trainer checkpoints on USR1 (SIGTERM, SLURM's stop, becomes that request)
-                os.kill(pid, signal.SIGUSR1 if s == signal.SIGTERM else s)
+                os.kill(pid, signal.SIGUSR1 if s in (signal.SIGTERM, signal.SIGHUP) else s)
             except ProcessLookupError:
                 pass
             sent += 1
@@ -228,9 +228,10 @@ def run_step(folder: Path) -> int:
     if ok:
         write_status(folder, state="done", ended=time.time(), exit_code=0)
         return 0
-    if rc in (EXIT_REQUEUE, EXIT_INTERRUPTED) or (pending and rc != 0):
+    if rc in (EXIT_REQUEUE, EXIT_INTERRUPTED) or (pending and rc < 0):  # (rc < 0: ended by the signal itself)
         note = ("checkpointed; run again to continue" if rc == EXIT_REQUEUE else
-                "stopped without a checkpoint (a second interrupt): it continues from its last checkpoint")
+                "stopped without a checkpoint (a second interrupt): it continues from its last checkpoint"
+                if rc == EXIT_INTERRUPTED else f"ended by signal {-rc} before it could checkpoint")
         write_status(folder, state="interrupted", ended=time.time(), exit_code=rc, note=note)
         return EXIT_REQUEUE
     write_status(folder, state="failed", ended=time.time(), exit_code=rc if rc else 1,

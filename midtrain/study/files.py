@@ -254,6 +254,7 @@ def run_folder_segment(folder: Path, size):
       folder does not show);
     - one mixture stage from step 0 (not a midtrained or imported run), no checkpoint a link out of it."""
     import yaml
+    from jsonargparse import ArgumentError
 
     from midtrain.study.plan import BaseSegment, base_key, config_hash
     from midtrain.study.spec import CONTROL, set_dotted
@@ -282,7 +283,10 @@ def run_folder_segment(folder: Path, size):
             raise ConfigError(where, f"{path} continues an imported checkpoint: name it with checkpoint: and step: instead")
         if stages is not None and (len(stages) != 1 or stages[0].get("start", 0) != 0):
             raise ConfigError(where, f"{path} holds {len(stages)} mixture stages: it was midtrained, not a base run")
-        theirs = _flat(recorded)
+        try:  # resolved as the size's config is (an older record wrote the optimizer as it was given)
+            theirs = _flat(resolved_run_config(recorded))
+        except (ArgumentError, ConfigError):
+            theirs = _flat(recorded)
         for key in sorted(set(mine) | set(theirs)):
             if any(key == f or (f.endswith(".") and key.startswith(f)) for f in NOT_WEIGHTS):
                 continue

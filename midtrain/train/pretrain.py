@@ -454,8 +454,10 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
             meter.add(sources, per_sample.detach())
             divergence.watch(per_sample, state["step_count"] + 1)
             state["iter_num"] += 1
-        if train.max_norm:
-            divergence.watch(fabric.clip_gradients(model, optimizer, max_norm=train.max_norm), state["step_count"] + 1)
+        if train.max_norm:  # a non-finite norm is the divergence watch's to report (not a traceback from clipping)
+            norm = fabric.clip_gradients(model, optimizer, max_norm=train.max_norm, error_if_nonfinite=False)
+            if run.precision not in ("16-mixed", "16"):  # fp16's grad scaler expects an inf now and then (it skips)
+                divergence.watch(norm, state["step_count"] + 1)
         optimizer.step()
         if state["step_count"] == first_step and estimate is not None:
             _write_memory(fabric, run, estimate, model, optimizer)
