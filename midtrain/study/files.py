@@ -48,7 +48,10 @@ def load_spec(path: str | os.PathLike, check_files: bool = True) -> Spec:
         else:
             bases[str(name)] = {}
     spec = parse_spec(raw, bases)
-    check_run_configs(spec, raw, bases)
+    if check_files:  # plan and run (status reads a folder, and stays light): in a child, which imports the trainer
+        from midtrain.forked import run_forked
+
+        run_forked(check_run_configs, spec, raw, bases)
     spec = replace(spec, sizes=tuple(replace(s, origin=checkpoint_origin(s.checkpoint)) if s.checkpoint else s
                                      for s in spec.sizes),
                    arms=tuple(_with_mix_config_weights(a) for a in spec.arms))
@@ -61,7 +64,7 @@ def check_run_configs(spec: Spec, raw: dict, bases: dict) -> None:
     """Every size's run config (its YAML with ``set:`` applied) parsed by the trainer's own parser: a key
     it does not take (``set: {train.max_step: 80}``) or a value of the wrong type is one line here, not a
     plan of another run and a first step that fails (issue 27, class 13). Blames ``set`` when the config
-    alone parses."""
+    alone parses. Imports the trainer: ``load_spec`` runs it in a forked child."""
     from jsonargparse import ArgumentError
 
     for size in spec.sizes:
