@@ -114,19 +114,10 @@ def _class_of(spec) -> Optional[str]:
 
 
 def _check_optimizer_class(path: str):
-    """The class: an importable torch.optim.Optimizer subclass, or one line (jsonargparse's own is a paragraph)."""
-    import importlib
+    """The class, or one line (jsonargparse's own refusal is a paragraph)."""
+    from midtrain.train.startup import optimizer_class
 
-    import torch
-
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ConfigError("optimizer", f"{path!r} is not an optimizer class") from None
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ConfigError("optimizer", f"{path!r} is not a torch.optim.Optimizer")
-    return cls
+    return optimizer_class(path)
 
 
 def _cli_optimizer_class(argv: list[str]) -> Optional[str]:

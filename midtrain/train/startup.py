@@ -78,16 +78,10 @@ def check_run_inputs(model_config: Optional[Config], out_dir: Path, precision: O
     check_writable_dir(Path(out_dir), "out_dir")
 
 
-def optimizer_lr(optimizer: Union[str, dict]) -> Optional[float]:
-    """The lr an optimizer spec sets (None: the class default), after checking that the class exists."""
+def optimizer_class(path: str) -> type:
+    """The class at ``path``: an importable torch.optim.Optimizer subclass, or one line."""
     import importlib
 
-    if isinstance(optimizer, str):
-        path, init = (optimizer if "." in optimizer else f"torch.optim.{optimizer}"), {}
-    elif isinstance(optimizer, dict) and isinstance(optimizer.get("class_path"), str):
-        path, init = optimizer["class_path"], dict(optimizer.get("init_args") or {})
-    else:
-        raise ConfigError("optimizer", f"expected a class name or {{class_path, init_args}}, got {optimizer!r}")
     module, _, name = path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
@@ -95,6 +89,18 @@ def optimizer_lr(optimizer: Union[str, dict]) -> Optional[float]:
         raise ConfigError("optimizer", f"{path!r} is not an optimizer class") from None
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ConfigError("optimizer", f"{path!r} is not a torch.optim.Optimizer")
+    return cls
+
+
+def optimizer_lr(optimizer: Union[str, dict]) -> Optional[float]:
+    """The lr an optimizer spec sets (None: the class default), after checking that the class exists."""
+    if isinstance(optimizer, str):
+        path, init = (optimizer if "." in optimizer else f"torch.optim.{optimizer}"), {}
+    elif isinstance(optimizer, dict) and isinstance(optimizer.get("class_path"), str):
+        path, init = optimizer["class_path"], dict(optimizer.get("init_args") or {})
+    else:
+        raise ConfigError("optimizer", f"expected a class name or {{class_path, init_args}}, got {optimizer!r}")
+    optimizer_class(path)
     lr = init.get("lr")
     if lr is not None and not isinstance(lr, (int, float)):
         raise ConfigError("optimizer.init_args.lr", f"expected a number, got {lr!r}")
