@@ -166,10 +166,16 @@ def test_an_interrupted_array_task_requeues_itself_only(cluster, demo_data, tmp_
     assert t1["JobState"] == "COMPLETED" and t1["Restarts"] == "0", t1
     assert t2["Restarts"] == "0", t2  # (running still, or finished once)
     assert "restart 1" not in (tmp_path / f"arr-{array}_2.out").read_text()
-    # SIGKILL: a plain scancel's SIGTERM is a preemption to the launcher, which would checkpoint and requeue it
-    cluster.run("scancel", "--signal=KILL", "--full", f"{array}_2")
+    # task 2 is stopped as a preemption would (a plain scancel's SIGTERM is one to the launcher, and even a
+    # SIGKILL'd task was requeued): it requeues itself, and the pending task is then cancelled for good
+    end = time.time() + 180
+    while cluster.job_state(f"{array}_2") == "RUNNING":
+        cluster.run("scancel", "--signal=USR1", "--batch", f"{array}_2", check=False)
+        assert time.time() < end, cluster.logs()
+        time.sleep(1.0)
     while cluster.run("squeue", "-h", "-j", array, check=False).stdout.strip():  # gone before the next test
-        assert time.time() < deadline + 120, cluster.logs()
+        cluster.run("scancel", f"{array}_2", check=False)
+        assert time.time() < end, cluster.logs()
         time.sleep(0.3)
 
 

@@ -188,7 +188,13 @@ def run_step(folder: Path) -> int:
         desc = json.loads((folder / "step.json").read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(str(folder), f"is not a study step folder (step.json: {e})") from None
-    pending: list[int] = []
+    from midtrain import signals as stop_signals
+
+    # what arrived before this point: recorded from the process's first line (__main__), or by the job script
+    # before it started this runner (MIDTRAIN_STOP_PENDING)
+    pending: list[int] = [s for s in (stop_signals.requested(),) if s is not None]
+    if os.environ.get("MIDTRAIN_STOP_PENDING"):
+        pending.append(signal.SIGUSR1)
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):  # (a closed terminal: SIGHUP)
         signal.signal(sig, lambda s, f: pending.append(s))
     log_path = Path(os.environ.get("MIDTRAIN_STEP_LOG") or folder / "log.txt")

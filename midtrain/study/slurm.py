@@ -46,11 +46,13 @@ cd {cwd}
 {setup}{expect}
 export PYTHONPATH={clone}${{PYTHONPATH:+:$PYTHONPATH}}  # the submitting clone's code, whatever shares the venv
 {select}
-{python} -m midtrain study step "$folder" &
+# a stop that came before the runner starts is handed over, not signalled (a process still importing dies of it)
+passed="$pending"
+MIDTRAIN_STOP_PENDING="$passed" {python} -m midtrain study step "$folder" &
 pid=$!
 trap 'kill -USR1 $pid 2>/dev/null' USR1
 trap 'kill -TERM $pid 2>/dev/null' TERM
-[ -n "$pending" ] && kill -USR1 $pid 2>/dev/null
+[ -n "$pending" ] && [ "$pending" != "$passed" ] && kill -USR1 $pid 2>/dev/null
 while true; do
   wait $pid && status=0 || status=$?
   kill -0 $pid 2>/dev/null || break
