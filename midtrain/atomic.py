@@ -48,17 +48,53 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def disk_full(e: BaseException) -> bool:
-    """Whether ``e`` (or what caused it, or a worker's error it reports) is a full disk or an exceeded quota."""
+def _chain(e: BaseException | None):
+    """``e``, what caused it, and the per-rank failures torch.distributed.checkpoint's CheckpointException collects."""
     seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(text in str(e) for text in ("No space left on device", "Disk quota exceeded")):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        stack += [x.__cause__, x.__context__]
+        failures = getattr(x, "failures", None)  # {rank: exception or (exception, traceback)}
+        if isinstance(failures, dict):
+            stack += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+
+
+FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+# torch.save's zip writer does not raise the OSError of a short write: it fails later, on its own bookkeeping
+ZIP_WRITER_TEXTS = ("PytorchStreamWriter failed", "unexpected pos")
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it, or a rank's or worker's error it reports) is a full disk or an exceeded
+    quota."""
+    return any((isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT))
+               or any(text in str(x) for text in FULL_TEXTS) for x in _chain(e))
+
+
+def write_error(e: BaseException, folder: str | os.PathLike) -> OSError | None:
+    """The OSError behind a failed write into ``folder``, or None when ``e`` is not a write error.
+
+    An OSError found in ``e``'s chain (causes, DCP's per-rank failures) is returned as it is; a full disk said
+    only in words becomes ENOSPC; torch.save's zip-writer failure (it hides the short write's errno) becomes
+    ENOSPC when under 1 MiB is free in ``folder``, else EIO with its text."""
+    chain = list(_chain(e))
+    for x in chain:
+        if isinstance(x, OSError):
+            return x
+    for x in chain:
+        if any(text in str(x) for text in FULL_TEXTS):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    for x in chain:
+        if any(text in str(x) for text in ZIP_WRITER_TEXTS):
+            if free_bytes(folder) < 2**20:
+                return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return OSError(errno.EIO, f"torch.save could not write: {str(x).strip().splitlines()[-1]}")
+    return None
 
 
 def free_bytes(folder: str | os.PathLike) -> int:

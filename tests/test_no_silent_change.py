@@ -512,3 +512,26 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_partial_for_every_writer(tmp
     r = run_cli("mix", "--config", write_config(tmp_path, real_tree), "--json", full_disk / "plan.json")
     _one_line(r, f"{full_disk / 'plan.json'}: disk full (or quota) in {full_disk}")
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
+
+
+def test_torch_saves_hidden_enospc_is_read_as_a_full_disk(full_disk, tmp_path):
+    """torch.save to a path on a full disk raises RuntimeError 'unexpected pos ...' (its zip writer loses the short
+    write's errno; a sharded checkpoint's ranks write this way, and CI once saw it as a traceback). write_error reads
+    it as ENOSPC there, as EIO with its text where there is room, and finds errors inside DCP's per-rank failures."""
+    import errno
+
+    import torch
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from midtrain.atomic import disk_full, write_error
+
+    with pytest.raises(RuntimeError) as caught:
+        torch.save({"w": torch.zeros(100_000)}, full_disk / "w.pt")
+    zip_error = caught.value
+    assert not isinstance(zip_error, OSError) and not disk_full(zip_error)
+    assert write_error(zip_error, full_disk).errno == errno.ENOSPC
+    assert write_error(zip_error, tmp_path).errno == errno.EIO  # room there: a write error, not a full disk
+    wrapped = CheckpointException("save", {1: (zip_error, None)})
+    assert write_error(wrapped, full_disk).errno == errno.ENOSPC
+    assert write_error(CheckpointException("save", {0: OSError(errno.EDQUOT, "quota")}), tmp_path).errno == errno.EDQUOT
+    assert write_error(ValueError("not a write"), full_disk) is None

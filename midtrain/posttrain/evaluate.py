@@ -192,7 +192,7 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
         raise ConfigError("--checkpoint", f"{checkpoint} has no lit_model.pth (nor sharded/)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError("--out", f"{out_dir} exists and is not empty")
-    from midtrain.atomic import disk_full, disk_full_error, free_bytes
+    from midtrain.atomic import disk_full, disk_full_error, free_bytes, write_error
 
     need = ckpt_bytes(checkpoint)
     if free_bytes(out_dir.parent) < need:  # checked first: torch.save reports a full disk as a zip error
@@ -244,7 +244,7 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
         tmp.rename(out_dir)
     except (OSError, RuntimeError) as e:  # a full disk: one line; the hidden folder goes as for any failure
         shutil.rmtree(tmp, ignore_errors=True)
-        if disk_full(e) or free_bytes(out_dir.parent) < 2**20:  # (torch.save's zip writer hides the ENOSPC)
+        if disk_full(write_error(e, out_dir.parent) or e):  # (torch.save's zip writer hides the ENOSPC)
             raise disk_full_error("--out", out_dir.parent, need) from None
         raise
     except BaseException:

@@ -31,7 +31,7 @@ from typing import Optional
 
 import yaml
 
-from midtrain.atomic import fsync_dir, fsync_tree, write_text_atomic
+from midtrain.atomic import disk_full, free_bytes, fsync_dir, fsync_tree, write_error, write_text_atomic
 from midtrain.errors import ConfigError
 
 MODEL_FILE = "lit_model.pth"
@@ -177,8 +177,8 @@ def save_checkpoint(fabric, out_dir: Path, name: str, model, optimizer, extra: d
         write_model_state(fabric, partial, model, optimizer, extra, sharded)
     except OSError as e:  # a full disk or quota (dcp.save raises it on every rank, torch.save on rank 0 only)
         failure = e
-    except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException (a BaseException) wraps the ranks' OSErrors
-        failure = None if isinstance(e, (KeyboardInterrupt, SystemExit)) else _os_error_in(e)
+    except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException (a BaseException) wraps the ranks' errors
+        failure = None if isinstance(e, (KeyboardInterrupt, SystemExit)) else write_error(e, partial)
         if failure is None:
             raise
     agree_or_raise(failure)
@@ -217,39 +217,15 @@ def _failed_ranks(fabric, failed: bool) -> list[int]:
     return [r for r, x in enumerate(fabric.all_reduce(flags, reduce_op="sum").tolist()) if x > 0]
 
 
-def _os_error_in(e: BaseException) -> Optional[OSError]:
-    """The OSError behind an exception (its cause chain, or the per-rank failures torch.distributed.checkpoint
-    collects), or None."""
-    seen = set()
-    stack = [e]
-    while stack:
-        x = stack.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, OSError):
-            return x
-        stack += [x.__cause__, x.__context__]
-        failures = getattr(x, "failures", None)  # CheckpointException: {rank: exception or (exception, traceback)}
-        if isinstance(failures, dict):
-            stack += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
-    return None
-
-
 def _failed_save_line(out_dir: Path, name: str, error: Optional[OSError], model, optimizer) -> str:
     """One line: which checkpoint could not be written, the bytes it needs and has, and what is still safe."""
-    import errno
-
     need = _state_bytes(model, optimizer)
-    try:
-        free = shutil.disk_usage(out_dir).free
-    except OSError:
-        free = None
+    free = free_bytes(out_dir)
     previous = latest_checkpoint(out_dir)
     safe = f"the last complete checkpoint is {previous.name}" if previous else "no earlier checkpoint exists"
-    what = ("disk full" if error is not None and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = ("disk full" if error is not None and disk_full(error)
             else f"{type(error).__name__}: {error.strerror or error}" if error is not None else "another rank failed")
-    space = f"; it needs ~{need / 2**20:,.1f} MiB, {free / 2**20:,.1f} MiB free there" if free is not None else ""
+    space = f"; it needs ~{need / 2**20:,.1f} MiB, {free / 2**20:,.1f} MiB free there"
     return (f"could not write checkpoint {name} ({what}{space}); the partial folder was removed and {safe}: free "
             "space (or raise the quota), then resume")
 
