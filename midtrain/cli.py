@@ -588,12 +588,17 @@ def study(argv: list[str]) -> int:
         known = read_bases(Path(a.out) if a.out else None)
         plans = []
         for spec in a.spec:
-            plan = load_plan(spec, check_files=a.check_files, estimate=True, known=known)
+            plan = load_plan(spec, check_files=a.check_files, estimate=True, known=known, out=a.out)
             known = known + [seg for seg in plan.base_segments() if seg.out not in {k.out for k in known}]
             plans.append(plan)
             if len(a.spec) > 1:
                 print(f"## {spec}\n")
-            print(format_plan(plan, a.mfu, a.peak_tflops, rows))
+            here = None
+            if a.out and Path(a.out).is_dir():
+                from midtrain.study.execute import here_states
+
+                here = here_states(plan, Path(a.out).resolve())
+            print(format_plan(plan, a.mfu, a.peak_tflops, rows, here))
             if a.devices:
                 print("\n" + footprints.isolated(footprints.checked_text, plan))
             if len(a.spec) > 1:
@@ -603,7 +608,7 @@ def study(argv: list[str]) -> int:
         return 0
     spec_path = Path(a.spec).resolve()
     out = Path(a.out).resolve()
-    plan = load_plan(a.spec, check_files=what == "run", estimate=False, known=read_bases(out))
+    plan = load_plan(a.spec, check_files=what == "run", estimate=False, known=read_bases(out), out=out)
     from midtrain.atomic import check_writable_dir
 
     if what == "run":

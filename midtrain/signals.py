@@ -9,6 +9,10 @@ there is nothing to save yet, whichever signal it was (a Ctrl-C too: 75 always m
 consistent checkpoint, run again to continue"). A second SIGINT (an impatient Ctrl-C) exits at once
 with 130, without a checkpoint: 130 means only that.
 
+A process started by a step runner through ``srun`` says when its handlers are in place (a file in
+``$MIDTRAIN_SIGNALS_READY``, one per rank): the runner holds a stop request back until every rank has
+said so, since a signal that reaches an interpreter still starting up kills it (exit 138: no requeue).
+
 DataLoader workers get their own handlers (``worker_init``): a signal sent to the whole process
 group (Ctrl-C, ``srun``) never crashes the loop with a worker traceback.
 """
@@ -21,6 +25,7 @@ import signal
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed after a signal (or nothing to save yet); launchers requeue on it
 EXIT_INTERRUPTED = 130  # a second SIGINT: stopped at once, without a checkpoint
+READY_ENV = "MIDTRAIN_SIGNALS_READY"  # a folder: install() writes rank-<SLURM_PROCID> there
 _received: list[int] = []
 _main_pid: int | None = None
 
@@ -38,6 +43,12 @@ def install() -> None:
     _main_pid = os.getpid()
     for sig in STOP_SIGNALS:
         signal.signal(sig, _handler)
+    ready = os.environ.pop(READY_ENV, None)  # (popped: said once, by this process, not by what it starts)
+    if ready:
+        try:
+            open(os.path.join(ready, f"rank-{os.environ.get('SLURM_PROCID', os.getpid())}"), "w").close()
+        except OSError:
+            pass  # the runner then forwards nothing until the ranks end: a stop becomes this step's end
 
 
 def ignore_until_exit() -> None:

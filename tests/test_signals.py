@@ -103,3 +103,32 @@ def test_launcher_survives_a_signal_before_the_trainer_starts(tmp_path, real_tre
     assert proc.returncode == 0, out[-2000:]
     assert "USR1 received before the trainer started: nothing to save" in out
     assert not (tmp_path / "run").exists()
+
+
+def test_launcher_holds_a_signal_until_the_trainer_can_take_it(tmp_path, real_tree):
+    """USR1 while the trainer's interpreter is still starting (a sitecustomize that sleeps 4 s stands in for a
+    slow shared file system): forwarded at once, it killed the trainer (exit 138, no requeue; CI saw it under
+    srun). The launcher holds it until the trainer says its handlers are in place, which then stops cleanly."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import os, sys, time\nif 'pretrain' in sys.argv[1:2] or "
+                                           "os.environ.get('MIDTRAIN_SIGNALS_READY'):\n    time.sleep(4)\n")
+    cfg = write_config(tmp_path, real_tree, out_dir=str(tmp_path / "run"))
+    env = dict(os.environ, PYTHONPATH=str(slow) + os.pathsep + REPO,
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    env.pop("SLURM_JOB_ID", None)
+    log = tmp_path / "out.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(["bash", "training_scripts/small_model_pretrain.sh", str(cfg)], stdout=f,
+                                stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    deadline = time.time() + 120
+    while "launch:" not in log.read_text():
+        assert time.time() < deadline and proc.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)  # the trainer's interpreter is in its 4 s start-up
+    proc.send_signal(signal.SIGUSR1)
+    proc.wait(timeout=180)
+    out = log.read_text()
+    assert proc.returncode == 0, out[-2000:]
+    assert "USR1 received: asking the trainer to checkpoint and stop" in out
+    assert "the trainer stopped on a signal" in out, out[-2000:]

@@ -144,6 +144,37 @@ def test_changed_spec_is_refused_unless_told(study, tmp_path):
     assert r.returncode == 2 and "16 step(s) that already ran" in r.stderr and "--rerun_changed" in r.stderr
     r = run_cli("study", "plan", new_spec)  # planning a changed spec is fine: nothing runs
     assert r.returncode == 0
+    # with the folder, plan shows what run would do: the 16 SFT steps changed, the rest done
+    r = run_cli("study", "plan", new_spec, "--out", root / "out", "--devices", "false")
+    assert r.returncode == 0 and "here: done 16, changed 16, will run 1; `study run` refuses changed steps" in r.stdout, r.stdout
+    assert "| changed (ran as sft/tiny/pretrain-only/fn/lr0.0001/s0-" in r.stdout
+
+
+def test_a_logging_only_change_keeps_finished_runs(study, tmp_path):
+    """train.log_interval, logger_name and eval.* decide nothing a run trains: the finished training steps keep
+    their folders (plan says so, run starts nothing); a change beside them is a change."""
+    spec, root = study
+    base = yaml.safe_load((root / "base.yaml").read_text())
+    base["train"]["log_interval"] = 2
+    base["eval"]["max_iters"] = 1
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    raw = yaml.safe_load(spec.read_text())
+    raw["sizes"]["tiny"]["config"] = str(tmp_path / "base.yaml")
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
+    r = run_cli("study", "plan", tmp_path / "study.yaml", "--out", root / "out", "--devices", "false")
+    kept = "done (kept: eval.max_iters: 2 -> 1; train.log_interval: 4 -> 2)"
+    assert r.returncode == 0 and "| base/tiny/to4 | pretrain | - | base/tiny/to4-" in r.stdout, r.stdout
+    assert r.stdout.count(kept) == 9 and "here: done (logging changed, kept) 9, done 24" in r.stdout, r.stdout
+    before = started(root / "out")
+    r = run_cli("study", "run", tmp_path / "study.yaml", "--out", root / "out")
+    assert r.returncode == 0 and "33 of 33 steps done, 0 to run" in r.stdout, r.stdout + r.stderr
+    assert "kept base/tiny/to4 (done; only what it logs changed: eval.max_iters: 2 -> 1; " in r.stdout
+    assert started(root / "out") == before
+    base["train"]["lr_warmup_steps"] = 3  # beside a logging change, a change: another base run (new segments
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))  # beside the old ones), and every step after it
+    r = run_cli("study", "plan", tmp_path / "study.yaml", "--out", root / "out", "--devices", "false")
+    assert r.returncode == 0 and "here: will run 4, changed 29; `study run` refuses" in r.stdout, r.stdout
+    assert "| base/tiny/to4-from0 | pretrain | - |" in r.stdout
 
 
 def test_segment_chain_equals_an_unsegmented_run(study, tmp_path):

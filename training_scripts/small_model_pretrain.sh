@@ -117,21 +117,30 @@ if [ -n "$pending" ]; then
   requeue "$pending received before the trainer started: nothing to save"
   exit 0
 fi
-"${launch[@]}" "$MIDTRAIN" pretrain --config "$config" --resume auto "$@" &
+# Each trainer process writes a file in $ready once its stop handlers are in place; a USR1/TERM is held
+# until every one has (a signal that reaches an interpreter still starting up kills it: no requeue).
+ready=$(mktemp -d)
+ranks=1
+[ ${#launch[@]} -gt 0 ] && ranks="${SLURM_NTASKS:-1}"
+MIDTRAIN_SIGNALS_READY="$ready" "${launch[@]}" "$MIDTRAIN" pretrain --config "$config" --resume auto "$@" &
 pid=$!
-forward() {
-  echo "[$(date '+%F %T')] $1 received: asking the trainer to checkpoint and stop"
-  kill -USR1 "$pid" 2>/dev/null || true
-}
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
-[ -n "$pending" ] && forward "$pending"  # arrived while the trainer was being started
 status=0
 while true; do
+  if [ -n "$pending" ]; then
+    if [ "$(ls -A "$ready" 2>/dev/null | wc -l)" -ge "$ranks" ]; then
+      echo "[$(date '+%F %T')] $pending received: asking the trainer to checkpoint and stop"
+      kill -USR1 "$pid" 2>/dev/null || true
+      pending=""
+    elif kill -0 "$pid" 2>/dev/null; then
+      sleep 0.05
+      continue
+    fi
+  fi
   wait "$pid" && status=0 || status=$?
   kill -0 "$pid" 2>/dev/null || break  # wait returned because a trapped signal arrived: keep waiting
 done
 trap - USR1 TERM
+rm -rf "$ready"
 
 if [ "$status" -eq "$EXIT_REQUEUE" ]; then
   requeue "the trainer stopped on a signal (checkpointed, or nothing to save yet)"

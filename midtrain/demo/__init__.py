@@ -130,7 +130,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     from midtrain.demo import protocol as P
     from midtrain.study.execute import read_bases
 
-    plan = load_plan(spec, known=read_bases(out / "study"))
+    plan = load_plan(spec, known=read_bases(out / "study"), out=out / "study")
     proto = P.check(plan.spec, sft_train_tokens(out, plan.spec), sft_epochs(plan.spec))
     digest = protocol_digest(spec, size, built["seed"])
     size0 = plan.spec.sizes[0]

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from midtrain.signals import EXIT_INTERRUPTED, EXIT_REQUEUE
 from midtrain.train.checkpoint import is_checkpoint
 from midtrain.study.files import write_json_atomic
 from midtrain.study.plan import Plan, Step
+from midtrain.study.resources import TRAINING
 from midtrain.study.spec import CONTROL, data_args
 
 STATES = ("pending", "submitted", "running", "done", "failed", "interrupted", "blocked")
@@ -208,8 +210,12 @@ def run_step(folder: Path) -> int:
     if pending:
         write_status(folder, state="interrupted", ended=time.time(), exit_code=EXIT_REQUEUE)
         return EXIT_REQUEUE
+    ready = None  # srun's ranks say when they can take a stop request (signals.READY_ENV); until then it waits
     if srun:
-        pid, line = _srun_command(desc["argv"], launch, log_path, desc.get("cwd"))
+        ready = folder / f".signals-ready-{os.getpid()}"
+        shutil.rmtree(ready, ignore_errors=True)
+        ready.mkdir()
+        pid, line = _srun_command(desc["argv"], launch, log_path, desc.get("cwd"), ready)
     else:
         line = f"midtrain {' '.join(desc['argv'])}"
     with open(log_path, "a") as log:
@@ -222,7 +228,7 @@ def run_step(folder: Path) -> int:
         if done_pid:
             rc = os.waitstatus_to_exitcode(wstatus)
             break
-        while sent < len(pending):
+        while sent < len(pending) and (ready is None or _ranks_ready(ready, launch)):
             s = pending[sent]
             try:  # the trainer checkpoints on USR1 (SIGTERM, SLURM's stop, becomes that request)
                 os.kill(pid, signal.SIGUSR1 if s in (signal.SIGTERM, signal.SIGHUP) else s)
@@ -230,6 +236,8 @@ def run_step(folder: Path) -> int:
                 pass
             sent += 1
         time.sleep(0.02)
+    if ready is not None:
+        shutil.rmtree(ready, ignore_errors=True)
     ok = rc == 0 and all(Path(p).exists() for p in desc["outputs"])
     if ok:
         write_status(folder, state="done", ended=time.time(), exit_code=0)
@@ -273,12 +281,25 @@ def srun_argv(argv: list[str], launch: dict, python: str | None = None, cpus_per
             python or sys.executable, "-m", "midtrain", *argv]
 
 
-def _srun_command(argv: list[str], launch: dict, log_path: Path, cwd: str | None) -> tuple[int, str]:
-    """Start the step's command under srun (its ranks write to the log); returns (pid, the command line)."""
+def _ranks_ready(ready: Path, launch: dict) -> bool:
+    """Whether every rank of an srun launch has its stop-signal handlers in place (``signals.install``)."""
+    try:
+        return len(os.listdir(ready)) >= int(launch["nodes"]) * int(launch["tasks_per_node"])
+    except OSError:
+        return False
+
+
+def _srun_command(argv: list[str], launch: dict, log_path: Path, cwd: str | None,
+                  ready: Path) -> tuple[int, str]:
+    """Start the step's command under srun (its ranks write to the log, and each says in ``ready`` when it
+    can take a stop request); returns (pid, the command line)."""
+    from midtrain.signals import READY_ENV
+
     cmd = srun_argv(argv, launch, cpus_per_task=os.environ.get("SLURM_CPUS_PER_TASK"))
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        proc = subprocess.Popen(cmd, stdout=fd, stderr=fd, stdin=subprocess.DEVNULL, cwd=cwd or None)
+        proc = subprocess.Popen(cmd, stdout=fd, stderr=fd, stdin=subprocess.DEVNULL, cwd=cwd or None,
+                                env={**os.environ, READY_ENV: str(ready)})
     finally:
         os.close(fd)
     return proc.pid, " ".join(cmd)
@@ -398,31 +419,89 @@ def study_lock(out_dir: Path):
         f.close()
 
 
-def check_changed(plan: Plan, out_dir: Path, rerun_changed: bool) -> list[str]:
-    """Steps that already ran here under another resolved config; refused unless ``rerun_changed``."""
-    before = None
-    for path in (out_dir / "studies" / f"{plan.spec.name}.json", out_dir / "study.json"):
+def _index(out_dir: Path, name: str) -> dict | None:
+    """The steps (id -> out, kind, deps) a spec named ``name`` last materialised in ``out_dir``, or None."""
+    for path in (out_dir / "studies" / f"{name}.json", out_dir / "study.json"):
         try:
             index = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if index.get("name") == plan.spec.name and "steps" in index:
-            before = index["steps"]
-            break
-    if before is None:
-        return []
-    changed = []
+        if index.get("name") == name and "steps" in index:
+            return index["steps"]
+    return None
+
+
+def read_ran(out_dir: Path, name: str) -> dict:
+    """The training steps of spec ``name`` (and the base segments of any spec) done in ``out_dir``: id -> ``Ran`` (hash from step.json, config from
+    run.yaml without its out_dir/resume_from), for ``make_plan``. Unreadable records are skipped: such a step
+    then plans as it would anyway."""
+    import yaml
+
+    from midtrain.study.plan import Ran
+
+    out = {}
+    index = dict(_index(out_dir, name) or {})
+    for seg in read_bases(out_dir):  # base segments other specs planned here: reused by any spec of their run
+        if not seg.folder:
+            index.setdefault(seg.id, {"out": seg.out, "kind": "pretrain"})
+    for sid, info in index.items():
+        folder = out_dir / info.get("out", "")
+        if info.get("kind") not in TRAINING or read_status(folder).get("state") != "done":
+            continue
+        try:
+            h = json.loads((folder / "step.json").read_text())["hash"]
+            cfg = yaml.safe_load((folder / "run.yaml").read_text())
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+            continue
+        if isinstance(cfg, dict) and isinstance(h, str):
+            out[sid] = Ran(h, info["out"], {k: v for k, v in cfg.items() if k not in ("out_dir", "resume_from")})
+    return out
+
+
+def changed_steps(plan: Plan, out_dir: Path) -> dict[str, str]:
+    """Steps that ran (or run) here under another resolved config: id -> the folder they ran in."""
+    before = _index(out_dir, plan.spec.name)
+    changed = {}
     for step in plan.steps:
-        old = before.get(step.id)
+        old = (before or {}).get(step.id)
         if step.kind == "report" or not old or old["out"] == step.out:
             continue
         if read_status(out_dir / old["out"]).get("state") in ("done", "running", "submitted", "interrupted"):
-            changed.append(step.id)
-    if changed and not rerun_changed:
-        raise ConfigError("SPEC", f"{len(changed)} step(s) that already ran in {out_dir} now resolve to other configs "
-                          f"(first: {changed[0]}: {before[changed[0]]['out']} -> {plan.by_id[changed[0]].out}); "
-                          "pass --rerun_changed to run them anew (old outputs are kept)")
+            changed[step.id] = old["out"]
     return changed
+
+
+def check_changed(plan: Plan, out_dir: Path, rerun_changed: bool) -> list[str]:
+    """Steps that already ran here under another resolved config; refused unless ``rerun_changed``."""
+    changed = changed_steps(plan, out_dir)
+    if changed and not rerun_changed:
+        first = next(iter(changed))
+        raise ConfigError("SPEC", f"{len(changed)} step(s) that already ran in {out_dir} now resolve to other configs "
+                          f"(first: {first}: {changed[first]} -> {plan.by_id[first].out}; `study plan --out` lists "
+                          "them); pass --rerun_changed to run them anew (old outputs are kept)")
+    for step in plan.steps:
+        if step.logging_kept:
+            print(f"kept {step.id} (done; only what it logs changed: {'; '.join(step.logging_kept)})", flush=True)
+    return list(changed)
+
+
+def here_states(plan: Plan, out_dir: Path) -> dict[str, str]:
+    """What ``study run`` would do with each step in ``out_dir``: done, done (kept: logging changed), changed
+    (refused without --rerun_changed), running/submitted, or will run."""
+    changed = changed_steps(plan, out_dir)
+    states = step_states(plan, out_dir, query_slurm=False)
+    out = {}
+    for step in plan.steps:
+        state = states[step.id]["state"]
+        if step.id in changed:
+            out[step.id] = f"changed (ran as {changed[step.id]})"
+        elif state == "done" and step.logging_kept:
+            out[step.id] = f"done (kept: {'; '.join(step.logging_kept)})"
+        elif state in ("done", "running", "submitted"):
+            out[step.id] = state
+        else:
+            out[step.id] = "will run"
+    return out
 
 
 def materialise(plan: Plan, out_dir: Path, spec_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from midtrain.errors import ConfigError
 from midtrain.study.params import params_of
-from midtrain.study.plan import Plan, make_plan
+from midtrain.study.plan import LOGGING_ONLY, Plan, _flat, make_plan
 from midtrain.study.spec import Spec, data_args, parse_spec
 
 
@@ -180,9 +180,11 @@ def sft_token_estimate(spec: Spec, size_config: dict) -> dict[str, int]:
     return out
 
 
-def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool = True, known=()) -> Plan:
-    """The plan of the spec at ``path``; ``known``: base segments already planned in its study folder."""
-    from midtrain.study.execute import read_bases
+def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool = True, known=(),
+              out: str | os.PathLike | None = None) -> Plan:
+    """The plan of the spec at ``path``; ``known``: base segments already planned in its study folder ``out``
+    (whose finished training steps outlive a logging-only change)."""
+    from midtrain.study.execute import read_bases, read_ran
 
     spec = load_spec(path, check_files)
     params = {s.name: params_of(s.config) for s in spec.sizes}  # always: a GPU task's memory share depends on it
@@ -205,7 +207,8 @@ def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool 
                                   "checkpoint)")
             known += [replace(seg, folder=str(folder)) if not seg.folder else seg for seg in read_bases(folder)
                       if not seg.folder or seg.labels.get("run_folder")]
-    plan = make_plan(spec, {k: v for k, v in params.items() if v}, tokens, known=known)
+    plan = make_plan(spec, {k: v for k, v in params.items() if v}, tokens, known=known,
+                     ran=read_ran(Path(out), spec.name) if out is not None else None)
     for size in spec.sizes:
         if size.base and (Path(size.base) / "bases.json").is_file() and \
                 not any(s.external and s.labels.get("size") == size.name for s in plan.steps):
@@ -215,19 +218,9 @@ def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool 
 
 
 # Fields of a run config that decide nothing about its weights: where it writes, how it was continued,
-# what it logs and evaluates, which checkpoints it keeps (exact resume makes every cut the same run).
+# what it logs and evaluates (LOGGING_ONLY), which checkpoints it keeps (exact resume makes every cut the same run).
 NOT_WEIGHTS = ("out_dir", "resume", "resume_from", "train.max_additional_steps", "train.save_interval",
-               "train.log_interval", "keep_last_n", "logger_name", "eval.")
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+               "keep_last_n") + LOGGING_ONLY
 
 
 def resolved_run_config(cfg: dict) -> dict:

@@ -13,6 +13,10 @@ Guarantees:
 - **Edges**: segment k <- segment k-1; arm(S, seed) <- segment ending at S; SFT(run, task, lr, seed)
   (or one SFT step per (run, task, seed) sweeping the grid: ``sft.one_step_per_lr: false``) <- that run; eval(run) <- that run; report <- every SFT and eval step. Steps are listed in an
   order where every step comes after its dependencies.
+- **A finished run outlives a logging change.** A training step done in the study folder (``ran``) whose
+  config differs from the new one only in ``LOGGING_ONLY`` fields, with the same kind and dependencies,
+  keeps its folder, hash and recorded config: what it logs decides nothing it trained. Any other
+  difference gives a new folder (``study plan --out`` shows it as changed; ``run`` refuses it).
 - **Seeds** (``seeds.vary``; every (arm, task, seed) pairs with (control, task, seed)):
   ``sft`` (default, the paper's protocol): one midtrained run per arm and one control, each fine-tuned
   with every seed; ``midtrain``: an arm is also re-run per seed (``data.seed`` = the seed: the data
@@ -54,6 +58,45 @@ class Step:
     alloc: Allocation | None = None  # what a scheduler is asked for (not part of the hash: it changes no result)
     reused: str | None = None        # a base segment another spec planned in this study folder (its spec's name)
     external: str | None = None      # ... in another study folder (``sizes.X.base``): read only, never run here
+    logging_kept: tuple[str, ...] = ()  # done before with other LOGGING_ONLY values ("key: ran -> planned"): kept
+
+
+@dataclass(frozen=True)
+class Ran:
+    """A training step that finished in the study folder: its hash, folder and recorded run config."""
+    hash: str
+    out: str
+    config: dict
+
+
+# Run-config fields that change what a run logs (how often, where, its validation curve) and nothing that it
+# trains or keeps: a finished run that differs from the plan only here is not run again.
+LOGGING_ONLY = ("train.log_interval", "logger_name", "eval.")
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def logging_only(key: str) -> bool:
+    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in LOGGING_ONLY)
+
+
+def logging_changes(old: Mapping, new: Mapping, ignore: tuple[str, ...] = ()) -> list[str] | None:
+    """``"key: old -> new"`` for each LOGGING_ONLY field that differs, or None when another field differs
+    (``out_dir``, ``resume_from`` and ``ignore`` aside)."""
+    a, b = _flat(old), _flat(new)
+    diff = sorted(k for k in a.keys() | b.keys() if a.get(k, "(unset)") != b.get(k, "(unset)")
+                  and k not in ("out_dir", "resume_from", *ignore))
+    if any(not logging_only(k) for k in diff):
+        return None
+    return [f"{k}: {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in diff]
 
 
 @dataclass(frozen=True)
@@ -156,10 +199,11 @@ def _save_every(cfg: Mapping) -> int | None:
 
 def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
               sft_tokens: Mapping[str, int] | None = None, _costs: bool = True,
-              known: "list[BaseSegment] | tuple" = ()) -> Plan:
+              known: "list[BaseSegment] | tuple" = (), ran: "Mapping[str, Ran] | None" = None) -> Plan:
     """``params``: size -> parameter count (for FLOPs); ``sft_tokens``: task -> tokens one SFT run trains on;
     ``known``: base segments already planned in the study folder (``bases.json``), reused where they hold
-    the checkpoint an arm starts from."""
+    the checkpoint an arm starts from; ``ran``: step id -> the training steps done in that folder (kept
+    through a logging-only change)."""
     plan = Plan(spec, params=dict(params or {}))
     if _costs:
         import dataclasses
@@ -172,18 +216,28 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
             other = make_plan(dataclasses.replace(spec, vary=vary), params, sft_tokens, _costs=False, known=known)
             plan.cost_by_vary[vary] = (other.total_tokens(), other.total_flops())
     steps: dict[str, Step] = {}
+    kept_logging: dict[str, tuple[str, ...]] = {}  # base segments done here, other only in what they log
 
     def add(kind, id_, deps, config, labels, resume_step=None, tokens=None, size=None, origin=None, resume_at=None,
             hash_deps=None):
         hashes = [steps[d].hash for d in deps] + ([origin] if origin else []) + \
             ([f"at:{resume_at}"] if resume_at is not None else [])
         h = config_hash(kind, config, hash_deps if hash_deps is not None else hashes)
+        kept = ()
+        before = (ran or {}).get(id_) if kind in TRAINING else None
+        if before is not None and before.hash != h:
+            changes = logging_changes(before.config, config)
+            if changes and config_hash(kind, before.config, hash_deps if hash_deps is not None else hashes) \
+                    == before.hash:  # the same run but for what it logs: it stays done
+                h, config, kept = before.hash, dict(before.config), tuple(changes)
         n = (params or {}).get(size) if size else None
         flops = 6.0 * n * tokens if n and tokens else None
         alloc = allocation(kind, _run_config(spec, kind, config, labels), spec.slurm, where=id_,
                            params=(params or {}).get(labels.get("size")))
-        out = f"report/{spec.name}" if kind == "report" else f"{id_}-{h[:8]}"
-        step = Step(id_, kind, tuple(deps), h, out, labels, config, resume_step, resume_at, tokens, flops, alloc)
+        out = f"report/{spec.name}" if kind == "report" else \
+            before.out if before is not None and before.hash == h else f"{id_}-{h[:8]}"
+        step = Step(id_, kind, tuple(deps), h, out, labels, config, resume_step, resume_at, tokens, flops, alloc,
+                    logging_kept=kept)
         steps[id_] = step
         plan.steps.append(step)
         return step
@@ -212,7 +266,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         step = Step(seg.id, "pretrain", tuple(seg.deps), seg.hash, out, dict(seg.labels), seg.config,
                     seg.deps[0] if seg.deps else None, seg.resume_at, tokens, 6.0 * n * tokens if n and tokens else None,
                     alloc, reused=seg.spec if (seg.spec != spec.name or seg.folder) else None,
-                    external=seg.folder or None)
+                    external=seg.folder or None, logging_kept=kept_logging.get(seg.id, ()))
         steps[seg.id] = step
         plan.steps.append(step)
 
@@ -228,7 +282,8 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
             if base_seed is not None:  # vary: base: this seed's own init and data order
                 base_cfg = set_dotted(dict(set_dotted(base_cfg, "data.seed", base_seed)), "seed", base_seed)
                 tag = f"/s{base_seed}"
-            seg_at = _base_chain(size, size_arms, base_cfg, tag, base_seed, origin, add, known, reuse, steps, spec.name)
+            seg_at = _base_chain(size, size_arms, base_cfg, tag, base_seed, origin, add, known, reuse, steps, spec.name,
+                                 ran, kept_logging)
             runs.append((size.name, CONTROL, base_seed, seg_at[size.max_steps][0]))
             arm_seeds = [base_seed] if base_seed is not None else (spec.seeds if spec.vary == "midtrain" else [None])
             for arm in size_arms:
@@ -290,7 +345,8 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
 
 
 def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, origin: str | None, add, known,
-                reuse, steps, spec_name: str = "") -> dict:
+                reuse, steps, spec_name: str = "", ran: "Mapping[str, Ran] | None" = None,
+                kept_logging: dict | None = None) -> dict:
     """The steps that bring ``size``'s base run to every arm start and to max_steps:
     end step -> (step id, periodic checkpoint step or None for its final checkpoint).
 
@@ -313,9 +369,22 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
         return seg_at
     key = base_key(base_cfg)
     every = _save_every(base_cfg)
+
+    def same_run(k: BaseSegment) -> bool:
+        """Segment ``k`` is of this base run: the same key, or done here and other only in what it logs."""
+        if k.key == key:
+            return True
+        done = (ran or {}).get(k.id)
+        if k.folder or done is None or done.hash != k.hash:
+            return False
+        changes = logging_changes(k.config, base_cfg, ignore=("train.max_additional_steps", "resume"))
+        if changes and kept_logging is not None:
+            kept_logging[k.id] = tuple(changes)
+        return bool(changes)
+
     # segments of this base run: this spec's own first (a re-plan finds what it planned), then other specs',
     # then those added here
-    pool = sorted((k for k in known if k.key == key), key=lambda k: k.spec != spec_name)
+    pool = sorted((k for k in known if same_run(k)), key=lambda k: k.spec != spec_name)
 
     def provider(e: int):
         for k in pool:
@@ -357,19 +426,29 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
     return seg_at
 
 
-def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_rows: int | None = None) -> str:
-    """The DAG as a table (step, kind, depends on, output, tokens), counts per kind, totals, GPU-hours."""
-    lines = ["| step | kind | depends on | output | tokens |", "|---|---|---|---|---|"]
+def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_rows: int | None = None,
+                here: Mapping[str, str] | None = None) -> str:
+    """The DAG as a table (step, kind, depends on, output, tokens; ``here``: what a run in the study folder
+    would do with each step), counts per kind, totals, GPU-hours."""
+    lines = ["| step | kind | depends on | output | tokens |" + (" here |" if here else ""),
+             "|---|---|---|---|---|" + ("---|" if here else "")]
     shown = plan.steps if max_rows is None else plan.steps[:max_rows]
     for s in shown:
         deps = ", ".join(s.deps) if len(s.deps) <= 2 else f"{s.deps[0]}, ... ({len(s.deps)} steps)"
         tok = f"{s.tokens:,}" if s.tokens else "-"
         if s.reused:
             tok = f"reused ({s.reused})"
-        lines.append(f"| {s.id} | {s.kind} | {deps or '-'} | {s.out} | {tok} |")
+        lines.append(f"| {s.id} | {s.kind} | {deps or '-'} | {s.out} | {tok} |" + (f" {here[s.id]} |" if here else ""))
     if max_rows is not None and len(plan.steps) > max_rows:
-        lines.append(f"| ... {len(plan.steps) - max_rows} more steps (--rows all) | | | | |")
+        lines.append(f"| ... {len(plan.steps) - max_rows} more steps (--rows all) | | | | |" + (" |" if here else ""))
     counts = plan.counts()
+    if here:
+        tally: dict[str, int] = {}
+        for v in here.values():
+            key = v.split(" (")[0] + (" (logging changed, kept)" if v.startswith("done (kept") else "")
+            tally[key] = tally.get(key, 0) + 1
+        lines += ["", "here: " + ", ".join(f"{k} {n}" for k, n in tally.items())
+                  + ("; `study run` refuses changed steps without --rerun_changed" if "changed" in tally else "")]
     lines += ["", f"steps: {len(plan.steps)} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")",
               f"tokens: {plan.total_tokens():,} in total (SFT: {sum(s.tokens or 0 for s in plan.steps if s.kind == 'sft'):,})"]
     flops = plan.total_flops()

@@ -46,17 +46,25 @@ cd {cwd}
 {setup}{expect}
 export PYTHONPATH={clone}${{PYTHONPATH:+:$PYTHONPATH}}  # the submitting clone's code, whatever shares the venv
 {select}
-# a stop that came before the runner starts is handed over, not signalled (a process still importing dies of it)
+# a stop that came before the runner starts is handed over, not signalled; one that comes while it starts
+# waits until its handlers are in place (it writes a file in $ready): a process still importing dies of it
 passed="$pending"
-MIDTRAIN_STOP_PENDING="$passed" {python} -m midtrain study step "$folder" &
+pending=""
+ready=$(mktemp -d)
+MIDTRAIN_SIGNALS_READY="$ready" MIDTRAIN_STOP_PENDING="$passed" {python} -m midtrain study step "$folder" &
 pid=$!
-trap 'kill -USR1 $pid 2>/dev/null' USR1
-trap 'kill -TERM $pid 2>/dev/null' TERM
-[ -n "$pending" ] && [ "$pending" != "$passed" ] && kill -USR1 $pid 2>/dev/null
 while true; do
+  if [ -n "$pending" ]; then
+    if [ -n "$(ls -A "$ready" 2>/dev/null)" ]; then
+      kill -"$pending" $pid 2>/dev/null; pending=""
+    elif kill -0 $pid 2>/dev/null; then
+      sleep 0.05; continue
+    fi
+  fi
   wait $pid && status=0 || status=$?
   kill -0 $pid 2>/dev/null || break
 done
+rm -rf "$ready"
 if [ "$status" -eq {requeue} ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then
   job="$SLURM_JOB_ID"  # an array task requeues itself only (its SLURM_JOB_ID may name the whole array)
   [ -n "${{SLURM_ARRAY_TASK_ID:-}}" ] && job="${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
