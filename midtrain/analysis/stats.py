@@ -9,14 +9,20 @@ Guarantees:
   seeds only: an unmatched seed is listed, never silently paired with another), summarised as above.
 - ``verdict(interval)``: "better" only when the whole interval lies on the better side of 0,
   "worse" only when it lies on the worse side, else "inconclusive" (an interval that touches or
-  includes 0, or no interval at all). Reports use these three words only from here.
+  includes 0, or no interval at all); "no variance sampled" when n >= 2 differences are all equal
+  (a zero-width interval is not evidence: the seeds sampled nothing that varies). Reports use these
+  words only from here.
+- ``claim_verdict(interval, sign)``: the same reading for a stated claim that a difference is > 0
+  (``sign`` +1) or < 0 (-1): "reproduced", "not reproduced" (the interval lies on the other side),
+  "inconclusive (interval includes 0)", or "not judged (no variance sampled)". Findings and reports
+  word a claim with it, so one result has one label everywhere.
 - ``choose_lr(val_by_lr)``: the LR with the lowest *validation* loss (ties: the smaller LR); the
   choice is flagged when it sits at either edge of the grid (or the grid has one LR), because then
   the optimum is not bracketed. Test losses never enter the choice: they are not an argument.
 - ``pearson(x, y)``: scipy's Pearson r with its p-value and Fisher-z interval.
 - ``paired(...).p``: the two-sided one-sample t-test p-value of the differences (scipy; NaN for n < 2 or
-  n identical differences: 0, or 1 when they are 0), the test the t-interval inverts: p < 1 - confidence exactly when the interval
-  excludes 0.
+  n identical differences: no test), the test the t-interval inverts: p < 1 - confidence exactly when the
+  interval excludes 0.
 - ``regime_problems(values, choice, ln_vocab)``: why a cell is outside a valid regime, so that no verdict
   rests on it ("not judged"): a non-finite loss; the main-corpus loss after SFT at or above ln V (worse
   than a uniform guess over the vocabulary); the chosen SFT LR at an edge of its grid, or a one-LR grid
@@ -35,8 +41,11 @@ import math
 from dataclasses import dataclass
 from typing import Hashable, Mapping, Sequence
 
-VERDICTS = ("better", "worse", "inconclusive")
+NO_VARIANCE = "no variance sampled"  # n >= 2 equal differences: a zero-width interval, no evidence either way
+VERDICTS = ("better", "worse", "inconclusive", NO_VARIANCE)
 NOT_JUDGED = "not judged"  # a verdict resting on a cell outside a valid regime (``regime_problems``)
+CLAIM_WORDS = {"reproduced": "reproduced", "not reproduced": "not reproduced",
+               "inconclusive": "inconclusive (interval includes 0)", NO_VARIANCE: f"{NOT_JUDGED} ({NO_VARIANCE})"}
 
 
 @dataclass(frozen=True)
@@ -101,12 +110,21 @@ def t_test_p(diffs: Sequence[float]) -> float:
     """Two-sided one-sample t-test of mean 0 (scipy); NaN for n < 2 or differences without spread."""
     from scipy import stats
 
-    if len(diffs) < 2:
+    if len(diffs) < 2 or _no_spread(diffs):
         return math.nan
-    mean = math.fsum(diffs) / len(diffs)
-    if max(diffs) - min(diffs) <= 1e-12 * max(1.0, abs(mean)):  # no spread (to rounding): the interval is a point
-        return 1.0 if mean == 0 else 0.0
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def no_spread(sd: float, mean: float, n: int) -> bool:
+    """n >= 2 values whose sd is zero to rounding: nothing that varies was sampled (the one definition)."""
+    return n >= 2 and sd <= 1e-12 * max(1.0, abs(mean))
+
+
+def _no_spread(xs: Sequence[float]) -> bool:
+    if len(xs) < 2:
+        return False
+    mean = math.fsum(xs) / len(xs)
+    return no_spread(math.sqrt(math.fsum((v - mean) ** 2 for v in xs) / (len(xs) - 1)), mean, len(xs))
 
 
 def holm(pvalues: Sequence[float], alpha: float = 0.05) -> list[float]:
@@ -135,7 +153,10 @@ def holm_verdicts(tests: Sequence[tuple[float, float]], alpha: float = 0.05, low
 
 
 def verdict(diff: Interval, lower_is_better: bool = True) -> str:
-    """'better' / 'worse' / 'inconclusive' for a difference arm - baseline (a loss by default)."""
+    """'better' / 'worse' / 'inconclusive' / 'no variance sampled' for a difference arm - baseline (a loss by
+    default)."""
+    if not math.isnan(diff.sd) and no_spread(diff.sd, diff.mean, diff.n):
+        return NO_VARIANCE
     if math.isnan(diff.lo) or math.isnan(diff.hi):
         return "inconclusive"
     below, above = diff.hi < 0, diff.lo > 0
@@ -144,6 +165,12 @@ def verdict(diff: Interval, lower_is_better: bool = True) -> str:
     if above:
         return "worse" if lower_is_better else "better"
     return "inconclusive"
+
+
+def claim_verdict(diff: Interval, sign: int) -> str:
+    """The verdict on the claim "the difference is > 0" (``sign`` +1) or "< 0" (-1), worded (CLAIM_WORDS)."""
+    word = verdict(diff, lower_is_better=sign < 0)  # "better" = on the claimed side
+    return CLAIM_WORDS[{"better": "reproduced", "worse": "not reproduced"}.get(word, word)]
 
 
 @dataclass(frozen=True)

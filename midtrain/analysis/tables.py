@@ -196,7 +196,12 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
         if c.delta and (c.regime or (base_cell is not None and base_cell.regime)):
             for m in c.delta:
                 c.verdict[m] = c.holm[m] = stats.NOT_JUDGED
-    family = [(c, m) for c in cells for m in METRICS if m in c.delta and c.verdict[m] != stats.NOT_JUDGED]
+    for c in cells:  # equal differences over every seed: nothing varying was sampled, so no test either
+        for m in c.delta:
+            if c.verdict[m] == stats.NO_VARIANCE:
+                c.holm[m] = stats.NO_VARIANCE
+    family = [(c, m) for c in cells for m in METRICS if m in c.delta
+              and c.verdict[m] not in (stats.NOT_JUDGED, stats.NO_VARIANCE)]
     words = stats.holm_verdicts([(c.delta[m].diff.mean, c.delta[m].p) for c, m in family], 1 - confidence)
     adjusted = stats.holm([c.delta[m].p for c, m in family], 1 - confidence)
     for (c, m), word, p in zip(family, words, adjusted):
@@ -206,7 +211,7 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
 
 def comparisons(cells: list[Cell]) -> int:
     """How many judged paired comparisons (arm × task × metric vs the baseline) the table holds: Holm's family."""
-    return sum(1 for c in cells for m in c.delta if c.verdict.get(m) != stats.NOT_JUDGED)
+    return sum(1 for c in cells for m in c.delta if c.verdict.get(m) not in (stats.NOT_JUDGED, stats.NO_VARIANCE))
 
 
 def not_judged(cells: list[Cell]) -> int:

@@ -211,7 +211,8 @@ def sft_epochs(spec) -> int:
 
 
 def protocol_digest(spec: Path, size: str, seed: int) -> str:
-    """``protocol.protocol_hash`` of the demo spec and its base config as written, and the data scale."""
+    """``protocol.protocol_hash`` of the demo spec and its base config as written, the data scale, and the
+    code that builds the data and judges the results (``protocol.PROTOCOL_CODE``)."""
     import dataclasses
 
     import yaml
@@ -222,7 +223,11 @@ def protocol_digest(spec: Path, size: str, seed: int) -> str:
     raw = yaml.safe_load(Path(spec).read_text())
     base = next(iter(raw["sizes"].values()))["config"]
     base_raw = yaml.safe_load((REPO / base).read_text())
-    return P.protocol_hash(raw, base_raw, {**dataclasses.asdict(D.SCALES[size]), "data_version": DATA_VERSION}, seed)
+    import hashlib
+
+    code = {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest() for f in P.PROTOCOL_CODE}
+    return P.protocol_hash(raw, base_raw, {**dataclasses.asdict(D.SCALES[size]), "data_version": DATA_VERSION}, seed,
+                           code)
 
 
 def _commit() -> str:

@@ -7,15 +7,20 @@ Protocol, fixed before any run (lower loss = better; per seed, the SFT LR is cho
    early start and pretrain-only.
 2. Midtraining beats 100%-domain CPT, in-domain and on forgetting: paired differences ``d20`` - CPT
    of SFT test loss on task d, and of main-corpus loss after SFT (the paper's forgetting).
-3. Start time and weight interact (early introduction tolerates high weights, late needs low ones):
-   on the code grid, per seed, I = (L[late, high] - L[late, low]) - (L[early, high] - L[early, low])
-   of SFT test loss on the code task; reproduced when I > 0 (a high weight costs more when late).
+3. The plasticity window (the paper: introduced late, a high weight hurts; introduced early it does not): on
+   the code grid, per seed, the simple effects L[late, high] - L[late, low] (claimed > 0) and
+   L[early, high] - L[early, low] (reported, not tested: the claim is about late), and the interaction
+   I = (L[late, high] - L[late, low]) - (L[early, high] - L[early, low]) (claimed > 0: a high weight costs
+   more late than early), each on the code SFT test loss (in-domain) and on main-corpus loss after code
+   SFT (forgetting).
 4. The benefit tracks the proximity advantage: Pearson r between each (arm, task) cell's
    proximity advantage and its relative improvement over pretrain-only; reproduced when the r
    interval lies above 0.
-Words: "reproduced" / "not reproduced" / "inconclusive (interval includes 0)", only from intervals; "not
-judged (regime)" when a cell a finding rests on is outside a valid regime (``stats.regime_problems``:
-main-corpus loss after SFT >= ln V, the chosen LR at a grid edge, a non-finite loss). Every judged
+Words (``stats.claim_verdict``, the same in the study report): "reproduced" / "not reproduced" /
+"inconclusive (interval includes 0)", only from intervals on the claimed sign; "not judged (regime)" when a
+cell a finding rests on is outside a valid regime (``stats.regime_problems``: main-corpus loss after SFT >= ln
+V, the chosen LR at a grid edge, a non-finite loss) or missing (its step failed or never ran); "not judged (no
+variance sampled)" when every seed gives the same difference. Every judged
 finding also gets a Holm-adjusted verdict over the judged findings, and the smallest effect detectable
 at 80% power with its observed spread and n.
 """
@@ -27,30 +32,41 @@ from typing import Mapping
 
 from midtrain.analysis import stats
 
-WORDS = {"better": "reproduced", "worse": "not reproduced", "inconclusive": "inconclusive (interval includes 0)"}
+WORDS = {"better": "reproduced", "worse": "not reproduced", "inconclusive": "inconclusive (interval includes 0)",
+         stats.NO_VARIANCE: stats.CLAIM_WORDS[stats.NO_VARIANCE]}
+DESCRIPTIVE = "descriptive (not tested)"
 
 
-def _finding(key: str, claim: str, iv: stats.Interval | None, lower_is_better: bool, detail: str,
+def _finding(key: str, claim: str, iv: stats.Interval | None, lower_is_better: bool | None, detail: str,
              samples: list[float] | None = None, problems: list[str] | None = None, p: float | None = None) -> dict:
-    """One finding: its raw verdict from the interval, or "not judged" when a cell it rests on is outside a
-    valid regime; ``samples`` (per-seed values) give the t-test p and the effect detectable at 80% power."""
-    out = {"finding": key, "claim": claim, "detail": detail, "regime": list(problems or [])}
+    """One finding: its verdict on the claimed sign (``lower_is_better``: the claim is that the difference is
+    < 0; False: > 0; None: reported, not tested), or "not judged" when a cell it rests on is outside a valid
+    regime or missing; ``samples`` (per-seed values) give the t-test p and the effect detectable at 80% power."""
+    out = {"finding": key, "claim": claim, "detail": detail, "regime": list(problems or []),
+           "lower_is_better": lower_is_better}
     if iv is None:
-        return {**out, "verdict": WORDS["inconclusive"], "detail": detail + " (no data)", "mean": None, "lo": None,
+        word = f"{stats.NOT_JUDGED} (regime)" if problems else WORDS["inconclusive"]
+        return {**out, "verdict": word, "detail": detail + " (no data)", "mean": None, "lo": None,
                 "hi": None, "n": 0, "p": None, "mde80": None}
     mde = stats.detectable_effect(iv.sd, iv.n) if samples is not None else None
     if p is None and samples is not None:
         p = stats.t_test_p(samples)
-    word = f"{stats.NOT_JUDGED} (regime)" if problems else WORDS[stats.verdict(iv, lower_is_better)]
-    return {**out, "verdict": word, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": iv.n, "p": p, "mde80": mde,
-            "lower_is_better": lower_is_better}
+    if problems:
+        word = f"{stats.NOT_JUDGED} (regime)"
+    elif lower_is_better is None:
+        word = DESCRIPTIVE
+    else:
+        word = stats.claim_verdict(iv, -1 if lower_is_better else +1)
+    return {**out, "verdict": word, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": iv.n, "p": p, "mde80": mde}
 
 
 def _problems(values: Mapping, keys, ln_vocab: float | None) -> list[str]:
-    """Regime problems of the (arm, task, seed) cells a finding rests on (stats.regime_problems)."""
+    """Regime problems of the (arm, task, seed) cells a finding rests on (stats.regime_problems), and the cells
+    that are missing (a failed or diverged step leaves none)."""
     out = []
     for k in keys:
         if k not in values:
+            out.append(f"{k[0]}/{k[1]}/s{k[2]}: missing (its step failed or did not run)")
             continue
         v = values[k]
         choice = stats.LRChoice(v["lr"], v.get("sft_val", math.nan), (), v.get("lr_edge")) if "lr" in v else None
@@ -59,13 +75,32 @@ def _problems(values: Mapping, keys, ln_vocab: float | None) -> list[str]:
     return out
 
 
+def _finite(values: Mapping, key, metric: str) -> float | None:
+    v = values.get(key, {}).get(metric)
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
 def _paired(values: Mapping, a: str, b: str, task: str, metric: str, seeds):
-    x = {s: values[(a, task, s)][metric] for s in seeds if (a, task, s) in values}
-    y = {s: values[(b, task, s)][metric] for s in seeds if (b, task, s) in values}
-    if not set(x) & set(y):
-        return None, None
-    common = sorted(set(x) & set(y))
-    return stats.paired(x, y).diff, [x[s] - y[s] for s in common]
+    """Per-seed differences a - b over the seeds where both are finite (the others are named as problems):
+    (interval, differences), or (None, None) when there are none."""
+    diffs = []
+    for s in seeds:
+        x, y = _finite(values, (a, task, s), metric), _finite(values, (b, task, s), metric)
+        if x is not None and y is not None:
+            diffs.append(x - y)
+    return (stats.summarize(diffs), diffs) if diffs else (None, None)
+
+
+def _interaction(values: Mapping, grid: dict, metric: str, seeds):
+    """Per-seed I = (late high - late low) - (early high - early low) where all four cells are finite."""
+    t = grid["task"]
+    out = []
+    for s in seeds:
+        lh, ll, eh, el = (_finite(values, (grid[k], t, s), metric)
+                          for k in ("late_high", "late_low", "early_high", "early_low"))
+        if None not in (lh, ll, eh, el):
+            out.append((lh - ll) - (eh - el))
+    return (stats.summarize(out), out) if out else (None, None)
 
 
 def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], grid: dict,
@@ -94,18 +129,22 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
         out.append(_finding(f"2-{d}-forgetting", f"midtraining ({a['mid']}) forgets less than CPT ({a['cpt']}): "
                             f"main-corpus loss after {d} SFT", iv, True, f"Δ {a['mid']} - {a['cpt']}", xs, problems))
     t = grid["task"]
-    inter = []
     corners = [grid[k] for k in ("late_high", "late_low", "early_high", "early_low")]
-    for s in seeds:
-        ks = [(arm, t, s) for arm in corners]
-        if all(k in values for k in ks):
-            lh, ll, eh, el = (values[k]["sft_test"] for k in ks)
-            inter.append((lh - ll) - (eh - el))
-    iv = stats.summarize(inter) if inter else None
-    out.append(_finding("3-timing-x-weight", "a high weight costs more when introduced late than early "
-                        f"({grid['late_high']} - {grid['late_low']} vs {grid['early_high']} - {grid['early_low']}, "
-                        f"{t} SFT test loss)", iv, False, "interaction I", inter if inter else None,
-                        _problems(values, keys(corners, t), ln_vocab)))
+    problems = _problems(values, keys(corners, t), ln_vocab)
+    for metric, where in (("sft_test", "in-domain"), ("main_after", "forgetting")):
+        what = f"{t} SFT test loss" if metric == "sft_test" else f"main-corpus loss after {t} SFT"
+        iv, xs = _paired(values, grid["late_high"], grid["late_low"], t, metric, seeds)
+        out.append(_finding(f"3-late-{where}", f"introduced late, a high weight hurts: {grid['late_high']} above "
+                            f"{grid['late_low']} on {what}", iv, False,
+                            f"Δ {grid['late_high']} - {grid['late_low']}", xs, problems))
+        iv, xs = _paired(values, grid["early_high"], grid["early_low"], t, metric, seeds)
+        out.append(_finding(f"3-early-{where}", f"introduced early, the same weights: {grid['early_high']} vs "
+                            f"{grid['early_low']} on {what}", iv, None,
+                            f"Δ {grid['early_high']} - {grid['early_low']}", xs, problems))
+        iv, xs = _interaction(values, grid, metric, seeds)
+        out.append(_finding(f"3-interaction-{where}", f"a high weight costs more when introduced late than early "
+                            f"({grid['late_high']} - {grid['late_low']} vs {grid['early_high']} - "
+                            f"{grid['early_low']}, {what})", iv, False, "interaction I", xs, problems))
     # finding 4 over the cells in a valid regime only (an invalid cell's improvement means nothing)
     valid = [p for p in proximity if not _problems(values, keys([p["arm"], "pretrain-only"], p["task"]), ln_vocab)]
     dropped = len(proximity) - len(valid)
@@ -119,24 +158,27 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
     detail = "Pearson r" + (f" over the {len(valid)} cells in a valid regime ({dropped} not judged)" if dropped else "")
     out.append(_finding("4-proximity", "the benefit (relative improvement in SFT test loss) rises with the "
                         "proximity advantage", iv, False, detail, p=r.p if r is not None else None))
-    family = [f for f in out if f["mean"] is not None and not f["regime"] and f["p"] is not None
-              and not math.isnan(f["p"])]
+    family = [f for f in out if f["mean"] is not None and not f["regime"] and f["lower_is_better"] is not None
+              and f["p"] is not None and not math.isnan(f["p"])]
     words = stats.holm_verdicts([((f["mean"] if f["lower_is_better"] else -f["mean"]), f["p"]) for f in family], alpha)
     for f, w in zip(family, words):
         f["holm"] = WORDS[w]
     for f in out:
-        f.setdefault("holm", f["verdict"] if f["regime"] else WORDS["inconclusive"])
+        f.setdefault("holm", f["verdict"] if f["regime"] or f["verdict"] in (DESCRIPTIVE, WORDS[stats.NO_VARIANCE])
+                     else WORDS["inconclusive"])
         f["family"] = len(family)
     return out
 
 
 def format_findings(findings: list[dict]) -> str:
     k = findings[0]["family"] if findings else 0
-    nj = sum(1 for f in findings if f["regime"])
-    lines = [f"{len(findings)} tests; {k} judged, Holm-adjusted over those {k} (family-wise error 5%) beside each raw "
-             f"verdict; {nj} not judged (a cell outside a valid regime). \"detectable\" = the smallest true effect "
-             "a test with this spread and n would find at 80% power (statsmodels): an inconclusive verdict cannot "
-             "see effects smaller than that.", ""]
+    nj = sum(1 for f in findings if f["verdict"].startswith(stats.NOT_JUDGED))
+    nd = sum(1 for f in findings if f["verdict"] == DESCRIPTIVE)
+    lines = [f"{len(findings) - nd} claims tested and {nd} effects described; {k} judged, Holm-adjusted over those "
+             f"{k} (family-wise error 5%) beside each raw verdict; {nj} not judged (a cell outside a valid regime or "
+             "missing, or no variance sampled). \"detectable\" = the smallest true effect a test with this spread "
+             "and n would find at 80% power (statsmodels): an inconclusive verdict cannot see effects smaller than "
+             "that.", ""]
     for f in findings:
         if f["mean"] is None:
             num = "no data"
@@ -149,6 +191,8 @@ def format_findings(findings: list[dict]) -> str:
         if f["regime"]:
             shown = "; ".join(f["regime"][:2]) + (f"; +{len(f['regime']) - 2} more" if len(f["regime"]) > 2 else "")
             lines.append(f"- finding {f['finding']}: {f['claim']}: **{f['verdict']}**: {shown} ({num})")
+        elif f["verdict"] == DESCRIPTIVE or f["verdict"] == WORDS[stats.NO_VARIANCE]:
+            lines.append(f"- finding {f['finding']}: {f['claim']}: **{f['verdict']}** ({num})")
         else:
             lines.append(f"- finding {f['finding']}: {f['claim']}: **{f['verdict']}** (Holm: {f['holm']}) ({num})")
     return "\n".join(lines)

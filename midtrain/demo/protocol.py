@@ -14,7 +14,8 @@ cosine schedule is down to about 10% of peak. A miniature keeps those ratios, no
 ``check`` computes every arm's LR fraction at its start, its domain dose and its SFT ratio from the spec
 and the tokenized SFT sets, and lists each violation in words; ``midtrain demo`` refuses to start on any.
 ``protocol_hash`` is a digest of what defines the protocol (the spec and base config as written, ${VARS}
-unexpanded, comments excluded; the data scale; the seed): printed with every result, so a reader sees
+unexpanded, comments excluded; the data scale; the seed; the code that builds the data and judges the
+results, ``PROTOCOL_CODE``): printed with every result, so a reader sees
 that it did not move between runs. A change goes into the dated changelog in the spec's header.
 """
 
@@ -98,10 +99,17 @@ def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
             "epochs": epochs}
 
 
-def protocol_hash(spec_raw: Mapping, base_raw: Mapping, scale: Mapping, seed: int) -> str:
+# the code that builds the demo's data and judges its results: a change to any of it is a change of protocol
+PROTOCOL_CODE = ("midtrain/demo/data.py", "midtrain/demo/protocol.py", "midtrain/demo/findings.py",
+                 "midtrain/analysis/stats.py", "midtrain/analysis/tables.py", "midtrain/analysis/proximity.py")
+
+
+def protocol_hash(spec_raw: Mapping, base_raw: Mapping, scale: Mapping, seed: int,
+                  code: Mapping[str, str] | None = None) -> str:
     """12 hex digits over the spec and base config as written (parsed YAML, ${VARS} unexpanded, so the
-    output folder does not enter), the data scale and the data seed."""
-    payload = {"spec": spec_raw, "base": base_raw, "scale": scale, "seed": seed}
+    output folder does not enter), the data scale, the data seed, and ``code``: PROTOCOL_CODE file -> sha256
+    of its bytes (the data builder and the analysis that judges the results)."""
+    payload = {"spec": spec_raw, "base": base_raw, "scale": scale, "seed": seed, "code": dict(code or {})}
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -187,7 +187,7 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
     """Timing × weight, for every arm family crossing >= 2 starts with >= 2 weights, per SFT task: per seed
     I = (late high - late low) - (early high - early low) of the SFT test loss (earliest/latest start,
     lowest/highest weight; > 0: a high weight costs more when introduced late), its t-interval over seeds
-    and verdict word ("worse" = the interval lies above 0: the paper's window), or "not judged" when a
+    and the verdict on the paper's claim I > 0 (``stats.claim_verdict``, the findings' words), or "not judged" when a
     cell it rests on is outside a valid regime (``stats.regime_problems``). Pure."""
     from midtrain.analysis import stats
 
@@ -224,15 +224,16 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
                 continue
             iv = stats.summarize(finite, confidence)
             out.append({"family": family, "task": task, "cells": names, "per_seed": per_seed,
-                        "interval": iv.__dict__, "verdict": stats.NOT_JUDGED if problems else stats.verdict(iv),
+                        "interval": iv.__dict__,
+                        "verdict": stats.NOT_JUDGED if problems else stats.claim_verdict(iv, +1),
                         "regime": problems, "p": stats.t_test_p(finite)})
     return out
 
 
 def _format_interactions(inter: list[dict], confidence: float) -> list[str]:
     lines = [f"Timing × weight interaction, I = (late high − late low) − (early high − early low) of SFT test loss "
-             f"per seed, mean ± {confidence:.0%} t-interval (I > 0: a high weight costs more when introduced late; "
-             "\"worse\" = the interval lies above 0, the paper's window; \"better\" = below 0):", ""]
+             f"per seed, mean ± {confidence:.0%} t-interval. The paper's window claims I > 0 (a high weight costs "
+             "more when introduced late): \"reproduced\" = the interval lies above 0, \"not reproduced\" = below:", ""]
     for x in inter:
         iv = x["interval"]
         num = f"{iv['mean']:+.4f}" + ("" if iv["lo"] != iv["lo"] else f", CI [{iv['lo']:+.4f}, {iv['hi']:+.4f}]")
