@@ -88,7 +88,7 @@ bench-loader: venv
 
 # DEMO_OUT=folder to resume or re-run one (a re-run starts nothing that is done)
 demo: venv
-	$(PY) -m midtrain demo --size quick --out $(or $(DEMO_OUT),out/demo-$(shell date +%Y%m%d-%H%M%S))
+	$(PY) -m midtrain demo --size quick --publish true --out $(or $(DEMO_OUT),out/demo-$(shell date +%Y%m%d-%H%M%S))
 
 demo-full: venv
 	$(PY) -m midtrain demo --size full --out $(or $(DEMO_OUT),out/demo-full-$(shell date +%Y%m%d-%H%M%S))

@@ -668,8 +668,10 @@ def demo(argv: list[str]) -> int:
     parser.add_argument("--out", type=str, default="out/demo", help="everything goes here; a re-run resumes/skips")
     parser.add_argument("--size", type=str, default="quick", help=f"one of {', '.join(SPECS)} (the test runs tiny)")
     parser.add_argument("--parallel", type=int, default=2, help="study steps run at once")
+    parser.add_argument("--publish", type=bool, default=False,
+                        help="write the results into docs/demo-results.md and the README (what `make demo` does)")
     a = parser.parse_args(argv)
-    return run_demo(Path(a.out), a.size, a.parallel)
+    return run_demo(Path(a.out), a.size, a.parallel, a.publish)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

@@ -104,7 +104,7 @@ def near_duplicates(out: Path, spec) -> dict:
     return run_overlap(evals, against, n=13)
 
 
-def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
+def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = False) -> int:
     from midtrain.analysis import tables
     from midtrain.atomic import check_writable_dir, write_text_atomic
     from midtrain.demo import findings as F
@@ -198,6 +198,10 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2) -> int:
     final = "\n".join(lines)
     write_text_atomic(out / "results.md", final + "\n")
     print("\n" + final)
+    if publish:  # `make demo`: the README's results are this run's, generated (midtrain/demo/publish.py)
+        from midtrain.demo.publish import publish as publish_results
+
+        print(f"[demo] wrote {publish_results(final, out, REPO)} and the README's demo results", flush=True)
     return 0
 
 

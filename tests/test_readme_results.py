@@ -1,0 +1,31 @@
+"""The README's demo results are the generated docs/demo-results.md, character for character (issue 28, item 8),
+and the publishing step that `make demo` runs writes both from a results.md."""
+
+from pathlib import Path
+
+from conftest import REPO
+
+from midtrain.demo import publish as P
+
+
+def test_readme_holds_the_generated_demo_results_unchanged():
+    readme = (Path(REPO) / "README.md").read_text()
+    block = P.readme_block(readme)
+    assert block is not None, "README.md lost its demo-results markers"
+    generated = (Path(REPO) / "docs" / "demo-results.md").read_text()
+    assert block == generated, "README.md's demo results differ from docs/demo-results.md: run `make demo`"
+
+
+def test_publish_writes_the_file_and_the_readme_block(tmp_path):
+    out = tmp_path / "out" / "demo-1"
+    results = (f"## Protocol\nProtocol abc (x)\n\n# Study demo\n![curves]({out}/study/x.png)\n| a | b |\n"
+               f"## Findings\n- finding 1: **reproduced** (Δ = -0.1)\nCurves: {out}/val.png. Runtime 3 s (commit c).")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text(f"# x\n\nbefore\n{P.BEGIN}\nold numbers\n{P.END}\n\nafter\n")
+    dest = P.publish(results, out, tmp_path)
+    text = dest.read_text()
+    assert text == ("##### Protocol\nProtocol abc (x)\n\n#### Study demo\n| a | b |\n##### Findings\n"
+                    "- finding 1: **reproduced** (Δ = -0.1)\nCurves: OUT/val.png. Runtime 3 s (commit c).\n")
+    readme = (tmp_path / "README.md").read_text()
+    assert P.readme_block(readme) == text and readme.startswith("# x\n\nbefore\n") and readme.endswith("\n\nafter\n")
+    assert "old numbers" not in readme
