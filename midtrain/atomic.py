@@ -79,10 +79,21 @@ def disk_full(e: BaseException) -> bool:
 def write_error(e: BaseException, folder: str | os.PathLike) -> OSError | None:
     """The OSError behind a failed write into ``folder``, or None when ``e`` is not a write error.
 
-    An OSError found in ``e``'s chain (causes, DCP's per-rank failures) is returned as it is; a full disk said
-    only in words becomes ENOSPC; torch.save's zip-writer failure (it hides the short write's errno) becomes
-    ENOSPC when under 1 MiB is free in ``folder``, else EIO with its text."""
-    chain = list(_chain(e))
+    Read from ``e``, what raised it (``__cause__``, not an error merely handled before it) and DCP's per-rank
+    failures: an OSError is returned as it is; a full disk said only in words becomes ENOSPC; torch.save's
+    zip-writer failure (it loses the short write's errno) is read by writing 1 MiB into ``folder`` right away:
+    that write's errno (ENOSPC, EDQUOT, ...), or EIO with the writer's text when it succeeds."""
+    seen, stack, chain = set(), [e], []
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        chain.append(x)
+        stack.append(x.__cause__)
+        failures = getattr(x, "failures", None)  # CheckpointException: {rank: exception or (exception, traceback)}
+        if isinstance(failures, dict):
+            stack += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
     for x in chain:
         if isinstance(x, OSError):
             return x
@@ -91,10 +102,27 @@ def write_error(e: BaseException, folder: str | os.PathLike) -> OSError | None:
             return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     for x in chain:
         if any(text in str(x) for text in ZIP_WRITER_TEXTS):
-            if free_bytes(folder) < 2**20:
-                return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return OSError(errno.EIO, f"torch.save could not write: {str(x).strip().splitlines()[-1]}")
+            return _probe(folder) or OSError(errno.EIO, f"torch.save could not write: "
+                                                        f"{str(x).strip().splitlines()[-1]}")
     return None
+
+
+def _probe(folder: str | os.PathLike) -> OSError | None:
+    """The OSError of writing (and syncing) 1 MiB into ``folder`` now, or None when that works."""
+    path = Path(folder) / f".midtrain-space-probe-{os.getpid()}"
+    try:
+        with open(path, "wb") as f:
+            f.write(b"\0" * 2**20)
+            f.flush()
+            os.fsync(f.fileno())
+        return None
+    except OSError as err:
+        return err
+    finally:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def free_bytes(folder: str | os.PathLike) -> int:

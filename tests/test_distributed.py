@@ -133,3 +133,53 @@ def test_two_node_step_command_line():
     argv = srun_argv(["pretrain", "--config", "run.yaml"], {"nodes": 2, "tasks_per_node": 8}, "python")
     assert argv == ["srun", "--kill-on-bad-exit=1", "--nodes=2", "--ntasks=16", "--ntasks-per-node=8", "python", "-m",
                     "midtrain", "pretrain", "--config", "run.yaml"]
+
+
+SAVE_WITH_A_BROKEN_RANK = '''
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from midtrain.train import checkpoint as ck
+
+fabric = L.Fabric(accelerator="cpu", devices=2, strategy="ddp")
+fabric.launch()
+model = torch.nn.Linear(4, 4)
+optimizer = torch.optim.AdamW(model.parameters())
+real = ck.write_model_state
+
+
+def broken(fabric_, folder, *args, **kwargs):
+    if fabric_.global_rank == 0:
+        raise ValueError("a bug, not a write error")
+    return real(fabric_, folder, *args, **kwargs)
+
+
+ck.write_model_state = broken
+try:
+    ck.save_checkpoint(fabric, Path(sys.argv[1]), "step-00000001", model, optimizer, {}, {"step": 1}, {}, None, None,
+                       None, False)
+except ValueError as e:  # (rank 1's one line is a ConfigError, a ValueError)
+    print(f"rank {fabric.global_rank}: ValueError: {e}", flush=True)
+    sys.exit(3)
+except Exception as e:
+    print(f"rank {fabric.global_rank}: {type(e).__name__}", flush=True)
+    sys.exit(4)
+'''
+
+
+def test_an_error_on_one_rank_during_a_save_ends_every_rank(tmp_path):
+    """A save that fails on rank 0 with an error that is no write error (a bug, a pickling error): rank 0 used to
+    re-raise it at once while rank 1 waited in the ranks' agreement (an all-reduce) until the process group's
+    timeout. Now every rank agrees first: rank 0 raises its error, rank 1 ends too, no partial folder stays."""
+    script = tmp_path / "save.py"
+    script.write_text(SAVE_WITH_A_BROKEN_RANK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PYTHONPATH=REPO, MASTER_PORT=str(_free_port()))
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert "rank 0: ValueError: a bug, not a write error" in r.stdout, r.stdout + r.stderr[-3000:]
+    assert "rank 1: ValueError:" in r.stdout and "(another rank failed" in r.stdout, r.stdout + r.stderr[-3000:]
+    assert not (tmp_path / "run" / ".step-00000001.partial").exists()

@@ -29,3 +29,11 @@ def test_publish_writes_the_file_and_the_readme_block(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert P.readme_block(readme) == text and readme.startswith("# x\n\nbefore\n") and readme.endswith("\n\nafter\n")
     assert "old numbers" not in readme
+
+
+def test_only_the_run_folder_becomes_out(tmp_path, monkeypatch):
+    """`--out out`: the folder's name inside words ("without", "about") stays as it is."""
+    monkeypatch.chdir(tmp_path)
+    text = P.publishable("## T\nwithout data, about 3.5 s; see out/results.json and " + str(tmp_path / "out") + "/x.\n",
+                         Path("out"))
+    assert text == "##### T\nwithout data, about 3.5 s; see OUT/results.json and OUT/x.\n"

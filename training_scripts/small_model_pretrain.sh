@@ -118,27 +118,29 @@ if [ -n "$pending" ]; then
   exit 0
 fi
 # Each trainer process writes a file in $ready once its stop handlers are in place; a USR1/TERM is held
-# until every one has (a signal that reaches an interpreter still starting up kills it: no requeue).
-ready=$(mktemp -d)
+# until every one has (a signal that reaches an interpreter still starting up kills it: no requeue). Under
+# SLURM the folder is on the submit directory's (shared) file system: ranks on other nodes write there too.
+if [ -n "${SLURM_JOB_ID:-}" ] && [ -n "${SLURM_SUBMIT_DIR:-}" ] && [ -w "${SLURM_SUBMIT_DIR}" ]; then
+  ready="$SLURM_SUBMIT_DIR/.midtrain-ready-$SLURM_JOB_ID-$$"
+  rm -rf "$ready" && mkdir -p "$ready"
+else
+  ready=$(mktemp -d)
+fi
 ranks=1
-[ ${#launch[@]} -gt 0 ] && ranks="${SLURM_NTASKS:-1}"
+[ ${#launch[@]} -gt 0 ] && ranks="${SLURM_NTASKS:-${SLURM_JOB_NUM_NODES:-1}}"  # srun: one task per node by default
 MIDTRAIN_SIGNALS_READY="$ready" "${launch[@]}" "$MIDTRAIN" pretrain --config "$config" --resume auto "$@" &
 pid=$!
-status=0
-while true; do
-  if [ -n "$pending" ]; then
-    if [ "$(ls -A "$ready" 2>/dev/null | wc -l)" -ge "$ranks" ]; then
-      echo "[$(date '+%F %T')] $pending received: asking the trainer to checkpoint and stop"
-      kill -USR1 "$pid" 2>/dev/null || true
-      pending=""
-    elif kill -0 "$pid" 2>/dev/null; then
-      sleep 0.05
-      continue
-    fi
+# polled, never a blocking wait: a signal trapped between a check and a `wait` would wait for the trainer's end
+while kill -0 "$pid" 2>/dev/null; do
+  if [ -n "$pending" ] && [ "$(ls -A "$ready" 2>/dev/null | wc -l)" -ge "$ranks" ]; then
+    echo "[$(date '+%F %T')] $pending received: asking the trainer to checkpoint and stop"
+    pending=""
+    kill -USR1 "$pid" 2>/dev/null || true
   fi
-  wait "$pid" && status=0 || status=$?
-  kill -0 "$pid" 2>/dev/null || break  # wait returned because a trapped signal arrived: keep waiting
+  sleep 0.1
 done
+status=0
+wait "$pid" || status=$?
 trap - USR1 TERM
 rm -rf "$ready"
 

@@ -130,21 +130,22 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
                             f"main-corpus loss after {d} SFT", iv, True, f"Δ {a['mid']} - {a['cpt']}", xs, problems))
     t = grid["task"]
     corners = [grid[k] for k in ("late_high", "late_low", "early_high", "early_low")]
-    problems = _problems(values, keys(corners, t), ln_vocab)
+    late = _problems(values, keys(corners[:2], t), ln_vocab)  # each finding: the cells it rests on
+    early = _problems(values, keys(corners[2:], t), ln_vocab)
     for metric, where in (("sft_test", "in-domain"), ("main_after", "forgetting")):
         what = f"{t} SFT test loss" if metric == "sft_test" else f"main-corpus loss after {t} SFT"
         iv, xs = _paired(values, grid["late_high"], grid["late_low"], t, metric, seeds)
         out.append(_finding(f"3-late-{where}", f"introduced late, a high weight hurts: {grid['late_high']} above "
                             f"{grid['late_low']} on {what}", iv, False,
-                            f"Δ {grid['late_high']} - {grid['late_low']}", xs, problems))
+                            f"Δ {grid['late_high']} - {grid['late_low']}", xs, late))
         iv, xs = _paired(values, grid["early_high"], grid["early_low"], t, metric, seeds)
         out.append(_finding(f"3-early-{where}", f"introduced early, the same weights: {grid['early_high']} vs "
                             f"{grid['early_low']} on {what}", iv, None,
-                            f"Δ {grid['early_high']} - {grid['early_low']}", xs, problems))
+                            f"Δ {grid['early_high']} - {grid['early_low']}", xs, early))
         iv, xs = _interaction(values, grid, metric, seeds)
         out.append(_finding(f"3-interaction-{where}", f"a high weight costs more when introduced late than early "
                             f"({grid['late_high']} - {grid['late_low']} vs {grid['early_high']} - "
-                            f"{grid['early_low']}, {what})", iv, False, "interaction I", xs, problems))
+                            f"{grid['early_low']}, {what})", iv, False, "interaction I", xs, late + early))
     # finding 4 over the cells in a valid regime only (an invalid cell's improvement means nothing)
     valid = [p for p in proximity if not _problems(values, keys([p["arm"], "pretrain-only"], p["task"]), ln_vocab)]
     dropped = len(proximity) - len(valid)

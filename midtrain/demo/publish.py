@@ -21,7 +21,9 @@ def publishable(results_md: str, out: Path) -> str:
     """``results.md`` without image links, its output folder written as ``OUT``."""
     keep = ["###" + line if re.match(r"#+ ", line) else line for line in results_md.splitlines()
             if not re.match(r"\s*!\[[^\]]*\]\([^)]*\)\s*$", line)]
-    text = "\n".join(keep).replace(str(Path(out).resolve()), "OUT").replace(str(out), "OUT")
+    text = "\n".join(keep)
+    for path in dict.fromkeys((str(Path(out).resolve()), str(out))):  # a path, never a word that contains it
+        text = re.sub(r"(?<![\w./-])" + re.escape(path) + r"(?![\w.-])", "OUT", text)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 

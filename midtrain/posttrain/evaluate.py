@@ -243,8 +243,9 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
             out_dir.rmdir()
         tmp.rename(out_dir)
     except (OSError, RuntimeError) as e:  # a full disk: one line; the hidden folder goes as for any failure
+        full = disk_full(write_error(e, out_dir.parent) or e)  # (read before the partial files are removed)
         shutil.rmtree(tmp, ignore_errors=True)
-        if disk_full(write_error(e, out_dir.parent) or e):  # (torch.save's zip writer hides the ENOSPC)
+        if full:  # (torch.save's zip writer hides the ENOSPC)
             raise disk_full_error("--out", out_dir.parent, need) from None
         raise
     except BaseException:

@@ -194,11 +194,12 @@ def run_step(folder: Path) -> int:
 
     # what arrived before this point: recorded from the process's first line (__main__), or by the job script
     # before it started this runner (MIDTRAIN_STOP_PENDING)
-    pending: list[int] = [s for s in (stop_signals.requested(),) if s is not None]
-    if os.environ.get("MIDTRAIN_STOP_PENDING"):
-        pending.append(signal.SIGUSR1)
+    pending: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):  # (a closed terminal: SIGHUP)
         signal.signal(sig, lambda s, f: pending.append(s))
+    pending += [s for s in (stop_signals.requested(),) if s is not None]  # (read after: none falls in between)
+    if os.environ.get("MIDTRAIN_STOP_PENDING"):
+        pending.append(signal.SIGUSR1)
     log_path = Path(os.environ.get("MIDTRAIN_STEP_LOG") or folder / "log.txt")
     started = time.time()
     launch = desc.get("launch")
@@ -433,7 +434,7 @@ def _index(out_dir: Path, name: str) -> dict | None:
 
 def read_ran(out_dir: Path, name: str) -> dict:
     """The training steps of spec ``name`` (and the base segments of any spec) done in ``out_dir``: id -> ``Ran`` (hash from step.json, config from
-    run.yaml without its out_dir/resume_from), for ``make_plan``. Unreadable records are skipped: such a step
+    run.yaml without its out_dir), for ``make_plan``. Unreadable records are skipped: such a step
     then plans as it would anyway."""
     import yaml
 
@@ -454,7 +455,8 @@ def read_ran(out_dir: Path, name: str) -> dict:
         except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
             continue
         if isinstance(cfg, dict) and isinstance(h, str):
-            out[sid] = Ran(h, info["out"], {k: v for k, v in cfg.items() if k not in ("out_dir", "resume_from")})
+            out[sid] = Ran(h, info["out"], {k: v for k, v in cfg.items() if k != "out_dir"})  # (resume_from: an
+            # imported size's checkpoint lives there; the hash ignores it, and the runner sets a segment's own)
     return out
 
 

@@ -214,6 +214,8 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
             for seed in sorted({c.seed for c in chosen}):
                 keys = {k: (n, task, seed) for k, n in names.items()}
                 problems += [f"{key[0]}/s{seed}: {p}" for key in keys.values() for p in problems_of.get(key, [])]
+                problems += [f"{key[0]}/s{seed}: missing (its step failed or did not run)" for key in keys.values()
+                             if "sft_test" not in values.get(key, {})]
                 if all(k in values and "sft_test" in values[k] for k in keys.values()):
                     v = {k: values[key]["sft_test"] for k, key in keys.items()}
                     per_seed[seed] = (v["late_high"] - v["late_low"]) - (v["early_high"] - v["early_low"])
@@ -225,7 +227,7 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
             iv = stats.summarize(finite, confidence)
             out.append({"family": family, "task": task, "cells": names, "per_seed": per_seed,
                         "interval": iv.__dict__,
-                        "verdict": stats.NOT_JUDGED if problems else stats.claim_verdict(iv, +1),
+                        "verdict": f"{stats.NOT_JUDGED} (regime)" if problems else stats.claim_verdict(iv, +1),
                         "regime": problems, "p": stats.t_test_p(finite)})
     return out
 

@@ -39,31 +39,32 @@ JOB_SCRIPT = """#!/bin/bash
 # One study step as a SLURM job (or the task of an array): signals reach the step runner, which asks
 # the trainer to checkpoint; an interrupted step (exit 75) requeues this job, which resumes from its
 # checkpoint. The runner starts a training step with srun (one process per device).
-pending=""
-trap 'pending=USR1' USR1
-trap 'pending=TERM' TERM
+got=0
+last=""
+trap 'got=$((got + 1)); last=USR1' USR1
+trap 'got=$((got + 1)); last=TERM' TERM
 cd {cwd}
 {setup}{expect}
 export PYTHONPATH={clone}${{PYTHONPATH:+:$PYTHONPATH}}  # the submitting clone's code, whatever shares the venv
 {select}
 # a stop that came before the runner starts is handed over, not signalled; one that comes while it starts
 # waits until its handlers are in place (it writes a file in $ready): a process still importing dies of it
-passed="$pending"
-pending=""
+sent=$got
+passed=""
+[ "$sent" -gt 0 ] && passed="$last"
 ready=$(mktemp -d)
 MIDTRAIN_SIGNALS_READY="$ready" MIDTRAIN_STOP_PENDING="$passed" {python} -m midtrain study step "$folder" &
 pid=$!
-while true; do
-  if [ -n "$pending" ]; then
-    if [ -n "$(ls -A "$ready" 2>/dev/null)" ]; then
-      kill -"$pending" $pid 2>/dev/null; pending=""
-    elif kill -0 $pid 2>/dev/null; then
-      sleep 0.05; continue
-    fi
+# polled, never a blocking wait: a signal trapped between a check and a `wait` would wait for the step's end
+while kill -0 $pid 2>/dev/null; do
+  if [ "$got" -gt "$sent" ] && [ -n "$(ls -A "$ready" 2>/dev/null)" ]; then
+    sent=$got
+    kill -"$last" $pid 2>/dev/null
   fi
-  wait $pid && status=0 || status=$?
-  kill -0 $pid 2>/dev/null || break
+  sleep 0.1
 done
+status=0
+wait $pid || status=$?
 rm -rf "$ready"
 if [ "$status" -eq {requeue} ] && [ -n "${{SLURM_JOB_ID:-}}" ]; then
   job="$SLURM_JOB_ID"  # an array task requeues itself only (its SLURM_JOB_ID may name the whole array)

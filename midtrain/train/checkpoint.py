@@ -156,14 +156,24 @@ def save_checkpoint(fabric, out_dir: Path, name: str, model, optimizer, extra: d
                           "(use a new out_dir, or remove it yourself)")
     rank0 = fabric.global_rank == 0
 
-    def agree_or_raise(failure) -> None:
-        """Every rank learns whether any rank failed (a barrier would wait forever for a rank that raised)."""
-        failed = _failed_ranks(fabric, failure is not None)
+    def agree_or_raise(failure, original: BaseException | None = None) -> None:
+        """Every rank learns whether any rank failed (a barrier would wait forever for a rank that raised): a
+        write error is one line; any other error (``original``) is re-raised as it is on its rank."""
+        failed = _failed_ranks(fabric, failure is not None or original is not None)
         if failed:
             if rank0:
                 shutil.rmtree(partial, ignore_errors=True)
+            if original is not None:
+                raise original
             raise ConfigError(str(out_dir), _failed_save_line(out_dir, name, failure, model, optimizer),
                               speaker="self" if fabric.global_rank == failed[0] else "quiet")  # the first one says it
+
+    def failure_of(e: BaseException) -> tuple:
+        """(write error, None) for a failed write, else (None, e): another error, re-raised after agreeing."""
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise e
+        err = write_error(e, partial)
+        return (err, None) if err is not None else (None, e)
 
     failure = None
     if rank0:
@@ -173,15 +183,12 @@ def save_checkpoint(fabric, out_dir: Path, name: str, model, optimizer, extra: d
         except OSError as e:
             failure = e
     agree_or_raise(failure)
+    original = None
     try:
         write_model_state(fabric, partial, model, optimizer, extra, sharded)
-    except OSError as e:  # a full disk or quota (dcp.save raises it on every rank, torch.save on rank 0 only)
-        failure = e
     except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException (a BaseException) wraps the ranks' errors
-        failure = None if isinstance(e, (KeyboardInterrupt, SystemExit)) else write_error(e, partial)
-        if failure is None:
-            raise
-    agree_or_raise(failure)
+        failure, original = failure_of(e)  # (dcp.save raises on every rank, torch.save on rank 0 only)
+    agree_or_raise(failure, original)
     if rank0:
         try:
             (partial / STATE_FILE).write_text(json.dumps({**training_state, "format": "sharded" if sharded else "full"},
@@ -193,9 +200,9 @@ def save_checkpoint(fabric, out_dir: Path, name: str, model, optimizer, extra: d
             os.rename(partial, final)
             fsync_dir(out_dir)
             write_text_atomic(out_dir / LATEST, name + "\n")
-        except OSError as e:
-            failure = e
-    agree_or_raise(failure)  # (a checkpoint renamed into place before `latest` failed is complete: discovery finds it)
+        except BaseException as e:  # noqa: BLE001 - agreed on first: the other ranks wait in the all-reduce
+            failure, original = failure_of(e)
+    agree_or_raise(failure, original)  # (a checkpoint renamed into place before `latest` failed is complete: discovery finds it)
     if rank0 and keep_last_n:
         try:
             prune(out_dir, keep_last_n)
