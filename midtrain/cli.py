@@ -61,7 +61,15 @@ def mix(argv: list[str]) -> int:
     parser.add_argument("--json", type=Optional[str], default=None, help="also write the plan as JSON to this path ('-' = stdout)")
     parser.add_argument("--check_files", type=bool, default=True,
                         help="check that every chunk file the mixture reads exists and is complete (a stat each)")
+    parser.add_argument("--check_complete", "--check-complete", action="store_true",
+                        help="for launchers: a complete run says so and exits 0; otherwise the plan, then exit 3 "
+                             "(`midtrain status --check-complete` and this plan in one process)")
     args, init = parse_run(parser, argv)
+    if args.check_complete:
+        complete, line = run_progress(args, init)[:2]
+        if complete:
+            print(line)
+            return 0
     data = init.data if init.data is not None else ShardedMixedDataset()
     if not isinstance(data, ShardedMixedDataset):
         raise ConfigError("data.class_path", f"{type(data).__name__}: `midtrain mix` plans ShardedMixedDataset only")
@@ -126,7 +134,7 @@ def mix(argv: list[str]) -> int:
             print(text)
         else:
             write_text_atomic(args.json, text)
-    return 0
+    return 3 if args.check_complete else 0
 
 
 def run_footprint(args, init, model_config, seq: int, start: int, end) -> str:
@@ -156,16 +164,12 @@ def run_footprint(args, init, model_config, seq: int, start: int, end) -> str:
     return "\n".join(lines)
 
 
-def status(argv: list[str]) -> int:
-    """``midtrain status``: where a run stands (not started / step N of M / complete)."""
+def run_progress(args, init) -> tuple[bool, str, list]:
+    """(whether the run is complete, one line on where it stands, its checkpoints)."""
     from pathlib import Path
 
     from midtrain.train import checkpoint as ckpt
 
-    parser = run_parser("Show where a run stands: its checkpoints, step and whether it is complete.")
-    parser.add_argument("--check_complete", "--check-complete", action="store_true",
-                        help="exit 0 if the run is complete, 3 if not (for launchers)")
-    args, init = parse_run(parser, argv)
     out_dir = Path(args.out_dir)
     found = ckpt.list_checkpoints(out_dir)
     final = out_dir / ckpt.FINAL
@@ -177,6 +181,16 @@ def status(argv: list[str]) -> int:
     else:
         step, path = found[-1]
         line = f"{out_dir}: latest {path.name} at step {step}" + (" (complete)" if complete else "")
+    return complete, line, found
+
+
+def status(argv: list[str]) -> int:
+    """``midtrain status``: where a run stands (not started / step N of M / complete)."""
+    parser = run_parser("Show where a run stands: its checkpoints, step and whether it is complete.")
+    parser.add_argument("--check_complete", "--check-complete", action="store_true",
+                        help="exit 0 if the run is complete, 3 if not (for launchers)")
+    args, init = parse_run(parser, argv)
+    complete, line, found = run_progress(args, init)
     if not args.check_complete:
         print(line)
         for step, path in found:

@@ -91,13 +91,13 @@ def test_sigint_checkpoints_and_exits_75_and_a_second_one_stops_at_once_with_130
 
 
 def test_launcher_survives_a_signal_before_the_trainer_starts(tmp_path, real_tree):
-    """USR1 while the launcher runs `midtrain status`/`mix`: no death by signal, nothing to save, exit 0."""
+    """USR1 while the launcher runs `midtrain mix --check-complete`: no death by signal, nothing to save, exit 0."""
     cfg = write_config(tmp_path, real_tree, out_dir=str(tmp_path / "run"))
     env = dict(os.environ, PYTHONPATH=REPO, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     env.pop("SLURM_JOB_ID", None)
     proc = subprocess.Popen(["bash", "training_scripts/small_model_pretrain.sh", str(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
-    time.sleep(0.3)  # inside `midtrain status`, long before the trainer
+    time.sleep(0.3)  # inside `midtrain mix`, long before the trainer
     proc.send_signal(signal.SIGUSR1)
     out = proc.communicate(timeout=180)[0]
     assert proc.returncode == 0, out[-2000:]

@@ -95,11 +95,14 @@ fi
 midtrain() { "$MIDTRAIN" "$@"; }
 
 echo "[$(date '+%F %T')] job ${SLURM_JOB_ID:-local} (restart ${SLURM_RESTART_COUNT:-0}) on $(hostname): $config $*"
-if midtrain status --config "$config" --check-complete "$@"; then
+# one process: a complete run says so (exit 0); otherwise the mixture plan, checked (exit 3), or a refusal
+rc=0
+midtrain mix --config "$config" --check-complete "$@" || rc=$?
+if [ "$rc" -eq 0 ]; then
   echo "run already complete: nothing to do"
   exit 0
 fi
-midtrain mix --config "$config" "$@"
+[ "$rc" -eq 3 ] || exit "$rc"
 
 launch=()
 if [ -n "${SLURM_JOB_ID:-}" ] && command -v srun >/dev/null 2>&1; then
