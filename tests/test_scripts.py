@@ -126,7 +126,14 @@ def test_two_clones_sharing_the_venv_each_run_their_own_code(tmp_path, real_tree
                        env={**env, "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]}, cwd=clone,
                        timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert r.stderr.count("code of the second clone") >= 3  # status, mix, pretrain
+    assert r.stderr.count("code of the second clone") >= 2  # mix --check-complete, pretrain
+    # launched again: one process finds the run complete, and nothing trains
+    r = subprocess.run(["bash", "training_scripts/small_model_pretrain.sh", str(cfg)], capture_output=True, text=True,
+                       env={**env, "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]}, cwd=clone,
+                       timeout=600)
+    assert r.returncode == 0 and "(complete)" in r.stdout and "run already complete: nothing to do" in r.stdout, \
+        r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr.count("code of the second clone") == 1 and "launch:" not in r.stdout
     # a study's SLURM job script exports the submitting clone first on PYTHONPATH
     r = subprocess.run([sys.executable, "-c", "from midtrain.study.slurm import CLONE; print(CLONE)"],
                        capture_output=True, text=True, env={**env, "PYTHONPATH": str(clone)}, cwd=tmp_path, timeout=300)
