@@ -47,8 +47,9 @@ def install() -> None:
     if ready:
         try:
             open(os.path.join(ready, f"rank-{os.environ.get('SLURM_PROCID', os.getpid())}"), "w").close()
-        except OSError:
-            pass  # the runner then forwards nothing until the ranks end: a stop becomes this step's end
+        except OSError as e:  # the launcher then holds a stop request until this process ends: say so
+            os.write(2, f"midtrain: warning: cannot say that stop signals are handled ({ready}: {e}); a stop "
+                        "request is held until this process ends\n".encode())
 
 
 def ignore_until_exit() -> None:
