@@ -48,8 +48,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def _chain(e: BaseException | None):
-    """``e``, what caused it, and the per-rank failures torch.distributed.checkpoint's CheckpointException collects."""
+def _chain(e: BaseException | None, context: bool = True):
+    """``e``, what raised it (``__cause__``; with ``context``, what it was handling too), and the per-rank failures
+    torch.distributed.checkpoint's CheckpointException collects."""
     seen = set()
     stack = [e]
     while stack:
@@ -58,7 +59,7 @@ def _chain(e: BaseException | None):
             continue
         seen.add(id(x))
         yield x
-        stack += [x.__cause__, x.__context__]
+        stack += [x.__cause__, x.__context__] if context else [x.__cause__]
         failures = getattr(x, "failures", None)  # {rank: exception or (exception, traceback)}
         if isinstance(failures, dict):
             stack += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
@@ -83,17 +84,7 @@ def write_error(e: BaseException, folder: str | os.PathLike) -> OSError | None:
     failures: an OSError is returned as it is; a full disk said only in words becomes ENOSPC; torch.save's
     zip-writer failure (it loses the short write's errno) is read by writing 1 MiB into ``folder`` right away:
     that write's errno (ENOSPC, EDQUOT, ...), or EIO with the writer's text when it succeeds."""
-    seen, stack, chain = set(), [e], []
-    while stack:
-        x = stack.pop()
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        chain.append(x)
-        stack.append(x.__cause__)
-        failures = getattr(x, "failures", None)  # CheckpointException: {rank: exception or (exception, traceback)}
-        if isinstance(failures, dict):
-            stack += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+    chain = list(_chain(e, context=False))
     for x in chain:
         if isinstance(x, OSError):
             return x

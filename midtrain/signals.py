@@ -9,9 +9,10 @@ there is nothing to save yet, whichever signal it was (a Ctrl-C too: 75 always m
 consistent checkpoint, run again to continue"). A second SIGINT (an impatient Ctrl-C) exits at once
 with 130, without a checkpoint: 130 means only that.
 
-A process started by a step runner through ``srun`` says when its handlers are in place (a file in
-``$MIDTRAIN_SIGNALS_READY``, one per rank): the runner holds a stop request back until every rank has
-said so, since a signal that reaches an interpreter still starting up kills it (exit 138: no requeue).
+A process started by the launcher, a study job script or a step runner (through ``srun``) says when its
+handlers are in place (a file in ``$MIDTRAIN_SIGNALS_READY``, one per rank): what started it holds a stop
+request back until every rank has said so, since a signal that reaches an interpreter still starting up
+kills it (exit 138: no requeue).
 
 DataLoader workers get their own handlers (``worker_init``): a signal sent to the whole process
 group (Ctrl-C, ``srun``) never crashes the loop with a worker traceback.

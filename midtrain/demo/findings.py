@@ -32,8 +32,9 @@ from typing import Mapping
 
 from midtrain.analysis import stats
 
-WORDS = {"better": "reproduced", "worse": "not reproduced", "inconclusive": "inconclusive (interval includes 0)",
-         stats.NO_VARIANCE: stats.CLAIM_WORDS[stats.NO_VARIANCE]}
+# a verdict on the claimed side ("better") in the claims' words (stats.CLAIM_WORDS: one label everywhere)
+WORDS = {"better": stats.CLAIM_WORDS["reproduced"], "worse": stats.CLAIM_WORDS["not reproduced"],
+         "inconclusive": stats.CLAIM_WORDS["inconclusive"], stats.NO_VARIANCE: stats.CLAIM_WORDS[stats.NO_VARIANCE]}
 DESCRIPTIVE = "descriptive (not tested)"
 
 

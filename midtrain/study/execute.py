@@ -192,14 +192,12 @@ def run_step(folder: Path) -> int:
         raise ConfigError(str(folder), f"is not a study step folder (step.json: {e})") from None
     from midtrain import signals as stop_signals
 
-    # what arrived before this point: recorded from the process's first line (__main__), or by the job script
-    # before it started this runner (MIDTRAIN_STOP_PENDING)
+    # what arrived before this point was recorded from the process's first line (__main__); its job script
+    # holds a stop until then (signals.READY_ENV)
     pending: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):  # (a closed terminal: SIGHUP)
         signal.signal(sig, lambda s, f: pending.append(s))
     pending += [s for s in (stop_signals.requested(),) if s is not None]  # (read after: none falls in between)
-    if os.environ.get("MIDTRAIN_STOP_PENDING"):
-        pending.append(signal.SIGUSR1)
     log_path = Path(os.environ.get("MIDTRAIN_STEP_LOG") or folder / "log.txt")
     started = time.time()
     launch = desc.get("launch")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from midtrain.errors import ConfigError
 from midtrain.study.params import params_of
-from midtrain.study.plan import LOGGING_ONLY, Plan, _flat, make_plan
+from midtrain.study.plan import LOGGING_ONLY, Plan, _flat, in_fields, make_plan
 from midtrain.study.spec import Spec, data_args, parse_spec
 
 
@@ -284,7 +284,7 @@ def run_folder_segment(folder: Path, size):
         except (ArgumentError, ConfigError):
             theirs = _flat(recorded)
         for key in sorted(set(mine) | set(theirs)):
-            if any(key == f or (f.endswith(".") and key.startswith(f)) for f in NOT_WEIGHTS):
+            if in_fields(key, NOT_WEIGHTS):
                 continue
             if mine.get(key) != theirs.get(key):
                 raise ConfigError(where, f"{path} was trained with {key}: {theirs.get(key)!r}, and this size's config "

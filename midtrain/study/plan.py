@@ -84,8 +84,9 @@ def _flat(d: Mapping, prefix: str = "") -> dict:
     return out
 
 
-def logging_only(key: str) -> bool:
-    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in LOGGING_ONLY)
+def in_fields(key: str, fields: tuple[str, ...]) -> bool:
+    """Whether dotted ``key`` is one of ``fields`` (a field ending in "." names a whole section)."""
+    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in fields)
 
 
 def logging_changes(old: Mapping, new: Mapping, ignore: tuple[str, ...] = ()) -> list[str] | None:
@@ -94,7 +95,7 @@ def logging_changes(old: Mapping, new: Mapping, ignore: tuple[str, ...] = ()) ->
     a, b = _flat(old), _flat(new)
     diff = sorted(k for k in a.keys() | b.keys() if a.get(k, "(unset)") != b.get(k, "(unset)")
                   and k not in ("out_dir", "resume_from", *ignore))
-    if any(not logging_only(k) for k in diff):
+    if any(not in_fields(k, LOGGING_ONLY) for k in diff):
         return None
     return [f"{k}: {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in diff]
 

@@ -47,13 +47,11 @@ cd {cwd}
 {setup}{expect}
 export PYTHONPATH={clone}${{PYTHONPATH:+:$PYTHONPATH}}  # the submitting clone's code, whatever shares the venv
 {select}
-# a stop that came before the runner starts is handed over, not signalled; one that comes while it starts
-# waits until its handlers are in place (it writes a file in $ready): a process still importing dies of it
-sent=$got
-passed=""
-[ "$sent" -gt 0 ] && passed="$last"
+# a stop is held until the runner's handlers are in place (it writes a file in $ready), however early it
+# came: a process still importing dies of it. The runner then stops before it starts anything.
+sent=0
 ready=$(mktemp -d)
-MIDTRAIN_SIGNALS_READY="$ready" MIDTRAIN_STOP_PENDING="$passed" {python} -m midtrain study step "$folder" &
+MIDTRAIN_SIGNALS_READY="$ready" {python} -m midtrain study step "$folder" &
 pid=$!
 # polled, never a blocking wait: a signal trapped between a check and a `wait` would wait for the step's end
 while kill -0 $pid 2>/dev/null; do
