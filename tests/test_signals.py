@@ -79,12 +79,22 @@ def test_sigint_checkpoints_and_exits_75_and_a_second_one_stops_at_once_with_130
     assert proc.returncode == 75 and "signal SIGINT received: checkpointing" in out and "Traceback" not in out
     assert run_cli("pretrain", "--config", cfg).returncode == 0
     assert_same_weights(ref_dir / "ref" / "final", tmp_path / "run" / "final")
-    # two Ctrl-Cs during start-up: the second stops at once, nothing written
-    proc = _start(write_config(tmp_path, real_tree, "two.yaml", out_dir=str(tmp_path / "two")), env)
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGINT)
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGINT)
+    # Ctrl-C pressed again and again during start-up: the second one the process sees stops it at once, with
+    # nothing written. Sent once its handlers are in place (signals.READY_ENV), seconds before the trainer could
+    # start, and repeated: two SIGINTs that land while the interpreter is inside one C call (loading torch's
+    # extension, ~0.5 s and more on a loaded machine) run its handler once, so a fixed pair 0.5 s apart was
+    # sometimes seen as one Ctrl-C (exit 75, CI)
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    proc = _start(write_config(tmp_path, real_tree, "two.yaml", out_dir=str(tmp_path / "two")),
+                  dict(env, MIDTRAIN_SIGNALS_READY=str(ready)))
+    deadline = time.time() + 60
+    while not os.listdir(ready):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-2000:]
+        time.sleep(0.02)
+    while proc.poll() is None and time.time() < deadline:
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.25)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130 and "second interrupt" in out and "Traceback" not in out, out[-2000:]
     assert not (tmp_path / "two" / "final").exists()

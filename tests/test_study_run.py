@@ -134,6 +134,31 @@ def test_second_concurrent_run_is_refused(study):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_child_forked_by_a_locked_run_does_not_keep_the_folder_locked(tmp_path):
+    """A flock is shared by a fork: when a `run` was killed outright (kill -9, a node's OOM killer), the trainers
+    it had forked lived on and held its lock, and the re-run meant to wait for them was refused (CI saw it after
+    the kill -9 above). Only the run holds it."""
+    from midtrain.errors import ConfigError
+    from midtrain.study.execute import study_lock
+
+    code = ("import os, sys, time\nfrom pathlib import Path\nfrom midtrain.study.execute import study_lock\n"
+            "with study_lock(Path(sys.argv[1])):\n    if os.fork() == 0:\n        time.sleep(120)\n"
+            "        os._exit(0)\n    print('locked', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=REPO), start_new_session=True)
+    try:
+        assert proc.stdout.readline() == "locked\n"
+        proc.kill()  # the run dies without unlocking; the step it forked lives on
+        proc.wait()
+        try:
+            with study_lock(tmp_path):
+                pass
+        except ConfigError as e:
+            pytest.fail(f"the forked child kept the lock: {e}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_changed_spec_is_refused_unless_told(study, tmp_path):
     spec, root = study
     changed = yaml.safe_load(spec.read_text())

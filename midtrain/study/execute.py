@@ -397,8 +397,29 @@ def _fork_step(folder: Path, env: dict[str, str] | None = None) -> int:
 
 # ---- shared by the executors ----
 
+_LOCK_FDS: set[int] = set()  # this process's study locks: a forked child closes its copies (below)
+
+
+def _drop_locks_in_child() -> None:
+    """A flock belongs to the open file, which a fork shares: a step runner or trainer forked by a locked
+    ``run`` held the lock for as long as it lived. When that run was killed outright (a node's OOM killer, a
+    ``kill -9`` of its process group), its orphaned trainers kept the folder locked, and the re-run meant to
+    wait for them was refused ("in use by another `midtrain study run`"). The child closes its copy; the
+    lock stays with the run that took it."""
+    for fd in list(_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 @contextmanager
 def study_lock(out_dir: Path):
+    """Hold ``OUT/.study.lock`` (one ``run`` per folder) for the ``with`` block; forked children never hold it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     f = open(out_dir / ".study.lock", "a+")
     try:
@@ -412,8 +433,10 @@ def study_lock(out_dir: Path):
         f.truncate()
         f.write(f"{socket.gethostname()} {os.getpid()}\n")
         f.flush()
+        _LOCK_FDS.add(f.fileno())
         yield
     finally:
+        _LOCK_FDS.discard(f.fileno())
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
 
