@@ -3,9 +3,16 @@ import random
 import subprocess
 import sys
 
-import pytest
+# One compute thread per process, set before anything imports torch, and inherited by every process a test
+# starts (the zygote, trainers, srun ranks, SLURM jobs): the suite runs two workers, a test SLURM cluster and
+# multi-rank runs on two cores, where torch's default of one OpenMP thread per core oversubscribed them and
+# spinning threads took CPU from working ones (a CPU-bound test under load: 15-20% less CPU and wall time).
+# What the tests check does not depend on it; a value already set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from midtrain.data.prepare import write_fake_index, write_token_shard
+import pytest  # noqa: E402
+
+from midtrain.data.prepare import write_fake_index, write_token_shard  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

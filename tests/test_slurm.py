@@ -278,6 +278,7 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     raw = yaml.safe_load(spec.read_text())
     raw["arms"] = [{"name": "code", "domain": "code", "start": [4], "weight": [0.2]}]
+    raw["sft"]["lrs"] = [1e-3]  # one LR: an SFT array per checkpoint still holds a task per seed
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = tmp_path / "out"
     env = dict(cluster.env, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"),
@@ -300,7 +301,7 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     # --max_jobs 4: the base chain and the two midtrain runs (an array); the rest waits
     r = study("--max_jobs", "4")
     assert r.returncode == 0 and "submitted 4 step(s) as 3 job(s) (1 array(s))" in r.stdout, r.stdout + r.stderr
-    assert "12 not submitted (max_jobs 4)" in r.stdout
+    assert "8 not submitted (max_jobs 4)" in r.stdout
     # the first segment's job is killed outright while it runs (what a node failure does): its status file
     # still says running, but `study status` does not, and a re-run replaces the jobs that waited on it
     deadline = time.time() + 120
@@ -319,16 +320,16 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     row = next(row for row in json.loads((tmp_path / "st.json").read_text()) if row["step"] == "base/tiny/to4")
     assert row["state"] == "interrupted" and row["note"] == f"SLURM job {first_seg['job_id']} is gone", row
     r = study("--array_throttle", "2")
-    assert r.returncode == 0 and "submitted 16 step(s) as 10 job(s) (4 array(s))" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "submitted 12 step(s) as 10 job(s) (2 array(s))" in r.stdout, r.stdout + r.stderr
     first = statuses(out)
-    assert "--array=0-3%2" in first["sft/tiny/pretrain-only/fn/lr0.001/s1"]["sbatch"]
+    assert "--array=0-1%2" in first["sft/tiny/pretrain-only/fn/lr0.001/s1"]["sbatch"]
     victim = "sft/tiny/pretrain-only/fn/lr0.001/s1"
     old_job = first[victim]["job_id"]
     array = first[victim]["array"]
     assert old_job.startswith(array + "_")
     # every SFT step of the control checkpoint is a task of one array; single-process kinds ask for one task
     sft_ctrl = [sid for sid in first if sid.startswith("sft/tiny/pretrain-only/")]
-    assert len(sft_ctrl) == 4 and {first[s]["array"] for s in sft_ctrl} == {array}
+    assert len(sft_ctrl) == 2 and {first[s]["array"] for s in sft_ctrl} == {array}
     for sid, st in first.items():
         kind = sid.split("/")[0]
         want = "--ntasks-per-node=2" if kind in ("base", "midtrain") else "--ntasks-per-node=1"
