@@ -171,7 +171,8 @@ def sft_results(sft_files: list[str], runs: list[str] | None = None, main_set: s
             out.append(SFTResult(arm, task, m.get("seed"), lr, float(row["val_loss"]),
                                  test_loss=float(test) if test is not None else None,
                                  main_after=forgot["after"] if forgot else None,
-                                 main_before=forgot["before"] if forgot else None, checkpoint=checkpoint))
+                                 main_before=forgot["before"] if forgot else None, checkpoint=checkpoint,
+                                 main_unigram=forgot.get("unigram_entropy") if forgot else None))
     return out
 
 

@@ -276,17 +276,20 @@ def test_holm_verdicts_equal_statsmodels_multipletests_over_the_table():
 
 
 def test_a_cell_above_ln_v_is_not_judged_in_the_table_and_the_findings():
+    """Metrics written before the unigram reference was recorded: the lax ln V bound, and the cell says so."""
     from midtrain.demo import findings as F
 
     ok = aggregate(_results(+0.2), "pretrain-only", ln_vocab=5.2)  # main after SFT 5.0 / 5.1: below ln V
     assert ok[1].verdict["main_after"] == "worse" and not ok[1].regime
     cells = aggregate(_results(+0.2), "pretrain-only", ln_vocab=5.05)  # the arm's 5.1 is above
     base, arm = cells
-    assert not base.regime and arm.regime[0] == "s0: main-corpus loss after SFT 5.10 >= ln V 5.05"
+    assert not base.regime and arm.regime[0].startswith("s0: collapsed: main-corpus loss after SFT 5.10 >= ln V 5.05 "
+                                                         "(its metrics predate the unigram reference")
     assert arm.verdict == arm.holm == {"sft_test": "not judged", "main_after": "not judged"}
     assert tables.comparisons(cells) == 0 and tables.not_judged(cells) == 2
     md = markdown(cells, "pretrain-only")
-    assert "(not judged: s0: main-corpus loss after SFT 5.10 >= ln V 5.05" in md and "2 more are **not judged**" in md
+    assert "(not judged: s0: collapsed: main-corpus loss after SFT 5.10 >= ln V 5.05" in md
+    assert "2 more are **not judged**" in md
     assert "not judged" in csv_text(cells).splitlines()[2]
     # the baseline's broken cell makes every comparison with it not judged
     assert set(aggregate(_results(-0.2), "pretrain-only", ln_vocab=4.95)[1].verdict.values()) == {"not judged"}
@@ -307,7 +310,7 @@ def test_a_cell_above_ln_v_is_not_judged_in_the_table_and_the_findings():
                        {"task": "code", "early_low": "el", "early_high": "eh", "late_low": "ll", "late_high": "lh"},
                        [], ln_vocab=7.62)
     f = {x["finding"]: x for x in found}
-    assert f["1-math"]["verdict"] == "not judged (regime)" and "m20/math/s0: main-corpus loss after SFT 8.00" in \
+    assert f["1-math"]["verdict"] == "not judged (regime)" and "m20/math/s0: collapsed: main-corpus loss after SFT 8.00" in \
         f["1-math"]["regime"][0]
     # the window, worded as the paper's claim: late high (1.3) above late low (1.0): reproduced, in-domain; the
     # early simple effect is described, not tested; I = 0.3 - 0.1 > 0: reproduced; forgetting: every corner
@@ -324,6 +327,53 @@ def test_a_cell_above_ln_v_is_not_judged_in_the_table_and_the_findings():
     # the family: those two (finding 1 and 2 rest on m20's cell above ln V, finding 4 has no cells)
     assert f["3-late-in-domain"]["family"] == len(family) == 2, sorted(family)
     assert "**not judged (regime)**" in F.format_findings(found) and "Holm" in F.format_findings(found)
+
+
+def test_collapse_is_judged_against_the_unigram_entropy_of_the_scored_tokens_and_split_seeds_are_flagged():
+    """Issue 28, item 4: main-corpus loss after SFT of 5.6-7.7 was judged because it stayed under ln V = 7.62. The
+    reference is now the unigram entropy of the tokens scored (recorded by the SFT step): a seed at or above it
+    has collapsed, well below ln V; a cell whose seeds fall on both sides of it is flagged with their LRs."""
+    import torch
+
+    from midtrain.demo import findings as F
+    from midtrain.train.metrics import NoData, unigram_entropy
+
+    # the entropy of token frequencies, by hand: counts 2, 1, 1 -> -(0.5 ln 0.5 + 2 x 0.25 ln 0.25) = 1.5 ln 2
+    assert unigram_entropy(torch.tensor([2, 0, 1, 1]), "x") == pytest.approx(1.5 * math.log(2))
+    assert unigram_entropy(torch.tensor([0, 7, 0]), "x") == 0.0
+    with pytest.raises(NoData):
+        unigram_entropy(torch.zeros(5, dtype=torch.long), "x")
+
+    def results(ref_by_seed):  # the arm's main-corpus loss after SFT: 5.0 + 0.1 + noise ~ 5.1
+        return [SFTResult(r.arm, r.task, r.seed, r.lr, r.val_loss, r.test_loss, r.main_after, r.main_before,
+                          main_unigram=ref_by_seed[r.seed] if r.arm == "code20" else 6.0) for r in _results(+0.2)]
+
+    cells = aggregate(results({0: 4.5, 1: 4.5, 2: 4.5}), "pretrain-only", ln_vocab=7.62)  # 5.1 < ln V, > 4.5
+    base, arm = cells
+    assert not base.regime and len(arm.regime) == 3 and all(
+        "collapsed: main-corpus loss after SFT 5.1" in r and ">= 4.50, the unigram entropy of the tokens it scored" in r
+        for r in arm.regime), arm.regime
+    assert set(arm.verdict.values()) == {"not judged"} and tables.comparisons(cells) == 0
+    # below the reference: judged, whatever ln V says
+    assert not aggregate(results({0: 6.0, 1: 6.0, 2: 6.0}), "pretrain-only", ln_vocab=5.0)[1].regime
+    # seeds on both sides: each collapsed seed is named, and the split itself, with each seed's LR
+    arm = aggregate(results({0: 4.5, 1: 6.0, 2: 6.0}), "pretrain-only", ln_vocab=7.62)[1]
+    assert arm.regime[0].startswith("s0: collapsed") and arm.regime[-1] == (
+        "seeds disagree in regime: collapsed s0 at lr 0.0003; not s1 at lr 0.0003, s2 at lr 0.0003"), arm.regime
+    assert stats.regime_disagreement({0: (0.01, "collapsed"), 1: (0.003, None)}) == \
+        "seeds disagree in regime: collapsed s0 at lr 0.01; not s1 at lr 0.003"
+    assert stats.regime_disagreement({0: (0.01, "c"), 1: (0.003, "c")}) is None
+    # the findings read the same reference and flag the same split
+    values = {(a, t, s): {"sft_test": 2.0 + 0.1 * (a == "m20") + 0.01 * s, "main_after": 5.0, "lr": lr,
+                          "lr_edge": None, "main_unigram": ref}
+              for (a, t) in (("pretrain-only", "math"), ("m20", "math"))
+              for s, (lr, ref) in enumerate(((0.01, 5.5), (0.003, 4.0), (0.003, 5.5)))}
+    found = {f["finding"]: f for f in F.evaluate(values, (0, 1, 2), {"math": {"mid": "m20", "cpt": "cpt", "task": "math"}},
+                                                 {"task": "code", "early_low": "el", "early_high": "eh",
+                                                  "late_low": "ll", "late_high": "lh"}, [], ln_vocab=7.62)}
+    f1 = found["1-math"]
+    assert f1["verdict"] == "not judged (regime)", f1
+    assert "m20/math: seeds disagree in regime: collapsed s1 at lr 0.003; not s0 at lr 0.01, s2 at lr 0.003" in f1["regime"]
 
 
 def test_a_diverged_lr_never_wins_and_a_non_finite_cell_is_not_judged_not_a_crash():

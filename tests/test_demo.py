@@ -212,21 +212,24 @@ def test_seeds_verdicts_and_outputs(demo):
         for metric, v in c["verdict"].items():
             d = c["delta"][metric]
             if c["regime"] or by_arm[("pretrain-only", c["task"])]["regime"]:
-                assert v == "not judged"  # validity gates verdicts (ln V, LR at a grid edge, non-finite)
+                assert v == "not judged"  # validity gates verdicts (collapse, LR at a grid edge, non-finite)
                 continue
             if v == "no variance sampled":
                 assert d["n"] >= 2 and d["sd"] <= 1e-12 * max(1.0, abs(d["mean"]))
                 continue
             assert v == ("better" if d["hi"] < 0 else "worse" if d["lo"] > 0 else "inconclusive")
-        for s in c["seeds"]:  # a seed above ln V is named in the cell's regime problems
+        for s in c["seeds"]:  # a collapsed seed (at or above the unigram entropy of its scored tokens) is named
             row = next(p for p in res["per_seed"] if (p["arm"], p["task"], p["seed"]) == (c["arm"], c["task"], s))
-            if row["main_after"] >= math.log(2048):
-                assert any(x.startswith(f"s{s}: main-corpus loss after SFT") for x in c["regime"]), c
+            assert 0 < row["main_unigram"] < math.log(2048)
+            assert (row["main_after"] >= row["main_unigram"]) == any(
+                x.startswith(f"s{s}: collapsed: main-corpus loss after SFT") for x in c["regime"]), (c, row)
     assert "Holm" in r.stdout and "detectable" in r.stdout
     rep = out / "study" / "report" / "demo-tiny"
     for png in ("demo-sft-test.png", "demo-code-code-heatmap.png", "demo-proximity.png", "val_loss_curves.png"):
         assert (rep / png).stat().st_size > 5000, png
-    assert "ln(V)" in r.stdout and "Pearson r" in r.stdout and res["main_loss_vs_ln_vocab"]["ln_vocab"] == math.log(2048)
+    assert "Collapse (not judged)" in r.stdout and "Pearson r" in r.stdout and res["collapse"]["ln_vocab"] == math.log(2048)
+    lo, hi = res["collapse"]["unigram_entropy"]
+    assert 0 < lo <= hi < math.log(2048)
 
 
 def test_rerun_starts_nothing(demo):

@@ -243,6 +243,16 @@ def test_sft_picks_lr_on_val_reports_test_and_forgetting(tmp_path, tiny_run, rea
         for name in ("main", "code", "gsm8k"):
             assert m2["forgetting"][name][key] == pytest.approx(independent[name]["loss"], rel=1e-5)
     assert m2["forgetting"]["main"]["after"] != pytest.approx(m2["forgetting"]["main"]["before"], rel=1e-4)
+    import math
+
+    import yaml
+
+    vocab = yaml.safe_load((tiny_run / "final" / "model_config.yaml").read_text())["padded_vocab_size"]
+    # the collapse reference (issue 28, item 4): the unigram entropy of the tokens scored, one per set, the same
+    # for every LR and run on that set (the same tokens), below ln V
+    for name, f in m2["forgetting"].items():
+        assert 0 < f["unigram_entropy"] < math.log(vocab), (name, f)
+        assert f["unigram_entropy"] == m["forgetting"][name]["unigram_entropy"]
     # bf16 on CPU (torch supports it): recorded, finite, close to fp32 (bf16 keeps ~3 significant digits)
     for precision in ("bf16-mixed", "bf16-true"):
         b = run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=(3e-3,), epochs=1, micro_batch_size=8,

@@ -4,6 +4,7 @@ spec errors; and `midtrain study plan` on the paper specs (speed is in bench/stu
 import copy
 import glob
 import os
+import re
 
 import pytest
 
@@ -49,6 +50,37 @@ def test_grid_expansion_and_counts():
     assert code20.config["data"]["init_args"]["seed"] == 1 and code20.tokens == 80 * 8 * 16
     assert code20.flops == 6 * 70_000_000 * 80 * 8 * 16
     assert p.total_tokens() == 100 * 128 + sum((100 - s) * 128 * 3 for s in (20, 20, 60, 60, 80)) + 36 * 1000
+
+
+def test_a_dose_matched_arm_plans_equal_domain_doses_at_every_start():
+    """Issue 28, item 1: `dose: [D]` gives every start the weight D / (T - S), so that w·(T - S) (the domain
+    tokens added, in steps) is the same and the LR at the start and the dose come apart."""
+    from midtrain.data.mixture import parse_weights
+
+    spec = raw(arms=[{"name": "code", "domain": "code", "start": [20, 60, 90], "dose": [8, 10]}], seeds=MID)
+    p = plan_of(spec)
+    runs = {s.labels["arm"]: s for s in p.steps if s.kind == "midtrain" and s.labels["seed"] == 0}
+    assert sorted(runs) == sorted(f"code-dose{d}-from{s}" for d in (8, 10) for s in (20, 60, 90))
+    for name, step in runs.items():
+        dose, start = float(name.split("dose")[1].split("-")[0]), step.labels["start"]
+        w = dict(parse_weights(step.config["data"]["init_args"]["mix_weights_str"], "x"))["code"]
+        assert w * (100 - start) == pytest.approx(dose, rel=1e-9), (name, w)
+        assert step.tokens == (100 - start) * 8 * 16
+    # refused in one line: a dose that needs weight > 1, weight and dose together, sizes with different ends
+    for arms, msg in (([{"name": "c", "domain": "code", "start": [95], "dose": [10]}],
+                       "arms[0].dose: 10 from step 95 needs weight 2 > 1: only 5 steps remain"),
+                      ([{"name": "c", "domain": "code", "start": [20], "dose": [10], "weight": [0.2]}],
+                       "arms[0].dose: give weight or dose, not both"),
+                      ([{"name": "c", "domain": "code", "start": [20], "dose": [0]}], "arms[0].dose: give one or more "
+                                                                                       "positive doses")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            plan_of(raw(arms=arms))
+    two = raw(arms=[{"name": "c", "domain": "code", "start": [20], "dose": [10]}],
+              sizes={"70m": {"config": "a.yaml"}, "160m": {"config": "b.yaml"}})
+    longer = copy.deepcopy(BASE)
+    longer["train"]["max_steps"] = 200
+    with pytest.raises(ConfigError, match="needs one train.max_steps across its sizes, got 70m: 100, 160m: 200"):
+        make_plan(parse_spec(two, {"70m": copy.deepcopy(BASE), "160m": longer}))
 
 
 def test_segment_chain_and_edges():

@@ -24,9 +24,17 @@ Guarantees:
   n identical differences: no test), the test the t-interval inverts: p < 1 - confidence exactly when the
   interval excludes 0.
 - ``regime_problems(values, choice, ln_vocab)``: why a cell is outside a valid regime, so that no verdict
-  rests on it ("not judged"): a non-finite loss; the main-corpus loss after SFT at or above ln V (worse
-  than a uniform guess over the vocabulary); the chosen SFT LR at an edge of its grid, or a one-LR grid
-  (the optimum is not bracketed).
+  rests on it ("not judged"): a non-finite loss; **collapse** (``collapsed``): the main-corpus loss after
+  SFT at or above ``values["main_unigram"]``, the unigram entropy of the very tokens it scored
+  (``metrics.unigram_entropy``); the chosen SFT LR at an edge of its grid, or a one-LR grid (the optimum is
+  not bracketed). Why that reference: it is the loss of the best context-free predictor of those tokens, so
+  a model at or above it predicts the main corpus no better than its token frequencies, whatever the model,
+  its size or the corpus; it needs no free bound (a relative one, "loss rose by more than x", would). ln V, a
+  uniform guess, lies far above it (the tiny demo's main val split: 6.09 nats against ln V = 7.62) and let
+  collapsed cells be judged; it remains only for metrics written before the entropy was recorded
+  (``ln_vocab``), and says so.
+- ``regime_disagreement({seed: (lr, collapsed)})``: a cell whose seeds' chosen LRs put some in collapse and
+  others not is flagged (its seeds do not sample one regime), naming each seed's LR.
 - ``detectable_effect(sd, n)``: the smallest true mean difference a two-sided one-sample t-test at level
   ``alpha`` detects with probability ``power`` given the observed spread ``sd`` and ``n`` (statsmodels
   ``TTestPower``): "inconclusive" reads as "can't see effects smaller than this".
@@ -230,6 +238,32 @@ def pearson(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) ->
     return Correlation(float(res.statistic), float(res.pvalue), len(x), lo, hi)
 
 
+def collapsed(values: Mapping[str, float], ln_vocab: float | None = None) -> str | None:
+    """Why a (run, task, seed)'s main-corpus loss after SFT marks collapse (module docstring), or None."""
+    after, ref = values.get("main_after"), values.get("main_unigram")
+    if after is None or not math.isfinite(after):
+        return None
+    if ref is not None and math.isfinite(ref):
+        if after >= ref:
+            return (f"collapsed: main-corpus loss after SFT {after:.2f} >= {ref:.2f}, the unigram entropy of the "
+                    "tokens it scored (no better than their frequencies)")
+        return None
+    if ln_vocab is not None and after >= ln_vocab:
+        return (f"collapsed: main-corpus loss after SFT {after:.2f} >= ln V {ln_vocab:.2f} (its metrics predate the "
+                "unigram reference: the lax uniform-guess bound)")
+    return None
+
+
+def regime_disagreement(by_seed: Mapping[Hashable, tuple[float, "str | None"]]) -> str | None:
+    """``{seed: (chosen lr, collapsed(...))}`` -> a flag when some seeds collapsed and others did not."""
+    bad = [s for s, (_, c) in by_seed.items() if c]
+    if not bad or len(bad) == len(by_seed):
+        return None
+    side = lambda seeds: ", ".join(f"s{s} at lr {by_seed[s][0]:g}" for s in seeds)  # noqa: E731
+    good = [s for s in by_seed if s not in bad]
+    return f"seeds disagree in regime: collapsed {side(bad)}; not {side(good)}"
+
+
 def regime_problems(values: Mapping[str, float], choice: "LRChoice | None" = None,
                     ln_vocab: float | None = None) -> list[str]:
     """Why a (run, task, seed) value set is outside a valid regime ([] when it is valid)."""
@@ -237,9 +271,9 @@ def regime_problems(values: Mapping[str, float], choice: "LRChoice | None" = Non
     for k, v in values.items():
         if v is None or math.isnan(v) or math.isinf(v):
             out.append(f"{k} is not finite")
-    after = values.get("main_after")
-    if ln_vocab is not None and after is not None and not math.isnan(after) and after >= ln_vocab:
-        out.append(f"main-corpus loss after SFT {after:.2f} >= ln V {ln_vocab:.2f}")
+    why = collapsed(values, ln_vocab)
+    if why:
+        out.append(why)
     if choice is not None and choice.edge is not None:
         out.append("one SFT LR (the optimum is not bracketed)" if choice.edge == "single" else
                    "no SFT LR gave a finite validation loss" if choice.edge == "none finite" else

@@ -14,9 +14,11 @@ Protocol:
 3. per (arm, task): mean ± t-interval over seeds, and the paired difference versus the baseline arm
    on matched seeds with its verdict (lower loss = better for both metrics);
 4. **validity gates verdicts**: every (arm, task, seed) carries ``stats.regime_problems`` (a non-finite
-   loss, main-corpus loss after SFT >= ln V, the chosen LR at a grid edge); a verdict resting on a cell
-   (or its baseline cell) with a problem is "not judged", names the problem, and is left out of the
-   Holm family; the others get a raw verdict and a Holm-adjusted one over the table.
+   loss, collapse: main-corpus loss after SFT at or above the unigram entropy of the tokens it scored,
+   the chosen LR at a grid edge), and a cell whose seeds fall on both sides of collapse says so
+   (``stats.regime_disagreement``); a verdict resting on a cell (or its baseline cell) with a problem is
+   "not judged", names the problem, and is left out of the Holm family; the others get a raw verdict and
+   a Holm-adjusted one over the table.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class SFTResult:
     main_after: float | None = None
     main_before: float | None = None
     checkpoint: str | None = None       # the checkpoint it fine-tuned (LR choice per checkpoint groups by it)
+    main_unigram: float | None = None   # unigram entropy of the main-corpus tokens scored (the collapse reference)
 
 
 LR_CHOICES = ("per_checkpoint", "per_seed", "per_arm")
@@ -82,6 +85,8 @@ def _values(r: SFTResult) -> dict:
         values["main_after"] = r.main_after
         if r.main_before is not None:
             values["main_increase"] = r.main_after - r.main_before
+        if r.main_unigram is not None:
+            values["main_unigram"] = r.main_unigram
     return values
 
 
@@ -170,10 +175,12 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
             if not mine:
                 continue
             seeds = tuple(sorted(mine))
+            problems = {s: stats.regime_problems(mine[s].values, mine[s].choice, ln_vocab) for s in seeds}
+            split = stats.regime_disagreement({s: (mine[s].choice.lr, stats.collapsed(mine[s].values, ln_vocab))
+                                               for s in seeds})
             cell = Cell(arm, task, seeds, edge_seeds=tuple(s for s in seeds if mine[s].choice.at_edge),
                         lrs=tuple(mine[s].choice.lr for s in seeds),
-                        regime=tuple(f"s{s}: {p}" for s in seeds
-                                     for p in stats.regime_problems(mine[s].values, mine[s].choice, ln_vocab)))
+                        regime=tuple(f"s{s}: {p}" for s in seeds for p in problems[s]) + ((split,) if split else ()))
             for metric in ("sft_test", "sft_val", "main_after", "main_increase"):
                 vals = {s: mine[s].values[metric] for s in seeds if metric in mine[s].values
                         and mine[s].values[metric] is not None and math.isfinite(mine[s].values[metric])}
@@ -256,7 +263,8 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
                  f"after \"Holm:\", adjusted over all {k} (Holm, family-wise error {1 - confidence:.0%}).")
         if nj:
             head += (f" {nj} more are **not judged**: they rest on a cell outside a valid regime (a non-finite loss, "
-                     "main-corpus loss after SFT ≥ ln V, or the chosen LR at a grid edge), named in the cell.")
+                     "collapse: main-corpus loss after SFT at or above the unigram entropy of the tokens it scored, "
+                     "or the chosen LR at a grid edge), named in the cell.")
     lines = [head, "", "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for arm in arms:
         row = []

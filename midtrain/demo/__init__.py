@@ -105,7 +105,7 @@ def near_duplicates(out: Path, spec) -> dict:
 
 
 def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = False) -> int:
-    from midtrain.analysis import tables
+    from midtrain.analysis import stats, tables
     from midtrain.atomic import check_writable_dir, write_text_atomic
     from midtrain.demo import findings as F
     from midtrain.report import plot_runs, sft_results
@@ -168,8 +168,9 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     found = F.evaluate(chosen, plan.spec.seeds, demo["domains"], demo["grid"], prox.get("rows", []),
                        ln_vocab=math.log(VOCAB))
     ln_v = math.log(VOCAB)
-    worst = max(((k, v["main_after"]) for k, v in chosen.items()), key=lambda kv: kv[1])
-    above = sorted({k[0] for k, v in chosen.items() if v["main_after"] >= ln_v})
+    worst = max(((k, v["main_after"] - v.get("main_unigram", ln_v)) for k, v in chosen.items()), key=lambda kv: kv[1])
+    above = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if stats.collapsed(v, ln_v)})
+    refs = [v["main_unigram"] for v in chosen.values() if "main_unigram" in v]
     edges = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if v["lr_edge"]})
     control = next(s for s in plan.steps if s.kind == "pretrain" and s.labels.get("arm") == "pretrain-only")
     runs = [out / "study" / control.out / "run"] + \
@@ -181,7 +182,9 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
         f"{platform.system()} {platform.release()}", "size": size, "spec": str(spec.relative_to(REPO)),
         "data": built, "per_seed": [{"arm": k[0], "task": k[1], "seed": k[2], **v} for k, v in chosen.items()],
         "cells": report["sizes"][size_name].get("cells", []), "proximity": prox, "findings": found,
-        "main_loss_vs_ln_vocab": {"ln_vocab": ln_v, "max": worst[1], "max_at": list(worst[0]), "arms_at_or_above": above},
+        "collapse": {"reference": "unigram entropy of the main-corpus tokens scored", "ln_vocab": ln_v,
+                     "unigram_entropy": [min(refs), max(refs)] if refs else None, "max_margin": worst[1],
+                     "max_at": list(worst[0]), "collapsed": above},
         "lr_edge_winners": edges, "runtime_s": round(time.time() - t0, 1),
         "steps_run": sum(1 for st in states.values() if st.get("state") == "done"),
     }
@@ -189,9 +192,10 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     text = (out / "study" / plan.by_id["report"].out / "table.md").read_text()
     lines = ["## Protocol", proto_text, "", dup_text, "", text, "## Findings (paper v2), judged from intervals",
              F.format_findings(found), "",
-             f"Main-corpus loss after SFT stays below ln(V) = {ln_v:.2f} (a uniform guess) in every cell: "
-             + ("yes" if not above else f"NO for {', '.join(above)}") + f" (highest {worst[1]:.3f}, {worst[0][0]} on "
-             f"{worst[0][1]}, seed {worst[0][2]}).",
+             "Collapse (not judged): main-corpus loss after SFT at or above the unigram entropy of the tokens it "
+             f"scored ({_span(refs)} nats; ln V = {ln_v:.2f}, a uniform guess, lies above it): "
+             + ("none" if not above else ", ".join(above)) + f" (highest: {worst[1]:+.3f} nats relative to it, "
+             f"{worst[0][0]} on {worst[0][1]}, seed {worst[0][2]}).",
              "LR grid edge winners (the optimum is not bracketed): " + (", ".join(edges) if edges else "none") + ".",
              f"Curves: {png}. Every per-seed value: {out / 'results.json'}. Runtime {summary['runtime_s']:.0f} s "
              f"(commit {summary['commit']}, {summary['machine']}, {summary['date']})."]
@@ -232,6 +236,13 @@ def protocol_digest(spec: Path, size: str, seed: int) -> str:
     code = {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest() for f in P.PROTOCOL_CODE}
     return P.protocol_hash(raw, base_raw, {**dataclasses.asdict(D.SCALES[size]), "data_version": DATA_VERSION}, seed,
                            code)
+
+
+def _span(xs: list[float]) -> str:
+    if not xs:
+        return "not recorded"
+    lo, hi = min(xs), max(xs)
+    return f"{lo:.2f}" if abs(hi - lo) < 0.005 else f"{lo:.2f}-{hi:.2f}"
 
 
 def _commit() -> str:

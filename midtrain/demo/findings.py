@@ -18,8 +18,9 @@ Protocol, fixed before any run (lower loss = better; per seed, the SFT LR is cho
    interval lies above 0.
 Words (``stats.claim_verdict``, the same in the study report): "reproduced" / "not reproduced" /
 "inconclusive (interval includes 0)", only from intervals on the claimed sign; "not judged (regime)" when a
-cell a finding rests on is outside a valid regime (``stats.regime_problems``: main-corpus loss after SFT >= ln
-V, the chosen LR at a grid edge, a non-finite loss) or missing (its step failed or never ran); "not judged (no
+cell a finding rests on is outside a valid regime (``stats.regime_problems``: collapse, i.e. main-corpus loss
+after SFT at or above the unigram entropy of the tokens it scored; the chosen LR at a grid edge; a non-finite
+loss; seeds on both sides of collapse) or missing (its step failed or never ran); "not judged (no
 variance sampled)" when every seed gives the same difference. Every judged
 finding also gets a Holm-adjusted verdict over the judged findings, and the smallest effect detectable
 at 80% power with its observed spread and n.
@@ -72,7 +73,16 @@ def _problems(values: Mapping, keys, ln_vocab: float | None) -> list[str]:
         v = values[k]
         choice = stats.LRChoice(v["lr"], v.get("sft_val", math.nan), (), v.get("lr_edge")) if "lr" in v else None
         out += [f"{k[0]}/{k[1]}/s{k[2]}: {p}" for p in
-                stats.regime_problems({m: v[m] for m in ("sft_test", "main_after") if m in v}, choice, ln_vocab)]
+                stats.regime_problems({m: v[m] for m in ("sft_test", "main_after", "main_unigram") if m in v}, choice,
+                                      ln_vocab)]
+    by_cell: dict = {}
+    for k in keys:  # a cell (arm, task) whose seeds fall on both sides of collapse
+        if k in values and "lr" in values[k]:
+            by_cell.setdefault(k[:2], {})[k[2]] = (values[k]["lr"], stats.collapsed(values[k], ln_vocab))
+    for (arm, task), by_seed in by_cell.items():
+        split = stats.regime_disagreement(by_seed)
+        if split:
+            out.append(f"{arm}/{task}: {split}")
     return out
 
 

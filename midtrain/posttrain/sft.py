@@ -227,9 +227,11 @@ def finetune(model, train_enc, lr: float, epochs: int, micro: int, global_batch:
 
 
 def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: int, max_batches: Optional[int],
-                        device, field: str = "--pretrain_val_path") -> dict:
+                        device, field: str = "--pretrain_val_path", unigram: Optional[dict] = None) -> dict:
     """Token-mean loss on each pretraining validation set (the forgetting probe). A set that holds not one
-    sample of ``seq + 1`` tokens is refused (``field``: one line), never scored as 0."""
+    sample of ``seq + 1`` tokens is refused (``field``: one line), never scored as 0. ``unigram``: a dict that
+    gets, per set, the unigram entropy of the very tokens scored (``metrics.unigram_entropy``: the collapse
+    reference of ``stats.regime_problems``)."""
     if val_path is None:
         return {}
     from midtrain.data.sharded_mixed import ShardedMixedDataset
@@ -240,13 +242,13 @@ def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: i
         data.check_val_sets()
     except ConfigError as e:
         raise ConfigError(field, str(e).split(": ", 1)[1]) from None
-    from midtrain.train.metrics import mean_loss
+    from midtrain.train.metrics import mean_loss, unigram_entropy
 
     out = {}
     model.eval()
     with torch.no_grad():
         for name, loader in data.val_dataloaders().items():
-            total, count = 0.0, 0
+            total, count, freq = 0.0, 0, None
             for k, batch in enumerate(loader):
                 if max_batches is not None and k >= max_batches:
                     break
@@ -255,7 +257,12 @@ def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: i
                 total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
                                                tokens[:, 1:].reshape(-1), reduction="sum"))
                 count += tokens[:, 1:].numel()
+                if unigram is not None:
+                    c = torch.bincount(tokens[:, 1:].reshape(-1).cpu(), minlength=logits.size(-1))
+                    freq = c if freq is None else freq + c
             out[name] = mean_loss(total, count, f"validation set {name!r}")
+            if unigram is not None:
+                unigram[name] = unigram_entropy(freq, f"validation set {name!r}")
     model.train()
     return out
 
@@ -360,7 +367,9 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     if len(enc["train"]) < global_batch_size:
         raise ConfigError("--global_batch_size", f"{global_batch_size} is more than the {len(enc['train'])} training "
                           "examples: an epoch would have no optimizer step (lower it, or give more data)")
-    forgetting_before = pretrain_val_losses(base, pretrain_val_path, seq, micro_batch_size, forgetting_batches, device)
+    unigram: dict = {}
+    forgetting_before = pretrain_val_losses(base, pretrain_val_path, seq, micro_batch_size, forgetting_batches, device,
+                                            unigram=unigram)
     zero_shot_val = examples_loss(base, enc["val"], micro_batch_size, device)
 
     sweep, best = {}, None
@@ -374,7 +383,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
         if score_every_lr and len(lrs) > 1:
             after = pretrain_val_losses(model, pretrain_val_path, seq, micro_batch_size, forgetting_batches, device)
             sweep[f"{lr:g}"].update(test_loss=examples_loss(model, enc["test"], micro_batch_size, device),
-                                    forgetting=_forgetting(forgetting_before, after))
+                                    forgetting=_forgetting(forgetting_before, after, unigram))
         if best is None or val_loss < best[1]:
             best = (lr, val_loss, model)
         else:
@@ -389,7 +398,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
         "test_loss": examples_loss(model, enc["test"], micro_batch_size, device),
         "zero_shot_val_loss": zero_shot_val,
         "checkpoint_notes": checkpoint_notes(checkpoint),
-        "forgetting": _forgetting(forgetting_before, forgetting_after),
+        "forgetting": _forgetting(forgetting_before, forgetting_after, unigram),
     }
     if save is not None:
         _save_model(model, config, checkpoint, Path(save), metrics)
@@ -401,10 +410,11 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     return metrics
 
 
-def _forgetting(before: dict, after: dict) -> dict:
-    """Per pretraining val set: ``after`` (forgetting: the loss after SFT), ``before`` and ``increase``."""
-    return {name: {"before": before[name], "after": after[name], "increase": after[name] - before[name]}
-            for name in before}
+def _forgetting(before: dict, after: dict, unigram: dict) -> dict:
+    """Per pretraining val set: ``after`` (forgetting: the loss after SFT), ``before``, ``increase`` and
+    ``unigram_entropy`` (of the same tokens: a loss at or above it is collapse)."""
+    return {name: {"before": before[name], "after": after[name], "increase": after[name] - before[name],
+                   "unigram_entropy": unigram[name]} for name in before}
 
 
 def _save_model(model, config, source: Path, dest: Path, metrics: dict) -> None:
@@ -434,6 +444,6 @@ def format_sft(metrics: dict) -> str:
                  f"(before SFT: val {metrics['zero_shot_val_loss']:.4f})")
     for name, f in metrics["forgetting"].items():
         lines.append(f"  forgetting on {name} (loss after SFT): {f['after']:.4f} (before {f['before']:.4f}, "
-                     f"increase {f['increase']:+.4f})")
+                     f"increase {f['increase']:+.4f}; unigram entropy of its tokens {f['unigram_entropy']:.4f})")
     return "\n".join(lines)
 

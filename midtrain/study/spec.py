@@ -22,6 +22,9 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       - {name: code, domain: code, start: [6000], weight: [0.2]}
       - {name: cpt-code, domain: code, start: [40000], weight: [1.0]}   # CPT: weight 1.0
       - {name: qa, mixture: "main:0.8,q1:0.15,q2:0.03,q3:0.015,q4:0.005", start: [40000]}
+      # dose-matched: the same domain dose w·(T−S) at every start (here 4,000 steps' worth of domain data), so
+      # that the LR at the start and the dose come apart; each start gets weight = dose / (T − S)
+      - {name: code-dm, domain: code, start: [40000, 50000], dose: [4000]}
     seeds: [0, 1, 2, 3, 4]               # SFT seeds: one midtrained checkpoint per arm, fine-tuned per seed
     # or {values: [0, 1, 2], vary: sft | midtrain | base}: what each seed re-runs (see VARY)
     sft:
@@ -38,7 +41,8 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       max_jobs: 500                      # jobs + array tasks kept submitted at once
       array_throttle: 50                 # %N on each SFT array
 
-Arm runs are named ``{name}{100·weight:g}-from{start}`` (``code20-from6000``); the pretrain-only
+Arm runs are named ``{name}{100·weight:g}-from{start}`` (``code20-from6000``), dose-matched ones
+``{name}-dose{dose:g}-from{start}`` (``code-dm-dose4000-from40000``, weight 4000 / (T − 40000)); the pretrain-only
 control (``pretrain-only``) is the base run continued unchanged to ``train.max_steps``.
 """
 
@@ -54,7 +58,9 @@ CONTROL = "pretrain-only"
 # What a seed re-runs, i.e. which sources of variance the intervals over seeds sample.
 VARY = {
     "sft": "the SFT data order only: one base run and one midtrained checkpoint per arm, each fine-tuned with "
-           "every seed (the paper's protocol); intervals are conditional on that base run and those checkpoints",
+           "every seed (the paper's protocol); intervals are conditional on that base run and those checkpoints: "
+           "checkpoint-level variance is NOT sampled, so a difference between arms is one between two checkpoints "
+           "(vary: midtrain samples it)",
     "midtrain": "the midtraining data order (each arm re-run per seed with data.seed = seed) and the SFT data "
                 "order; one base run, so intervals are conditional on it",
     "base": "the base run (model init and data order: seed = data.seed = the seed), the midtraining data order "
@@ -62,7 +68,7 @@ VARY = {
 }
 LR_CHOICES = ("per_checkpoint", "per_seed", "per_arm")
 TOP_KEYS = {"name", "sizes", "arms", "seeds", "sft", "eval", "report", "slurm", "description"}
-ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "sizes"}
+ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "dose", "sizes"}
 SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr"}
 TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
 EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval", "checkpoints"}
@@ -96,6 +102,7 @@ class Arm:
     domain: str | None
     mix_config: str | None = None      # a mix config file (data.mix_config_path) instead of a weight string
     sizes: tuple[str, ...] | None = None  # the sizes this arm runs on (None: all)
+    dose: float | None = None  # dose-matched: weight × (train.max_steps − start), the same at every start
 
 
 @dataclass(frozen=True)
@@ -189,8 +196,34 @@ def set_dotted(cfg: dict, dotted: str, value: Any) -> dict:
     return out
 
 
-def arm_name(family: str, weight: float | None, start: int) -> str:
+def arm_name(family: str, weight: float | None, start: int, dose: float | None = None) -> str:
+    if dose is not None:
+        return f"{family}-dose{dose:g}-from{start}"
     return f"{family}{weight * 100:g}-from{start}" if weight is not None else f"{family}-from{start}"
+
+
+def _dose_matched(araw: Mapping, key: str, starts: list[int], sizes: list[Size]) -> list[tuple[int, float, float]]:
+    """``dose: [D, ...]`` -> (start, weight, D) with weight = D / (T − start): every start adds the same domain
+    dose, D steps' worth of domain data (D × tokens per step). T is the sizes' one ``train.max_steps``."""
+    if "weight" in araw:
+        raise ConfigError(f"{key}.dose", "give weight or dose, not both (a dose sets each start's weight)")
+    doses = [_float(d, f"{key}.dose") for d in _list(araw["dose"], f"{key}.dose")]
+    if not doses or any(not d > 0 for d in doses):
+        raise ConfigError(f"{key}.dose", f"give one or more positive doses (steps of domain data), got {doses}")
+    ends = {sz.max_steps for sz in sizes}
+    if len(ends) != 1:
+        raise ConfigError(f"{key}.dose", "a dose-matched arm needs one train.max_steps across its sizes, got "
+                          f"{', '.join(f'{sz.name}: {sz.max_steps}' for sz in sizes)} (restrict it with sizes:)")
+    (end,) = ends
+    out = []
+    for d in doses:
+        for s in starts:
+            w = d / (end - s)
+            if w > 1 + 1e-12:
+                raise ConfigError(f"{key}.dose", f"{d:g} from step {s} needs weight {w:.3g} > 1: only {end - s} steps "
+                                  f"remain before train.max_steps {end} (at most dose {end - s} there)")
+            out.append((s, min(w, 1.0), d))
+    return out
 
 
 def _slurm(value: Any) -> dict:
@@ -307,17 +340,22 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
             domain = araw["domain"]
             if not isinstance(domain, str) or not domain or domain == "main":
                 raise ConfigError(f"{key}.domain", f"a shard type other than main, got {domain!r}")
-            weights = [_float(w, f"{key}.weight") for w in _list(araw.get("weight"), f"{key}.weight")]
-            if not weights:
-                raise ConfigError(f"{key}.weight", "give one or more weights")
-            for w in weights:
-                if not 0 < w <= 1:
-                    raise ConfigError(f"{key}.weight", f"must be in (0, 1], got {w}")
-            combos = [(s, w, f"{domain}:1" if w == 1 else f"main:{1 - w:.10g},{domain}:{w:.10g}")
-                      for s in starts for w in weights]
+            if "dose" in araw:
+                pairs = _dose_matched(araw, key, starts, [sz for sz in sizes if arm_sizes is None or sz.name in arm_sizes])
+            else:
+                weights = [_float(w, f"{key}.weight") for w in _list(araw.get("weight"), f"{key}.weight")]
+                if not weights:
+                    raise ConfigError(f"{key}.weight", "give one or more weights (or a dose)")
+                for w in weights:
+                    if not 0 < w <= 1:
+                        raise ConfigError(f"{key}.weight", f"must be in (0, 1], got {w}")
+                pairs = [(s, w, None) for s in starts for w in weights]
+            combos = [(s, w, f"{domain}:1" if w == 1 else f"main:{1 - w:.10g},{domain}:{w:.10g}", d)
+                      for s, w, d in pairs]
         else:
-            if "weight" in araw:
-                raise ConfigError(f"{key}.weight", "a literal mixture carries its own weights")
+            for k in ("weight", "dose"):
+                if k in araw:
+                    raise ConfigError(f"{key}.{k}", "a literal mixture carries its own weights")
             from midtrain.data.mixture import parse_weights
 
             domain = None
@@ -326,13 +364,13 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
                 parse_weights(mixture, f"{key}.mixture")
             else:
                 mixture = ""
-            combos = [(s, None, mixture) for s in starts]
-        for s, w, mix in combos:
-            resolved = arm_name(family, w, s)
+            combos = [(s, None, mixture, None) for s in starts]
+        for s, w, mix, dose in combos:
+            resolved = arm_name(family, w, s, dose)
             if resolved in seen or resolved == CONTROL:
                 raise ConfigError(f"{key}", f"arm {resolved!r} resolves to the same output as {seen.get(resolved, CONTROL)}")
             seen[resolved] = key
-            arms.append(Arm(resolved, family, mix, s, w, domain, araw.get("mix_config"), arm_sizes))
+            arms.append(Arm(resolved, family, mix, s, w, domain, araw.get("mix_config"), arm_sizes, dose))
 
     if vary == "base":
         imported = next((sz.name for sz in sizes if sz.checkpoint), None)

@@ -44,6 +44,18 @@ def mean_loss(total: float, count: float, what: str) -> float:
     return float(total) / float(count)
 
 
+def unigram_entropy(counts: "torch.Tensor", what: str) -> float:
+    """Entropy (nats) of the token frequencies ``counts``: the loss of the best context-free predictor of
+    exactly those tokens (their own unigram distribution). A language model whose loss on the same tokens is
+    at or above it predicts them no better than their frequencies: collapsed (``stats.regime_problems``).
+    Raises :class:`NoData` naming ``what`` over no tokens."""
+    n = float(counts.sum())
+    if not n:
+        raise NoData(what, "no data (0 scorable tokens): an entropy over nothing is not a number")
+    p = counts[counts > 0].double() / n
+    return float(-(p * p.log()).sum())
+
+
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50))  # capped: an untrained model's loss must not overflow
 
