@@ -398,10 +398,16 @@ def test_detectable_effect_is_statsmodels_power():
         # at that effect the library's power is 80%
         assert TTestPower().power(effect_size=stats.detectable_effect(sd, n) / sd, nobs=n, alpha=0.05) == \
             pytest.approx(0.8, abs=1e-6)
-    assert math.isnan(stats.detectable_effect(0.1, 1))
+    assert math.isnan(stats.detectable_effect(0.1, 1)) and math.isnan(stats.detectable_d(1))
+    # a priori (issue 28, item 5): from the design's n, never from the observed spread; n = 3 needs ~3.3 sd
     cells = aggregate(_results(-0.2), "pretrain-only")
-    d = cells[1].delta["sft_test"].diff
-    assert cells[1].mde["sft_test"] == pytest.approx(stats.detectable_effect(d.sd, d.n))
+    n = cells[1].delta["sft_test"].diff.n
+    assert cells[1].detect_d["sft_test"] == pytest.approx(stats.detectable_d(n)) and stats.detectable_d(n) == pytest.approx(
+        TTestPower().solve_power(effect_size=None, nobs=n, alpha=0.05, power=0.8, alternative="two-sided"))
+    other = aggregate(_results(-0.2, noise=0.2), "pretrain-only")  # another spread, the same a-priori figure
+    assert other[1].detect_d == cells[1].detect_d
+    assert f"{stats.detectable_d(3):.1f} at n = 3" in markdown(cells, "pretrain-only")
+    assert 3.2 < stats.detectable_d(3) < 3.3
 
 
 def test_edge_winner_is_flagged():

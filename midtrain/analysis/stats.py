@@ -35,9 +35,11 @@ Guarantees:
   (``ln_vocab``), and says so.
 - ``regime_disagreement({seed: (lr, collapsed)})``: a cell whose seeds' chosen LRs put some in collapse and
   others not is flagged (its seeds do not sample one regime), naming each seed's LR.
-- ``detectable_effect(sd, n)``: the smallest true mean difference a two-sided one-sample t-test at level
-  ``alpha`` detects with probability ``power`` given the observed spread ``sd`` and ``n`` (statsmodels
-  ``TTestPower``): "inconclusive" reads as "can't see effects smaller than this".
+- ``detectable_d(n)``: a priori, before any result: the smallest true mean difference, in units of the sd of
+  the per-seed differences, that a two-sided one-sample t-test at level ``alpha`` over ``n`` seeds finds with
+  probability ``power`` (statsmodels ``TTestPower``); ``detectable_effect(sd, n)`` = that × a *stated* sd
+  (a pilot's). Reports give the former from the design's n: a detectable effect computed from the observed
+  spread (post hoc) says nothing the interval does not, and was dropped.
 - ``holm(pvalues, alpha)``: Holm's step-down adjusted p-values (statsmodels ``multipletests``) over a
   family of tests; ``holm_verdicts`` gives the verdict word of each test at family-wise level ``alpha``
   (NaN p-values are left out of the family and read "inconclusive").
@@ -281,14 +283,30 @@ def regime_problems(values: Mapping[str, float], choice: "LRChoice | None" = Non
     return out
 
 
-def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
-    """Smallest |mean difference| detectable at ``power`` by a two-sided one-sample t-test (statsmodels);
-    NaN when n < 2 or sd is not finite."""
-    if n < 2 or sd is None or math.isnan(sd) or math.isinf(sd):
+def detectable_d(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest |mean difference| / sd detectable at ``power`` by a two-sided one-sample t-test over ``n``
+    (statsmodels); NaN when n < 2 (no test)."""
+    if n < 2:
         return math.nan
-    if sd == 0:
-        return 0.0
     from statsmodels.stats.power import TTestPower
 
-    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
-    return float(d) * sd
+    return float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power,
+                                          alternative="two-sided"))
+
+
+def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """``detectable_d(n) × sd`` for a stated (pilot) sd; NaN when n < 2 or sd is not finite."""
+    if n < 2 or sd is None or math.isnan(sd) or math.isinf(sd):
+        return math.nan
+    return detectable_d(n, alpha, power) * sd
+
+
+def a_priori_power_text(ns, confidence: float = 0.95) -> str:
+    """One sentence: the smallest effect the design's seed counts ``ns`` can detect, in sd units, a priori."""
+    ns = sorted({n for n in ns if n >= 2})
+    if not ns:
+        return ""
+    each = ", ".join(f"{detectable_d(n, 1 - confidence):.1f} at n = {n}" for n in ns)
+    return (f"A priori (from n, before any result), a two-sided paired t-test at {1 - confidence:.0%} detects a true "
+            f"difference 80% of the time only when it is at least this many sds of the per-seed differences: "
+            f"{each}; an inconclusive verdict says nothing about smaller effects.")

@@ -76,7 +76,7 @@ class Cell:
     edge_seeds: tuple = ()                        # seeds whose chosen LR sits at the grid edge
     lrs: tuple = ()                               # chosen LR per seed (in seed order)
     regime: tuple = ()                            # "s<seed>: problem" for every seed outside a valid regime
-    mde: dict = field(default_factory=dict)       # metric -> smallest Δ detectable at 80% power (observed sd, n)
+    detect_d: dict = field(default_factory=dict)  # metric -> smallest Δ/sd detectable at 80% power, a priori from n
 
 
 def _values(r: SFTResult) -> dict:
@@ -194,8 +194,7 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
                     if base and set(base) & set(vals):
                         cell.delta[metric] = stats.paired(vals, base, confidence)
                         cell.verdict[metric] = stats.verdict(cell.delta[metric].diff)
-                        cell.mde[metric] = stats.detectable_effect(cell.delta[metric].diff.sd, cell.delta[metric].diff.n,
-                                                                   1 - confidence)
+                        cell.detect_d[metric] = stats.detectable_d(cell.delta[metric].diff.n, 1 - confidence)
             cells.append(cell)
     at = {(c.arm, c.task): c for c in cells}
     for c in cells:  # validity gates verdicts: the cell and its baseline cell must both be in a valid regime
@@ -265,6 +264,9 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
             head += (f" {nj} more are **not judged**: they rest on a cell outside a valid regime (a non-finite loss, "
                      "collapse: main-corpus loss after SFT at or above the unigram entropy of the tokens it scored, "
                      "or the chosen LR at a grid edge), named in the cell.")
+    power = stats.a_priori_power_text([c.delta[m].diff.n for c in cells for m in c.delta], confidence)
+    if power:
+        head += " " + power
     lines = [head, "", "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for arm in arms:
         row = []
@@ -294,7 +296,7 @@ for _m in ("sft_test", "sft_val", "main_after", "main_increase"):
     CSV_COLUMNS += [f"{_m}_mean", f"{_m}_sd", f"{_m}_lo", f"{_m}_hi"]
 for _m in METRICS:
     CSV_COLUMNS += [f"delta_{_m}_mean", f"delta_{_m}_lo", f"delta_{_m}_hi", f"delta_{_m}_n", f"verdict_{_m}",
-                    f"p_{_m}", f"p_holm_{_m}", f"verdict_holm_{_m}", f"mde80_{_m}", "comparisons", "not_judged"]
+                    f"p_{_m}", f"p_holm_{_m}", f"verdict_holm_{_m}", f"detectable_d80_{_m}", "comparisons", "not_judged"]
 CSV_COLUMNS = list(dict.fromkeys(CSV_COLUMNS))
 
 
@@ -312,6 +314,7 @@ def csv_text(cells: list[Cell]) -> str:
             row.update({f"delta_{m}_mean": p.diff.mean, f"delta_{m}_lo": p.diff.lo, f"delta_{m}_hi": p.diff.hi,
                         f"delta_{m}_n": p.diff.n, f"verdict_{m}": c.verdict[m], f"p_{m}": p.p,
                         f"p_holm_{m}": c.p_holm.get(m), f"verdict_holm_{m}": c.holm.get(m),
-                        f"mde80_{m}": c.mde.get(m), "comparisons": comparisons(cells), "not_judged": not_judged(cells)})
+                        f"detectable_d80_{m}": c.detect_d.get(m), "comparisons": comparisons(cells),
+                        "not_judged": not_judged(cells)})
         w.writerow(row)
     return buf.getvalue()

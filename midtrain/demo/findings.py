@@ -22,8 +22,8 @@ cell a finding rests on is outside a valid regime (``stats.regime_problems``: co
 after SFT at or above the unigram entropy of the tokens it scored; the chosen LR at a grid edge; a non-finite
 loss; seeds on both sides of collapse) or missing (its step failed or never ran); "not judged (no
 variance sampled)" when every seed gives the same difference. Every judged
-finding also gets a Holm-adjusted verdict over the judged findings, and the smallest effect detectable
-at 80% power with its observed spread and n.
+finding also gets a Holm-adjusted verdict over the judged findings; the smallest effect the design can
+detect is stated a priori, from n alone (``stats.a_priori_power_text``), never from the observed spread.
 """
 
 from __future__ import annotations
@@ -43,14 +43,13 @@ def _finding(key: str, claim: str, iv: stats.Interval | None, lower_is_better: b
              samples: list[float] | None = None, problems: list[str] | None = None, p: float | None = None) -> dict:
     """One finding: its verdict on the claimed sign (``lower_is_better``: the claim is that the difference is
     < 0; False: > 0; None: reported, not tested), or "not judged" when a cell it rests on is outside a valid
-    regime or missing; ``samples`` (per-seed values) give the t-test p and the effect detectable at 80% power."""
+    regime or missing; ``samples`` (per-seed values) give the t-test p."""
     out = {"finding": key, "claim": claim, "detail": detail, "regime": list(problems or []),
            "lower_is_better": lower_is_better}
     if iv is None:
         word = f"{stats.NOT_JUDGED} (regime)" if problems else WORDS["inconclusive"]
         return {**out, "verdict": word, "detail": detail + " (no data)", "mean": None, "lo": None,
-                "hi": None, "n": 0, "p": None, "mde80": None}
-    mde = stats.detectable_effect(iv.sd, iv.n) if samples is not None else None
+                "hi": None, "n": 0, "p": None}
     if p is None and samples is not None:
         p = stats.t_test_p(samples)
     if problems:
@@ -59,7 +58,7 @@ def _finding(key: str, claim: str, iv: stats.Interval | None, lower_is_better: b
         word = DESCRIPTIVE
     else:
         word = stats.claim_verdict(iv, -1 if lower_is_better else +1)
-    return {**out, "verdict": word, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": iv.n, "p": p, "mde80": mde}
+    return {**out, "verdict": word, "mean": iv.mean, "lo": iv.lo, "hi": iv.hi, "n": iv.n, "p": p}
 
 
 def _problems(values: Mapping, keys, ln_vocab: float | None) -> list[str]:
@@ -120,7 +119,7 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
     ``domains``: d -> {"mid": arm, "cpt": arm, "task": task}; ``grid``: {"task", "early_low", "early_high",
     "late_low", "late_high"} (arm names); ``proximity``: [{"arm", "task", "advantage", "relative_improvement"}];
     ``ln_vocab``: ln V for the regime check. Each finding also gets its Holm-adjusted verdict over the judged
-    findings (``holm``) and the smallest effect detectable at 80% power (``mde80``)."""
+    findings (``holm``)."""
     out = []
 
     def keys(arms, task):
@@ -188,9 +187,8 @@ def format_findings(findings: list[dict]) -> str:
     nd = sum(1 for f in findings if f["verdict"] == DESCRIPTIVE)
     lines = [f"{len(findings) - nd} claims tested and {nd} effects described; {k} judged, Holm-adjusted over those "
              f"{k} (family-wise error 5%) beside each raw verdict; {nj} not judged (a cell outside a valid regime or "
-             "missing, or no variance sampled). \"detectable\" = the smallest true effect a test with this spread "
-             "and n would find at 80% power (statsmodels): an inconclusive verdict cannot see effects smaller than "
-             "that.", ""]
+             "missing, or no variance sampled). " + stats.a_priori_power_text(
+                 [f["n"] for f in findings if f["n"] and not f["finding"].startswith("4-")]), ""]
     for f in findings:
         if f["mean"] is None:
             num = "no data"
@@ -198,8 +196,6 @@ def format_findings(findings: list[dict]) -> str:
             num = f"{f['detail']} = {f['mean']:+.4f} (n={f['n']}, no interval)"
         else:
             num = f"{f['detail']} = {f['mean']:+.4f}, 95% CI [{f['lo']:+.4f}, {f['hi']:+.4f}], n={f['n']}"
-        if f.get("mde80") is not None and not math.isnan(f["mde80"]):
-            num += f", detectable ±{f['mde80']:.4f}"
         if f["regime"]:
             shown = "; ".join(f["regime"][:2]) + (f"; +{len(f['regime']) - 2} more" if len(f["regime"]) > 2 else "")
             lines.append(f"- finding {f['finding']}: {f['claim']}: **{f['verdict']}**: {shown} ({num})")

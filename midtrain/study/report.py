@@ -93,7 +93,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             size_res["cells"] = [{"arm": c.arm, "task": c.task, "seeds": list(c.seeds), "lrs": list(c.lrs),
                                   "edge_seeds": list(c.edge_seeds), "verdict": c.verdict, "holm": c.holm,
                                   "p_holm": c.p_holm, "comparisons": tables.comparisons(cells),
-                                  "regime": list(c.regime), "mde80": c.mde, "not_judged": tables.not_judged(cells),
+                                  "regime": list(c.regime), "detectable_d80": c.detect_d, "not_judged": tables.not_judged(cells),
                                   "summary": {m: iv.__dict__ for m, iv in c.summary.items()},
                                   "delta": {m: p.diff.__dict__ for m, p in c.delta.items()}} for c in cells]
             by_task: dict[str, dict] = {}
