@@ -338,9 +338,18 @@ def test_collapse_is_judged_against_the_unigram_entropy_of_the_scored_tokens_and
     from midtrain.demo import findings as F
     from midtrain.train.metrics import NoData, unigram_entropy
 
-    # the entropy of token frequencies, by hand: counts 2, 1, 1 -> -(0.5 ln 0.5 + 2 x 0.25 ln 0.25) = 1.5 ln 2
-    assert unigram_entropy(torch.tensor([2, 0, 1, 1]), "x") == pytest.approx(1.5 * math.log(2))
+    # by hand: counts 2, 1, 1 -> plug-in -(0.5 ln 0.5 + 2 x 0.25 ln 0.25) = 1.5 ln 2, plus Miller-Madow's
+    # (K - 1) / 2N = 2 / 8
+    assert unigram_entropy(torch.tensor([2, 0, 1, 1]), "x") == pytest.approx(1.5 * math.log(2) + 0.25)
     assert unigram_entropy(torch.tensor([0, 7, 0]), "x") == 0.0
+    # the correction makes it (nearly) unbiased: samples of a known distribution average to its entropy
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([0.4, 0.3, 0.1, 0.1, 0.05, 0.05])
+    true = float(-(probs * probs.log()).sum())
+    samples = [torch.bincount(torch.multinomial(probs, 40, True, generator=g), minlength=6) for _ in range(400)]
+    est = sum(unigram_entropy(c, "x") for c in samples) / len(samples)
+    plug = sum(unigram_entropy(c, "x") - (int((c > 0).sum()) - 1) / 80 for c in samples) / len(samples)
+    assert abs(est - true) < 0.02 and true - plug > 0.04, (est, plug, true)
     with pytest.raises(NoData):
         unigram_entropy(torch.zeros(5, dtype=torch.long), "x")
 

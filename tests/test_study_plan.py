@@ -83,6 +83,56 @@ def test_a_dose_matched_arm_plans_equal_domain_doses_at_every_start():
         make_plan(parse_spec(two, {"70m": copy.deepcopy(BASE), "160m": longer}))
 
 
+def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_pairs_them():
+    """Issue 28, item 2: `precision: [a, b]` on an arm gives one run per precision with the same data, seed and
+    schedule (only `precision` differs in the run config); the report gives each arm's precision effect, paired
+    over seeds, and whether the timing x weight window reads the same under each precision."""
+    import typing
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR
+
+    from midtrain.analysis import stats
+    from midtrain.analysis.tables import Chosen
+    from midtrain.study import report
+    from midtrain.study.spec import PRECISIONS
+
+    assert set(PRECISIONS) == set(typing.get_args(_PRECISION_INPUT_STR))  # spelt without importing lightning
+    spec = raw(arms=[{"name": "code", "domain": "code", "start": [20, 60], "weight": [0.2, 0.5],
+                      "precision": ["bf16-true", "bf16-mixed"]}], seeds=MID)
+    p = plan_of(spec)
+    runs = {(s.labels["arm"], s.labels["seed"]): s for s in p.steps if s.kind == "midtrain"}
+    assert {a for a, _ in runs} == {f"code{w}-from{st}-{pr}" for w in (20, 50) for st in (20, 60)
+                                    for pr in ("bf16-true", "bf16-mixed")}
+    a, b = runs[("code20-from60-bf16-true", 1)], runs[("code20-from60-bf16-mixed", 1)]
+    assert a.config["precision"] == "bf16-true" and b.config["precision"] == "bf16-mixed"
+    assert {k: v for k, v in a.config.items() if k != "precision"} == {k: v for k, v in b.config.items()
+                                                                        if k != "precision"}
+    assert a.deps == b.deps and a.hash != b.hash
+    with pytest.raises(ConfigError, match=re.escape("arms[0].precision: give distinct precisions among")):
+        plan_of(raw(arms=[{"name": "c", "domain": "code", "start": [20], "weight": [0.2], "precision": ["bf17"]}]))
+    # the report: bf16-mixed minus bf16-true per arm, task and metric; the window under each precision
+    parsed = parse_spec(spec, {"70m": copy.deepcopy(BASE)})
+    chosen = []
+    for arm in parsed.arms:
+        late, high, mixed = arm.start == 60, arm.weight == 0.5, arm.precision == "bf16-mixed"
+        for seed in (0, 1, 2):
+            test = (2.0 + (0.3 + 0.003 * seed) * (late and high) + 0.05 * high + 0.01 * seed - 0.1 * mixed
+                    + 0.002 * seed * mixed)
+            chosen.append(Chosen(arm.name, "py", seed, stats.LRChoice(1e-3, 1.0, (), None),
+                                 {"sft_test": test, "main_after": 4.0 + 0.01 * seed, "main_unigram": 5.0}))
+    effects = report.precision_effects(parsed, chosen)
+    by = {(x["arm"], x["metric"]): x for x in effects}
+    assert len(effects) == 4 * 2 and all(x["reference_precision"] == "bf16-true" for x in effects)
+    x = by[("code20-from60-bf16-mixed", "sft_test")]
+    assert x["reference"] == "code20-from60-bf16-true" and x["interval"]["mean"] == pytest.approx(-0.098)
+    assert x["verdict"] == "better" and by[("code20-from60-bf16-mixed", "main_after")]["verdict"] == stats.NO_VARIANCE
+    inter = report.interactions(parsed, chosen)
+    assert {i["family"] for i in inter} == {"code-bf16-true", "code-bf16-mixed"}
+    (line,) = report.window_under_precision(inter, parsed)
+    assert line.startswith("- code on py: the window survives the precision change (bf16-true: reproduced; "
+                           "bf16-mixed: reproduced)"), line
+
+
 def test_segment_chain_and_edges():
     p = plan_of(raw(seeds=MID))
     segs = [s for s in p.steps if s.kind == "pretrain"]

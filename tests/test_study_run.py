@@ -159,6 +159,27 @@ def test_a_child_forked_by_a_locked_run_does_not_keep_the_folder_locked(tmp_path
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def test_a_step_whose_runner_died_while_its_command_lives_is_still_running():
+    """The trainer a step runner forks has its own process group: a kill -9 of the `study run` group leaves it
+    running. Its status names it (command_pid), so a re-run waits for it instead of starting a second trainer
+    in the same folder (which the lock, shared by fork, used to prevent crudely)."""
+    import socket
+
+    from midtrain.study.execute import _pid_alive
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        st = {"host": socket.gethostname(), "pid": dead.pid, "command_pid": live.pid}
+        assert _pid_alive(st)
+        assert not _pid_alive({**st, "command_pid": dead.pid}) and not _pid_alive({**st, "command_pid": None})
+        assert not _pid_alive({**st, "host": "elsewhere"})
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_changed_spec_is_refused_unless_told(study, tmp_path):
     spec, root = study
     changed = yaml.safe_load(spec.read_text())

@@ -30,9 +30,8 @@ Guarantees:
   not bracketed). Why that reference: it is the loss of the best context-free predictor of those tokens, so
   a model at or above it predicts the main corpus no better than its token frequencies, whatever the model,
   its size or the corpus; it needs no free bound (a relative one, "loss rose by more than x", would). ln V, a
-  uniform guess, lies far above it (the tiny demo's main val split: 6.09 nats against ln V = 7.62) and let
-  collapsed cells be judged; it remains only for metrics written before the entropy was recorded
-  (``ln_vocab``), and says so.
+  uniform guess, lies far above it (~1.4 nats on the demo's main val split) and let collapsed cells be
+  judged; it remains only for metrics written before the entropy was recorded (``ln_vocab``), and says so.
 - ``regime_disagreement({seed: (lr, collapsed)})``: a cell whose seeds' chosen LRs put some in collapse and
   others not is flagged (its seeds do not sample one regime), naming each seed's LR.
 - ``detectable_d(n)``: a priori, before any result: the smallest true mean difference, in units of the sd of
@@ -256,8 +255,17 @@ def collapsed(values: Mapping[str, float], ln_vocab: float | None = None) -> str
     return None
 
 
+def collapse_known(values: Mapping[str, float], ln_vocab: float | None = None) -> bool:
+    """Whether ``collapsed`` can say anything of these values (a finite main-corpus loss after SFT and a
+    reference): a seed it cannot judge is on neither side of ``regime_disagreement``."""
+    after, ref = values.get("main_after"), values.get("main_unigram")
+    return after is not None and math.isfinite(after) and (
+        (ref is not None and math.isfinite(ref)) or ln_vocab is not None)
+
+
 def regime_disagreement(by_seed: Mapping[Hashable, tuple[float, "str | None"]]) -> str | None:
-    """``{seed: (chosen lr, collapsed(...))}`` -> a flag when some seeds collapsed and others did not."""
+    """``{seed: (chosen lr, collapsed(...))}`` over the seeds ``collapse_known`` judges -> a flag when some
+    seeds collapsed and others did not."""
     bad = [s for s, (_, c) in by_seed.items() if c]
     if not bad or len(bad) == len(by_seed):
         return None

@@ -177,7 +177,7 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
             seeds = tuple(sorted(mine))
             problems = {s: stats.regime_problems(mine[s].values, mine[s].choice, ln_vocab) for s in seeds}
             split = stats.regime_disagreement({s: (mine[s].choice.lr, stats.collapsed(mine[s].values, ln_vocab))
-                                               for s in seeds})
+                                               for s in seeds if stats.collapse_known(mine[s].values, ln_vocab)})
             cell = Cell(arm, task, seeds, edge_seeds=tuple(s for s in seeds if mine[s].choice.at_edge),
                         lrs=tuple(mine[s].choice.lr for s in seeds),
                         regime=tuple(f"s{s}: {p}" for s in seeds for p in problems[s]) + ((split,) if split else ()))

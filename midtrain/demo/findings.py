@@ -76,7 +76,7 @@ def _problems(values: Mapping, keys, ln_vocab: float | None) -> list[str]:
                                       ln_vocab)]
     by_cell: dict = {}
     for k in keys:  # a cell (arm, task) whose seeds fall on both sides of collapse
-        if k in values and "lr" in values[k]:
+        if k in values and "lr" in values[k] and stats.collapse_known(values[k], ln_vocab):
             by_cell.setdefault(k[:2], {})[k[2]] = (values[k]["lr"], stats.collapsed(values[k], ln_vocab))
     for (arm, task), by_seed in by_cell.items():
         split = stats.regime_disagreement(by_seed)
@@ -115,7 +115,8 @@ def _interaction(values: Mapping, grid: dict, metric: str, seeds):
 
 def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], grid: dict,
              proximity: list[dict], ln_vocab: float | None = None, alpha: float = 0.05) -> list[dict]:
-    """``values``: (arm, task, seed) -> {"sft_test", "main_after", "lr", "lr_edge"} at the LR chosen on val.
+    """``values``: (arm, task, seed) -> {"sft_test", "main_after", "main_unigram", "lr", "lr_edge"} at the LR
+    chosen on val.
     ``domains``: d -> {"mid": arm, "cpt": arm, "task": task}; ``grid``: {"task", "early_low", "early_high",
     "late_low", "late_high"} (arm names); ``proximity``: [{"arm", "task", "advantage", "relative_improvement"}];
     ``ln_vocab``: ln V for the regime check. Each finding also gets its Holm-adjusted verdict over the judged

@@ -121,13 +121,19 @@ def write_status(folder: Path, **fields) -> dict:
 
 
 def _pid_alive(status: dict) -> bool:
-    if status.get("host") != socket.gethostname() or not status.get("pid"):
+    """Whether a step runner on this host, or the command it started, still lives. The command counts too: it
+    runs in its own process group, so a ``kill -9`` of the ``study run`` group (or the runner's death) leaves it
+    running, and a re-run must wait for it, never start a second trainer in the same folder."""
+    if status.get("host") != socket.gethostname():
         return False
-    try:
-        os.kill(int(status["pid"]), 0)
-        return True
-    except OSError:
-        return False
+    for key in ("pid", "command_pid"):
+        if status.get(key):
+            try:
+                os.kill(int(status[key]), 0)
+                return True
+            except OSError:
+                pass
+    return False
 
 
 def step_states(plan: Plan, out_dir: Path, query_slurm: bool = True) -> dict[str, dict]:
@@ -202,8 +208,8 @@ def run_step(folder: Path) -> int:
     started = time.time()
     launch = desc.get("launch")
     srun = bool(launch and os.environ.get("SLURM_JOB_ID"))
-    write_status(folder, state="running", pid=os.getpid(), host=socket.gethostname(), started=started, ended=None,
-                 job_id=slurm_job_id(), log=str(log_path), exit_code=None, outputs=desc["outputs"],
+    write_status(folder, state="running", pid=os.getpid(), command_pid=None, host=socket.gethostname(),
+                 started=started, ended=None, job_id=slurm_job_id(), log=str(log_path), exit_code=None, outputs=desc["outputs"],
                  hash=desc["hash"], devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
                  processes=(launch["nodes"] * launch["tasks_per_node"]) if srun else None)
     if pending:
@@ -221,6 +227,7 @@ def run_step(folder: Path) -> int:
         log.write(f"[{time.strftime('%F %T')}] {desc['id']}: {line}\n")
     if not srun:
         pid = _fork_command(desc["argv"], log_path, desc.get("cwd"))
+    write_status(folder, command_pid=pid)  # it outlives this runner when the runner is killed outright
     sent = 0
     while True:
         done_pid, wstatus = os.waitpid(pid, os.WNOHANG)
@@ -406,9 +413,11 @@ def _drop_locks_in_child() -> None:
     ``kill -9`` of its process group), its orphaned trainers kept the folder locked, and the re-run meant to
     wait for them was refused ("in use by another `midtrain study run`"). The child closes its copy; the
     lock stays with the run that took it."""
-    for fd in list(_LOCK_FDS):
-        try:
-            os.close(fd)
+    for fd in list(_LOCK_FDS):  # (/dev/null over it, not a close: the number stays taken, so a file the child
+        try:                     # opens later never gets it, and the parent's file object never points elsewhere)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, fd)
+            os.close(null)
         except OSError:
             pass
     _LOCK_FDS.clear()
@@ -428,12 +437,12 @@ def study_lock(out_dir: Path):
         f.close()
         raise ConfigError("--out", f"{out_dir} is in use by another `midtrain study run` (lock "
                           f"{out_dir / '.study.lock'}); wait for it or stop it") from None
+    _LOCK_FDS.add(f.fileno())
     try:
         f.seek(0)
         f.truncate()
         f.write(f"{socket.gethostname()} {os.getpid()}\n")
         f.flush()
-        _LOCK_FDS.add(f.fileno())
         yield
     finally:
         _LOCK_FDS.discard(f.fileno())

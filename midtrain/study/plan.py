@@ -295,11 +295,13 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
                         cfg = set_dotted(base_cfg, "data.mix_weights_str", arm.mixture)
                     if spec.vary == "midtrain":
                         cfg = set_dotted(cfg, "data.seed", seed)
+                    if arm.precision:  # a precision control: only the numerics differ from its sibling arms
+                        cfg = set_dotted(cfg, "precision", arm.precision)
                     cfg["resume"] = "auto"
                     sid = f"midtrain/{size.name}/{run_label(arm.name, seed)}"
                     labels = {"size": size.name, "arm": arm.name, "family": arm.family, "seed": seed,
                               "start": arm.start, "end": size.max_steps, "weight": arm.weight, "domain": arm.domain,
-                              "mixture": arm.mixture}
+                              "mixture": arm.mixture, "precision": arm.precision}
                     tokens = (size.max_steps - arm.start) * size.tokens_per_step
                     if size.checkpoint:
                         cfg = set_dotted(cfg, "train.max_additional_steps", size.max_steps - size.start_step)

@@ -109,6 +109,11 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             if inter:
                 size_res["interactions"] = inter
                 md += _format_interactions(inter, confidence) + [""]
+            effects = precision_effects(spec, chosen, confidence, ln_vocab(size))
+            if effects:
+                window = window_under_precision(inter, spec)
+                size_res["precision_control"] = {"effects": effects, "window": window}
+                md += _format_precision(effects, window, confidence) + [""]
             if spec.report.get("proximity") and base:
                 md += _proximity(plan, size, cells, rep, size_res) + [""]
         else:
@@ -183,6 +188,15 @@ def _eval_table(rows: list[dict], title: str) -> list[str]:
     return out
 
 
+def grid_family(arm) -> str | None:
+    """The start × weight grid an arm belongs to: its family, per precision (a precision control's arms are
+    sibling grids, never one cell overwriting another); None for a dose-matched arm (its weight follows from
+    its start: it is no cell of a start × weight grid)."""
+    if arm.dose is not None:
+        return None
+    return arm.family + (f"-{arm.precision}" if arm.precision else "")
+
+
 def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = None) -> list[dict]:
     """Timing × weight, for every arm family crossing >= 2 starts with >= 2 weights, per SFT task: per seed
     I = (late high - late low) - (early high - early low) of the SFT test loss (earliest/latest start,
@@ -193,17 +207,26 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
 
     values = {(c.arm, c.task, c.seed): c.values for c in chosen}
     problems_of = {(c.arm, c.task, c.seed): stats.regime_problems(
-        {m: c.values[m] for m in ("sft_test", "main_after") if m in c.values}, c.choice, ln_v) for c in chosen}
+        {m: c.values[m] for m in ("sft_test", "main_after", "main_unigram") if m in c.values}, c.choice, ln_v)
+        for c in chosen}
     out = []
     families: dict[str, list] = {}
     for a in spec.arms:
-        if a.weight is not None:
-            families.setdefault(a.family, []).append(a)
+        if a.weight is not None and grid_family(a) is not None:
+            families.setdefault(grid_family(a), []).append(a)
     for family, members in families.items():
         starts, weights = sorted({a.start for a in members}), sorted({a.weight for a in members})
         if len(starts) < 2 or len(weights) < 2:
             continue
         cell = {(a.start, a.weight): a.name for a in members}
+        split = {}  # a corner whose seeds fall on both sides of collapse (stats.regime_disagreement)
+        for a in members:
+            for task in dict.fromkeys(c.task for c in chosen):
+                mine = {c.seed: c for c in chosen if c.arm == a.name and c.task == task
+                        and stats.collapse_known(c.values, ln_v)}
+                why = stats.regime_disagreement({sd: (c.choice.lr, stats.collapsed(c.values, ln_v)) for sd, c in mine.items()})
+                if why:
+                    split[(a.name, task)] = f"{a.name}: {why}"
         corners = {"early_low": (starts[0], weights[0]), "early_high": (starts[0], weights[-1]),
                    "late_low": (starts[-1], weights[0]), "late_high": (starts[-1], weights[-1])}
         if not all(k in cell for k in corners.values()):
@@ -211,6 +234,7 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
         names = {k: cell[v] for k, v in corners.items()}
         for task in dict.fromkeys(c.task for c in chosen):
             per_seed, problems = {}, []
+            problems += [split[(n, task)] for n in names.values() if (n, task) in split]
             for seed in sorted({c.seed for c in chosen}):
                 keys = {k: (n, task, seed) for k, n in names.items()}
                 problems += [f"{key[0]}/s{seed}: {p}" for key in keys.values() for p in problems_of.get(key, [])]
@@ -230,6 +254,85 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
                         "verdict": f"{stats.NOT_JUDGED} (regime)" if problems else stats.claim_verdict(iv, +1),
                         "regime": problems, "p": stats.t_test_p(finite)})
     return out
+
+
+def precision_effects(spec, chosen, confidence: float = 0.95, ln_v: float | None = None) -> list[dict]:
+    """A precision control (arms with ``precision:``): for every arm run at >= 2 precisions, per SFT task and
+    metric, the paired difference (other precision − the first listed) over matched seeds, its interval and
+    verdict (``stats.verdict``: lower loss = better), or "not judged" when a cell is outside a valid regime. Pure."""
+    from midtrain.analysis import stats
+    from midtrain.analysis.tables import METRICS
+
+    values = {(c.arm, c.task, c.seed): c for c in chosen}
+    groups: dict[tuple, list] = {}
+    for a in spec.arms:
+        if a.precision:
+            groups.setdefault((a.family, a.start, a.weight, a.dose, a.mixture, a.mix_config), []).append(a)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        ref = members[0]
+        for other in members[1:]:
+            for task in dict.fromkeys(c.task for c in chosen):
+                for metric in METRICS:
+                    mine, base, problems = {}, {}, []
+                    for (arm, t, seed), c in values.items():
+                        if t != task or arm not in (ref.name, other.name):
+                            continue
+                        problems += [f"{arm}/s{seed}: {p}" for p in stats.regime_problems(
+                            {m: c.values[m] for m in ("sft_test", "main_after", "main_unigram") if m in c.values},
+                            c.choice, ln_v)]
+                        v = c.values.get(metric)
+                        if v is not None and math.isfinite(v):
+                            (mine if arm == other.name else base)[seed] = v
+                    if not set(mine) & set(base):
+                        continue
+                    d = stats.paired(mine, base, confidence)
+                    out.append({"arm": other.name, "reference": ref.name, "precision": other.precision,
+                                "reference_precision": ref.precision, "task": task, "metric": metric,
+                                "interval": d.diff.__dict__, "regime": problems,
+                                "verdict": stats.NOT_JUDGED if problems else stats.verdict(d.diff)})
+    return out
+
+
+def window_under_precision(inter: list[dict], spec) -> list[str]:
+    """Whether the timing × weight window (``interactions``) reads the same under each precision of a precision
+    control: one line per family and task with >= 2 precisions."""
+    by: dict[tuple, dict] = {}
+    precisions = {grid_family(a): a.precision for a in spec.arms}
+    family_of = {grid_family(a): a.family for a in spec.arms}
+    for x in inter:
+        if precisions.get(x["family"]):
+            by.setdefault((family_of[x["family"]], x["task"]), {})[precisions[x["family"]]] = x["verdict"]
+    lines = []
+    for (family, task), verdicts in by.items():
+        if len(verdicts) < 2:
+            continue
+        words = set(verdicts.values())
+        said = "; ".join(f"{p}: {v}" for p, v in verdicts.items())
+        if words == {"reproduced"}:
+            lines.append(f"- {family} on {task}: the window survives the precision change ({said})")
+        elif len(words) == 1:
+            lines.append(f"- {family} on {task}: the window reads the same under each precision ({said})")
+        else:
+            lines.append(f"- {family} on {task}: the window depends on the precision ({said})")
+    return lines
+
+
+def _format_precision(effects: list[dict], window: list[str], confidence: float) -> list[str]:
+    lines = [f"Precision control: each arm at another precision minus the same arm (data, seed, schedule) at the "
+             f"first listed one, paired over seeds, mean ± {confidence:.0%} t-interval (negative = lower loss):", ""]
+    for x in effects:
+        iv = x["interval"]
+        num = f"{iv['mean']:+.4f}" + ("" if iv["lo"] != iv["lo"] else f", CI [{iv['lo']:+.4f}, {iv['hi']:+.4f}]")
+        why = (": " + "; ".join(x["regime"][:2]) + (f"; +{len(x['regime']) - 2} more" if len(x["regime"]) > 2 else "")
+               if x["regime"] else "")
+        lines.append(f"- {x['arm']} − {x['reference']} on {x['task']}, {x['metric']}: {num}, n={iv['n']}: "
+                     f"**{x['verdict']}**{why}")
+    if window:
+        lines += ["", "The plasticity window (I above) under each precision:"] + window
+    return lines
 
 
 def _format_interactions(inter: list[dict], confidence: float) -> list[str]:
@@ -258,11 +361,11 @@ def _lines_and_scatter(spec, size: str, cells, rep: Path) -> list[str]:
     labels = {"sft_test": "SFT test loss", "main_after": "main-corpus loss after SFT"}
     families: dict[str, list] = {}
     for a in spec.arms:
-        if a.weight is not None:
-            families.setdefault(a.family, []).append(a)
+        if a.weight is not None and grid_family(a) is not None:
+            families.setdefault(grid_family(a), []).append(a)
     for family, members in families.items():
         for task in dict.fromkeys(c.task for c in cells):
-            mine = [c for c in cells if c.task == task and c.arm in arms and arms[c.arm].family == family]
+            mine = [c for c in cells if c.task == task and c.arm in arms and grid_family(arms[c.arm]) == family]
             for x_key, line_key, xlabel in (("start", "weight", "start step"), ("weight", "start", "midtraining weight")):
                 if len({getattr(arms[c.arm], x_key) for c in mine}) < 2:
                     continue
@@ -327,8 +430,8 @@ def _heatmaps(spec, size: str, cells, rep: Path) -> list[str]:
     arms = {a.name: a for a in spec.arms}
     families = {}
     for a in spec.arms:
-        if a.weight is not None:
-            families.setdefault(a.family, []).append(a)
+        if a.weight is not None and grid_family(a) is not None:
+            families.setdefault(grid_family(a), []).append(a)
     for family, members in families.items():
         if len({a.start for a in members}) < 2 and len({a.weight for a in members}) < 2:
             continue
@@ -336,7 +439,7 @@ def _heatmaps(spec, size: str, cells, rep: Path) -> list[str]:
             panels = {}
             for metric, label in (("sft_test", "SFT test loss"), ("main_after", "main-corpus loss after SFT")):
                 grid = {(arms[c.arm].start, arms[c.arm].weight): c.delta[metric].diff
-                        for c in cells if c.task == task and c.arm in arms and arms[c.arm].family == family
+                        for c in cells if c.task == task and c.arm in arms and grid_family(arms[c.arm]) == family
                         and metric in c.delta}
                 if grid:
                     panels[label] = grid

@@ -25,6 +25,9 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       # dose-matched: the same domain dose w·(T−S) at every start (here 4,000 steps' worth of domain data), so
       # that the LR at the start and the dose come apart; each start gets weight = dose / (T − S)
       - {name: code-dm, domain: code, start: [40000, 50000], dose: [4000]}
+      # a precision control: the same arm (data, seed, schedule) at each precision, named code20-from50000-bf16-true
+      # and ...-bf16-mixed; the report gives the precision effect per arm
+      - {name: code, domain: code, start: [50000], weight: [0.2], precision: [bf16-true, bf16-mixed]}
     seeds: [0, 1, 2, 3, 4]               # SFT seeds: one midtrained checkpoint per arm, fine-tuned per seed
     # or {values: [0, 1, 2], vary: sft | midtrain | base}: what each seed re-runs (see VARY)
     sft:
@@ -68,7 +71,11 @@ VARY = {
 }
 LR_CHOICES = ("per_checkpoint", "per_seed", "per_arm")
 TOP_KEYS = {"name", "sizes", "arms", "seeds", "sft", "eval", "report", "slurm", "description"}
-ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "dose", "sizes"}
+ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "dose", "precision", "sizes"}
+# Fabric's precision strings (lightning.fabric.plugins.precision.precision._PRECISION_INPUT_STR; a test holds
+# them equal): spelt here so that parsing a spec imports no lightning
+PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+              "32-true", "64-true")
 SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr"}
 TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
 EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval", "checkpoints"}
@@ -103,6 +110,7 @@ class Arm:
     mix_config: str | None = None      # a mix config file (data.mix_config_path) instead of a weight string
     sizes: tuple[str, ...] | None = None  # the sizes this arm runs on (None: all)
     dose: float | None = None  # dose-matched: weight × (train.max_steps − start), the same at every start
+    precision: str | None = None  # a precision control: this arm trains at this precision (None: the config's)
 
 
 @dataclass(frozen=True)
@@ -198,7 +206,7 @@ def set_dotted(cfg: dict, dotted: str, value: Any) -> dict:
 
 def arm_name(family: str, weight: float | None, start: int, dose: float | None = None) -> str:
     if dose is not None:
-        return f"{family}-dose{dose:g}-from{start}"
+        return f"{family}-dose{dose:.10g}-from{start}"
     return f"{family}{weight * 100:g}-from{start}" if weight is not None else f"{family}-from{start}"
 
 
@@ -365,12 +373,19 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
             else:
                 mixture = ""
             combos = [(s, None, mixture, None) for s in starts]
-        for s, w, mix, dose in combos:
-            resolved = arm_name(family, w, s, dose)
+        precisions = [None]
+        if "precision" in araw:
+            precisions = [str(x) for x in _list(araw["precision"], f"{key}.precision")]
+            bad = [x for x in precisions if x not in PRECISIONS]
+            if bad or not precisions or len(set(precisions)) != len(precisions):
+                raise ConfigError(f"{key}.precision", f"give distinct precisions among {', '.join(PRECISIONS)}, got "
+                                  f"{precisions}")
+        for (s, w, mix, dose), prec in ((c, x) for c in combos for x in precisions):
+            resolved = arm_name(family, w, s, dose) + (f"-{prec}" if prec else "")
             if resolved in seen or resolved == CONTROL:
                 raise ConfigError(f"{key}", f"arm {resolved!r} resolves to the same output as {seen.get(resolved, CONTROL)}")
             seen[resolved] = key
-            arms.append(Arm(resolved, family, mix, s, w, domain, araw.get("mix_config"), arm_sizes, dose))
+            arms.append(Arm(resolved, family, mix, s, w, domain, araw.get("mix_config"), arm_sizes, dose, prec))
 
     if vary == "base":
         imported = next((sz.name for sz in sizes if sz.checkpoint), None)

@@ -45,15 +45,19 @@ def mean_loss(total: float, count: float, what: str) -> float:
 
 
 def unigram_entropy(counts: "torch.Tensor", what: str) -> float:
-    """Entropy (nats) of the token frequencies ``counts``: the loss of the best context-free predictor of
-    exactly those tokens (their own unigram distribution). A language model whose loss on the same tokens is
-    at or above it predicts them no better than their frequencies: collapsed (``stats.regime_problems``).
+    """Entropy (nats) of the unigram distribution behind the token counts ``counts``: what a context-free
+    predictor of that text's tokens achieves at best. A language model whose loss on the same tokens is at or
+    above it predicts them no better than their frequencies: collapsed (``stats.regime_problems``).
+    Miller-Madow estimate: the plug-in entropy of the counts plus (K - 1) / 2N (K distinct tokens, N tokens),
+    since the plug-in one (the counts' own frequencies, fitted in-sample) lies below the true entropy by about
+    that much, which would flag a model between the two, and by an amount that depends on how much was scored.
     Raises :class:`NoData` naming ``what`` over no tokens."""
     n = float(counts.sum())
     if not n:
         raise NoData(what, "no data (0 scorable tokens): an entropy over nothing is not a number")
-    p = counts[counts > 0].double() / n
-    return float(-(p * p.log()).sum())
+    seen = counts[counts > 0].double()
+    p = seen / n
+    return float(-(p * p.log()).sum()) + (seen.numel() - 1) / (2 * n)
 
 
 def perplexity(loss: float) -> float:
