@@ -131,6 +131,18 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
     (line,) = report.window_under_precision(inter, parsed)
     assert line.startswith("- code on py: the window survives the precision change (bf16-true: reproduced; "
                            "bf16-mixed: reproduced)"), line
+    # as paper-window.yaml has it: the grid as configured, and its corners again at another precision; the arm as
+    # configured is the reference
+    plain = parse_spec(raw(arms=[{"name": "code", "domain": "code", "start": [20, 60], "weight": [0.2, 0.5]},
+                                 {"name": "code", "domain": "code", "start": [60], "weight": [0.5],
+                                  "precision": ["bf16-mixed"]}], seeds=MID), {"70m": copy.deepcopy(BASE)})
+    names = {"code20-from20", "code50-from20", "code20-from60", "code50-from60", "code50-from60-bf16-mixed"}
+    assert {arm.name for arm in plain.arms} == names
+    ch = [Chosen(c.arm.replace("-bf16-true", ""), c.task, c.seed, c.choice, c.values) for c in chosen
+          if c.arm.replace("-bf16-true", "") in names]
+    (e1, e2) = report.precision_effects(plain, ch)
+    assert (e1["arm"], e1["reference"], e1["reference_precision"]) == ("code50-from60-bf16-mixed", "code50-from60",
+                                                                       report.CONFIGURED)
 
 
 def test_segment_chain_and_edges():

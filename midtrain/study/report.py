@@ -256,21 +256,25 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
     return out
 
 
+CONFIGURED = "the config's precision"  # an arm without precision: (the reference of a precision control)
+
+
 def precision_effects(spec, chosen, confidence: float = 0.95, ln_v: float | None = None) -> list[dict]:
     """A precision control (arms with ``precision:``): for every arm run at >= 2 precisions, per SFT task and
-    metric, the paired difference (other precision − the first listed) over matched seeds, its interval and
+    metric, the paired difference (other precision − the arm as configured, else the first listed) over matched
+    seeds, its interval and
     verdict (``stats.verdict``: lower loss = better), or "not judged" when a cell is outside a valid regime. Pure."""
     from midtrain.analysis import stats
     from midtrain.analysis.tables import METRICS
 
     values = {(c.arm, c.task, c.seed): c for c in chosen}
     groups: dict[tuple, list] = {}
-    for a in spec.arms:
-        if a.precision:
-            groups.setdefault((a.family, a.start, a.weight, a.dose, a.mixture, a.mix_config), []).append(a)
+    for a in spec.arms:  # the arm as configured (no precision:) is the reference where the spec has it
+        groups.setdefault((a.family, a.start, a.weight, a.dose, a.mixture, a.mix_config), []).append(a)
     out = []
     for members in groups.values():
-        if len(members) < 2:
+        members = sorted(members, key=lambda a: a.precision is not None)  # (stable: the spec's order otherwise)
+        if len(members) < 2 or not any(a.precision for a in members):
             continue
         ref = members[0]
         for other in members[1:]:
@@ -290,7 +294,7 @@ def precision_effects(spec, chosen, confidence: float = 0.95, ln_v: float | None
                         continue
                     d = stats.paired(mine, base, confidence)
                     out.append({"arm": other.name, "reference": ref.name, "precision": other.precision,
-                                "reference_precision": ref.precision, "task": task, "metric": metric,
+                                "reference_precision": ref.precision or CONFIGURED, "task": task, "metric": metric,
                                 "interval": d.diff.__dict__, "regime": problems,
                                 "verdict": stats.NOT_JUDGED if problems else stats.verdict(d.diff)})
     return out
@@ -300,11 +304,10 @@ def window_under_precision(inter: list[dict], spec) -> list[str]:
     """Whether the timing × weight window (``interactions``) reads the same under each precision of a precision
     control: one line per family and task with >= 2 precisions."""
     by: dict[tuple, dict] = {}
-    precisions = {grid_family(a): a.precision for a in spec.arms}
+    precisions = {grid_family(a): a.precision or CONFIGURED for a in spec.arms}
     family_of = {grid_family(a): a.family for a in spec.arms}
     for x in inter:
-        if precisions.get(x["family"]):
-            by.setdefault((family_of[x["family"]], x["task"]), {})[precisions[x["family"]]] = x["verdict"]
+        by.setdefault((family_of[x["family"]], x["task"]), {})[precisions[x["family"]]] = x["verdict"]
     lines = []
     for (family, task), verdicts in by.items():
         if len(verdicts) < 2:
