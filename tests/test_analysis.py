@@ -385,6 +385,42 @@ def test_collapse_is_judged_against_the_unigram_entropy_of_the_scored_tokens_and
     assert "m20/math: seeds disagree in regime: collapsed s1 at lr 0.003; not s0 at lr 0.01, s2 at lr 0.003" in f1["regime"]
 
 
+def test_finding_4_weighs_proximity_by_dose_and_resamples_seeds_not_cells():
+    """Issue 28, item 7: x = proximity advantage x the arm's LR-weighted steps; the interval of r comes from a
+    bootstrap over seeds (every cell's improvement is over the same control runs), not Fisher z over cells."""
+    from scipy.stats import pearsonr
+
+    from midtrain.demo import findings as F
+
+    rng = np.random.default_rng(3)
+    seeds = (0, 1, 2, 3, 4)
+    ctrl = {s: 2.0 + rng.normal(0, 0.05) for s in seeds}  # the shared baseline: one draw per seed for every cell
+    cells = {f"a{i}": (adv, steps) for i, (adv, steps) in enumerate(
+        [(0.01, 100), (0.02, 100), (0.01, 300), (0.03, 200), (0.02, 400), (0.005, 50)])}
+    values = {("pretrain-only", "t", s): {"sft_test": ctrl[s], "main_after": 4.0, "main_unigram": 5.0, "lr": 1e-3,
+                                          "lr_edge": None} for s in seeds}
+    for arm, (adv, steps) in cells.items():
+        for s in seeds:  # the improvement follows the dose-weighted advantage, plus noise per (arm, seed)
+            gain = 20 * adv * steps / 1000 + rng.normal(0, 0.01)
+            values[(arm, "t", s)] = {"sft_test": ctrl[s] * (1 - gain), "main_after": 4.0, "main_unigram": 5.0,
+                                     "lr": 1e-3, "lr_edge": None}
+    rows = [{"arm": a, "task": "t", "advantage": adv, "relative_improvement": 0.0, "lr_steps": steps}
+            for a, (adv, steps) in cells.items()]
+    (f4,) = [f for f in F.evaluate(values, seeds, {}, {"task": "z", "early_low": "x", "early_high": "x",
+                                                     "late_low": "x", "late_high": "x"}, rows) if f["finding"] == "4-proximity"]
+    xs = [adv * steps for adv, steps in cells.values()]
+    ys = [np.mean([(ctrl[s] - values[(a, "t", s)]["sft_test"]) / ctrl[s] for s in seeds]) for a in cells]
+    assert f4["mean"] == pytest.approx(pearsonr(xs, ys).statistic) and f4["mean"] > 0.9
+    assert f4["lo"] <= f4["mean"] <= f4["hi"] and f4["lo"] > 0 and f4["verdict"] == "reproduced"
+    assert "dose-weighted" in f4["claim"] and "seed-bootstrap" in f4["detail"]
+    # unrelated y: the interval straddles 0; too few cells: refused, never a number
+    flat = stats.seed_bootstrap_r({c: x for c, x in zip("abcde", (1, 2, 3, 4, 5))},
+                                  {c: {s: float(rng.normal()) for s in seeds} for c in "abcde"}, seeds)
+    assert flat.lo < 0 < flat.hi and 0 <= flat.p <= 1
+    with pytest.raises(ValueError, match=">= 3 cells"):
+        stats.seed_bootstrap_r({"a": 1, "b": 2}, {"a": {0: 1.0}, "b": {0: 2.0}}, seeds)
+
+
 def test_a_diverged_lr_never_wins_and_a_non_finite_cell_is_not_judged_not_a_crash():
     nan = float("nan")
     assert stats.choose_lr({1e-4: nan, 1e-3: 1.0, 1e-2: 1.2}).lr == 1e-3

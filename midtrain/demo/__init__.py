@@ -165,7 +165,10 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     size_name = plan.spec.sizes[0].name
     prox = report["sizes"][size_name].get("proximity", {})
     demo = plan.spec.report.get("demo") or {}
-    found = F.evaluate(chosen, plan.spec.seeds, demo["domains"], demo["grid"], prox.get("rows", []),
+    lr_steps = {a.name: sum(P.lr_fraction(size0.config, t, size0.max_steps) for t in range(a.start, size0.max_steps))
+                for a in plan.spec.arms}  # finding 4's dose: the LR-weighted number of steps each arm trains
+    rows = [dict(r, lr_steps=lr_steps[r["arm"]]) for r in prox.get("rows", []) if r["arm"] in lr_steps]
+    found = F.evaluate(chosen, plan.spec.seeds, demo["domains"], demo["grid"], rows,
                        ln_vocab=math.log(VOCAB))
     ln_v = math.log(VOCAB)
     worst = max(((k, v["main_after"] - v.get("main_unigram", ln_v)) for k, v in chosen.items()), key=lambda kv: kv[1])

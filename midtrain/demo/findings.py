@@ -13,9 +13,12 @@ Protocol, fixed before any run (lower loss = better; per seed, the SFT LR is cho
    I = (L[late, high] - L[late, low]) - (L[early, high] - L[early, low]) (claimed > 0: a high weight costs
    more late than early), each on the code SFT test loss (in-domain) and on main-corpus loss after code
    SFT (forgetting).
-4. The benefit tracks the proximity advantage: Pearson r between each (arm, task) cell's
-   proximity advantage and its relative improvement over pretrain-only; reproduced when the r
-   interval lies above 0.
+4. The benefit tracks the proximity advantage, dose included: Pearson r between each (arm, task) cell's
+   proximity advantage times its LR-weighted number of steps (``lr_steps``: sum over the arm's steps of
+   LR / peak; the weight is in the mixture the advantage is of) and its relative improvement over
+   pretrain-only (mean over seeds); the interval comes from a bootstrap over seeds, since every cell's
+   improvement is over the same control runs (a Fisher-z interval would take the cells as independent);
+   reproduced when it lies above 0.
 Words (``stats.claim_verdict``, the same in the study report): "reproduced" / "not reproduced" /
 "inconclusive (interval includes 0)", only from intervals on the claimed sign; "not judged (regime)" when a
 cell a finding rests on is outside a valid regime (``stats.regime_problems``: collapse, i.e. main-corpus loss
@@ -158,18 +161,34 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
                             f"({grid['late_high']} - {grid['late_low']} vs {grid['early_high']} - "
                             f"{grid['early_low']}, {what})", iv, False, "interaction I", xs, late + early))
     # finding 4 over the cells in a valid regime only (an invalid cell's improvement means nothing)
+    # x: the proximity advantage of the arm's mixture (its weight is in the mixture) times the LR-weighted
+    # number of steps it trains (sum over its steps of LR / peak: start and duration), i.e. how much the arm
+    # moves the model toward the task; y: the relative improvement over pretrain-only, per seed; the interval
+    # resamples seeds (every cell shares the control's), never cells
     valid = [p for p in proximity if not _problems(values, keys([p["arm"], "pretrain-only"], p["task"]), ln_vocab)]
     dropped = len(proximity) - len(valid)
-    pts = [(p["advantage"], p["relative_improvement"]) for p in valid]
+    x, y = {}, {}
+    for p in valid:
+        cell = (p["arm"], p["task"])
+        per_seed = {}
+        for s in seeds:
+            arm, ctrl = _finite(values, (p["arm"], p["task"], s), "sft_test"), \
+                _finite(values, ("pretrain-only", p["task"], s), "sft_test")
+            if arm is not None and ctrl is not None:
+                per_seed[s] = stats.relative_improvement(ctrl, arm)
+        if per_seed:
+            x[cell], y[cell] = p["advantage"] * p.get("lr_steps", 1.0), per_seed
     r = None
-    if len(pts) > 3:
-        r = stats.pearson([p[0] for p in pts], [p[1] for p in pts])
+    if len(x) > 3:
+        r = stats.seed_bootstrap_r(x, y, seeds)
         iv = stats.Interval(r.r, math.nan, r.n, r.lo, r.hi)
     else:
         iv = None
-    detail = "Pearson r" + (f" over the {len(valid)} cells in a valid regime ({dropped} not judged)" if dropped else "")
+    detail = ("Pearson r of dose-weighted proximity (advantage x LR-weighted steps) and relative improvement, "
+              "seed-bootstrap interval" + (f", over the {len(x)} cells in a valid regime ({dropped} not judged)"
+                                           if dropped else ""))
     out.append(_finding("4-proximity", "the benefit (relative improvement in SFT test loss) rises with the "
-                        "proximity advantage", iv, False, detail, p=r.p if r is not None else None))
+                        "dose-weighted proximity advantage", iv, False, detail, p=r.p if r is not None else None))
     family = [f for f in out if f["mean"] is not None and not f["regime"] and f["lower_is_better"] is not None
               and f["p"] is not None and not math.isnan(f["p"])]
     words = stats.holm_verdicts([((f["mean"] if f["lower_is_better"] else -f["mean"]), f["p"]) for f in family], alpha)
