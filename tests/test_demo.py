@@ -223,7 +223,7 @@ def test_seeds_verdicts_and_outputs(demo):
             assert 0 < row["main_unigram"] < math.log(2048)
             assert (row["main_after"] >= row["main_unigram"]) == any(
                 x.startswith(f"s{s}: collapsed: main-corpus loss after SFT") for x in c["regime"]), (c, row)
-    assert "Holm" in r.stdout and "detectable" in r.stdout
+    assert "Holm" in r.stdout and "A priori (from n, before any result)" in r.stdout and "detectable ±" not in r.stdout
     rep = out / "study" / "report" / "demo-tiny"
     for png in ("demo-sft-test.png", "demo-code-code-heatmap.png", "demo-proximity.png", "val_loss_curves.png"):
         assert (rep / png).stat().st_size > 5000, png
