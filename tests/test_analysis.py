@@ -386,8 +386,9 @@ def test_collapse_is_judged_against_the_unigram_entropy_of_the_scored_tokens_and
 
 
 def test_finding_4_weighs_proximity_by_dose_and_resamples_seeds_not_cells():
-    """Issue 28, item 7: x = proximity advantage x the arm's LR-weighted steps; the interval of r comes from a
-    bootstrap over seeds (every cell's improvement is over the same control runs), not Fisher z over cells."""
+    """Issue 28, item 7: x = proximity advantage x the arm's LR-weighted steps; r within each seed and a
+    t-interval over the seeds of its Fisher z (every cell's improvement is over the same control runs: the
+    seeds are the independent units), not Fisher z over the cells."""
     from scipy.stats import pearsonr
 
     from midtrain.demo import findings as F
@@ -408,17 +409,25 @@ def test_finding_4_weighs_proximity_by_dose_and_resamples_seeds_not_cells():
             for a, (adv, steps) in cells.items()]
     (f4,) = [f for f in F.evaluate(values, seeds, {}, {"task": "z", "early_low": "x", "early_high": "x",
                                                      "late_low": "x", "late_high": "x"}, rows) if f["finding"] == "4-proximity"]
+    from scipy import stats as sps
+
     xs = [adv * steps for adv, steps in cells.values()]
-    ys = [np.mean([(ctrl[s] - values[(a, "t", s)]["sft_test"]) / ctrl[s] for s in seeds]) for a in cells]
-    assert f4["mean"] == pytest.approx(pearsonr(xs, ys).statistic) and f4["mean"] > 0.9
-    assert f4["lo"] <= f4["mean"] <= f4["hi"] and f4["lo"] > 0 and f4["verdict"] == "reproduced"
-    assert "dose-weighted" in f4["claim"] and "seed-bootstrap" in f4["detail"]
-    # unrelated y: the interval straddles 0; too few cells: refused, never a number
-    flat = stats.seed_bootstrap_r({c: x for c, x in zip("abcde", (1, 2, 3, 4, 5))},
-                                  {c: {s: float(rng.normal()) for s in seeds} for c in "abcde"}, seeds)
+    zs = [math.atanh(pearsonr(xs, [(ctrl[s] - values[(a, "t", s)]["sft_test"]) / ctrl[s] for a in cells]).statistic)
+          for s in seeds]
+    half = sps.t.ppf(0.975, len(seeds) - 1) * np.std(zs, ddof=1) / math.sqrt(len(seeds))
+    assert f4["mean"] == pytest.approx(math.tanh(np.mean(zs))) and f4["mean"] > 0.9
+    assert (f4["lo"], f4["hi"]) == pytest.approx((math.tanh(np.mean(zs) - half), math.tanh(np.mean(zs) + half)))
+    assert f4["lo"] > 0 and f4["verdict"] == "reproduced" and f4["p"] == pytest.approx(sps.ttest_1samp(zs, 0).pvalue)
+    assert "dose-weighted" in f4["claim"] and "t-interval over the 5 seeds" in f4["detail"]
+    # unrelated y: the interval straddles 0; too few cells: refused, never a number; one seed: no interval
+    flat = stats.seed_level_r({c: x for c, x in zip("abcde", (1, 2, 3, 4, 5))},
+                              {c: {s: float(rng.normal()) for s in seeds} for c in "abcde"}, seeds)
     assert flat.lo < 0 < flat.hi and 0 <= flat.p <= 1
     with pytest.raises(ValueError, match=">= 3 cells"):
-        stats.seed_bootstrap_r({"a": 1, "b": 2}, {"a": {0: 1.0}, "b": {0: 2.0}}, seeds)
+        stats.seed_level_r({"a": 1, "b": 2}, {"a": {0: 1.0}, "b": {0: 2.0}}, seeds)
+    one = stats.seed_level_r({c: x for c, x in zip("abc", (1, 2, 3))}, {c: {0: v} for c, v in zip("abc", (1, 3, 2))},
+                             (0,))
+    assert one.r == pytest.approx(0.5) and math.isnan(one.lo) and math.isnan(one.p)
 
 
 def test_a_diverged_lr_never_wins_and_a_non_finite_cell_is_not_judged_not_a_crash():

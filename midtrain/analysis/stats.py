@@ -20,8 +20,8 @@ Guarantees:
   choice is flagged when it sits at either edge of the grid (or the grid has one LR), because then
   the optimum is not bracketed. Test losses never enter the choice: they are not an argument.
 - ``pearson(x, y)``: scipy's Pearson r with its p-value and Fisher-z interval (independent points).
-- ``seed_bootstrap_r(x, y_by_seed, seeds)``: Pearson r over cells whose y share seeds (a common baseline),
-  its interval and p from a bootstrap that resamples the seeds, never the cells.
+- ``seed_level_r(x, y_by_seed, seeds)``: Pearson r over cells whose y share seeds (a common baseline): r
+  within each seed, a t-interval over the seeds of their Fisher z (the seeds are the independent units).
 - ``paired(...).p``: the two-sided one-sample t-test p-value of the differences (scipy; NaN for n < 2 or
   n identical differences: no test), the test the t-interval inverts: p < 1 - confidence exactly when the
   interval excludes 0.
@@ -276,42 +276,33 @@ def regime_disagreement(by_seed: Mapping[Hashable, tuple[float, "str | None"]]) 
     return f"seeds disagree in regime: collapsed {side(bad)}; not {side(good)}"
 
 
-def seed_bootstrap_r(x: Mapping[Hashable, float], y: Mapping[Hashable, Mapping[Hashable, float]], seeds: Sequence,
-                     confidence: float = 0.95, draws: int = 4000, rng_seed: int = 0) -> Correlation:
-    """Pearson r between ``x[cell]`` and the mean over seeds of ``y[cell][seed]``, with an interval from a
-    bootstrap over *seeds* (each draw resamples the seeds, with replacement, for every cell at once): cells
-    that share a baseline's seeds (every arm's improvement is over the same control runs) are not independent
-    points, which a Fisher-z interval would assume. ``p``: twice the smaller share of draws on either side of 0
-    (the test the percentile interval inverts). Cells lacking a drawn seed take the mean over the seeds they
-    have; a draw whose r is undefined (no spread) is left out."""
+def seed_level_r(x: Mapping[Hashable, float], y: Mapping[Hashable, Mapping[Hashable, float]], seeds: Sequence,
+                 confidence: float = 0.95) -> Correlation:
+    """Pearson r between ``x[cell]`` and ``y[cell][seed]`` over the cells, within each seed, and a t-interval
+    over the seeds of their Fisher z, back-transformed. The seeds are the independent units: cells that share a
+    baseline's runs (every arm's improvement is over the same control runs) are not independent points, which a
+    Fisher-z interval over the cells would assume, and a bootstrap over three seeds (ten distinct resamples)
+    would be too narrow. ``r``: tanh of the mean z; ``p``: the t-test of the z's (NaN for < 2 seeds); ``n``:
+    the cells. Seeds with < 3 cells or no spread give no r."""
     import numpy as np
 
     cells = [c for c in x if c in y and y[c]]
     if len(cells) < 3:
         raise ValueError(f"Pearson r needs >= 3 cells, got {len(cells)}")
-    seeds = list(seeds)
-    xs = np.array([x[c] for c in cells], dtype=float)
-
-    def r_of(draw) -> float:
-        ys = []
-        for c in cells:
-            got = [y[c][s] for s in draw if s in y[c]]
-            ys.append(float(np.mean(got)) if got else float(np.mean(list(y[c].values()))))
-        ys = np.array(ys)
+    zs = []
+    for s in seeds:
+        pts = [(x[c], y[c][s]) for c in cells if s in y[c]]
+        if len(pts) < 3:
+            continue
+        xs, ys = (np.array(v, dtype=float) for v in zip(*pts))
         if np.std(xs) == 0 or np.std(ys) == 0:
-            return math.nan
-        return float(np.corrcoef(xs, ys)[0, 1])
-
-    r = r_of(seeds)
-    rng = np.random.default_rng(rng_seed)
-    boot = np.array([r_of(list(rng.choice(seeds, size=len(seeds), replace=True))) for _ in range(draws)])
-    boot = boot[np.isfinite(boot)]
-    if len(boot) == 0 or len(seeds) < 2:
-        return Correlation(r, math.nan, len(cells), math.nan, math.nan)
-    a = (1 - confidence) / 2
-    lo, hi = (float(v) for v in np.quantile(boot, [a, 1 - a]))
-    p = min(1.0, 2 * min(float(np.mean(boot <= 0)), float(np.mean(boot >= 0))))
-    return Correlation(r, p, len(cells), lo, hi)
+            continue
+        zs.append(math.atanh(float(np.clip(np.corrcoef(xs, ys)[0, 1], -1 + 1e-12, 1 - 1e-12))))
+    if not zs:
+        return Correlation(math.nan, math.nan, len(cells), math.nan, math.nan)
+    iv = summarize(zs, confidence)
+    lo, hi = (math.tanh(v) if math.isfinite(v) else math.nan for v in (iv.lo, iv.hi))
+    return Correlation(math.tanh(iv.mean), t_test_p(zs), len(cells), lo, hi)
 
 
 def regime_problems(values: Mapping[str, float], choice: "LRChoice | None" = None,

@@ -16,9 +16,9 @@ Protocol, fixed before any run (lower loss = better; per seed, the SFT LR is cho
 4. The benefit tracks the proximity advantage, dose included: Pearson r between each (arm, task) cell's
    proximity advantage times its LR-weighted number of steps (``lr_steps``: sum over the arm's steps of
    LR / peak; the weight is in the mixture the advantage is of) and its relative improvement over
-   pretrain-only (mean over seeds); the interval comes from a bootstrap over seeds, since every cell's
-   improvement is over the same control runs (a Fisher-z interval would take the cells as independent);
-   reproduced when it lies above 0.
+   pretrain-only, within each seed; the interval is a t-interval over the seeds of the Fisher z of those
+   r's, since every cell's improvement is over the same control runs (a Fisher-z interval over the cells would
+   take them as independent); reproduced when it lies above 0.
 Words (``stats.claim_verdict``, the same in the study report): "reproduced" / "not reproduced" /
 "inconclusive (interval includes 0)", only from intervals on the claimed sign; "not judged (regime)" when a
 cell a finding rests on is outside a valid regime (``stats.regime_problems``: collapse, i.e. main-corpus loss
@@ -163,8 +163,8 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
     # finding 4 over the cells in a valid regime only (an invalid cell's improvement means nothing)
     # x: the proximity advantage of the arm's mixture (its weight is in the mixture) times the LR-weighted
     # number of steps it trains (sum over its steps of LR / peak: start and duration), i.e. how much the arm
-    # moves the model toward the task; y: the relative improvement over pretrain-only, per seed; the interval
-    # resamples seeds (every cell shares the control's), never cells
+    # moves the model toward the task; y: the relative improvement over pretrain-only, per seed; r within each
+    # seed, its interval over the seeds (every cell shares the control's runs: the seeds are the units)
     valid = [p for p in proximity if not _problems(values, keys([p["arm"], "pretrain-only"], p["task"]), ln_vocab)]
     dropped = len(proximity) - len(valid)
     x, y = {}, {}
@@ -180,13 +180,13 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
             x[cell], y[cell] = p["advantage"] * p.get("lr_steps", 1.0), per_seed
     r = None
     if len(x) > 3:
-        r = stats.seed_bootstrap_r(x, y, seeds)
+        r = stats.seed_level_r(x, y, seeds)
         iv = stats.Interval(r.r, math.nan, r.n, r.lo, r.hi)
     else:
         iv = None
-    detail = ("Pearson r of dose-weighted proximity (advantage x LR-weighted steps) and relative improvement, "
-              "seed-bootstrap interval" + (f", over the {len(x)} cells in a valid regime ({dropped} not judged)"
-                                           if dropped else ""))
+    detail = ("Pearson r of dose-weighted proximity (advantage x LR-weighted steps) and relative improvement "
+              f"within each seed, t-interval over the {len(seeds)} seeds of its Fisher z" +
+              (f", over the {len(x)} cells in a valid regime ({dropped} not judged)" if dropped else ""))
     out.append(_finding("4-proximity", "the benefit (relative improvement in SFT test loss) rises with the "
                         "dose-weighted proximity advantage", iv, False, detail, p=r.p if r is not None else None))
     family = [f for f in out if f["mean"] is not None and not f["regime"] and f["lower_is_better"] is not None
