@@ -207,8 +207,7 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
 
     values = {(c.arm, c.task, c.seed): c.values for c in chosen}
     problems_of = {(c.arm, c.task, c.seed): stats.regime_problems(
-        {m: c.values[m] for m in ("sft_test", "main_after", "main_unigram") if m in c.values}, c.choice, ln_v)
-        for c in chosen}
+        c.values, c.choice, ln_v) for c in chosen}  # (the table's reading: every metric value, the reference)
     out = []
     families: dict[str, list] = {}
     for a in spec.arms:
@@ -284,9 +283,7 @@ def precision_effects(spec, chosen, confidence: float = 0.95, ln_v: float | None
                     for (arm, t, seed), c in values.items():
                         if t != task or arm not in (ref.name, other.name):
                             continue
-                        problems += [f"{arm}/s{seed}: {p}" for p in stats.regime_problems(
-                            {m: c.values[m] for m in ("sft_test", "main_after", "main_unigram") if m in c.values},
-                            c.choice, ln_v)]
+                        problems += [f"{arm}/s{seed}: {p}" for p in stats.regime_problems(c.values, c.choice, ln_v)]
                         v = c.values.get(metric)
                         if v is not None and math.isfinite(v):
                             (mine if arm == other.name else base)[seed] = v
@@ -324,8 +321,9 @@ def window_under_precision(inter: list[dict], spec) -> list[str]:
 
 
 def _format_precision(effects: list[dict], window: list[str], confidence: float) -> list[str]:
-    lines = [f"Precision control: each arm at another precision minus the same arm (data, seed, schedule) at the "
-             f"first listed one, paired over seeds, mean ± {confidence:.0%} t-interval (negative = lower loss):", ""]
+    lines = [f"Precision control: each arm at another precision minus the same arm (data, seed, schedule) at its "
+             f"reference (the arm as configured, else the first precision listed), paired over seeds, mean ± "
+             f"{confidence:.0%} t-interval (negative = lower loss):", ""]
     for x in effects:
         iv = x["interval"]
         num = f"{iv['mean']:+.4f}" + ("" if iv["lo"] != iv["lo"] else f", CI [{iv['lo']:+.4f}, {iv['hi']:+.4f}]")
