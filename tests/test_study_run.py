@@ -142,10 +142,11 @@ def test_a_child_forked_by_a_locked_run_does_not_keep_the_folder_locked(tmp_path
     from midtrain.study.execute import study_lock
 
     # (the child says it runs, i.e. its fork hooks have run, before the run is killed: on a loaded machine a
-    # kill right after the fork came before the child had been scheduled at all)
+    # kill right after the fork came before the child had been scheduled at all. Each says so in one write(2):
+    # print's text and its newline can reach the shared pipe apart, and CI saw "lockedchild\n" then "\n")
     code = ("import os, sys, time\nfrom pathlib import Path\nfrom midtrain.study.execute import study_lock\n"
-            "with study_lock(Path(sys.argv[1])):\n    if os.fork() == 0:\n        print('child', flush=True)\n"
-            "        time.sleep(120)\n        os._exit(0)\n    print('locked', flush=True)\n    time.sleep(120)\n")
+            "with study_lock(Path(sys.argv[1])):\n    if os.fork() == 0:\n        os.write(1, b'child\\n')\n"
+            "        time.sleep(120)\n        os._exit(0)\n    os.write(1, b'locked\\n')\n    time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=REPO), start_new_session=True)
     try:
