@@ -76,7 +76,8 @@ def mix(argv: list[str]) -> int:
     from pathlib import Path
 
     from midtrain.train import checkpoint as ckpt
-    from midtrain.train.startup import check_run_inputs, check_run_length, resolve_model_config, run_end_step
+    from midtrain.train.startup import (check_run_inputs, check_run_length, check_tied, resolve_model_config,
+                                        run_end_step)
 
     train = init.train
     given = args.model_name is not None or init.model_config is not None
@@ -90,6 +91,7 @@ def mix(argv: list[str]) -> int:
     if args.resume_from:  # a plan before the base run has trained: its step from the name, said; else one line
         if Path(args.resume_from).exists():
             args.resume_from = ckpt.check_checkpoint(Path(args.resume_from), "resume_from")
+            check_tied(args.resume_from, train.tie_embeddings, "resume_from")
         elif ckpt.checkpoint_step(Path(args.resume_from)) is None:
             raise ConfigError("resume_from", f"{args.resume_from} is not a checkpoint, and its name gives no step "
                               "(step-NNNNNNNN) to plan from")

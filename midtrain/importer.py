@@ -1,15 +1,19 @@
 """``midtrain import``: a Hugging Face checkpoint folder -> a midtrain checkpoint at a known step.
 
-Public intermediate checkpoints (Pythia's ``stepN`` revisions, OLMo 2's) are what most researchers
-can afford to midtrain. This turns one into a checkpoint that ``resume_from`` (a midtrain arm),
+Public intermediate checkpoints (Pythia's ``stepN`` revisions, OLMo 1 and 2's, SmolLM2's, TinyLlama's,
+Amber's) are what most researchers can afford to midtrain. ``FAMILIES`` lists the HF model types taken:
+GPT-NeoX, OLMo 2, Llama (SmolLM2, TinyLlama, Amber, Llama 3.2) and OLMo 1. This turns one into a checkpoint that ``resume_from`` (a midtrain arm),
 ``midtrain sft`` and ``midtrain evaluate export-hf`` accept:
 
 - The weights go through litgpt's own converters (``litgpt.scripts.convert_hf_checkpoint``'s
-  ``copy_weights_gpt_neox`` / ``copy_weights_olmo2`` and their weight maps), into the model config
+  ``copy_weights_gpt_neox`` / ``copy_weights_olmo2`` / ``copy_weights_hf_llama`` and their weight maps),
+  into the model config
   of a *run config* whose ``train:`` describes the original schedule, so a run resuming from the
   import continues the LR curve from step ``S``.
 - The HF ``config.json`` is matched against that model config (vocabulary, layers, heads, widths,
-  norms, rotary settings): a mismatch is one line naming both values. Pythia's padded vocabulary
+  norms, rotary settings and llama3's RoPE scaling, GQA groups, the structure litgpt builds, tied
+  embeddings against ``train.tie_embeddings``): a mismatch is one line naming both values; a key the
+  importer does not know is refused. Pythia's padded vocabulary
   (50,304 rows for a 50,277-token tokenizer) is litgpt's ``padded_vocab_size``, as in litgpt.
 - An HF checkpoint holds no optimizer state and no data position: the AdamW moments start fresh
   and every source starts its seeded order. Both are recorded in the checkpoint's data notes
@@ -26,29 +30,62 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from midtrain.errors import ConfigError
 
-# HF model_type -> (litgpt copy function name, [(HF config key, litgpt Config attribute), ...]). Keys are read
-# through hf_value(): transformers 5 writes rotary settings under rope_parameters, hub snapshots of Pythia
-# use rotary_pct / rotary_emb_base.
-ARCHITECTURES = {
-    "gpt_neox": ("copy_weights_gpt_neox", [
+@dataclass(frozen=True)
+class Family:
+    """One HF ``model_type`` that ``import`` takes. Adding a family is one entry in ``FAMILIES``."""
+
+    models: str
+    """The public models of this type (said in messages and the README's families table)."""
+    converter: str
+    """litgpt.scripts.convert_hf_checkpoint's copy function for it (its weight map; never a hand-written one)."""
+    qkv: bool
+    """The converter takes a holder in which split q/k/v projections are put back together."""
+    compared: tuple
+    """(config.json key, litgpt Config attribute) pairs that must be equal (read through ``hf_value``)."""
+    structure: dict
+    """litgpt Config attribute -> the value this family's computation needs (norm kind, MLP, biases, ...)."""
+    tied: bool = True
+    """Tied input/output embeddings (``tie_word_embeddings``) can be imported (``train.tie_embeddings: true``)."""
+
+
+_LLAMA_SHAPE = (("vocab_size", "padded_vocab_size"), ("num_hidden_layers", "n_layer"),
+                ("num_attention_heads", "n_head"), ("num_key_value_heads", "n_query_groups"),
+                ("hidden_size", "n_embd"), ("intermediate_size", "intermediate_size"), ("head_dim", "head_size"),
+                ("rope_theta", "rope_base"), ("rotary_pct", "rotary_percentage"))
+_PLAIN = {"bias": False, "attn_bias": False, "lm_head_bias": False, "parallel_residual": False, "norm_qk": False,
+          "post_attention_norm": False, "post_mlp_norm": False, "norm_1": True, "norm_2": True,
+          "shared_attention_norm": False, "scale_embeddings": False, "attention_logit_softcapping": None,
+          "final_logit_softcapping": None, "sliding_window_size": None, "attention_scores_scalar": None,
+          "n_expert": 0, "mlp_class_name": "LLaMAMLP"}
+FAMILIES = {
+    "gpt_neox": Family("Pythia", "copy_weights_gpt_neox", False, (
         ("vocab_size", "padded_vocab_size"), ("num_hidden_layers", "n_layer"), ("num_attention_heads", "n_head"),
         ("hidden_size", "n_embd"), ("intermediate_size", "intermediate_size"), ("rotary_pct", "rotary_percentage"),
-        ("use_parallel_residual", "parallel_residual"), ("layer_norm_eps", "norm_eps"),
-        ("rope_theta", "rope_base")]),
-    "olmo2": ("copy_weights_olmo2", [
+        ("use_parallel_residual", "parallel_residual"), ("layer_norm_eps", "norm_eps"), ("rope_theta", "rope_base")),
+        {"norm_class_name": "LayerNorm", "mlp_class_name": "GptNeoxMLP"}, tied=False),
+    "olmo2": Family("OLMo 2", "copy_weights_olmo2", True, (
         ("vocab_size", "padded_vocab_size"), ("num_hidden_layers", "n_layer"), ("num_attention_heads", "n_head"),
         ("num_key_value_heads", "n_query_groups"), ("hidden_size", "n_embd"),
         ("intermediate_size", "intermediate_size"), ("rms_norm_eps", "norm_eps"), ("rope_theta", "rope_base"),
-        ("rotary_pct", "rotary_percentage")]),
+        ("rotary_pct", "rotary_percentage")),
+        {"norm_class_name": "RMSNorm", "mlp_class_name": "LLaMAMLP", "norm_qk": True, "norm_qk_type": "olmo2",
+         "post_attention_norm": True, "post_mlp_norm": True}),
+    "llama": Family("SmolLM2, TinyLlama, Amber, Llama 3.2", "copy_weights_hf_llama", True,
+                    (*_LLAMA_SHAPE, ("rms_norm_eps", "norm_eps")), {**_PLAIN, "norm_class_name": "RMSNorm"}),
+    # OLMo 1's LayerNorm has no weights: litgpt builds it so (elementwise_affine=False) for a LayerNorm config whose
+    # name holds "OLMo" (Config.norm_class), and its eps is transformers' fixed 1e-5
+    "olmo": Family("OLMo 1", "copy_weights_hf_llama", True, _LLAMA_SHAPE,
+                   {**_PLAIN, "norm_class_name": "LayerNorm", "norm_eps": 1e-5}),
 }
 _ALIASES = {"rotary_pct": ("rotary_pct", "partial_rotary_factor"), "rope_theta": ("rope_theta", "rotary_emb_base")}
-_DEFAULTS = {"olmo2": {"rotary_pct": 1.0}}
+_DEFAULTS = {"olmo2": {"rotary_pct": 1.0}, "llama": {"rotary_pct": 1.0}, "olmo": {"rotary_pct": 1.0}}
 
 
 def hf_value(hf: dict, key: str):
@@ -62,31 +99,52 @@ def hf_value(hf: dict, key: str):
 
 NOTE = "optimizer state: fresh (imported from HF)"
 
-# Every other config.json key, per architecture: what litgpt's model computes for that key's value (compared:
+# Every other config.json key, per family: what litgpt's model computes for that key's value (compared:
 # another value is refused), or why the key changes nothing litgpt computes (harmless). A key in neither
 # is refused: it may change the function, and an import that ignored it would silently be another model.
-def _gelu_act(config) -> tuple:
+def _gelu_act(config, tied) -> tuple:
     return ("gelu",) if config.gelu_approximate == "none" else ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
-REQUIRED = {  # key -> (function of the litgpt config -> accepted values, what it decides)
+def _rope(key: str):
+    """A llama3 RoPE-scaling value as litgpt computes it (``Config.rope_adjustments``; None: plain RoPE)."""
+    ours = {"factor": "factor", "low_freq_factor": "low_freq_factor", "high_freq_factor": "high_freq_factor",
+            "original_max_position_embeddings": "original_max_seq_len"}[key]
+    return lambda c, tied: ((c.rope_adjustments or {}).get(ours),)
+
+
+_NO_DROPOUT = (lambda c, tied: (0, 0.0), "dropout (litgpt trains without)")
+_TIED = (lambda c, tied: (bool(tied),), "tied input/output embeddings (the run config's train.tie_embeddings)")
+_SILU = (lambda c, tied: ("silu",), "the MLP's activation (litgpt's LLaMAMLP: SiLU)")
+_PLAIN_ROPE = {"rope_type": (lambda c, tied: ("default",), "the rotary scheme (litgpt: plain RoPE here)"),
+               "rope_scaling": (lambda c, tied: (None,), "rotary scaling (litgpt: none here)")}
+_LLAMA_REQUIRED = {
+    "hidden_act": _SILU, "attention_dropout": _NO_DROPOUT, "tie_word_embeddings": _TIED,
+    "attention_bias": (lambda c, tied: (False,), "biases in the q/k/v/o projections (litgpt's Llama: none)"),
+    "mlp_bias": (lambda c, tied: (False,), "biases in the MLP (litgpt's LLaMAMLP: none)"),
+    "pretraining_tp": (lambda c, tied: (1,), "transformers' sliced matmuls of Llama 2's tensor-parallel layout"),
+    "rope_type": (lambda c, tied: ("llama3",) if c.rope_adjustments else ("default",),
+                  "the rotary scheme (litgpt: rope_adjustments, llama3's, or plain RoPE)"),
+    **{k: (_rope(k), f"llama3 RoPE scaling's {k} (litgpt: rope_adjustments)") for k in (
+        "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")},
+}
+REQUIRED = {  # key -> (function of (the litgpt config, tied embeddings) -> accepted values, what it decides)
     "gpt_neox": {
         "hidden_act": (_gelu_act, "the MLP's activation (litgpt: GELU, gelu_approximate)"),
-        "attention_bias": (lambda c: (bool(c.bias),), "biases in the attention projections (litgpt: bias)"),
-        "attention_dropout": (lambda c: (0, 0.0), "dropout (litgpt trains without)"),
-        "hidden_dropout": (lambda c: (0, 0.0), "dropout (litgpt trains without)"),
-        "tie_word_embeddings": (lambda c: (False,), "tied input/output embeddings (litgpt: untied)"),
-        "rope_type": (lambda c: ("default",), "the rotary scheme (litgpt: plain RoPE here)"),
-        "rope_scaling": (lambda c: (None,), "rotary scaling (litgpt: none here)"),
+        "attention_bias": (lambda c, tied: (bool(c.bias),), "biases in the attention projections (litgpt: bias)"),
+        "attention_dropout": _NO_DROPOUT, "hidden_dropout": _NO_DROPOUT,
+        "tie_word_embeddings": (lambda c, tied: (False,), "tied input/output embeddings (litgpt's GPT-NeoX "
+                                "converter maps embed_out alone)"),
+        **_PLAIN_ROPE,
     },
     "olmo2": {
-        "hidden_act": (lambda c: ("silu",), "the MLP's activation (litgpt's LLaMAMLP: SiLU)"),
-        "attention_bias": (lambda c: (bool(c.bias),), "biases in the attention projections (litgpt: bias)"),
-        "attention_dropout": (lambda c: (0, 0.0), "dropout (litgpt trains without)"),
-        "tie_word_embeddings": (lambda c: (False,), "tied input/output embeddings (litgpt: untied)"),
-        "rope_type": (lambda c: ("default",), "the rotary scheme (litgpt: plain RoPE here)"),
-        "rope_scaling": (lambda c: (None,), "rotary scaling (litgpt: none here)"),
+        "hidden_act": _SILU, "attention_dropout": _NO_DROPOUT, "tie_word_embeddings": _TIED,
+        "attention_bias": (lambda c, tied: (bool(c.bias),), "biases in the attention projections (litgpt: bias)"),
+        **_PLAIN_ROPE,
     },
+    "llama": _LLAMA_REQUIRED,
+    "olmo": {**_LLAMA_REQUIRED,
+             "clip_qkv": (lambda c, tied: (None,), "OLMo's clipping of q/k/v activations (litgpt does not clip)")},
 }
 HARMLESS = {
     "architectures": "names the HF class; model_type decides the import",
@@ -103,26 +161,32 @@ HARMLESS = {
     "is_decoder": "an encoder-decoder flag; the causal LM is a decoder either way",
     "max_position_embeddings": "the length HF precomputes RoPE for; litgpt's block_size bounds the run",
     "_name_or_path": "where it was loaded from",
-    "rope_parameters": "holds rope_theta / partial_rotary_factor / rope_type, each checked",
+    "rope_parameters": "holds rope_theta / partial_rotary_factor / rope_type and llama3's scaling, each checked",
+    "is_llama_config": "a flag SmolLM2's nanotron export writes; transformers' Llama does not read it",
+    "rope_interleaved": "a flag SmolLM2's nanotron export writes; transformers' Llama does not read it (its "
+                        "weights are in HF's rotate-half layout, which litgpt's converter expects)",
 }
+_NESTED = {"llama": ("rope_parameters", "rope_scaling"), "olmo": ("rope_parameters", "rope_scaling")}
 
 
-def check_config_keys(hf: dict, config) -> None:
-    """Every key of config.json is compared (``ARCHITECTURES``), required to be what litgpt computes
+def check_config_keys(hf: dict, config, tied: bool = False) -> None:
+    """Every key of config.json is compared (``Family.compared``), required to be what litgpt computes
     (``REQUIRED``) or known to change nothing (``HARMLESS``); any other key is refused in one line (issue 27,
-    class 8: `hidden_act: relu` imported with exit 0 and 0.14 logit error)."""
+    class 8: `hidden_act: relu` imported with exit 0 and 0.14 logit error). Llama-type families keep llama3 RoPE
+    scaling in ``rope_scaling`` (transformers 4) or ``rope_parameters`` (5): each value inside is checked."""
     kind = hf["model_type"]
-    compared = {k for k, _ in ARCHITECTURES[kind][1]}
+    compared = {k for k, _ in FAMILIES[kind].compared}
     compared |= {alias for k in compared for alias in _ALIASES.get(k, ())}
     required = REQUIRED[kind]
-    nested = {k: v for k, v in (hf.get("rope_parameters") or {}).items()} if isinstance(
-        hf.get("rope_parameters"), dict) else {}
-    for key, value in [*hf.items(), *nested.items()]:
-        if key in compared or key in HARMLESS:
+    holders = _NESTED.get(kind, ("rope_parameters",))
+    nested = [item for h in holders if isinstance(hf.get(h), dict)  # (the scheme first: the clearest refusal)
+              for item in sorted(hf[h].items(), key=lambda kv: kv[0] not in ("rope_type", "type"))]
+    for key, value in [*hf.items(), *nested]:
+        if key in compared or key in HARMLESS or (key in holders and (value is None or isinstance(value, dict))):
             continue
         if key in required:
             accepted, what = required[key]
-            ok = accepted(config)
+            ok = accepted(config, tied)
             if value not in ok:
                 raise ConfigError("--hf_dir", f"config.json {key}: {value!r}, and the run's model computes "
                                   f"{ok[0]!r} ({what}): importing it would give another function")
@@ -130,6 +194,10 @@ def check_config_keys(hf: dict, config) -> None:
         raise ConfigError("--hf_dir", f"config.json has {key}: {value!r}, a key the importer does not know "
                           f"for {kind}: it may change what the model computes, so it is refused rather than "
                           "ignored (known keys: midtrain/importer.py REQUIRED / HARMLESS)")
+    if kind in _NESTED and config.rope_adjustments and not any(
+            isinstance(hf.get(h), dict) and hf[h].get("rope_type", hf[h].get("type")) == "llama3" for h in holders):
+        raise ConfigError("--hf_dir", "config.json has no llama3 RoPE scaling, and the run's model has "
+                          f"rope_adjustments {config.rope_adjustments}: importing it would give another function")
 
 
 def read_hf_config(hf_dir: Path) -> dict:
@@ -143,16 +211,34 @@ def read_hf_config(hf_dir: Path) -> dict:
         cfg = json.loads(path.read_text())
     except ValueError as e:
         raise ConfigError(str(path), f"not JSON ({e})") from None
-    if cfg.get("model_type") not in ARCHITECTURES:
+    if cfg.get("model_type") not in FAMILIES:
+        known = "; ".join(f"{k} ({f.models})" for k, f in FAMILIES.items())
         raise ConfigError("--hf_dir", f"model_type {cfg.get('model_type')!r} ({', '.join(cfg.get('architectures') or [])})"
-                          f" cannot be imported: supported are {', '.join(ARCHITECTURES)} (Pythia, OLMo 2)")
+                          f" cannot be imported: supported are {known}")
     return cfg
 
 
-def check_shapes(hf: dict, config) -> None:
-    """The HF config against the run's litgpt model config: one line per first mismatch."""
-    _, pairs = ARCHITECTURES[hf["model_type"]]
-    for hf_key, attr in pairs:
+# litgpt chooses its converters by the config's name before its MLP class (convert_lit_checkpoint, and
+# convert_hf_checkpoint alike): a Llama-type model named like one of these would be exported as another family
+_NAMED_FAMILIES = (("falcon", "Falcon"), ("gemma-2", "Gemma 2"), ("gemma-3", "Gemma 3"), ("phi", "Phi"),
+                   ("qwen2.5", "Qwen 2.5"), ("qwq", "QwQ"), ("olmo-2-", "OLMo 2"), ("qwen3", "Qwen 3"))
+
+
+def litgpt_family(name: str) -> Optional[str]:
+    """The family litgpt's converters take a model of this config name for (None: by its MLP class)."""
+    low = name.lower()
+    for prefix, family in _NAMED_FAMILIES:
+        if (prefix in low) if prefix == "falcon" else low.startswith(prefix):
+            return family
+    return None
+
+
+def check_shapes(hf: dict, config, tied: bool = False) -> None:
+    """The HF config against the run's litgpt model config (and the run's ``train.tie_embeddings``): one line
+    for the first mismatch."""
+    kind = hf["model_type"]
+    family = FAMILIES[kind]
+    for hf_key, attr in family.compared:
         theirs = hf_value(hf, hf_key)
         if theirs is None:
             continue
@@ -162,15 +248,30 @@ def check_shapes(hf: dict, config) -> None:
         if not same:
             raise ConfigError("model_config", f"{attr} is {ours!r}, but the HF checkpoint's {hf_key} is {theirs!r}: "
                               "the run config describes another model")
-    if hf["model_type"] == "olmo2" and not (getattr(config, "norm_qk", False) and config.post_attention_norm):
-        raise ConfigError("model_config", "an OLMo 2 checkpoint needs an OLMo 2 model config (norm_qk, "
-                          "post_attention_norm; e.g. model_name: OLMo-2-1124-7B)")
-    if hf["model_type"] == "olmo2" and not config.name.lower().startswith("olmo-2-"):
+    for attr, needed in family.structure.items():
+        if getattr(config, attr, None) != needed:
+            raise ConfigError(f"model_config.{attr}", f"{getattr(config, attr, None)!r}, but a {family.models} "
+                              f"checkpoint ({kind}) computes with {attr} {needed!r}: the run config describes another "
+                              "model")
+    named = litgpt_family(config.name)
+    if kind == "olmo2" and named != "OLMo 2":
         raise ConfigError("model_config.name", f"{config.name!r}: litgpt chooses OLMo 2's converters by a name "
                           "starting with OLMo-2- (export-hf would map the weights as another architecture)")
-    if hf.get("tie_word_embeddings") and hf["model_type"] == "gpt_neox":
-        raise ConfigError("--hf_dir", "tied input/output embeddings in a GPT-NeoX checkpoint are not supported")
-    check_config_keys(hf, config)
+    if kind in ("llama", "olmo") and named is not None:
+        raise ConfigError("model_config.name", f"{config.name!r}: litgpt's converters take a model of this name for "
+                          f"{named} (they choose by name), so export-hf would map these weights as another family")
+    if kind == "olmo" and "OLMo" not in config.name:
+        raise ConfigError("model_config.name", f"{config.name!r}: OLMo 1's LayerNorm has no weights, which litgpt "
+                          "builds only for a LayerNorm model whose name holds 'OLMo' (e.g. model_name: OLMo-1B-hf)")
+    if hf.get("tie_word_embeddings") and not family.tied:
+        raise ConfigError("--hf_dir", f"tied input/output embeddings in a {kind} checkpoint are not supported "
+                          f"(litgpt's {family.converter} maps the output embedding alone)")
+    if bool(hf.get("tie_word_embeddings", False)) != bool(tied):  # (transformers' default: untied)
+        raise ConfigError("train.tie_embeddings", f"{tied}, but the HF checkpoint's tie_word_embeddings is "
+                          f"{bool(hf.get('tie_word_embeddings', False))}: set train.tie_embeddings: "
+                          f"{str(bool(hf.get('tie_word_embeddings', False))).lower()} in the run config (tied "
+                          "embeddings are one matrix; untied, a run would train two)")
+    check_config_keys(hf, config, tied)
 
 
 def weight_files(hf_dir: Path) -> list[Path]:
@@ -196,9 +297,9 @@ def convert_weights(hf_dir: Path, hf: dict, config) -> dict:
     from litgpt.scripts import convert_hf_checkpoint as conv
     from litgpt.utils import lazy_load
 
-    name, _ = ARCHITECTURES[hf["model_type"]]
-    copy = getattr(conv, name)
-    copy = partial(copy, config, {}) if hf["model_type"] == "olmo2" else partial(copy, config)
+    family = FAMILIES[hf["model_type"]]
+    name = family.converter
+    copy = partial(getattr(conv, name), config, {}) if family.qkv else partial(getattr(conv, name), config)
     sd: dict[str, Any] = {}
     for f in weight_files(hf_dir):
         weights = conv.load_safetensors(f) if f.suffix == ".safetensors" else lazy_load(f)
@@ -238,13 +339,18 @@ def import_hf(hf_dir: Path, run_config: Path, step: int, out: Path, pretraining_
     if step >= horizon:
         raise ConfigError("--step", f"{step:,} is not before the end of the schedule (train.max_steps {horizon:,} in "
                           f"{run_config}): nothing would be left to train")
-    check_shapes(hf, model_config)
+    tied = bool(train.tie_embeddings)
+    check_shapes(hf, model_config, tied)
     tok_vocab = _tokenizer_vocab(hf_dir)
     if tok_vocab is not None and tok_vocab > model_config.padded_vocab_size:
         raise ConfigError("--hf_dir", f"the tokenizer has {tok_vocab:,} tokens, more than the model's "
                           f"padded_vocab_size {model_config.padded_vocab_size:,}")
     sd = convert_weights(hf_dir, hf, model_config)
     model = GPT(model_config)
+    if tied:
+        from midtrain.train.parallel import tie_embeddings
+
+        tie_embeddings(model)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:

@@ -3,10 +3,12 @@
     python tests/hf_models.py OUT TOKENIZER_DIR
 
 OUT/neox: GPTNeoXForCausalLM (safetensors, one file); OUT/olmo2: Olmo2ForCausalLM (safetensors, sharded);
-each with the tokenizer files copied in and OUT/<name>/reference.pt = {"input_ids", "logits"} on a fixed batch.
+OUT/smollm2, OUT/tinyllama, OUT/llama32: LlamaForCausalLM in the shapes of SmolLM2 (GQA, tied embeddings, its
+nanotron keys), TinyLlama (untied, one key/value head) and Llama 3.2 (tied, llama3 RoPE scaling, head_dim);
+OUT/olmo1: OlmoForCausalLM (OLMo 1B's tied embeddings, weightless LayerNorm); each with the tokenizer files copied in and OUT/<name>/reference.pt = {"input_ids", "logits"} on a fixed batch.
 With `pythia OUT`: OUT/pythia-14m, a GPTNeoXForCausalLM with EleutherAI/pythia-14m's config.json values (its
 padded 50,304-row vocabulary) and a 50,277-token tokenizer.json, as the hub's Pythia checkpoints pair them.
-With `logits MODEL_DIR OUT.pt`: the logits of `AutoModelForCausalLM.from_pretrained(MODEL_DIR)` (a folder that
+With `logits MODEL_DIR OUT.pt [...]`: the logits of `AutoModelForCausalLM.from_pretrained(MODEL_DIR)` (a folder that
 `midtrain evaluate export-hf` wrote) on the same batch."""
 
 import shutil
@@ -24,15 +26,35 @@ OLMO2 = dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_
              tie_word_embeddings=False, attention_bias=False, bos_token_id=None, eos_token_id=0, pad_token_id=1)
 
 
+# tiny models with each family's distinguishing features (the published config.json values they mirror: SmolLM2-
+# 360M's, TinyLlama-1.1B's, Llama-3.2-1B's and OLMo-1B-hf's; widths shrunk)
+SMOLLM2 = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=96, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=100000.0,
+               tie_word_embeddings=True, hidden_act="silu", attention_bias=False, pretraining_tp=1,
+               is_llama_config=True, rope_interleaved=False)
+TINYLLAMA = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                 intermediate_size=96, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+                 tie_word_embeddings=False, hidden_act="silu", pretraining_tp=1)
+LLAMA32 = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               head_dim=16, intermediate_size=96, max_position_embeddings=131072, rms_norm_eps=1e-5,
+               tie_word_embeddings=True, hidden_act="silu", mlp_bias=False, attention_bias=False,
+               rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+OLMO1 = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+             intermediate_size=96, max_position_embeddings=64, rope_theta=10000.0, tie_word_embeddings=True,
+             attention_bias=False, clip_qkv=None, pad_token_id=1, eos_token_id=0)
+FAMILIES = (("neox", "GPTNeoX", NEOX, None), ("olmo2", "Olmo2", OLMO2, "60KB"), ("smollm2", "Llama", SMOLLM2, None),
+            ("tinyllama", "Llama", TINYLLAMA, "60KB"), ("llama32", "Llama", LLAMA32, None), ("olmo1", "Olmo", OLMO1, None))
+
+
 def batch():
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 400, (2, 24), generator=g)
 
 
 def build(out: Path, tok: Path) -> None:
-    for name, cls, cfg_cls, kwargs, shard in (
-            ("neox", transformers.GPTNeoXForCausalLM, transformers.GPTNeoXConfig, NEOX, None),
-            ("olmo2", transformers.Olmo2ForCausalLM, transformers.Olmo2Config, OLMO2, "60KB")):
+    for name, kind, kwargs, shard in FAMILIES:
+        cls, cfg_cls = getattr(transformers, f"{kind}ForCausalLM"), getattr(transformers, f"{kind}Config")
         torch.manual_seed(0)
         model = cls(cfg_cls(**kwargs)).eval()
         with torch.no_grad():  # non-trivial norms and biases, so a mis-mapped weight shows in the logits
@@ -86,8 +108,9 @@ def logits(model_dir: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "logits":
-        logits(Path(sys.argv[2]), Path(sys.argv[3]))
+    if sys.argv[1] == "logits":  # logits MODEL_DIR OUT.pt [MODEL_DIR OUT.pt ...]
+        for model_dir, out in zip(sys.argv[2::2], sys.argv[3::2]):
+            logits(Path(model_dir), Path(out))
     elif sys.argv[1] == "pythia":
         pythia(Path(sys.argv[2]))
     else:

@@ -29,6 +29,17 @@ OLMO2 = {"name": "OLMo-2-tiny", "block_size": 64, "vocab_size": 512, "padded_voc
          "parallel_residual": False, "bias": False, "norm_class_name": "RMSNorm", "mlp_class_name": "LLaMAMLP",
          "norm_eps": 1e-6, "rope_base": 500000, "norm_qk": True, "post_mlp_norm": True, "norm_1": False,
          "norm_2": False, "norm_qk_type": "olmo2", "post_attention_norm": True}
+_LLAMA = {"block_size": 64, "vocab_size": 512, "padded_vocab_size": 512, "n_layer": 2, "n_head": 4, "n_embd": 64,
+          "head_size": 16, "intermediate_size": 96, "rotary_percentage": 1.0, "parallel_residual": False, "bias": False,
+          "mlp_class_name": "LLaMAMLP", "norm_class_name": "RMSNorm", "norm_eps": 1e-5}
+SMOLLM2 = {**_LLAMA, "name": "SmolLM2-tiny", "n_query_groups": 2, "rope_base": 100000}
+TINYLLAMA = {**_LLAMA, "name": "TinyLlama-tiny", "n_query_groups": 1, "rope_base": 10000}
+LLAMA32 = {**_LLAMA, "name": "Llama-3.2-tiny", "n_query_groups": 2, "rope_base": 500000,
+           "rope_adjustments": {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                "original_max_seq_len": 8192}}
+OLMO1 = {**_LLAMA, "name": "OLMo-1-tiny", "n_query_groups": 4, "norm_class_name": "LayerNorm", "rope_base": 10000}
+MODELS = {"neox": NEOX, "olmo2": OLMO2, "smollm2": SMOLLM2, "tinyllama": TINYLLAMA, "llama32": LLAMA32, "olmo1": OLMO1}
+TIED = {"smollm2", "llama32", "olmo1"}  # as SmolLM2, Llama 3.2 1B and OLMo 1B are
 SCHEDULE = {"max_steps": 100, "global_batch_size": 8, "micro_batch_size": 8, "max_seq_length": 32,
             "lr_warmup_steps": 10, "min_lr": 1e-4}
 STEP = 40
@@ -41,8 +52,8 @@ def hf_python(*args):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 
 
-def write_run(path, model, **extra):
-    cfg = {"model_config": model, "train": dict(SCHEDULE),
+def write_run(path, model, tied=False, **extra):
+    cfg = {"model_config": model, "train": {**SCHEDULE, **({"tie_embeddings": True} if tied else {})},
            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}, **extra}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -50,8 +61,8 @@ def write_run(path, model, **extra):
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-    """Two real HF checkpoints (random init, saved with save_pretrained), their reference logits, run configs,
-    and each imported at step 40."""
+    """Six real HF checkpoints, one per family (random init, saved with save_pretrained), their reference logits,
+    run configs, and each imported at step 40."""
     from midtrain.importer import import_hf
     from midtrain.tokenizer import train_bpe
 
@@ -59,8 +70,8 @@ def hf(tmp_path_factory):
     texts = [" ".join(str(i * j) for j in range(40)) + " the quick brown fox" for i in range(300)]
     tok = train_bpe(texts, root / "tok", vocab_size=400)
     hf_python(root / "models", tok)
-    runs = {"neox": write_run(root / "neox.yaml", NEOX), "olmo2": write_run(root / "olmo2.yaml", OLMO2)}
-    for name in ("neox", "olmo2"):
+    runs = {name: write_run(root / f"{name}.yaml", model, tied=name in TIED) for name, model in MODELS.items()}
+    for name in MODELS:
         import_hf(root / "models" / name, runs[name], STEP, root / f"imported-{name}",
                   pretraining_data="random init (a test checkpoint)")
     return root, runs
@@ -74,26 +85,34 @@ def litgpt_logits(checkpoint, input_ids):
         return model.eval()(input_ids)
 
 
-@pytest.mark.parametrize("name", ["neox", "olmo2"])
-def test_imported_checkpoint_gives_the_transformers_logits(hf, name):
+def test_imported_checkpoint_gives_the_transformers_logits(hf):
+    """Every family: the import's logits are transformers', and export-hf's folder loads back in transformers
+    with the same logits (one transformers process reads all six exports)."""
     root, _ = hf
-    ref = torch.load(root / "models" / name / "reference.pt")
-    diff = (litgpt_logits(root / f"imported-{name}", ref["input_ids"]) - ref["logits"]).abs().max().item()
-    assert diff < 1e-4, diff
-    state = json.loads((root / f"imported-{name}" / "training_state.json").read_text())
-    assert state["step"] == STEP and state["data"]["notes"][0]["optimizer"] == "optimizer state: fresh (imported from HF)"
-    assert state["data"]["notes"][0]["pretraining_data"] == "random init (a test checkpoint)"
-    for f in ("tokenizer.json", "tokenizer_config.json", "config.json", "model_config.yaml"):
-        assert (root / f"imported-{name}" / f).is_file()
-    # and back: export-hf writes a folder transformers' from_pretrained loads, with the same logits
-    out = root / f"exported-{name}"
-    r = run_cli("evaluate", "export-hf", "--checkpoint", root / f"imported-{name}", "--out", out)
-    assert r.returncode == 0, r.stderr[-2000:]
-    hf_python("logits", out, out / "logits.pt")
-    assert (torch.load(out / "logits.pt")["logits"] - ref["logits"]).abs().max().item() < 1e-4
+    pairs = []
+    for name in MODELS:
+        ref = torch.load(root / "models" / name / "reference.pt")
+        diff = (litgpt_logits(root / f"imported-{name}", ref["input_ids"]) - ref["logits"]).abs().max().item()
+        assert diff < 1e-4, (name, diff)
+        state = json.loads((root / f"imported-{name}" / "training_state.json").read_text())
+        assert state["step"] == STEP, name
+        assert state["data"]["notes"][0]["optimizer"] == "optimizer state: fresh (imported from HF)"
+        assert state["data"]["notes"][0]["pretraining_data"] == "random init (a test checkpoint)"
+        for f in ("tokenizer.json", "tokenizer_config.json", "config.json", "model_config.yaml"):
+            assert (root / f"imported-{name}" / f).is_file(), (name, f)
+        # and back: export-hf writes a folder transformers' from_pretrained loads, with the same logits
+        out = root / f"exported-{name}"
+        r = run_cli("evaluate", "export-hf", "--checkpoint", root / f"imported-{name}", "--out", out)
+        assert r.returncode == 0, (name, r.stderr[-2000:])
+        pairs += [out, out / "logits.pt"]
+    hf_python("logits", *pairs)
+    for name in MODELS:
+        ref = torch.load(root / "models" / name / "reference.pt")
+        exported = torch.load(root / f"exported-{name}" / "logits.pt")["logits"]
+        assert (exported - ref["logits"]).abs().max().item() < 1e-4, name
 
 
-@pytest.mark.parametrize("name", ["neox", "olmo2"])
+@pytest.mark.parametrize("name", ["neox", "olmo2", "smollm2", "olmo1"])
 def test_an_arm_continues_the_import_at_its_step_with_the_schedule_lr_then_exports(hf, tmp_path, name):
     """resume_from the import at step 40: the LR of step 41 is the schedule's at 40 times the re-warmup factor
     (1/2 with rewarm_steps 2), then the schedule's; the fresh optimizer is said and recorded; SFT metrics carry
@@ -102,7 +121,7 @@ def test_an_arm_continues_the_import_at_its_step_with_the_schedule_lr_then_expor
     import random
 
     from midtrain.data.prepare import write_token_shard
-    from midtrain.posttrain.sft import run_sft
+    from midtrain.posttrain.sft import load_checkpoint_model, run_sft
     from midtrain.train.schedules import Schedule
 
     root, runs = hf
@@ -110,8 +129,8 @@ def test_an_arm_continues_the_import_at_its_step_with_the_schedule_lr_then_expor
     write_token_shard(tmp_path / "data" / "1", [[rng.randrange(300) for _ in range(100)] for _ in range(60)], 2000)
     write_token_shard(tmp_path / "data" / "c1", [[rng.randrange(300, 400) for _ in range(100)] for _ in range(60)], 2000)
     write_token_shard(tmp_path / "val" / "1", [[rng.randrange(300) for _ in range(100)] for _ in range(5)], 2000)
-    model = {"neox": NEOX, "olmo2": OLMO2}[name]
-    arm = write_run(tmp_path / "arm.yaml", model, out_dir=str(tmp_path / "arm"), resume_from=str(root / f"imported-{name}"),
+    model = MODELS[name]
+    arm = write_run(tmp_path / "arm.yaml", model, tied=name in TIED, out_dir=str(tmp_path / "arm"), resume_from=str(root / f"imported-{name}"),
                     precision="32-true", logger_name="csv",
                     data={"class_path": "midtrain.data.ShardedMixedDataset",
                           "init_args": {"data_path": str(tmp_path / "data"), "val_data_path": str(tmp_path / "val"),
@@ -141,8 +160,15 @@ def test_an_arm_continues_the_import_at_its_step_with_the_schedule_lr_then_expor
     rows = [{"prompt": f"{i} plus {i % 5} is", "response": f" {i + i % 5}"} for i in range(24)]
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
     m = run_sft(tmp_path / "arm" / "final", tmp_path / "sft.jsonl", lrs=(1e-3,), epochs=1, micro_batch_size=4,
-                global_batch_size=4, max_seq_length=32)
+                global_batch_size=4, max_seq_length=32, save=tmp_path / "sft")
     assert m["checkpoint_notes"][0]["optimizer"] == "optimizer state: fresh (imported from HF)"
+    # tied embeddings stay one matrix through the arm and SFT (untied, each would have trained two)
+    for where in (tmp_path / "arm" / "final", tmp_path / "sft"):
+        trained = torch.load(where / "lit_model.pth")["model"]
+        same = torch.equal(trained["transformer.wte.weight"], trained["lm_head.weight"])
+        assert same == (name in TIED), where
+        loaded, _ = load_checkpoint_model(where)
+        assert (loaded.transformer.wte.weight is loaded.lm_head.weight) == (name in TIED)
     # export-hf: a folder transformers loads (from_pretrained) with the same logits as litgpt's forward
     r = run_cli("evaluate", "export-hf", "--checkpoint", tmp_path / "arm" / "final", "--out", tmp_path / "hf_out")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -305,6 +331,20 @@ def test_every_config_json_key_is_compared_required_or_known_harmless(hf, tmp_pa
         ("neox", "rope_scaling", {"type": "linear", "factor": 2.0}, "config.json rope_scaling"),
         ("olmo2", "hidden_act", "gelu", "config.json hidden_act: 'gelu', and the run's model computes 'silu'"),
         ("olmo2", "sliding_window", 16, "config.json has sliding_window: 16, a key the importer does not know"),
+        ("smollm2", "hidden_act", "gelu", "config.json hidden_act: 'gelu', and the run's model computes 'silu'"),
+        ("smollm2", "pretraining_tp", 2, "config.json pretraining_tp: 2, and the run's model computes 1"),
+        ("smollm2", "sliding_window", 16, "config.json has sliding_window: 16, a key the importer does not know"),
+        ("tinyllama", "attention_bias", True, "config.json attention_bias: True, and the run's model computes False"),
+        ("tinyllama", "mlp_bias", True, "config.json mlp_bias: True, and the run's model computes False"),
+        ("tinyllama", "rope_scaling", {"rope_type": "linear", "factor": 2.0},
+         "config.json rope_type: 'linear', and the run's model computes 'default'"),
+        ("llama32", "rope_parameters", {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 8192},
+         "config.json factor: 8.0, and the run's model computes 32.0"),
+        ("llama32", "rope_parameters", {"rope_type": "default", "rope_theta": 500000.0},
+         "config.json rope_type: 'default', and the run's model computes 'llama3'"),
+        ("olmo1", "clip_qkv", 8.0, "config.json clip_qkv: 8.0, and the run's model computes None"),
     ]):
         folder = tmp_path / f"{name}-{i}"
         shutil.copytree(root / "models" / name, folder)
@@ -322,3 +362,71 @@ def test_every_config_json_key_is_compared_required_or_known_harmless(hf, tmp_pa
                                                     "transformers_version": "4.24.0"}))
     import_hf(folder, runs["neox"], STEP, out)
     assert (out / "lit_model.pth").is_file()
+
+
+def test_llama_and_olmo1_checkpoints_against_another_model_config_are_one_line(hf, tmp_path):
+    """Issue 29: what decides a Llama-type or OLMo 1 model's function and is not a config.json key (the structure
+    litgpt builds, the name its converters choose a family by, tied embeddings against train.tie_embeddings) is
+    compared too; every case is one line and writes nothing."""
+    from midtrain.importer import import_hf
+
+    root, _ = hf
+    out = tmp_path / "out"
+    models = root / "models"
+    no_rope = {k: v for k, v in LLAMA32.items() if k != "rope_adjustments"}
+    for i, (name, model, tied, field, needle) in enumerate([
+        ("smollm2", SMOLLM2, False, "train.tie_embeddings: ", "False, but the HF checkpoint's tie_word_embeddings is "
+         "True: set train.tie_embeddings: true"),
+        ("tinyllama", TINYLLAMA, True, "train.tie_embeddings: ", "the HF checkpoint's tie_word_embeddings is False"),
+        ("smollm2", {**SMOLLM2, "n_query_groups": 4}, True, "model_config: ",
+         "n_query_groups is 4, but the HF checkpoint's num_key_value_heads is 2"),
+        ("llama32", {**LLAMA32, "head_size": 8, "n_head": 8}, True, "model_config: ", "the HF checkpoint's"),
+        ("llama32", no_rope, True, "--hf_dir: ", "config.json rope_type: 'llama3', and the run's model computes "
+         "'default'"),
+        ("tinyllama", {**TINYLLAMA, "rope_adjustments": LLAMA32["rope_adjustments"]}, False, "--hf_dir: ",
+         "config.json rope_type: 'default', and the run's model computes 'llama3'"),
+        ("smollm2", {**SMOLLM2, "norm_class_name": "LayerNorm"}, True, "model_config.norm_class_name: ",
+         "'LayerNorm', but a SmolLM2, TinyLlama, Amber, Llama 3.2 checkpoint (llama) computes with norm_class_name "
+         "'RMSNorm'"),
+        ("tinyllama", {**TINYLLAMA, "name": "phi-tiny"}, False, "model_config.name: ",
+         "'phi-tiny': litgpt's converters take a model of this name for Phi"),
+        ("olmo1", {**OLMO1, "name": "tiny"}, True, "model_config.name: ", "OLMo 1's LayerNorm has no weights"),
+        ("olmo1", SMOLLM2 | {"n_query_groups": 4, "rope_base": 10000, "name": "OLMo-ish"}, True, "model_config.norm_class_name: ", "OLMo 1 checkpoint"),
+    ]):
+        run = write_run(tmp_path / f"run{i}.yaml", model, tied=tied)
+        with pytest.raises(ConfigError) as e:
+            import_hf(models / name, run, STEP, out)
+        assert str(e.value).startswith(field) and needle in str(e.value), (i, needle, str(e.value))
+        assert not out.exists() and not list(tmp_path.glob(".out.partial"))
+    # TinyLlama's hub config.json is transformers 4's: rope_theta at the top, rope_scaling null, no rope_parameters
+    old = tmp_path / "tinyllama-v4"
+    shutil.copytree(models / "tinyllama", old)
+    cfg = json.loads((old / "config.json").read_text())
+    cfg.pop("rope_parameters")
+    (old / "config.json").write_text(json.dumps({**cfg, "rope_theta": 10000.0, "rope_scaling": None}))
+    with pytest.raises(ConfigError, match="^--hf_dir: config.json has no llama3 RoPE scaling"):
+        import_hf(old, write_run(tmp_path / "r.yaml", {**TINYLLAMA, "rope_adjustments": LLAMA32["rope_adjustments"]}),
+                  STEP, out)
+    import_hf(old, write_run(tmp_path / "r.yaml", TINYLLAMA), STEP, out)
+    assert (out / "lit_model.pth").is_file()
+
+
+def test_a_midtrain_from_a_tied_import_must_say_it_is_tied(hf, tmp_path):
+    """A tied checkpoint continued by a run whose config leaves train.tie_embeddings unset would train two
+    matrices where the model has one: refused in one line before anything is written."""
+    import random
+
+    from midtrain.data.prepare import write_token_shard
+
+    root, _ = hf
+    rng = random.Random(0)
+    write_token_shard(tmp_path / "data" / "1", [[rng.randrange(300) for _ in range(100)] for _ in range(20)], 2000)
+    arm = write_run(tmp_path / "arm.yaml", SMOLLM2, out_dir=str(tmp_path / "arm"),
+                    resume_from=str(root / "imported-smollm2"), precision="32-true", logger_name="csv",
+                    data={"class_path": "midtrain.data.ShardedMixedDataset",
+                          "init_args": {"data_path": str(tmp_path / "data"), "num_workers": 0}})
+    r = run_cli("pretrain", "--config", arm, "--train.max_additional_steps", "2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "train.tie_embeddings: None, but the model of resume_from" in r.stderr and "set train.tie_embeddings: " \
+        "true" in r.stderr, r.stderr
+    assert not (tmp_path / "arm").exists()

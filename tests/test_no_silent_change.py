@@ -3,7 +3,7 @@ a class (docs/no-silent-change.md). Each test failed on the code before its fix.
 
 1. every run-config key reachable from the command line changes the run exactly as the same key in the
    YAML would, or is refused in one line (litgpt#1905: `--optimizer.init_args.lr 30` trained at the YAML's LR);
-2. a config field that is recorded and has no effect is refused (litgpt#1727: `train.tie_embeddings`);
+2. a config field that is recorded and has no effect is honoured (litgpt#1727: `train.tie_embeddings` ties);
 4. a run's length is its configured tokens or steps across a resume, and a start past the end is refused;
 5. the first non-finite loss or gradient norm ends a run, keeping its last finite checkpoint;
 7. undecodable raw text is one line naming file and line;
@@ -245,16 +245,36 @@ def test_command_line_optimizer_and_train_keys_reach_the_trained_run(tmp_path, r
 
 # ---- 2. recorded fields without effect ----
 
-def test_tie_embeddings_true_is_refused_not_recorded_and_ignored(tmp_path, real_tree):
-    """litgpt 0.5.13 has no tie_embeddings in its Config: the trainer set an attribute nothing read, and
-    wte and lm_head trained apart. Tying is refused (litgpt's GPT-NeoX and OLMo 2 are untied); false or
-    unset is what trains."""
-    cfg = write_config(tmp_path, real_tree, train={"tie_embeddings": True})
+def test_tie_embeddings_true_trains_one_matrix_and_a_run_from_a_checkpoint_must_agree(tmp_path, real_tree):
+    """litgpt 0.5.13's Config has no tie_embeddings: the trainer set an attribute nothing read, and wte and
+    lm_head trained apart, bit-identical to an untied run. Now the key ties them as litgpt's pretrain does (wte
+    takes lm_head's matrix): after training they are one matrix, the run is another than the untied one, and a
+    run from the checkpoint whose config says otherwise is one line (SmolLM2 and Llama 3.2 are tied:
+    test_import trains and exports them)."""
+    from midtrain.posttrain.sft import load_checkpoint_model
+
+    # (sharded over 2 ranks: FSDP2 keeps a shared parameter shared; its step checkpoint is a sharded one)
+    cfg = write_config(tmp_path, real_tree, train={"tie_embeddings": True, "max_steps": 8, "save_interval": 4},
+                       strategy="fsdp", devices=2)
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    tied = torch.load(tmp_path / "base" / "final" / "lit_model.pth", weights_only=False)["model"]
+    assert torch.equal(tied["transformer.wte.weight"], tied["lm_head.weight"])
+    model, _ = load_checkpoint_model(tmp_path / "base" / "step-00000004")  # the sharded checkpoint, read back tied
+    assert model.transformer.wte.weight is model.lm_head.weight
+    untied_cfg = write_config(tmp_path, real_tree, name="untied.yaml", train={"max_steps": 8},
+                              out_dir=str(tmp_path / "untied"))
+    r = run_cli("pretrain", "--config", untied_cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    untied = torch.load(tmp_path / "untied" / "final" / "lit_model.pth", weights_only=False)["model"]
+    assert not torch.equal(untied["transformer.wte.weight"], untied["lm_head.weight"])
+    assert not torch.equal(untied["lm_head.weight"], tied["lm_head.weight"])
     for command in ("pretrain", "mix"):
-        r = run_cli(command, "--config", cfg)
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-1500:]
-        assert "train.tie_embeddings" in r.stderr and "untied" in r.stderr, r.stderr
-    assert not (tmp_path / "base").exists()
+        r = run_cli(command, "--config", untied_cfg, "--resume_from", tmp_path / "base" / "final",
+                    "--out_dir", tmp_path / "mid", "--train.max_steps", "12")
+        _one_line(r, "train.tie_embeddings: None, but the model of resume_from")
+        assert "has tied input/output embeddings" in r.stderr
+    assert not (tmp_path / "mid").exists()
 
 
 # ---- 4. a run's length across a resume ----

@@ -26,6 +26,10 @@ def meta_count(config: dict) -> int:
     mc = Config(**config["model_config"]) if config.get("model_config") else Config.from_name(config["model_name"])
     with torch.device("meta"):
         model = GPT(mc)
+    if (config.get("train") or {}).get("tie_embeddings"):
+        from midtrain.train.parallel import tie_embeddings
+
+        tie_embeddings(model)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -40,6 +44,16 @@ def test_every_pythia_config_is_listed():
 @pytest.mark.parametrize("name", PYTHIA)
 def test_pythia_named_configs(name):
     assert params_of({"model_name": name}) == meta_count({"model_name": name})
+
+
+@pytest.mark.parametrize("name", ["SmolLM2-135M", "SmolLM2-360M", "Llama-3.2-1B", "OLMo-1B-hf", "tiny-llama-1.1b"])
+def test_tied_and_untied_llama_type_configs(name):
+    """Issue 29: SmolLM2, Llama 3.2 1B and OLMo 1B tie their embeddings (one matrix, counted once)."""
+    for tied in (False, True):
+        cfg = {"model_name": name, "train": {"tie_embeddings": tied}}
+        assert params_of(cfg) == meta_count(cfg)
+    c = litgpt_config(name, None)
+    assert params_of({"model_name": name}) - params_of(cfg) == c.padded_vocab_size * c.n_embd
 
 
 def repo_model_configs() -> list[tuple[str, dict]]:

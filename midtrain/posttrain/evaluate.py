@@ -225,12 +225,13 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
             from litgpt import Config
             from safetensors.torch import save_file
 
-            from midtrain.importer import ARCHITECTURES, check_shapes
+            from midtrain.importer import FAMILIES, check_shapes
 
             hf = json.loads((checkpoint / "config.json").read_text())
-            if hf.get("model_type") in ARCHITECTURES:  # it must describe these weights, or it is not written
+            if hf.get("model_type") in FAMILIES:  # it must describe these weights, or it is not written
                 try:
-                    check_shapes(hf, Config.from_file(checkpoint / "model_config.yaml"))
+                    check_shapes(hf, Config.from_file(checkpoint / "model_config.yaml"),
+                                 ckpt.tied_embeddings(checkpoint))
                 except ConfigError as e:
                     raise ConfigError("--checkpoint", f"{checkpoint}/config.json describes another model than "
                                       f"model_config.yaml ({str(e).split(': ', 1)[1]})") from None

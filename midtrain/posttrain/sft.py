@@ -73,6 +73,10 @@ def load_checkpoint_model(checkpoint: Path):
         raise ConfigError("--checkpoint", f"{checkpoint} needs lit_model.pth (or sharded/) and model_config.yaml")
     config = Config.from_file(checkpoint / "model_config.yaml")
     model = GPT(config)
+    if ckpt.tied_embeddings(checkpoint):  # one matrix, as it was trained (an untied copy would train two)
+        from midtrain.train.parallel import tie_embeddings
+
+        tie_embeddings(model)
     try:
         ckpt.load_model_weights(checkpoint, model)
     except (RuntimeError, OSError, EOFError, ValueError, KeyError) as e:
@@ -422,7 +426,7 @@ def _save_model(model, config, source: Path, dest: Path, metrics: dict) -> None:
 
     from litgpt.utils import save_config
 
-    from midtrain.train.checkpoint import copy_side_files
+    from midtrain.train.checkpoint import copy_side_files, tied_embeddings
 
     if dest.exists():
         raise ConfigError("--save", f"{dest} already exists")
@@ -432,6 +436,8 @@ def _save_model(model, config, source: Path, dest: Path, metrics: dict) -> None:
     torch.save({"model": model.state_dict()}, tmp / "lit_model.pth")
     save_config(config, tmp)
     copy_side_files(source, tmp)
+    if tied_embeddings(source):  # the record load_checkpoint_model reads
+        (tmp / "hyperparameters.yaml").write_text("train:\n  tie_embeddings: true\n")
     (tmp / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
     tmp.rename(dest)
 

@@ -136,11 +136,12 @@ def _block(c, index: int) -> int:
     return total
 
 
-def gpt_param_count(c) -> int:
+def gpt_param_count(c, tied: bool = False) -> int:
     """Parameters of ``litgpt.GPT(c)`` for a litgpt Config ``c`` (what ``sum(p.numel() for p in
-    model.parameters())`` gives). Raises ``Unsupported`` for a module this count does not know."""
+    model.parameters())`` gives); ``tied``: ``wte`` shares ``lm_head``'s matrix (``train.tie_embeddings``), counted
+    once. Raises ``Unsupported`` for a module this count does not know."""
     total = _linear(c.n_embd, c.padded_vocab_size, getattr(c, "lm_head_bias", False))  # lm_head
-    total += c.padded_vocab_size * c.n_embd  # wte (not tied in litgpt's GPT)
+    total += 0 if tied else c.padded_vocab_size * c.n_embd  # wte
     total += sum(_block(c, i) for i in range(c.n_layer))
     return total + _norm(c, c.n_embd)  # ln_f
 
@@ -149,6 +150,7 @@ def params_of(config: Mapping[str, Any]) -> int | None:
     """The parameter count of a run config's model (``model_config``, else ``model_name``), or None when
     it has no model litgpt knows or an architecture this count does not."""
     try:
-        return gpt_param_count(litgpt_config(config.get("model_name"), config.get("model_config")))
+        tied = bool((config.get("train") or {}).get("tie_embeddings"))
+        return gpt_param_count(litgpt_config(config.get("model_name"), config.get("model_config")), tied)
     except Exception:  # noqa: BLE001 - an estimate only: the plan says when it has none
         return None

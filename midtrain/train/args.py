@@ -31,7 +31,9 @@ class TrainArgs:
     max_seq_length: Optional[int] = None
     """Training sequence length (defaults to the model's block size)."""
     tie_embeddings: Optional[bool] = None
-    """Original key. Only false/null: the models are untied (true is refused; litgpt's Config has no such field)."""
+    """One matrix for the input and output embeddings (``wte`` takes ``lm_head``'s, as litgpt's pretrain ties
+    them): SmolLM2, Llama 3.2 1B and OLMo 1B are tied. A checkpoint records it in its hyperparameters.yaml; a run,
+    an import or an SFT from a checkpoint must agree with it (refused otherwise)."""
     max_norm: Optional[float] = None
     """Gradient clipping norm."""
     max_lr: Optional[float] = None

@@ -282,6 +282,20 @@ def load_file(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def tied_embeddings(path: Path) -> bool:
+    """Whether the model of checkpoint folder ``path`` shares one matrix between ``transformer.wte`` and
+    ``lm_head``: its ``hyperparameters.yaml``'s ``train.tie_embeddings`` (litgpt's pretrain key). The trainer,
+    ``midtrain import`` and ``sft --save`` write that file; a folder without it (litgpt's own) is untied."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(path) / "hyperparameters.yaml").read_text()) or {}
+    except (OSError, ValueError):
+        return False
+    train = saved.get("train") if isinstance(saved, dict) else None
+    return bool(isinstance(train, dict) and train.get("tie_embeddings"))
+
+
 def load_model_weights(path: Path, model) -> None:
     """The weights of checkpoint folder ``path`` (either format) into ``model``, an unsharded module: a sharded
     checkpoint's ``model`` entries are read from every shard file (no optimizer state is read)."""

@@ -72,15 +72,16 @@ def shard_size(kind: str, world: int, num_nodes: int) -> int:
     return mesh_shape(kind, world, num_nodes)[0][-1] if kind in SHARDED else 1
 
 
-def build_model(config, seed: int, on_meta: bool = False):
+def build_model(config, seed: int, on_meta: bool = False, tie: bool = False):
     """The model with litgpt's GPT-NeoX init, on CPU in fp32, from ``seed`` (the same weights whatever the world
-    size or strategy); ``on_meta``: shapes only, for weights that a checkpoint load will provide."""
+    size or strategy); ``on_meta``: shapes only, for weights that a checkpoint load will provide. ``tie``: one
+    matrix for the input and output embeddings (``train.tie_embeddings``), as litgpt's pretrain ties them."""
     from litgpt.model import GPT
     from litgpt.pretrain import initialize_weights
 
     if on_meta:
         with torch.device("meta"):
-            return GPT(config)
+            return tie_embeddings(GPT(config)) if tie else GPT(config)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
     try:
@@ -91,6 +92,13 @@ def build_model(config, seed: int, on_meta: bool = False):
         initialize_weights(types.SimpleNamespace(strategy=None), model, n_layer=config.n_layer, n_embd=config.n_embd)
     finally:
         torch.set_default_dtype(default)
+    return tie_embeddings(model) if tie else model
+
+
+def tie_embeddings(model):
+    """``wte`` takes ``lm_head``'s matrix, as litgpt's pretrain does after its init (one parameter: the optimizer,
+    state dicts and parameter counts see it once; a state dict still names it under both keys)."""
+    model.transformer.wte.weight = model.lm_head.weight
     return model
 
 

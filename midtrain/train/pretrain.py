@@ -231,6 +231,10 @@ def main(fabric, run: Run, data: DataModule) -> int:
     # what every checkpoint carries beside the weights (tokenizer files; the HF config.json of an imported model,
     # from the checkpoint this run continues), read now: a later prune may delete that checkpoint
     side_files = ckpt.read_side_files(run.tokenizer_dir, load_path)
+    for path, field in ((load_path, "resume" if resume_path else "resume_from"),
+                        (run.initial_checkpoint_dir, "initial_checkpoint_dir")):
+        if path is not None:
+            startup.check_tied(path, train.tie_embeddings, field)
     if fabric.global_rank == 0:
         removed = ckpt.clean_leftovers(out_dir)
         if removed:
@@ -358,7 +362,8 @@ def setup_model(fabric, run: Run, seq_len: int, will_load: bool):
     model that a checkpoint will fill is built on meta), ``initial_checkpoint_dir``'s weights, activation
     checkpointing, compile, then Fabric's setup (DDP wrap, or fully_shard over the run's mesh). Returns
     (model, parameter count)."""
-    model = parallel.build_model(run.model_config, run.seed, on_meta=run.sharded and will_load)
+    model = parallel.build_model(run.model_config, run.seed, on_meta=run.sharded and will_load,
+                                 tie=bool(run.train.tie_embeddings))
     model.max_seq_length = seq_len
     if run.initial_checkpoint_dir is not None and not will_load:
         load_weights(model, ckpt.check_checkpoint(run.initial_checkpoint_dir, "initial_checkpoint_dir"))

@@ -46,10 +46,6 @@ def check_run_inputs(model_config: Optional[Config], out_dir: Path, precision: O
     if keep_last_n is not None and keep_last_n < 1:
         raise ConfigError("keep_last_n", f"must be >= 1 (or null to keep every checkpoint), got {keep_last_n}: "
                           "fewer would delete the checkpoint a requeued job resumes from")
-    if train.tie_embeddings:
-        raise ConfigError("train.tie_embeddings", "true is not supported: litgpt's GPT-NeoX and OLMo 2 models keep "
-                          "wte and lm_head untied, and its Config has no such field (the key was recorded and "
-                          "ignored); remove it or set false")
     valid = get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS)
     if precision is not None and str(precision) not in valid:
         raise ConfigError("precision", f"{precision!r} is not one of {', '.join(valid)}")
@@ -240,6 +236,17 @@ def check_shared_out_dir(fabric, out_dir: Path) -> None:
     if blind:
         raise ConfigError("out_dir", f"{out_dir} is not the same folder on every rank (a file rank 0 wrote there is "
                           "missing on another): sharded checkpoints need a filesystem all nodes share")
+
+
+def check_tied(checkpoint: Path, tie: Optional[bool], field: str) -> None:
+    """A run continues a checkpoint's model as it is: tied input/output embeddings (one matrix) stay tied and
+    untied ones untied. A difference between ``train.tie_embeddings`` and the checkpoint's is refused, never
+    resolved either way: tying would drop a trained matrix, untying would train twice the embedding parameters."""
+    theirs = ckpt.tied_embeddings(checkpoint)
+    if theirs != bool(tie):
+        raise ConfigError("train.tie_embeddings", f"{tie}, but the model of {field} {checkpoint} has "
+                          f"{'tied' if theirs else 'untied'} input/output embeddings (its hyperparameters.yaml): set "
+                          f"train.tie_embeddings: {str(theirs).lower()}")
 
 
 def changed_at_resume(checkpoint: Path, hparams: dict) -> list[str]:
