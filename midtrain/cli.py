@@ -154,7 +154,7 @@ def run_footprint(args, init, model_config, seq: int, start: int, end) -> str:
     gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else None
     fp = footprint(model_config, train.micro_batch_size, seq, args.precision, args.strategy, devices,
                    args.num_nodes or 1, accelerator, args.activation_checkpointing, optimizer_name(args.optimizer), gpu,
-                   gib)
+                   gib, bool(train.tie_embeddings))
     from midtrain.train.footprint import ASSUMED
 
     lines = [f"devices: {fp.describe()}" + (f" {ASSUMED}" if fp.assumed_gpu else "")]
@@ -414,8 +414,9 @@ def import_(argv: list[str]) -> int:
     """``midtrain import``: an HF checkpoint folder -> a midtrain checkpoint that resume_from accepts."""
     from midtrain.importer import format_import, import_hf
 
-    parser = _parser("Import a Hugging Face checkpoint (GPT-NeoX/Pythia, OLMo 2) at step --step of the schedule in "
-                     "--config's train: section; optimizer moments start fresh (recorded).", config=False)
+    parser = _parser("Import a Hugging Face checkpoint (Pythia, OLMo 1 and 2, SmolLM2, TinyLlama, Amber, Llama 3.2) at "
+                     "step --step of the schedule in --config's train: section; optimizer moments start fresh "
+                     "(recorded).", config=False)
     parser.add_argument("--hf_dir", type=str, required=True, help="config.json + *.safetensors / pytorch_model*.bin")
     parser.add_argument("--config", type=str, required=True,
                         help="a run config: its model (matched against config.json) and its train: schedule")

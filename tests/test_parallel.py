@@ -380,6 +380,11 @@ def test_memory_estimate_by_hand_for_pythia_160m():
     assert fsdp.params == 4 * local and fsdp.shard == 8 and fsdp.gathered > 0
     true = estimate(config, 1, 128, "bf16-true", "fsdp", 8)
     assert true.params == 2 * local and true.optimizer == 4 * local + 4 * len(shapes)
+    # tied embeddings (train.tie_embeddings): one matrix fewer, and one tensor fewer for AdamW's step counters
+    tied = estimate(config, 1, 128, "bf16-mixed", "ddp", 1, tied=True)
+    matrix = config.padded_vocab_size * config.n_embd
+    assert tied.params == tied.grads == 4 * (total - matrix) and tied.optimizer == 8 * (total - matrix) + 4 * (
+        len(shapes) - 1)
 
 
 # ---- saves never staged in $TMPDIR ----

@@ -43,7 +43,7 @@ def step_footprint(step: Step):
     return footprint(model, train.micro_batch_size, seq, cfg.get("precision"), cfg.get("strategy", "auto"),
                      int(cfg.get("devices", 1)), int(cfg.get("num_nodes") or 1), cfg.get("accelerator", "auto"),
                      bool(cfg.get("activation_checkpointing", False)), _optimizer(cfg),
-                     step.alloc.gpu_type if step.alloc else None)
+                     step.alloc.gpu_type if step.alloc else None, tied=bool(train.tie_embeddings))
 
 
 def training_steps(plan: Plan) -> list[Step]:

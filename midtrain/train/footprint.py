@@ -68,7 +68,7 @@ class Footprint:
 
 def footprint(model_config, micro: int, seq: int, precision: Optional[str], strategy: str, devices: int,
               num_nodes: int, accelerator: str, activation_checkpointing: bool = False, optimizer: str = "AdamW",
-              gpu_type: Optional[str] = None, device_gib: Optional[float] = None) -> Footprint:
+              gpu_type: Optional[str] = None, device_gib: Optional[float] = None, tied: bool = False) -> Footprint:
     """The strategy and per-rank memory of a run on ``gpu_type`` (None: ``DEFAULT_GPU``) or on CPU;
     ``device_gib``: the device's memory when known (a visible GPU's ``total_memory``), over the table's."""
     world = devices * num_nodes
@@ -81,11 +81,11 @@ def footprint(model_config, micro: int, seq: int, precision: Optional[str], stra
         known_gib = device_gib if device_gib is not None else table_gib
         if known_gib is not None:
             replica = memory.estimate(model_config, micro, seq, precision, "ddp", 1, activation_checkpointing,
-                                      optimizer)
+                                      optimizer, tied)
             fits_replica = replica.fits(known_gib * 2**30)
     kind = parallel.resolve(strategy, world, num_nodes, "cuda" if on_gpu else "cpu", fits_replica)
     est = memory.estimate(model_config, micro, seq, precision, kind, parallel.shard_size(kind, world, num_nodes),
-                          activation_checkpointing, optimizer)
+                          activation_checkpointing, optimizer, tied)
     return Footprint(world, kind, precision, est, gpu, known_gib, activation_checkpointing,
                      assumed_gpu=on_gpu and gpu_type is None)
 

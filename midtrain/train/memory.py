@@ -88,10 +88,11 @@ def param_dtype(precision: str) -> torch.dtype:
 
 
 def estimate(config, micro: int, seq: int, precision: str, kind: str, shard: int,
-             activation_checkpointing: bool = False, optimizer: str = "AdamW") -> MemoryEstimate:
+             activation_checkpointing: bool = False, optimizer: str = "AdamW", tied: bool = False) -> MemoryEstimate:
     """The per-rank memory of a run (see the module docstring for each term). ``kind``: single, ddp, fsdp, hsdp;
-    ``shard``: ranks a parameter is split over (1 unless sharded)."""
-    shapes = _param_shapes(_key(config))
+    ``shard``: ranks a parameter is split over (1 unless sharded); ``tied``: ``train.tie_embeddings`` (one
+    embedding matrix, its gradient and optimizer state counted once)."""
+    shapes = _param_shapes(_key(config), tied)
     dtype = param_dtype(precision)
     size = torch.empty((), dtype=dtype).element_size()
     sharded = kind in ("fsdp", "hsdp")
@@ -135,11 +136,13 @@ def _config(key: str, **changes):
 
 
 @functools.lru_cache(maxsize=64)
-def _param_shapes(key: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def _param_shapes(key: str, tied: bool = False) -> tuple[tuple[str, tuple[int, ...]], ...]:
     from litgpt.model import GPT
 
     with torch.device("meta"):
         model = GPT(_config(key))
+    if tied:  # (named_parameters lists a shared parameter once)
+        model.transformer.wte.weight = model.lm_head.weight
     return tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
 
 

@@ -154,7 +154,8 @@ def setup(
     # the strategy (auto: a replica per GPU where it fits, else shard) and the per-rank memory estimate, computed
     # in a forked child: its FakeTensorMode trace would leave extra autograd threads in this process
     kind, estimate = run_forked(plan_memory, model_config, train.micro_batch_size, seq, precision, strategy, world,
-                                num_nodes, accelerator, activation_checkpointing, optimizer_name(optimizer))
+                                num_nodes, accelerator, activation_checkpointing, optimizer_name(optimizer),
+                                bool(train.tie_embeddings))
     estimate = memory.MemoryEstimate(**{k: v for k, v in estimate.items() if k not in ("states", "total")})
     if kind in parallel.SHARDED and getattr(data, "mixer", "exact") == "litdata":
         raise ConfigError("strategy", f"{kind} keeps the data position in training_state.json, where mixer litdata's "
@@ -343,17 +344,17 @@ def main(fabric, run: Run, data: DataModule) -> int:
 
 
 def plan_memory(model_config, micro: int, seq: int, precision: str, strategy: str, world: int, num_nodes: int,
-                accelerator: str, activation_checkpointing: bool, optimizer: str) -> tuple[str, dict]:
+                accelerator: str, activation_checkpointing: bool, optimizer: str, tied: bool = False) -> tuple[str, dict]:
     """(strategy kind, per-rank estimate as a dict): ``auto`` shards where a DDP replica does not fit the GPU.
     Run in a forked child (``run_forked``): the caller's process keeps CUDA and autograd untouched."""
     fits = None
     if world > 1 and strategy == "auto" and accelerator == "cuda":
         device_bytes = torch.cuda.get_device_properties(0).total_memory
         fits = memory.estimate(model_config, micro, seq, precision, "ddp", 1, activation_checkpointing,
-                               optimizer).fits(device_bytes)
+                               optimizer, tied).fits(device_bytes)
     kind = parallel.resolve(strategy, world, num_nodes, accelerator, fits)
     est = memory.estimate(model_config, micro, seq, precision, kind, parallel.shard_size(kind, world, num_nodes),
-                          activation_checkpointing, optimizer)
+                          activation_checkpointing, optimizer, tied)
     return kind, est.to_dict()
 
 
