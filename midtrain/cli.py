@@ -33,7 +33,8 @@ commands:
   overlap    near-duplicate decontamination: eval items sharing a normalised n-gram with corpora / training
              sets, and responses equal to a training response after renaming names and numbers
   migrate    rewrite a config of the original fork into midtrain's form, printing every change
-  import     a Hugging Face checkpoint (Pythia, OLMo 2) -> a midtrain checkpoint at a known step of a schedule
+  import     a Hugging Face checkpoint (Pythia, OLMo 1/2, SmolLM2, TinyLlama, Amber, Llama 3.2) -> a midtrain
+             checkpoint at a known step of a schedule (read from the revision name where it gives one)
 
 Run `midtrain <command> --help` for a command's options."""
 
@@ -420,12 +421,18 @@ def import_(argv: list[str]) -> int:
     parser.add_argument("--hf_dir", type=str, required=True, help="config.json + *.safetensors / pytorch_model*.bin")
     parser.add_argument("--config", type=str, required=True,
                         help="a run config: its model (matched against config.json) and its train: schedule")
-    parser.add_argument("--step", type=int, required=True, help="the optimizer step the checkpoint was saved at")
+    parser.add_argument("--step", type=Optional[int], default=None,
+                        help="the optimizer step the checkpoint was saved at (default: read from the revision name "
+                             "where the family's names give it: Pythia step100000, OLMo step1000-tokens4B, SmolLM2 "
+                             "step-160000, TinyLlama step-480k-1T)")
+    parser.add_argument("--revision", type=Optional[str], default=None,
+                        help="the published revision the folder holds (default: the folder's name); its step and "
+                             "tokens are checked against --step and the schedule")
     parser.add_argument("--out", type=str, required=True, help="the checkpoint folder to write (never overwritten)")
     parser.add_argument("--pretraining_data", type=Optional[str], default=None,
                         help="what the checkpoint was pretrained on (recorded; e.g. 'the Pile (deduplicated)')")
     a = parser.parse_args(argv)
-    print(format_import(import_hf(a.hf_dir, a.config, a.step, a.out, a.pretraining_data)))
+    print(format_import(import_hf(a.hf_dir, a.config, a.step, a.out, a.pretraining_data, a.revision)))
     return 0
 
 

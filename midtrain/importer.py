@@ -59,24 +59,31 @@ _LLAMA_SHAPE = (("vocab_size", "padded_vocab_size"), ("num_hidden_layers", "n_la
                 ("num_attention_heads", "n_head"), ("num_key_value_heads", "n_query_groups"),
                 ("hidden_size", "n_embd"), ("intermediate_size", "intermediate_size"), ("head_dim", "head_size"),
                 ("rope_theta", "rope_base"), ("rotary_pct", "rotary_percentage"))
-_PLAIN = {"bias": False, "attn_bias": False, "lm_head_bias": False, "parallel_residual": False, "norm_qk": False,
+# litgpt Config fields every imported family computes with their default (none of them has softcapping, sliding
+# windows, condensed or interleaved RoPE, scaled embeddings, experts or latent attention)
+_COMMON = {"lm_head_bias": False, "shared_attention_norm": False, "scale_embeddings": False,
+           "attention_logit_softcapping": None, "final_logit_softcapping": None, "sliding_window_size": None,
+           "sliding_window_indices": None, "attention_scores_scalar": None, "n_expert": 0, "rope_condense_ratio": 1,
+           "rope_interleave": False, "rope_local_base_freq": None, "rope_indices": None, "latent_attention": None,
+           "first_k_dense_replace": None}
+_PLAIN = {**_COMMON, "bias": False, "attn_bias": False, "parallel_residual": False, "norm_qk": False,
           "post_attention_norm": False, "post_mlp_norm": False, "norm_1": True, "norm_2": True,
-          "shared_attention_norm": False, "scale_embeddings": False, "attention_logit_softcapping": None,
-          "final_logit_softcapping": None, "sliding_window_size": None, "attention_scores_scalar": None,
-          "n_expert": 0, "mlp_class_name": "LLaMAMLP"}
+          "mlp_class_name": "LLaMAMLP"}
 FAMILIES = {
     "gpt_neox": Family("Pythia", "copy_weights_gpt_neox", False, (
         ("vocab_size", "padded_vocab_size"), ("num_hidden_layers", "n_layer"), ("num_attention_heads", "n_head"),
         ("hidden_size", "n_embd"), ("intermediate_size", "intermediate_size"), ("rotary_pct", "rotary_percentage"),
         ("use_parallel_residual", "parallel_residual"), ("layer_norm_eps", "norm_eps"), ("rope_theta", "rope_base")),
-        {"norm_class_name": "LayerNorm", "mlp_class_name": "GptNeoxMLP"}, tied=False),
+        {**_COMMON, "norm_class_name": "LayerNorm", "mlp_class_name": "GptNeoxMLP", "rope_adjustments": None,
+         "norm_qk": False, "post_attention_norm": False, "post_mlp_norm": False}, tied=False),
     "olmo2": Family("OLMo 2", "copy_weights_olmo2", True, (
         ("vocab_size", "padded_vocab_size"), ("num_hidden_layers", "n_layer"), ("num_attention_heads", "n_head"),
         ("num_key_value_heads", "n_query_groups"), ("hidden_size", "n_embd"),
         ("intermediate_size", "intermediate_size"), ("rms_norm_eps", "norm_eps"), ("rope_theta", "rope_base"),
         ("rotary_pct", "rotary_percentage")),
-        {"norm_class_name": "RMSNorm", "mlp_class_name": "LLaMAMLP", "norm_qk": True, "norm_qk_type": "olmo2",
-         "post_attention_norm": True, "post_mlp_norm": True}),
+        {**_COMMON, "norm_class_name": "RMSNorm", "mlp_class_name": "LLaMAMLP", "norm_qk": True,
+         "norm_qk_type": "olmo2", "post_attention_norm": True, "post_mlp_norm": True, "parallel_residual": False,
+         "rope_adjustments": None}),
     "llama": Family("SmolLM2, TinyLlama, Amber, Llama 3.2", "copy_weights_hf_llama", True,
                     (*_LLAMA_SHAPE, ("rms_norm_eps", "norm_eps")), {**_PLAIN, "norm_class_name": "RMSNorm"}),
     # OLMo 1's LayerNorm has no weights: litgpt builds it so (elementwise_affine=False) for a LayerNorm config whose
@@ -85,7 +92,10 @@ FAMILIES = {
                    {**_PLAIN, "norm_class_name": "LayerNorm", "norm_eps": 1e-5}),
 }
 _ALIASES = {"rotary_pct": ("rotary_pct", "partial_rotary_factor"), "rope_theta": ("rope_theta", "rotary_emb_base")}
-_DEFAULTS = {"olmo2": {"rotary_pct": 1.0}, "llama": {"rotary_pct": 1.0}, "olmo": {"rotary_pct": 1.0}}
+# what transformers' config classes take for a key a config.json omits (LlamaConfig: rms_norm_eps 1e-6,
+# rope_theta 10000; OlmoConfig: rope_theta 10000; both: num_key_value_heads = num_attention_heads)
+_DEFAULTS = {"olmo2": {"rotary_pct": 1.0}, "llama": {"rotary_pct": 1.0, "rms_norm_eps": 1e-6, "rope_theta": 10000.0},
+             "olmo": {"rotary_pct": 1.0, "rope_theta": 10000.0}}
 
 
 def hf_value(hf: dict, key: str):
@@ -94,6 +104,8 @@ def hf_value(hf: dict, key: str):
         for where in (hf, hf.get("rope_parameters") or {}, hf.get("rope_scaling") or {}):
             if isinstance(where, dict) and where.get(name) is not None:
                 return where[name]
+    if key == "num_key_value_heads" and hf.get("model_type") in ("llama", "olmo"):
+        return hf.get("num_attention_heads")
     return _DEFAULTS.get(hf.get("model_type"), {}).get(key)
 
 
@@ -179,21 +191,26 @@ def check_config_keys(hf: dict, config, tied: bool = False) -> None:
     compared |= {alias for k in compared for alias in _ALIASES.get(k, ())}
     required = REQUIRED[kind]
     holders = _NESTED.get(kind, ("rope_parameters",))
-    nested = [item for h in holders if isinstance(hf.get(h), dict)  # (the scheme first: the clearest refusal)
-              for item in sorted(hf[h].items(), key=lambda kv: kv[0] not in ("rope_type", "type"))]
-    for key, value in [*hf.items(), *nested]:
+    nested = [(k, v, f"{h}.{k}") for h in holders if isinstance(hf.get(h), dict)  # (the scheme first: clearest)
+              for k, v in sorted(hf[h].items(), key=lambda kv: kv[0] not in ("rope_type", "type"))]
+    for key, value, shown in [*((k, v, k) for k, v in hf.items()), *nested]:
         if key in compared or key in HARMLESS or (key in holders and (value is None or isinstance(value, dict))):
             continue
         if key in required:
             accepted, what = required[key]
             ok = accepted(config, tied)
             if value not in ok:
-                raise ConfigError("--hf_dir", f"config.json {key}: {value!r}, and the run's model computes "
+                raise ConfigError("--hf_dir", f"config.json {shown}: {value!r}, and the run's model computes "
                                   f"{ok[0]!r} ({what}): importing it would give another function")
             continue
-        raise ConfigError("--hf_dir", f"config.json has {key}: {value!r}, a key the importer does not know "
+        raise ConfigError("--hf_dir", f"config.json has {shown}: {value!r}, a key the importer does not know "
                           f"for {kind}: it may change what the model computes, so it is refused rather than "
                           "ignored (known keys: midtrain/importer.py REQUIRED / HARMLESS)")
+    extra = sorted(set(config.rope_adjustments or {}) - {"factor", "low_freq_factor", "high_freq_factor",
+                                                          "original_max_seq_len"})
+    if extra:
+        raise ConfigError("model_config.rope_adjustments", f"has {extra[0]!r}: litgpt then computes another RoPE "
+                          f"scaling than llama3's, which is all a {kind} checkpoint's config.json can hold here")
     if kind in _NESTED and config.rope_adjustments and not any(
             isinstance(hf.get(h), dict) and hf[h].get("rope_type", hf[h].get("type")) == "llama3" for h in holders):
         raise ConfigError("--hf_dir", "config.json has no llama3 RoPE scaling, and the run's model has "
@@ -219,8 +236,9 @@ def read_hf_config(hf_dir: Path) -> dict:
 
 
 # litgpt chooses its converters by the config's name before its MLP class (convert_lit_checkpoint, and
-# convert_hf_checkpoint alike): a Llama-type model named like one of these would be exported as another family
-_NAMED_FAMILIES = (("falcon", "Falcon"), ("gemma-2", "Gemma 2"), ("gemma-3", "Gemma 3"), ("phi", "Phi"),
+# convert_hf_checkpoint alike): a Llama-type model named like one of these would be exported as another family.
+# A name holding "Gemma" also gives RMSNorm a unit offset (Config.norm_class) and makes the export drop lm_head.
+_NAMED_FAMILIES = (("falcon", "Falcon"), ("gemma", "Gemma"), ("phi", "Phi"),
                    ("qwen2.5", "Qwen 2.5"), ("qwq", "QwQ"), ("olmo-2-", "OLMo 2"), ("qwen3", "Qwen 3"))
 
 
@@ -228,7 +246,7 @@ def litgpt_family(name: str) -> Optional[str]:
     """The family litgpt's converters take a model of this config name for (None: by its MLP class)."""
     low = name.lower()
     for prefix, family in _NAMED_FAMILIES:
-        if (prefix in low) if prefix == "falcon" else low.startswith(prefix):
+        if (prefix in low) if prefix in ("falcon", "gemma") else low.startswith(prefix):
             return family
     return None
 
@@ -312,10 +330,13 @@ def convert_weights(hf_dir: Path, hf: dict, config) -> dict:
             for k, v in sd.items()}
 
 
-def import_hf(hf_dir: Path, run_config: Path, step: int, out: Path, pretraining_data: str | None = None) -> dict:
+def import_hf(hf_dir: Path, run_config: Path, step: Optional[int], out: Path, pretraining_data: str | None = None,
+              revision: Optional[str] = None) -> dict:
     """Write ``out`` (a midtrain checkpoint at ``step``); returns a summary. See the module docstring.
     ``pretraining_data`` declares what the checkpoint was pretrained on (e.g. "the Pile, deduplicated"),
-    recorded beside the import so that nothing is compared as if it came from another corpus."""
+    recorded beside the import so that nothing is compared as if it came from another corpus. ``revision``: the
+    published revision the folder holds (default: the folder's name); ``resolve_step`` reads the step from it
+    where the family's names encode one, and checks a given ``step`` and the schedule's tokens against it."""
     import torch
     import yaml
     from litgpt import GPT
@@ -330,7 +351,9 @@ def import_hf(hf_dir: Path, run_config: Path, step: int, out: Path, pretraining_
         raise ConfigError("--out", f"{out} already exists (checkpoints are never overwritten)")
     check_writable_dir(out.parent, "--out")
     model_config, train, raw = _run_model_and_schedule(run_config)
-    horizon = train.total_steps(1, 1, train.max_seq_length or model_config.block_size)
+    seq = train.max_seq_length or model_config.block_size
+    horizon = train.total_steps(1, 1, seq)
+    step, named = resolve_step(step, revision, hf_dir, train.global_batch_size * seq)
     if step < 0:
         raise ConfigError("--step", f"must be >= 0, got {step}")
     if horizon is None:
@@ -358,7 +381,8 @@ def import_hf(hf_dir: Path, run_config: Path, step: int, out: Path, pretraining_
                           f"({' '.join(str(e).split())[:240]})") from None
     note = {"imported": f"Hugging Face checkpoint {hf_dir.resolve()} ({hf['model_type']})", "at_step": step,
             "optimizer": NOTE, "data_restarted": True,
-            "pretraining_data": pretraining_data or "not declared (--pretraining_data)"}
+            "pretraining_data": pretraining_data or "not declared (--pretraining_data)",
+            **({"revision": named["name"]} if named else {})}
     tokens = step * train.global_batch_size * (train.max_seq_length or model_config.block_size)
     data_state = {"mixer": None, "imported": "hf", "notes": [note]}
     partial_dir = out.with_name(f".{out.name}.partial")
@@ -380,8 +404,58 @@ def import_hf(hf_dir: Path, run_config: Path, step: int, out: Path, pretraining_
     except BaseException:
         shutil.rmtree(partial_dir, ignore_errors=True)
         raise
+    from midtrain.train.footprint import schedule_lr
+    from midtrain.train.startup import optimizer_lr
+
+    peak = train.max_lr if train.max_lr is not None else optimizer_lr(raw.get("optimizer", "AdamW"))
+    lr = schedule_lr(train, peak, horizon, step) if peak else None
     return {"out": str(out), "step": step, "horizon": horizon, "model_type": hf["model_type"],
-            "parameters": sum(p.numel() for p in model.parameters()), "tokenizer": tok_vocab, "note": note}
+            "parameters": sum(p.numel() for p in model.parameters()), "tokenizer": tok_vocab, "note": note,
+            "revision": named, "lr": lr, "phase": schedule_phase(train, horizon, step)}
+
+
+def resolve_step(step: Optional[int], revision: Optional[str], hf_dir: Path, tokens_per_step: int):
+    """(the step, what the revision name said) from ``--step`` and the revision name (``--revision``, else the
+    folder's name): the name's step where ``--step`` is not given; a given one must agree with it (a rounded name,
+    TinyLlama's, within its rounding); and the tokens the schedule puts at that step must agree with the name's."""
+    from midtrain import revisions
+
+    where = "--revision" if revision else "the folder name"
+    name = revision or Path(hf_dir).resolve().name
+    rev = revisions.parse(name)
+    said = None if rev is None else {"name": name, "scheme": rev.scheme, "step": rev.step, "tokens": rev.tokens,
+                                     "rounded": rev.rounded, "stage": rev.stage, "note": rev.note}
+    if step is None:
+        if rev is None or rev.step is None:
+            why = f": {rev.note}" if rev is not None and rev.note else " of a published naming scheme"
+            raise ConfigError("--step", f"not given, and {where} {name!r} names no step{why} (give --step, the "
+                              "optimizer step the checkpoint was saved at)")
+        step = rev.step
+        said["step_from_name"] = True
+    elif rev is not None and rev.step is not None and abs(rev.step - step) > (500 if rev.rounded else 0):
+        raise ConfigError("--step", f"{step:,}, but {where} {name!r} is step {rev.step:,}"
+                          f"{' (rounded to thousands)' if rev.rounded else ''}: give the revision it is (--revision) "
+                          "or the step it was saved at")
+    if rev is not None and not revisions.tokens_agree(rev, step * tokens_per_step, tokens_per_step):
+        raise ConfigError("train.global_batch_size", f"the run config's {tokens_per_step:,} tokens per step put step "
+                          f"{step:,} at {step * tokens_per_step / 1e9:,.1f}B tokens, but {where} {name!r} says "
+                          f"{rev.tokens / 1e9:,.1f}B: the schedule is not the one this checkpoint was trained with "
+                          "(global_batch_size x max_seq_length)")
+    return step, said
+
+
+def schedule_phase(train, horizon: int, step: int) -> str:
+    """Where ``step`` sits on the run config's schedule: warmup, then stable/decay (wsd) or decay (cosine)."""
+    from midtrain.train.schedules import Schedule, warmup_steps
+
+    warm = warmup_steps(horizon, train.lr_warmup_steps, train.lr_warmup_fraction)
+    if step < warm:
+        return f"warmup ({step:,} of {warm:,} steps)"
+    if train.lr_scheduler == "wsd":
+        start = Schedule("wsd", 1.0, 0.0, horizon, warm, train.stable_steps, train.decay_fraction).decay_start
+        return (f"stable (WSD's decay starts at step {start:,})" if step < start else
+                f"decay (WSD's decay, from step {start:,} to {horizon:,})")
+    return f"{train.lr_scheduler} ({step / horizon:.0%} of {horizon:,} steps)"
 
 
 def weights_sha256(state_dict: dict) -> str:
@@ -446,8 +520,17 @@ def _run_model_and_schedule(run_config: Path):
 
 
 def format_import(summary: dict) -> str:
+    rev = summary.get("revision")
+    named = "" if not rev else (
+        f"  revision {rev['name']!r} ({rev['scheme']}'s names): "
+        + (f"step {rev['step']:,}{' (rounded)' if rev['rounded'] else ''}" if rev["step"] is not None else "no step")
+        + (f", {rev['tokens'] / 1e9:,.1f}B tokens (agrees with the schedule)" if rev["tokens"] else "")
+        + (", the step read from it" if rev.get("step_from_name") else "") + (f"; {rev['note']}" if rev["note"] else "")
+        + "\n")
+    lr = "" if summary.get("lr") is None else (f"  LR at step {summary['step']:,}: {summary['lr']:.3g}, "
+                                               f"{summary['phase']}\n")
     return (f"imported {summary['model_type']} ({summary['parameters'] / 1e6:.1f}M parameters) at step "
-            f"{summary['step']:,} of a {summary['horizon']:,}-step schedule -> {summary['out']}\n"
+            f"{summary['step']:,} of a {summary['horizon']:,}-step schedule -> {summary['out']}\n" + named + lr +
             f"  {NOTE}: AdamW's moments start at zero (train.rewarm_steps N ramps the LR back up over N steps)\n"
             f"  data position: not in an HF checkpoint; every source starts its seeded order\n"
             f"  pretraining data: {summary['note']['pretraining_data']}"

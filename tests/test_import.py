@@ -337,13 +337,13 @@ def test_every_config_json_key_is_compared_required_or_known_harmless(hf, tmp_pa
         ("tinyllama", "attention_bias", True, "config.json attention_bias: True, and the run's model computes False"),
         ("tinyllama", "mlp_bias", True, "config.json mlp_bias: True, and the run's model computes False"),
         ("tinyllama", "rope_scaling", {"rope_type": "linear", "factor": 2.0},
-         "config.json rope_type: 'linear', and the run's model computes 'default'"),
+         "config.json rope_scaling.rope_type: 'linear', and the run's model computes 'default'"),
         ("llama32", "rope_parameters", {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                         "original_max_position_embeddings": 8192},
-         "config.json factor: 8.0, and the run's model computes 32.0"),
+         "config.json rope_parameters.factor: 8.0, and the run's model computes 32.0"),
         ("llama32", "rope_parameters", {"rope_type": "default", "rope_theta": 500000.0},
-         "config.json rope_type: 'default', and the run's model computes 'llama3'"),
+         "config.json rope_parameters.rope_type: 'default', and the run's model computes 'llama3'"),
         ("olmo1", "clip_qkv", 8.0, "config.json clip_qkv: 8.0, and the run's model computes None"),
     ]):
         folder = tmp_path / f"{name}-{i}"
@@ -381,16 +381,22 @@ def test_llama_and_olmo1_checkpoints_against_another_model_config_are_one_line(h
         ("smollm2", {**SMOLLM2, "n_query_groups": 4}, True, "model_config: ",
          "n_query_groups is 4, but the HF checkpoint's num_key_value_heads is 2"),
         ("llama32", {**LLAMA32, "head_size": 8, "n_head": 8}, True, "model_config: ", "the HF checkpoint's"),
-        ("llama32", no_rope, True, "--hf_dir: ", "config.json rope_type: 'llama3', and the run's model computes "
+        ("llama32", no_rope, True, "--hf_dir: ", "config.json rope_parameters.rope_type: 'llama3', and the run's model computes "
          "'default'"),
         ("tinyllama", {**TINYLLAMA, "rope_adjustments": LLAMA32["rope_adjustments"]}, False, "--hf_dir: ",
-         "config.json rope_type: 'default', and the run's model computes 'llama3'"),
+         "config.json rope_parameters.rope_type: 'default', and the run's model computes 'llama3'"),
         ("smollm2", {**SMOLLM2, "norm_class_name": "LayerNorm"}, True, "model_config.norm_class_name: ",
          "'LayerNorm', but a SmolLM2, TinyLlama, Amber, Llama 3.2 checkpoint (llama) computes with norm_class_name "
          "'RMSNorm'"),
         ("tinyllama", {**TINYLLAMA, "name": "phi-tiny"}, False, "model_config.name: ",
          "'phi-tiny': litgpt's converters take a model of this name for Phi"),
         ("olmo1", {**OLMO1, "name": "tiny"}, True, "model_config.name: ", "OLMo 1's LayerNorm has no weights"),
+        ("smollm2", {**SMOLLM2, "rope_condense_ratio": 4}, True, "model_config.rope_condense_ratio: ",
+         "4, but a SmolLM2"),
+        ("smollm2", {**SMOLLM2, "name": "Gemma-like-smol"}, True, "model_config.name: ", "for Gemma"),
+        ("llama32", {**LLAMA32, "rope_adjustments": {**LLAMA32["rope_adjustments"], "mscale_all_dim": 1.0}}, True,
+         "model_config.rope_adjustments: ", "has 'mscale_all_dim'"),
+        ("olmo2", {**OLMO2, "parallel_residual": True}, False, "model_config.parallel_residual: ", "OLMo 2 checkpoint"),
         ("olmo1", SMOLLM2 | {"n_query_groups": 4, "rope_base": 10000, "name": "OLMo-ish"}, True, "model_config.norm_class_name: ", "OLMo 1 checkpoint"),
     ]):
         run = write_run(tmp_path / f"run{i}.yaml", model, tied=tied)
@@ -398,6 +404,14 @@ def test_llama_and_olmo1_checkpoints_against_another_model_config_are_one_line(h
             import_hf(models / name, run, STEP, out)
         assert str(e.value).startswith(field) and needle in str(e.value), (i, needle, str(e.value))
         assert not out.exists() and not list(tmp_path.glob(".out.partial"))
+    # a key config.json omits is transformers' default, compared like any other (LlamaConfig: rms_norm_eps 1e-6)
+    no_eps = tmp_path / "smollm2-no-eps"
+    shutil.copytree(models / "smollm2", no_eps)
+    cfg = json.loads((no_eps / "config.json").read_text())
+    (no_eps / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "rms_norm_eps"}))
+    with pytest.raises(ConfigError, match="^model_config: norm_eps is 1e-05, but the HF checkpoint's rms_norm_eps is "
+                                          "1e-06"):
+        import_hf(no_eps, write_run(tmp_path / "e.yaml", SMOLLM2, tied=True), STEP, out)
     # TinyLlama's hub config.json is transformers 4's: rope_theta at the top, rope_scaling null, no rope_parameters
     old = tmp_path / "tinyllama-v4"
     shutil.copytree(models / "tinyllama", old)
@@ -427,6 +441,48 @@ def test_a_midtrain_from_a_tied_import_must_say_it_is_tied(hf, tmp_path):
                           "init_args": {"data_path": str(tmp_path / "data"), "num_workers": 0}})
     r = run_cli("pretrain", "--config", arm, "--train.max_additional_steps", "2")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
-    assert "train.tie_embeddings: None, but the model of resume_from" in r.stderr and "set train.tie_embeddings: " \
+    assert "train.tie_embeddings: unset, but the model of resume_from" in r.stderr and "set train.tie_embeddings: " \
         "true" in r.stderr, r.stderr
     assert not (tmp_path / "arm").exists()
+
+
+def test_the_step_is_read_from_the_revision_name_and_checked_against_the_schedule(hf, tmp_path):
+    """Issue 29, item 2: a folder named after its revision (huggingface-cli download --revision step-40
+    --local-dir SmolLM2-360M-step-40) gives its step; a --step that disagrees, or a schedule whose tokens at that
+    step disagree with the name's, is one line; the revision is recorded with the import."""
+    from midtrain.importer import format_import, import_hf
+
+    root, runs = hf
+    named = tmp_path / "SmolLM2-360M-step-40"
+    shutil.copytree(root / "models" / "smollm2", named)
+    summary = import_hf(named, runs["smollm2"], None, tmp_path / "a")
+    assert summary["step"] == STEP and summary["revision"]["step_from_name"]
+    text = format_import(summary)
+    assert "revision 'SmolLM2-360M-step-40' (smollm2's names): step 40, the step read from it" in text
+    assert "LR at step 40: " in text and "cosine (40% of 100 steps)" in text
+    notes = json.loads((tmp_path / "a" / "training_state.json").read_text())["data"]["notes"]
+    assert notes[0]["revision"] == "SmolLM2-360M-step-40" and notes[0]["at_step"] == STEP
+    for step, revision, field, needle in (
+            (41, None, "--step: ", "41, but the folder name 'SmolLM2-360M-step-40' is step 40"),
+            (None, "step40-tokens5B", "train.global_batch_size: ", "the run config's 256 tokens per step put step 40 "
+             "at 0.0B tokens, but --revision 'step40-tokens5B' says 5.0B"),
+            (None, "ckpt_003", "--step: ", "Amber's ckpt_NNN counts data chunks"),
+            (None, "main", "--step: ", "not given, and --revision 'main' names no step")):
+        with pytest.raises(ConfigError) as e:
+            import_hf(named, runs["smollm2"], step, tmp_path / "b", revision=revision)
+        assert str(e.value).startswith(field) and needle in str(e.value), (needle, str(e.value))
+        assert not (tmp_path / "b").exists()
+    r = run_cli("import", "--hf_dir", named, "--config", runs["smollm2"], "--out", tmp_path / "c")
+    assert r.returncode == 0 and "the step read from it" in r.stdout, r.stderr[-2000:]
+    # a folder without hyperparameters.yaml (litgpt's download of a tied model) is read by its config.json: tied;
+    # the two records disagreeing is one line, never a guess
+    from midtrain.posttrain.sft import load_checkpoint_model
+
+    bare = tmp_path / "bare"
+    shutil.copytree(root / "imported-smollm2", bare)
+    (bare / "hyperparameters.yaml").unlink()
+    model, _ = load_checkpoint_model(bare)
+    assert model.transformer.wte.weight is model.lm_head.weight
+    (bare / "hyperparameters.yaml").write_text("train:\n  tie_embeddings: false\n")
+    with pytest.raises(ConfigError, match="tie_word_embeddings: true: which model it holds is unclear"):
+        load_checkpoint_model(bare)

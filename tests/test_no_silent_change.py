@@ -272,7 +272,7 @@ def test_tie_embeddings_true_trains_one_matrix_and_a_run_from_a_checkpoint_must_
     for command in ("pretrain", "mix"):
         r = run_cli(command, "--config", untied_cfg, "--resume_from", tmp_path / "base" / "final",
                     "--out_dir", tmp_path / "mid", "--train.max_steps", "12")
-        _one_line(r, "train.tie_embeddings: None, but the model of resume_from")
+        _one_line(r, "train.tie_embeddings: unset, but the model of resume_from")
         assert "has tied input/output embeddings" in r.stderr
     assert not (tmp_path / "mid").exists()
 

@@ -234,7 +234,7 @@ def export_hf(checkpoint: Path, out_dir: Path) -> Path:
                                  ckpt.tied_embeddings(checkpoint))
                 except ConfigError as e:
                     raise ConfigError("--checkpoint", f"{checkpoint}/config.json describes another model than "
-                                      f"model_config.yaml ({str(e).split(': ', 1)[1]})") from None
+                                      f"model_config.yaml and hyperparameters.yaml ({e})") from None
 
             state = torch.load(tmp / "model.pth", map_location="cpu", weights_only=True)
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),

@@ -284,16 +284,38 @@ def load_file(path: Path) -> dict:
 
 def tied_embeddings(path: Path) -> bool:
     """Whether the model of checkpoint folder ``path`` shares one matrix between ``transformer.wte`` and
-    ``lm_head``: its ``hyperparameters.yaml``'s ``train.tie_embeddings`` (litgpt's pretrain key). The trainer,
-    ``midtrain import`` and ``sft --save`` write that file; a folder without it (litgpt's own) is untied."""
+    ``lm_head``: its ``hyperparameters.yaml``'s ``train.tie_embeddings`` (litgpt's pretrain key; the trainer,
+    ``midtrain import`` and ``sft --save`` write it) and, where the folder holds an HF ``config.json`` (an import,
+    a run continuing one, a folder litgpt downloaded), its ``tie_word_embeddings``. Both present and disagreeing:
+    refused in one line. Neither: untied (litgpt's GPT)."""
+    import json
+
     import yaml
 
-    try:
-        saved = yaml.safe_load((Path(path) / "hyperparameters.yaml").read_text()) or {}
-    except (OSError, ValueError):
-        return False
-    train = saved.get("train") if isinstance(saved, dict) else None
-    return bool(isinstance(train, dict) and train.get("tie_embeddings"))
+    from midtrain.errors import ConfigError
+
+    path = Path(path)
+    record = hf = None
+    hp = path / "hyperparameters.yaml"
+    if hp.exists():
+        try:
+            saved = yaml.safe_load(hp.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(str(hp), f"cannot be read ({' '.join(str(e).split())[:160]})") from None
+        train = saved.get("train") if isinstance(saved, dict) else None
+        record = bool(isinstance(train, dict) and train.get("tie_embeddings"))
+    cj = path / "config.json"
+    if cj.exists():
+        try:
+            hf_config = json.loads(cj.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(str(cj), f"cannot be read ({' '.join(str(e).split())[:160]})") from None
+        if isinstance(hf_config, dict) and "tie_word_embeddings" in hf_config:
+            hf = bool(hf_config["tie_word_embeddings"])
+    if record is not None and hf is not None and record != hf:
+        raise ConfigError(str(path), f"hyperparameters.yaml says train.tie_embeddings: {str(record).lower()}, but "
+                          f"config.json says tie_word_embeddings: {str(hf).lower()}: which model it holds is unclear")
+    return record if record is not None else bool(hf)
 
 
 def load_model_weights(path: Path, model) -> None:

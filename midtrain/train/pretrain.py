@@ -232,10 +232,11 @@ def main(fabric, run: Run, data: DataModule) -> int:
     # what every checkpoint carries beside the weights (tokenizer files; the HF config.json of an imported model,
     # from the checkpoint this run continues), read now: a later prune may delete that checkpoint
     side_files = ckpt.read_side_files(run.tokenizer_dir, load_path)
-    for path, field in ((load_path, "resume" if resume_path else "resume_from"),
-                        (run.initial_checkpoint_dir, "initial_checkpoint_dir")):
-        if path is not None:
-            startup.check_tied(path, train.tie_embeddings, field)
+    if load_path is not None:  # (initial_checkpoint_dir's weights are read only when nothing is resumed)
+        startup.check_tied(load_path, train.tie_embeddings, "resume" if resume_path else "resume_from")
+    elif run.initial_checkpoint_dir is not None:
+        startup.check_tied(ckpt.check_checkpoint(run.initial_checkpoint_dir, "initial_checkpoint_dir"),
+                           train.tie_embeddings, "initial_checkpoint_dir")
     if fabric.global_rank == 0:
         removed = ckpt.clean_leftovers(out_dir)
         if removed:

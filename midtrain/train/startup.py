@@ -244,9 +244,10 @@ def check_tied(checkpoint: Path, tie: Optional[bool], field: str) -> None:
     resolved either way: tying would drop a trained matrix, untying would train twice the embedding parameters."""
     theirs = ckpt.tied_embeddings(checkpoint)
     if theirs != bool(tie):
-        raise ConfigError("train.tie_embeddings", f"{tie}, but the model of {field} {checkpoint} has "
-                          f"{'tied' if theirs else 'untied'} input/output embeddings (its hyperparameters.yaml): set "
-                          f"train.tie_embeddings: {str(theirs).lower()}")
+        raise ConfigError("train.tie_embeddings", f"{'unset' if tie is None else str(tie).lower()}, but the model of "
+                          f"{field} {checkpoint} has {'tied' if theirs else 'untied'} input/output embeddings (as its "
+                          f"hyperparameters.yaml or config.json records): set train.tie_embeddings: "
+                          f"{str(theirs).lower()}")
 
 
 def changed_at_resume(checkpoint: Path, hparams: dict) -> list[str]:

@@ -1,0 +1,81 @@
+"""Issue 29, item 2: revision names of the published intermediate checkpoints, read into steps and tokens.
+
+Every name below is a real published one, copied from where it was read (nothing invented). Where a family's batch
+size in tokens is published, the schedule's tokens at the name's step are checked to agree with the name's as
+`midtrain import` checks them (revisions.tokens_agree)."""
+
+import pytest
+
+from midtrain import revisions
+from midtrain.revisions import parse, tokens_agree
+
+# (name, step, tokens in the name or None) per family, with the source of the list
+PUBLISHED = {
+    # github.com/EleutherAI/pythia README: "154 checkpoints ... steps 0 (initialization), 1, 2, 4, 8, 16, 32, 64,
+    # 128, 256, 512, 1000, and then every 1,000 subsequent steps"; "step143000 corresponds exactly to ... main"
+    "pythia": [("step0", 0, None), ("step1", 1, None), ("step2", 2, None), ("step512", 512, None),
+               ("step1000", 1000, None), ("step100000", 100000, None), ("step143000", 143000, None)],
+    # huggingface.co/allenai/OLMo-7B card: "The naming convention is step1000-tokens4B", with step556000-tokens2460B
+    # and step452000-tokens2000B; allenai/OLMo README (OLMo 2): stage1-step928646-tokens3896B (7B),
+    # stage1-step596057-tokens5001B (13B), stage2-ingredient1-step11931-tokens50B; huggingface.co/allenai/
+    # OLMo-2-1124-7B/discussions/6: step150-tokens1B, step2150-tokens10B (branches without the stage1- prefix)
+    "olmo": [("step1000-tokens4B", 1000, 4e9), ("step556000-tokens2460B", 556000, 2460e9),
+             ("step452000-tokens2000B", 452000, 2000e9), ("stage1-step928646-tokens3896B", 928646, 3896e9),
+             ("stage1-step596057-tokens5001B", 596057, 5001e9),
+             ("stage2-ingredient1-step11931-tokens50B", 11931, 50e9), ("step150-tokens1B", 150, 1e9),
+             ("step2150-tokens10B", 2150, 10e9)],
+    # HuggingFaceTB/SmolLM2-{135M,360M,1.7B}-intermediate-checkpoints cards: revisions step-240000, step-160000,
+    # step-125000
+    "smollm2": [("step-240000", 240000, None), ("step-160000", 160000, None), ("step-125000", 125000, None)],
+    # github.com/jzhang38/TinyLlama README release table (repo names); TinyLlama/tinyLlama-intermediate-checkpoints
+    # branches step-480k-token-1007B, step-720k-token-1510B
+    "tinyllama": [("TinyLlama-1.1B-step-50K-105b", 50000, 105e9),
+                  ("TinyLlama-1.1B-intermediate-step-240k-503b", 240000, 503e9),
+                  ("TinyLlama-1.1B-intermediate-step-480k-1T", 480000, 1e12),
+                  ("TinyLlama-1.1B-intermediate-step-715k-1.5T", 715000, 1.5e12),
+                  ("TinyLlama-1.1B-intermediate-step-955k-token-2T", 955000, 2e12),
+                  ("TinyLlama-1.1B-intermediate-step-1195k-token-2.5T", 1195000, 2.5e12),
+                  ("TinyLlama-1.1B-intermediate-step-1431k-3T", 1431000, 3e12),
+                  ("step-480k-token-1007B", 480000, 1007e9), ("step-720k-token-1510B", 720000, 1510e9)],
+    # huggingface.co/LLM360/Amber card: 'a revision with a value between "ckpt_000" and "ckpt_358"'
+    "amber": [("ckpt_000", None, 1 * revisions.AMBER_CHUNK_TOKENS), ("ckpt_100", None, 101 * revisions.AMBER_CHUNK_TOKENS),
+              ("ckpt_358", None, 359 * revisions.AMBER_CHUNK_TOKENS)],
+}
+# tokens per optimizer step where the publisher states it: Pythia README (1024 x 2048); TinyLlama README (2M:
+# 1024 x 2048); OLMo 2 configs/official-1124 (7B: 1024 x 4096; 13B: 2048 x 4096); OLMo-7B: the names fit
+# 2160 x 2048 (the card's step556000-tokens2460B), OLMo 1B configs/official: 2048 x 2048
+BATCH = {"step1000-tokens4B": 2160 * 2048, "step556000-tokens2460B": 2160 * 2048, "step452000-tokens2000B": 2160 * 2048,
+         "stage1-step928646-tokens3896B": 1024 * 4096, "stage1-step596057-tokens5001B": 2048 * 4096,
+         "stage2-ingredient1-step11931-tokens50B": 1024 * 4096, "step150-tokens1B": 1024 * 4096,
+         "step2150-tokens10B": 1024 * 4096, **{n: 1024 * 2048 for n, _, _ in PUBLISHED["tinyllama"]}}
+CASES = [(family, *case) for family, cases in PUBLISHED.items() for case in cases]
+
+
+@pytest.mark.parametrize("family,name,step,tokens", CASES, ids=[c[1] for c in CASES])
+def test_every_published_name_reads_as_its_step_and_tokens(family, name, step, tokens):
+    rev = parse(name)
+    assert rev is not None and rev.scheme == family and rev.step == step, rev
+    assert rev.tokens == pytest.approx(tokens) if tokens is not None else rev.tokens is None
+    # exactly one scheme matches it, and a folder named after it (the usual --local-dir) reads the same
+    assert sum(bool(p.search(name)) for p, _, _ in revisions.SCHEMES.values()) == 1, name
+    assert parse(f"/data/ckpts/some-model-{name}") == rev
+    if name in BATCH:  # the publisher's batch puts the step at the name's tokens
+        assert tokens_agree(rev, step * BATCH[name], BATCH[name]), name
+        if tokens >= 10 * rev.token_unit:  # (below ten units the rounding hides it: step150-tokens1B)
+            assert not tokens_agree(rev, step * BATCH[name] * 2, BATCH[name] * 2), name  # a doubled batch is caught
+
+
+def test_what_is_not_a_revision_name():
+    for name in ("main", "SmolLM2-360M", "OLMo-2-1124-7B", "pythia-160m", "Llama-3.2-1B", "TinyLlama-1.1B-Chat-v1.0",
+                 "steps", "step", "checkpoint-500", "stepping-stone", "ckpt_1000"):
+        assert parse(name) is None, name
+
+
+def test_the_rounding_each_name_shows_is_all_that_is_allowed():
+    rev = parse("TinyLlama-1.1B-intermediate-step-480k-1T")
+    assert rev.rounded and "thousands" in rev.note
+    assert tokens_agree(rev, 1.4e12, 2e6) and not tokens_agree(rev, 1.6e12, 2e6)  # 1T: half a trillion either way
+    rev = parse("step20000-tokens84B")
+    assert tokens_agree(rev, 83.9e9, 4e6) and not tokens_agree(rev, 86e9, 4e6)  # 84B: one billion either way
+    assert parse("stage2-ingredient1-step11931-tokens50B").stage == 2
+    assert "restart" not in parse("stage1-step928646-tokens3896B").note
