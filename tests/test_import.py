@@ -298,6 +298,7 @@ def test_a_study_from_an_imported_checkpoint_runs_end_to_end(hf, tmp_path):
     r = run_cli("study", "plan", tmp_path / "study.yaml")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "pretrain 0" in r.stdout and "midtrain 2" in r.stdout and "no base steps (nothing is pretrained)" in r.stdout
+    assert "size neox starts from its imported checkpoint at step 40: LR " in r.stdout, r.stdout[-2000:]
     r = run_cli("study", "run", tmp_path / "study.yaml", "--out", tmp_path / "out")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = (tmp_path / "out" / "report" / "from-public" / "table.md").read_text()

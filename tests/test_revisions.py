@@ -79,3 +79,31 @@ def test_the_rounding_each_name_shows_is_all_that_is_allowed():
     assert tokens_agree(rev, 83.9e9, 4e6) and not tokens_agree(rev, 86e9, 4e6)  # 84B: one billion either way
     assert parse("stage2-ingredient1-step11931-tokens50B").stage == 2
     assert "restart" not in parse("stage1-step928646-tokens3896B").note
+
+
+@pytest.mark.parametrize("config,names,phase", [
+    ("smollm2-360m.yaml", ["step-160000", "step-2080000", "step-2560000"], ["stable", "decay", "decay"]),
+    ("tinyllama-1.1b.yaml", ["TinyLlama-1.1B-intermediate-step-480k-1T", "step-480k-token-1007B",
+                             "step-720k-token-1510B", "TinyLlama-1.1B-intermediate-step-1195k-token-2.5T"],
+     ["cosine"] * 4),
+    ("olmo-1b.yaml", ["step20000-tokens84B", "step117850-tokens494B"], ["cosine"] * 2),
+    ("pythia-160m.yaml", ["step1000", "step100000"], ["warmup", "cosine"]),
+])
+def test_the_public_schedules_put_published_revisions_at_their_tokens(config, names, phase, monkeypatch):
+    """Issue 29, item 3: each midtrain_configs/public/ run config's batch puts the family's published revisions at
+    the tokens their names state (OLMo-1B's names: the TransformerLens/TRL lists of allenai/OLMo-1B branches), and
+    says which phase of the schedule each sits in (SmolLM2's WSD decays from step 2,080,000)."""
+    import os
+
+    from conftest import REPO
+    from midtrain.importer import _run_model_and_schedule, resolve_step, schedule_phase
+
+    for var in ("DATA_ROOT", "CKPT_ROOT"):
+        monkeypatch.setenv(var, "/unused")
+    model, train, _ = _run_model_and_schedule(os.path.join(REPO, "midtrain_configs", "public", config))
+    seq = train.max_seq_length or model.block_size
+    horizon = train.total_steps(1, 1, seq)
+    for name, where in zip(names, phase):
+        step, said = resolve_step(None, name, "/unused", train.global_batch_size * seq)
+        assert step == parse(name).step and said["step_from_name"], name
+        assert schedule_phase(train, horizon, step).startswith(where), (name, schedule_phase(train, horizon, step))

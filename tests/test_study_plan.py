@@ -7,6 +7,7 @@ import os
 import re
 
 import pytest
+import yaml
 
 from conftest import REPO, run_cli
 from midtrain.errors import ConfigError
@@ -357,7 +358,11 @@ def test_shipped_specs_plan(spec):
     assert r.returncode == 0, r.stderr
     imported = "from-public" in spec  # a public checkpoint: nothing is pretrained
     assert ("no base steps" in r.stdout if imported else "| base/" in r.stdout) and "steps: " in r.stdout
+    if "smollm2" in spec:  # issue 29: where the public schedule puts the arm's start (WSD decays 2.08M -> 2.6M)
+        assert ("size 360m starts from its imported checkpoint at step 2,560,000: LR 0.000231 (decay (WSD's decay, "
+                "from step 2,080,000 to 2,600,000), re-warmed over 100 steps)") in r.stdout, r.stdout[-3000:]
     # with the files checked, the missing checkpoint or shards are one line naming the key
     r = run_cli("study", "plan", spec, "--devices", "false", env=env)
-    key = "sizes.160m.checkpoint" if imported else "data.data_path"
+    size = next(iter(yaml.safe_load(open(spec))["sizes"]))
+    key = f"sizes.{size}.checkpoint" if imported else "data.data_path"
     assert r.returncode == 2 and key in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr

@@ -87,7 +87,12 @@ def format_footprints(plan: Plan) -> str:
     rows: dict[str, tuple[list[str], str]] = {}
     assumed = False
     lrs: dict[tuple, list[str]] = {}
+    starts: dict[tuple, str] = {}  # (size, step) of an imported checkpoint -> the LR its runs start at
     for step in training_steps(plan):
+        if step.kind == "midtrain" and step.labels.get("imported") and step.labels.get("start") is not None:
+            key = (step.labels.get("size"), int(step.labels["start"]))
+            if key not in starts:
+                starts[key] = _start_lr(step.config, key[1])
         key = _shape_key(step)
         if key not in rows:
             fp = step_footprint(step)
@@ -112,7 +117,26 @@ def format_footprints(plan: Plan) -> str:
         lines += bf16_true_cost("bf16-true", [(what, lr)], n_embd)
     if lrs:
         lines.append("(the paper's configs keep bf16-true, as the paper ran; precision: bf16-mixed keeps every update)")
+    for (size, at), text in sorted(starts.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        lines.append(f"size {size} starts from its imported checkpoint at step {at:,}: {text}")
     return "\n".join(lines)
+
+
+def _start_lr(config: dict, step: int) -> str:
+    """The LR the run config's schedule gives at ``step`` and where it sits (warmup, stable/decay, cosine)."""
+    from midtrain.importer import schedule_phase
+    from midtrain.train.footprint import schedule_lr
+    from midtrain.train.startup import optimizer_lr
+
+    _, train, seq = _resolved(config)
+    peak = train.max_lr if train.max_lr is not None else optimizer_lr(config.get("optimizer", "AdamW"))
+    world = int(config.get("devices", 1)) * int(config.get("num_nodes") or 1)
+    horizon = train.total_steps(world, 1, seq) or 0
+    lr = schedule_lr(train, peak, horizon, step) if peak else None
+    if lr is None:
+        return "LR not from a schedule (lr_scheduler: decay continues the checkpoint's)"
+    rewarm = f", re-warmed over {train.rewarm_steps} steps" if train.rewarm_steps else ""
+    return f"LR {lr:.3g} ({schedule_phase(train, horizon, step)}{rewarm})"
 
 
 def checked_text(plan: Plan) -> str:
