@@ -366,3 +366,21 @@ def test_shipped_specs_plan(spec):
     size = next(iter(yaml.safe_load(open(spec))["sizes"]))
     key = f"sizes.{size}.checkpoint" if imported else "data.data_path"
     assert r.returncode == 2 and key in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_an_sft_step_that_fits_no_gpu_is_refused_by_plan(tmp_path):
+    """Issue 29, item 4: SFT runs in one process (full fine-tuning). A 7B size (Amber's public config, FSDP with
+    activation checkpointing for its arms) plans its arms on 8 A100s, and its SFT step, which would hold the
+    whole model, gradients and AdamW's states on one 80 GiB GPU, is refused in one line before anything runs."""
+    spec = {"name": "amber", "sizes": {"7b": {"checkpoint": "/c/amber/step-00266715", "step": 266715,
+                                              "config": os.path.join(REPO, "midtrain_configs/public/amber-7b.yaml")}},
+            "arms": [{"name": "code", "domain": "code", "weight": [0.2], "start": [266715]}], "seeds": [0],
+            "sft": {"lrs": [1e-5], "tasks": {"t": {"data": "/s/t.jsonl"}},
+                    "options": {"micro_batch_size": 4, "max_seq_length": 2048, "precision": "bf16-mixed"}},
+            "report": {"baseline": "pretrain-only"},
+            "slurm": {"midtrain": {"gpus-per-node": "a100:8"}, "sft": {"gpus-per-node": "a100:1"}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    env = {"DATA_ROOT": "/nonexistent", "CKPT_ROOT": "/c", "SFT_ROOT": "/s"}
+    r = run_cli("study", "plan", tmp_path / "s.yaml", "--check_files", "false", env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout[-2000:] + r.stderr
+    assert "sft/7b/" in r.stderr and "`midtrain sft` runs in one process" in r.stderr, r.stderr

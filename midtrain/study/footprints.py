@@ -62,6 +62,37 @@ def check(plan: Plan) -> None:
             continue
         seen.add(key)
         refuse_if_too_big(step_footprint(step), f"{step.id} ({step.labels.get('size')})")
+    by_id = plan.by_id
+    for step in plan.steps:  # SFT: one process, the whole model, its gradients and AdamW's states on one device
+        if step.kind != "sft" or step.reused:
+            continue
+        fp = sft_footprint(step, by_id[step.deps[0]])
+        key = fp.describe()
+        if key in seen:
+            continue
+        seen.add(key)
+        if not fp.fits:
+            from midtrain.errors import ConfigError
+            from midtrain.train import memory
+
+            raise ConfigError(f"{step.id} ({step.labels.get('size')})", f"{fp.describe()}: more than the "
+                              f"{fp.device_gib:.0f} GiB of one {fp.gpu} less headroom "
+                              f"({memory.HEADROOM_FRACTION:.0%} + {memory.HEADROOM_BYTES / 2**30:.0f} GiB): "
+                              "`midtrain sft` runs in one process (full fine-tuning); try a smaller "
+                              "sft.options.micro_batch_size or max_seq_length, or a GPU with more memory")
+
+
+def sft_footprint(step: Step, parent: Step):
+    """The memory of an SFT step: its run's model (``parent``: the training step whose checkpoint it tunes) in one
+    process at ``sft.options``' micro-batch, length and precision, with AdamW."""
+    from midtrain.train.footprint import footprint
+
+    model, train, _ = _resolved(parent.config)
+    opts = step.config.get("options") or {}
+    seq = opts.get("max_seq_length") or model.block_size
+    return footprint(model, int(opts.get("micro_batch_size", 8)), int(seq), opts.get("precision"), "auto", 1, 1,
+                     parent.config.get("accelerator", "auto"), False, "AdamW",
+                     step.alloc.gpu_type if step.alloc else None, tied=bool(train.tie_embeddings))
 
 
 def _shape_key(step: Step) -> str:
@@ -71,7 +102,7 @@ def _shape_key(step: Step) -> str:
             "activation_checkpointing", "optimizer")
     shape = {k: step.config.get(k) for k in keys}
     train = step.config.get("train") or {}
-    shape["train"] = {k: train.get(k) for k in ("micro_batch_size", "max_seq_length")}
+    shape["train"] = {k: train.get(k) for k in ("micro_batch_size", "max_seq_length", "tie_embeddings")}
     shape["gpu"] = step.alloc.gpu_type if step.alloc else None
     return json.dumps(shape, sort_keys=True, default=str)
 
