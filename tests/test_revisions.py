@@ -87,6 +87,8 @@ def test_the_rounding_each_name_shows_is_all_that_is_allowed():
                              "step-720k-token-1510B", "TinyLlama-1.1B-intermediate-step-1195k-token-2.5T"],
      ["cosine"] * 4),
     ("olmo-1b.yaml", ["step20000-tokens84B", "step117850-tokens494B"], ["cosine"] * 2),
+    ("olmo-2-7b.yaml", ["stage1-step928646-tokens3896B", "step150-tokens1B", "step2150-tokens10B"],
+     ["cosine", "warmup", "cosine"]),
     ("pythia-160m.yaml", ["step1000", "step100000"], ["warmup", "cosine"]),
 ])
 def test_the_public_schedules_put_published_revisions_at_their_tokens(config, names, phase, monkeypatch):
