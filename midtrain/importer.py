@@ -318,16 +318,38 @@ def convert_weights(hf_dir: Path, hf: dict, config) -> dict:
     family = FAMILIES[hf["model_type"]]
     name = family.converter
     copy = partial(getattr(conv, name), config, {}) if family.qkv else partial(getattr(conv, name), config)
+    files = weight_files(hf_dir)
+    # litgpt's Llama and OLMo 2 converters give lm_head the input embedding after *each file* that lacks one (their
+    # tied case): the file holding the embedding goes first, so that a later file's own lm_head is never preceded
+    # by a KeyError or a copy
+    first = _file_holding(hf_dir, "model.embed_tokens.weight")
+    if first is not None and first in files:
+        files = [first] + [f for f in files if f != first]
     sd: dict[str, Any] = {}
-    for f in weight_files(hf_dir):
+    seen: set[str] = set()
+    for f in files:
         weights = conv.load_safetensors(f) if f.suffix == ".safetensors" else lazy_load(f)
+        seen |= set(weights)
         try:
             copy(sd, weights, saver=None, dtype=torch.float32)
         except KeyError as e:
             raise ConfigError("--hf_dir", f"{f.name} holds {e.args[0]!r}, which litgpt's {name} does not map "
                               "(another architecture than its config.json says?)") from None
+    if family.qkv and not hf.get("tie_word_embeddings", False) and "lm_head.weight" not in seen:
+        raise ConfigError("--hf_dir", "untied (tie_word_embeddings false), but the weights hold no lm_head.weight: "
+                          "litgpt's converter would make the input embedding the output layer, where transformers "
+                          "starts a random one; the checkpoint is incomplete")
     return {k: (v if isinstance(v, torch.Tensor) else conv.load_param(v, k, torch.float32)).contiguous()
             for k, v in sd.items()}
+
+
+def _file_holding(hf_dir: Path, weight: str) -> Optional[Path]:
+    """The file a sharded checkpoint's index names for ``weight`` (None: not sharded, or not named)."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (Path(hf_dir) / index).is_file():
+            held = json.loads((Path(hf_dir) / index).read_text()).get("weight_map", {}).get(weight)
+            return Path(hf_dir) / held if held else None
+    return None
 
 
 def import_hf(hf_dir: Path, run_config: Path, step: Optional[int], out: Path, pretraining_data: str | None = None,

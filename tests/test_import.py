@@ -487,3 +487,41 @@ def test_the_step_is_read_from_the_revision_name_and_checked_against_the_schedul
     (bare / "hyperparameters.yaml").write_text("train:\n  tie_embeddings: false\n")
     with pytest.raises(ConfigError, match="tie_word_embeddings: true: which model it holds is unclear"):
         load_checkpoint_model(bare)
+
+
+def test_a_sharded_checkpoint_converts_whatever_file_holds_the_embedding_and_an_untied_one_needs_its_head(
+        hf, tmp_path):
+    """litgpt's Llama converter gives lm_head the input embedding after each file lacking one (its tied case):
+    a checkpoint whose embedding sits in its last shard failed on a KeyError blamed on the file, and an untied
+    checkpoint missing lm_head.weight would have got the embedding as its head (transformers starts a random
+    one). Now the embedding's file is read first, and the missing head is one line."""
+    from safetensors.torch import load_file, save_file
+
+    from midtrain.importer import import_hf
+
+    root, runs = hf
+    moved = tmp_path / "tinyllama-moved"
+    shutil.copytree(root / "models" / "tinyllama", moved)
+    index = json.loads((moved / "model.safetensors.index.json").read_text())
+    where = index["weight_map"]
+    first, last = where["model.embed_tokens.weight"], where["model.norm.weight"]
+    assert first != last
+    a, b = load_file(moved / first), load_file(moved / last)
+    b["model.embed_tokens.weight"] = a.pop("model.embed_tokens.weight")
+    a["model.norm.weight"] = b.pop("model.norm.weight")
+    save_file(a, moved / first, metadata={"format": "pt"})
+    save_file(b, moved / last, metadata={"format": "pt"})
+    where["model.embed_tokens.weight"], where["model.norm.weight"] = last, first
+    (moved / "model.safetensors.index.json").write_text(json.dumps(index))
+    import_hf(moved, runs["tinyllama"], STEP, tmp_path / "a")
+    ref = torch.load(root / "models" / "tinyllama" / "reference.pt")
+    assert (litgpt_logits(tmp_path / "a", ref["input_ids"]) - ref["logits"]).abs().max().item() < 1e-4
+    # without its lm_head.weight, the untied checkpoint is incomplete
+    head = where.pop("lm_head.weight")
+    weights = load_file(moved / head)
+    weights.pop("lm_head.weight")
+    save_file(weights, moved / head, metadata={"format": "pt"})
+    (moved / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ConfigError, match="^--hf_dir: untied .* no lm_head.weight"):
+        import_hf(moved, runs["tinyllama"], STEP, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
