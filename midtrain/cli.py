@@ -428,11 +428,14 @@ def import_(argv: list[str]) -> int:
     parser.add_argument("--revision", type=Optional[str], default=None,
                         help="the published revision the folder holds (default: the folder's name); its step and "
                              "tokens are checked against --step and the schedule")
+    parser.add_argument("--stage", type=int, default=1,
+                        help="the training stage --config's schedule describes (OLMo 2's stage2-... revisions "
+                             "restart their steps: they need a stage-2 run config and --stage 2)")
     parser.add_argument("--out", type=str, required=True, help="the checkpoint folder to write (never overwritten)")
     parser.add_argument("--pretraining_data", type=Optional[str], default=None,
                         help="what the checkpoint was pretrained on (recorded; e.g. 'the Pile (deduplicated)')")
     a = parser.parse_args(argv)
-    print(format_import(import_hf(a.hf_dir, a.config, a.step, a.out, a.pretraining_data, a.revision)))
+    print(format_import(import_hf(a.hf_dir, a.config, a.step, a.out, a.pretraining_data, a.revision, a.stage)))
     return 0
 
 

@@ -353,12 +353,14 @@ def _file_holding(hf_dir: Path, weight: str) -> Optional[Path]:
 
 
 def import_hf(hf_dir: Path, run_config: Path, step: Optional[int], out: Path, pretraining_data: str | None = None,
-              revision: Optional[str] = None) -> dict:
+              revision: Optional[str] = None, stage: int = 1) -> dict:
     """Write ``out`` (a midtrain checkpoint at ``step``); returns a summary. See the module docstring.
     ``pretraining_data`` declares what the checkpoint was pretrained on (e.g. "the Pile, deduplicated"),
     recorded beside the import so that nothing is compared as if it came from another corpus. ``revision``: the
     published revision the folder holds (default: the folder's name); ``resolve_step`` reads the step from it
-    where the family's names encode one, and checks a given ``step`` and the schedule's tokens against it."""
+    where the family's names encode one, and checks a given ``step`` and the schedule's tokens against it.
+    ``stage``: the training stage the run config's schedule describes (OLMo 2's stage-2 revisions restart their
+    steps: one of them against a stage-1 schedule is refused)."""
     import torch
     import yaml
     from litgpt import GPT
@@ -375,7 +377,7 @@ def import_hf(hf_dir: Path, run_config: Path, step: Optional[int], out: Path, pr
     model_config, train, raw = _run_model_and_schedule(run_config)
     seq = train.max_seq_length or model_config.block_size
     horizon = train.total_steps(1, 1, seq)
-    step, named = resolve_step(step, revision, hf_dir, train.global_batch_size * seq)
+    step, named = resolve_step(step, revision, hf_dir, train.global_batch_size * seq, stage)
     if step < 0:
         raise ConfigError("--step", f"must be >= 0, got {step}")
     if horizon is None:
@@ -384,6 +386,7 @@ def import_hf(hf_dir: Path, run_config: Path, step: Optional[int], out: Path, pr
     if step >= horizon:
         raise ConfigError("--step", f"{step:,} is not before the end of the schedule (train.max_steps {horizon:,} in "
                           f"{run_config}): nothing would be left to train")
+    lr, phase = _start_lr(train, raw, horizon, step)  # (before anything is written: a bad schedule is one line)
     tied = bool(train.tie_embeddings)
     check_shapes(hf, model_config, tied)
     tok_vocab = _tokenizer_vocab(hf_dir)
@@ -426,17 +429,28 @@ def import_hf(hf_dir: Path, run_config: Path, step: Optional[int], out: Path, pr
     except BaseException:
         shutil.rmtree(partial_dir, ignore_errors=True)
         raise
+    return {"out": str(out), "step": step, "horizon": horizon, "model_type": hf["model_type"],
+            "parameters": sum(p.numel() for p in model.parameters()), "tokenizer": tok_vocab, "note": note,
+            "revision": named, "lr": lr, "phase": phase}
+
+
+def _start_lr(train, raw: dict, horizon: int, step: int):
+    """(the LR the run config's schedule gives at ``step``, its phase); a schedule the trainer would refuse is
+    one line here too."""
     from midtrain.train.footprint import schedule_lr
     from midtrain.train.startup import optimizer_lr
 
     peak = train.max_lr if train.max_lr is not None else optimizer_lr(raw.get("optimizer", "AdamW"))
-    lr = schedule_lr(train, peak, horizon, step) if peak else None
-    return {"out": str(out), "step": step, "horizon": horizon, "model_type": hf["model_type"],
-            "parameters": sum(p.numel() for p in model.parameters()), "tokenizer": tok_vocab, "note": note,
-            "revision": named, "lr": lr, "phase": schedule_phase(train, horizon, step)}
+    if peak is not None and train.min_lr > peak:
+        raise ConfigError("train.min_lr", f"{train.min_lr} is above the peak LR {peak}")
+    try:
+        return (schedule_lr(train, peak, horizon, step) if peak else None), schedule_phase(train, horizon, step)
+    except ValueError as e:
+        raise ConfigError("train", f"the schedule is invalid ({e})") from None
 
 
-def resolve_step(step: Optional[int], revision: Optional[str], hf_dir: Path, tokens_per_step: int):
+def resolve_step(step: Optional[int], revision: Optional[str], hf_dir: Path, tokens_per_step: int,
+                 stage: int = 1):
     """(the step, what the revision name said) from ``--step`` and the revision name (``--revision``, else the
     folder's name): the name's step where ``--step`` is not given; a given one must agree with it (a rounded name,
     TinyLlama's, within its rounding); and the tokens the schedule puts at that step must agree with the name's."""
@@ -447,6 +461,13 @@ def resolve_step(step: Optional[int], revision: Optional[str], hf_dir: Path, tok
     rev = revisions.parse(name)
     said = None if rev is None else {"name": name, "scheme": rev.scheme, "step": rev.step, "tokens": rev.tokens,
                                      "rounded": rev.rounded, "stage": rev.stage, "note": rev.note}
+    if rev is None and revision:  # said, recorded, and said to be unchecked
+        said = {"name": name, "scheme": None, "step": None, "tokens": None, "rounded": False, "stage": None,
+                "note": "no published naming scheme: nothing in it was checked"}
+    if rev is not None and rev.stage is not None and rev.stage != stage:
+        raise ConfigError("--stage", f"{stage}, but {where} {name!r} is a stage-{rev.stage} revision, whose steps "
+                          f"count from that stage's start: import it with a run config describing stage "
+                          f"{rev.stage}'s schedule and --stage {rev.stage}")
     if step is None:
         if rev is None or rev.step is None:
             why = f": {rev.note}" if rev is not None and rev.note else " of a published naming scheme"
@@ -459,10 +480,11 @@ def resolve_step(step: Optional[int], revision: Optional[str], hf_dir: Path, tok
                           f"{' (rounded to thousands)' if rev.rounded else ''}: give the revision it is (--revision) "
                           "or the step it was saved at")
     if rev is not None and not revisions.tokens_agree(rev, step * tokens_per_step, tokens_per_step):
-        raise ConfigError("train.global_batch_size", f"the run config's {tokens_per_step:,} tokens per step put step "
-                          f"{step:,} at {step * tokens_per_step / 1e9:,.1f}B tokens, but {where} {name!r} says "
-                          f"{rev.tokens / 1e9:,.1f}B: the schedule is not the one this checkpoint was trained with "
-                          "(global_batch_size x max_seq_length)")
+        field = "train.global_batch_size" if rev.step is not None else "--step"
+        raise ConfigError(field, f"the run config's {tokens_per_step:,} tokens per step put step {step:,} at "
+                          f"{step * tokens_per_step / 1e9:,.1f}B tokens, but {where} {name!r} says "
+                          f"{rev.tokens / 1e9:,.1f}B: either the step or the schedule's batch (global_batch_size x "
+                          "max_seq_length) is not this checkpoint's")
     return step, said
 
 
@@ -544,7 +566,7 @@ def _run_model_and_schedule(run_config: Path):
 def format_import(summary: dict) -> str:
     rev = summary.get("revision")
     named = "" if not rev else (
-        f"  revision {rev['name']!r} ({rev['scheme']}'s names): "
+        f"  revision {rev['name']!r}" + (f" ({rev['scheme']}'s names): " if rev["scheme"] else ": ")
         + (f"step {rev['step']:,}{' (rounded)' if rev['rounded'] else ''}" if rev["step"] is not None else "no step")
         + (f", {rev['tokens'] / 1e9:,.1f}B tokens (agrees with the schedule)" if rev["tokens"] else "")
         + (", the step read from it" if rev.get("step_from_name") else "") + (f"; {rev['note']}" if rev["note"] else "")

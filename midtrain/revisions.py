@@ -112,10 +112,11 @@ def parse(name: str) -> Optional[Revision]:
 def tokens_agree(revision: Revision, tokens: float, tokens_per_step: float) -> bool:
     """Whether a schedule's ``tokens`` at the checkpoint agree with the name's, within the rounding the name shows:
     a whole unit of its last digit for names in billions (OLMo rounds up as well as down: stage 1's 4.19B is
-    ``tokens5B``), half of it for names in trillions (TinyLlama's ``1.5T``), 1% (a rounded step), and one step's
-    tokens (a checkpoint saved mid-chunk)."""
+    ``tokens5B``), half of it for larger units (TinyLlama's ``1.5T``, Amber's data chunk), 1% where the step is
+    rounded (``step-480k``), and one step's tokens."""
     if revision.tokens is None:
         return True
     unit = revision.token_unit or 0.0
-    slack = max(unit if unit <= 1e9 else unit / 2, 0.01 * revision.tokens, tokens_per_step)
+    slack = max(unit if unit <= 1e9 else unit / 2, 0.01 * revision.tokens if revision.rounded else 0.0,
+                tokens_per_step)
     return abs(tokens - revision.tokens) <= slack

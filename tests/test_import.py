@@ -468,13 +468,26 @@ def test_the_step_is_read_from_the_revision_name_and_checked_against_the_schedul
             (None, "step40-tokens5B", "train.global_batch_size: ", "the run config's 256 tokens per step put step 40 "
              "at 0.0B tokens, but --revision 'step40-tokens5B' says 5.0B"),
             (None, "ckpt_003", "--step: ", "Amber's ckpt_NNN counts data chunks"),
-            (None, "main", "--step: ", "not given, and --revision 'main' names no step")):
+            (None, "main", "--step: ", "not given, and --revision 'main' names no step"),
+            (None, "stage2-ingredient1-step40-tokens0B", "--stage: ", "1, but --revision "
+             "'stage2-ingredient1-step40-tokens0B' is a stage-2 revision, whose steps count from that stage's start")):
         with pytest.raises(ConfigError) as e:
             import_hf(named, runs["smollm2"], step, tmp_path / "b", revision=revision)
         assert str(e.value).startswith(field) and needle in str(e.value), (needle, str(e.value))
         assert not (tmp_path / "b").exists()
     r = run_cli("import", "--hf_dir", named, "--config", runs["smollm2"], "--out", tmp_path / "c")
     assert r.returncode == 0 and "the step read from it" in r.stdout, r.stderr[-2000:]
+    # a --revision in no published scheme is recorded and said to be unchecked; a schedule the trainer would refuse
+    # (peak LR below min_lr) is one line before anything is written
+    summary = import_hf(named, runs["smollm2"], STEP, tmp_path / "d", revision="my-own-run")
+    assert "revision 'my-own-run': no step; no published naming scheme: nothing in it was checked" in format_import(
+        summary)
+    low = yaml.safe_load(runs["smollm2"].read_text())
+    low["optimizer"]["init_args"]["lr"] = 1e-5
+    (tmp_path / "low.yaml").write_text(yaml.safe_dump(low))
+    with pytest.raises(ConfigError, match=r"^train.min_lr: 0.0001 is above the peak LR 1e-05"):
+        import_hf(named, tmp_path / "low.yaml", STEP, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
     # a folder without hyperparameters.yaml (litgpt's download of a tied model) is read by its config.json: tied;
     # the two records disagreeing is one line, never a guess
     from midtrain.posttrain.sft import load_checkpoint_model

@@ -71,6 +71,16 @@ def test_what_is_not_a_revision_name():
         assert parse(name) is None, name
 
 
+def test_amber_chunks_check_a_given_step_to_within_half_a_chunk():
+    """amber-train main.py: 1,706,976 // 2,240 = 762 steps per chunk, so ckpt_k is step 762 (k + 1); a --step one
+    chunk off is refused (the 1% a rounded name allows is not given to an exact one)."""
+    batch = 2240 * 2048
+    for name, k in (("ckpt_100", 100), ("ckpt_358", 358)):
+        rev = parse(name)
+        assert tokens_agree(rev, 762 * (k + 1) * batch, batch), name
+        assert not tokens_agree(rev, 762 * k * batch, batch) and not tokens_agree(rev, 762 * (k + 2) * batch, batch)
+
+
 def test_the_rounding_each_name_shows_is_all_that_is_allowed():
     rev = parse("TinyLlama-1.1B-intermediate-step-480k-1T")
     assert rev.rounded and "thousands" in rev.note
@@ -109,3 +119,23 @@ def test_the_public_schedules_put_published_revisions_at_their_tokens(config, na
         step, said = resolve_step(None, name, "/unused", train.global_batch_size * seq)
         assert step == parse(name).step and said["step_from_name"], name
         assert schedule_phase(train, horizon, step).startswith(where), (name, schedule_phase(train, horizon, step))
+
+
+def test_amber_public_config_checks_a_given_step_against_its_chunk(monkeypatch):
+    """midtrain_configs/public/amber-7b.yaml's batch (2,240 x 2,048): ckpt_k at --step 762 (k + 1) agrees, a step
+    one chunk off is one line naming --step, and no step at all is one line saying why."""
+    import os
+
+    from conftest import REPO
+    from midtrain.errors import ConfigError
+    from midtrain.importer import _run_model_and_schedule, resolve_step
+
+    for var in ("DATA_ROOT", "CKPT_ROOT"):
+        monkeypatch.setenv(var, "/unused")
+    model, train, _ = _run_model_and_schedule(os.path.join(REPO, "midtrain_configs", "public", "amber-7b.yaml"))
+    per_step = train.global_batch_size * (train.max_seq_length or model.block_size)
+    assert resolve_step(762 * 350, "ckpt_349", "/unused", per_step)[0] == 266700
+    with pytest.raises(ConfigError, match="^--step: .* either the step or the schedule's batch"):
+        resolve_step(762 * 349, "ckpt_349", "/unused", per_step)
+    with pytest.raises(ConfigError, match="^--step: not given, .* Amber's ckpt_NNN counts data chunks"):
+        resolve_step(None, "ckpt_349", "/unused", per_step)

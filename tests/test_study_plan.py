@@ -368,7 +368,7 @@ def test_shipped_specs_plan(spec):
     assert r.returncode == 2 and key in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
 
 
-def test_an_sft_step_that_fits_no_gpu_is_refused_by_plan(tmp_path):
+def test_an_sft_step_that_fits_no_gpu_is_refused_by_plan(tmp_path, monkeypatch):
     """Issue 29, item 4: SFT runs in one process (full fine-tuning). A 7B size (Amber's public config, FSDP with
     activation checkpointing for its arms) plans its arms on 8 A100s, and its SFT step, which would hold the
     whole model, gradients and AdamW's states on one 80 GiB GPU, is refused in one line before anything runs."""
@@ -384,3 +384,18 @@ def test_an_sft_step_that_fits_no_gpu_is_refused_by_plan(tmp_path):
     r = run_cli("study", "plan", tmp_path / "s.yaml", "--check_files", "false", env=env)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout[-2000:] + r.stderr
     assert "sft/7b/" in r.stderr and "`midtrain sft` runs in one process" in r.stderr, r.stderr
+    # what it counts: the checkpoint's weights and the copy being trained (one LR here), one set of gradients
+    from litgpt import Config
+
+    from midtrain.study.footprints import sft_footprint
+    from midtrain.study.files import load_plan
+    from midtrain.train.memory import estimate
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    plan = load_plan(str(tmp_path / "s.yaml"), check_files=False, estimate=False)
+    sft = next(st for st in plan.steps if st.kind == "sft")
+    fp = sft_footprint(sft, plan.by_id[sft.deps[0]])
+    model = Config(**yaml.safe_load(open(os.path.join(REPO, "midtrain_configs/public/amber-7b.yaml")))["model_config"])
+    one = estimate(model, 4, 2048, "bf16-mixed", "single", 1)
+    assert fp.estimate.params == 2 * one.params and fp.estimate.grads == one.grads

@@ -84,15 +84,21 @@ def check(plan: Plan) -> None:
 
 def sft_footprint(step: Step, parent: Step):
     """The memory of an SFT step: its run's model (``parent``: the training step whose checkpoint it tunes) in one
-    process at ``sft.options``' micro-batch, length and precision, with AdamW."""
+    process at ``sft.options``' micro-batch, length and precision, with AdamW. ``midtrain sft`` keeps the
+    checkpoint's weights on the device beside the copy it trains, and, sweeping LRs, the best copy so far: two or
+    three copies of the weights, one of gradients and AdamW's states."""
+    import dataclasses
+
     from midtrain.train.footprint import footprint
 
     model, train, _ = _resolved(parent.config)
     opts = step.config.get("options") or {}
     seq = opts.get("max_seq_length") or model.block_size
-    return footprint(model, int(opts.get("micro_batch_size", 8)), int(seq), opts.get("precision"), "auto", 1, 1,
-                     parent.config.get("accelerator", "auto"), False, "AdamW",
-                     step.alloc.gpu_type if step.alloc else None, tied=bool(train.tie_embeddings))
+    fp = footprint(model, int(opts.get("micro_batch_size", 8)), int(seq), opts.get("precision"), "auto", 1, 1,
+                   parent.config.get("accelerator", "auto"), False, "AdamW",
+                   step.alloc.gpu_type if step.alloc else None, tied=bool(train.tie_embeddings))
+    copies = 3 if len(step.config.get("lrs") or ()) > 1 else 2
+    return dataclasses.replace(fp, estimate=dataclasses.replace(fp.estimate, params=fp.estimate.params * copies))
 
 
 def _shape_key(step: Step) -> str:
