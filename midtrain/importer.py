@@ -386,7 +386,7 @@ def import_hf(hf_dir: Path, run_config: Path, step: Optional[int], out: Path, pr
     if step >= horizon:
         raise ConfigError("--step", f"{step:,} is not before the end of the schedule (train.max_steps {horizon:,} in "
                           f"{run_config}): nothing would be left to train")
-    lr, phase = _start_lr(train, raw, horizon, step)  # (before anything is written: a bad schedule is one line)
+    lr, phase = start_lr(train, raw, horizon, step)  # (before anything is written: a bad schedule is one line)
     tied = bool(train.tie_embeddings)
     check_shapes(hf, model_config, tied)
     tok_vocab = _tokenizer_vocab(hf_dir)
@@ -434,15 +434,17 @@ def import_hf(hf_dir: Path, run_config: Path, step: Optional[int], out: Path, pr
             "revision": named, "lr": lr, "phase": phase}
 
 
-def _start_lr(train, raw: dict, horizon: int, step: int):
-    """(the LR the run config's schedule gives at ``step``, its phase); a schedule the trainer would refuse is
-    one line here too."""
+def start_lr(train, raw: dict, horizon: int, step: int):
+    """(the LR the run config ``raw``'s schedule gives at ``step``, its phase; ``study plan`` prints the same); a
+    schedule the trainer would refuse is one line here too."""
     from midtrain.train.footprint import schedule_lr
     from midtrain.train.startup import optimizer_lr
 
     peak = train.max_lr if train.max_lr is not None else optimizer_lr(raw.get("optimizer", "AdamW"))
     if peak is not None and train.min_lr > peak:
         raise ConfigError("train.min_lr", f"{train.min_lr} is above the peak LR {peak}")
+    if not horizon:
+        return None, "no schedule length"
     try:
         return (schedule_lr(train, peak, horizon, step) if peak else None), schedule_phase(train, horizon, step)
     except ValueError as e:
@@ -454,16 +456,17 @@ def resolve_step(step: Optional[int], revision: Optional[str], hf_dir: Path, tok
     """(the step, what the revision name said) from ``--step`` and the revision name (``--revision``, else the
     folder's name): the name's step where ``--step`` is not given; a given one must agree with it (a rounded name,
     TinyLlama's, within its rounding); and the tokens the schedule puts at that step must agree with the name's."""
+    import dataclasses
+
     from midtrain import revisions
 
     where = "--revision" if revision else "the folder name"
     name = revision or Path(hf_dir).resolve().name
     rev = revisions.parse(name)
-    said = None if rev is None else {"name": name, "scheme": rev.scheme, "step": rev.step, "tokens": rev.tokens,
-                                     "rounded": rev.rounded, "stage": rev.stage, "note": rev.note}
+    said = None if rev is None else {"name": name, **dataclasses.asdict(rev)}
     if rev is None and revision:  # said, recorded, and said to be unchecked
-        said = {"name": name, "scheme": None, "step": None, "tokens": None, "rounded": False, "stage": None,
-                "note": "no published naming scheme: nothing in it was checked"}
+        unchecked = revisions.Revision(None, None, None, note="no published naming scheme: nothing in it was checked")
+        said = {"name": name, **dataclasses.asdict(unchecked)}
     if rev is not None and rev.stage is not None and rev.stage != stage:
         raise ConfigError("--stage", f"{stage}, but {where} {name!r} is a stage-{rev.stage} revision, whose steps "
                           f"count from that stage's start: import it with a run config describing stage "

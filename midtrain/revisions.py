@@ -25,8 +25,8 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class Revision:
-    scheme: str
-    """The naming scheme that matched (a key of ``SCHEMES``)."""
+    scheme: Optional[str]
+    """The naming scheme that matched (a key of ``SCHEMES``; None: a name in no published scheme)."""
     step: Optional[int]
     """The optimizer step the name gives (None: the name's number is not a step)."""
     tokens: Optional[float]

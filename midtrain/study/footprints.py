@@ -160,20 +160,16 @@ def format_footprints(plan: Plan) -> str:
 
 
 def _start_lr(config: dict, step: int) -> str:
-    """The LR the run config's schedule gives at ``step`` and where it sits (warmup, stable/decay, cosine)."""
-    from midtrain.importer import schedule_phase
-    from midtrain.train.footprint import schedule_lr
-    from midtrain.train.startup import optimizer_lr
+    """The LR the run config's schedule gives at ``step`` and where it sits, as ``midtrain import`` says it."""
+    from midtrain.importer import start_lr
 
     _, train, seq = _resolved(config)
-    peak = train.max_lr if train.max_lr is not None else optimizer_lr(config.get("optimizer", "AdamW"))
     world = int(config.get("devices", 1)) * int(config.get("num_nodes") or 1)
-    horizon = train.total_steps(world, 1, seq) or 0
-    lr = schedule_lr(train, peak, horizon, step) if peak else None
+    lr, phase = start_lr(train, config, train.total_steps(world, 1, seq) or 0, step)
     if lr is None:
         return "LR not from a schedule (lr_scheduler: decay continues the checkpoint's)"
     rewarm = f", re-warmed over {train.rewarm_steps} steps" if train.rewarm_steps else ""
-    return f"LR {lr:.3g} ({schedule_phase(train, horizon, step)}{rewarm})"
+    return f"LR {lr:.3g} ({phase}{rewarm})"
 
 
 def checked_text(plan: Plan) -> str:

@@ -142,7 +142,9 @@ def _param_shapes(key: str, tied: bool = False) -> tuple[tuple[str, tuple[int, .
     with torch.device("meta"):
         model = GPT(_config(key))
     if tied:  # (named_parameters lists a shared parameter once)
-        model.transformer.wte.weight = model.lm_head.weight
+        from midtrain.train.parallel import tie_embeddings
+
+        tie_embeddings(model)
     return tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
 
 
