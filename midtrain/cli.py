@@ -283,14 +283,24 @@ def tokenizer(argv: list[str]) -> int:
 
 def sft(argv: list[str]) -> int:
     """``midtrain sft``: fine-tune a checkpoint, pick the LR on val, report held-out test and forgetting."""
-    from midtrain.posttrain.sft import format_sft, run_sft
+    from midtrain.posttrain.sft import Stopped, format_sft, run_sft
 
     parser = _parser("Full fine-tuning on prompt/response pairs with an LR sweep, held-out test loss and forgetting.")
     parser.add_function_arguments(run_sft)
     args = parser.parse_args(argv)
     kwargs = {k: v for k, v in vars(args).items() if k not in ("config", "run_yaml", "__path__")}
-    metrics = run_sft(**kwargs)
-    print(format_sft(metrics))
+    try:
+        metrics = run_sft(**kwargs)
+    except Stopped as e:
+        from midtrain.signals import EXIT_REQUEUE
+
+        print(f"midtrain sft: {e}: stopped (SFT keeps no checkpoint; run again to start it over); exiting "
+              f"{EXIT_REQUEUE}", flush=True)
+        return EXIT_REQUEUE
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        print(format_sft(metrics))
     return 0
 
 
@@ -708,13 +718,16 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+STOPPABLE = ("pretrain", "sft")  # commands that take a stop signal at a step boundary (exit 75)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
-    if command == "pretrain":  # before anything slow: a SIGTERM/USR1 during start-up must not kill the job
+    if command in STOPPABLE:  # before anything slow: a SIGTERM/USR1 during start-up must not kill the job
         from midtrain import signals
 
         signals.install()
@@ -722,7 +735,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"midtrain: error: unknown command {command!r} (expected one of {', '.join(COMMANDS)})", file=sys.stderr)
         sys.exit(2)
     code = run_command(COMMANDS[command], rest, command)
-    if command == "pretrain":
+    if command in STOPPABLE:  # the outcome is decided (and said): a late signal must not turn it into a crash
         from midtrain import signals
 
         signals.ignore_until_exit()

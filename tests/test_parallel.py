@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from conftest import REPO, run_cli
+from test_posttrain import tokenizer_dir  # noqa: F401 (a fixture)
 from test_trainer import TINY_MODEL, metrics, write_config
 
 PY = [sys.executable]
@@ -160,6 +161,54 @@ def test_a_sharded_checkpoint_of_another_model_is_one_line(runs, real_tree):
     r = run_cli("pretrain", "--config", cfg)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1 and "sharded does not match the model config" in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def sft_runs(runs, real_tree, tokenizer_dir):
+    """`midtrain sft` of the sharded step-10 checkpoint on 1 process, on 2 FSDP2 ranks (activation checkpointing,
+    weights read shard by shard) and on 2 DDP ranks: an LR sweep with every LR scored, evaluation batches that the
+    2 ranks split unevenly (5 val batches, 3 forgetting batches), the kept model saved."""
+    from test_posttrain import write_jsonl
+
+    rows = [{"prompt": f"Q: {a} plus {b}? A:", "response": f" {a + b}"} for a in range(12) for b in range(8)]
+    data = write_jsonl(runs / "sft.jsonl", rows)
+    common = ["--checkpoint", runs / "fsdp" / "step-00000010", "--data", data, "--tokenizer_dir", tokenizer_dir,
+              "--lrs", "[0.0001, 0.003]", "--epochs", "1", "--micro_batch_size", "2", "--global_batch_size", "8",
+              "--pretrain_val_path", real_tree.parent / "val", "--forgetting_batches", "3", "--score_every_lr", "true"]
+    out = {}
+    for name, extra in (("one", []), ("fsdp", ["--devices", "2", "--strategy", "fsdp", "--activation_checkpointing",
+                                               "true"]), ("ddp", ["--devices", "2", "--strategy", "ddp"])):
+        r = run_cli("sft", *common, *extra, "--out", runs / f"sft-{name}.json", "--save", runs / f"sft-{name}",
+                    timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        out[name] = (json.loads((runs / f"sft-{name}.json").read_text()), r.stdout)
+    return out
+
+
+def test_sft_on_two_sharded_or_ddp_ranks_matches_one_process(runs, sft_runs):
+    """The same examples make the same updates on 1 or 2 ranks: the kept LR, the losses before any update within
+    1e-6 and after within 1e-4 (reduction order), the same held-out counts; the saved model (gathered from the
+    shards) within 2e-3 of one process's, as for pretraining."""
+    one, _ = sft_runs["one"]
+    assert "processes" not in one
+    for name in ("fsdp", "ddp"):
+        m, stdout = sft_runs[name]
+        assert m["processes"] == {"world": 2, "strategy": name}
+        assert f"on 2 process(es) ({name}, 32-true)" in stdout and stdout.count("best lr") == 1, stdout
+        assert m["best_lr"] == one["best_lr"] and m["examples"] == one["examples"]
+        assert m["zero_shot_val_loss"] == pytest.approx(one["zero_shot_val_loss"], rel=1e-6)
+        for lr, row in one["lr_sweep"].items():
+            got = m["lr_sweep"][lr]
+            assert got["steps"] == row["steps"] == 9
+            for key in ("val_loss", "final_train_loss", "test_loss"):
+                assert got[key] == pytest.approx(row[key], rel=1e-4), (name, lr, key)
+            for val_set, f in row["forgetting"].items():
+                assert got["forgetting"][val_set]["before"] == pytest.approx(f["before"], rel=1e-6)
+                assert got["forgetting"][val_set]["after"] == pytest.approx(f["after"], rel=1e-4)
+                assert got["forgetting"][val_set]["unigram_entropy"] == f["unigram_entropy"]
+        assert m["test_loss"] == pytest.approx(one["test_loss"], rel=1e-4)
+        assert max_diff(weights(runs / "sft-one"), weights(runs / f"sft-{name}")) < 2e-3
+        assert not list(runs.glob(f".sft-{name}*"))
 
 
 def test_memory_estimate_terms_equal_the_real_tensors(runs):

@@ -281,3 +281,57 @@ def test_evaluate_plot_report(tmp_path, tiny_run, real_tree):
     assert "gpt_neox.embed_in.weight" in torch.load(tmp_path / "hf" / "model.pth")
     r = run_cli("evaluate", "lm-eval", "--checkpoint", tiny_run / "final", "--tasks", "x", "--out_dir", tmp_path / "lm")
     assert r.returncode == 2 and "needs the eval extra" in r.stderr  # optional extra: not in this venv
+
+
+def test_sft_stops_on_a_signal_with_75_and_leaves_nothing(tmp_path, tiny_run, tokenizer_dir):
+    """A stop request at a wall-clock moment during the sweep (SIGTERM, as SLURM sends it; SIGINT, a Ctrl-C to the
+    process group) ends `midtrain sft` at the next optimizer step: exit 75 and one line, no metrics, no half-saved
+    model (SFT keeps no checkpoint: a rerun starts it over). A second Ctrl-C stops it at once with 130."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    rows = [{"prompt": f"Q: {a} plus {b}? A:", "response": f" {a + b}"} for a in range(12) for b in range(8)]
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
+    env = dict(os.environ, PYTHONPATH=REPO)
+
+    def start(name, extra_env=None):
+        out, save = tmp_path / f"m-{name}.json", tmp_path / f"saved-{name}"
+        proc = subprocess.Popen([sys.executable, "-m", "midtrain", "sft", "--checkpoint", str(tiny_run / "final"),
+                                 "--data", str(data), "--tokenizer_dir", str(tokenizer_dir), "--lrs", "[0.001, 0.003]",
+                                 "--epochs", "500", "--micro_batch_size", "4", "--global_batch_size", "8",
+                                 "--out", str(out), "--save", str(save)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**env, **(extra_env or {})}, start_new_session=True)
+        return proc, out, save
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        proc, out, save = start(sig.name)
+        for line in proc.stdout:
+            if line.startswith("sft: lr 0.001"):
+                time.sleep(random.uniform(0, 0.5))  # any moment of the first LR's training
+                os.killpg(proc.pid, sig)
+                break
+        text = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 75 and "Traceback" not in text, text[-3000:]
+        assert f"midtrain sft: signal {sig.name} received: stopped (SFT keeps no checkpoint" in text, text[-2000:]
+        assert not out.exists() and not save.exists() and not list(tmp_path.glob(".saved-*")), os.listdir(tmp_path)
+    # Ctrl-C again and again from the moment its handlers are in place (signals.READY_ENV): the second one stops
+    # it at once, with nothing written (as `midtrain pretrain`; see test_signals for why it is repeated)
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    proc, out, save = start("twice", {"MIDTRAIN_SIGNALS_READY": str(ready)})
+    deadline = time.time() + 60
+    while not os.listdir(ready):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-2000:]
+        time.sleep(0.02)
+    while proc.poll() is None and time.time() < deadline:
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.25)
+    text = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and "second interrupt" in text and "Traceback" not in text, text[-2000:]
+    assert not out.exists() and not save.exists() and not list(tmp_path.glob(".saved-*"))

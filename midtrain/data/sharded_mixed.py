@@ -236,20 +236,26 @@ class ShardedMixedDataset(DataModule):
             print(describe_change(saved[-1], new), flush=True)
         return history
 
-    def _val_loader(self, shards: list[Shard], name: str = "val") -> StreamingDataLoader:
+    def _val_loader(self, shards: list[Shard], name: str = "val", whole: bool = False) -> StreamingDataLoader:
         datasets = [StreamingDataset(input_dir=s.path, item_loader=TokensLoader(block_size=self.seq_length),
                                      shuffle=False, drop_last=False) for s in shards]
+        if whole:  # litdata gives each rank its part of the set (the rank read at construction): here, the whole
+            from litdata.utilities.env import _DistributedEnv
+
+            for d in datasets:
+                d.distributed_env = _DistributedEnv(1, 0, 1)
         dataset = datasets[0] if len(datasets) == 1 else CombinedStreamingDataset(datasets, iterate_over_all=True)
         return VocabCheckedLoader(dataset, vocab_size=self.vocab_size,
                                   where=f"val_data_path: validation set {name!r} ({shards[0].path})",
                                   batch_size=self.batch_size, pin_memory=torch.cuda.is_available(),
                                   num_workers=self.num_workers)
 
-    def val_dataloaders(self) -> dict[str, StreamingDataLoader]:
-        """One loader per validation set, so loss can be reported per source."""
+    def val_dataloaders(self, whole: bool = False) -> dict[str, StreamingDataLoader]:
+        """One loader per validation set, so loss can be reported per source. ``whole``: every rank reads the whole
+        set in order (for a caller that spreads the batches over the ranks itself); otherwise each rank its part."""
         if self.val_data_path is None:
             return {}
-        return {name: self._val_loader(shards, name)
+        return {name: self._val_loader(shards, name, whole)
                 for name, shards in self.val_sets().items()}
 
     def val_dataloader(self) -> StreamingDataLoader | None:

@@ -332,7 +332,7 @@ def _fork_command(argv: list[str], log_path: Path, cwd: str | None) -> int:
         os.dup2(fd, 2)
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        if argv and argv[0] == "pretrain":  # record stop requests from the first moment, as `midtrain pretrain` does
+        if argv and argv[0] in ("pretrain", "sft"):  # record stop requests from the first moment, as `midtrain` does
             from midtrain import signals
 
             signals.install()

@@ -340,6 +340,26 @@ def load_model_weights(path: Path, model) -> None:
     model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
 
 
+def load_sharded_model_weights(path: Path, model) -> None:
+    """The weights of checkpoint folder ``path`` into ``model``, sharded with FSDP2 (every rank calls it): a
+    ``sharded/`` checkpoint is read shard by shard (no optimizer state); a full ``lit_model.pth`` is read
+    memory-mapped and broadcast from rank 0 into each rank's shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+
+    path = Path(path)
+    if is_sharded(path):
+        import torch.distributed.checkpoint as dcp
+
+        state = {"model": get_model_state_dict(model)}
+        dcp.load(state, checkpoint_id=path / SHARDED_DIR)
+        set_model_state_dict(model, state["model"])
+        return
+    state = load_file(path / MODEL_FILE)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                                strict=True))
+
+
 def clean_leftovers(out_dir: Path) -> list[str]:
     """Remove what a process killed mid-save leaves in ``out_dir``: hidden ``.NAME.partial`` folders and
     ``.latest.tmp-PID`` files (never valid checkpoints: discovery already ignores them). Returns their names.

@@ -48,6 +48,15 @@ def check_expected_cuda() -> None:
                           "on CPU; check the node's driver, or set accelerator: cpu in the run config")
 
 
+def any_rank(fabric, value: bool) -> bool:
+    """Whether ``value`` holds on any rank (one all-reduce; none without Fabric or on one process)."""
+    if fabric is None or fabric.world_size == 1:
+        return value
+    import torch
+
+    return bool(fabric.all_reduce(torch.tensor(float(value), device=fabric.device), reduce_op="sum") > 0)
+
+
 def launched_world() -> tuple[int, str] | None:
     """(processes, who started them) when a launcher started them; None when Fabric starts its own.
 

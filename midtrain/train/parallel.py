@@ -102,6 +102,15 @@ def tie_embeddings(model):
     return model
 
 
+def cast_rope_cache(gpt, precision: str) -> None:
+    """A model materialised from meta rebuilt its RoPE cache in fp32; a fresh model's is cast with its weights:
+    the same cast, so that ``bf16-true`` computes alike on both paths."""
+    from midtrain.train.memory import param_dtype
+
+    dtype = param_dtype(precision)
+    gpt.cos, gpt.sin = gpt.cos.to(dtype), gpt.sin.to(dtype)
+
+
 def checkpoint_blocks(model) -> None:
     """Activation checkpointing per transformer Block (torch's non-reentrant checkpoint_wrapper, as torchtitan):
     a block's activations are recomputed in the backward pass instead of kept; state-dict keys are unchanged."""

@@ -54,6 +54,7 @@ from midtrain.train.metrics import Progress, SourceMeter, available_flops, flops
 from midtrain.train.restore import hf_import_step, load_weights, log_checkpoint_notes, restore
 from midtrain.train.saver import Saver
 from midtrain.train.schedules import Schedule, rewarm_factor, warmup_steps
+from midtrain.train import distributed
 from midtrain.train.distributed import agree as agree_across_ranks
 from midtrain.train.validation import log_validation
 
@@ -376,11 +377,9 @@ def setup_model(fabric, run: Run, seq_len: int, will_load: bool):
         model = torch.compile(model)
     model = fabric.setup(model)
     if run.sharded and will_load and run.precision in ("bf16-true", "16-true"):
-        # materialised from meta, the rope cache was rebuilt in fp32; the fresh path's is cast with the weights
         from midtrain.train.saver import unwrap
 
-        gpt, dtype = unwrap(model), memory.param_dtype(run.precision)
-        gpt.cos, gpt.sin = gpt.cos.to(dtype), gpt.sin.to(dtype)
+        parallel.cast_rope_cache(unwrap(model), run.precision)
     return model, n_params
 
 
@@ -409,7 +408,7 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
     data_iter = iter(loader)
     model.train()
     while state["step_count"] < end_step:
-        if _any_rank(fabric, signals.requested() is not None):
+        if distributed.any_rank(fabric, signals.requested() is not None):
             return stop(fabric, saver, state, first_step, f"signal {signals.name(signals.requested())} received")
         lr = schedule.lr_at(state["step_count"]) * rewarm_factor(state["step_count"], rewarm_from, train.rewarm_steps)
         for group in optimizer.param_groups:
@@ -568,12 +567,6 @@ def optimizer_name(optimizer) -> str:
     """The optimizer class's name (AdamW, SGD, ...) from a run config's ``optimizer``."""
     path = optimizer if isinstance(optimizer, str) else (optimizer or {}).get("class_path", "AdamW")
     return str(path).rsplit(".", 1)[-1]
-
-
-def _any_rank(fabric, value: bool) -> bool:
-    if fabric.world_size == 1:
-        return value
-    return bool(fabric.all_reduce(torch.tensor(float(value), device=fabric.device), reduce_op="sum") > 0)
 
 
 def _sample_trace(fabric):
