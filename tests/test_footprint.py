@@ -95,7 +95,7 @@ def test_study_plan_shows_each_training_shape_and_refuses_what_fits_nowhere(tmp_
     spec = _spec_with(tmp_path, precision="bf16-true", accelerator="auto", devices=2)
     r = run_cli("study", "plan", spec, "--rows", "0")
     assert r.returncode == 0, r.stderr
-    assert "| training steps | devices (strategy, precision, memory per rank) |" in r.stdout
+    assert "| training and SFT steps | devices (strategy, precision, memory per rank) |" in r.stdout
     assert "ddp x 2, bf16-true on h100 (80 GiB, assumed)" in r.stdout and "assumed: h100" in r.stdout
     assert "bf16-true: midtrain/tiny/code20-from4/s0 (+3 more) (tiny) starts at LR" in r.stdout  # arms only
     raw = yaml.safe_load(spec.read_text())

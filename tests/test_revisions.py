@@ -100,6 +100,7 @@ def test_the_rounding_each_name_shows_is_all_that_is_allowed():
     ("olmo-2-7b.yaml", ["stage1-step928646-tokens3896B", "step150-tokens1B", "step2150-tokens10B"],
      ["cosine", "warmup", "cosine"]),
     ("pythia-160m.yaml", ["step1000", "step100000"], ["warmup", "cosine"]),
+    ("olmo-2-7b-anneal.yaml", ["stage1-step928646-tokens3896B"], ["decay"]),
 ])
 def test_the_public_schedules_put_published_revisions_at_their_tokens(config, names, phase, monkeypatch):
     """Issue 29, item 3: each midtrain_configs/public/ run config's batch puts the family's published revisions at
@@ -139,3 +140,23 @@ def test_amber_public_config_checks_a_given_step_against_its_chunk(monkeypatch):
         resolve_step(762 * 349, "ckpt_349", "/unused", per_step)
     with pytest.raises(ConfigError, match="^--step: not given, .* Amber's ckpt_NNN counts data chunks"):
         resolve_step(None, "ckpt_349", "/unused", per_step)
+
+
+def test_olmo_2_anneal_config_is_olmo_2s_stage_2_schedule_step_for_step(monkeypatch):
+    """midtrain_configs/public/olmo-2-7b-anneal.yaml: from the last stage-1 step, OLMo 2's stage 2 (OLMo2-7B-stage2-
+    seed42.yaml: linear_with_warmup, t_warmup 0, lr 6.1499e-5, alpha_f 0 over max_duration 50e9 tokens of 1,024 x
+    4,096): the LR at each step t of the anneal is 6.1499e-5 x (1 - t x 4,194,304 / 50e9), written out here."""
+    import os
+
+    from conftest import REPO
+    from midtrain.importer import _run_model_and_schedule
+    from midtrain.train.footprint import schedule_lr
+
+    for var in ("DATA_ROOT", "CKPT_ROOT"):
+        monkeypatch.setenv(var, "/unused")
+    model, train, _ = _run_model_and_schedule(os.path.join(REPO, "midtrain_configs", "public", "olmo-2-7b-anneal.yaml"))
+    per_step = train.global_batch_size * (train.max_seq_length or model.block_size)
+    assert per_step == 1024 * 4096 and train.max_steps - 928646 == round(50e9 / per_step)
+    for t in (0, 1, 5000, 11000, 11920):
+        olmo = 6.1499e-5 * (1 - t * per_step / 50e9)
+        assert schedule_lr(train, 6.1499e-5, train.max_steps, 928646 + t) == pytest.approx(olmo, rel=1e-3, abs=1e-9), t

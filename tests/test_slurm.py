@@ -262,7 +262,8 @@ def test_allocation_that_contradicts_the_config_is_refused_in_one_line(cluster, 
 
 def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     """A study whose base config says devices: 2 (CPU, gloo) and whose spec names no resources: every
-    training step runs as 2 srun tasks; SFT/eval/report jobs ask for one task; the SFT runs of a checkpoint
+    training step runs as 2 srun tasks, and so does every SFT step (sft.options: devices 2, FSDP2); eval/report jobs
+    ask for one task; the SFT runs of a checkpoint
     go out as one array; --max_jobs caps what is queued; a cancelled array task is redone alone; a spec
     that contradicts the config is refused before anything is submitted."""
     import json
@@ -279,6 +280,7 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     raw = yaml.safe_load(spec.read_text())
     raw["arms"] = [{"name": "code", "domain": "code", "start": [4], "weight": [0.2]}]
     raw["sft"]["lrs"] = [1e-3]  # one LR: an SFT array per checkpoint still holds a task per seed
+    raw["sft"]["options"].update(devices=2, strategy="fsdp", micro_batch_size=4)  # 2 ranks x 4 = the global 8
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = tmp_path / "out"
     env = dict(cluster.env, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, "tests"),
@@ -332,11 +334,11 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     assert len(sft_ctrl) == 2 and {first[s]["array"] for s in sft_ctrl} == {array}
     for sid, st in first.items():
         kind = sid.split("/")[0]
-        want = "--ntasks-per-node=2" if kind in ("base", "midtrain") else "--ntasks-per-node=1"
+        want = "--ntasks-per-node=2" if kind in ("base", "midtrain", "sft") else "--ntasks-per-node=1"
         assert want in st["sbatch"] and "--nodes=1" in st["sbatch"], (sid, st["sbatch"])
         assert not any(a.startswith("--gpus") for a in st["sbatch"]), st["sbatch"]  # accelerator: cpu
     shown = cluster.run("scontrol", "show", "job", old_job).stdout
-    assert "NumTasks=1 " in shown or "NumTasks=1\n" in shown, shown
+    assert "NumTasks=2 " in shown or "NumTasks=2\n" in shown, shown
     cluster.run("scancel", old_job)
     # preemption: the resubmitted first segment is told to stop (what --signal=B:USR1@180 does), checkpoints or
     # has nothing to save, and its job requeues itself: the study counts it as queued, and a re-run submits
@@ -367,6 +369,7 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     assert final[victim]["job_id"] != old_job and final[victim]["array"] is None
     assert all(final[s]["job_id"] == first[s]["job_id"] for s in sft_ctrl if s != victim)
     assert (out / "report" / "tiny" / "table.md").is_file()
+    index = json.loads((out / "study.json").read_text())["steps"]
     for sid, st in final.items():
         if sid.split("/")[0] in ("base", "midtrain"):
             log = Path(st["log"]).read_text()
@@ -374,15 +377,21 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
             assert "processes: 2 (devices 2 x num_nodes 1; started by SLURM)" in log, log
             assert "strategy: fsdp over 2 process(es)" in log, log  # sharded (FSDP2 over gloo) under srun
             assert st["processes"] == 2
-    index = json.loads((out / "study.json").read_text())["steps"]
+        if sid.startswith("sft/"):  # `midtrain sft` on 2 FSDP2 ranks under srun, its metrics written once
+            log = Path(st["log"]).read_text()
+            assert "srun --kill-on-bad-exit=1 --nodes=1 --ntasks=2 --ntasks-per-node=2" in log, log
+            assert "on 2 process(es) (fsdp, 32-true)" in log and log.count("best lr") == 1, log
+            metrics = json.loads((out / index[sid]["out"] / "metrics.json").read_text())
+            assert metrics["processes"] == {"world": 2, "strategy": "fsdp"} and st["processes"] == 2
     for sid, info in index.items():
         for dep in info["deps"]:
             assert final[dep]["ended"] <= final[sid]["started"] + 1e-6, (dep, sid)
-    # the single-process launchers in a 2-task job: they run once, say so, and finish
+    # the launchers in a 2-task job: sft.sh fine-tunes on both tasks (srun, 2 DDP ranks); eval_chkpts.sh runs once,
+    # says so, and finishes
     run_dir = out / index["base/tiny/to12"]["out"] / "run"
     for script, args, product in (
             ("sft.sh", [run_dir / "final", tmp_path / "sft_train.jsonl", tmp_path / "sft", "--lrs", "[0.001]",
-                        "--epochs", "1", "--micro_batch_size", "8", "--global_batch_size", "8"],
+                        "--epochs", "1", "--micro_batch_size", "4", "--global_batch_size", "8"],
              tmp_path / "sft" / "metrics.json"),
             ("eval_chkpts.sh", [run_dir, tmp_path / "val"], run_dir / "final" / "eval" / "loss.json")):
         log = tmp_path / f"{script}.out"
@@ -390,4 +399,8 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
                            "-o", log, os.path.join(REPO, "training_scripts", script), *args, env=env, cwd=REPO)
         text = log.read_text()
         assert r.returncode == 0 and product.is_file(), text + cluster.logs()
-        assert "holds 2 tasks and uses one of them" in text, text
+        if script == "sft.sh":
+            assert "sft: 2 processes, one per task (2 per node x 1 node(s))" in text, text
+            assert "on 2 process(es) (ddp, 32-true)" in text and text.count("best lr") == 1, text
+        else:
+            assert "holds 2 tasks and uses one of them" in text, text

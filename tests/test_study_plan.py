@@ -212,11 +212,35 @@ def test_output_paths_are_stable_and_config_derived():
     ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"seed": 3}}}, "sft.options.seed"),
     ({"report": {"baseline": "nope"}}, "report.baseline"),
     ({"arm": []}, "study.arm: unknown key"),
+    # an SFT option is checked when the spec is read, not when the step runs after its arm has trained
+    ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"micro_bach_size": 4}}},
+     "sft.options.micro_bach_size: is not an option of `midtrain sft`"),
+    ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"devices": 0}}},
+     "sft.options.devices: expected an integer >= 1, got 0"),
+    ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"num_nodes": True}}},
+     "sft.options.num_nodes: expected an integer >= 1, got True"),
+    ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"strategy": "zero3"}}},
+     "sft.options.strategy: expected one of auto, ddp, fsdp, hsdp, got 'zero3'"),
+    ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"strategy": "hsdp", "devices": 8}}},
+     "sft.options.strategy: hsdp replicates across nodes"),
 ])
 def test_spec_errors_name_the_key(over, needle):
     with pytest.raises(ConfigError) as e:
         parse_spec(raw(**over), {"70m": copy.deepcopy(BASE)})
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_spec_knows_every_option_of_midtrain_sft():
+    """sft.options are `midtrain sft`'s parameters less what the study sets: the spec's two lists are run_sft's."""
+    import inspect
+
+    from midtrain.posttrain.sft import run_sft
+    from midtrain.study.spec import SFT_OPTIONS, SFT_OWNED, SFT_STRATEGIES
+    from midtrain.train.parallel import STRATEGIES
+
+    params = set(inspect.signature(run_sft).parameters)
+    assert SFT_OPTIONS | SFT_OWNED == params and not SFT_OPTIONS & SFT_OWNED
+    assert SFT_STRATEGIES == STRATEGIES
 
 
 def test_seeds_vary_sft_is_one_midtrained_checkpoint_per_arm_fine_tuned_with_every_seed():
@@ -358,6 +382,13 @@ def test_shipped_specs_plan(spec):
     assert r.returncode == 0, r.stderr
     imported = "from-public" in spec  # a public checkpoint: nothing is pretrained
     assert ("no base steps" in r.stdout if imported else "| base/" in r.stdout) and "steps: " in r.stdout
+    if "olmo-2-7b" in spec:  # issue 29, item 4: 7B arms and SFT sharded over 8 H100s, each with its memory per rank
+        assert ("size 7b starts from its imported checkpoint at step 928,646: LR 6.15e-05 (decay (WSD's decay, from "
+                "step 928,646 to 940,567), re-warmed over 100 steps)") in r.stdout, r.stdout[-3000:]
+        rows = [line for line in r.stdout.splitlines() if line.startswith(("| midtrain/7b/", "| sft/7b/"))
+                and "memory" in line]
+        assert len(rows) == 2 and all("fsdp x 8, bf16-mixed, activation checkpointing on h100 (80 GiB)" in row
+                                      and "DOES NOT FIT" not in row for row in rows), rows
     if "smollm2" in spec:  # issue 29: where the public schedule puts the arm's start (WSD decays 2.08M -> 2.6M)
         assert ("size 360m starts from its imported checkpoint at step 2,560,000: LR 0.000231 (decay (WSD's decay, "
                 "from step 2,080,000 to 2,600,000), re-warmed over 100 steps)") in r.stdout, r.stdout[-3000:]
@@ -368,14 +399,15 @@ def test_shipped_specs_plan(spec):
     assert r.returncode == 2 and key in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
 
 
-def test_an_sft_step_that_fits_no_gpu_is_refused_by_plan(tmp_path, monkeypatch):
-    """Issue 29, item 4: SFT runs in one process (full fine-tuning). A 7B size (Amber's public config, FSDP with
-    activation checkpointing for its arms) plans its arms on 8 A100s, and its SFT step, which would hold the
-    whole model, gradients and AdamW's states on one 80 GiB GPU, is refused in one line before anything runs."""
+def test_an_sft_step_that_fits_no_gpu_is_refused_by_plan_and_sharded_it_fits(tmp_path, monkeypatch):
+    """Issue 29, item 4. A 7B size (Amber's public config, FSDP with activation checkpointing for its arms) plans
+    its arms on 8 A100s. Its SFT step on one 80 GiB GPU, which would hold the whole model, gradients and AdamW's
+    states, is refused in one line before anything runs, naming what would fit; sharded over the node's 8 GPUs
+    (sft.options: devices 8, strategy fsdp) it plans, with its memory per rank printed beside the arms'."""
     spec = {"name": "amber", "sizes": {"7b": {"checkpoint": "/c/amber/step-00266715", "step": 266715,
                                               "config": os.path.join(REPO, "midtrain_configs/public/amber-7b.yaml")}},
             "arms": [{"name": "code", "domain": "code", "weight": [0.2], "start": [266715]}], "seeds": [0],
-            "sft": {"lrs": [1e-5], "tasks": {"t": {"data": "/s/t.jsonl"}},
+            "sft": {"lrs": [1e-5, 3e-5], "tasks": {"t": {"data": "/s/t.jsonl"}},
                     "options": {"micro_batch_size": 4, "max_seq_length": 2048, "precision": "bf16-mixed"}},
             "report": {"baseline": "pretrain-only"},
             "slurm": {"midtrain": {"gpus-per-node": "a100:8"}, "sft": {"gpus-per-node": "a100:1"}}}
@@ -383,8 +415,22 @@ def test_an_sft_step_that_fits_no_gpu_is_refused_by_plan(tmp_path, monkeypatch):
     env = {"DATA_ROOT": "/nonexistent", "CKPT_ROOT": "/c", "SFT_ROOT": "/s"}
     r = run_cli("study", "plan", tmp_path / "s.yaml", "--check_files", "false", env=env)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout[-2000:] + r.stderr
-    assert "sft/7b/" in r.stderr and "`midtrain sft` runs in one process" in r.stderr, r.stderr
-    # what it counts: the checkpoint's weights and the copy being trained (one LR here), one set of gradients
+    assert "sft/7b/" in r.stderr and "single x 1, bf16-mixed on a100 (80 GiB)" in r.stderr, r.stderr
+    assert "try sft.options.devices: 8 with sft.options.strategy: fsdp" in r.stderr, r.stderr
+    # the GPUs the SFT step asks for are the ones its options name: 8 here, or the spec contradicts itself
+    spec["sft"]["options"].update(devices=8, strategy="fsdp", activation_checkpointing=True)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    r = run_cli("study", "plan", tmp_path / "s.yaml", "--check_files", "false", env=env)
+    assert r.returncode == 2 and "slurm.sft.gpus-per-node: 'a100:1' contradicts sft step" in r.stderr, r.stderr
+    assert "from sft.options (devices/num_nodes)" in r.stderr, r.stderr
+    spec["slurm"]["sft"] = {"gpus-per-node": "a100:8"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    r = run_cli("study", "plan", tmp_path / "s.yaml", "--check_files", "false", env=env)
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| sft/7b/") and "memory" in line)
+    assert "fsdp x 8, bf16-mixed, activation checkpointing on a100 (80 GiB): memory" in row, row
+    assert "| sft | 4 | 1 node(s) x 8 task(s), 8 a100 GPU/node, srun" in r.stdout, r.stdout
+    # what it counts: one copy of the weights (each LR loads the checkpoint afresh), sharded over 8 ranks
     from litgpt import Config
 
     from midtrain.study.footprints import sft_footprint
@@ -397,5 +443,5 @@ def test_an_sft_step_that_fits_no_gpu_is_refused_by_plan(tmp_path, monkeypatch):
     sft = next(st for st in plan.steps if st.kind == "sft")
     fp = sft_footprint(sft, plan.by_id[sft.deps[0]])
     model = Config(**yaml.safe_load(open(os.path.join(REPO, "midtrain_configs/public/amber-7b.yaml")))["model_config"])
-    one = estimate(model, 4, 2048, "bf16-mixed", "single", 1)
-    assert fp.estimate.params == 2 * one.params and fp.estimate.grads == one.grads
+    assert fp.estimate == estimate(model, 4, 2048, "bf16-mixed", "fsdp", 8, True) and fp.fits
+    assert sft.alloc.tasks == 8 and sft.alloc.srun

@@ -30,6 +30,24 @@ def test_training_steps_take_their_shape_from_the_run_config():
     assert (a.tasks, a.gpus) == (12, 12)
 
 
+def test_an_sft_step_takes_its_shape_from_its_options():
+    """sft.options devices x num_nodes tasks (one GPU each on a GPU base), srun when more than one; a shape option
+    that contradicts them is refused naming where the shape comes from."""
+    from midtrain.study.resources import step_ranks
+
+    assert step_ranks("sft", {"options": {"devices": 8, "strategy": "fsdp"}}) == (8, 1)
+    assert step_ranks("sft", {"options": {}}) == (1, 1) and step_ranks("eval", {"options": {"devices": 8}}) is None
+    a = allocation("sft", GPU8, {}, ranks=(8, 1))
+    assert (a.nodes, a.tasks_per_node, a.gpus_per_node, a.srun) == (1, 8, 8, True)
+    a = allocation("sft", GPU8, {}, ranks=(1, 1))
+    assert (a.nodes, a.tasks_per_node, a.gpus_per_node, a.srun) == (1, 1, 1, False)
+    a = allocation("sft", {**GPU8, "accelerator": "cpu"}, {}, ranks=(2, 1))
+    assert (a.tasks, a.gpus, a.srun) == (2, 0, True)
+    assert allocation("sft", GPU8, {"sft": {"gpus-per-node": "h100:8"}}, ranks=(8, 1)).gpu_type == "h100"
+    with pytest.raises(ConfigError, match=r"^slurm.sft.gpus-per-node: 1 contradicts sft step .* from sft.options"):
+        allocation("sft", GPU8, {"sft": {"gpus-per-node": 1}}, ranks=(8, 1))
+
+
 @pytest.mark.parametrize("kind,gpus", [("sft", 1), ("eval", 1), ("lm-eval", 1), ("report", 0)])
 def test_single_process_steps_ask_for_one_task(kind, gpus):
     a = allocation(kind, GPU8, {})

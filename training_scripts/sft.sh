@@ -28,8 +28,27 @@ if [ -f "$out_dir/metrics.json" ]; then
   echo "already done: $out_dir/metrics.json"
   exit 0
 fi
-if [ "${SLURM_NTASKS:-1}" -gt 1 ]; then
-  echo "note: sft runs one process on one device; this job holds $SLURM_NTASKS tasks and uses one of them (submit with --ntasks=1 to leave the rest to others)"
+# A job of several tasks fine-tunes on all of them: srun starts one process per task, and `midtrain sft` is told
+# that shape (--devices per node, --num_nodes); add --strategy fsdp for a model one GPU cannot hold. A --devices
+# of your own that differs from the job's tasks is refused in one line.
+launch=()
+shape=()
+if [ -n "${SLURM_JOB_ID:-}" ] && [ "${SLURM_NTASKS:-1}" -gt 1 ] && command -v srun >/dev/null 2>&1; then
+  nodes="${SLURM_JOB_NUM_NODES:-1}"
+  if [ $((SLURM_NTASKS % nodes)) -ne 0 ]; then
+    echo "sft.sh: error: $SLURM_NTASKS tasks over $nodes nodes: give every node the same number (--ntasks-per-node)" >&2
+    exit 2
+  fi
+  launch=(srun --kill-on-bad-exit=1)
+  if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+    launch+=("--cpus-per-task=$SLURM_CPUS_PER_TASK")
+  fi
+  shape=(--devices "$((SLURM_NTASKS / nodes))" --num_nodes "$nodes")
+  echo "sft: $SLURM_NTASKS processes, one per task ($((SLURM_NTASKS / nodes)) per node x $nodes node(s))"
+fi
+if [ -n "${SLURM_JOB_GPUS:-}${SLURM_GPUS_ON_NODE:-}" ] && [ "${SLURM_GPUS_ON_NODE:-1}" != "0" ]; then
+  export MIDTRAIN_EXPECT_CUDA=1  # this job was given GPUs: never fall back to CPU processes
 fi
 mkdir -p "$out_dir"
-midtrain sft --checkpoint "$checkpoint" --data "$data" --out "$out_dir/metrics.json" --save "$out_dir/model" "$@"
+"${launch[@]}" "$PWD/bin/midtrain" sft --checkpoint "$checkpoint" --data "$data" --out "$out_dir/metrics.json" \
+  --save "$out_dir/model" "${shape[@]}" "$@"

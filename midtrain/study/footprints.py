@@ -1,6 +1,6 @@
 """What every training step of a plan asks of its devices: strategy and memory per rank on the GPUs its allocation
-names, and what bf16-true costs at the LR where each run starts. ``check`` refuses a plan in one line when a
-step fits on no strategy, before anything runs or is submitted (``study plan`` and ``study run``).
+names (SFT steps too), and what bf16-true costs at the LR where each run starts. ``check`` refuses a plan in one
+line when a step does not fit, before anything runs or is submitted (``study plan`` and ``study run``).
 
 The I/O shell around ``midtrain.train.footprint``; ``plan.py`` stays pure. The CLI calls ``checked_text`` and
 ``check`` through ``isolated``: torch is imported and run in a forked child, so ``study plan``'s own process
@@ -51,8 +51,8 @@ def training_steps(plan: Plan) -> list[Step]:
 
 
 def check(plan: Plan) -> None:
-    """Refuse (one line) a plan with a training step whose per-rank memory exceeds its GPU on every strategy it may
-    use."""
+    """Refuse (one line) a plan with a training or SFT step whose per-rank memory exceeds its GPU on the strategy
+    it would use."""
     from midtrain.train.footprint import refuse_if_too_big
 
     seen = set()
@@ -62,43 +62,33 @@ def check(plan: Plan) -> None:
             continue
         seen.add(key)
         refuse_if_too_big(step_footprint(step), f"{step.id} ({step.labels.get('size')})")
-    by_id = plan.by_id
-    for step in plan.steps:  # SFT: one process, the whole model, its gradients and AdamW's states on one device
-        if step.kind != "sft" or step.reused:
-            continue
-        fp = sft_footprint(step, by_id[step.deps[0]])
+    for step in sft_steps(plan):
+        fp = sft_footprint(step, plan.by_id[step.deps[0]])
         key = fp.describe()
         if key in seen:
             continue
         seen.add(key)
-        if not fp.fits:
-            from midtrain.errors import ConfigError
-            from midtrain.train import memory
+        refuse_if_too_big(fp, f"{step.id} ({step.labels.get('size')})", keys="sft.options.")
 
-            raise ConfigError(f"{step.id} ({step.labels.get('size')})", f"{fp.describe()}: more than the "
-                              f"{fp.device_gib:.0f} GiB of one {fp.gpu} less headroom "
-                              f"({memory.HEADROOM_FRACTION:.0%} + {memory.HEADROOM_BYTES / 2**30:.0f} GiB): "
-                              "`midtrain sft` runs in one process (full fine-tuning); try a smaller "
-                              "sft.options.micro_batch_size or max_seq_length, or a GPU with more memory")
+
+def sft_steps(plan: Plan) -> list[Step]:
+    return [s for s in plan.steps if s.kind == "sft" and not s.reused]
 
 
 def sft_footprint(step: Step, parent: Step):
-    """The memory of an SFT step: its run's model (``parent``: the training step whose checkpoint it tunes) in one
-    process at ``sft.options``' micro-batch, length and precision, with AdamW. ``midtrain sft`` keeps the
-    checkpoint's weights on the device beside the copy it trains, and, sweeping LRs, the best copy so far: two or
-    three copies of the weights, one of gradients and AdamW's states."""
-    import dataclasses
-
+    """The memory per rank of an SFT step: its run's model (``parent``: the training step whose checkpoint it
+    tunes) at ``sft.options``' micro-batch, length, precision, devices, strategy and activation checkpointing, with
+    AdamW. ``midtrain sft`` holds one copy of the weights at a time (each LR of a sweep loads the checkpoint
+    afresh), as training does."""
     from midtrain.train.footprint import footprint
 
     model, train, _ = _resolved(parent.config)
     opts = step.config.get("options") or {}
     seq = opts.get("max_seq_length") or model.block_size
-    fp = footprint(model, int(opts.get("micro_batch_size", 8)), int(seq), opts.get("precision"), "auto", 1, 1,
-                   parent.config.get("accelerator", "auto"), False, "AdamW",
-                   step.alloc.gpu_type if step.alloc else None, tied=bool(train.tie_embeddings))
-    copies = 3 if len(step.config.get("lrs") or ()) > 1 else 2
-    return dataclasses.replace(fp, estimate=dataclasses.replace(fp.estimate, params=fp.estimate.params * copies))
+    return footprint(model, int(opts.get("micro_batch_size", 8)), int(seq), opts.get("precision"),
+                     opts.get("strategy", "auto"), int(opts.get("devices", 1)), int(opts.get("num_nodes", 1)),
+                     parent.config.get("accelerator", "auto"), bool(opts.get("activation_checkpointing", False)),
+                     "AdamW", step.alloc.gpu_type if step.alloc else None, tied=bool(train.tie_embeddings))
 
 
 def _shape_key(step: Step) -> str:
@@ -143,7 +133,11 @@ def format_footprints(plan: Plan) -> str:
             lr = schedule_lr(train, peak, train.total_steps(world, 1, seq) or 0, int(step.labels["start"]))
             if lr:
                 lrs.setdefault((step.labels.get("size"), model.n_embd, round(lr, 12)), []).append(step.id)
-    lines = ["| training steps | devices (strategy, precision, memory per rank) |", "|---|---|"]
+    for step in sft_steps(plan):
+        fp = sft_footprint(step, plan.by_id[step.deps[0]])
+        assumed = assumed or fp.assumed_gpu
+        rows.setdefault(f"sft {fp.describe()}", ([], fp.describe()))[0].append(step.id)
+    lines = ["| training and SFT steps | devices (strategy, precision, memory per rank) |", "|---|---|"]
     for ids, text in rows.values():
         shown = ", ".join(ids[:3]) + (f" ... ({len(ids)} steps)" if len(ids) > 3 else "")
         lines.append(f"| {shown} | {text} |")

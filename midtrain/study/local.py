@@ -2,10 +2,10 @@
 
 - **Devices.** ``gpus`` lists the GPUs it may hand out (default: the visible ones, from
   ``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi -L``; none on a CPU machine). A step gets exactly the
-  GPUs its allocation names (a training step ``devices``, SFT/eval one, the report none) through
-  ``CUDA_VISIBLE_DEVICES``, recorded in its status; steps run side by side only on free GPUs, and
-  at most ``parallel`` at a time (default: one per GPU, or 1 without GPUs).
-- **Processes.** A multi-device training step is started once; Fabric starts one process per
+  GPUs its allocation names (a training step ``devices``, an SFT step its ``sft.options.devices``, eval one,
+  the report none) through ``CUDA_VISIBLE_DEVICES``, recorded in its status; steps run side by side only on
+  free GPUs, and at most ``parallel`` at a time (default: one per GPU, or 1 without GPUs).
+- **Processes.** A multi-device training or SFT step is started once; Fabric starts one process per
   device (world size = ``devices``), never inside a SLURM allocation's task count (``SLURM_*``
   variables are not passed to steps). A config with ``num_nodes`` > 1 is refused: one machine.
 - Signals: SIGTERM/SIGINT make every running step checkpoint; the run says what each step did and exits

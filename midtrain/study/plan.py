@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from midtrain.errors import ConfigError
-from midtrain.study.resources import TRAINING, Allocation, allocation
+from midtrain.study.resources import TRAINING, Allocation, allocation, step_ranks
 from midtrain.study.spec import CONTROL, Spec, set_dotted
 
 KINDS = ("pretrain", "midtrain", "sft", "eval", "lm-eval", "report")
@@ -234,7 +234,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         n = (params or {}).get(size) if size else None
         flops = 6.0 * n * tokens if n and tokens else None
         alloc = allocation(kind, _run_config(spec, kind, config, labels), spec.slurm, where=id_,
-                           params=(params or {}).get(labels.get("size")))
+                           params=(params or {}).get(labels.get("size")), ranks=step_ranks(kind, config))
         out = f"report/{spec.name}" if kind == "report" else \
             before.out if before is not None and before.hash == h else f"{id_}-{h[:8]}"
         step = Step(id_, kind, tuple(deps), h, out, labels, config, resume_step, resume_at, tokens, flops, alloc,

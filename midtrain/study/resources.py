@@ -5,8 +5,11 @@ Guarantees:
   arm gets ``--nodes`` = ``num_nodes`` (1 when unset), ``--ntasks-per-node`` = ``devices`` and, unless
   its config says ``accelerator: cpu``, ``--gpus-per-node`` = ``devices``; the step runner launches it
   with ``srun``, one process per device, so its world size is ``devices × num_nodes``.
-- **Single-process steps ask for one task.** SFT, eval and lm-eval get one node, one task and one
-  GPU when the base run is on GPU; the report gets one task and no GPU.
+- **An SFT step's shape is its ``sft.options``.** ``devices`` (default 1) × ``num_nodes`` (default 1) tasks, one
+  GPU each when the base run is on GPU, launched with ``srun`` when there is more than one (``midtrain sft``
+  checks that the process count is the one its options name).
+- **Single-process steps ask for one task.** Eval and lm-eval get one node, one task and one GPU when the base
+  run is on GPU; the report gets one task and no GPU.
 - **Contradictions are refused, never merged.** A shape option (``nodes``, ``ntasks``,
   ``ntasks-per-node``, ``gpus``, ``gpus-per-node``, ``gres``) given in ``slurm.options``, in a kind's
   section or on the command line must equal the derived value for every step it applies to;
@@ -96,6 +99,22 @@ def run_shape(config: Mapping, where: str) -> tuple[int, int, bool]:
     return devices, nodes, accelerator != "cpu"
 
 
+def sft_ranks(options: Mapping) -> tuple[int, int]:
+    """(devices per node, nodes) of an SFT step from its ``sft.options``; refuses what is not a count."""
+    out = []
+    for key in ("devices", "num_nodes"):
+        value = options.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"sft.options.{key}", f"expected an integer >= 1, got {value!r}")
+        out.append(value)
+    return out[0], out[1]
+
+
+def step_ranks(kind: str, config: Mapping) -> tuple[int, int] | None:
+    """The (devices, nodes) a step's own config gives it: an SFT step's options; None for the others."""
+    return sft_ranks(config.get("options") or {}) if kind == "sft" else None
+
+
 def check_options(options: Mapping, where: str, allowed: set[str] | None = None) -> dict:
     """An options mapping (sbatch long names without ``--``); refuses what the executor owns."""
     if options is None:
@@ -158,12 +177,16 @@ def gpu_share(run_config: Mapping, params: int | None, devices: int) -> dict:
 
 
 def allocation(kind: str, run_config: Mapping, slurm: Mapping, cli: Mapping | None = None,
-               where: str = "step", params: int | None = None) -> Allocation:
+               where: str = "step", params: int | None = None, ranks: tuple[int, int] | None = None) -> Allocation:
     """The allocation of one step. ``run_config``: the training step's config, or the base run's for the others;
-    ``params``: the model's parameter count (for the default memory share of a GPU task)."""
+    ``params``: the model's parameter count (for the default memory share of a GPU task); ``ranks``: an SFT step's
+    (devices, nodes) (``step_ranks``)."""
     devices, nodes, gpu = run_shape(run_config, where)
     if kind in TRAINING:
         base = Allocation(nodes, devices, devices if gpu else 0, srun=True)
+    elif kind == "sft" and ranks is not None:
+        devices, nodes = ranks
+        base = Allocation(nodes, devices, devices if gpu else 0, srun=devices * nodes > 1)
     elif kind == "report":
         base = Allocation(1, 1, 0)
     else:
@@ -180,7 +203,7 @@ def allocation(kind: str, run_config: Mapping, slurm: Mapping, cli: Mapping | No
                 derived = _shape_value(base, k)
                 if not _same(v, derived):
                     what = ("from its run config (devices/num_nodes/accelerator)" if kind in TRAINING else
-                            "(one process)")
+                            "from sft.options (devices/num_nodes)" if kind == "sft" else "(one process)")
                     raise ConfigError(f"{source}.{k}", f"{v!r} contradicts {kind} step {where}: {k}="
                                       f"{derived if derived is not None else 'none'} {what}; the executor derives "
                                       "the shape of every step: remove it" + (" or change the run config"

@@ -29,7 +29,7 @@ from midtrain.errors import ConfigError
 from midtrain.study.execute import (EXIT_REQUEUE, ENDED, check_changed, materialise, step_states, study_lock,
                                     write_status)
 from midtrain.study.plan import Plan, Step, run_config_of
-from midtrain.study.resources import Allocation, allocation
+from midtrain.study.resources import Allocation, allocation, step_ranks
 
 # The clone whose code submits: its jobs run it (first on PYTHONPATH), not whichever clone a shared venv knows.
 CLONE = shlex.quote(str(Path(__file__).resolve().parents[2]))
@@ -181,7 +181,8 @@ def step_allocations(plan: Plan, options: dict | None) -> dict[str, Allocation]:
     if not options:
         return {s.id: s.alloc for s in plan.steps}
     return {s.id: allocation(s.kind, run_config_of(plan, s), plan.spec.slurm, options, where=s.id,
-                             params=plan.params.get(s.labels.get("size"))) for s in plan.steps}
+                             params=plan.params.get(s.labels.get("size")), ranks=step_ranks(s.kind, s.config))
+            for s in plan.steps}
 
 
 def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | None = None, rerun_changed: bool = False,

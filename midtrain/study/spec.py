@@ -84,6 +84,12 @@ REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "de
 SEED_KEYS = {"values", "vary"}
 SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out", "save", "task", "arm",
              "pretrain_val_path", "prompt_key", "response_key", "score_every_lr"}
+# the other options of `midtrain sft` (run_sft's parameters; a test holds the two equal): a misspelt one is refused
+# when the spec is read, not when the SFT step runs after its arm has trained
+SFT_OPTIONS = {"tokenizer_dir", "val_fraction", "test_fraction", "epochs", "micro_batch_size", "global_batch_size",
+               "warmup_fraction", "min_lr_ratio", "weight_decay", "max_seq_length", "forgetting_batches", "precision",
+               "devices", "num_nodes", "strategy", "activation_checkpointing"}
+SFT_STRATEGIES = ("auto", "ddp", "fsdp", "hsdp")  # midtrain.train.parallel.STRATEGIES (without torch here)
 
 
 @dataclass(frozen=True)
@@ -413,6 +419,19 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     owned = sorted(set(options) & SFT_OWNED)
     if owned:
         raise ConfigError(f"sft.options.{owned[0]}", "is set by the study (per task, LR, seed and run)")
+    unknown = sorted(set(options) - SFT_OPTIONS)
+    if unknown:
+        raise ConfigError(f"sft.options.{unknown[0]}", f"is not an option of `midtrain sft` (known: "
+                          f"{', '.join(sorted(SFT_OPTIONS))})")
+    if options.get("strategy", "auto") not in SFT_STRATEGIES:
+        raise ConfigError("sft.options.strategy", f"expected one of {', '.join(SFT_STRATEGIES)}, got "
+                          f"{options['strategy']!r}")
+    from midtrain.study.resources import sft_ranks
+
+    devices, nodes = sft_ranks(options)
+    if options.get("strategy") == "hsdp" and nodes < 2:
+        raise ConfigError("sft.options.strategy", f"hsdp replicates across nodes and shards within one; num_nodes is "
+                          f"{nodes}: use fsdp to shard over the node's devices")
     ev = _mapping(raw.get("eval"), "eval", EVAL_KEYS)
     report = _mapping(raw.get("report"), "report", REPORT_KEYS)
     baseline = report.get("baseline", CONTROL)

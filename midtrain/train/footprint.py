@@ -90,17 +90,21 @@ def footprint(model_config, micro: int, seq: int, precision: Optional[str], stra
                      assumed_gpu=on_gpu and gpu_type is None)
 
 
-ASSUMED = (f"(assumed: {DEFAULT_GPU}; name the GPU type of the training steps, e.g. slurm.pretrain and "
-           "slurm.midtrain: {gpus-per-node: a100:8}, or run mix on a GPU node)")
+ASSUMED = (f"(assumed: {DEFAULT_GPU}; name the GPU type of the training and SFT steps, e.g. slurm.pretrain, "
+           "slurm.midtrain and slurm.sft: {gpus-per-node: a100:8}, or run mix on a GPU node)")
 
 
-def refuse_if_too_big(fp: Footprint, where: str) -> None:
+def refuse_if_too_big(fp: Footprint, where: str, keys: str = "") -> None:
+    """One line when ``fp`` does not fit its GPU, with what would make it fit; ``keys``: the prefix of the options
+    named there (``sft.options.`` for an SFT step; a run config's keys otherwise)."""
     if fp.fits:
         return
-    hints = [h for h, ok in (("strategy: fsdp", fp.strategy in ("single", "ddp") and fp.world > 1),
-                              ("activation_checkpointing: true", not fp.activation_checkpointing),
-                              ("a smaller train.micro_batch_size (the global batch stays)", True),
-                              ("more devices", True)) if ok]
+    hints = [h for h, ok in ((f"{keys}strategy: fsdp", fp.strategy in ("single", "ddp") and fp.world > 1),
+                              (f"{keys}devices: 8 with {keys}strategy: fsdp (weights, gradients and AdamW state "
+                               "sharded over the ranks)", fp.world == 1 and bool(keys)),
+                              (f"{keys}activation_checkpointing: true", not fp.activation_checkpointing),
+                              (f"a smaller {keys or 'train.'}micro_batch_size (the global batch stays)", True),
+                              ("more devices", fp.world > 1 or not keys)) if ok]
     raise ConfigError(where, f"{fp.describe()}: more than the {fp.device_gib:.0f} GiB of one {fp.gpu} less headroom "
                       f"({memory.HEADROOM_FRACTION:.0%} + {memory.HEADROOM_BYTES / 2**30:.0f} GiB); try "
                       + ", ".join(hints))
