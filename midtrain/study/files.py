@@ -162,6 +162,13 @@ def _check_imported(size) -> None:
         raise ConfigError(f"sizes.{size.name}.checkpoint", f"{state_path} is not JSON") from None
     if saved != size.start_step:
         raise ConfigError(f"sizes.{size.name}.step", f"{size.start_step}, but {size.checkpoint} was saved at step {saved}")
+    from midtrain.train.checkpoint import tied_embeddings
+
+    tied, says = tied_embeddings(Path(size.checkpoint)), (size.config.get("train") or {}).get("tie_embeddings")
+    if tied != bool(says):  # every arm would refuse it at its start (startup.check_tied): said before any runs
+        raise ConfigError(f"sizes.{size.name}: train.tie_embeddings", f"{'unset' if says is None else says}, but "
+                          f"{size.checkpoint} has {'tied' if tied else 'untied'} input/output embeddings: set "
+                          f"train.tie_embeddings: {str(tied).lower()} (in its config or set:)")
 
 
 def sft_token_estimate(spec: Spec, size_config: dict) -> dict[str, int]:
