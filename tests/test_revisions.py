@@ -97,6 +97,11 @@ def test_the_rounding_each_name_shows_is_all_that_is_allowed():
                              "step-720k-token-1510B", "TinyLlama-1.1B-intermediate-step-1195k-token-2.5T"],
      ["cosine"] * 4),
     ("olmo-1b.yaml", ["step20000-tokens84B", "step117850-tokens494B"], ["cosine"] * 2),
+    # allenai/OLMo-1B-hf's branches, which count slightly fewer tokens than OLMo-1B's (public scripts that fetch
+    # them, found by the project's code search: a prefetch list and an analysis script's checkpoint table)
+    ("olmo-1b.yaml", ["step10000-tokens41B", "step20000-tokens83B", "step330000-tokens1383B",
+                      "step460000-tokens1928B", "step620000-tokens2599B", "step720000-tokens3018B",
+                      "step738020-tokens3094B"], ["cosine"] * 7),
     ("olmo-2-7b.yaml", ["stage1-step928646-tokens3896B", "step150-tokens1B", "step2150-tokens10B"],
      ["cosine", "warmup", "cosine"]),
     ("pythia-160m.yaml", ["step1000", "step100000"], ["warmup", "cosine"]),
