@@ -223,6 +223,8 @@ def test_output_paths_are_stable_and_config_derived():
      "sft.options.strategy: expected one of auto, ddp, fsdp, hsdp, got 'zero3'"),
     ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"strategy": "hsdp", "devices": 8}}},
      "sft.options.strategy: hsdp replicates across nodes"),
+    ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"devices": 8}}},  # defaults: 16 / (8 x 8)
+     "sft.options.global_batch_size: 16 is not a multiple of micro_batch_size 8 x 8 process(es)"),
 ])
 def test_spec_errors_name_the_key(over, needle):
     with pytest.raises(ConfigError) as e:
@@ -235,12 +237,13 @@ def test_the_spec_knows_every_option_of_midtrain_sft():
     import inspect
 
     from midtrain.posttrain.sft import run_sft
-    from midtrain.study.spec import SFT_OPTIONS, SFT_OWNED, SFT_STRATEGIES
+    from midtrain.study.spec import SFT_BATCH_DEFAULTS, SFT_OPTIONS, SFT_OWNED, SFT_STRATEGIES
     from midtrain.train.parallel import STRATEGIES
 
-    params = set(inspect.signature(run_sft).parameters)
-    assert SFT_OPTIONS | SFT_OWNED == params and not SFT_OPTIONS & SFT_OWNED
+    params = inspect.signature(run_sft).parameters
+    assert SFT_OPTIONS | SFT_OWNED == set(params) and not SFT_OPTIONS & SFT_OWNED
     assert SFT_STRATEGIES == STRATEGIES
+    assert all(params[k].default == v for k, v in SFT_BATCH_DEFAULTS.items())
 
 
 def test_seeds_vary_sft_is_one_midtrained_checkpoint_per_arm_fine_tuned_with_every_seed():
@@ -408,7 +411,8 @@ def test_an_sft_step_that_fits_no_gpu_is_refused_by_plan_and_sharded_it_fits(tmp
                                               "config": os.path.join(REPO, "midtrain_configs/public/amber-7b.yaml")}},
             "arms": [{"name": "code", "domain": "code", "weight": [0.2], "start": [266715]}], "seeds": [0],
             "sft": {"lrs": [1e-5, 3e-5], "tasks": {"t": {"data": "/s/t.jsonl"}},
-                    "options": {"micro_batch_size": 4, "max_seq_length": 2048, "precision": "bf16-mixed"}},
+                    "options": {"micro_batch_size": 4, "global_batch_size": 64, "max_seq_length": 2048,
+                                "precision": "bf16-mixed"}},
             "report": {"baseline": "pretrain-only"},
             "slurm": {"midtrain": {"gpus-per-node": "a100:8"}, "sft": {"gpus-per-node": "a100:1"}}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))

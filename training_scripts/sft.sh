@@ -50,5 +50,6 @@ if [ -n "${SLURM_JOB_GPUS:-}${SLURM_GPUS_ON_NODE:-}" ] && [ "${SLURM_GPUS_ON_NOD
   export MIDTRAIN_EXPECT_CUDA=1  # this job was given GPUs: never fall back to CPU processes
 fi
 mkdir -p "$out_dir"
-"${launch[@]}" "$PWD/bin/midtrain" sft --checkpoint "$checkpoint" --data "$data" --out "$out_dir/metrics.json" \
-  --save "$out_dir/model" "${shape[@]}" "$@"
+# (${a[@]+"${a[@]}"}: an empty array under set -u, which bash before 4.4 calls unbound)
+${launch[@]+"${launch[@]}"} "$PWD/bin/midtrain" sft --checkpoint "$checkpoint" --data "$data" \
+  --out "$out_dir/metrics.json" --save "$out_dir/model" ${shape[@]+"${shape[@]}"} "$@"

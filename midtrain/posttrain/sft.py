@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 from pathlib import Path
@@ -489,7 +490,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     }
     if fabric.world_size > 1:  # how it ran; a one-process run's metrics stay as they always were
         metrics["processes"] = {"world": fabric.world_size, "strategy": kind}
-    if fabric.global_rank == 0:
+    def write():
         if tmp is not None:
             _finish_save(config, checkpoint, tmp, Path(save), metrics, tied)
         if out is not None:
@@ -497,8 +498,29 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
 
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(out, json.dumps(metrics, indent=2))
-    fabric.barrier()
+
+    on_rank0(fabric, write, "--save" if save is not None and out is None else "--out")
     return metrics
+
+
+def on_rank0(fabric, write, field: str) -> None:
+    """``write()`` on rank 0, and every rank learns whether it worked: a failure there (a full disk, a folder that
+    appeared) ends every rank, in one line on rank 0 (an OSError as ``field``'s), instead of leaving the others
+    waiting at a barrier."""
+    from midtrain.train.distributed import any_rank
+
+    error = None
+    if fabric.global_rank == 0:
+        try:
+            write()
+        except OSError as e:
+            error = ConfigError(field, f"could not be written ({type(e).__name__}: {e})", speaker="self")
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks know
+            error = e
+    if any_rank(fabric, error is not None):
+        if error is not None:
+            raise error
+        raise ConfigError("rank 0 could not write SFT's outputs (its line is in the log)", speaker="quiet")
 
 
 def _sweep(fabric, kind, checkpoint, config, tied, seq, precision, checkpointing, enc, lrs, epochs, micro, global_batch,
@@ -511,7 +533,8 @@ def _sweep(fabric, kind, checkpoint, config, tied, seq, precision, checkpointing
     unigram: dict = {}
     before = zero_shot_val = None
     sweep, best = {}, None
-    for lr in lrs:
+    for lr in lrs:  # (a stop ends the sweep at an LR's start or an optimizer step; a trained LR is scored)
+        _check_stop(fabric)
         fabric.print(f"sft: lr {lr:g}: {len(enc['train']) // global_batch * epochs} steps on "
                      f"{fabric.world_size} process(es) ({kind}, {precision})", flush=True)
         model = load_for_training(fabric, checkpoint, config, tied, seq, kind, precision, checkpointing)
@@ -522,7 +545,6 @@ def _sweep(fabric, kind, checkpoint, config, tied, seq, precision, checkpointing
         torch.manual_seed(seed)
         losses = finetune(model, enc["train"], lr, epochs, micro, global_batch, warmup_fraction, min_lr_ratio,
                           weight_decay, seed, device, fabric)
-        _check_stop(fabric)
         val_loss = examples_loss(model, enc["val"], micro, device, fabric)
         row = sweep[f"{lr:g}"] = {"val_loss": val_loss, "final_train_loss": losses[-1], "steps": len(losses)}
         if best is None or val_loss < best["val_loss"]:
@@ -539,8 +561,10 @@ def _sweep(fabric, kind, checkpoint, config, tied, seq, precision, checkpointing
                                             fabric=fabric)
                 row.update(test_loss=examples_loss(model, enc["test"], micro, device, fabric),
                            forgetting=_forgetting(before, after, unigram))
-        del model
-        _check_stop(fabric)
+        del model  # (an FSDP2 module and its parameter groups refer to each other: collected now, not later)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return sweep, best
 
 
@@ -555,12 +579,12 @@ def checkpoint_config(checkpoint: Path):
     return Config.from_file(checkpoint / "model_config.yaml"), ckpt.tied_embeddings(checkpoint)
 
 
-def _strategy(config, micro, seq, precision, strategy, devices, num_nodes, accelerator, checkpointing, tied) -> str:
+def _strategy(config, micro, seq, precision, strategy, devices, num_nodes, accelerator, checkpointing, tied,
+              gib) -> str:
     """The strategy ``auto`` resolves to (a replica per GPU where weights, gradients and AdamW fit the visible one,
-    else sharded): ``footprint`` on the device's own memory. Run forked (its trace leaves autograd threads)."""
+    ``gib``, else sharded): ``footprint``. Run forked (its trace leaves autograd threads); it never calls CUDA."""
     from midtrain.train.footprint import footprint
 
-    gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if accelerator == "cuda" else None
     return footprint(config, micro, seq, precision, strategy, devices, num_nodes, accelerator, checkpointing,
                      "AdamW", None, gib, tied).strategy
 
@@ -575,10 +599,14 @@ def launch(config, micro, seq, precision, strategy, devices, num_nodes, accelera
     from midtrain.forked import run_forked
     from midtrain.train import distributed, parallel
 
-    distributed.check_world(devices, num_nodes)
+    distributed.check_world(devices, num_nodes, "--devices", "--num_nodes", "`midtrain sft`'s options")
     world = devices * num_nodes
-    kind = "single" if world == 1 else run_forked(_strategy, config, micro, seq, precision, strategy, devices,
-                                                  num_nodes, accelerator, checkpointing, tied)
+    if world == 1 or strategy != "auto" or accelerator != "cuda":
+        kind = parallel.resolve(strategy, world, num_nodes, accelerator, None)
+    else:  # the device's memory is read here: a forked child must not call CUDA
+        gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+        kind = run_forked(_strategy, config, micro, seq, precision, strategy, devices, num_nodes, accelerator,
+                          checkpointing, tied, gib)
     warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     fabric = L.Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, precision=precision,
                       strategy=parallel.fabric_strategy(kind, distributed.DEFAULT_TIMEOUT_S, accelerator, world,
@@ -660,13 +688,14 @@ def _write_weights(fabric, model, kind: str, tmp: Path) -> None:
         state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     else:
         state = module.state_dict()
-    if fabric.global_rank == 0:
+    def write():
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         torch.save({"model": state}, tmp / "lit_model.pth")
-    fabric.barrier()
+
+    on_rank0(fabric, write, "--save")
 
 
 def _finish_save(config, source: Path, tmp: Path, dest: Path, metrics: dict, tied: bool) -> None:

@@ -249,7 +249,9 @@ def run_step(folder: Path) -> int:
         write_status(folder, state="done", ended=time.time(), exit_code=0)
         return 0
     if rc in (EXIT_REQUEUE, EXIT_INTERRUPTED) or (pending and rc < 0):  # (rc < 0: ended by the signal itself)
-        note = ("checkpointed; run again to continue" if rc == EXIT_REQUEUE else
+        note = ("stopped by a signal: SFT keeps no checkpoint and starts over when run again"
+                if rc == EXIT_REQUEUE and desc["argv"][:1] == ["sft"] else
+                "checkpointed; run again to continue" if rc == EXIT_REQUEUE else
                 "stopped without a checkpoint (a second interrupt): it continues from its last checkpoint"
                 if rc == EXIT_INTERRUPTED else f"ended by signal {-rc} before it could checkpoint")
         write_status(folder, state="interrupted", ended=time.time(), exit_code=rc, note=note)

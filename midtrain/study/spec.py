@@ -90,6 +90,7 @@ SFT_OPTIONS = {"tokenizer_dir", "val_fraction", "test_fraction", "epochs", "micr
                "warmup_fraction", "min_lr_ratio", "weight_decay", "max_seq_length", "forgetting_batches", "precision",
                "devices", "num_nodes", "strategy", "activation_checkpointing"}
 SFT_STRATEGIES = ("auto", "ddp", "fsdp", "hsdp")  # midtrain.train.parallel.STRATEGIES (without torch here)
+SFT_BATCH_DEFAULTS = {"micro_batch_size": 8, "global_batch_size": 16}  # run_sft's (a test holds them equal)
 
 
 @dataclass(frozen=True)
@@ -432,6 +433,14 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     if options.get("strategy") == "hsdp" and nodes < 2:
         raise ConfigError("sft.options.strategy", f"hsdp replicates across nodes and shards within one; num_nodes is "
                           f"{nodes}: use fsdp to shard over the node's devices")
+    micro, batch = (options.get(k, v) for k, v in SFT_BATCH_DEFAULTS.items())
+    for key, value in (("micro_batch_size", micro), ("global_batch_size", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"sft.options.{key}", f"expected an integer >= 1, got {value!r}")
+    if batch % (micro * devices * nodes):
+        raise ConfigError("sft.options.global_batch_size", f"{batch} is not a multiple of micro_batch_size {micro} x "
+                          f"{devices * nodes} process(es) (devices x num_nodes): each rank takes whole micro-batches "
+                          "of every global batch")
     ev = _mapping(raw.get("eval"), "eval", EVAL_KEYS)
     report = _mapping(raw.get("report"), "report", REPORT_KEYS)
     baseline = report.get("baseline", CONTROL)

@@ -73,20 +73,23 @@ def launched_world() -> tuple[int, str] | None:
     return None
 
 
-def check_world(devices: int, num_nodes: int) -> None:
-    """Refuse (one line) a launch whose process count differs from ``devices × num_nodes``."""
+def check_world(devices: int, num_nodes: int, devices_key: str = "devices", nodes_key: str = "num_nodes",
+                source: str = "the run config") -> None:
+    """Refuse (one line) a launch whose process count differs from ``devices × num_nodes`` (named as ``source``
+    names them: the run config's keys, or a command's options)."""
     want = devices * num_nodes
     launched = launched_world()
     if launched is None:
         if num_nodes > 1:
-            raise ConfigError("num_nodes", f"{num_nodes} nodes need a launcher that starts one process per device on "
+            raise ConfigError(nodes_key, f"{num_nodes} nodes need a launcher that starts one process per device on "
                               "every node (srun under SLURM: --nodes=N --ntasks-per-node=devices, or torchrun)")
         return
     n, who = launched
     if n != want:
-        raise ConfigError("devices", f"the run config asks for {devices} device(s) x {num_nodes} node(s) = {want} "
-                          f"process(es), but {who}; submit with --nodes={num_nodes} --ntasks-per-node={devices} (and "
-                          "launch with srun), or change devices/num_nodes in the config")
+        raise ConfigError(devices_key, f"{source} ask{'s' if source == 'the run config' else ''} for {devices} "
+                          f"device(s) x {num_nodes} node(s) = {want} process(es), but {who}; submit with "
+                          f"--nodes={num_nodes} --ntasks-per-node={devices} (and launch with srun), or change "
+                          f"{devices_key}/{nodes_key}")
     per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
     if "SLURM_NTASKS" in os.environ and per_node.isdigit() and int(per_node) != devices:
         raise ConfigError("devices", f"the run config asks for {devices} device(s) per node, but SLURM gives "

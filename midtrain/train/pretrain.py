@@ -154,9 +154,12 @@ def setup(
     seq = train.max_seq_length or model_config.block_size
     # the strategy (auto: a replica per GPU where it fits, else shard) and the per-rank memory estimate, computed
     # in a forked child: its FakeTensorMode trace would leave extra autograd threads in this process
+    # (a forked child never touches CUDA: the device's memory is read here and handed to it)
+    device_bytes = (torch.cuda.get_device_properties(0).total_memory
+                    if world > 1 and strategy == "auto" and accelerator == "cuda" else None)
     kind, estimate = run_forked(plan_memory, model_config, train.micro_batch_size, seq, precision, strategy, world,
                                 num_nodes, accelerator, activation_checkpointing, optimizer_name(optimizer),
-                                bool(train.tie_embeddings))
+                                bool(train.tie_embeddings), device_bytes)
     estimate = memory.MemoryEstimate(**{k: v for k, v in estimate.items() if k not in ("states", "total")})
     if kind in parallel.SHARDED and getattr(data, "mixer", "exact") == "litdata":
         raise ConfigError("strategy", f"{kind} keeps the data position in training_state.json, where mixer litdata's "
@@ -346,12 +349,13 @@ def main(fabric, run: Run, data: DataModule) -> int:
 
 
 def plan_memory(model_config, micro: int, seq: int, precision: str, strategy: str, world: int, num_nodes: int,
-                accelerator: str, activation_checkpointing: bool, optimizer: str, tied: bool = False) -> tuple[str, dict]:
-    """(strategy kind, per-rank estimate as a dict): ``auto`` shards where a DDP replica does not fit the GPU.
-    Run in a forked child (``run_forked``): the caller's process keeps CUDA and autograd untouched."""
+                accelerator: str, activation_checkpointing: bool, optimizer: str, tied: bool = False,
+                device_bytes: Optional[int] = None) -> tuple[str, dict]:
+    """(strategy kind, per-rank estimate as a dict): ``auto`` shards where a DDP replica does not fit the GPU
+    (``device_bytes``: its memory, read by the caller). Run in a forked child (``run_forked``): the caller's process
+    keeps autograd untouched, and the child never calls CUDA (a child of a process that has, cannot)."""
     fits = None
-    if world > 1 and strategy == "auto" and accelerator == "cuda":
-        device_bytes = torch.cuda.get_device_properties(0).total_memory
+    if world > 1 and strategy == "auto" and accelerator == "cuda" and device_bytes:
         fits = memory.estimate(model_config, micro, seq, precision, "ddp", 1, activation_checkpointing,
                                optimizer, tied).fits(device_bytes)
     kind = parallel.resolve(strategy, world, num_nodes, accelerator, fits)
