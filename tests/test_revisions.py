@@ -107,6 +107,9 @@ def test_the_rounding_each_name_shows_is_all_that_is_allowed():
     ("pythia-160m.yaml", ["step1000", "step100000"], ["warmup", "cosine"]),
     ("olmo-2-7b-anneal.yaml", ["stage1-step928646-tokens3896B"], ["decay"]),
     ("olmo-2-13b.yaml", ["stage1-step596057-tokens5001B"], ["cosine"]),  # the allenai/OLMo README's name
+    # OLMo-2-0425-1B: the README's last stage-1 name, and two that public code fetching it uses
+    ("olmo-2-1b.yaml", ["stage1-step1907359-tokens4001B", "stage1-step10000-tokens21B", "stage1-step23100-tokens49B"],
+     ["cosine"] * 3),
     # SmolLM2-135M and -1.7B: every 240k and 125k steps (their intermediate-checkpoint model cards)
     ("smollm2-135m.yaml", ["step-240000", "step-1440000", "step-1680000"], ["stable", "stable", "decay"]),
     ("smollm2-1.7b.yaml", ["step-125000", "step-4625000", "step-4750000"], ["stable", "stable", "decay"]),
@@ -174,7 +177,7 @@ def test_olmo_2_anneal_config_is_olmo_2s_stage_2_schedule_step_for_step(monkeypa
 # EleutherAI/pythia models/<S>/pythia-<s>.yml at a19eecb (read for issue 29): lr and min_lr per size; every size:
 # train-iters 143,000, warmup 0.01, cosine, Adam (0.9, 0.95) eps 1e-8, weight-decay 0.1, clip 1.0, seq 2,048;
 # the global batch of 1,024 sequences is the repo README's
-PYTHIA = {"70m": (1e-3, 1e-4), "160m": (6e-4, 6e-5), "410m": (3e-4, 3e-5), "1b": (2.5e-4, 2.5e-5),
+PYTHIA = {"14m": (1e-3, 1e-4), "31m": (1e-3, 1e-4), "70m": (1e-3, 1e-4), "160m": (6e-4, 6e-5), "410m": (3e-4, 3e-5), "1b": (2.5e-4, 2.5e-5),
           "1.4b": (2e-4, 2e-5), "2.8b": (1.6e-4, 1.6e-5), "6.9b": (1.2e-4, 1.2e-5), "12b": (1.2e-4, 1.2e-5)}
 
 
@@ -196,3 +199,4 @@ def test_pythia_public_configs_are_its_training_configs(size, monkeypatch):
     assert (opt["weight_decay"], opt["betas"], opt["eps"], train.max_norm) == (0.1, [0.9, 0.95], 1e-8, 1.0)
     assert (train.max_steps, train.global_batch_size, train.max_seq_length, train.lr_warmup_fraction,
             train.lr_scheduler) == (143000, 1024, 2048, 0.01, "cosine")
+    assert model.block_size == 2048  # 14m and 31m too, where litgpt's named configs say 512 and 1,024
