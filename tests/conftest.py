@@ -141,3 +141,20 @@ HEAVY_FIRST = ("test_slurm.py", "test_demo.py", "test_parallel.py", "test_traine
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file is kept
+
+
+def ctrl_c_until_it_ends(proc, ready, timeout=60) -> str:
+    """Wait until ``proc`` (its own process group) says its stop handlers are in place (a file in ``ready``,
+    signals.READY_ENV), then send SIGINT to its group every 0.25 s until it ends; returns its output. Repeated: two
+    SIGINTs that land while the interpreter is inside one C call run its handler once."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not os.listdir(ready):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-2000:]
+        time.sleep(0.02)
+    while proc.poll() is None and time.time() < deadline:
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.25)
+    return proc.communicate(timeout=timeout)[0]

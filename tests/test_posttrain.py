@@ -293,7 +293,7 @@ def test_sft_stops_on_a_signal_with_75_and_leaves_nothing(tmp_path, tiny_run, to
     import sys
     import time
 
-    from conftest import REPO
+    from conftest import REPO, ctrl_c_until_it_ends
 
     rows = [{"prompt": f"Q: {a} plus {b}? A:", "response": f" {a + b}"} for a in range(12) for b in range(8)]
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
@@ -325,13 +325,6 @@ def test_sft_stops_on_a_signal_with_75_and_leaves_nothing(tmp_path, tiny_run, to
     ready = tmp_path / "ready"
     ready.mkdir()
     proc, out, save = start("twice", {"MIDTRAIN_SIGNALS_READY": str(ready)})
-    deadline = time.time() + 60
-    while not os.listdir(ready):
-        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-2000:]
-        time.sleep(0.02)
-    while proc.poll() is None and time.time() < deadline:
-        os.killpg(proc.pid, signal.SIGINT)
-        time.sleep(0.25)
-    text = proc.communicate(timeout=60)[0]
+    text = ctrl_c_until_it_ends(proc, ready)
     assert proc.returncode == 130 and "second interrupt" in text and "Traceback" not in text, text[-2000:]
     assert not out.exists() and not save.exists() and not list(tmp_path.glob(".saved-*"))

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, ctrl_c_until_it_ends, run_cli
 from test_trainer import assert_same_weights, write_config
 
 
@@ -88,14 +88,7 @@ def test_sigint_checkpoints_and_exits_75_and_a_second_one_stops_at_once_with_130
     ready.mkdir()
     proc = _start(write_config(tmp_path, real_tree, "two.yaml", out_dir=str(tmp_path / "two")),
                   dict(env, MIDTRAIN_SIGNALS_READY=str(ready)))
-    deadline = time.time() + 60
-    while not os.listdir(ready):
-        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-2000:]
-        time.sleep(0.02)
-    while proc.poll() is None and time.time() < deadline:
-        os.killpg(proc.pid, signal.SIGINT)
-        time.sleep(0.25)
-    out = proc.communicate(timeout=60)[0]
+    out = ctrl_c_until_it_ends(proc, ready)
     assert proc.returncode == 130 and "second interrupt" in out and "Traceback" not in out, out[-2000:]
     assert not (tmp_path / "two" / "final").exists()
 
