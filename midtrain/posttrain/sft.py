@@ -51,15 +51,6 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     return precision
 
 
-def forward(model, x: torch.Tensor) -> torch.Tensor:
-    """``model(x)`` under the model's autocast setting (``apply_precision``)."""
-    dtype = getattr(model, "autocast_dtype", None)
-    if dtype is None:
-        return model(x)
-    with torch.autocast(x.device.type, dtype=dtype):
-        return model(x)
-
-
 def checkpoint_notes(checkpoint: Path) -> list:
     """The history a checkpoint carries that is not a mixture stage (an HF import with its fresh optimizer
     state, an original-fork import): copied into SFT metrics so that every downstream number says it."""
@@ -130,7 +121,7 @@ def collate(batch: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, tor
 
 
 def masked_loss(model, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    logits = forward(model, inputs)
+    logits = model(inputs)  # (under Fabric, in its precision)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE,
                            reduction=reduction)
 
@@ -193,7 +184,9 @@ def accumulate_gradients(model, batch: list, micro: int, device, fabric=None) ->
     world, rank = _world(fabric)
     per = len(batch) // world
     mine = batch[rank * per:(rank + 1) * per]
-    sharded = fabric is not None and _is_sharded(model)
+    from midtrain.train.parallel import is_sharded
+
+    sharded = fabric is not None and is_sharded(model)
     total = 0.0
     for a in range(0, len(mine), micro):
         x, y = collate(mine[a:a + micro])
@@ -221,12 +214,6 @@ def reshard(model) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
-
-
-def _is_sharded(model) -> bool:
-    from midtrain.train.parallel import is_sharded
-
-    return is_sharded(model)
 
 
 class Stopped(Exception):
@@ -319,12 +306,9 @@ def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: i
                 if max_batches is not None and k >= max_batches:
                     break
                 batches.append(batch)
-            vocab = None
-
             def score(batch):
-                nonlocal vocab
                 tokens = batch.long().to(device)
-                logits = forward(model, tokens[:, :-1])
+                logits = model(tokens[:, :-1])
                 vocab = logits.size(-1)
                 loss = float(F.cross_entropy(logits.reshape(-1, vocab).float(), tokens[:, 1:].reshape(-1),
                                              reduction="sum"))
