@@ -543,7 +543,9 @@ def overlap(argv: list[str]) -> int:
                      "word n-gram with any document of --against (case, whitespace and punctuation ignored; an "
                      "item shorter than n words is matched whole), and the items whose response equals a "
                      "training response after replacing names and numbers.")
-    parser.add_argument("--eval", type=str, nargs="+", required=True, help="NAME=PATH of prompt/response JSONL sets")
+    parser.add_argument("--eval", type=str, nargs="+", required=True,
+                        help="NAME=PATH of prompt/response JSONL sets (or JSONL documents with \"text\", such as a "
+                             "corpus's val split)")
     parser.add_argument("--against", type=str, nargs="+", required=True,
                         help="NAME=PATH of corpora (JSONL with text, .txt, or a folder of them) and training sets "
                              "(prompt/response JSONL: also checked for renamed-entity responses)")

@@ -500,3 +500,40 @@ def test_a_diverged_or_missing_cell_makes_findings_not_judged_never_a_crash():
     assert stats.claim_verdict(iv, -1) == "not judged (no variance sampled)"
     assert stats.claim_verdict(stats.summarize([0.1, 0.2, 0.15]), +1) == "reproduced"
     assert stats.claim_verdict(stats.summarize([0.1, 0.2, 0.15]), -1) == "not reproduced"
+
+
+def test_the_demo_refuses_a_geometry_whose_near_task_is_not_nearest():
+    """Finding 5 compares a distant domain's benefit with the near one's: the demo checks, before any training,
+    that the near task is closer to the main corpus than every distant task, and names the one that is not."""
+    from midtrain.demo import check_geometry
+
+    rows = [{"corpus": "main", "task": t, "cosine": c} for t, c in (("math", 0.28), ("code", 0.45), ("passage", 0.85))]
+    assert check_geometry(rows, "passage", ["math", "code"]) == []
+    rows[1]["cosine"] = 0.9
+    assert check_geometry(rows, "passage", ["math", "code"]) == [
+        "task code is as close to the main corpus as the near task passage (0.900 >= 0.850): the demo's near/distant "
+        "geometry does not hold"]
+
+
+def test_finding_5_compares_relative_improvements_per_seed():
+    """5-distance-d: per seed, RI(d's arm on d) - RI(near arm on the near task), RI = (L_ctrl - L_arm) / L_ctrl,
+    claimed > 0; the near arm's own difference is described, not tested."""
+    from midtrain.demo import findings as F
+
+    seeds = [0, 1, 2]
+    vals = {}
+    for s in seeds:
+        for arm, task, loss in (("pretrain-only", "code", 4.0), ("code20", "code", 3.0 + 0.01 * s),
+                                ("pretrain-only", "passage", 5.0), ("books20", "passage", 4.9 - 0.01 * s)):
+            vals[(arm, task, s)] = {"sft_test": loss, "main_after": 3.0, "main_unigram": 6.0, "lr": 1e-3,
+                                    "lr_edge": None}
+    out = F.evaluate(vals, seeds, {"code": {"mid": "code20", "cpt": "cpt", "task": "code"}},
+                     {"task": "code", "early_low": "a", "early_high": "b", "late_low": "c", "late_high": "d"}, [],
+                     ln_vocab=7.6, near={"mid": "books20", "task": "passage"})
+    by = {f["finding"]: f for f in out}
+    expect = [(4.0 - (3.0 + 0.01 * s)) / 4.0 - (5.0 - (4.9 - 0.01 * s)) / 5.0 for s in seeds]
+    assert by["5-distance-code"]["mean"] == pytest.approx(sum(expect) / 3)
+    assert by["5-distance-code"]["verdict"] == "reproduced", by["5-distance-code"]["regime"]
+    assert by["5-distance-code"]["lower_is_better"] is False
+    assert by["5-near"]["verdict"] == "descriptive (not tested)"
+    assert by["5-near"]["mean"] == pytest.approx(sum(4.9 - 0.01 * s - 5.0 for s in seeds) / 3)

@@ -41,9 +41,9 @@ def demo(tmp_path_factory):
 def test_no_leakage_checked_from_the_raw_files(demo):
     out, r = demo
     corpora = {p.stem: [d["text"] for d in jsonl(p)] for p in (out / "raw" / "corpora").glob("*.jsonl")}
-    assert set(corpora) == {"main", "code", "math"} and all(corpora.values())
+    assert set(corpora) == {"main", "books", "code", "math"} and all(corpora.values())
     text = "\x00".join(norm(d) for docs in corpora.values() for d in docs)
-    for task in ("math", "code"):
+    for task in ("math", "code", "passage"):
         splits = {s: jsonl(out / "raw" / "sft" / task / f"{s}.jsonl") for s in ("train", "val", "test")}
         assert all(len(v) >= 20 for v in splits.values()), {k: len(v) for k, v in splits.items()}
         train = {norm(x["prompt"]) for x in splits["train"]} | {norm(x["prompt"] + x["response"]) for x in splits["train"]}
@@ -55,20 +55,40 @@ def test_no_leakage_checked_from_the_raw_files(demo):
                 assert p not in text and whole not in text and norm(x["response"]) not in text, (task, name, x)
                 if name == "test":
                     assert p not in val
-    # the shards were built from exactly these corpora: main, code, math typed shards exist
-    for shard in ("1", "2", "c1", "m1"):
+    # the shards were built from exactly these corpora: main, books, code, math typed shards exist
+    for shard in ("1", "2", "b1", "c1", "m1"):
         assert (out / "data" / "shards" / shard / "index.json").is_file()
     assert "Leakage check" in r.stdout and "| math/test |" in r.stdout
     # near duplicates: `midtrain overlap` (the command) on the written files finds none, and the math split is
     # compositional: no (item, operation sequence) of val/test is in train (recomputed from the responses)
-    evals = [f"{t}/{s}={out / 'raw' / 'sft' / t / f'{s}.jsonl'}" for t in ("math", "code") for s in ("val", "test")]
+    tasks = ("math", "code", "passage")
+    evals = [f"{t}/{s}={out / 'raw' / 'sft' / t / f'{s}.jsonl'}" for t in tasks for s in ("val", "test")]
     against = [f"{p.stem}={p}" for p in sorted((out / "raw" / "corpora").glob("*.jsonl"))] + \
-        [f"{t}-train={out / 'raw' / 'sft' / t / 'train.jsonl'}" for t in ("math", "code")]
+        [f"{t}-train={out / 'raw' / 'sft' / t / 'train.jsonl'}" for t in tasks]
     res = run_cli("overlap", "--eval", *evals, "--against", *against, "--json", out / "overlap-check.json")
     assert res.returncode == 0, res.stderr
     counts = json.loads((out / "overlap-check.json").read_text())["eval"]
-    assert set(counts) == {"math/val", "math/test", "code/val", "code/test"}
+    assert set(counts) == {f"{t}/{s}" for t in tasks for s in ("val", "test")}
     assert all(c["ngram_any"] == 0 and c["same_response_any"] == 0 and c["items"] >= 20 for c in counts.values()), counts
+    # the main val split (forgetting's measure) is the prepare step's own split of the main documents, and shares
+    # no 13-gram with any other corpus or any SFT item (train, val or test)
+    from midtrain.data.prepare import in_val_split
+
+    main_val = [d["text"] for d in jsonl(out / "raw" / "val" / "main.jsonl")]
+    assert main_val == [d for d in corpora["main"] if in_val_split(d, 0.05)] and len(main_val) >= 10
+    others = [f"{p.stem}={p}" for p in sorted((out / "raw" / "corpora").glob("*.jsonl")) if p.stem != "main"] + \
+        [f"{t}-{s}={out / 'raw' / 'sft' / t / f'{s}.jsonl'}" for t in tasks for s in ("train", "val", "test")]
+    res = run_cli("overlap", "--eval", f"main-val={out / 'raw' / 'val' / 'main.jsonl'}", "--against", *others,
+                  "--json", out / "overlap-main-val.json")
+    assert res.returncode == 0, res.stderr
+    (c,) = json.loads((out / "overlap-main-val.json").read_text())["eval"].values()
+    assert c["items"] == len(main_val) and c["ngram_any"] == 0, c
+    # the geometry, recomputed: the near task is closer to the main corpus than the distant ones, and the table was
+    # printed before the study ran
+    built = json.loads((out / "data" / ".complete").read_text())
+    to_main = {g["task"]: g["cosine"] for g in built["geometry"] if g["corpus"] == "main"}
+    assert to_main["passage"] > max(to_main["code"], to_main["math"]), to_main
+    assert r.stdout.index("Geometry, measured before any training") < r.stdout.index("[demo] study")
 
     def combo(row):
         steps = re.findall(r"\d+ (\w+) (plus|minus|times) \d+", row["response"])
@@ -94,7 +114,8 @@ def test_protocol_is_checked_printed_and_hashed(demo):
     roles = {row["arm"]: row for row in proto["arms"]}
     for arm, row in roles.items():
         assert math.isclose(row["lr_fraction"], sched.lr_at(row["start"]) / 3e-3), arm
-    assert {a for a, row in roles.items() if row["role"] == "early"} == {"math20-from65", "code20-from65", "code50-from65"}
+    assert {a for a, row in roles.items() if row["role"] == "early"} == {"math20-from65", "books20-from65", "code20-from65",
+                                                                         "code50-from65"}
     assert {a for a, row in roles.items() if row["role"] == "late"} == {"code20-from177", "code50-from177"}
     assert all(row["lr_fraction"] >= 0.8 for row in roles.values() if row["role"] == "early")
     assert all(row["lr_fraction"] <= 0.15 for row in roles.values() if row["role"] == "late")
@@ -109,7 +130,9 @@ def test_protocol_is_checked_printed_and_hashed(demo):
     cfg = {"train": {"max_steps": 200, "lr_warmup_fraction": 0.1, "min_lr": 3e-4},
            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-3}}}
     assert 150 in logged and math.isclose(logged[150] / 3e-3, lr_fraction(cfg, 149, 200), rel_tol=1e-6)
-    assert roles["math20-from65"]["sft_ratio"] <= 0.1 and roles["code20-from65"]["sft_ratio"] <= 0.1
+    # every arm's SFT set within its share of the arm's domain dose (0.1; late arms 0.6, as the spec states)
+    assert all(row["sft_ratio"] <= (0.6 if row["role"] == "late" else 0.1) for row in roles.values()), roles
+    assert set(roles) == {a for a, row in roles.items() if "sft_ratio" in row}
     assert res["near_duplicates"]["math/test"]["ngram_any"] == 0
 
 
@@ -152,15 +175,28 @@ def test_a_protocol_violation_is_named(tmp_path, monkeypatch):
         monkeypatch.setenv(var, str(tmp_path))
     raw = yaml.safe_load((Path(REPO) / "midtrain_configs" / "studies" / "demo-tiny.yaml").read_text())
     raw["sizes"]["demo"]["config"] = str(Path(REPO) / raw["sizes"]["demo"]["config"])
-    raw["arms"][1]["start"] = [65, 120]
+    code = next(a for a in raw["arms"] if a["name"] == "code")
+    code["start"] = [65, 120]
     raw["report"]["demo"]["grid"].update(late_low="code20-from120", late_high="code50-from120")
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     spec = load_spec(tmp_path / "s.yaml", check_files=False)
-    got = P.check(spec, {"math": 2500, "code": 100}, epochs=2)
-    assert len(got["violations"]) == 3, got["violations"]
+    got = P.check(spec, {"math": 2500, "code": 100, "passage": 100}, epochs=2)
+    assert len(got["violations"]) == 4, got["violations"]
     assert any("code20-from120 starts at step 120" in v and "late starts need <= 15%" in v for v in got["violations"])
     assert any("one math SFT run trains on 0.18 x the domain tokens math20-from65 adds" in v for v in got["violations"])
-    assert P.check(spec, {"math": 100, "code": 100}, 1)["violations"] == [v for v in got["violations"] if "SFT" not in v]
+    # every arm is checked, not only the findings' midtraining arm: the CPT arm sees the same dose
+    assert any("one math SFT run trains on 0.18 x the domain tokens cpt-math100-from173 adds" in v
+               for v in got["violations"])
+    assert P.check(spec, {"math": 100, "code": 100, "passage": 100}, 1)["violations"] == \
+        [v for v in got["violations"] if "SFT" not in v]
+    # a late arm is held to the late limit the spec states, and says so
+    code["start"] = [65, 177]
+    raw["report"]["demo"]["grid"].update(late_low="code20-from177", late_high="code50-from177")
+    raw["report"]["demo"]["protocol"]["late_sft_to_domain_max"] = 0.3
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    late = P.check(load_spec(tmp_path / "s.yaml", check_files=False), {"math": 100, "code": 2000, "passage": 100}, 1)
+    assert late["violations"] == ["one code SFT run trains on 0.42 x the domain tokens code20-from177 adds (at most 0.3 "
+                                  "allowed for a late arm)"], late["violations"]
     # a name in report.demo that matches no arm or task is a violation, not a skipped check
     raw["report"]["demo"]["domains"]["math"]["mid"] = "math20-from66"
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
@@ -180,13 +216,13 @@ def test_seeds_verdicts_and_outputs(demo):
     per_seed = {(p["arm"], p["task"], p["seed"]) for p in res["per_seed"]}
     assert len(per_seed) == len(res["per_seed"]) == sum(len(c["seeds"]) for c in cells)
     words = {"reproduced", "not reproduced", "inconclusive (interval includes 0)"}
-    assert {f["finding"].split("-")[0] for f in res["findings"]} == {"1", "2", "3", "4"}
+    assert {f["finding"].split("-")[0] for f in res["findings"]} == {"1", "2", "3", "4", "5"}
     for f in res["findings"]:
         if f["regime"]:  # a finding resting on a cell outside a valid regime is never judged
             assert f["verdict"] == "not judged (regime)" and f"**not judged (regime)**" in r.stdout
             continue
-        if f["lower_is_better"] is None:  # the early simple effect of finding 3: described, not tested
-            assert f["finding"].startswith("3-early-") and f["verdict"] == "descriptive (not tested)"
+        if f["lower_is_better"] is None:  # finding 3's early simple effect, the near domain's: described, not tested
+            assert f["finding"].startswith(("3-early-", "5-near")) and f["verdict"] == "descriptive (not tested)"
             continue
         if f["verdict"] == "not judged (no variance sampled)":
             assert f["n"] >= 2 and f["hi"] - f["lo"] <= 1e-9 and f["holm"] == f["verdict"]
@@ -196,8 +232,9 @@ def test_seeds_verdicts_and_outputs(demo):
         if lo is None or (isinstance(lo, float) and math.isnan(lo)):
             assert f["verdict"] == "inconclusive (interval includes 0)"
             continue
-        # the claimed sign: finding 1 and 2 a lower loss; 3 (late high above late low, the interaction) and 4 > 0
-        lower_is_better = not f["finding"].startswith(("3", "4"))
+        # the claimed sign: finding 1 and 2 a lower loss; 3 (late high above late low, the interaction), 4 and 5
+        # (distant benefit above near) > 0
+        lower_is_better = not f["finding"].startswith(("3", "4", "5"))
         assert f["lower_is_better"] == lower_is_better
         good = hi < 0 if lower_is_better else lo > 0
         bad = lo > 0 if lower_is_better else hi < 0

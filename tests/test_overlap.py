@@ -104,3 +104,34 @@ def test_cli_and_bad_input_is_one_line(tmp_path):
     ):
         r = run_cli("overlap", *args)
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_documents_with_text_are_checked_whole(tmp_path):
+    """A corpus's val split (JSONL documents with "text", no prompt/response) is an evaluation set too: the demo
+    checks its main val split this way."""
+    rng = random.Random(1)
+    docs = [{"text": _words(rng, 40)} for _ in range(5)]
+    write_jsonl(tmp_path / "val.jsonl", docs)
+    write_jsonl(tmp_path / "corpus.jsonl", [{"text": _words(rng, 30) + " " + docs[2]["text"][:200]}])
+    s = ov.run_overlap([f"val={tmp_path / 'val.jsonl'}"], [f"corpus={tmp_path / 'corpus.jsonl'}"], n=13)["eval"]["val"]
+    assert s["items"] == 5 and s["ngram_any"] == 1 and s["examples"][0]["index"] == 2
+    write_jsonl(tmp_path / "bad.jsonl", [{"body": "x"}])
+    r = run_cli("overlap", "--eval", f"bad={tmp_path / 'bad.jsonl'}", "--against", f"c={tmp_path / 'corpus.jsonl'}")
+    assert r.returncode == 2 and "has no 'prompt' and 'response' (nor \"text\")" in r.stderr
+
+
+def test_the_demo_corpora_are_cleaned_against_each_other_and_every_sft_item():
+    """``clean_corpora`` walks main > books > code > math: a document sharing a 13-gram with a later corpus or any
+    SFT item (train, val or test) is dropped from the earlier corpus, and disjoint ones stay."""
+    from midtrain.demo.data import clean_corpora
+
+    rng = random.Random(2)
+    shared = _words(rng, 15)
+    sft_text = _words(rng, 20)
+    corpora = {"main": [_words(rng, 50), _words(rng, 20) + " " + shared, _words(rng, 10) + " " + sft_text[:120],
+                        _words(rng, 50)],
+               "books": [_words(rng, 30)], "code": [shared + " " + _words(rng, 10)], "math": [_words(rng, 30)]}
+    sft = {"t": {"train": [], "val": [], "test": [{"prompt": sft_text, "response": " x"}]}}
+    out, dropped = clean_corpora(corpora, sft)
+    assert dropped == {"main": 2, "books": 0, "code": 0, "math": 0}
+    assert out["main"] == [corpora["main"][0], corpora["main"][3]] and out["code"] == corpora["code"]

@@ -157,6 +157,20 @@ def text_tokens(inputs: list[str], tokenizer_dir: str, field: str = "text") -> n
     return np.concatenate(parts)
 
 
+def sft_counts(path: str | os.PathLike, tok, prompt_key: str = "prompt", response_key: str = "response"
+               ) -> np.ndarray:
+    """Token counts of an SFT set's text as proximity sees it: each example's prompt + response, no EOS (the
+    study report's task side and the demo's geometry table)."""
+    from pathlib import Path
+
+    from midtrain.posttrain.sft import load_examples
+
+    ids: list[int] = []
+    for p, r in load_examples(Path(path), prompt_key, response_key):
+        ids += tok.encode(p + r, bos=False).tolist()
+    return np.bincount(np.asarray(ids, dtype=np.int64))
+
+
 def is_shard_path(path: str | os.PathLike) -> bool:
     path = Path(path)
     return (path / "index.json").is_file() or (path.is_dir() and any(path.rglob("index.json")))

@@ -262,7 +262,7 @@ def _documents(path: str, key: str, responses: list[str], prompt_key: str = "pro
 
 def run_overlap(evals: Sequence[str], against: Sequence[str], n: int = 13, json_out: str | None = None,
                 prompt_key: str = "prompt", response_key: str = "response", keys: dict | None = None) -> dict:
-    """``evals``: NAME=PATH of evaluation sets (prompt/response JSONL); ``against``: NAME=PATH of corpora and
+    """``evals``: NAME=PATH of evaluation sets (prompt/response JSONL, or documents with "text"); ``against``: NAME=PATH of corpora and
     training sets; ``keys``: NAME -> (prompt key, response key) where a set's differ from the defaults.
     Returns {"n", "eval": summary(...), "words_read": {name: words}}; writes ``json_out``."""
     keys = dict(keys or {})
@@ -284,8 +284,12 @@ def run_overlap(evals: Sequence[str], against: Sequence[str], n: int = 13, json_
             raise ConfigError("--eval", f"{name}={path}: not a file")
         pk, rk = keys.get(name, (prompt_key, response_key))
         for i, row in enumerate(_rows(path, "--eval")):
+            if isinstance(row, dict) and "text" in row and pk not in row and rk not in row:
+                # a document (a corpus's val split): matched whole, with no response to compare
+                items.append(EvalItem(name, i, tuple(normalise(str(row["text"])).split())))
+                continue
             if not isinstance(row, dict) or pk not in row or rk not in row:
-                raise ConfigError("--eval", f"{path}: item {i} has no {pk!r} and {rk!r}")
+                raise ConfigError("--eval", f"{path}: item {i} has no {pk!r} and {rk!r} (nor \"text\")")
             text = f"{row[pk]} {row[rk]}"
             items.append(EvalItem(name, i, tuple(normalise(text).split()), entity_key(str(row[rk]))))
     if not items:

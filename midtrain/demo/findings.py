@@ -19,6 +19,9 @@ Protocol, fixed before any run (lower loss = better; per seed, the SFT LR is cho
    pretrain-only, within each seed; the interval is a t-interval over the seeds of the Fisher z of those
    r's, since every cell's improvement is over the same control runs (a Fisher-z interval over the cells would
    take them as independent); reproduced when it lies above 0.
+5. The benefit is largest for domains distant from the main corpus: per seed, the relative improvement of each
+   distant domain's midtraining arm on its task over pretrain-only, minus that of the near domain's arm on the
+   near task (claimed > 0); the near arm's own difference from pretrain-only is reported, not tested.
 Words (``stats.claim_verdict``, the same in the study report): "reproduced" / "not reproduced" /
 "inconclusive (interval includes 0)", only from intervals on the claimed sign; "not judged (regime)" when a
 cell a finding rests on is outside a valid regime (``stats.regime_problems``: collapse, i.e. main-corpus loss
@@ -116,14 +119,28 @@ def _interaction(values: Mapping, grid: dict, metric: str, seeds):
     return (stats.summarize(out), out) if out else (None, None)
 
 
+def _benefit_gap(values: Mapping, far: Mapping, near: Mapping, seeds):
+    """Per seed: relative improvement over pretrain-only of ``far["mid"]`` on ``far["task"]`` minus that of
+    ``near["mid"]`` on ``near["task"]``, where all four cells are finite."""
+    out = []
+    for s in seeds:
+        cells = [_finite(values, k, "sft_test") for k in ((far["mid"], far["task"], s), ("pretrain-only", far["task"], s),
+                                                          (near["mid"], near["task"], s),
+                                                          ("pretrain-only", near["task"], s))]
+        if None not in cells:
+            out.append(stats.relative_improvement(cells[1], cells[0]) - stats.relative_improvement(cells[3], cells[2]))
+    return (stats.summarize(out), out) if out else (None, None)
+
+
 def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], grid: dict,
-             proximity: list[dict], ln_vocab: float | None = None, alpha: float = 0.05) -> list[dict]:
+             proximity: list[dict], ln_vocab: float | None = None, alpha: float = 0.05,
+             near: Mapping | None = None) -> list[dict]:
     """``values``: (arm, task, seed) -> {"sft_test", "main_after", "main_unigram", "lr", "lr_edge"} at the LR
     chosen on val.
     ``domains``: d -> {"mid": arm, "cpt": arm, "task": task}; ``grid``: {"task", "early_low", "early_high",
     "late_low", "late_high"} (arm names); ``proximity``: [{"arm", "task", "advantage", "relative_improvement"}];
-    ``ln_vocab``: ln V for the regime check. Each finding also gets its Holm-adjusted verdict over the judged
-    findings (``holm``)."""
+    ``ln_vocab``: ln V for the regime check; ``near``: {"mid": arm, "task": task}, the near domain (finding 5).
+    Each finding also gets its Holm-adjusted verdict over the judged findings (``holm``)."""
     out = []
 
     def keys(arms, task):
@@ -189,6 +206,19 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
               (f", over the {len(x)} cells in a valid regime ({dropped} not judged)" if dropped else ""))
     out.append(_finding("4-proximity", "the benefit (relative improvement in SFT test loss) rises with the "
                         "dose-weighted proximity advantage", iv, False, detail, p=r.p if r is not None else None))
+    if near:
+        iv, xs = _paired(values, near["mid"], "pretrain-only", near["task"], "sft_test", seeds)
+        out.append(_finding("5-near", f"the near domain: midtraining ({near['mid']}) vs pretrain-only on "
+                            f"{near['task']} SFT test loss", iv, None, f"Δ {near['mid']} - pretrain-only", xs,
+                            _problems(values, keys([near["mid"], "pretrain-only"], near["task"]), ln_vocab)))
+        for d, a in domains.items():
+            iv, xs = _benefit_gap(values, a, near, seeds)
+            problems = _problems(values, keys([a["mid"], "pretrain-only"], a["task"]) +
+                                 keys([near["mid"], "pretrain-only"], near["task"]), ln_vocab)
+            out.append(_finding(f"5-distance-{d}", f"the benefit is larger on the distant domain {d} than on the near "
+                                f"one: relative improvement of {a['mid']} on {a['task']} above that of {near['mid']} "
+                                f"on {near['task']}", iv, False, "Δ relative improvement (distant - near)", xs,
+                                problems))
     family = [f for f in out if f["mean"] is not None and not f["regime"] and f["lower_is_better"] is not None
               and f["p"] is not None and not math.isnan(f["p"])]
     words = stats.holm_verdicts([((f["mean"] if f["lower_is_better"] else -f["mean"]), f["p"]) for f in family], alpha)

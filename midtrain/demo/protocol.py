@@ -7,8 +7,9 @@ cosine schedule is down to about 10% of peak. A miniature keeps those ratios, no
 
 - **early** arms start where the LR is at least ``early_lr_min`` (0.8) of its peak;
 - **late** arms start where it is at most ``late_lr_max`` (0.15) of its peak;
-- each domain's SFT training set holds at most ``sft_to_domain_max`` (0.1) of the domain tokens its
-  midtraining arm (the findings' ``mid`` arm) adds: SFT tokens / ((max_steps - S) x tokens per step x w);
+- each SFT training set holds at most ``sft_to_domain_max`` (0.1) of the domain tokens that each arm of its
+  domain adds: SFT tokens / ((max_steps - S) x tokens per step x w), checked for every arm; late arms, which
+  train few steps, are held to ``late_sft_to_domain_max`` instead where the spec states one (and say so);
 - the CPT arm sees as many domain tokens as that midtraining arm (within one step's worth).
 
 ``check`` computes every arm's LR fraction at its start, its domain dose and its SFT ratio from the spec
@@ -64,19 +65,24 @@ def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
     violations = [f"report.demo names {n!r}, which is not an arm of the spec" for n in
                   [*(d.get(k) for d in domains.values() for k in ("mid", "cpt")),
                    *(grid.get(k) for k in ("early_low", "early_high", "late_low", "late_high"))] if n not in by_name]
-    violations += [f"report.demo names task {d.get('task')!r}, which has no SFT training set" for d in domains.values()
+    near = demo.get("near") or {}
+    entries = [*domains.values(), *([near] if near else [])]
+    violations += [f"report.demo names {near.get('mid')!r}, which is not an arm of the spec"] \
+        if near and near.get("mid") not in by_name else []
+    violations += [f"report.demo names task {d.get('task')!r}, which has no SFT training set" for d in entries
                    if d.get("task") not in sft_tokens]
-    early = {grid.get("early_low"), grid.get("early_high")} | {d.get("mid") for d in domains.values()}
+    early = {grid.get("early_low"), grid.get("early_high")} | {d.get("mid") for d in entries}
     late = {grid.get("late_low"), grid.get("late_high")}
-    mids = {d.get("mid"): d for d in domains.values()}
     cpts = {d.get("cpt"): d.get("mid") for d in domains.values()}
+    # each arm's SFT task: the task of the report.demo entry whose midtraining arm trains on the same domain
+    task_of = {by_name[d["mid"]].domain: d.get("task") for d in entries if d.get("mid") in by_name}
     rows = []
     for arm in spec.arms:
         frac = lr_fraction(size.config, arm.start, size.max_steps)
         dose = (size.max_steps - arm.start) * size.tokens_per_step * (arm.weight or 0.0)
         role = "early" if arm.name in early else "late" if arm.name in late else "cpt" if arm.name in cpts else "-"
         row = {"arm": arm.name, "start": arm.start, "lr_fraction": frac, "role": role, "domain_tokens": dose}
-        task = (domains.get(arm.domain) or {}).get("task") if arm.domain else None
+        task = task_of.get(arm.domain) if arm.domain else None
         if task in sft_tokens and dose:
             row["sft_ratio"] = sft_tokens[task] * epochs / dose
         rows.append(row)
@@ -86,9 +92,13 @@ def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
         if role == "late" and frac > limits["late_lr_max"]:
             violations.append(f"{arm.name} starts at step {arm.start}, where the LR is {frac:.0%} of peak "
                               f"(late starts need <= {limits['late_lr_max']:.0%})")
-        if arm.name in mids and row.get("sft_ratio", 0) > limits["sft_to_domain_max"]:
-            violations.append(f"one {mids[arm.name]['task']} SFT run trains on {row['sft_ratio']:.2f} x the domain "
-                              f"tokens {arm.name} adds (at most {limits['sft_to_domain_max']} allowed)")
+        # the late limit holds for an arm that trains only in the late window (a grid corner, or any arm starting
+        # where the LR is <= late_lr_max, CPT aside: its dose equals its midtraining arm's)
+        in_late = role == "late" or (role == "-" and frac <= limits["late_lr_max"])
+        key = "late_sft_to_domain_max" if in_late and "late_sft_to_domain_max" in limits else "sft_to_domain_max"
+        if row.get("sft_ratio", 0) > limits[key]:
+            violations.append(f"one {task} SFT run trains on {row['sft_ratio']:.2f} x the domain tokens {arm.name} "
+                              f"adds (at most {limits[key]} allowed{' for a late arm' if key.startswith('late') else ''})")
         if arm.name in cpts and cpts[arm.name] in by_name:
             mid = by_name[cpts[arm.name]]
             mid_dose = (size.max_steps - mid.start) * size.tokens_per_step * (mid.weight or 0.0)
@@ -118,8 +128,9 @@ def format_protocol(p: dict, digest: str, steps: int, tokens_per_step: int) -> s
     lim = p["limits"]
     lines = [f"Protocol {digest} (fixed before any run; changes are logged in the spec's header): early starts "
              f"at >= {lim['early_lr_min']:.0%} of peak LR, late starts at <= {lim['late_lr_max']:.0%}, each "
-             f"domain's SFT set <= {lim['sft_to_domain_max']} x the domain tokens its midtraining arm adds "
-             f"(paper: << 1); {steps} steps x {tokens_per_step:,} tokens of pretraining; SFT "
+             f"SFT set <= {lim['sft_to_domain_max']} x the domain tokens each arm of its domain adds (paper: << 1)"
+             + (f", late arms <= {lim['late_sft_to_domain_max']}" if "late_sft_to_domain_max" in lim else "")
+             + f"; {steps} steps x {tokens_per_step:,} tokens of pretraining; SFT "
              + ", ".join(f"{t} {n:,} tokens" for t, n in p["sft_tokens"].items()) + f" x {p['epochs']} epoch(s).",
              "", "| arm | start | LR at start / peak | role | domain tokens added | SFT tokens / domain tokens |",
              "|---|---|---|---|---|---|"]

@@ -460,7 +460,6 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict) -> list[str]:
     from midtrain.analysis import proximity as px
     from midtrain.data.mixture import parse_weights
     from midtrain.data.shards import discover
-    from midtrain.posttrain.sft import load_examples
     from midtrain.tokenizer import load_tokenizer
 
     spec = plan.spec
@@ -487,10 +486,7 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict) -> list[str]:
                               f"under {args['data_path']}")
         counts[sid] = counting.count_dataset(sid, by_id[sid].path, max_tokens, 0).counts
     for task in spec.tasks:
-        ids = []
-        for p, r in load_examples(Path(task.data), task.prompt_key, task.response_key):
-            ids += tok.encode(p + r, bos=False).tolist()
-        counts[f"task:{task.name}"] = np.bincount(np.asarray(ids, dtype=np.int64))
+        counts[f"task:{task.name}"] = counting.sft_counts(task.data, tok, task.prompt_key, task.response_key)
     vocab = max(len(c) for c in counts.values())
     dists = {k: px.distribution(counting.pad_to(c, vocab)) for k, c in counts.items()}
     arms = {a.name: a for a in spec.arms}
