@@ -84,6 +84,23 @@ def test_a_dose_matched_arm_plans_equal_domain_doses_at_every_start():
         make_plan(parse_spec(two, {"70m": copy.deepcopy(BASE), "160m": longer}))
 
 
+def test_an_arm_can_be_fine_tuned_on_some_tasks_only():
+    """`tasks: [...]` on an arm plans its SFT steps for those tasks only (the demo SFTs each domain's arms on their
+    own task); the control and an arm without the key get every task; a task that is not in sft.tasks, a repeat or
+    an empty list is refused in one line naming the arm."""
+    tasks = {"py": {"data": "/t.jsonl"}, "gsm": {"data": "/g.jsonl"}}
+    arms = [{"name": "code", "domain": "code", "start": [20], "weight": [0.2], "tasks": ["py"]},
+            {"name": "math", "domain": "math", "start": [20], "weight": [0.2]}]
+    p = plan_of(raw(arms=arms, sft={"lrs": [1e-3], "tasks": tasks}))
+    sft = {(s.labels["arm"], s.labels["task"]) for s in p.steps if s.kind == "sft"}
+    assert sft == {("code20-from20", "py"), ("math20-from20", "py"), ("math20-from20", "gsm"), (CONTROL, "py"),
+                   (CONTROL, "gsm")}
+    for bad in (["nope"], [], ["py", "py"]):
+        arms[0]["tasks"] = bad
+        with pytest.raises(ConfigError, match=re.escape("arms[0].tasks: give distinct tasks among sft.tasks (gsm, py)")):
+            plan_of(raw(arms=arms, sft={"lrs": [1e-3], "tasks": tasks}))
+
+
 def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_pairs_them():
     """Issue 28, item 2: `precision: [a, b]` on an arm gives one run per precision with the same data, seed and
     schedule (only `precision` differs in the run config); the report gives each arm's precision effect, paired

@@ -197,6 +197,8 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
 
     plan = load_plan(spec, known=read_bases(out / "study"), out=out / "study")
     demo = plan.spec.report.get("demo") or {}
+    if not isinstance(demo.get("near"), dict) or "task" not in demo["near"]:
+        raise ConfigError(f"{spec.name} report.demo.near", "the demo needs its near domain: {mid: ARM, task: TASK}")
     wrong = check_geometry(built["geometry"], demo["near"]["task"], [d["task"] for d in demo["domains"].values()])
     if wrong:
         raise ConfigError("demo data", wrong[0])

@@ -316,6 +316,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
 
     leaves = []
     grids = [(lr,) for lr in spec.lrs] if spec.one_step_per_lr else [tuple(spec.lrs)]
+    arm_tasks = {a.name: a.tasks for a in spec.arms}  # None (and the control): every task
     for size_name, arm, seed, run_id in runs:
         if spec.eval.get("enabled", True):
             eid = f"eval/{size_name}/{run_label(arm, seed)}"
@@ -326,6 +327,8 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
             leaves.append(add("lm-eval", lid, [run_id], dict(spec.eval["lm_eval"]),
                               {"size": size_name, "arm": arm, "seed": seed}).id)
         for task in spec.tasks:
+            if arm_tasks.get(arm) is not None and task.name not in arm_tasks[arm]:
+                continue
             for lrs in grids:
                 for s in ([seed] if seed is not None else spec.seeds):
                     options = dict(spec.sft_options)

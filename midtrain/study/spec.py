@@ -28,6 +28,8 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       # a precision control: the same arm (data, seed, schedule) at each precision, named code20-from50000-bf16-true
       # and ...-bf16-mixed; the report gives the precision effect per arm
       - {name: code, domain: code, start: [50000], weight: [0.2], precision: [bf16-true, bf16-mixed]}
+      # SFT on some tasks only (default: every task; the control is fine-tuned on every task)
+      - {name: math, domain: math, start: [6000], weight: [0.2], tasks: [gsm]}
     seeds: [0, 1, 2, 3, 4]               # SFT seeds: one midtrained checkpoint per arm, fine-tuned per seed
     # or {values: [0, 1, 2], vary: sft | midtrain | base}: what each seed re-runs (see VARY)
     sft:
@@ -71,7 +73,7 @@ VARY = {
 }
 LR_CHOICES = ("per_checkpoint", "per_seed", "per_arm")
 TOP_KEYS = {"name", "sizes", "arms", "seeds", "sft", "eval", "report", "slurm", "description"}
-ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "dose", "precision", "sizes"}
+ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "dose", "precision", "sizes", "tasks"}
 # Fabric's precision strings (lightning.fabric.plugins.precision.precision._PRECISION_INPUT_STR; a test holds
 # them equal): spelt here so that parsing a spec imports no lightning
 PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
@@ -118,6 +120,7 @@ class Arm:
     sizes: tuple[str, ...] | None = None  # the sizes this arm runs on (None: all)
     dose: float | None = None  # dose-matched: weight × (train.max_steps − start), the same at every start
     precision: str | None = None  # a precision control: this arm trains at this precision (None: the config's)
+    tasks: tuple[str, ...] | None = None  # the SFT tasks this arm is fine-tuned on (None: every task)
 
 
 @dataclass(frozen=True)
@@ -392,7 +395,9 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
             if resolved in seen or resolved == CONTROL:
                 raise ConfigError(f"{key}", f"arm {resolved!r} resolves to the same output as {seen.get(resolved, CONTROL)}")
             seen[resolved] = key
-            arms.append(Arm(resolved, family, mix, s, w, domain, araw.get("mix_config"), arm_sizes, dose, prec))
+            arm_tasks = tuple(str(x) for x in _list(araw["tasks"], f"{key}.tasks")) if "tasks" in araw else None
+            arms.append(Arm(resolved, family, mix, s, w, domain, araw.get("mix_config"), arm_sizes, dose, prec,
+                            arm_tasks))
 
     if vary == "base":
         imported = next((sz.name for sz in sizes if sz.checkpoint), None)
@@ -416,6 +421,12 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
             raise ConfigError(f"{key}.data", "is required (the SFT training JSONL)")
         tasks.append(Task(str(tname), str(traw["data"]), traw.get("val_data"), traw.get("test_data"),
                           str(traw.get("prompt_key", "prompt")), str(traw.get("response_key", "response"))))
+    task_names = {t.name for t in tasks}
+    for arm in arms:
+        if arm.tasks is not None and (not arm.tasks or len(set(arm.tasks)) != len(arm.tasks)
+                                      or not set(arm.tasks) <= task_names):
+            raise ConfigError(f"{seen[arm.name]}.tasks", "give distinct tasks among sft.tasks "
+                              f"({', '.join(sorted(task_names)) or 'none'}), got {list(arm.tasks)}")
     options = _mapping(sft.get("options"), "sft.options")
     owned = sorted(set(options) & SFT_OWNED)
     if owned:
