@@ -241,8 +241,10 @@ def test_seeds_verdicts_and_outputs(demo):
         assert f["verdict"] == ("reproduced" if good else "not reproduced" if bad else
                                 "inconclusive (interval includes 0)"), f
         assert f"**{f['verdict']}**" in r.stdout
-    # the judged branch is exercised too (at the tiny size's protocol, some findings rest on valid cells)
-    assert sum(not f["regime"] and f["lo"] is not None for f in res["findings"]) >= 2, res["findings"]
+    # a finding on valid cells reaches its interval end to end (at the tiny size under v3 the distant tasks' cells
+    # choose the grid's top LR, so only the near-domain finding rests on valid cells; the verdict words of judged
+    # findings are tested on synthetic cells in test_analysis)
+    assert sum(not f["regime"] and f["lo"] is not None for f in res["findings"]) >= 1, res["findings"]
     # each cell's verdicts in the table follow from its paired interval too
     by_arm = {(c["arm"], c["task"]): c for c in cells}
     for c in cells:
