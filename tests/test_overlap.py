@@ -95,11 +95,12 @@ def test_cli_and_bad_input_is_one_line(tmp_path):
     assert "| val | 1 | 1 (web: 1) | 0 (-) |" in r.stdout and "words read: web 11" in r.stdout
     (tmp_path / "shards" / "1").mkdir(parents=True)
     (tmp_path / "shards" / "1" / "index.json").write_text("{}")
+    write_jsonl(tmp_path / "b.jsonl", [{"body": "what is two plus two"}])
     for args, needle in (
         (["--eval", f"val={tmp_path / 'nope.jsonl'}", "--against", f"web={tmp_path / 'c.jsonl'}"], "--eval: val="),
         (["--eval", f"val={tmp_path / 'e.jsonl'}", "--against", "web"], "--against: expected NAME=PATH"),
         (["--eval", f"val={tmp_path / 'e.jsonl'}", "--against", f"s={tmp_path / 'shards'}"], "holds token shards"),
-        (["--eval", f"val={tmp_path / 'c.jsonl'}", "--against", f"web={tmp_path / 'c.jsonl'}"], "has no 'prompt'"),
+        (["--eval", f"val={tmp_path / 'b.jsonl'}", "--against", f"web={tmp_path / 'c.jsonl'}"], "has no 'prompt'"),
         (["--eval", f"val={tmp_path / 'e.jsonl'}", "--against", f"web={tmp_path / 'c.jsonl'}", "--n", "0"], "--n: "),
     ):
         r = run_cli("overlap", *args)
