@@ -258,6 +258,17 @@ def test_sft_picks_lr_on_val_reports_test_and_forgetting(tmp_path, tiny_run, rea
         b = run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=(3e-3,), epochs=1, micro_batch_size=8,
                     global_batch_size=8, precision=precision)
         assert b["precision"] == precision and b["test_loss"] == pytest.approx(m2["test_loss"], rel=0.05)
+    # forgetting_sets: only the named sets are scored, with the same numbers as when every set is
+    m3 = run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=(3e-3,), epochs=1, micro_batch_size=8,
+                 global_batch_size=8, pretrain_val_path=real_tree.parent / "val", forgetting_batches=2,
+                 forgetting_sets=["main"])
+    assert m3["forgetting"] == {"main": m2["forgetting"]["main"]}
+    for sets, needle in ((["mian"], "'mian' is not a validation set in"), ([], "give distinct"),
+                         (["main", "main"], "give distinct")):
+        with pytest.raises(ConfigError, match="^--forgetting_sets") as e:  # before anything trains
+            run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=(3e-3,),
+                    pretrain_val_path=real_tree.parent / "val", forgetting_sets=sets)
+        assert needle in str(e.value)
     with pytest.raises(ConfigError, match="^--lrs"):
         run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=())
     with pytest.raises(ConfigError, match="^--max_seq_length: 64 is longer than the model's block_size 32"):

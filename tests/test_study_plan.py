@@ -242,6 +242,10 @@ def test_output_paths_are_stable_and_config_derived():
      "sft.options.strategy: hsdp replicates across nodes"),
     ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"devices": 8}}},  # defaults: 16 / (8 x 8)
      "sft.options.global_batch_size: 16 is not a multiple of micro_batch_size 8 x 8 process(es)"),
+    ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"forgetting_sets": "main"}}},
+     "sft.options.forgetting_sets: give distinct validation set names, got 'main'"),
+    ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"forgetting_sets": ["code"]}}},
+     "sft.options.forgetting_sets: leaves out 'main' (report.main_set)"),
 ])
 def test_spec_errors_name_the_key(over, needle):
     with pytest.raises(ConfigError) as e:

@@ -446,6 +446,13 @@ def test_unknown_domain_is_one_line(study, tmp_path):
     r = run_cli("study", "plan", tmp_path / "bad.yaml")
     assert r.returncode == 2 and "arms: code.domain: 'cod' is not a shard type" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    # a forgetting set the val folder lacks is refused at plan time, not by SFT steps after the arms trained
+    bad = yaml.safe_load(spec.read_text())
+    bad["sft"].setdefault("options", {})["forgetting_sets"] = ["main", "mian"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    r = run_cli("study", "plan", tmp_path / "bad.yaml")
+    assert r.returncode == 2 and "sft.options.forgetting_sets: 'mian' is not a validation set in" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 EXTRAS_PY = os.environ.get("MIDTRAIN_EXTRAS_PYTHON")

@@ -26,7 +26,7 @@ import gc
 import json
 import random
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -279,12 +279,13 @@ def finetune(model, train_enc, lr: float, epochs: int, micro: int, global_batch:
 
 def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: int, max_batches: Optional[int],
                         device, field: str = "--pretrain_val_path", unigram: Optional[dict] = None,
-                        fabric=None) -> dict:
+                        fabric=None, sets: Optional[Sequence[str]] = None) -> dict:
     """Token-mean loss on each pretraining validation set (the forgetting probe). A set that holds not one
     sample of ``seq + 1`` tokens is refused (``field``: one line), never scored as 0. ``unigram``: a dict that
     gets, per set, the unigram entropy of the very tokens scored (``metrics.unigram_entropy``: the collapse
     reference of ``stats.regime_problems``). With ``fabric`` over several ranks, each set's batches are spread
-    over them (``_spread_sums``): the same batches, the same sums."""
+    over them (``_spread_sums``): the same batches, the same sums. ``sets``: score only these sets (names that
+    ``check_forgetting_sets`` checked are in ``val_path``); None: every set."""
     if val_path is None:
         return {}
     from midtrain.data.sharded_mixed import ShardedMixedDataset
@@ -301,6 +302,8 @@ def pretrain_val_losses(model, val_path: Optional[Path], seq: int, batch_size: i
     model.eval()
     with torch.no_grad():
         for name, loader in data.val_dataloaders(whole=True).items():
+            if sets is not None and name not in sets:
+                continue
             batches = []
             for k, batch in enumerate(loader):
                 if max_batches is not None and k >= max_batches:
@@ -348,9 +351,25 @@ def split_examples(examples, val_fraction: float, test_fraction: float, seed: in
     return train, val, test
 
 
+def check_forgetting_sets(sets, val_path) -> None:
+    """``--forgetting_sets``: distinct names of validation sets in ``val_path`` (refused in one line otherwise, before
+    anything trains: a misspelt name would leave forgetting unmeasured after the whole sweep)."""
+    if isinstance(sets, str) or not sets or len(set(sets)) != len(sets):
+        raise ConfigError("--forgetting_sets", f"give distinct validation set names, got {sets!r}")
+    if val_path is None:
+        raise ConfigError("--forgetting_sets", "needs --pretrain_val_path, the folder the sets are in")
+    from midtrain.data.shards import discover_val_sets
+
+    have = discover_val_sets(Path(val_path), field_name="--pretrain_val_path")
+    missing = [x for x in sets if x not in have]
+    if missing:
+        raise ConfigError("--forgetting_sets", f"{missing[0]!r} is not a validation set in {val_path} (it has: "
+                          f"{', '.join(sorted(have))})")
+
+
 def check_sft_args(*, epochs, micro_batch_size, global_batch_size, val_fraction, test_fraction, warmup_fraction,
                    min_lr_ratio, forgetting_batches, max_seq_length, lrs, out, save, pretrain_val_path, devices=1,
-                   num_nodes=1, strategy="auto") -> None:
+                   num_nodes=1, strategy="auto", forgetting_sets=None) -> None:
     """Every option that could fail or mislead after the sweep has run is checked before it starts."""
     from midtrain.atomic import check_writable_dir
     from midtrain.train.parallel import STRATEGIES
@@ -381,6 +400,8 @@ def check_sft_args(*, epochs, micro_batch_size, global_batch_size, val_fraction,
         raise ConfigError("--lrs", f"give one or more positive learning rates, got {list(lrs)}")
     if pretrain_val_path is not None and not Path(pretrain_val_path).is_dir():
         raise ConfigError("--pretrain_val_path", f"{pretrain_val_path} is not a folder of validation shards")
+    if forgetting_sets is not None:
+        check_forgetting_sets(forgetting_sets, pretrain_val_path)
     if out is not None:
         if Path(out).is_dir():
             raise ConfigError("--out", f"{out} is a folder; give the metrics JSON file's path")
@@ -396,6 +417,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
             lrs: tuple[float, ...] = (1e-3,), epochs: int = 4, micro_batch_size: int = 8, global_batch_size: int = 16,
             warmup_fraction: float = 0.1, min_lr_ratio: float = 0.0, weight_decay: float = 0.0,
             max_seq_length: Optional[int] = None, pretrain_val_path: Optional[Path] = None, forgetting_batches: Optional[int] = 8,
+            forgetting_sets: Optional[list[str]] = None,
             prompt_key: str = "prompt", response_key: str = "response", seed: int = 42, out: Optional[Path] = None,
             save: Optional[Path] = None, task: Optional[str] = None, arm: Optional[str] = None,
             score_every_lr: bool = False,
@@ -410,14 +432,18 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     weights, gradients and AdamW state do not fit one device; auto: ddp where a replica fits) and
     ``activation_checkpointing`` per Block. Each LR loads the checkpoint afresh: one copy of the weights is held
     at a time, whatever the sweep's length (the kept LR's test loss and forgetting are measured, and its model
-    saved, when it becomes the best so far)."""
+    saved, when it becomes the best so far).
+
+    Forgetting is each pretraining validation set's loss before and after SFT (``pretrain_val_path``; at most
+    ``forgetting_batches`` batches of each, None: all), on every set, or only on ``forgetting_sets`` (set names:
+    a study that reads only its main set's forgetting need not pay for the others)."""
     from midtrain.tokenizer import check_tokenizer_fits, load_tokenizer
 
     check_sft_args(epochs=epochs, micro_batch_size=micro_batch_size, global_batch_size=global_batch_size,
                    val_fraction=val_fraction, test_fraction=test_fraction, warmup_fraction=warmup_fraction,
                    min_lr_ratio=min_lr_ratio, forgetting_batches=forgetting_batches, max_seq_length=max_seq_length,
                    lrs=lrs, out=out, save=save, pretrain_val_path=pretrain_val_path, devices=devices,
-                   num_nodes=num_nodes, strategy=strategy)
+                   num_nodes=num_nodes, strategy=strategy, forgetting_sets=forgetting_sets)
     checkpoint = Path(checkpoint)
     from midtrain.train import distributed
 
@@ -456,7 +482,8 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
     try:
         sweep, best = _sweep(fabric, kind, checkpoint, config, tied, seq, precision, activation_checkpointing, enc,
                              lrs, epochs, micro_batch_size, global_batch_size, warmup_fraction, min_lr_ratio,
-                             weight_decay, seed, pretrain_val_path, forgetting_batches, score_every_lr, tmp)
+                             weight_decay, seed, pretrain_val_path, forgetting_batches, score_every_lr, tmp,
+                             forgetting_sets)
     except Stopped:
         if tmp is not None and fabric.global_rank == 0:  # nothing half-saved stays behind
             import shutil
@@ -509,7 +536,7 @@ def on_rank0(fabric, write, field: str) -> None:
 
 def _sweep(fabric, kind, checkpoint, config, tied, seq, precision, checkpointing, enc, lrs, epochs, micro, global_batch,
            warmup_fraction, min_lr_ratio, weight_decay, seed, pretrain_val_path, forgetting_batches, score_every_lr,
-           tmp) -> tuple[dict, dict]:
+           tmp, forgetting_sets=None) -> tuple[dict, dict]:
     """Fine-tune a fresh load of ``checkpoint`` per LR; returns (the sweep's rows, the kept LR's: lr, val and test
     loss, forgetting, and the checkpoint's own zero-shot val loss). The kept LR's test loss and forgetting are
     measured, and its weights written to ``tmp``, when it becomes the best so far (by val loss)."""
@@ -524,7 +551,7 @@ def _sweep(fabric, kind, checkpoint, config, tied, seq, precision, checkpointing
         model = load_for_training(fabric, checkpoint, config, tied, seq, kind, precision, checkpointing)
         if before is None:  # the checkpoint itself, before any fine-tuning
             before = pretrain_val_losses(model, pretrain_val_path, seq, micro, forgetting_batches, device,
-                                         unigram=unigram, fabric=fabric)
+                                         unigram=unigram, fabric=fabric, sets=forgetting_sets)
             zero_shot_val = examples_loss(model, enc["val"], micro, device, fabric)
         torch.manual_seed(seed)
         losses = finetune(model, enc["train"], lr, epochs, micro, global_batch, warmup_fraction, min_lr_ratio,
@@ -532,7 +559,8 @@ def _sweep(fabric, kind, checkpoint, config, tied, seq, precision, checkpointing
         val_loss = examples_loss(model, enc["val"], micro, device, fabric)
         row = sweep[f"{lr:g}"] = {"val_loss": val_loss, "final_train_loss": losses[-1], "steps": len(losses)}
         if best is None or val_loss < best["val_loss"]:
-            after = pretrain_val_losses(model, pretrain_val_path, seq, micro, forgetting_batches, device, fabric=fabric)
+            after = pretrain_val_losses(model, pretrain_val_path, seq, micro, forgetting_batches, device, fabric=fabric,
+                                        sets=forgetting_sets)
             best = {"lr": lr, "val_loss": val_loss, "forgetting": _forgetting(before, after, unigram),
                     "test_loss": examples_loss(model, enc["test"], micro, device, fabric), "zero_shot_val": zero_shot_val}
             if tmp is not None:
@@ -542,7 +570,7 @@ def _sweep(fabric, kind, checkpoint, config, tied, seq, precision, checkpointing
                 row.update(test_loss=best["test_loss"], forgetting=best["forgetting"])
             else:
                 after = pretrain_val_losses(model, pretrain_val_path, seq, micro, forgetting_batches, device,
-                                            fabric=fabric)
+                                            fabric=fabric, sets=forgetting_sets)
                 row.update(test_loss=examples_loss(model, enc["test"], micro, device, fabric),
                            forgetting=_forgetting(before, after, unigram))
         del model  # (an FSDP2 module and its parameter groups refer to each other: collected now, not later)

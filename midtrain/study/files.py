@@ -143,6 +143,14 @@ def check_inputs(spec: Spec, spec_dir: Path) -> None:
         if not val:
             raise ConfigError("sft.pretrain_val_path", f"base {size.name!r} has no data.val_data_path: give the "
                               "main-corpus val sets (forgetting is the loss on them after SFT)")
+        if spec.sft_options.get("forgetting_sets") and spec.tasks and Path(val).is_dir():
+            from midtrain.data.shards import discover_val_sets
+
+            have = discover_val_sets(val, args.get("shard_types"), "sft.pretrain_val_path")
+            missing = [x for x in spec.sft_options["forgetting_sets"] if x not in have]
+            if missing:
+                raise ConfigError("sft.options.forgetting_sets", f"{missing[0]!r} is not a validation set in {val} "
+                                  f"(it has: {', '.join(sorted(have))})")
     for task in spec.tasks:
         for key in ("data", "val_data", "test_data"):
             value = getattr(task, key)

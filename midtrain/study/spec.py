@@ -89,8 +89,8 @@ SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out"
 # the other options of `midtrain sft` (run_sft's parameters; a test holds the two equal): a misspelt one is refused
 # when the spec is read, not when the SFT step runs after its arm has trained
 SFT_OPTIONS = {"tokenizer_dir", "val_fraction", "test_fraction", "epochs", "micro_batch_size", "global_batch_size",
-               "warmup_fraction", "min_lr_ratio", "weight_decay", "max_seq_length", "forgetting_batches", "precision",
-               "devices", "num_nodes", "strategy", "activation_checkpointing"}
+               "warmup_fraction", "min_lr_ratio", "weight_decay", "max_seq_length", "forgetting_batches", "forgetting_sets",
+               "precision", "devices", "num_nodes", "strategy", "activation_checkpointing"}
 SFT_STRATEGIES = ("auto", "ddp", "fsdp", "hsdp")  # midtrain.train.parallel.STRATEGIES (without torch here)
 SFT_BATCH_DEFAULTS = {"micro_batch_size": 8, "global_batch_size": 16}  # run_sft's (a test holds them equal)
 
@@ -454,6 +454,13 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
                           "of every global batch")
     ev = _mapping(raw.get("eval"), "eval", EVAL_KEYS)
     report = _mapping(raw.get("report"), "report", REPORT_KEYS)
+    if "forgetting_sets" in options:  # (their presence in the val folder is checked by the SFT step before it trains)
+        fs, main_set = options["forgetting_sets"], report.get("main_set", "main")
+        if not isinstance(fs, list) or not fs or not all(isinstance(x, str) for x in fs) or len(set(fs)) != len(fs):
+            raise ConfigError("sft.options.forgetting_sets", f"give distinct validation set names, got {fs!r}")
+        if main_set not in fs:
+            raise ConfigError("sft.options.forgetting_sets", f"leaves out {main_set!r} (report.main_set), on which the "
+                              f"report measures forgetting: add it, got {fs}")
     baseline = report.get("baseline", CONTROL)
     if baseline not in {CONTROL, *(a.name for a in arms)}:
         raise ConfigError("report.baseline", f"{baseline!r} is not an arm of this study")
