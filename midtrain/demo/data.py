@@ -124,11 +124,14 @@ def split_books(books: dict[str, list[list[str]]], seed: int, passage_chars: int
     task: list[str] = []
     mid: list[str] = []
     main: list[str] = []
+    task_chars = mid_chars = 0
     for b in order:
-        if sum(size[x] for x in task) < passage_chars:
+        if task_chars < passage_chars:
             task.append(b)
-        elif sum(size[x] for x in mid) < books_chars:
+            task_chars += size[b]
+        elif mid_chars < books_chars:
             mid.append(b)
+            mid_chars += size[b]
         else:
             main.append(b)
     return main, mid, task
@@ -179,8 +182,13 @@ def passage_sft(books: dict[str, list[list[str]]], names: list[str], n_train: in
     rng = random.Random(seed)
     train_books: list[str] = []
     eval_books: list[str] = []
+    windows = 0  # the training books' windows so far
     for b in sorted(names, key=lambda b: (sum(map(len, books[b])), b)):
-        (train_books if len(passage_items(books, train_books)) < n_train else eval_books).append(b)
+        if windows < n_train:
+            train_books.append(b)
+            windows += len(passage_items(books, [b]))
+        else:
+            eval_books.append(b)
     train, evals = passage_items(books, train_books), passage_items(books, eval_books)
     rng.shuffle(train)
     rng.shuffle(evals)
