@@ -327,6 +327,22 @@ def test_a_cell_above_ln_v_is_not_judged_in_the_table_and_the_findings():
     # the family: those two (finding 1 and 2 rest on m20's cell above ln V, finding 4 has no cells)
     assert f["3-late-in-domain"]["family"] == len(family) == 2, sorted(family)
     assert "**not judged (regime)**" in F.format_findings(found) and "Holm" in F.format_findings(found)
+    # the precision control: the late corners at bf16-true, where the high weight no longer hurts (late high 1.0
+    # below late low 1.1): finding 3's late effect again under it, on the claimed sign (> 0), so "not reproduced";
+    # the two claims join the Holm family
+    for seed, noise in zip((0, 1, 2, 3), (0.0, 0.01, -0.01, 0.02)):
+        values[("llb", "code", seed)] = {"sft_test": 1.1 + noise, "main_after": 6.0 + noise, "lr": 1e-3, "lr_edge": None}
+        values[("lhb", "code", seed)] = {"sft_test": 1.0 + 2 * noise, "main_after": 6.1 + noise, "lr": 1e-3,
+                                         "lr_edge": None}
+    f = {x["finding"]: x for x in F.evaluate(
+        values, (0, 1, 2, 3), {"math": {"mid": "m20", "cpt": "cpt", "task": "math"}},
+        {"task": "code", "early_low": "el", "early_high": "eh", "late_low": "ll", "late_high": "lh"}, [],
+        ln_vocab=7.62, precision={"precision": "bf16-true", "late_low": "llb", "late_high": "lhb"})}
+    assert f["3-late-bf16-true-in-domain"]["verdict"] == "not reproduced"
+    assert f["3-late-bf16-true-in-domain"]["mean"] == pytest.approx(-0.1 + 0.005, abs=1e-9)
+    assert f["3-late-bf16-true-forgetting"]["verdict"] == "not judged (no variance sampled)"
+    assert "under bf16-true, introduced late, a high weight hurts: lhb above llb" in f["3-late-bf16-true-in-domain"]["claim"]
+    assert f["3-late-in-domain"]["family"] == 3
 
 
 def test_collapse_is_judged_against_the_unigram_entropy_of_the_scored_tokens_and_split_seeds_are_flagged():

@@ -116,7 +116,8 @@ def test_protocol_is_checked_printed_and_hashed(demo):
         assert math.isclose(row["lr_fraction"], sched.lr_at(row["start"]) / 3e-3), arm
     assert {a for a, row in roles.items() if row["role"] == "early"} == {"math20-from65", "books20-from65", "code20-from65",
                                                                          "code50-from65"}
-    assert {a for a, row in roles.items() if row["role"] == "late"} == {"code20-from177", "code50-from177"}
+    assert {a for a, row in roles.items() if row["role"] == "late"} == {
+        "code20-from177", "code50-from177", "code20-from177-bf16-true", "code50-from177-bf16-true"}  # + the control
     assert all(row["lr_fraction"] >= 0.8 for row in roles.values() if row["role"] == "early")
     assert all(row["lr_fraction"] <= 0.15 for row in roles.values() if row["role"] == "late")
     # the schedule the protocol reads is the one the base run trained with: the LR it logged at step 150 (taken
@@ -195,8 +196,15 @@ def test_a_protocol_violation_is_named(tmp_path, monkeypatch):
     raw["report"]["demo"]["protocol"]["late_sft_to_domain_max"] = 0.3
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     late = P.check(load_spec(tmp_path / "s.yaml", check_files=False), {"math": 100, "code": 2000, "passage": 100}, 1)
-    assert late["violations"] == ["one code SFT run trains on 0.42 x the domain tokens code20-from177 adds (at most 0.3 "
-                                  "allowed for a late arm)"], late["violations"]
+    assert late["violations"] == [f"one code SFT run trains on 0.42 x the domain tokens code20-from177{p} adds (at most "
+                                  "0.3 allowed for a late arm)" for p in ("", "-bf16-true")], late["violations"]
+    # the precision control must name arms run at its precision
+    raw["report"]["demo"]["precision"]["late_low"] = "code20-from177"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    assert "report.demo.precision names 'code20-from177', which is not an arm of the spec run at 'bf16-true'" in \
+        P.check(load_spec(tmp_path / "s.yaml", check_files=False), {"math": 100, "code": 100, "passage": 100}, 1)[
+            "violations"]
+    raw["report"]["demo"]["precision"]["late_low"] = "code20-from177-bf16-true"
     # a name in report.demo that matches no arm or task is a violation, not a skipped check
     raw["report"]["demo"]["domains"]["math"]["mid"] = "math20-from66"
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
@@ -263,6 +271,15 @@ def test_seeds_verdicts_and_outputs(demo):
             assert (row["main_after"] >= row["main_unigram"]) == any(
                 x.startswith(f"s{s}: collapsed: main-corpus loss after SFT") for x in c["regime"]), (c, row)
     assert "Holm" in r.stdout and "A priori (from n, before any result)" in r.stdout and "detectable ±" not in r.stdout
+    # the precision control (issue 28, item 2): the late corners again in bf16-true, trained in it, their effect
+    # per arm in the report and finding 3's late effects again under it
+    assert {"3-late-bf16-true-in-domain", "3-late-bf16-true-forgetting"} <= {f["finding"] for f in res["findings"]}
+    assert "Precision control:" in r.stdout and "- code50-from177-bf16-true − code50-from177 on code, sft_test" in r.stdout
+    (log,) = (out / "study" / "midtrain" / "demo").glob("code50-from177-bf16-true/s0-*/log.txt")
+    assert "precision bf16-true" in log.read_text()
+    # forgetting is scored on the main val set only (sft.options.forgetting_sets)
+    (m,) = (out / "study" / "sft" / "demo").glob("code20-from65/code/s0-*/metrics.json")
+    assert set(json.loads(m.read_text())["forgetting"]) == {"main"}
     rep = out / "study" / "report" / "demo-tiny"
     for png in ("demo-sft-test.png", "demo-code-code-heatmap.png", "demo-proximity.png", "val_loss_curves.png"):
         assert (rep / png).stat().st_size > 5000, png

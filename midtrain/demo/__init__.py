@@ -241,7 +241,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
                 for a in plan.spec.arms}  # finding 4's dose: the LR-weighted number of steps each arm trains
     rows = [dict(r, lr_steps=lr_steps[r["arm"]]) for r in prox.get("rows", []) if r["arm"] in lr_steps]
     found = F.evaluate(chosen, plan.spec.seeds, demo["domains"], demo["grid"], rows,
-                       ln_vocab=math.log(VOCAB), near=demo.get("near"))
+                       ln_vocab=math.log(VOCAB), near=demo.get("near"), precision=demo.get("precision"))
     ln_v = math.log(VOCAB)
     worst = max(((k, v["main_after"] - v.get("main_unigram", ln_v)) for k, v in chosen.items()), key=lambda kv: kv[1])
     above = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if stats.collapsed(v, ln_v)})

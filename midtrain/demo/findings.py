@@ -19,6 +19,10 @@ Protocol, fixed before any run (lower loss = better; per seed, the SFT LR is cho
    pretrain-only, within each seed; the interval is a t-interval over the seeds of the Fisher z of those
    r's, since every cell's improvement is over the same control runs (a Fisher-z interval over the cells would
    take them as independent); reproduced when it lies above 0.
+3p. The precision control (the paper trains in bf16-true, whose rounding drops most of the small updates a late
+   arm consists of): the late corners re-run at another precision (same data, seed, schedule); the late simple
+   effects again under it (claimed > 0, as in 3). Each corner's precision effect is the study report's
+   (``report.precision_effects``, in the table above the findings).
 5. The benefit is largest for domains distant from the main corpus: per seed, the relative improvement of each
    distant domain's midtraining arm on its task over pretrain-only, minus that of the near domain's arm on the
    near task (claimed > 0); the near arm's own difference from pretrain-only is reported, not tested.
@@ -134,12 +138,14 @@ def _benefit_gap(values: Mapping, far: Mapping, near: Mapping, seeds):
 
 def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], grid: dict,
              proximity: list[dict], ln_vocab: float | None = None, alpha: float = 0.05,
-             near: Mapping | None = None) -> list[dict]:
+             near: Mapping | None = None, precision: Mapping | None = None) -> list[dict]:
     """``values``: (arm, task, seed) -> {"sft_test", "main_after", "main_unigram", "lr", "lr_edge"} at the LR
     chosen on val.
     ``domains``: d -> {"mid": arm, "cpt": arm, "task": task}; ``grid``: {"task", "early_low", "early_high",
     "late_low", "late_high"} (arm names); ``proximity``: [{"arm", "task", "advantage", "relative_improvement"}];
-    ``ln_vocab``: ln V for the regime check; ``near``: {"mid": arm, "task": task}, the near domain (finding 5).
+    ``ln_vocab``: ln V for the regime check; ``near``: {"mid": arm, "task": task}, the near domain (finding 5);
+    ``precision``: {"precision": p, "late_low": arm, "late_high": arm}, the grid's late corners re-run at
+    precision p (the precision control: finding 3's late effects again under p).
     Each finding also gets its Holm-adjusted verdict over the judged findings (``holm``)."""
     out = []
 
@@ -177,6 +183,14 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
         out.append(_finding(f"3-interaction-{where}", f"a high weight costs more when introduced late than early "
                             f"({grid['late_high']} - {grid['late_low']} vs {grid['early_high']} - "
                             f"{grid['early_low']}, {what})", iv, False, "interaction I", xs, late + early))
+    if precision:  # the precision control: the same late corners (data, seed, schedule) at another precision
+        p, pl, ph = precision["precision"], precision["late_low"], precision["late_high"]
+        late_p = _problems(values, keys([ph, pl], t), ln_vocab)
+        for metric, where in (("sft_test", "in-domain"), ("main_after", "forgetting")):
+            what = f"{t} SFT test loss" if metric == "sft_test" else f"main-corpus loss after {t} SFT"
+            iv, xs = _paired(values, ph, pl, t, metric, seeds)
+            out.append(_finding(f"3-late-{p}-{where}", f"under {p}, introduced late, a high weight hurts: {ph} "
+                                f"above {pl} on {what}", iv, False, f"Δ {ph} - {pl}", xs, late_p))
     # finding 4 over the cells in a valid regime only (an invalid cell's improvement means nothing)
     # x: the proximity advantage of the arm's mixture (its weight is in the mixture) times the LR-weighted
     # number of steps it trains (sum over its steps of LR / peak: start and duration), i.e. how much the arm

@@ -65,6 +65,10 @@ def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
     violations = [f"report.demo names {n!r}, which is not an arm of the spec" for n in
                   [*(d.get(k) for d in domains.values() for k in ("mid", "cpt")),
                    *(grid.get(k) for k in ("early_low", "early_high", "late_low", "late_high"))] if n not in by_name]
+    prec = demo.get("precision") or {}
+    violations += [f"report.demo.precision names {prec.get(k)!r}, which is not an arm of the spec run at "
+                   f"{prec.get('precision')!r}" for k in ("late_low", "late_high")
+                   if prec and (prec.get(k) not in by_name or by_name[prec[k]].precision != prec.get("precision"))]
     near = demo.get("near") or {}
     entries = [*domains.values(), *([near] if near else [])]
     violations += [f"report.demo names {near.get('mid')!r}, which is not an arm of the spec"] \
@@ -72,7 +76,7 @@ def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
     violations += [f"report.demo names task {d.get('task')!r}, which has no SFT training set" for d in entries
                    if d.get("task") not in sft_tokens]
     early = {grid.get("early_low"), grid.get("early_high")} | {d.get("mid") for d in entries}
-    late = {grid.get("late_low"), grid.get("late_high")}
+    late = {grid.get("late_low"), grid.get("late_high"), prec.get("late_low"), prec.get("late_high")} - {None}
     cpts = {d.get("cpt"): d.get("mid") for d in domains.values()}
     # each arm's SFT task: the task of the report.demo entry whose midtraining arm trains on the same domain
     task_of = {by_name[d["mid"]].domain: d.get("task") for d in entries if d.get("mid") in by_name}
