@@ -168,11 +168,13 @@ def sft_results(sft_files: list[str], runs: list[str] | None = None, main_set: s
             kept = abs(lr - best) <= 1e-12 * max(1.0, abs(best))
             test, forgot = (m.get("test_loss"), forgetting) if kept else (row.get("test_loss"),
                                                                           (row.get("forgetting") or {}).get(main_set))
+            items = m.get("test_items") if kept else row.get("test_items")
             out.append(SFTResult(arm, task, m.get("seed"), lr, float(row["val_loss"]),
                                  test_loss=float(test) if test is not None else None,
                                  main_after=forgot["after"] if forgot else None,
                                  main_before=forgot["before"] if forgot else None, checkpoint=checkpoint,
-                                 main_unigram=forgot.get("unigram_entropy") if forgot else None))
+                                 main_unigram=forgot.get("unigram_entropy") if forgot else None,
+                                 test_items=tuple((float(x), int(n)) for x, n in items) if items else None))
     return out
 
 

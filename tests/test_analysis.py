@@ -553,3 +553,47 @@ def test_finding_5_compares_relative_improvements_per_seed():
     assert by["5-distance-code"]["lower_is_better"] is False
     assert by["5-near"]["verdict"] == "descriptive (not tested)"
     assert by["5-near"]["mean"] == pytest.approx(sum(4.9 - 0.01 * s - 5.0 for s in seeds) / 3)
+
+
+def test_variance_by_level_separates_seeds_from_test_items():
+    """Issue 28, item 6: the report splits a cell's uncertainty into the seed level (what the intervals use, items
+    fixed) and the test-item level (a paired bootstrap over the shared test items)."""
+    import numpy as np
+
+    from midtrain.analysis.stats import variance_levels
+    from midtrain.study.report import _format_levels, variance_by_level
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 0.5, 60)
+    # one seed, one token per item: the mean's bootstrap se is the population sd over sqrt(k)
+    lv = variance_levels({0: [(float(v), 1) for v in x]})
+    assert lv.n == 1 and math.isnan(lv.se_seed) and lv.items == 60 and lv.draws == 2000
+    assert lv.mean == pytest.approx(x.mean()) and lv.se_item == pytest.approx(x.std() / math.sqrt(60), rel=0.05)
+    assert lv == variance_levels({0: [(float(v), 1) for v in x]})  # seeded: the same draws every time
+    # token weights: the loss is sum / tokens, not a mean of item means
+    assert variance_levels({0: [(4.0, 2), (1.0, 1)]}).mean == pytest.approx(5 / 3)
+    # paired: an arm that is the baseline plus 0.1 on every item and seed has no item-level variance, and its
+    # seed level is the sd of the per-seed differences over sqrt(n)
+    base = {s: [(float(v) + s, 1) for v in x] for s in range(3)}
+    arm = {s: [(float(v) + s + 0.1 + 0.01 * s * s, 1) for v in x] for s in range(3)}
+    lv = variance_levels(arm, base)
+    diffs = np.array([0.1, 0.11, 0.14])
+    assert lv.mean == pytest.approx(diffs.mean()) and lv.se_item < 1e-12
+    assert lv.se_seed == pytest.approx(diffs.std(ddof=1) / math.sqrt(3)) and lv.item_share == pytest.approx(0.0)
+    # items that differ by arm: the item level is there, the seed level unchanged in kind
+    noisy = {s: [(float(v) + s + 0.3 * float(e), 1) for v, e in zip(x, rng.normal(size=60))] for s in range(3)}
+    assert variance_levels(noisy, base).se_item > 0.01
+    # nothing to pair: different item counts, or no common seed
+    assert variance_levels({0: [(1.0, 1)] * 3}, {0: [(1.0, 1)] * 4}) is None
+    assert variance_levels({0: [(1.0, 1)]}, {1: [(1.0, 1)]}) is None
+    # the report's rows and words
+    from midtrain.analysis.tables import Chosen
+
+    chosen = [Chosen(a, "t", s, None, {}, tuple(items[s])) for a, items in (("pretrain-only", base), ("m", arm))
+              for s in range(3)]
+    rows = variance_by_level(chosen, "pretrain-only")
+    assert [(r["arm"], r["paired_with"]) for r in rows] == [("pretrain-only", None), ("m", "pretrain-only")]
+    assert rows[1]["mean"] == pytest.approx(diffs.mean())
+    text = "\n".join(_format_levels(rows, "pretrain-only", "the SFT data order only"))
+    assert "| m | t | Δ +0.1167 | 3 |" in text and "2,000 bootstrap resamples" in text and "(the SFT data order only)" in text
+    assert variance_by_level([Chosen("m", "t", 0, None, {})], "pretrain-only") == []  # no items recorded

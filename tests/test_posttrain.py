@@ -230,6 +230,13 @@ def test_sft_picks_lr_on_val_reports_test_and_forgetting(tmp_path, tiny_run, rea
     assert (m["task"], m["arm"], m["seed"]) == ("sft", None, 42)  # labels for `midtrain report --by_seed`
     assert set(m["forgetting"]) == {"main", "code", "gsm8k"}
     assert m["test_loss"] < m["zero_shot_val_loss"]
+    # the test loss is defined from its items (the item level of the report's variance): one pair per test
+    # example, and the token-weighted mean of the pairs is the reported loss, for the kept LR and every other
+    assert len(m["test_items"]) == m["examples"]["test"] and all(n > 0 for _, n in m["test_items"])
+    for row in (m, *m["lr_sweep"].values()):
+        items = row["test_items"]
+        assert row["test_loss"] == pytest.approx(sum(x for x, _ in items) / sum(n for _, n in items), rel=1e-12)
+    assert sum(n for _, n in m["test_items"]) == m["response_tokens"]["test"]
     # forgetting is the main-corpus loss of the SFT model: `midtrain evaluate loss` (another code path)
     # on the saved SFT model and on the base must give the same numbers
     m2 = run_sft(tiny_run / "final", data, tokenizer_dir=tokenizer_dir, lrs=(3e-3,), epochs=1, micro_batch_size=8,

@@ -107,6 +107,13 @@ def test_killed_run_is_completed_by_a_rerun_then_nothing_reruns(study):
     assert len(results["sft"]) == 16 and {c["arm"] for c in results["cells"]} == {
         "pretrain-only", "code20-from4", "code50-from4", "cpt-code100-from8"}
     assert all(len(c["seeds"]) == 2 for c in results["cells"])
+    # variance by level (issue 28, item 6): every cell's seed and test-item standard errors, from the items the
+    # SFT steps recorded
+    levels = {(r["arm"], r["task"]): r for r in results["variance_levels"]}
+    assert set(levels) == {(c["arm"], c["task"]) for c in results["cells"]}
+    assert all(r["n"] == 2 and r["se_item"] > 0 and r["items"] > 0 for r in levels.values())
+    assert levels[("code20-from4", "fn")]["paired_with"] == "pretrain-only"
+    assert "Variance by level, SFT test loss" in table
 
 
 def test_deleted_sft_output_is_redone_alone(study):

@@ -41,6 +41,12 @@ Guarantees:
   probability ``power`` (statsmodels ``TTestPower``); ``detectable_effect(sd, n)`` = that × a *stated* sd
   (a pilot's). Reports give the former from the design's n: a detectable effect computed from the observed
   spread (post hoc) says nothing the interval does not, and was dropped.
+- ``variance_levels(arm_items, base_items)``: the variance of a cell's mean (or of its mean paired difference
+  from the baseline) by level. The seed level: the sd of the per-seed values over sqrt(n), what the t-interval
+  uses (test items held fixed). The item level: the sd of the same mean over ``draws`` bootstrap resamples of
+  the test items (numpy, seeded: the same draws every time), each resample applied to every seed and to both
+  arms (the items are shared: paired), each seed's loss recomputed token-weighted from its items' (loss sum,
+  tokens). None when the seeds or arms did not score the same number of items (nothing to pair).
 - ``holm(pvalues, alpha)``: Holm's step-down adjusted p-values (statsmodels ``multipletests``) over a
   family of tests; ``holm_verdicts`` gives the verdict word of each test at family-wise level ``alpha``
   (NaN p-values are left out of the family and read "inconclusive").
@@ -349,3 +355,54 @@ def a_priori_power_text(ns, confidence: float = 0.95) -> str:
     return (f"A priori (from n, before any result), a two-sided paired t-test at {1 - confidence:.0%} detects a true "
             f"difference 80% of the time only when it is at least this many sds of the per-seed differences: "
             f"{each}; an inconclusive verdict says nothing about smaller effects.")
+
+
+@dataclass(frozen=True)
+class Levels:
+    """``variance_levels``' answer: the mean over ``n`` seeds, its standard error at the seed level and at the
+    test-item level (``items`` items, ``draws`` bootstrap resamples)."""
+    mean: float
+    n: int
+    se_seed: float   # NaN for n < 2
+    se_item: float
+    items: int
+    draws: int
+
+    @property
+    def item_share(self) -> float:
+        """The item level's share of the two variances (NaN without a seed level)."""
+        total = self.se_seed ** 2 + self.se_item ** 2
+        return self.se_item ** 2 / total if total > 0 and not math.isnan(total) else math.nan
+
+
+def variance_levels(arm_items: Mapping[Hashable, Sequence[tuple[float, int]]],
+                    base_items: Mapping[Hashable, Sequence[tuple[float, int]]] | None = None,
+                    draws: int = 2000, seed: int = 0) -> Levels | None:
+    """See the module docstring. ``arm_items``: seed -> per-test-item (loss sum, tokens); ``base_items``: the
+    baseline's, paired on the seeds both have (then the value is arm - baseline per seed)."""
+    import numpy as np
+
+    seeds = [s for s in arm_items if base_items is None or s in base_items]
+    if not seeds:
+        return None
+    arrays = [np.asarray(arm_items[s], dtype=np.float64) for s in seeds]
+    bases = [np.asarray(base_items[s], dtype=np.float64) for s in seeds] if base_items is not None else []
+    k = len(arrays[0])
+    if k == 0 or any(a.shape != (k, 2) for a in arrays + bases):
+        return None
+
+    def per_seed(weights):  # weights: (draws, k) item multiplicities -> (draws, seeds) values
+        out = np.stack([(weights @ a[:, 0]) / (weights @ a[:, 1]) for a in arrays], axis=1)
+        if bases:
+            out = out - np.stack([(weights @ b[:, 0]) / (weights @ b[:, 1]) for b in bases], axis=1)
+        return out
+
+    values = per_seed(np.ones((1, k)))[0]
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(k, np.full(k, 1.0 / k), size=draws).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample with no scored token: left out
+        means = per_seed(weights).mean(axis=1)
+    means = means[np.isfinite(means)]
+    n = len(seeds)
+    se_seed = float(np.std(values, ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+    return Levels(float(values.mean()), n, se_seed, float(np.std(means, ddof=1)), k, len(means))

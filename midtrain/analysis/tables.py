@@ -49,6 +49,7 @@ class SFTResult:
     main_before: float | None = None
     checkpoint: str | None = None       # the checkpoint it fine-tuned (LR choice per checkpoint groups by it)
     main_unigram: float | None = None   # unigram entropy of the main-corpus tokens scored (the collapse reference)
+    test_items: tuple | None = None     # per test example (loss sum, tokens): the item level of the variance
 
 
 LR_CHOICES = ("per_checkpoint", "per_seed", "per_arm")
@@ -61,6 +62,7 @@ class Chosen:
     seed: int
     choice: stats.LRChoice
     values: dict  # metric -> value at the chosen LR
+    items: tuple | None = None  # the chosen LR's per-test-example (loss sum, tokens), when the SFT step recorded them
 
 
 @dataclass
@@ -116,7 +118,7 @@ def choose_per_seed(results: Iterable[SFTResult]) -> list[Chosen]:
         best = by_lr[choice.lr]
         if best.test_loss is None:
             raise _no_test(f"{arm}/{task}/seed {seed}", choice.lr)
-        out.append(Chosen(arm, task, seed, choice, _values(best)))
+        out.append(Chosen(arm, task, seed, choice, _values(best), best.test_items))
     return out
 
 
@@ -145,7 +147,7 @@ def choose_per_checkpoint(results: Iterable[SFTResult], per_arm: bool = False) -
             best = g[choice.lr]
             if best.test_loss is None:
                 raise _no_test(f"{arm}/{task}/seed {seed}", choice.lr)
-            out.append(Chosen(arm, task, seed, choice, _values(best)))
+            out.append(Chosen(arm, task, seed, choice, _values(best), best.test_items))
     return out
 
 

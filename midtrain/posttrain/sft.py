@@ -150,6 +150,41 @@ def _spread_sums(fabric, batches: list, score, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def example_losses(model, encoded, batch_size: int, device, fabric=None) -> list[list]:
+    """[loss summed over its response tokens, their count] of each example of ``encoded``, in order: what a
+    test-item bootstrap resamples (``stats.item_bootstrap``). Batched as ``examples_loss``; over several ranks each
+    batch is scored on one and every rank gets every example's pair (``_spread_sums``)."""
+    n = len(encoded)
+
+    def score(batch, start):
+        x, y = collate(batch)
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=IGNORE,
+                                    reduction="none").reshape(y.shape)
+        out = torch.zeros(2 * n, dtype=torch.float64)
+        out[2 * start:2 * (start + len(batch)):2] = per_token.double().sum(dim=1).cpu()
+        out[2 * start + 1:2 * (start + len(batch)):2] = (y != IGNORE).sum(dim=1).double().cpu()
+        return out
+
+    model.eval()
+    starts = list(range(0, n, batch_size))
+    batches = [(encoded[i:i + batch_size], i) for i in starts]
+    total = _spread_sums(fabric, batches, lambda b: score(*b), 2 * n) if batches else torch.zeros(0)
+    reshard(model)
+    model.train()
+    return [[float(total[2 * i]), int(total[2 * i + 1])] for i in range(n)]
+
+
+def items_loss(items: list[list], what: str) -> float:
+    """The token-weighted mean loss of ``example_losses``' pairs: the test loss is defined from its items, so the
+    reported loss and the items a bootstrap resamples are one measurement."""
+    from midtrain.train.metrics import mean_loss
+
+    return mean_loss(sum(x for x, _ in items), sum(c for _, c in items), what)
+
+
+@torch.no_grad()
 def examples_loss(model, encoded, batch_size: int, device, fabric=None) -> float:
     """Token-weighted mean loss over the response tokens of ``encoded``; :class:`NoData` when there are none.
     With ``fabric`` over several ranks, the batches are spread over them (``_spread_sums``)."""
@@ -497,6 +532,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
         "response_tokens": {k: sum(scorable(e) for e in v) for k, v in enc.items()},
         "epochs": epochs, "precision": precision, "lr_sweep": sweep, "best_lr": best["lr"],
         "val_loss": best["val_loss"], "test_loss": best["test_loss"], "zero_shot_val_loss": best["zero_shot_val"],
+        "test_items": best["test_items"],  # per test example, in the test file's order: [loss sum, response tokens]
         "checkpoint_notes": checkpoint_notes(checkpoint),
         "forgetting": best["forgetting"],
     }
@@ -562,17 +598,19 @@ def _sweep(fabric, kind, checkpoint, config, tied, seq, precision, checkpointing
         if best is None or val_loss < best["val_loss"]:
             after = pretrain_val_losses(model, pretrain_val_path, seq, micro, forgetting_batches, device, fabric=fabric,
                                         sets=forgetting_sets)
+            items = example_losses(model, enc["test"], micro, device, fabric)
             best = {"lr": lr, "val_loss": val_loss, "forgetting": _forgetting(before, after, unigram),
-                    "test_loss": examples_loss(model, enc["test"], micro, device, fabric), "zero_shot_val": zero_shot_val}
+                    "test_loss": items_loss(items, "SFT examples"), "test_items": items, "zero_shot_val": zero_shot_val}
             if tmp is not None:
                 _write_weights(fabric, model, kind, tmp)
         if score_every_lr and len(lrs) > 1:
             if best["lr"] == lr:
-                row.update(test_loss=best["test_loss"], forgetting=best["forgetting"])
+                row.update(test_loss=best["test_loss"], forgetting=best["forgetting"], test_items=best["test_items"])
             else:
                 after = pretrain_val_losses(model, pretrain_val_path, seq, micro, forgetting_batches, device,
                                             fabric=fabric, sets=forgetting_sets)
-                row.update(test_loss=examples_loss(model, enc["test"], micro, device, fabric),
+                items = example_losses(model, enc["test"], micro, device, fabric)
+                row.update(test_loss=items_loss(items, "SFT examples"), test_items=items,
                            forgetting=_forgetting(before, after, unigram))
         # one copy of the weights at a time: freed now, not later. An FSDP2 module and its parameter groups refer
         # to each other, so only a collection frees them; elsewhere refcounting already has, and a full collection

@@ -114,6 +114,10 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
                 window = window_under_precision(inter, spec)
                 size_res["precision_control"] = {"effects": effects, "window": window}
                 md += _format_precision(effects, window, confidence) + [""]
+            levels = variance_by_level(chosen, base)
+            if levels:
+                size_res["variance_levels"] = levels
+                md += _format_levels(levels, base, VARY[spec.vary]) + [""]
             if spec.report.get("proximity") and base:
                 md += _proximity(plan, size, cells, rep, size_res) + [""]
         else:
@@ -317,6 +321,48 @@ def window_under_precision(inter: list[dict], spec) -> list[str]:
             lines.append(f"- {family} on {task}: the window reads the same under each precision ({said})")
         else:
             lines.append(f"- {family} on {task}: the window depends on the precision ({said})")
+    return lines
+
+
+def variance_by_level(chosen, baseline: str | None) -> list[dict]:
+    """Per (arm, task) whose SFT steps recorded their test items: the SFT test loss's mean (its paired difference
+    from ``baseline``, for the other arms) with its standard error at the seed level and at the test-item level
+    (``stats.variance_levels``). Pure."""
+    from midtrain.analysis import stats
+
+    items = {(c.arm, c.task, c.seed): c.items for c in chosen if c.items}
+    rows = []
+    for arm, task in dict.fromkeys((c.arm, c.task) for c in chosen):
+        mine = {s: v for (a, t, s), v in items.items() if (a, t) == (arm, task)}
+        base = None if arm == baseline or baseline is None else \
+            {s: v for (a, t, s), v in items.items() if (a, t) == (baseline, task)}
+        if not mine or base == {}:
+            continue
+        lv = stats.variance_levels(mine, base)
+        if lv is not None:
+            rows.append({"arm": arm, "task": task, "paired_with": None if base is None else baseline,
+                         "mean": lv.mean, "n": lv.n, "se_seed": lv.se_seed, "se_item": lv.se_item, "items": lv.items,
+                         "draws": lv.draws, "item_share": lv.item_share})
+    return rows
+
+
+def _format_levels(rows: list[dict], baseline: str | None, variance: str) -> list[str]:
+    def num(x):
+        return "-" if x != x else f"{x:.4f}"
+
+    lines = [f"Variance by level, SFT test loss (Δ = paired difference from `{baseline}`; its own mean for the "
+             "baseline): the seed level is the sd of the per-seed values over √n, what the intervals above use; it "
+             f"holds together everything one seed re-runs ({variance}), which this design cannot separate. The "
+             f"test-item level is the sd of the same mean over {rows[0]['draws']:,} bootstrap resamples of the test "
+             "items, each applied to every seed and to both arms (paired): the intervals above hold the items fixed, "
+             "so a claim about the task beyond these items carries this much more uncertainty.", "",
+             "| arm | task | mean over seeds | n | seed-level SE | test-item SE (items) | item share of the variance |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        what = f"Δ {r['mean']:+.4f}" if r["paired_with"] else f"{r['mean']:.4f}"
+        share = "-" if r["item_share"] != r["item_share"] else f"{r['item_share']:.0%}"
+        lines.append(f"| {r['arm']} | {r['task']} | {what} | {r['n']} | {num(r['se_seed'])} | "
+                     f"{num(r['se_item'])} ({r['items']}) | {share} |")
     return lines
 
 

@@ -66,8 +66,10 @@ VARY = {
            "every seed (the paper's protocol); intervals are conditional on that base run and those checkpoints: "
            "checkpoint-level variance is NOT sampled, so a difference between arms is one between two checkpoints "
            "(vary: midtrain samples it)",
-    "midtrain": "the midtraining data order (each arm re-run per seed with data.seed = seed) and the SFT data "
-                "order; one base run, so intervals are conditional on it",
+    "midtrain": "the midtraining data order (each arm re-run per seed with data.seed = seed: the order of the "
+                "sources new at its start and of every source epoch begun after it; an epoch in progress keeps its "
+                "order, so no sample repeats) and the SFT data order; one base run, whose end is the one "
+                "pretrain-only control of every seed, so intervals are conditional on both",
     "base": "the base run (model init and data order: seed = data.seed = the seed), the midtraining data order "
             "and the SFT data order: the whole grid per base seed",
 }
