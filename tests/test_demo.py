@@ -277,13 +277,20 @@ def test_seeds_verdicts_and_outputs(demo):
     assert "Precision control:" in r.stdout and "- code50-from177-bf16-true − code50-from177 on code, sft_test" in r.stdout
     (log,) = (out / "study" / "midtrain" / "demo").glob("code50-from177-bf16-true/s0-*/log.txt")
     assert "precision bf16-true" in log.read_text()
+    # finding 4 and the study report's proximity section give one r (stats.proximity_r over the same valid cells)
+    f4 = next(f for f in res["findings"] if f["finding"] == "4-proximity")
+    if "r" in res["proximity"]:
+        assert f4["mean"] == pytest.approx(res["proximity"]["r"]["r"], rel=1e-12), (f4, res["proximity"]["r"])
+        assert "Pearson r = " in r.stdout
+    else:
+        assert f4["mean"] is None
     # forgetting is scored on the main val set only (sft.options.forgetting_sets)
     (m,) = (out / "study" / "sft" / "demo").glob("code20-from65/code/s0-*/metrics.json")
     assert set(json.loads(m.read_text())["forgetting"]) == {"main"}
     rep = out / "study" / "report" / "demo-tiny"
     for png in ("demo-sft-test.png", "demo-code-code-heatmap.png", "demo-proximity.png", "val_loss_curves.png"):
         assert (rep / png).stat().st_size > 5000, png
-    assert "Collapse (not judged)" in r.stdout and "Pearson r" in r.stdout and res["collapse"]["ln_vocab"] == math.log(2048)
+    assert "Collapse (not judged)" in r.stdout and "| LR-weighted steps |" in r.stdout and res["collapse"]["ln_vocab"] == math.log(2048)
     lo, hi = res["collapse"]["unigram_entropy"]
     assert 0 < lo <= hi < math.log(2048)
 

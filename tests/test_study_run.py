@@ -114,6 +114,10 @@ def test_killed_run_is_completed_by_a_rerun_then_nothing_reruns(study):
     assert all(r["n"] == 2 and r["se_item"] > 0 and r["items"] > 0 for r in levels.values())
     assert levels[("code20-from4", "fn")]["paired_with"] == "pretrain-only"
     assert "Variance by level, SFT test loss" in table
+    # proximity with dose (item 7): each row carries its arm's LR-weighted steps, more for an earlier start
+    prox = {r["arm"]: r for r in results["proximity"]["rows"]}
+    assert prox["code20-from4"]["lr_steps"] > prox["cpt-code100-from8"]["lr_steps"] > 0
+    assert prox["code20-from4"]["lr_steps"] == prox["code50-from4"]["lr_steps"]
 
 
 def test_deleted_sft_output_is_redone_alone(study):

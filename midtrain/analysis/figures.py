@@ -81,8 +81,12 @@ def timing_weight_heatmap(panels: Mapping[str, Mapping[tuple[int, float], stats.
 
 
 def proximity_scatter(points: Mapping[str, Sequence[tuple[float, float, str]]], out: str | Path,
-                      measure: str = "cosine", size: tuple[int, int] = (1000, 400)) -> str:
-    """``points``: model size -> [(proximity advantage, relative improvement, label)]."""
+                      measure: str = "cosine", size: tuple[int, int] = (1000, 400),
+                      notes: Mapping[str, str] | None = None,
+                      xlabel: str | None = None) -> str:
+    """``points``: model size -> [(x, relative improvement, label)], x the proximity advantage (or, with
+    ``xlabel``, what it says); ``notes``: model size -> the correlation to print in its title (computed by the
+    caller, ``stats.proximity_r``: the figure states no statistic of its own)."""
     import numpy as np
 
     plt = _plt()
@@ -95,18 +99,14 @@ def proximity_scatter(points: Mapping[str, Sequence[tuple[float, float, str]]], 
         ax.scatter(x, y, s=18)
         for xi, yi, lab in pts:
             ax.annotate(lab, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
-        title = f"{group}"
+        title = f"{group}" + (f": {notes[group]}" if notes and notes.get(group) else "")
         if len(pts) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
-            r = stats.pearson(x.tolist(), y.tolist())
             slope, icpt = np.polyfit(x, y, 1)
             xs = np.linspace(x.min(), x.max(), 20)
             ax.plot(xs, slope * xs + icpt, color="C1", lw=1)
-            title += f": Pearson r = {r.r:.2f} (n={r.n}, p={r.p:.2g})"
-        else:
-            title += f": r undefined (n={len(pts)})"
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel(f"proximity advantage ({measure}, vs main corpus)")
+        ax.set_xlabel(xlabel or f"proximity advantage ({measure}, vs main corpus)")
         ax.set_ylabel("relative improvement after SFT\n(L_base - L_mid) / L_base")
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -25,6 +25,10 @@ Guarantees:
 - ``paired(...).p``: the two-sided one-sample t-test p-value of the differences (scipy; NaN for n < 2 or
   n identical differences: no test), the test the t-interval inverts: p < 1 - confidence exactly when the
   interval excludes 0.
+- ``proximity_r(rows, test, baseline, seeds)``: the one definition of "the benefit tracks proximity, dose
+  included" (the study report's proximity section and the demo's finding 4): x = a cell's proximity advantage
+  times its arm's LR-weighted steps (``schedules.lr_steps``: start and duration; the weight is in the mixture),
+  y = its relative improvement over ``baseline`` per seed, r by ``seed_level_r``; None with <= 3 cells.
 - ``regime_problems(values, choice, ln_vocab)``: why a cell is outside a valid regime, so that no verdict
   rests on it ("not judged"): a non-finite loss; **collapse** (``collapsed``): the main-corpus loss after
   SFT at or above ``values["main_unigram"]``, the unigram entropy of the very tokens it scored
@@ -309,6 +313,21 @@ def seed_level_r(x: Mapping[Hashable, float], y: Mapping[Hashable, Mapping[Hasha
     iv = summarize(zs, confidence)
     lo, hi = (math.tanh(v) if math.isfinite(v) else math.nan for v in (iv.lo, iv.hi))
     return Correlation(math.tanh(iv.mean), t_test_p(zs), len(cells), lo, hi)
+
+
+def proximity_r(rows: Sequence[Mapping], test: Mapping[tuple, float], baseline: str,
+                seeds: Sequence) -> "tuple[Correlation | None, int]":
+    """See the module docstring. ``rows``: {"arm", "task", "advantage", "lr_steps"} (lr_steps absent: 1);
+    ``test``: (arm, task, seed) -> SFT test loss, finite values of the cells to use only. Returns (r or None, the
+    cells with at least one seed paired with the baseline)."""
+    x, y = {}, {}
+    for p in rows:
+        cell = (p["arm"], p["task"])
+        per_seed = {s: relative_improvement(test[(baseline, p["task"], s)], test[(p["arm"], p["task"], s)])
+                    for s in seeds if (p["arm"], p["task"], s) in test and (baseline, p["task"], s) in test}
+        if per_seed:
+            x[cell], y[cell] = p["advantage"] * p.get("lr_steps", 1.0), per_seed
+    return (seed_level_r(x, y, seeds) if len(x) > 3 else None), len(x)
 
 
 def regime_problems(values: Mapping[str, float], choice: "LRChoice | None" = None,

@@ -237,9 +237,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     report = json.loads((out / "study" / plan.by_id["report"].out / "results.json").read_text())
     size_name = plan.spec.sizes[0].name
     prox = report["sizes"][size_name].get("proximity", {})
-    lr_steps = {a.name: sum(P.lr_fraction(size0.config, t, size0.max_steps) for t in range(a.start, size0.max_steps))
-                for a in plan.spec.arms}  # finding 4's dose: the LR-weighted number of steps each arm trains
-    rows = [dict(r, lr_steps=lr_steps[r["arm"]]) for r in prox.get("rows", []) if r["arm"] in lr_steps]
+    rows = prox.get("rows", [])  # with each arm's LR-weighted steps (finding 4's dose), from the report
     found = F.evaluate(chosen, plan.spec.seeds, demo["domains"], demo["grid"], rows,
                        ln_vocab=math.log(VOCAB), near=demo.get("near"), precision=demo.get("precision"))
     ln_v = math.log(VOCAB)

@@ -198,26 +198,15 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
     # seed, its interval over the seeds (every cell shares the control's runs: the seeds are the units)
     valid = [p for p in proximity if not _problems(values, keys([p["arm"], "pretrain-only"], p["task"]), ln_vocab)]
     dropped = len(proximity) - len(valid)
-    x, y = {}, {}
-    for p in valid:
-        cell = (p["arm"], p["task"])
-        per_seed = {}
-        for s in seeds:
-            arm, ctrl = _finite(values, (p["arm"], p["task"], s), "sft_test"), \
-                _finite(values, ("pretrain-only", p["task"], s), "sft_test")
-            if arm is not None and ctrl is not None:
-                per_seed[s] = stats.relative_improvement(ctrl, arm)
-        if per_seed:
-            x[cell], y[cell] = p["advantage"] * p.get("lr_steps", 1.0), per_seed
-    r = None
-    if len(x) > 3:
-        r = stats.seed_level_r(x, y, seeds)
+    test = {k: v for k, v in ((k, _finite(values, k, "sft_test")) for k in values) if v is not None}
+    r, n_cells = stats.proximity_r(valid, test, "pretrain-only", seeds)
+    if r is not None:
         iv = stats.Interval(r.r, math.nan, r.n, r.lo, r.hi)
     else:
         iv = None
     detail = ("Pearson r of dose-weighted proximity (advantage x LR-weighted steps) and relative improvement "
               f"within each seed, t-interval over the {len(seeds)} seeds of its Fisher z" +
-              (f", over the {len(x)} cells in a valid regime ({dropped} not judged)" if dropped else ""))
+              (f", over the {n_cells} cells in a valid regime ({dropped} not judged)" if dropped else ""))
     out.append(_finding("4-proximity", "the benefit (relative improvement in SFT test loss) rises with the "
                         "dose-weighted proximity advantage", iv, False, detail, p=r.p if r is not None else None))
     if near:

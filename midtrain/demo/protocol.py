@@ -26,28 +26,9 @@ import hashlib
 import json
 from typing import Mapping
 
-from midtrain.errors import ConfigError
-from midtrain.train.schedules import Schedule, warmup_steps
+from midtrain.train.schedules import lr_fraction
 
 DEFAULT_LIMITS = {"early_lr_min": 0.8, "late_lr_max": 0.15, "sft_to_domain_max": 0.1}
-
-
-def lr_fraction(config: Mapping, step: int, total_steps: int) -> float:
-    """LR at ``step`` (the one the optimizer step ``step -> step + 1`` uses) over the peak LR, from a run
-    config's ``train:`` and ``optimizer:`` sections and the run's horizon ``total_steps`` (the trainer's own
-    schedule: peak = train.max_lr, else the optimizer's lr)."""
-    from midtrain.train.startup import optimizer_lr
-
-    train = config.get("train") or {}
-    peak = train.get("max_lr") or optimizer_lr(config.get("optimizer"))
-    if not peak:
-        raise ConfigError("optimizer", "sets no lr (nor train.max_lr): the protocol needs the peak LR")
-    peak = float(peak)
-    sched = Schedule(train.get("lr_scheduler", "cosine"), peak, float(train.get("min_lr", 6e-5)), total_steps,
-                     warmup_steps(total_steps, train.get("lr_warmup_steps"), train.get("lr_warmup_fraction")),
-                     train.get("stable_steps"), float(train.get("decay_fraction", 0.1)),
-                     train.get("decay_shape", "linear"))
-    return sched.lr_at(step) / peak
 
 
 def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
@@ -115,7 +96,8 @@ def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
 
 # the code that builds the demo's data and judges its results: a change to any of it is a change of protocol
 PROTOCOL_CODE = ("midtrain/demo/data.py", "midtrain/demo/protocol.py", "midtrain/demo/findings.py",
-                 "midtrain/analysis/stats.py", "midtrain/analysis/tables.py", "midtrain/analysis/proximity.py")
+                 "midtrain/analysis/stats.py", "midtrain/analysis/tables.py", "midtrain/analysis/proximity.py",
+                 "midtrain/study/report.py", "midtrain/train/schedules.py")
 
 
 def protocol_hash(spec_raw: Mapping, base_raw: Mapping, scale: Mapping, seed: int,

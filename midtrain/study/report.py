@@ -119,7 +119,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
                 size_res["variance_levels"] = levels
                 md += _format_levels(levels, base, VARY[spec.vary]) + [""]
             if spec.report.get("proximity") and base:
-                md += _proximity(plan, size, cells, rep, size_res) + [""]
+                md += _proximity(plan, size, cells, rep, size_res, chosen) + [""]
         else:
             md += ["(no finished SFT steps yet)", ""]
         if got["eval"]:
@@ -497,9 +497,10 @@ def _heatmaps(spec, size: str, cells, rep: Path) -> list[str]:
     return lines
 
 
-def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict) -> list[str]:
-    """Unigram proximity advantage of each arm's mixture (over main) toward each task's SFT text, against
-    the arm's relative improvement (L_control - L_arm) / L_control in SFT test loss."""
+def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict, chosen=None) -> list[str]:
+    """Unigram proximity advantage of each arm's mixture (over main) toward each task's SFT text, with the arm's
+    LR-weighted steps, against its relative improvement (L_control - L_arm) / L_control in SFT test loss; with
+    ``chosen`` (the per-seed values), their correlation by ``stats.proximity_r``."""
     import numpy as np
 
     from midtrain.analysis import counting, figures
@@ -507,6 +508,7 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict) -> list[str]:
     from midtrain.data.mixture import parse_weights
     from midtrain.data.shards import discover
     from midtrain.tokenizer import load_tokenizer
+    from midtrain.train.schedules import lr_steps
 
     spec = plan.spec
     cfg = size.config
@@ -536,16 +538,18 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict) -> list[str]:
     vocab = max(len(c) for c in counts.values())
     dists = {k: px.distribution(counting.pad_to(c, vocab)) for k, c in counts.items()}
     arms = {a.name: a for a in spec.arms}
-    points, rows = {size.name: []}, []
-    base = {c.task: c for c in cells if c.arm == spec.report.get("baseline", CONTROL)}
+    rows = []
+    base_arm = spec.report.get("baseline", CONTROL)
+    base = {c.task: c for c in cells if c.arm == base_arm}
     for c in cells:
         if c.arm not in arms or not arms[c.arm].mixture or c.task not in base or "sft_test" not in c.summary:
             continue
         weights = dict(parse_weights(arms[c.arm].mixture, "mixture"))
         adv = px.advantage(measure, px.mixture(dists, weights), dists["main"], dists[f"task:{c.task}"])
         rel = stats.relative_improvement(base[c.task].summary["sft_test"].mean, c.summary["sft_test"].mean)
-        points[size.name].append((adv, rel, f"{c.arm}/{c.task}"))
-        rows.append({"arm": c.arm, "task": c.task, "advantage": adv, "relative_improvement": rel})
+        rows.append({"arm": c.arm, "task": c.task, "advantage": adv, "relative_improvement": rel,
+                     "lr_steps": lr_steps(size.config, arms[c.arm].start, size.max_steps),
+                     "judged": not c.regime and not base[c.task].regime})
     size_res["proximity"] = {"measure": measure, "rows": rows}
     src = [f"Unigram proximity of each corpus to each SFT task's text (cosine / JSD, base 2):", "",
            "| corpus | " + " | ".join(t.name for t in spec.tasks) + " |", "|---|" + "---|" * len(spec.tasks)]
@@ -556,20 +560,30 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict) -> list[str]:
     size_res["proximity"]["sources"] = {t_name: {t.name: {"cosine": px.cosine(dists[t_name], dists[f"task:{t.name}"]),
                                                         "jsd": px.jsd(dists[t_name], dists[f"task:{t.name}"])}
                                                  for t in spec.tasks} for t_name in disc}
-    lines = src + ["", f"Proximity advantage ({measure}, mixture vs main toward the task's SFT text) and relative improvement "
-             "(L_pretrain-only - L_arm) / L_pretrain-only in SFT test loss:", "",
-             "| arm | task | advantage | relative improvement |", "|---|---|---|---|"]
-    lines += [f"| {r['arm']} | {r['task']} | {r['advantage']:+.4f} | {r['relative_improvement']:+.4f} |" for r in rows]
-    if len(rows) >= 3:
-        try:
-            r = stats.pearson([x["advantage"] for x in rows], [x["relative_improvement"] for x in rows])
-            size_res["proximity"]["pearson"] = r.__dict__
-            lines.append(f"\nPearson r = {r.r:.2f} (n = {r.n}, p = {r.p:.2g}, 95% CI "
-                         f"{r.lo:.2f} to {r.hi:.2f})" if r.n > 3 else f"\nPearson r = {r.r:.2f} (n = {r.n})")
-        except ValueError:
-            pass
+    lines = src + ["", f"Proximity advantage ({measure}, mixture vs main toward the task's SFT text), the arm's "
+             "LR-weighted steps (the sum of LR / peak over the steps it trains: its start and duration), and the "
+             "relative improvement (L_pretrain-only - L_arm) / L_pretrain-only in SFT test loss (mean over seeds):", "",
+             "| arm | task | advantage | LR-weighted steps | relative improvement |", "|---|---|---|---|---|"]
+    lines += [f"| {r['arm']} | {r['task']} | {r['advantage']:+.4f} | {r['lr_steps']:.1f} | "
+              f"{r['relative_improvement']:+.4f}" + ("" if r["judged"] else " (not judged: regime)") + " |" for r in rows]
+    if chosen is not None:  # stats.proximity_r: the same r as the demo's finding 4, over the cells in a valid regime
+        test = {(c.arm, c.task, c.seed): c.values["sft_test"] for c in chosen
+                if c.values.get("sft_test") is not None and math.isfinite(c.values["sft_test"])}
+        r, n = stats.proximity_r([x for x in rows if x["judged"]], test, base_arm, plan.spec.seeds)
+        if r is not None:
+            size_res["proximity"]["r"] = {**r.__dict__, "cells": n, "seeds": len(plan.spec.seeds)}
+            ci = "" if r.lo != r.lo else f", 95% CI {r.lo:.2f} to {r.hi:.2f}"
+            lines.append(f"\nDose-weighted proximity (advantage × LR-weighted steps) against relative improvement: "
+                         f"Pearson r = {r.r:.2f} within each seed, over {n} cells in a valid regime{ci} (a t-interval "
+                         f"over the {len(plan.spec.seeds)} seeds of its Fisher z: every cell's improvement is over the "
+                         "same control runs, so the seeds, not the cells, are the independent units)")
     if rows:
         name = f"{size.name}-proximity.png"
-        figures.proximity_scatter(points, rep / name, measure)
-        lines.append(f"\n![proximity advantage vs relative improvement]({name})")
+        r = size_res["proximity"].get("r")
+        points = {size.name: [(x["advantage"] * x["lr_steps"], x["relative_improvement"],
+                               f"{x['arm']}/{x['task']}" + ("" if x["judged"] else " (not judged)")) for x in rows]}
+        figures.proximity_scatter(points, rep / name, measure, notes={size.name: f"r = {r['r']:.2f} within seeds over "
+                                  f"{r['cells']} valid cells" if r else ""},
+                                  xlabel=f"proximity advantage ({measure}) × LR-weighted steps")
+        lines.append(f"\n![dose-weighted proximity advantage vs relative improvement]({name})")
     return lines

@@ -89,3 +89,34 @@ def rewarm_factor(step: int, import_step: Optional[int], rewarm_steps: int) -> f
     if not rewarm_steps or import_step is None or not import_step <= step < import_step + rewarm_steps:
         return 1.0
     return (step - import_step + 1) / rewarm_steps
+
+
+def config_schedule(config, total_steps: int) -> "Schedule":
+    """The trainer's schedule of a run config (its ``train:`` and ``optimizer:`` sections, a plain mapping) over
+    the run's horizon ``total_steps``: peak = train.max_lr, else the optimizer's lr (refused in one line when
+    neither is set)."""
+    from midtrain.errors import ConfigError
+    from midtrain.train.startup import optimizer_lr
+
+    train = config.get("train") or {}
+    peak = train.get("max_lr") or optimizer_lr(config.get("optimizer"))
+    if not peak:
+        raise ConfigError("optimizer", "sets no lr (nor train.max_lr): the schedule needs the peak LR")
+    return Schedule(train.get("lr_scheduler", "cosine"), float(peak), float(train.get("min_lr", 6e-5)), total_steps,
+                    warmup_steps(total_steps, train.get("lr_warmup_steps"), train.get("lr_warmup_fraction")),
+                    train.get("stable_steps"), float(train.get("decay_fraction", 0.1)),
+                    train.get("decay_shape", "linear"))
+
+
+def lr_fraction(config, step: int, total_steps: int) -> float:
+    """LR at ``step`` (the one the optimizer step ``step -> step + 1`` uses) over the peak LR of a run config
+    (``config_schedule``)."""
+    sched = config_schedule(config, total_steps)
+    return sched.lr_at(step) / sched.max_lr
+
+
+def lr_steps(config, start: int, total_steps: int) -> float:
+    """The LR-weighted number of optimizer steps from ``start`` to ``total_steps``: the sum of ``lr_fraction`` over
+    them (an arm's dose of learning: its start and duration; a late arm's steps count for little)."""
+    sched = config_schedule(config, total_steps)
+    return sum(sched.lr_at(t) for t in range(start, total_steps)) / sched.max_lr
