@@ -400,7 +400,8 @@ def _format_interactions(inter: list[dict], confidence: float) -> list[str]:
 
 def _lines_and_scatter(spec, size: str, cells, rep: Path) -> list[str]:
     """Δ vs the baseline over start step (a line per weight) and over weight (a line per start), per grid
-    family and task; and the in-domain gain against forgetting scatter of every (arm, task)."""
+    family and task; over start step with a line per dose, per dose-matched family and task; and the in-domain
+    gain against forgetting scatter of every (arm, task)."""
     from midtrain.analysis import figures
 
     lines = []
@@ -430,6 +431,30 @@ def _lines_and_scatter(spec, size: str, cells, rep: Path) -> list[str]:
                     name = f"{size}-{family}-{task}-over-{x_key}.png"
                     figures.delta_lines(panels, rep / name, xlabel, title=f"{size}: {family} on {task}, over {xlabel}")
                     lines.append(f"![{family} over {xlabel} on {task}]({name})")
+    # dose-matched arms (``dose: [D]``, weight D / (T - S)): a line per dose over the start, each holding the domain
+    # tokens added fixed, so its slope is the effect of where in the schedule (the LR at the start) the same
+    # dose goes, apart from the dose
+    dosed: dict[str, list] = {}
+    for a in spec.arms:
+        if a.dose is not None:
+            dosed.setdefault(a.family + (f"-{a.precision}" if a.precision else ""), []).append(a)
+    for family, members in dosed.items():
+        names = {a.name: a for a in members}
+        for task in dict.fromkeys(c.task for c in cells):
+            panels = {}
+            for metric, label in labels.items():
+                by_line: dict[str, list] = {}
+                for c in cells:
+                    if c.task == task and c.arm in names and metric in c.delta:
+                        a = names[c.arm]
+                        by_line.setdefault(f"dose {a.dose:g} steps", []).append((a.start, c.delta[metric].diff))
+                if any(len(v) >= 2 for v in by_line.values()):
+                    panels[label] = by_line
+            if panels:
+                name = f"{size}-{family}-{task}-dose-matched.png"
+                figures.delta_lines(panels, rep / name, "start step (the dose w·(T − S) held fixed per line)",
+                                    title=f"{size}: {family} on {task}, dose-matched over the start")
+                lines.append(f"![{family} dose-matched over the start on {task}]({name})")
     points = [(c.delta["main_after"].diff, c.delta["sft_test"].diff, f"{c.arm}/{c.task}") for c in cells
               if "main_after" in c.delta and "sft_test" in c.delta]
     if points:
