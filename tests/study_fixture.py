@@ -1,4 +1,4 @@
-"""A tiny study on real shards: 1 base + 2 arms + 1 CPT, 1 SFT task x 2 LRs x 2 seeds (33 steps; seeds.vary: midtrain)."""
+"""A tiny study on real shards: 1 base + 2 arms + 1 CPT, 1 SFT task x 2 LRs x 2 seeds (35 steps; seeds.vary: midtrain, the control re-run per seed)."""
 
 from __future__ import annotations
 

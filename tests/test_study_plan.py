@@ -11,7 +11,7 @@ import yaml
 
 from conftest import REPO, run_cli
 from midtrain.errors import ConfigError
-from midtrain.study.plan import make_plan
+from midtrain.study.plan import format_plan, make_plan
 from midtrain.study.spec import CONTROL, parse_spec
 
 BASE = {"model_name": "pythia-70m", "data": {"init_args": {"data_path": "/d/shards", "val_data_path": "/d/val",
@@ -39,18 +39,33 @@ def plan_of(spec=None, base=None, **kw):
 def test_grid_expansion_and_counts():
     p = plan_of(raw(seeds=MID), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
     arms = sorted({s.labels["arm"] for s in p.steps if s.kind == "midtrain"})
-    assert arms == ["code20-from20", "code20-from60", "code50-from20", "code50-from60", "cpt-code100-from80"]
+    assert arms == ["code20-from20", "code20-from60", "code50-from20", "code50-from60", "cpt-code100-from80",
+                    "pretrain-only"]
     c = p.counts()
-    # segments cut at 20, 60, 80 and the end; 5 arms x 3 seeds; (5 x 3 arm runs + 1 control) evals;
+    # segments cut at 20, 60 and 80 (the base run need not reach the end: the control is re-run per seed, the
+    # default under vary: midtrain); 5 arms x 3 seeds + the control x 3 seeds; as many evals;
     # SFT: 1 task x 2 LRs x (5 arms x 3 seeds + control x 3 seeds)
-    assert c == {"pretrain": 4, "midtrain": 15, "sft": 2 * (15 + 3), "eval": 16, "lm-eval": 0, "report": 1}
+    assert c == {"pretrain": 3, "midtrain": 18, "sft": 2 * (15 + 3), "eval": 18, "lm-eval": 0, "report": 1}
+    # the control per seed: the base mixture from the earliest arm start, with the seed's data order
+    ctrl = p.by_id["midtrain/70m/pretrain-only/s2"]
+    assert ctrl.resume_step == "base/70m/to20" and ctrl.config["data"]["init_args"]["seed"] == 2
+    assert "mix_weights_str" not in ctrl.config["data"]["init_args"] and ctrl.tokens == 80 * 8 * 16
+    assert {s.deps[0] for s in p.steps if s.kind == "sft" and s.labels["arm"] == "pretrain-only"} == {
+        f"midtrain/70m/pretrain-only/s{i}" for i in range(3)}
+    assert "the pretrain-only control is re-run per seed the same way" in format_plan(p)
+    # seeds.control: shared keeps one control, the base run's end, and says its noise is not sampled
+    shared = plan_of(raw(seeds={**MID, "control": "shared"}), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
+    assert shared.counts() == {"pretrain": 4, "midtrain": 15, "sft": 2 * (15 + 3), "eval": 16, "lm-eval": 0,
+                               "report": 1}
+    assert "one run shared by every seed (seeds.control: shared)" in format_plan(shared)
+    assert shared.total_tokens() == p.total_tokens() - 3 * 80 * 128 + 20 * 128
     cpt = next(s for s in p.steps if s.labels.get("arm") == "cpt-code100-from80")
     assert cpt.config["data"]["init_args"]["mix_weights_str"] == "code:1"
     code20 = p.by_id["midtrain/70m/code20-from20/s1"]
     assert code20.config["data"]["init_args"]["mix_weights_str"] == "main:0.8,code:0.2"
     assert code20.config["data"]["init_args"]["seed"] == 1 and code20.tokens == 80 * 8 * 16
     assert code20.flops == 6 * 70_000_000 * 80 * 8 * 16
-    assert p.total_tokens() == 100 * 128 + sum((100 - s) * 128 * 3 for s in (20, 20, 60, 60, 80)) + 36 * 1000
+    assert p.total_tokens() == 80 * 128 + sum((100 - s) * 128 * 3 for s in (20, 20, 60, 60, 80, 20)) + 36 * 1000
 
 
 def test_a_dose_matched_arm_plans_equal_domain_doses_at_every_start():
@@ -60,7 +75,8 @@ def test_a_dose_matched_arm_plans_equal_domain_doses_at_every_start():
 
     spec = raw(arms=[{"name": "code", "domain": "code", "start": [20, 60, 90], "dose": [8, 10]}], seeds=MID)
     p = plan_of(spec)
-    runs = {s.labels["arm"]: s for s in p.steps if s.kind == "midtrain" and s.labels["seed"] == 0}
+    runs = {s.labels["arm"]: s for s in p.steps if s.kind == "midtrain" and s.labels["seed"] == 0
+            and s.labels["arm"] != CONTROL}
     assert sorted(runs) == sorted(f"code-dose{d}-from{s}" for d in (8, 10) for s in (20, 60, 90))
     for name, step in runs.items():
         dose, start = float(name.split("dose")[1].split("-")[0]), step.labels["start"]
@@ -118,7 +134,7 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
     spec = raw(arms=[{"name": "code", "domain": "code", "start": [20, 60], "weight": [0.2, 0.5],
                       "precision": ["bf16-true", "bf16-mixed"]}], seeds=MID)
     p = plan_of(spec)
-    runs = {(s.labels["arm"], s.labels["seed"]): s for s in p.steps if s.kind == "midtrain"}
+    runs = {(s.labels["arm"], s.labels["seed"]): s for s in p.steps if s.kind == "midtrain" and s.labels["arm"] != CONTROL}
     assert {a for a, _ in runs} == {f"code{w}-from{st}-{pr}" for w in (20, 50) for st in (20, 60)
                                     for pr in ("bf16-true", "bf16-mixed")}
     a, b = runs[("code20-from60-bf16-true", 1)], runs[("code20-from60-bf16-mixed", 1)]
@@ -164,7 +180,7 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
 
 
 def test_segment_chain_and_edges():
-    p = plan_of(raw(seeds=MID))
+    p = plan_of(raw(seeds={**MID, "control": "shared"}))  # (the shared control: the base run to the end)
     segs = [s for s in p.steps if s.kind == "pretrain"]
     assert [(s.labels["start"], s.labels["end"]) for s in segs] == [(0, 20), (20, 60), (60, 80), (80, 100)]
     assert [s.deps for s in segs] == [(), (segs[0].id,), (segs[1].id,), (segs[2].id,)]
@@ -242,6 +258,11 @@ def test_output_paths_are_stable_and_config_derived():
      "sft.options.strategy: hsdp replicates across nodes"),
     ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"devices": 8}}},  # defaults: 16 / (8 x 8)
      "sft.options.global_batch_size: 16 is not a multiple of micro_batch_size 8 x 8 process(es)"),
+    ({"seeds": {"values": [0, 1], "vary": "midtrain", "control": "each"}},
+     "seeds.control: expected one of per_seed, shared, got 'each'"),
+    ({"seeds": {"values": [0, 1], "vary": "sft", "control": "per_seed"}},
+     "seeds.control: per_seed re-runs the control as vary: midtrain re-runs the arms; under vary: sft each arm is "
+     "one checkpoint"),
     ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"forgetting_sets": "main"}}},
      "sft.options.forgetting_sets: give distinct validation set names, got 'main'"),
     ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"forgetting_sets": ["code"]}}},
@@ -278,8 +299,12 @@ def test_seeds_vary_sft_is_one_midtrained_checkpoint_per_arm_fine_tuned_with_eve
     tokens = 100 * 128 + sum((100 - s) * 128 for s in (20, 20, 60, 60, 80)) + 36 * 1000
     assert p.total_tokens() == tokens == p.cost_by_vary["sft"][0]
     mid = plan_of(raw(seeds=MID), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
-    assert p.cost_by_vary["midtrain"][0] == mid.total_tokens() == tokens + 2 * sum((100 - s) * 128 for s in (20, 20, 60, 60, 80))
-    assert p.cost_by_vary == mid.cost_by_vary and p.cost_by_vary["base"][0] == 3 * 100 * 128 + mid.total_tokens() - 100 * 128
+    # vary: midtrain re-runs every arm and the control (from the earliest start, 20) per seed; the base run stops
+    # at the last start (80)
+    assert p.cost_by_vary["midtrain"][0] == mid.total_tokens() == \
+        tokens + 2 * sum((100 - s) * 128 for s in (20, 20, 60, 60, 80)) + 3 * 80 * 128 - 20 * 128
+    assert p.cost_by_vary == mid.cost_by_vary and p.cost_by_vary["base"][0] == \
+        3 * 100 * 128 + mid.total_tokens() - 80 * 128 - 3 * 80 * 128  # (base: its own control per base seed)
     from midtrain.study.plan import format_plan
 
     text = format_plan(p)

@@ -134,7 +134,8 @@ def _plan(tmp_path, **spec_extra):
             "train": {"max_steps": 12, "global_batch_size": 4, "max_seq_length": 8}}
     raw = {"name": "t", "sizes": {"s": {"config": "base.yaml"}},
            "arms": [{"name": "code", "domain": "code", "start": [4], "weight": [0.2]}],
-           "seeds": {"values": [0, 1], "vary": "midtrain"},
+           # (one shared control: the groups below are of the base run's end and its SFT steps)
+           "seeds": {"values": [0, 1], "vary": "midtrain", "control": "shared"},
            "sft": {"lrs": [1e-4, 1e-3], "tasks": {"fn": {"data": "d.jsonl"}}}, **spec_extra}
     return make_plan(parse_spec(raw, {"s": base}))
 

@@ -245,9 +245,10 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     above = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if stats.collapsed(v, ln_v)})
     refs = [v["main_unigram"] for v in chosen.values() if "main_unigram" in v]
     edges = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if v["lr_edge"]})
-    control = next(s for s in plan.steps if s.kind == "pretrain" and s.labels.get("arm") == "pretrain-only")
-    runs = [out / "study" / control.out / "run"] + \
-        [out / "study" / s.out / "run" for s in plan.steps if s.kind == "midtrain" and s.labels["seed"] in (None, plan.spec.seeds[0])]
+    # every run of the first seed (the control: the base run's end, or its own run per seed under seeds.control)
+    runs = [out / "study" / s.out / "run" for s in plan.steps if s.kind in ("pretrain", "midtrain")
+            and (s.kind == "midtrain" or s.labels.get("arm") == "pretrain-only")
+            and s.labels.get("seed") in (None, plan.spec.seeds[0])]
     png = plot_runs([str(r) for r in runs], str(out / "study" / plan.by_id["report"].out / "val_loss_curves.png"))
     summary = {
         "protocol": {"hash": digest, **proto}, "near_duplicates": dups["eval"],

@@ -214,7 +214,9 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         for vary in VARY:
             if vary == "base" and any(sz.checkpoint for sz in spec.sizes):
                 continue
-            other = make_plan(dataclasses.replace(spec, vary=vary), params, sft_tokens, _costs=False, known=known)
+            control = (spec.control if spec.vary == "midtrain" else "per_seed") if vary == "midtrain" else "shared"
+            other = make_plan(dataclasses.replace(spec, vary=vary, control=control), params, sft_tokens, _costs=False,
+                              known=known)
             plan.cost_by_vary[vary] = (other.total_tokens(), other.total_flops())
     steps: dict[str, Step] = {}
     kept_logging: dict[str, tuple[str, ...]] = {}  # base segments done here, other only in what they log
@@ -283,9 +285,32 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
             if base_seed is not None:  # vary: base: this seed's own init and data order
                 base_cfg = set_dotted(dict(set_dotted(base_cfg, "data.seed", base_seed)), "seed", base_seed)
                 tag = f"/s{base_seed}"
+            # under vary: midtrain with seeds.control: per_seed, the control is re-run per seed like the arms (from the
+            # earliest arm start, data.seed = seed), and the base run needs to reach only the last arm start
+            per_seed_control = spec.vary == "midtrain" and spec.control == "per_seed" and bool(size_arms)
             seg_at = _base_chain(size, size_arms, base_cfg, tag, base_seed, origin, add, known, reuse, steps, spec.name,
-                                 ran, kept_logging)
-            runs.append((size.name, CONTROL, base_seed, seg_at[size.max_steps][0]))
+                                 ran, kept_logging, shared_control=not per_seed_control)
+            if per_seed_control:
+                start = size.start_step if size.checkpoint else min(a.start for a in size_arms)
+                for seed in spec.seeds:
+                    cfg = set_dotted(base_cfg, "data.seed", seed)
+                    cfg["resume"] = "auto"
+                    sid = f"midtrain/{size.name}/{run_label(CONTROL, seed)}"
+                    labels = {"size": size.name, "arm": CONTROL, "family": CONTROL, "seed": seed, "start": start,
+                              "end": size.max_steps, "weight": None, "domain": None, "mixture": None, "precision": None}
+                    tokens = (size.max_steps - start) * size.tokens_per_step
+                    if size.checkpoint:
+                        cfg = set_dotted(cfg, "train.max_additional_steps", size.max_steps - size.start_step)
+                        cfg["resume_from"] = size.checkpoint
+                        add("midtrain", sid, [], cfg, {**labels, "imported": size.checkpoint}, tokens=tokens,
+                            size=size.name, origin=origin)
+                    else:
+                        seg, at = seg_at[start]
+                        add("midtrain", sid, [seg], cfg, labels, resume_step=seg, resume_at=at, tokens=tokens,
+                            size=size.name)
+                    runs.append((size.name, CONTROL, seed, sid))
+            else:
+                runs.append((size.name, CONTROL, base_seed, seg_at[size.max_steps][0]))
             arm_seeds = [base_seed] if base_seed is not None else (spec.seeds if spec.vary == "midtrain" else [None])
             for arm in size_arms:
                 for seed in arm_seeds:
@@ -352,7 +377,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
 
 def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, origin: str | None, add, known,
                 reuse, steps, spec_name: str = "", ran: "Mapping[str, Ran] | None" = None,
-                kept_logging: dict | None = None) -> dict:
+                kept_logging: dict | None = None, shared_control: bool = True) -> dict:
     """The steps that bring ``size``'s base run to every arm start and to max_steps:
     end step -> (step id, periodic checkpoint step or None for its final checkpoint).
 
@@ -362,8 +387,11 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
     what no segment provides is trained, from the latest checkpoint before it. A segment's hash covers
     the base run's config, its start and its end (not the cuts of the spec that planned it), so specs
     with other arm starts share it. An imported size has one midtrain step instead (the checkpoint
-    continued with the base mixture: the pretrain-only control)."""
+    continued with the base mixture: the pretrain-only control). ``shared_control`` False (the control is re-run
+    per seed elsewhere): the base run goes only as far as the last arm start, and an imported size gets no step."""
     seg_at: dict[int, tuple[str, int | None]] = {}
+    if size.checkpoint and not shared_control:
+        return seg_at
     if size.checkpoint:
         cfg = dict(set_dotted(base_cfg, "train.max_additional_steps", size.max_steps - size.start_step))
         cfg.update(resume="auto", resume_from=size.checkpoint)
@@ -401,7 +429,7 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
                 return k, e
         return None
 
-    for end in sorted({a.start for a in size_arms} | {size.max_steps}):
+    for end in sorted({a.start for a in size_arms} | ({size.max_steps} if shared_control else set())):
         found = provider(end)
         if found is None:  # train from the latest checkpoint before `end` that some segment holds
             points = [(k.end, k, None) for k in pool if k.end < end] + \
@@ -462,10 +490,10 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
         hours = flops / (mfu * peak_tflops * 1e12) / 3600
         lines.append(f"compute: {flops:.3g} FLOPs (6·N·tokens) = {hours:,.1f} GPU-hours at {mfu:.0%} MFU of "
                      f"{peak_tflops:g} TFLOP/s (--mfu, --peak_tflops; eval steps not counted)")
-    from midtrain.study.spec import VARY
+    from midtrain.study.spec import variance
 
     lines.append(f"seeds: {len(plan.spec.seeds)} ({', '.join(map(str, plan.spec.seeds))}), vary: {plan.spec.vary}: "
-                 f"they sample {VARY[plan.spec.vary]}")
+                 f"they sample {variance(plan.spec)}")
     for vary, (tok, fl) in plan.cost_by_vary.items():
         hours = f", {fl / (mfu * peak_tflops * 1e12) / 3600:,.1f} GPU-hours" if fl else ""
         mark = " (this plan)" if vary == plan.spec.vary else ""

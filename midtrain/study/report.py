@@ -17,7 +17,7 @@ from midtrain.analysis import stats, tables
 from midtrain.errors import ConfigError
 from midtrain.study.execute import checkpoint_of, run_dir_of, step_states
 from midtrain.study.plan import Plan, run_label
-from midtrain.study.spec import CONTROL, VARY, data_args
+from midtrain.study.spec import CONTROL, data_args, variance
 
 
 def collect(plan: Plan, out_dir: Path) -> dict:
@@ -65,10 +65,10 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
         lr_choice = "per_arm"
     data = collect(plan, out_dir)
     md = [f"# Study {spec.name}", "",
-          f"Seeds {', '.join(map(str, spec.seeds))} (seeds.vary: {spec.vary}) sample {VARY[spec.vary]}. "
+          f"Seeds {', '.join(map(str, spec.seeds))} (seeds.vary: {spec.vary}) sample {variance(spec)}. "
           f"SFT LR choice: {lr_choice}.", ""]
     csv_parts = []
-    results = {"sizes": {}, "seeds": list(spec.seeds), "vary": spec.vary, "variance": VARY[spec.vary],
+    results = {"sizes": {}, "seeds": list(spec.seeds), "vary": spec.vary, "variance": variance(spec),
                "lr_choice": lr_choice}
     for size in spec.sizes:
         got = data.get(size.name, {"sft": [], "eval": [], "lm_eval": []})
@@ -87,7 +87,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
                 cells = tables.aggregate(got["sft"], base, confidence, lr_choice, ln_vocab(size))
             except ValueError as e:
                 raise ConfigError(f"report ({size.name})", str(e)) from None
-            md += [tables.markdown(cells, base, confidence, lr_choice, VARY[spec.vary]), ""]
+            md += [tables.markdown(cells, base, confidence, lr_choice, variance(spec)), ""]
             csv = tables.csv_text(cells).splitlines()
             csv_parts += ([("size," + csv[0])] if not csv_parts else []) + [f"{size.name},{line}" for line in csv[1:]]
             size_res["cells"] = [{"arm": c.arm, "task": c.task, "seeds": list(c.seeds), "lrs": list(c.lrs),
@@ -117,7 +117,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             levels = variance_by_level(chosen, base)
             if levels:
                 size_res["variance_levels"] = levels
-                md += _format_levels(levels, base, VARY[spec.vary]) + [""]
+                md += _format_levels(levels, base, variance(spec)) + [""]
             if spec.report.get("proximity") and base:
                 md += _proximity(plan, size, cells, rep, size_res, chosen) + [""]
         else:

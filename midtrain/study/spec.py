@@ -31,7 +31,8 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       # SFT on some tasks only (default: every task; the control is fine-tuned on every task)
       - {name: math, domain: math, start: [6000], weight: [0.2], tasks: [gsm]}
     seeds: [0, 1, 2, 3, 4]               # SFT seeds: one midtrained checkpoint per arm, fine-tuned per seed
-    # or {values: [0, 1, 2], vary: sft | midtrain | base}: what each seed re-runs (see VARY)
+    # or {values: [0, 1, 2], vary: sft | midtrain | base}: what each seed re-runs (see VARY); under vary:
+    # midtrain, control: per_seed (the default: pretrain-only re-run per seed from the earliest arm start) | shared
     sft:
       lrs: [3e-4, 1e-3, 3e-3]
       tasks: {pycode: {data: ..., val_data: ..., test_data: ...}}
@@ -68,11 +69,24 @@ VARY = {
            "(vary: midtrain samples it)",
     "midtrain": "the midtraining data order (each arm re-run per seed with data.seed = seed: the order of the "
                 "sources new at its start and of every source epoch begun after it; an epoch in progress keeps its "
-                "order, so no sample repeats) and the SFT data order; one base run, whose end is the one "
-                "pretrain-only control of every seed, so intervals are conditional on both",
+                "order, so no sample repeats) and the SFT data order; one base run, so intervals are conditional "
+                "on it",
     "base": "the base run (model init and data order: seed = data.seed = the seed), the midtraining data order "
             "and the SFT data order: the whole grid per base seed",
 }
+
+
+def variance(spec) -> str:
+    """What the spec's seeds sample, in words (``VARY``, and under vary: midtrain how the control is run)."""
+    text = VARY[spec.vary]
+    if spec.vary == "midtrain":
+        text += ("; the pretrain-only control is re-run per seed the same way, from the earliest arm start"
+                 if spec.control == "per_seed" else
+                 "; the pretrain-only control is the base run's end, one run shared by every seed (seeds.control: "
+                 "shared), so its data-order noise is not sampled")
+    return text
+
+
 LR_CHOICES = ("per_checkpoint", "per_seed", "per_arm")
 TOP_KEYS = {"name", "sizes", "arms", "seeds", "sft", "eval", "report", "slurm", "description"}
 ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "dose", "precision", "sizes", "tasks"}
@@ -85,7 +99,10 @@ TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
 EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval", "checkpoints"}
 LM_EVAL_KEYS = {"tasks", "include_path", "num_fewshot", "limit", "batch_size"}
 REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "demo", "lr_choice", "overlap"}
-SEED_KEYS = {"values", "vary"}
+SEED_KEYS = {"values", "vary", "control"}
+# the pretrain-only control under vary: midtrain: re-run per seed (from the earliest arm start with
+# data.seed = seed, as each arm is: its data-order noise is sampled too), or one run shared by every seed
+CONTROLS = ("per_seed", "shared")
 SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out", "save", "task", "arm",
              "pretrain_val_path", "prompt_key", "response_key", "score_every_lr"}
 # the other options of `midtrain sft` (run_sft's parameters; a test holds the two equal): a misspelt one is refused
@@ -150,6 +167,7 @@ class Spec:
     slurm: dict = field(default_factory=dict)
     one_step_per_lr: bool = True   # False: one SFT step per (run, task, seed) sweeping the whole grid
     vary: str = "sft"              # what a seed re-runs (VARY)
+    control: str = "shared"        # vary: midtrain: the control re-run per seed ("per_seed") or one run ("shared")
 
 
 def _mapping(value: Any, key: str, allowed: set[str] | None = None) -> dict:
@@ -315,12 +333,19 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
         sizes.append(Size(str(sname), cfg, max_steps, gbs * seq, int(data_args(cfg).get("seed", 42)),
                           str(checkpoint) if checkpoint else None, start_step, base=base_folder))
 
-    seeds_raw, vary, seeds_key = raw.get("seeds", [0]), "sft", "seeds"
+    seeds_raw, vary, seeds_key, control = raw.get("seeds", [0]), "sft", "seeds", "shared"
     if isinstance(seeds_raw, Mapping):
         seeds_raw = _mapping(seeds_raw, "seeds", SEED_KEYS)
         vary = seeds_raw.get("vary", "sft")
         if vary not in VARY:
             raise ConfigError("seeds.vary", f"expected one of {', '.join(VARY)}, got {vary!r}")
+        control = seeds_raw.get("control", "per_seed" if vary == "midtrain" else "shared")
+        if control not in CONTROLS:
+            raise ConfigError("seeds.control", f"expected one of {', '.join(CONTROLS)}, got {control!r}")
+        if control == "per_seed" and vary != "midtrain":
+            raise ConfigError("seeds.control", f"per_seed re-runs the control as vary: midtrain re-runs the arms; "
+                              f"under vary: {vary} " + ("each base seed has its own control already" if vary == "base"
+                                                        else "each arm is one checkpoint, and so is the control"))
         seeds_raw, seeds_key = seeds_raw.get("values"), "seeds.values"
     seeds = [_int(s, f"{seeds_key}[{i}]") for i, s in enumerate(_list(seeds_raw, seeds_key))]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -487,4 +512,4 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     if not isinstance(ev.get("enabled", True), bool):
         raise ConfigError("eval.enabled", f"expected true or false, got {ev['enabled']!r}")
     return Spec(name, tuple(sizes), tuple(arms), tuple(seeds), tuple(lrs), tuple(tasks), options,
-                sft.get("pretrain_val_path"), ev, report, slurm, per_lr, vary)
+                sft.get("pretrain_val_path"), ev, report, slurm, per_lr, vary, control)
