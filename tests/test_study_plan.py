@@ -64,7 +64,8 @@ def test_grid_expansion_and_counts():
     code20 = p.by_id["midtrain/70m/code20-from20/s1"]
     assert code20.config["data"]["init_args"]["mix_weights_str"] == "main:0.8,code:0.2"
     assert code20.config["data"]["init_args"]["seed"] == 1 and code20.tokens == 80 * 8 * 16
-    assert code20.flops == 6 * 70_000_000 * 80 * 8 * 16
+    # FLOPs: the trainer's count per token (pythia-70m without its input embedding, plus attention at seq 16)
+    assert code20.flops == (6 * (70_426_624 - 50_304 * 512) + 12 * 6 * 512 * 16) * 80 * 8 * 16
     assert p.total_tokens() == 80 * 128 + sum((100 - s) * 128 * 3 for s in (20, 20, 60, 60, 80, 20)) + 36 * 1000
 
 

@@ -154,3 +154,19 @@ def params_of(config: Mapping[str, Any]) -> int | None:
         return gpt_param_count(litgpt_config(config.get("model_name"), config.get("model_config")), tied)
     except Exception:  # noqa: BLE001 - an estimate only: the plan says when it has none
         return None
+
+
+def flops_per_token_of(config: Mapping[str, Any]) -> float | None:
+    """Training FLOPs per token of a run config's model at its ``train.max_seq_length`` (else the block size):
+    ``midtrain.train.flops.flops_per_token``, the same count the trainer's MFU uses (the input embedding left
+    out); None when the model is not one this count knows."""
+    from midtrain.train.flops import flops_per_token, non_embedding_params
+
+    try:
+        tied = bool((config.get("train") or {}).get("tie_embeddings"))
+        c = litgpt_config(config.get("model_name"), config.get("model_config"))
+        seq = int((config.get("train") or {}).get("max_seq_length") or c.block_size)
+        return flops_per_token(non_embedding_params(gpt_param_count(c, tied), c.padded_vocab_size, c.n_embd, tied),
+                               c.n_layer, c.n_embd, seq)
+    except Exception:  # noqa: BLE001 - an estimate only: the plan says when it has none
+        return None

@@ -201,11 +201,16 @@ def _save_every(cfg: Mapping) -> int | None:
 def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
               sft_tokens: Mapping[str, int] | None = None, _costs: bool = True,
               known: "list[BaseSegment] | tuple" = (), ran: "Mapping[str, Ran] | None" = None) -> Plan:
-    """``params``: size -> parameter count (for FLOPs); ``sft_tokens``: task -> tokens one SFT run trains on;
+    """``params``: size -> parameter count (memory; a size without one gets no FLOPs either); ``sft_tokens``: task -> tokens one SFT run trains on;
     ``known``: base segments already planned in the study folder (``bases.json``), reused where they hold
     the checkpoint an arm starts from; ``ran``: step id -> the training steps done in that folder (kept
     through a logging-only change)."""
     plan = Plan(spec, params=dict(params or {}))
+    from midtrain.study.params import flops_per_token_of
+
+    # FLOPs per token of each size (midtrain.train.flops: what the trainer's MFU divides by), for sizes whose
+    # parameter count is known
+    fpt = {s.name: flops_per_token_of(s.config) for s in spec.sizes if (params or {}).get(s.name)}
     if _costs:
         import dataclasses
 
@@ -233,8 +238,8 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
             if changes and config_hash(kind, before.config, hash_deps if hash_deps is not None else hashes) \
                     == before.hash:  # the same run but for what it logs: it stays done
                 h, config, kept = before.hash, dict(before.config), tuple(changes)
-        n = (params or {}).get(size) if size else None
-        flops = 6.0 * n * tokens if n and tokens else None
+        per_token = fpt.get(size) if size else None
+        flops = per_token * tokens if per_token and tokens else None
         alloc = allocation(kind, _run_config(spec, kind, config, labels), spec.slurm, where=id_,
                            params=(params or {}).get(labels.get("size")), ranks=step_ranks(kind, config))
         out = f"report/{spec.name}" if kind == "report" else \
@@ -488,7 +493,8 @@ def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_ro
     flops = plan.total_flops()
     if flops:
         hours = flops / (mfu * peak_tflops * 1e12) / 3600
-        lines.append(f"compute: {flops:.3g} FLOPs (6·N·tokens) = {hours:,.1f} GPU-hours at {mfu:.0%} MFU of "
+        lines.append(f"compute: {flops:.3g} FLOPs (per token: 6 x the parameters without the input embedding, plus "
+                     f"attention; midtrain.train.flops) = {hours:,.1f} GPU-hours at {mfu:.0%} MFU of "
                      f"{peak_tflops:g} TFLOP/s (--mfu, --peak_tflops; eval steps not counted)")
     from midtrain.study.spec import variance
 

@@ -64,18 +64,16 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50))  # capped: an untrained model's loss must not overflow
 
 
-def flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the weights plus attention scores (PaLM appendix B)."""
-    return 6 * n_params + 12 * n_layer * n_embd * seq_len
-
-
-def available_flops(fabric, precision: str) -> float | None:
+def gpu_peak(fabric, precision: str) -> tuple[float | None, str | None]:
+    """(this GPU's dense peak FLOP/s at ``precision``, the line to print instead of an MFU when there is none):
+    ``midtrain.train.flops``' table, on the name torch reports. (None, None) off CUDA: no MFU, nothing to say."""
     if fabric.device.type != "cuda":
-        return None
-    from lightning.fabric.utilities.throughput import get_available_flops
+        return None, None
+    from midtrain.train import flops
 
-    dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
-    return get_available_flops(fabric.device, dtype)
+    name = torch.cuda.get_device_name(fabric.device)
+    dtype = flops.dtype_of(precision, torch.get_float32_matmul_precision())
+    return flops.peak_flops(name, dtype), flops.mfu_note(name, dtype)
 
 
 class Progress:

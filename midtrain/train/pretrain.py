@@ -50,7 +50,8 @@ from midtrain.train import checkpoint as ckpt
 from midtrain.train import memory, parallel, startup
 from midtrain.train.args import EvalArgs, TrainArgs
 from midtrain.train.divergence import Divergence
-from midtrain.train.metrics import Progress, SourceMeter, available_flops, flops_per_token, per_token_loss
+from midtrain.train import flops
+from midtrain.train.metrics import Progress, SourceMeter, gpu_peak, per_token_loss
 from midtrain.train.restore import hf_import_step, load_weights, log_checkpoint_notes, restore
 from midtrain.train.saver import Saver
 from midtrain.train.schedules import Schedule, rewarm_factor, warmup_steps
@@ -396,8 +397,12 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
     accum = train.global_batch_size // (train.micro_batch_size * fabric.world_size)
     meter = SourceMeter(len(source_ids), fabric.device)
     progress = Progress(first_step, end_step)
-    peak = available_flops(fabric, run.precision)
-    fpt = flops_per_token(n_params, run.model_config.n_layer, run.model_config.n_embd, seq_len)
+    peak, no_mfu = gpu_peak(fabric, run.precision)
+    if no_mfu:
+        fabric.print(no_mfu)
+    mc = run.model_config  # FLOPs per token without the input embedding, a lookup (midtrain.train.flops)
+    fpt = flops.flops_per_token(flops.non_embedding_params(n_params, mc.padded_vocab_size, mc.n_embd,
+                                                           bool(train.tie_embeddings)), mc.n_layer, mc.n_embd, seq_len)
     signals.install()  # already done by the CLI entry point; here for callers of the library
     trace = _sample_trace(fabric)
     tokens_at_start = state["tokens"]
@@ -487,7 +492,7 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
             metrics = {"loss": loss, "lr": lr, "tokens": state["tokens"], "tokens_per_sec": rate, "step": step,
                        "data_wait_share": data_share}
             if peak:
-                metrics["mfu"] = rate * fpt / (peak * fabric.world_size)
+                metrics["mfu"] = flops.mfu(rate, fpt, peak, fabric.world_size)
             if fabric.device.type == "cuda":
                 metrics["peak_mem_gb"] = torch.cuda.max_memory_allocated(fabric.device) / 1e9
             total = max(1, sum(state["source_tokens"].values()))
