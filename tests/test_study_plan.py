@@ -163,6 +163,10 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
     assert x["verdict"] == "better" and by[("code20-from60-bf16-mixed", "main_after")]["verdict"] == stats.NO_VARIANCE
     inter = report.interactions(parsed, chosen)
     assert {i["family"] for i in inter} == {"code-bf16-true", "code-bf16-mixed"}
+    # under vary: sft each corner is one checkpoint: the sections say that the intervals sample no checkpoint noise
+    for text in (report._format_interactions(inter, 0.95, "sft"), report._format_precision(effects, [], 0.95, "sft")):
+        assert "checkpoint-level variance is NOT sampled" in text[0]
+    assert "NOT sampled" not in report._format_interactions(inter, 0.95, "midtrain")[0]
     (line,) = report.window_under_precision(inter, parsed)
     assert line.startswith("- code on py: the window survives the precision change (bf16-true: reproduced; "
                            "bf16-mixed: reproduced)"), line

@@ -108,12 +108,12 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             inter = interactions(spec, chosen, confidence, ln_vocab(size))
             if inter:
                 size_res["interactions"] = inter
-                md += _format_interactions(inter, confidence) + [""]
+                md += _format_interactions(inter, confidence, spec.vary) + [""]
             effects = precision_effects(spec, chosen, confidence, ln_vocab(size))
             if effects:
                 window = window_under_precision(inter, spec)
                 size_res["precision_control"] = {"effects": effects, "window": window}
-                md += _format_precision(effects, window, confidence) + [""]
+                md += _format_precision(effects, window, confidence, spec.vary) + [""]
             levels = variance_by_level(chosen, base)
             if levels:
                 size_res["variance_levels"] = levels
@@ -366,10 +366,16 @@ def _format_levels(rows: list[dict], baseline: str | None, variance: str) -> lis
     return lines
 
 
-def _format_precision(effects: list[dict], window: list[str], confidence: float) -> list[str]:
+ONE_CHECKPOINT = ("Under seeds.vary: sft each arm is one midtrained checkpoint, fine-tuned per seed: these intervals "
+                  "cover the SFT data order only, and checkpoint-level variance is NOT sampled, so each comparison "
+                  "is between {what} (seeds.vary: midtrain samples it).")
+
+
+def _format_precision(effects: list[dict], window: list[str], confidence: float, vary: str = "sft") -> list[str]:
     lines = [f"Precision control: each arm at another precision minus the same arm (data, seed, schedule) at its "
              f"reference (the arm as configured, else the first precision listed), paired over seeds, mean ± "
-             f"{confidence:.0%} t-interval (negative = lower loss):", ""]
+             f"{confidence:.0%} t-interval (negative = lower loss):" +
+             (" " + ONE_CHECKPOINT.format(what="two single midtraining runs") if vary == "sft" else ""), ""]
     for x in effects:
         iv = x["interval"]
         num = f"{iv['mean']:+.4f}" + ("" if iv["lo"] != iv["lo"] else f", CI [{iv['lo']:+.4f}, {iv['hi']:+.4f}]")
@@ -382,10 +388,12 @@ def _format_precision(effects: list[dict], window: list[str], confidence: float)
     return lines
 
 
-def _format_interactions(inter: list[dict], confidence: float) -> list[str]:
+def _format_interactions(inter: list[dict], confidence: float, vary: str = "sft") -> list[str]:
     lines = [f"Timing × weight interaction, I = (late high − late low) − (early high − early low) of SFT test loss "
              f"per seed, mean ± {confidence:.0%} t-interval. The paper's window claims I > 0 (a high weight costs "
-             "more when introduced late): \"reproduced\" = the interval lies above 0, \"not reproduced\" = below:", ""]
+             "more when introduced late): \"reproduced\" = the interval lies above 0, \"not reproduced\" = below." +
+             (" " + ONE_CHECKPOINT.format(what="four single midtraining runs, the grid's corners") if vary == "sft"
+              else ""), ""]
     for x in inter:
         iv = x["interval"]
         num = f"{iv['mean']:+.4f}" + ("" if iv["lo"] != iv["lo"] else f", CI [{iv['lo']:+.4f}, {iv['hi']:+.4f}]")
