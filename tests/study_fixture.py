@@ -48,7 +48,7 @@ def build(root: Path) -> Path:
         "sizes": {"tiny": {"config": str(root / "base.yaml")}},
         "arms": [{"name": "code", "domain": "code", "start": [4], "weight": [0.2, 0.5]},
                  {"name": "cpt-code", "domain": "code", "start": [8], "weight": [1.0]}],
-        "seeds": {"values": [0, 1], "vary": "midtrain"},  # each arm re-run per seed (more steps to exercise)
+        "seeds": {"values": [0, 1], "vary": "midtrain", "control": "per_seed"},  # each arm and the control re-run per seed
         "sft": {"lrs": [1e-4, 1e-3], "tasks": {"fn": {"data": str(root / "sft_train.jsonl"),
                                                        "val_data": str(root / "sft_val.jsonl"),
                                                        "test_data": str(root / "sft_test.jsonl")}},

@@ -597,3 +597,4 @@ def test_variance_by_level_separates_seeds_from_test_items():
     text = "\n".join(_format_levels(rows, "pretrain-only", "the SFT data order only"))
     assert "| m | t | Δ +0.1167 | 3 |" in text and "2,000 bootstrap resamples" in text and "(the SFT data order only)" in text
     assert variance_by_level([Chosen("m", "t", 0, None, {})], "pretrain-only") == []  # no items recorded
+    assert variance_by_level(chosen, "pretrain-only", shared_tasks=set()) == []  # a per-seed split pairs nothing

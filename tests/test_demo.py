@@ -277,6 +277,8 @@ def test_seeds_verdicts_and_outputs(demo):
     assert "Precision control:" in r.stdout and "- code50-from177-bf16-true − code50-from177 on code, sft_test" in r.stdout
     (log,) = (out / "study" / "midtrain" / "demo").glob("code50-from177-bf16-true/s0-*/log.txt")
     assert "precision bf16-true" in log.read_text()
+    # a precision control's arms are no points of the proximity correlation (their x is their sibling's)
+    assert res["proximity"]["rows"] and not any(r["arm"].endswith("-bf16-true") for r in res["proximity"]["rows"])
     # finding 4 and the study report's proximity section give one r (stats.proximity_r over the same valid cells)
     f4 = next(f for f in res["findings"] if f["finding"] == "4-proximity")
     if "r" in res["proximity"]:

@@ -66,8 +66,9 @@ def test_peak_table_is_dense_and_matches_torch_names(device, dtype, peak):
 def test_unknown_gpus_and_dtypes_say_so_never_nan():
     assert F.peak_flops("NVIDIA GeForce GTX 1080", "bf16") is None
     assert F.mfu_note("NVIDIA GeForce GTX 1080", "bf16") == "MFU: unknown GPU NVIDIA GeForce GTX 1080"
-    assert F.peak_flops("NVIDIA B200", "fp32") is None  # not stated in the datasheet: not guessed
-    assert F.mfu_note("NVIDIA B200", "fp32") == "MFU: no fp32 peak for NVIDIA B200"
+    assert F.peak_flops("NVIDIA B200", "fp32") == pytest.approx(75e12)
+    assert F.peak_flops("NVIDIA GB200", "bf16") == pytest.approx(2500e12)  # not the B200's row
+    assert F.mfu_note("NVIDIA L40S", "fp64") == "MFU: no fp64 peak for NVIDIA L40S"
     assert F.mfu_note("NVIDIA H200", None) == "MFU: no known peak for NVIDIA H200"
 
 

@@ -37,13 +37,13 @@ def plan_of(spec=None, base=None, **kw):
 
 
 def test_grid_expansion_and_counts():
-    p = plan_of(raw(seeds=MID), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
+    p = plan_of(raw(seeds={**MID, "control": "per_seed"}), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
     arms = sorted({s.labels["arm"] for s in p.steps if s.kind == "midtrain"})
     assert arms == ["code20-from20", "code20-from60", "code50-from20", "code50-from60", "cpt-code100-from80",
                     "pretrain-only"]
     c = p.counts()
-    # segments cut at 20, 60 and 80 (the base run need not reach the end: the control is re-run per seed, the
-    # default under vary: midtrain); 5 arms x 3 seeds + the control x 3 seeds; as many evals;
+    # segments cut at 20, 60 and 80 (the base run need not reach the end: the control is re-run per seed,
+    # seeds.control: per_seed); 5 arms x 3 seeds + the control x 3 seeds; as many evals;
     # SFT: 1 task x 2 LRs x (5 arms x 3 seeds + control x 3 seeds)
     assert c == {"pretrain": 3, "midtrain": 18, "sft": 2 * (15 + 3), "eval": 18, "lm-eval": 0, "report": 1}
     # the control per seed: the base mixture from the earliest arm start, with the seed's data order
@@ -52,9 +52,9 @@ def test_grid_expansion_and_counts():
     assert "mix_weights_str" not in ctrl.config["data"]["init_args"] and ctrl.tokens == 80 * 8 * 16
     assert {s.deps[0] for s in p.steps if s.kind == "sft" and s.labels["arm"] == "pretrain-only"} == {
         f"midtrain/70m/pretrain-only/s{i}" for i in range(3)}
-    assert "the pretrain-only control is re-run per seed the same way" in format_plan(p)
-    # seeds.control: shared keeps one control, the base run's end, and says its noise is not sampled
-    shared = plan_of(raw(seeds={**MID, "control": "shared"}), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
+    assert "the pretrain-only control is re-run per seed from the earliest arm start" in format_plan(p)
+    # seeds.control: shared (the default) keeps one control, the base run's end, and says its noise is not sampled
+    shared = plan_of(raw(seeds=MID), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
     assert shared.counts() == {"pretrain": 4, "midtrain": 15, "sft": 2 * (15 + 3), "eval": 16, "lm-eval": 0,
                                "report": 1}
     assert "one run shared by every seed (seeds.control: shared)" in format_plan(shared)
@@ -264,7 +264,7 @@ def test_output_paths_are_stable_and_config_derived():
     ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"devices": 8}}},  # defaults: 16 / (8 x 8)
      "sft.options.global_batch_size: 16 is not a multiple of micro_batch_size 8 x 8 process(es)"),
     ({"seeds": {"values": [0, 1], "vary": "midtrain", "control": "each"}},
-     "seeds.control: expected one of per_seed, shared, got 'each'"),
+     "seeds.control: expected one of shared, per_seed, got 'each'"),
     ({"seeds": {"values": [0, 1], "vary": "sft", "control": "per_seed"}},
      "seeds.control: per_seed re-runs the control as vary: midtrain re-runs the arms; under vary: sft each arm is "
      "one checkpoint"),
@@ -304,12 +304,8 @@ def test_seeds_vary_sft_is_one_midtrained_checkpoint_per_arm_fine_tuned_with_eve
     tokens = 100 * 128 + sum((100 - s) * 128 for s in (20, 20, 60, 60, 80)) + 36 * 1000
     assert p.total_tokens() == tokens == p.cost_by_vary["sft"][0]
     mid = plan_of(raw(seeds=MID), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
-    # vary: midtrain re-runs every arm and the control (from the earliest start, 20) per seed; the base run stops
-    # at the last start (80)
-    assert p.cost_by_vary["midtrain"][0] == mid.total_tokens() == \
-        tokens + 2 * sum((100 - s) * 128 for s in (20, 20, 60, 60, 80)) + 3 * 80 * 128 - 20 * 128
-    assert p.cost_by_vary == mid.cost_by_vary and p.cost_by_vary["base"][0] == \
-        3 * 100 * 128 + mid.total_tokens() - 80 * 128 - 3 * 80 * 128  # (base: its own control per base seed)
+    assert p.cost_by_vary["midtrain"][0] == mid.total_tokens() == tokens + 2 * sum((100 - s) * 128 for s in (20, 20, 60, 60, 80))
+    assert p.cost_by_vary == mid.cost_by_vary and p.cost_by_vary["base"][0] == 3 * 100 * 128 + mid.total_tokens() - 100 * 128
     from midtrain.study.plan import format_plan
 
     text = format_plan(p)

@@ -532,7 +532,7 @@ def run_sft(checkpoint: Path, data: Path, tokenizer_dir: Optional[Path] = None, 
         "response_tokens": {k: sum(scorable(e) for e in v) for k, v in enc.items()},
         "epochs": epochs, "precision": precision, "lr_sweep": sweep, "best_lr": best["lr"],
         "val_loss": best["val_loss"], "test_loss": best["test_loss"], "zero_shot_val_loss": best["zero_shot_val"],
-        "test_items": best["test_items"],  # per test example, in the test file's order: [loss sum, response tokens]
+        "test_items": best["test_items"],  # per scorable test example, in order: [loss sum, response tokens]
         "checkpoint_notes": checkpoint_notes(checkpoint),
         "forgetting": best["forgetting"],
     }

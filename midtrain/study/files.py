@@ -146,7 +146,8 @@ def check_inputs(spec: Spec, spec_dir: Path) -> None:
         if spec.sft_options.get("forgetting_sets") and spec.tasks and Path(val).is_dir():
             from midtrain.data.shards import discover_val_sets
 
-            have = discover_val_sets(val, args.get("shard_types"), "sft.pretrain_val_path")
+            # (named as the SFT step will name them: it reads the folder with the default shard types)
+            have = discover_val_sets(val, None, "sft.pretrain_val_path")
             missing = [x for x in spec.sft_options["forgetting_sets"] if x not in have]
             if missing:
                 raise ConfigError("sft.options.forgetting_sets", f"{missing[0]!r} is not a validation set in {val} "

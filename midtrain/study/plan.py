@@ -9,7 +9,8 @@ Guarantees:
   segments cut at every arm start S1 < S2 < ... < max_steps; segment k resumes segment k-1's final
   checkpoint (``resume_from``) with the same mixture, which the trainer continues sample-exactly, so
   the chain ends where one uninterrupted run would. An arm at S depends only on the segment that ends
-  at S. The last segment (to max_steps) is the pretrain-only control.
+  at S. The last segment (to max_steps) is the pretrain-only control, except under ``seeds.control:
+  per_seed`` (below): then the chain stops at the last arm start.
 - **Edges**: segment k <- segment k-1; arm(S, seed) <- segment ending at S; SFT(run, task, lr, seed)
   (or one SFT step per (run, task, seed) sweeping the grid: ``sft.one_step_per_lr: false``) <- that run; eval(run) <- that run; report <- every SFT and eval step. Steps are listed in an
   order where every step comes after its dependencies.
@@ -20,12 +21,14 @@ Guarantees:
 - **Seeds** (``seeds.vary``; every (arm, task, seed) pairs with (control, task, seed)):
   ``sft`` (default, the paper's protocol): one midtrained run per arm and one control, each fine-tuned
   with every seed; ``midtrain``: an arm is also re-run per seed (``data.seed`` = the seed: the data
-  order of the new stage) and fine-tuned with that seed, the control is one run fine-tuned with every
-  seed; ``base``: the whole grid per seed, from a base run of its own (``seed`` = ``data.seed`` = the
+  order of the new stage) and fine-tuned with that seed; the control is one run fine-tuned with every
+  seed (``seeds.control: shared``, the default) or, with ``per_seed``, re-run per seed from the earliest arm
+  start with ``data.seed`` = the seed and fine-tuned with that seed; ``base``: the whole grid per seed, from a base run of its own (``seed`` = ``data.seed`` = the
   seed: init and data order), each run fine-tuned with that seed only.
   ``Plan.cost_by_vary`` gives the tokens and FLOPs each choice would cost, so the choice is made seeing it.
 - **Cost**: tokens per step (training steps × global batch × sequence length; SFT from an estimate
-  given per task) and FLOPs 6·N·tokens for the model size's N.
+  given per task) and FLOPs: tokens × ``midtrain.train.flops.flops_per_token`` of the size (the input
+  embedding left out, attention in: the count the trainer's MFU uses).
 """
 
 from __future__ import annotations
@@ -219,7 +222,7 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         for vary in VARY:
             if vary == "base" and any(sz.checkpoint for sz in spec.sizes):
                 continue
-            control = (spec.control if spec.vary == "midtrain" else "per_seed") if vary == "midtrain" else "shared"
+            control = spec.control if vary == "midtrain" and spec.vary == "midtrain" else "shared"
             other = make_plan(dataclasses.replace(spec, vary=vary, control=control), params, sft_tokens, _costs=False,
                               known=known)
             plan.cost_by_vary[vary] = (other.total_tokens(), other.total_flops())
@@ -267,12 +270,12 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         alloc = allocation("pretrain", seg.config, spec.slurm, where=seg.id, params=(params or {}).get(seg.size))
         size = next((sz for sz in spec.sizes if sz.name == seg.size), None)
         tokens = (seg.end - seg.start) * size.tokens_per_step if size else None
-        n = (params or {}).get(seg.size)
+        per_token = fpt.get(seg.size)
         out = f"{seg.folder.rstrip('/')}/{seg.out}" if seg.folder else seg.out  # absolute: another study folder
         if seg.labels.get("run_folder"):  # a plain `midtrain pretrain` out_dir: its checkpoints sit in it
             out = seg.folder
         step = Step(seg.id, "pretrain", tuple(seg.deps), seg.hash, out, dict(seg.labels), seg.config,
-                    seg.deps[0] if seg.deps else None, seg.resume_at, tokens, 6.0 * n * tokens if n and tokens else None,
+                    seg.deps[0] if seg.deps else None, seg.resume_at, tokens, per_token * tokens if per_token and tokens else None,
                     alloc, reused=seg.spec if (seg.spec != spec.name or seg.folder) else None,
                     external=seg.folder or None, logging_kept=kept_logging.get(seg.id, ()))
         steps[seg.id] = step

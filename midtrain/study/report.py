@@ -114,7 +114,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
                 window = window_under_precision(inter, spec)
                 size_res["precision_control"] = {"effects": effects, "window": window}
                 md += _format_precision(effects, window, confidence, spec.vary) + [""]
-            levels = variance_by_level(chosen, base)
+            levels = variance_by_level(chosen, base, {t.name for t in spec.tasks if t.test_data})
             if levels:
                 size_res["variance_levels"] = levels
                 md += _format_levels(levels, base, variance(spec)) + [""]
@@ -324,15 +324,19 @@ def window_under_precision(inter: list[dict], spec) -> list[str]:
     return lines
 
 
-def variance_by_level(chosen, baseline: str | None) -> list[dict]:
+def variance_by_level(chosen, baseline: str | None, shared_tasks=None) -> list[dict]:
     """Per (arm, task) whose SFT steps recorded their test items: the SFT test loss's mean (its paired difference
     from ``baseline``, for the other arms) with its standard error at the seed level and at the test-item level
-    (``stats.variance_levels``). Pure."""
+    (``stats.variance_levels``). ``shared_tasks``: the tasks whose test set every seed and arm score (a test_data
+    file; a split drawn from the training file differs per seed, and its items do not pair); None: every task.
+    Pure."""
     from midtrain.analysis import stats
 
     items = {(c.arm, c.task, c.seed): c.items for c in chosen if c.items}
     rows = []
     for arm, task in dict.fromkeys((c.arm, c.task) for c in chosen):
+        if shared_tasks is not None and task not in shared_tasks:
+            continue
         mine = {s: v for (a, t, s), v in items.items() if (a, t) == (arm, task)}
         base = None if arm == baseline or baseline is None else \
             {s: v for (a, t, s), v in items.items() if (a, t) == (baseline, task)}
@@ -354,8 +358,9 @@ def _format_levels(rows: list[dict], baseline: str | None, variance: str) -> lis
              "baseline): the seed level is the sd of the per-seed values over √n, what the intervals above use; it "
              f"holds together everything one seed re-runs ({variance}), which this design cannot separate. The "
              f"test-item level is the sd of the same mean over {rows[0]['draws']:,} bootstrap resamples of the test "
-             "items, each applied to every seed and to both arms (paired): the intervals above hold the items fixed, "
-             "so a claim about the task beyond these items carries this much more uncertainty.", "",
+             "items, which every seed and arm score (a task's test_data file), each resample applied to every seed "
+             "and to both arms (paired): the intervals above hold the items fixed, so a claim about the task beyond "
+             "these items carries this much more uncertainty.", "",
              "| arm | task | mean over seeds | n | seed-level SE | test-item SE (items) | item share of the variance |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -575,7 +580,8 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict, chosen=None) 
     base_arm = spec.report.get("baseline", CONTROL)
     base = {c.task: c for c in cells if c.arm == base_arm}
     for c in cells:
-        if c.arm not in arms or not arms[c.arm].mixture or c.task not in base or "sft_test" not in c.summary:
+        if c.arm not in arms or not arms[c.arm].mixture or c.task not in base or "sft_test" not in c.summary \
+                or arms[c.arm].precision:  # (a precision control's arm repeats its sibling's x: numerics, not dose)
             continue
         weights = dict(parse_weights(arms[c.arm].mixture, "mixture"))
         adv = px.advantage(measure, px.mixture(dists, weights), dists["main"], dists[f"task:{c.task}"])

@@ -32,7 +32,8 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
       - {name: math, domain: math, start: [6000], weight: [0.2], tasks: [gsm]}
     seeds: [0, 1, 2, 3, 4]               # SFT seeds: one midtrained checkpoint per arm, fine-tuned per seed
     # or {values: [0, 1, 2], vary: sft | midtrain | base}: what each seed re-runs (see VARY); under vary:
-    # midtrain, control: per_seed (the default: pretrain-only re-run per seed from the earliest arm start) | shared
+    # midtrain, control: shared (the default: one pretrain-only run) | per_seed (re-run per seed from the earliest
+    # arm start; it samples the control's data order only where the base mixture's epochs turn over: CONTROLS)
     sft:
       lrs: [3e-4, 1e-3, 3e-3]
       tasks: {pycode: {data: ..., val_data: ..., test_data: ...}}
@@ -49,7 +50,8 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
 
 Arm runs are named ``{name}{100·weight:g}-from{start}`` (``code20-from6000``), dose-matched ones
 ``{name}-dose{dose:g}-from{start}`` (``code-dm-dose4000-from40000``, weight 4000 / (T − 40000)); the pretrain-only
-control (``pretrain-only``) is the base run continued unchanged to ``train.max_steps``.
+control (``pretrain-only``) is the base run continued unchanged to ``train.max_steps`` (under ``seeds.control:
+per_seed``, one such run per seed from the earliest arm start, with ``data.seed`` = the seed).
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def variance(spec) -> str:
     """What the spec's seeds sample, in words (``VARY``, and under vary: midtrain how the control is run)."""
     text = VARY[spec.vary]
     if spec.vary == "midtrain":
-        text += ("; the pretrain-only control is re-run per seed the same way, from the earliest arm start"
+        text += ("; the pretrain-only control is re-run per seed from the earliest arm start (seeds.control: "
+                 "per_seed), which reorders only its source epochs begun after that start"
                  if spec.control == "per_seed" else
                  "; the pretrain-only control is the base run's end, one run shared by every seed (seeds.control: "
                  "shared), so its data-order noise is not sampled")
@@ -100,9 +103,12 @@ EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval", "checkpoints"}
 LM_EVAL_KEYS = {"tasks", "include_path", "num_fewshot", "limit", "batch_size"}
 REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "demo", "lr_choice", "overlap"}
 SEED_KEYS = {"values", "vary", "control"}
-# the pretrain-only control under vary: midtrain: re-run per seed (from the earliest arm start with
-# data.seed = seed, as each arm is: its data-order noise is sampled too), or one run shared by every seed
-CONTROLS = ("per_seed", "shared")
+# the pretrain-only control under vary: midtrain: one run shared by every seed (the default), or re-run per seed
+# (from the earliest arm start with data.seed = seed, as each arm is). A reseed reorders only the source epochs
+# that begin after the start (blend.py: an epoch in progress keeps its order), so per_seed samples the control's
+# data order only where the base mixture's epochs turn over before the end; in a single-epoch pretraining run its
+# re-runs are the same run, paid for again: it is asked for, never assumed
+CONTROLS = ("shared", "per_seed")
 SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out", "save", "task", "arm",
              "pretrain_val_path", "prompt_key", "response_key", "score_every_lr"}
 # the other options of `midtrain sft` (run_sft's parameters; a test holds the two equal): a misspelt one is refused
@@ -339,7 +345,7 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
         vary = seeds_raw.get("vary", "sft")
         if vary not in VARY:
             raise ConfigError("seeds.vary", f"expected one of {', '.join(VARY)}, got {vary!r}")
-        control = seeds_raw.get("control", "per_seed" if vary == "midtrain" else "shared")
+        control = seeds_raw.get("control", "shared")
         if control not in CONTROLS:
             raise ConfigError("seeds.control", f"expected one of {', '.join(CONTROLS)}, got {control!r}")
         if control == "per_seed" and vary != "midtrain":
@@ -481,7 +487,7 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
                           "of every global batch")
     ev = _mapping(raw.get("eval"), "eval", EVAL_KEYS)
     report = _mapping(raw.get("report"), "report", REPORT_KEYS)
-    if "forgetting_sets" in options:  # (their presence in the val folder is checked by the SFT step before it trains)
+    if options.get("forgetting_sets") is not None:  # (checked against the val folder at plan time and by the step)
         fs, main_set = options["forgetting_sets"], report.get("main_set", "main")
         if not isinstance(fs, list) or not fs or not all(isinstance(x, str) for x in fs) or len(set(fs)) != len(fs):
             raise ConfigError("sft.options.forgetting_sets", f"give distinct validation set names, got {fs!r}")

@@ -10,7 +10,7 @@ counts once. Counting the lookup overstated MFU by ~45% at 70M and ~10% at 1B (i
 **Peaks** (``PEAKS``, ``peak_flops``): dense (no 2:4 sparsity) tensor-core figures from NVIDIA's datasheets,
 per GPU, per dtype: bf16, fp16, tf32 (fp32 matmuls at torch's "high"/"medium" precision) and fp32 (at
 "highest"). A name is matched on ``torch.cuda.get_device_name()``, lowercased, most specific pattern first
-("h100 pcie" before "h100"); an unknown GPU, or a dtype its row lacks, gives None, said as "MFU: unknown GPU
+("h100 pcie" before "h100", "gb200" before "b200"); an unknown GPU, or a dtype its row lacks, gives None, said as "MFU: unknown GPU
 <name>" (``mfu_note``), never a NaN. Lightning's table (``get_available_flops``) matched H200 only by names
 containing "sxm1"/"nvl1", while torch reports "NVIDIA H200", and gave its sparse figure.
 """
@@ -25,7 +25,8 @@ T = 1e12
 # H100 SXM / PCIe / NVL: NVIDIA H100 Tensor Core GPU datasheet (2023): the sparse figures halved.
 # H200 SXM / NVL: NVIDIA H200 Tensor Core GPU datasheet (2024): the sparse figures halved.
 # GH200: its GPU is an H100/H200-class Hopper at H100 SXM clocks (NVIDIA GH200 datasheet, 2023).
-# B200: NVIDIA DGX/HGX B200 datasheet (2024), per GPU, sparse figures halved; fp32 not stated there: absent.
+# B200: NVIDIA HGX B200 datasheet (2024): the 8-GPU figures / 8, sparse ones halved (TF32 18 PF sparse, BF16 36 PF
+#   sparse, FP32 600 TF). GB200: NVIDIA GB200 NVL72 datasheet (2024): the 72-GPU figures / 72, sparse halved.
 # L40S: NVIDIA L40S datasheet (2023): the sparse figures halved.
 PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
     ("gh200", {"bf16": 989.4 * T, "fp16": 989.4 * T, "tf32": 494.7 * T, "fp32": 67 * T}),
@@ -35,7 +36,8 @@ PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
     ("h100 pcie", {"bf16": 756 * T, "fp16": 756 * T, "tf32": 378 * T, "fp32": 51 * T}),
     ("h100", {"bf16": 989.4 * T, "fp16": 989.4 * T, "tf32": 494.7 * T, "fp32": 67 * T}),
     ("a100", {"bf16": 312 * T, "fp16": 312 * T, "tf32": 156 * T, "fp32": 19.5 * T}),
-    ("b200", {"bf16": 2250 * T, "fp16": 2250 * T, "tf32": 1100 * T}),
+    ("gb200", {"bf16": 2500 * T, "fp16": 2500 * T, "tf32": 1250 * T, "fp32": 80 * T}),
+    ("b200", {"bf16": 2250 * T, "fp16": 2250 * T, "tf32": 1125 * T, "fp32": 75 * T}),
     ("l40s", {"bf16": 362.05 * T, "fp16": 362.05 * T, "tf32": 183 * T, "fp32": 91.6 * T}),
 )
 
