@@ -281,6 +281,22 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         steps[seg.id] = step
         plan.steps.append(step)
 
+    def branch(size, seg_at, origin, name: str, seed, start: int, labels: dict, cfg: dict) -> str:
+        """A midtrain step from the base run at ``start`` (an imported size: from its checkpoint) to the size's
+        end with ``cfg``: an arm, or the control re-run per seed. Returns its id."""
+        cfg = dict(cfg, resume="auto")
+        sid = f"midtrain/{size.name}/{run_label(name, seed)}"
+        tokens = (size.max_steps - start) * size.tokens_per_step
+        if size.checkpoint:
+            cfg = set_dotted(cfg, "train.max_additional_steps", size.max_steps - size.start_step)
+            cfg["resume_from"] = size.checkpoint
+            add("midtrain", sid, [], cfg, {**labels, "imported": size.checkpoint}, tokens=tokens, size=size.name,
+                origin=origin)
+        else:
+            seg, at = seg_at[start]
+            add("midtrain", sid, [seg], cfg, labels, resume_step=seg, resume_at=at, tokens=tokens, size=size.name)
+        return sid
+
     runs: list[tuple[str, str, int | None, str]] = []   # (size, arm, seed, step id) of every trained run
     base_seeds = spec.seeds if spec.vary == "base" else (None,)
     for size in spec.sizes:
@@ -301,22 +317,10 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
             if per_seed_control:
                 start = size.start_step if size.checkpoint else min(a.start for a in size_arms)
                 for seed in spec.seeds:
-                    cfg = set_dotted(base_cfg, "data.seed", seed)
-                    cfg["resume"] = "auto"
-                    sid = f"midtrain/{size.name}/{run_label(CONTROL, seed)}"
                     labels = {"size": size.name, "arm": CONTROL, "family": CONTROL, "seed": seed, "start": start,
                               "end": size.max_steps, "weight": None, "domain": None, "mixture": None, "precision": None}
-                    tokens = (size.max_steps - start) * size.tokens_per_step
-                    if size.checkpoint:
-                        cfg = set_dotted(cfg, "train.max_additional_steps", size.max_steps - size.start_step)
-                        cfg["resume_from"] = size.checkpoint
-                        add("midtrain", sid, [], cfg, {**labels, "imported": size.checkpoint}, tokens=tokens,
-                            size=size.name, origin=origin)
-                    else:
-                        seg, at = seg_at[start]
-                        add("midtrain", sid, [seg], cfg, labels, resume_step=seg, resume_at=at, tokens=tokens,
-                            size=size.name)
-                    runs.append((size.name, CONTROL, seed, sid))
+                    runs.append((size.name, CONTROL, seed, branch(size, seg_at, origin, CONTROL, seed, start, labels,
+                                                                 set_dotted(base_cfg, "data.seed", seed))))
             else:
                 runs.append((size.name, CONTROL, base_seed, seg_at[size.max_steps][0]))
             arm_seeds = [base_seed] if base_seed is not None else (spec.seeds if spec.vary == "midtrain" else [None])
@@ -330,22 +334,11 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
                         cfg = set_dotted(cfg, "data.seed", seed)
                     if arm.precision:  # a precision control: only the numerics differ from its sibling arms
                         cfg = set_dotted(cfg, "precision", arm.precision)
-                    cfg["resume"] = "auto"
-                    sid = f"midtrain/{size.name}/{run_label(arm.name, seed)}"
                     labels = {"size": size.name, "arm": arm.name, "family": arm.family, "seed": seed,
                               "start": arm.start, "end": size.max_steps, "weight": arm.weight, "domain": arm.domain,
                               "mixture": arm.mixture, "precision": arm.precision}
-                    tokens = (size.max_steps - arm.start) * size.tokens_per_step
-                    if size.checkpoint:
-                        cfg = set_dotted(cfg, "train.max_additional_steps", size.max_steps - size.start_step)
-                        cfg["resume_from"] = size.checkpoint
-                        add("midtrain", sid, [], cfg, {**labels, "imported": size.checkpoint}, tokens=tokens,
-                            size=size.name, origin=origin)
-                    else:
-                        seg, at = seg_at[arm.start]
-                        add("midtrain", sid, [seg], cfg, labels, resume_step=seg, resume_at=at, tokens=tokens,
-                            size=size.name)
-                    runs.append((size.name, arm.name, seed, sid))
+                    runs.append((size.name, arm.name, seed, branch(size, seg_at, origin, arm.name, seed, arm.start,
+                                                                  labels, cfg)))
 
     leaves = []
     grids = [(lr,) for lr in spec.lrs] if spec.one_step_per_lr else [tuple(spec.lrs)]
