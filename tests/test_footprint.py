@@ -97,7 +97,9 @@ def test_study_plan_shows_each_training_shape_and_refuses_what_fits_nowhere(tmp_
     assert r.returncode == 0, r.stderr
     assert "| training and SFT steps | devices (strategy, precision, memory per rank) |" in r.stdout
     assert "ddp x 2, bf16-true on h100 (80 GiB, assumed)" in r.stdout and "assumed: h100" in r.stdout
-    assert "bf16-true: midtrain/tiny/code20-from4/s0 (+3 more) (tiny) starts at LR" in r.stdout  # arms only
+    # the midtrain runs from the low-LR start only: the control per seed (the fixture's seeds.control: per_seed,
+    # from step 4) and the arms from 4, not the base segments
+    assert "bf16-true: midtrain/tiny/pretrain-only/s0 (+5 more) (tiny) starts at LR" in r.stdout, r.stdout
     raw = yaml.safe_load(spec.read_text())
     raw.setdefault("slurm", {}).update(pretrain={"gpus-per-node": "v100:2"}, midtrain={"gpus-per-node": "v100:2"})
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))

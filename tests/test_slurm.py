@@ -279,6 +279,7 @@ def test_study_with_two_device_runs_on_slurm(cluster, tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     raw = yaml.safe_load(spec.read_text())
     raw["arms"] = [{"name": "code", "domain": "code", "start": [4], "weight": [0.2]}]
+    raw["seeds"]["control"] = "shared"  # one control, the base run's end (the job counts below are of that DAG)
     raw["sft"]["lrs"] = [1e-3]  # one LR: an SFT array per checkpoint still holds a task per seed
     raw["sft"]["options"].update(devices=2, strategy="fsdp", micro_batch_size=4)  # 2 ranks x 4 = the global 8
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))

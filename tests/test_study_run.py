@@ -486,11 +486,11 @@ def test_lm_eval_step_runs_offline_and_reaches_the_report(study, tmp_path):
     new_spec.write_text(yaml.safe_dump(cfg))
     plan = load_plan(new_spec)
     lm = [s for s in plan.steps if s.kind == "lm-eval"]
-    assert len(lm) == 7 and all(s.deps[0] in plan.by_id for s in lm)
+    assert len(lm) == 8 and all(s.deps[0] in plan.by_id for s in lm)  # 6 arm runs + the control per seed (2)
     before = json.loads((out / "study.json").read_text())["steps"]
     assert all(before[s.id]["out"] == s.out for s in plan.steps if s.kind not in ("lm-eval", "report"))
     materialise(plan, out, new_spec)
-    step = plan.by_id["lm-eval/tiny/pretrain-only"]
+    step = plan.by_id["lm-eval/tiny/pretrain-only/s0"]
     r = subprocess.run([EXTRAS_PY, "-m", "midtrain", "study", "step", str(out / step.out)], cwd=REPO,
                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (out / step.out / "log.txt").read_text()[-3000:]
