@@ -152,7 +152,7 @@ def _spread_sums(fabric, batches: list, score, size: int) -> torch.Tensor:
 @torch.no_grad()
 def example_losses(model, encoded, batch_size: int, device, fabric=None) -> list[list]:
     """[loss summed over its response tokens, their count] of each example of ``encoded``, in order: what a
-    test-item bootstrap resamples (``stats.item_bootstrap``). Batched as ``examples_loss``; over several ranks each
+    test-item bootstrap resamples (``stats.variance_levels``). Batched as ``examples_loss``; over several ranks each
     batch is scored on one and every rank gets every example's pair (``_spread_sums``)."""
     n = len(encoded)
 

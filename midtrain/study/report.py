@@ -577,6 +577,9 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict, chosen=None) 
     dists = {k: px.distribution(counting.pad_to(c, vocab)) for k, c in counts.items()}
     arms = {a.name: a for a in spec.arms}
     rows = []
+    from functools import lru_cache
+
+    dose = lru_cache(maxsize=None)(lambda start: lr_steps(size.config, start, size.max_steps))  # O(T): once a start
     base_arm = spec.report.get("baseline", CONTROL)
     base = {c.task: c for c in cells if c.arm == base_arm}
     for c in cells:
@@ -587,7 +590,7 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict, chosen=None) 
         adv = px.advantage(measure, px.mixture(dists, weights), dists["main"], dists[f"task:{c.task}"])
         rel = stats.relative_improvement(base[c.task].summary["sft_test"].mean, c.summary["sft_test"].mean)
         rows.append({"arm": c.arm, "task": c.task, "advantage": adv, "relative_improvement": rel,
-                     "lr_steps": lr_steps(size.config, arms[c.arm].start, size.max_steps),
+                     "lr_steps": dose(arms[c.arm].start),
                      "judged": not c.regime and not base[c.task].regime})
     size_res["proximity"] = {"measure": measure, "rows": rows}
     src = [f"Unigram proximity of each corpus to each SFT task's text (cosine / JSD, base 2):", "",
