@@ -299,12 +299,11 @@ def sft(argv: list[str]) -> int:
         return EXIT_REQUEUE
     import torch.distributed as dist
 
-    together = dist.is_available() and dist.is_initialized()
-    if not together or dist.get_rank() == 0:
+    from midtrain.train.distributed import leave_group
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
         print(format_sft(metrics), flush=True)
-    if together:  # every rank leaves the group before the interpreter ends: left to shutdown, gloo's threads were
-        dist.barrier()  # destroyed mid-use and a rank aborted after its outputs were written (exit 134 under srun)
-        dist.destroy_process_group()
+    leave_group()
     return 0
 
 
