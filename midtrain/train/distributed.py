@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import timedelta
+from typing import Any
 
 from midtrain.errors import ConfigError
 
@@ -216,6 +217,54 @@ def strategy(kind: str, timeout: float, **kwargs):
     base = {"ddp": DDPStrategy, "model_parallel": ModelParallelStrategy}[kind]
     cls = type(f"Rendezvous{base.__name__}", (Rendezvous, base), {"rendezvous_timeout": float(timeout)})
     return cls(**kwargs)
+
+
+class Agreement:
+    """Flags OR-ed across ranks without stalling a GPU's host (the training step's one collective read).
+
+    ``start`` builds the flags on the device from pinned memory (no blocking copy), begins the all-reduce
+    asynchronously and queues a non-blocking copy of its result to pinned host memory behind a CUDA event.
+    ``result`` waits for that event only: on a GPU the work queued after ``start`` (the step's last micro-batch)
+    keeps running while the host reads. Every rank calls both at the same point of its program, so every rank reads
+    the same flags at the same step, which is what keeps a stop exact: all ranks leave at one step boundary. On one
+    process there is no collective and ``result`` returns the flags as given. On CPU (gloo) the wait is the
+    collective itself."""
+
+    def __init__(self, fabric) -> None:
+        self.fabric = fabric
+        self._pending: Any = None
+
+    def start(self, *flags: bool) -> None:
+        if self.fabric.world_size == 1:
+            self._pending = [bool(f) for f in flags]
+            return
+        import torch
+
+        device = self.fabric.device
+        values = torch.tensor([float(f) for f in flags])
+        cuda = device.type == "cuda"
+        values = values.pin_memory().to(device, non_blocking=True) if cuda else values
+        work = torch.distributed.all_reduce(values, async_op=True)
+        if not cuda:
+            self._pending = (values, work, None)
+            return
+        work.wait()  # on NCCL: the current stream waits for the collective; the host does not
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._pending = (host, None, event)
+
+    def result(self) -> list[bool]:
+        """The flags of the last ``start``, each true if it was true on any rank."""
+        if isinstance(self._pending, list):
+            return self._pending
+        values, work, event = self._pending
+        if event is not None:
+            event.synchronize()
+        else:
+            work.wait()
+        return [x > 0 for x in values.tolist()]
 
 
 def agree(fabric, *flags: bool) -> list[bool]:

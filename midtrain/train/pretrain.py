@@ -56,7 +56,6 @@ from midtrain.train.restore import hf_import_step, load_weights, log_checkpoint_
 from midtrain.train.saver import Saver
 from midtrain.train.schedules import Schedule, rewarm_factor, warmup_steps
 from midtrain.train import distributed
-from midtrain.train.distributed import agree as agree_across_ranks
 from midtrain.train.validation import log_validation
 
 
@@ -418,49 +417,46 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
                           "imported from Hugging Face (`midtrain import`): its optimizer state is not fresh")
     data_iter = iter(loader)
     model.train()
+    # The step path reads nothing back from the device: one Agreement per step carries the stop flags (a signal,
+    # a failed loader) across ranks, started before the step's last micro-batch and read before its optimizer step
+    # (distributed.Agreement). A rank whose loader failed keeps the step's collectives going on a filler batch, so
+    # no rank waits for one that left; the step is then discarded on every rank alike.
+    agreement = distributed.Agreement(fabric)
+    filler = torch.zeros((train.micro_batch_size, seq_len + 1), dtype=torch.long, device=fabric.device)
+    signalled = False
     while state["step_count"] < end_step:
-        if distributed.any_rank(fabric, signals.requested() is not None):
-            return stop(fabric, saver, state, first_step, f"signal {signals.name(signals.requested())} received")
+        if signalled or (fabric.world_size == 1 and signals.requested() is not None):
+            return stop(fabric, saver, state, first_step, f"signal {signals.name(signals.requested())} received"
+                        if signals.requested() is not None else "a stop signal reached another rank")
         lr = schedule.lr_at(state["step_count"]) * rewarm_factor(state["step_count"], rewarm_from, train.rewarm_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        samples_at_step = getattr(loader, "samples", None)
+        samples_at_step, iter_at_step = getattr(loader, "samples", None), state["iter_num"]
         trace_lines: list[str] = []
+        failure = None
         for micro in range(accum):
-            t_wait = time.perf_counter()
-            try:
-                batch, failure = next(data_iter), None
-            except Exception as e:  # a worker ended by the stop signal, or a shard changed/vanished under the run
-                batch, failure = None, e
-            progress.data_wait += time.perf_counter() - t_wait
-            # every rank learns whether any rank's loader failed before anyone runs a forward pass (under FSDP each
-            # is a collective, and a rank that left for the stop path would leave the others waiting forever)
-            line = config_error_line(failure) if failure is not None else None
-            failed, signalled, unexpected = agree_across_ranks(fabric, failure is not None, signals.requested() is not None,
-                                                   failure is not None and line is None and signals.requested() is None)
-            if failed:
-                # the model and optimizer are still at the last step boundary: rewind the data position to it
-                optimizer.zero_grad(set_to_none=True)
-                if samples_at_step is not None:
-                    loader.samples = samples_at_step
-                if unexpected:  # not a stop and not bad input: a bug, raised as it is (other ranks stop quietly)
-                    if failure is not None and line is None:
-                        raise failure
-                    raise ConfigError("another rank's data loader failed (its traceback is in the log)", speaker="quiet")
-                if not signalled:
-                    if state["step_count"] != first_step and samples_at_step is not None:
-                        saver.save_missing(state)
-                    if line is not None:
-                        raise ConfigError(line, speaker="self") from None
-                    raise ConfigError("another rank stopped (its line is in the log)", speaker="quiet")
-                who = (f"signal {signals.name(signals.requested())} received" if signals.requested() is not None
-                       else "a stop signal reached another rank")
-                return stop(fabric, saver, state, first_step, f"{who} mid-step", can_save=samples_at_step is not None)
-            tokens, sources = batch if isinstance(batch, (tuple, list)) else (batch, torch.zeros(len(batch), dtype=torch.long))
-            if trace is not None:  # written once the step is complete (a step cut short is redone on resume)
-                trace_lines += [f"{state['step_count']} {micro} {zlib.crc32(row.numpy().tobytes())}\n" for row in tokens]
-            tokens = fabric.to_device(tokens.long())
-            sources = fabric.to_device(sources.long())
+            if failure is None:
+                t_wait = time.perf_counter()
+                try:
+                    batch = next(data_iter)
+                except Exception as e:  # a worker ended by the stop signal, or a shard changed/vanished under the run
+                    failure = e
+                progress.data_wait += time.perf_counter() - t_wait
+            if micro == accum - 1 or (failure is not None and fabric.world_size == 1):
+                line = config_error_line(failure) if failure is not None else None
+                agreement.start(failure is not None, signals.requested() is not None,
+                                failure is not None and line is None and signals.requested() is None)
+            if failure is not None:
+                if fabric.world_size == 1:
+                    break
+                tokens, sources = filler, None  # (its gradients are discarded with the step's)
+            else:
+                tokens, sources = batch if isinstance(batch, (tuple, list)) else (batch, torch.zeros(len(batch), dtype=torch.long))
+                if trace is not None:  # written once the step is complete (a step cut short is redone on resume)
+                    trace_lines += [f"{state['step_count']} {micro} {zlib.crc32(row.numpy().tobytes())}\n" for row in tokens]
+                # pinned int32 rows go to the device without blocking and are widened there
+                tokens = tokens.to(fabric.device, non_blocking=True).long()
+                sources = sources.to(fabric.device, non_blocking=True).long()
             # contiguous: the loader's rows carry a source column, and strided inputs slow the model
             inputs, targets = tokens[:, :seq_len].contiguous(), tokens[:, 1:seq_len + 1].contiguous()
             # DDP all-reduces once per step; sharded gradients are reduce-scattered every micro-batch (kept sharded)
@@ -468,9 +464,31 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
                 logits = model(inputs)
                 per_sample = per_token_loss(logits, targets).mean(dim=1)
                 fabric.backward(per_sample.mean() / accum)
-            meter.add(sources, per_sample.detach())
-            divergence.watch(per_sample, state["step_count"] + 1)
+            if sources is not None:
+                meter.add(sources, per_sample.detach())
+                divergence.watch(per_sample, state["step_count"] + 1)
             state["iter_num"] += 1
+        failed, signalled, unexpected = agreement.result()
+        if failed:
+            # the model and optimizer are still at the last step boundary: rewind the data position to it
+            optimizer.zero_grad(set_to_none=True)
+            state["iter_num"] = iter_at_step
+            if samples_at_step is not None:
+                loader.samples = samples_at_step
+            line = config_error_line(failure) if failure is not None else None
+            if unexpected:  # not a stop and not bad input: a bug, raised as it is (other ranks stop quietly)
+                if failure is not None and line is None:
+                    raise failure
+                raise ConfigError("another rank's data loader failed (its traceback is in the log)", speaker="quiet")
+            if not signalled:
+                if state["step_count"] != first_step and samples_at_step is not None:
+                    saver.save_missing(state)
+                if line is not None:
+                    raise ConfigError(line, speaker="self") from None
+                raise ConfigError("another rank stopped (its line is in the log)", speaker="quiet")
+            who = (f"signal {signals.name(signals.requested())} received" if signals.requested() is not None
+                   else "a stop signal reached another rank")
+            return stop(fabric, saver, state, first_step, f"{who} mid-step", can_save=samples_at_step is not None)
         if train.max_norm:  # a non-finite norm is the divergence watch's to report (not a traceback from clipping)
             norm = fabric.clip_gradients(model, optimizer, max_norm=train.max_norm, error_if_nonfinite=False)
             if run.precision not in ("16-mixed", "16"):  # fp16's grad scaler expects an inf now and then (it skips)

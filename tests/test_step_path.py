@@ -1,0 +1,49 @@
+"""The training step path (issue 31): no host sync (item 2), counted on CPU.
+
+``tests/count_syncs.py`` runs a real ``midtrain pretrain`` and counts every read of a tensor back to the host (what
+stalls a GPU's host until its queue drains) between consecutive optimizer steps, with its call site. The stated
+numbers:
+
+- one process: **0** reads per step;
+- two ranks (DDP or FSDP2): **1** per step, ``distributed.Agreement.result``: the stop flags (a signal, a failed
+  loader) OR-ed across ranks, started before the step's last micro-batch and read before its optimizer step. On a GPU
+  that read waits on a CUDA event recorded before the last micro-batch's work, so the queue keeps running.
+
+Logging steps read the loss back (every ``log_interval``); the configs here log only at the last step, which no
+interval covers. Before this test the trainer read 1 + (micro-batches per step) flags per step on two ranks.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from test_trainer import write_config
+
+EXPECTED = {"one": 0, "ddp": 1, "fsdp": 1}
+
+
+@pytest.mark.parametrize("kind", ["one", "ddp", "fsdp"])
+def test_host_reads_per_optimizer_step_on_the_step_path(tmp_path, real_tree, kind):
+    top = {} if kind == "one" else {"devices": 2, "strategy": kind}
+    cfg = write_config(tmp_path, real_tree, out_dir=str(tmp_path / "out"), **top,
+                       train={"max_steps": 6, "micro_batch_size": 2, "log_interval": 1000, "save_interval": 0,
+                              "max_norm": 1.0, "max_lr": 0.003},  # 4 micro-batches per step (2 per rank on two)
+                       eval={"interval": 0, "max_iters": 1, "final_validation": False})
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tests", "count_syncs.py"), str(tmp_path / "count"),
+                        "pretrain", "--config", str(cfg)], capture_output=True, text=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=REPO), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = sorted(tmp_path.glob("count.rank*.json"))
+    assert len(ranks) == (1 if kind == "one" else 2)
+    for path in ranks:
+        steps = json.loads(path.read_text())["steps"]
+        assert len(steps) == 5  # between the 6 optimizer steps
+        for k, sites in enumerate(steps, start=1):
+            assert sum(sites.values()) == EXPECTED[kind], f"{path.name}, after step {k}: {sites}"
+        if EXPECTED[kind]:
+            assert {site.rsplit(":", 1)[0] for s in steps for site in s} == {"train/distributed.py"}
+
