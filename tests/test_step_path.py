@@ -1,4 +1,5 @@
-"""The training step path (issue 31): no host sync (item 2), counted on CPU.
+"""The training step path (issue 31): no host sync (item 2), counted on CPU, and the loss in the compiled graph
+(item 3).
 
 ``tests/count_syncs.py`` runs a real ``midtrain pretrain`` and counts every read of a tensor back to the host (what
 stalls a GPU's host until its queue drains) between consecutive optimizer steps, with its call site. The stated
@@ -19,6 +20,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 from test_trainer import write_config
@@ -47,3 +49,26 @@ def test_host_reads_per_optimizer_step_on_the_step_path(tmp_path, real_tree, kin
         if EXPECTED[kind]:
             assert {site.rsplit(":", 1)[0] for s in steps for site in s} == {"train/distributed.py"}
 
+
+def test_the_compiled_loss_equals_the_chunked_eager_loss():
+    """Under ``compile`` the trainer's loss is ``torch.compile(token_loss)`` (Inductor, here its CPU backend): the same
+    per-token values and logit gradients as the eager chunked ``per_token_loss`` from bf16 logits, the paper's
+    precision (both upcast before the softmax; the gradient comes back in bf16). 300 rows: two full chunks and a
+    partial one."""
+    dtype = torch.bfloat16
+    from midtrain.train.metrics import per_token_loss, token_loss
+
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 100, 211) * 4).to(dtype)
+    targets = torch.randint(0, 211, (3, 100))
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    eager = per_token_loss(a, targets)
+    compiled = torch.compile(token_loss)(b, targets)
+    assert eager.dtype == compiled.dtype == torch.float32 and eager.shape == compiled.shape == (3, 100)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    weights = torch.rand(3, 100)
+    (eager * weights).sum().backward()
+    (compiled * weights).sum().backward()
+    assert a.grad.dtype == b.grad.dtype == dtype
+    torch.testing.assert_close(b.grad.float(), a.grad.float(), rtol=1.6e-2, atol=1e-3)  # bf16's resolution

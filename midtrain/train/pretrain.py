@@ -51,7 +51,7 @@ from midtrain.train import memory, parallel, startup
 from midtrain.train.args import EvalArgs, TrainArgs
 from midtrain.train.divergence import Divergence
 from midtrain.train import flops
-from midtrain.train.metrics import Progress, SourceMeter, gpu_peak, per_token_loss
+from midtrain.train.metrics import Progress, SourceMeter, gpu_peak, per_token_loss, token_loss
 from midtrain.train.restore import hf_import_step, load_weights, log_checkpoint_notes, restore
 from midtrain.train.saver import Saver
 from midtrain.train.schedules import Schedule, rewarm_factor, warmup_steps
@@ -422,6 +422,8 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
     # (distributed.Agreement). A rank whose loader failed keeps the step's collectives going on a filler batch, so
     # no rank waits for one that left; the step is then discarded on every rank alike.
     agreement = distributed.Agreement(fabric)
+    # compiled runs compute the loss in a compiled graph too (one fused upcast cross-entropy: metrics.token_loss)
+    loss_of = torch.compile(token_loss) if run.compile else per_token_loss
     filler = torch.zeros((train.micro_batch_size, seq_len + 1), dtype=torch.long, device=fabric.device)
     signalled = False
     while state["step_count"] < end_step:
@@ -462,7 +464,7 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
             # DDP all-reduces once per step; sharded gradients are reduce-scattered every micro-batch (kept sharded)
             with fabric.no_backward_sync(model, enabled=micro < accum - 1 and not run.sharded):
                 logits = model(inputs)
-                per_sample = per_token_loss(logits, targets).mean(dim=1)
+                per_sample = loss_of(logits, targets).mean(dim=1)
                 fabric.backward(per_sample.mean() / accum)
             if sources is not None:
                 meter.add(sources, per_sample.detach())
