@@ -307,6 +307,10 @@ def sft(argv: list[str]) -> int:
     return 0
 
 
+PRECISION_HELP = ("the forward pass: bf16-mixed (bf16 autocast, TF32) or 32-true; default bf16-mixed on a GPU with "
+                  "bf16, else 32-true (written beside the numbers)")
+
+
 def evaluate(argv: list[str]) -> int:
     """``midtrain evaluate loss|lm-eval|export-hf``."""
     if _help(argv, "evaluate", {"loss": "loss per val set of a checkpoint (or of every checkpoint of a run)",
@@ -326,17 +330,21 @@ def evaluate(argv: list[str]) -> int:
         parser.add_argument("--json", type=Optional[str], default=None)
         parser.add_argument("--all_checkpoints", type=bool, default=False,
                             help="--checkpoint is a run folder: evaluate every saved checkpoint in it (by_step)")
+        parser.add_argument("--precision", type=Optional[str], default=None, help=PRECISION_HELP)
         a = parser.parse_args(argv[1:])
         if a.all_checkpoints:
-            result = ev.loss_over_checkpoints(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches)
+            result = ev.loss_over_checkpoints(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches,
+                                              a.precision)
             for step, sets in result["by_step"].items():
                 print(f"step {step}: " + ", ".join(f"{n} loss {m['loss']:.4f}" for n, m in sets.items()
-                                                   if n != "checkpoint_notes"))
+                                                   if isinstance(m, dict) and "loss" in m))
         else:
-            result = ev.loss_on_shards(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches)
+            result = ev.loss_on_shards(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches,
+                                       a.precision)
         for name, m in result.items():
-            if name not in ("by_step", "checkpoint_notes"):
+            if isinstance(m, dict) and "loss" in m:
                 print(f"{name}: loss {m['loss']:.4f} ppl {m['ppl']:.2f}")
+        print(f"precision: {result['precision']}")
         for note in result.get("checkpoint_notes") or []:
             if note.get("optimizer"):
                 print(f"note: {note['optimizer']} at step {note.get('at_step', note.get('step'))}")
@@ -350,9 +358,10 @@ def evaluate(argv: list[str]) -> int:
         parser.add_argument("--include_path", type=Optional[str], default=None,
                             help="a folder of local task YAMLs (data files beside them: works offline)")
         parser.add_argument("--tokenizer_dir", type=Optional[str], default=None, help="default: the checkpoint folder")
+        parser.add_argument("--precision", type=Optional[str], default=None, help=PRECISION_HELP)
         a = parser.parse_args(argv[1:])
         table = ev.lm_eval(a.checkpoint, a.tasks, a.out_dir, a.batch_size, a.num_fewshot, a.limit, a.include_path,
-                           a.tokenizer_dir)
+                           a.tokenizer_dir, a.precision)
         for task, metrics in table.items():
             print(f"{task}: " + ", ".join(ev.format_lm_eval_metrics(metrics)))
         print(f"wrote {a.out_dir}/results.json")

@@ -115,7 +115,7 @@ from pathlib import Path
 from midtrain.posttrain.lm_eval_adapter import LitLM
 lm = LitLM(Path({str(checkpoint_with_tokenizer)!r}))
 ctx, cont = lm.encode("3 plus 4 is"), lm.encode(" 7.")
-ll, greedy = lm._score(ctx, cont)
+(ll, greedy), = lm._score_all([(ctx, cont)])
 x = torch.tensor(ctx + cont)
 logp = F.log_softmax(lm.model(x[None, :-1])[0].float(), -1)
 manual = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
@@ -199,3 +199,80 @@ print(json.dumps([lm.generate_until(reqs("Question:")), lm.generate_until(reqs([
     assert as_string == as_list
     # the generations hold characters of "Question:" (so a per-character stop would have cut them short)
     assert any(set(text) & set("Question:") for text in free) and as_list == free
+
+
+@needs_extras
+def test_batched_scoring_and_cached_generation_give_todays_numbers_on_cpu(tmp_path, checkpoint_with_tokenizer):
+    """Issue 31, item 4: requests scored ``batch_size`` at a time (right-padded, longest first) give the numbers the
+    one-request-per-forward scoring gave, computed here by hand as before (log-likelihood with and without context,
+    a request longer than the window, rolling windows); greedy generation through litgpt's KV cache gives the
+    tokens of the uncached loop, and a prompt too long for the cache slides its window as before. The precision is
+    32-true on CPU and written to results.json; bf16-mixed (autocast) runs on CPU too, close to fp32; a bad value
+    is one line."""
+    code = f"""
+import json, torch, torch.nn.functional as F
+from lm_eval.api.instance import Instance
+from midtrain.posttrain.lm_eval_adapter import LitLM
+path = {str(checkpoint_with_tokenizer)!r}
+one, five = LitLM(path, batch_size=1), LitLM(path, batch_size=5)
+assert one.precision == "32-true"
+m, W, eos = one.model, one.max_length, one.tokenizer.eos_id
+
+def by_hand(ctx, cont):  # the scoring before batching: one request per forward pass
+    tokens = ((ctx or [eos]) + cont)[-(W + 1):]
+    x = torch.tensor(tokens[:-1])[None]
+    logits = m(x)[0, -len(cont):].float()
+    t = torch.tensor(tokens[-len(cont):])
+    return float(F.log_softmax(logits, -1).gather(1, t[:, None]).sum()), bool((logits.argmax(-1) == t).all())
+
+pairs = [(f"{{a}} plus {{b}} is", f" {{a + b}}.") for a in range(4) for b in range(3)]
+pairs += [("", "1 plus 1 is 2."), ("9 plus 9 is 18. " * 6, " 4."), ("2 plus", " 2 is 4. 3 plus 3 is 6.")]
+reqs = [Instance("loglikelihood", {{}}, p, 0) for p in pairs]
+a, b = one.loglikelihood(reqs), five.loglikelihood(reqs)
+ref = [by_hand(one.encode(c), one.encode(x)) for c, x in pairs]
+assert [g for _, g in a] == [g for _, g in b] == [g for _, g in ref]
+assert max(abs(x[0] - y[0]) for x, y in zip(a + b, ref + ref)) < 1e-4
+texts = ["1 plus 2 is 3. " * k for k in (1, 3, 9)]  # the last is several windows
+roll = [Instance("loglikelihood_rolling", {{}}, (t,), 0) for t in texts]
+ra, rb = one.loglikelihood_rolling(roll), five.loglikelihood_rolling(roll)
+def rolling_by_hand(text):
+    tokens, total, start = one.encode(text), 0.0, 0
+    while start < len(tokens):
+        window = tokens[start:start + W]
+        total += by_hand(tokens[:start], window)[0]
+        start += len(window)
+    return total
+assert max(abs(x - y) for x, y in zip(ra + rb, [rolling_by_hand(t) for t in texts] * 2)) < 1e-4
+
+def greedy_by_hand(tokens, max_new):  # the loop before the cache: the whole window per token
+    new = []
+    for _ in range(max_new):
+        nxt = int(m(torch.tensor((tokens + new)[-W:])[None])[0, -1].argmax())
+        if nxt == eos:
+            break
+        new.append(nxt)
+    return new
+prompts = [one.encode(f"{{a}} plus 2 is") for a in range(5)] + [one.encode("7 plus 1 is 8. " * 4)]
+for tokens, n in [(p, 12) for p in prompts] + [(prompts[0], W)]:  # the last two do not fit: the window slides
+    assert one._greedy(tokens, n, []) == greedy_by_hand(tokens, n), tokens
+gen = [Instance("generate_until", {{}}, ("3 plus 2 is", {{"until": ["."], "max_gen_toks": 10}}), 0)]
+assert one.generate_until(gen) == five.generate_until(gen)
+bf = LitLM(path, batch_size=4, precision="bf16-mixed").loglikelihood(reqs[:6])
+assert max(abs(x[0] - y[0]) for x, y in zip(bf, a[:6])) < 0.25 * max(1.0, max(abs(y[0]) for y in a[:6]))
+print("ok")
+"""
+    r = subprocess.run([EXTRAS_PY, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=REPO), timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+    env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    r = run_extras("evaluate", "lm-eval", "--checkpoint", checkpoint_with_tokenizer, "--tasks", "tiny_arith",
+                   "--include_path", "tests/lm_eval_tasks", "--out_dir", tmp_path / "out", "--batch_size", "8",
+                   "--limit", "4", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["precision"] == "32-true"
+    bad = run_extras("evaluate", "lm-eval", "--checkpoint", checkpoint_with_tokenizer, "--tasks", "tiny_arith",
+                     "--include_path", "tests/lm_eval_tasks", "--out_dir", tmp_path / "o2", "--precision", "fp8",
+                     env=env)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1, bad.stderr
+    assert "--precision: expected one of bf16-mixed, 32-true, got 'fp8'" in lines[0]

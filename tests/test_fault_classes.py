@@ -169,7 +169,8 @@ def test_val_set_shorter_than_one_sample_is_refused_in_mix_pretrain_and_evaluate
     assert not (tmp_path / "m.json").exists()
     # a shorter context where gsm8k holds a sample: the 20-token set is scored (a real number, not 0)
     losses = loss_on_shards(ckpt, short_val / "val", max_seq_length=16)
-    assert set(losses) == {"main", "gsm8k"} and losses["gsm8k"]["loss"] > 1.0
+    assert set(losses) == {"main", "gsm8k", "precision"} and losses["gsm8k"]["loss"] > 1.0
+    assert losses["precision"] == "32-true"  # (CPU: fp32 throughout, as the numbers before it was written)
 
 
 def test_trainer_validation_over_no_tokens_is_no_data():

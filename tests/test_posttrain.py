@@ -286,7 +286,7 @@ def test_evaluate_plot_report(tmp_path, tiny_run, real_tree):
     r = run_cli("evaluate", "loss", "--checkpoint", tiny_run / "final", "--data", real_tree.parent / "val",
                 "--max_batches", "2", "--json", tmp_path / "e.json")
     assert r.returncode == 0, r.stderr
-    assert set(json.loads((tmp_path / "e.json").read_text())) == {"main", "code", "gsm8k"}
+    assert set(json.loads((tmp_path / "e.json").read_text())) == {"main", "code", "gsm8k", "precision"}
     r = run_cli("plot", "--runs", tiny_run, "--out", tmp_path / "p.png")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "p.png").stat().st_size > 5000

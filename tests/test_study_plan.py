@@ -272,11 +272,27 @@ def test_output_paths_are_stable_and_config_derived():
      "sft.options.forgetting_sets: give distinct validation set names, got 'main'"),
     ({"sft": {"lrs": [1e-3], "tasks": {"py": {"data": "/t"}}, "options": {"forgetting_sets": ["code"]}}},
      "sft.options.forgetting_sets: leaves out 'main' (report.main_set)"),
+    ({"eval": {"precision": "bf16"}}, "eval.precision: expected one of bf16-mixed, 32-true"),
+    ({"eval": {"lm_eval": {"tasks": "x", "precision": "fp8"}}}, "eval.lm_eval.precision: expected one of bf16-mixed"),
 ])
 def test_spec_errors_name_the_key(over, needle):
     with pytest.raises(ConfigError) as e:
         parse_spec(raw(**over), {"70m": copy.deepcopy(BASE)})
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_eval_precision_reaches_the_evaluate_command_lines(tmp_path):
+    """eval.precision and eval.lm_eval.precision become `midtrain evaluate --precision` (unset: the command's default,
+    bf16-mixed on a GPU with bf16, else 32-true, written beside the numbers)."""
+    from midtrain.study.execute import step_command
+
+    spec = raw(eval={"precision": "32-true", "lm_eval": {"tasks": "t", "precision": "bf16-mixed"}})
+    p = plan_of(spec)
+    argv = {s.kind: step_command(p, s, tmp_path, tmp_path / "spec.yaml")[0] for s in p.steps if s.kind in ("eval", "lm-eval")}
+    assert argv["eval"][argv["eval"].index("--precision") + 1] == "32-true"
+    assert argv["lm-eval"][argv["lm-eval"].index("--precision") + 1] == "bf16-mixed"
+    p = plan_of(raw(eval={"lm_eval": {"tasks": "t"}}))
+    assert not any("--precision" in step_command(p, s, tmp_path, tmp_path / "spec.yaml")[0] for s in p.steps if s.kind in ("eval", "lm-eval"))
 
 
 def test_the_spec_knows_every_option_of_midtrain_sft():

@@ -12,25 +12,29 @@ from midtrain.errors import ConfigError
 
 
 def loss_on_shards(checkpoint: Path, data: Path, max_seq_length: Optional[int] = None, batch_size: int = 8,
-                   max_batches: int = 100) -> dict:
+                   max_batches: int = 100, precision: Optional[str] = None) -> dict:
     """Loss and perplexity per validation set under ``data`` (one dataset, or a folder of them): ``{set: {loss,
-    ppl}}``, plus ``checkpoint_notes`` when the checkpoint carries history that is not a mixture stage (an HF
-    import's fresh optimizer state)."""
+    ppl}}``, plus ``precision`` (the forward pass's: ``midtrain.posttrain.numerics``; None: bf16-mixed on a GPU
+    with bf16, else 32-true) and ``checkpoint_notes`` when the checkpoint carries history that is not a mixture
+    stage (an HF import's fresh optimizer state)."""
     import torch
 
+    from midtrain.posttrain import numerics
     from midtrain.posttrain.sft import load_checkpoint_model, pretrain_val_losses
-    from midtrain.train.metrics import perplexity
-
-    model, config = load_checkpoint_model(checkpoint)
-    seq = max_seq_length or config.block_size
-    model.max_seq_length = seq
     from midtrain.train.distributed import check_expected_cuda
+    from midtrain.train.metrics import perplexity
 
     check_expected_cuda()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = numerics.resolve(precision, device)
+    model, config = load_checkpoint_model(checkpoint)
+    seq = max_seq_length or config.block_size
+    model.max_seq_length = seq
     model.to(device)
-    losses = pretrain_val_losses(model, data, seq, batch_size, max_batches, device, field="--data")
+    with numerics.forward_context(precision, device):
+        losses = pretrain_val_losses(model, data, seq, batch_size, max_batches, device, field="--data")
     out = {name: {"loss": loss, "ppl": perplexity(loss)} for name, loss in losses.items()}
+    out["precision"] = precision
     from midtrain.posttrain.sft import checkpoint_notes
 
     notes = checkpoint_notes(checkpoint)  # e.g. "optimizer state: fresh (imported from HF)": said with every number
@@ -38,7 +42,7 @@ def loss_on_shards(checkpoint: Path, data: Path, max_seq_length: Optional[int] =
 
 
 def loss_over_checkpoints(run_dir: Path, data: Path, max_seq_length: Optional[int] = None, batch_size: int = 8,
-                          max_batches: int = 100) -> dict:
+                          max_batches: int = 100, precision: Optional[str] = None) -> dict:
     """``loss_on_shards`` of every saved checkpoint of a run folder (step-* and final, oldest first):
     ``{set: {loss, ppl}}`` of the final checkpoint (as for one checkpoint) plus ``by_step``:
     ``{step: {set: {loss, ppl}}}`` (a final checkpoint at the same step as a step-* one is evaluated once)."""
@@ -50,16 +54,17 @@ def loss_over_checkpoints(run_dir: Path, data: Path, max_seq_length: Optional[in
                           f"{[p.name for _, p in found] or 'no checkpoints'})")
     by_step = {}
     for step, path in found:
-        by_step[step] = loss_on_shards(path, data, max_seq_length, batch_size, max_batches)
+        by_step[step] = loss_on_shards(path, data, max_seq_length, batch_size, max_batches, precision)
     return {**by_step[found[-1][0]], "by_step": by_step}
 
 
 def lm_eval(checkpoint: Path, tasks: str, out_dir: Path, batch_size: int = 1, num_fewshot: Optional[int] = None,
             limit: Optional[float] = None, include_path: Optional[Path] = None,
-            tokenizer_dir: Optional[Path] = None) -> dict:
+            tokenizer_dir: Optional[Path] = None, precision: Optional[str] = None) -> dict:
     """lm-evaluation-harness on a checkpoint, offline: the litgpt model is wrapped as an lm-eval ``LM`` directly
     (no conversion to an HF model, so locally trained models work), with exactly the tasks given; local
-    tasks (a YAML + JSONL data files) come from ``include_path``. Returns {task: {metric: value}}."""
+    tasks (a YAML + JSONL data files) come from ``include_path``. ``batch_size`` requests are scored per forward
+    pass; ``precision`` as in ``loss_on_shards`` (written to results.json). Returns {task: {metric: value}}."""
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -77,19 +82,25 @@ def lm_eval(checkpoint: Path, tasks: str, out_dir: Path, batch_size: int = 1, nu
         raise ConfigError("--include_path", f"{include_path} is not a folder of task YAMLs")
     if batch_size < 1:
         raise ConfigError("--batch_size", f"must be >= 1, got {batch_size}")
+    import torch
+
+    from midtrain.posttrain import numerics
+
+    numerics.resolve(precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     check_writable_dir(Path(out_dir), "--out_dir")
     manager = TaskManager(include_path=str(include_path) if include_path else None)
     unknown = [t for t in names if t not in manager.all_tasks]
     if unknown:
         raise ConfigError("--tasks", f"unknown task(s) {', '.join(unknown)} (local tasks need --include_path)")
     specs = [local_task_config(manager, name, Path(include_path)) if include_path else name for name in names]
-    model = LitLM(Path(checkpoint), Path(tokenizer_dir) if tokenizer_dir else None, batch_size)
+    model = LitLM(Path(checkpoint), Path(tokenizer_dir) if tokenizer_dir else None, batch_size, precision)
     results = simple_evaluate(model=model, tasks=specs, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                               log_samples=False)
     table = {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "alias"}
              for task, metrics in results["results"].items()}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(Path(out_dir) / "results.json", json.dumps({"checkpoint": str(checkpoint), "results": table,
+                                                                 "precision": model.precision,
                                                                  "n_samples": results.get("n-samples", {})},
                                                                 indent=2, default=str))
     return table

@@ -77,14 +77,14 @@ def step_command(plan: Plan, step: Step, out_dir: Path, spec_path: Path) -> tupl
         argv = ["evaluate", "loss", "--checkpoint", str(checkpoint_of(out_dir, run).parent if every else
                                                         checkpoint_of(out_dir, run)),
                 "--data", str(val), "--json", str(folder / "loss.json")] + (["--all_checkpoints", "true"] if every else [])
-        for k in ("max_batches", "batch_size"):
-            if k in step.config:
+        for k in ("max_batches", "batch_size", "precision"):
+            if step.config.get(k) is not None:
                 argv += [f"--{k}", str(step.config[k])]
         return argv, [str(folder / "loss.json")], None
     if step.kind == "lm-eval":
         argv = ["evaluate", "lm-eval", "--checkpoint", str(checkpoint_of(out_dir, run)), "--tasks",
                 str(step.config["tasks"]), "--out_dir", str(folder / "lm_eval")]
-        for k in ("include_path", "num_fewshot", "limit", "batch_size"):
+        for k in ("include_path", "num_fewshot", "limit", "batch_size", "precision"):
             if step.config.get(k) is not None:
                 argv += [f"--{k}", str(step.config[k])]
         return argv, [str(folder / "lm_eval" / "results.json")], None

@@ -99,8 +99,8 @@ PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16
               "32-true", "64-true")
 SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr"}
 TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
-EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval", "checkpoints"}
-LM_EVAL_KEYS = {"tasks", "include_path", "num_fewshot", "limit", "batch_size"}
+EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval", "checkpoints", "precision"}
+LM_EVAL_KEYS = {"tasks", "include_path", "num_fewshot", "limit", "batch_size", "precision"}
 REPORT_KEYS = {"baseline", "measure", "confidence", "main_set", "proximity", "demo", "lr_choice", "overlap"}
 SEED_KEYS = {"values", "vary", "control"}
 # the pretrain-only control under vary: midtrain: one run shared by every seed (the default), or re-run per seed
@@ -515,6 +515,12 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
         raise ConfigError("eval.lm_eval.tasks", "give the lm-eval tasks (comma-separated)")
     if ev.get("checkpoints", "final") not in ("final", "all"):
         raise ConfigError("eval.checkpoints", f"expected final or all (every saved checkpoint), got {ev['checkpoints']!r}")
+    from midtrain.posttrain.numerics import PRECISIONS as EVAL_PRECISIONS
+
+    for where, section in (("eval", ev), ("eval.lm_eval", lm)):
+        if section.get("precision") is not None and section["precision"] not in EVAL_PRECISIONS:
+            raise ConfigError(f"{where}.precision", f"expected one of {', '.join(EVAL_PRECISIONS)} (default: bf16-mixed "
+                              f"on a GPU with bf16, else 32-true), got {section['precision']!r}")
     if not isinstance(ev.get("enabled", True), bool):
         raise ConfigError("eval.enabled", f"expected true or false, got {ev['enabled']!r}")
     return Spec(name, tuple(sizes), tuple(arms), tuple(seeds), tuple(lrs), tuple(tasks), options,
