@@ -1,9 +1,12 @@
 #!/bin/bash
-# The GPU benchmark, one prepared script (< 8 minutes on one H100): pythia-160m and pythia-410m, bf16-true,
-# seq 2048, synthetic shards, 1 GPU, and 2-GPU FSDP when more than one GPU is present. Prints tokens/s,
-# MFU, peak memory and the data loader's share of step time (see bench/gpu_bench.py).
+# The GPU benchmark, one prepared script (sized for 5 minutes on one H100/H200 with compilation; not yet timed on
+# one: no session has had a GPU): the paper's
+# pythia-160m and pythia-410m configs as they run (per-rank micro-batch and gradient accumulation, bf16-true,
+# seq 2048, compile), a checkpoint save + restore and a validation pass, DDP vs FSDP2 on every visible GPU when
+# there are several, upstream `litgpt pretrain` side by side, and the paper grid's GPU-hours at the measured rate.
+# One table; each line is printed (and appended to --out FILE) as soon as it is measured. See bench/gpu_bench.py.
 #
-#   bash bench/gpu.sh            # on a GPU machine whose python has torch + this project's dependencies
+#   bash bench/gpu.sh [--out table.md] [--with-1b]   # on a GPU machine whose python has this project's dependencies
 #   bash bench/gpu.sh --smoke    # the same code path on CPU with a tiny model (tested in CI)
 #
 # A machine without the dependencies (e.g. an image with torch only and no network) takes wheels from

@@ -89,16 +89,28 @@ def test_changed_shard_on_resume_is_one_line_exit_2(run_dir, real_tree, tmp_path
     assert "data.allow_data_change: shard 'main/1' changed" in r.stderr
 
 
-def test_gpu_bench_script_runs_its_code_path_on_cpu():
-    """bench/gpu.sh is first run for real here (tiny model on CPU), not on a rented GPU."""
-    r = sh("bench/gpu.sh", "--smoke", "--steps", "10", "--skip", "5", "--workers", "0",
+def test_gpu_bench_script_runs_its_code_path_on_cpu(tmp_path):
+    """bench/gpu.sh is first run for real here (tiny model on CPU), not on a rented GPU: every branch of the GPU run
+    (one process with accumulation, a save, a restore in a new process and a validation pass; two ranks DDP and
+    FSDP2; upstream litgpt on the same config; the paper grid's extrapolation), one table, each line also in
+    --out as it is printed."""
+    out = tmp_path / "table.md"
+    r = sh("bench/gpu.sh", "--smoke", "--steps", "8", "--skip", "3", "--workers", "0", "--out", str(out),
            env={"PYTHON": sys.executable})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    row = next(line for line in r.stdout.splitlines() if line.startswith("tiny 1xCPU fp32"))
-    assert float(row.split()[3].replace(",", "")) > 0  # tokens/s
-    sharded = next(line for line in r.stdout.splitlines() if line.startswith("tiny 2xCPU FSDP bf16-mixed"))
-    assert "FAILED" not in sharded and float(sharded.split()[4].replace(",", "")) > 0, r.stdout
-    assert "data wait" in r.stdout and "est. GB" in r.stdout
+    assert out.read_text().splitlines() == r.stdout.splitlines()
+    cells = {line.split(" | ")[0].lstrip("| "): [c.strip() for c in line.strip("| \n").split(" | ")[1:]]
+             for line in r.stdout.splitlines() if line.startswith("| tiny")}
+    assert set(cells) == {"tiny 1xCPU 32-true micro 4 x accum 2", "tiny 2xCPU ddp 32-true micro 4 x accum 2",
+                          "tiny 2xCPU fsdp 32-true micro 4 x accum 2"}, r.stdout
+    one = cells["tiny 1xCPU 32-true micro 4 x accum 2"]  # tokens/s, MFU, peak, data wait, save, restore, val, wall
+    assert float(one[0].replace(",", "")) > 0 and one[1] == "-" and one[3].endswith("%")
+    assert all(float(x) >= 0 for x in (one[4], one[5], one[6])), one  # measured, not "-"
+    for name, row in cells.items():
+        assert "FAILED" not in " ".join(row) and float(row[0].replace(",", "")) > 0, (name, row)
+    assert "ratio midtrain/litgpt = " in r.stdout
+    grid = [line for line in r.stdout.splitlines() if line.startswith("- ")]
+    assert [g.split(":")[0] for g in grid] == ["- 70m", "- 160m", "- 410m", "- 1b"] and "GPU-hours" in grid[0]
 
 
 def test_two_clones_sharing_the_venv_each_run_their_own_code(tmp_path, real_tree):

@@ -301,7 +301,9 @@ def main(fabric, run: Run, data: DataModule) -> int:
     if load_path is not None:
         if start_kind == "resume":
             startup.check_no_newer_checkpoints(out_dir, load_path)
+        t0 = time.perf_counter()
         restore(fabric, load_path, state, start_kind, train, seq_len)
+        restore_s = time.perf_counter() - t0
         if start_kind == "resume":
             for line in startup.changed_at_resume(load_path, run.hparams):
                 fabric.print(line)
@@ -347,6 +349,8 @@ def main(fabric, run: Run, data: DataModule) -> int:
     schedule = Schedule(train.lr_scheduler, max_lr, train.min_lr, horizon,
                         warmup_steps(horizon, train.lr_warmup_steps, train.lr_warmup_fraction), train.stable_steps,
                         train.decay_fraction, train.decay_shape, decay_step, decay_lr)
+    if load_path is not None:  # logged once every check has passed (a refused run writes nothing); bench/gpu.sh reads it
+        fabric.log_dict({"restore_s": restore_s}, step=start_step)
     return fit(fabric, run, state, saver, schedule, val_loaders, seq_len, n_params, estimate)
 
 

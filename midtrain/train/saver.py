@@ -10,6 +10,7 @@ into ``training_state.json`` too, readable without torch: a sharded checkpoint i
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,6 +35,7 @@ class Saver:
         weights: a diverged run raises its line here instead (``divergence``)."""
         if self.divergence is not None:
             self.divergence.check(self.fabric, state["model"], state["step_count"])
+        t0 = time.perf_counter()
         name = ckpt.FINAL if final else ckpt.step_name(state["step_count"])
         loader = state["train_dataloader"]
         data_state = loader.state_dict() if hasattr(loader, "state_dict") else {}
@@ -47,7 +49,9 @@ class Saver:
                                     unwrap(state["optimizer"]), extra, training_state, self.hparams,
                                     self.model_config, self.side_files, None if final else self.keep_last_n,
                                     sharded=self.sharded and not final)
-        self.fabric.print(f"saved {path}")
+        seconds = time.perf_counter() - t0  # (logged as save_s: what a checkpoint costs the run, bench/gpu.sh reads it)
+        self.fabric.print(f"saved {path} in {seconds:.1f} s")
+        self.fabric.log_dict({"save_s": seconds}, step=state["step_count"])
         return path
 
     def save_missing(self, state: dict[str, Any]) -> None:

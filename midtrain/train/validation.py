@@ -70,8 +70,11 @@ def validate(fabric, model, loader, max_iters: int) -> Optional[float]:
 
 
 def log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> bool:
-    """Validate on every set and log; False when a stop signal cut it short (its loader workers were ended)."""
-    metrics = {}
+    """Validate on every set and log (``val_s``: the pass's seconds); False when a stop signal cut it short (its
+    loader workers were ended)."""
+    import time
+
+    metrics, t0 = {}, time.perf_counter()
     for name, loader in val_loaders.items():
         try:
             loss = validate(fabric, model, loader, eval.max_iters)
@@ -83,6 +86,7 @@ def log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> boo
             continue
         metrics[f"val_loss/{name}"] = loss
         metrics[f"val_ppl/{name}"] = perplexity(loss)
+    metrics["val_s"] = time.perf_counter() - t0
     fabric.log_dict(metrics, step=step)
     fabric.print("validation " + " | ".join(f"{n} loss {metrics[f'val_loss/{n}']:.4f} ppl {metrics[f'val_ppl/{n}']:.2f}"
                                              if f"val_loss/{n}" in metrics else f"{n} no data (0 tokens)"
