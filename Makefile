@@ -20,7 +20,7 @@ EXTRAS_PY := $(EXTRAS_VENV)/bin/python
 # An editable install in the shared venv ran whichever clone had installed last (issue 27, class 14).
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: venv extras hf-test test demo demo-full bench clean-venv
+.PHONY: venv extras hf-test test test-unit lint demo demo-full bench clean-venv
 
 venv: $(VENV)/.complete
 	@echo $(PY) > .venv-python
@@ -74,8 +74,16 @@ hf-test: $(HF_VENV)/.complete
 # Two pytest workers, one test file each at a time (module fixtures such as a SLURM cluster stay in one
 # worker): on this 2-core machine about half the suite's wall time is waiting (SLURM scheduling, polls).
 PYTEST_WORKERS ?= 2
-test: venv extras hf-test
+test: venv extras hf-test lint
 	MIDTRAIN_EXTRAS_PYTHON=$(EXTRAS_PY) MIDTRAIN_HF_PYTHON=$(HF_PY) $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
+
+# ruff (pinned in pyproject's test extra; its rules are in [tool.ruff])
+lint: venv
+	$(PY) -m ruff check midtrain tests bench util_scripts
+
+# the fast tier: tests marked `unit` (pure modules, in-process checks), no SLURM, extras or multi-process runs
+test-unit: venv
+	$(PY) -m pytest -m unit -n $(PYTEST_WORKERS) -q $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/discovery.py

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import json
 import os
 import statistics
 import subprocess
@@ -283,8 +282,8 @@ def main() -> int:
     except Exception as e:  # the table above stands without it
         say(f"paper grid: not extrapolated ({type(e).__name__}: {e})")
         return 1
-    say(f"paper grid (midtrain_configs/studies/paper-main.yaml, pretraining + midtraining tokens, SFT left out), "
-        f"at the tokens/s per GPU measured above:")
+    say("paper grid (midtrain_configs/studies/paper-main.yaml, pretraining + midtraining tokens, SFT left out), "
+        "at the tokens/s per GPU measured above:")
     for size, tokens in grid.items():
         rate = measured.get(size, {}).get("tokens_per_sec") if not args.smoke else \
             measured.get(first, {}).get("tokens_per_sec")

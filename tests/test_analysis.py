@@ -14,6 +14,8 @@ from midtrain.analysis import stats
 from midtrain.analysis import tables
 from midtrain.analysis.tables import SFTResult, aggregate, choose_per_checkpoint, choose_per_seed, csv_text, markdown
 
+pytestmark = pytest.mark.unit  # the fast tier: `make test-unit`
+
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False)
 
 

@@ -9,6 +9,8 @@ from midtrain.data.blend import (PERIOD, Blend, SourceOrder, StageSchedule, Stag
                                  count_reversed_below, micro_batch_starts, quantize_weights)
 from midtrain.errors import ConfigError
 
+pytestmark = pytest.mark.unit  # the fast tier: `make test-unit`
+
 weights_st = st.lists(st.floats(1e-4, 1.0), min_size=1, max_size=8)
 
 

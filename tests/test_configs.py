@@ -4,9 +4,8 @@ import glob
 import os
 
 import pytest
-import yaml
 
-from conftest import REPO
+from support import REPO
 from midtrain.cli import mix
 from midtrain.config_io import load_config
 from midtrain.data.prepare import write_fake_index
@@ -31,6 +30,7 @@ def env(tmp_path_factory):
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
+@pytest.mark.unit
 def test_there_are_paper_and_demo_configs():
     rel = [os.path.relpath(c, os.path.join(REPO, "midtrain_configs")) for c in CONFIGS]
     assert len([r for r in rel if r.startswith("pretrain/")]) >= 5
@@ -39,6 +39,7 @@ def test_there_are_paper_and_demo_configs():
     assert {"demo/pretrain.yaml", "demo/midtrain.yaml", "demo/cpt.yaml"} <= set(rel)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(REPO, "midtrain_configs")))
 def test_config_parses_and_dry_runs(path, env, capsys):
     assert mix(["--config", path]) == 0
@@ -46,6 +47,7 @@ def test_config_parses_and_dry_runs(path, env, capsys):
     assert "run length:" in out and "type totals:" in out
 
 
+@pytest.mark.unit
 def test_out_dirs_unique_and_midtrains_point_at_saved_base_steps(env):
     cfgs = {p: load_config(p) for p in CONFIGS}
     out_dirs = [c["out_dir"] for c in cfgs.values()]
@@ -63,6 +65,7 @@ def test_out_dirs_unique_and_midtrains_point_at_saved_base_steps(env):
         assert c["out_dir"] != base_dir
 
 
+@pytest.mark.unit
 def test_paper_setup_values(env):
     c = load_config(os.path.join(REPO, "midtrain_configs", "pretrain", "pythia-410m.yaml"))
     t = c["train"]
@@ -71,6 +74,7 @@ def test_paper_setup_values(env):
     assert c["precision"] == "bf16-true" and c["optimizer"]["init_args"]["betas"] == [0.9, 0.95]
 
 
+@pytest.mark.unit
 def test_unset_variable_is_a_clear_error(monkeypatch):
     from midtrain.errors import ConfigError
 
@@ -117,6 +121,7 @@ def _weights(cfg):
         return {k: float(v) for k, v in json.load(f)["weights"].items()}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("model", ["70m", "160m", "410m", "1b"])
 @pytest.mark.parametrize("domain", sorted(PAPER_TABLE))
 def test_every_midtrain_arm_matches_the_papers_table(env, model, domain):
@@ -145,6 +150,7 @@ ABLATIONS = (  # FIELD_NOTES: code ablations on 70M/160M, and the continued-pret
     + [(f"cts_pretrain/pythia-{m}-math100-from56k.yaml", {"math": 1.0}, 56000) for m in ("70m", "160m")])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("rel,shares,start", ABLATIONS, ids=[a[0] for a in ABLATIONS])
 def test_every_ablation_arm_matches_the_paper(env, rel, shares, start):
     cfg = load_config(os.path.join(REPO, "midtrain_configs", "ablations", rel))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from support import REPO, run_cli
 
 
 def run_demo(*args):
@@ -227,7 +227,7 @@ def test_seeds_verdicts_and_outputs(demo):
     assert {f["finding"].split("-")[0] for f in res["findings"]} == {"1", "2", "3", "4", "5"}
     for f in res["findings"]:
         if f["regime"]:  # a finding resting on a cell outside a valid regime is never judged
-            assert f["verdict"] == "not judged (regime)" and f"**not judged (regime)**" in r.stdout
+            assert f["verdict"] == "not judged (regime)" and "**not judged (regime)**" in r.stdout
             continue
         if f["lower_is_better"] is None:  # finding 3's early simple effect, the near domain's: described, not tested
             assert f["finding"].startswith(("3-early-", "5-near")) and f["verdict"] == "descriptive (not tested)"

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO
+from support import REPO
 from midtrain.errors import ConfigError
 from midtrain.train.distributed import check_world, launched_world
 

@@ -172,6 +172,7 @@ def _by_source(loader, n_batches):
     return out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stop_batches", [3, 9, 14])
 def test_new_seed_on_resume_never_repeats_a_sample_within_an_epoch(unique_tree, capsys, stop_batches):
     """Seed replicates / a changed data.seed: epochs in progress keep their order (the issue saw 3,000 repeats)."""
@@ -232,7 +233,7 @@ def test_a_shard_of_many_more_chunks_than_open_files_reads_to_the_end(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from support import REPO
     from midtrain.data.prepare import write_fake_index
 
     write_fake_index(tmp_path / "data" / "1", [640] * 400)

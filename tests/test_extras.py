@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import torch
 
-from conftest import REPO, run_cli
-from test_trainer import TINY_MODEL, write_config
+from support import REPO, run_cli
+from support.runs import TINY_MODEL, write_config
 
 EXTRAS_PY = os.environ.get("MIDTRAIN_EXTRAS_PYTHON")
 needs_extras = pytest.mark.skipif(not EXTRAS_PY and not os.environ.get("CI"),

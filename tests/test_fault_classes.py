@@ -11,45 +11,9 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
+from support import run_cli
+from support.runs import WORDS, jsonl  # noqa: F401
 from midtrain.errors import ConfigError
-
-WORDS = "the quick brown fox jumps over a lazy dog while seven small cats watch from under the old wooden bench".split()
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    from midtrain.tokenizer import train_bpe
-
-    texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(40)) + f" {i} plus {i % 7} is {i + i % 7}."
-             for i in range(200)]
-    return train_bpe(texts, tmp_path_factory.mktemp("tok") / "tok", vocab_size=400)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tok_dir):
-    """A real (untrained) litgpt checkpoint: lit_model.pth + model_config.yaml + the tokenizer files."""
-    import shutil
-
-    from litgpt import GPT, Config
-    from litgpt.utils import save_config
-
-    out = tmp_path_factory.mktemp("ckpt") / "final"
-    out.mkdir()
-    config = Config(block_size=64, vocab_size=400, padded_vocab_size=400, n_layer=2, n_head=2, n_embd=32,
-                    bias=True, rotary_percentage=1.0, parallel_residual=False)
-    torch.manual_seed(0)
-    torch.save({"model": GPT(config).state_dict()}, out / "lit_model.pth")
-    save_config(config, out)
-    for f in tok_dir.iterdir():
-        shutil.copy(f, out / f.name)
-    return out
-
-
-def jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 def long_prompt(i):
     return " ".join(WORDS[(i + j) % len(WORDS)] for j in range(80))
@@ -264,7 +228,7 @@ def test_sft_set_smaller_than_the_global_batch_is_one_line_before_the_sweep(tmp_
 def test_extending_a_finished_run_in_place_is_refused_before_the_first_step(tmp_path, real_tree):
     """Before: a finished 40-step run re-run with max_steps 60 trained steps 41-55, then failed on
     "final: already exists" (exit 2, the extension lost, and again at every requeue)."""
-    from test_trainer import write_config
+    from support.runs import write_config
 
     cfg = write_config(tmp_path, real_tree, train={"max_steps": 6, "save_interval": 3})
     assert run_cli("pretrain", "--config", cfg).returncode == 0
@@ -311,7 +275,7 @@ def test_special_token_text_in_raw_documents_is_tokenised_as_text(tmp_path, tok_
     assert "1 train document(s) contain a special token's text" in r.stdout, r.stdout
     tok = load_tokenizer(tok_dir)
     assert "<|endoftext|>" in special_token_texts(tok)
-    from test_posttrain import shard_tokens
+    from support.runs import shard_tokens
 
     ids = shard_tokens(tmp_path / "shards" / "c1")
     assert ids.count(tok.eos_id) == 2  # one after each document, none from the text

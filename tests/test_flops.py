@@ -5,6 +5,8 @@ import pytest
 from midtrain.study.params import gpt_param_count, litgpt_config
 from midtrain.train import flops as F
 
+pytestmark = pytest.mark.unit  # the fast tier: `make test-unit`
+
 # The Pythia paper (Biderman et al. 2023, table 1): total and non-embedding parameters (non-embedding leaves out
 # the input embedding and the untied output projection, V x d each), layers, width, padded vocabulary
 PYTHIA = {

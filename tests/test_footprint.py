@@ -7,10 +7,11 @@ import os
 import pytest
 import yaml
 
-from conftest import REPO, run_cli
+from support import REPO, run_cli
 from midtrain.errors import ConfigError
 
 
+@pytest.mark.unit
 def test_bf16_update_survival_reproduces_the_measured_figures():
     """Field notes (AdamW wd 0.1, betas 0.9/0.95, 200 steps, weights ~N(0, 0.0228)): share of weights moved 1.00 /
     0.83 / 0.27 / 0.014 at LR 3e-4 / 9.6e-5 / 2.9e-5 / 1e-6."""
@@ -23,6 +24,7 @@ def test_bf16_update_survival_reproduces_the_measured_figures():
     assert bf16_update_survival(2.9e-5, 0.0228) == bf16_update_survival(2.9e-5, 0.0228)  # deterministic
 
 
+@pytest.mark.unit
 def test_gpu_table_by_type_or_device_name():
     from midtrain.train.footprint import gpu_spec
 
@@ -34,6 +36,7 @@ def test_gpu_table_by_type_or_device_name():
     assert gpu_spec("a40:4")[1:] == (None, None)  # unknown: memory not checked, never refused
 
 
+@pytest.mark.unit
 def test_an_unknown_gpu_is_not_checked_and_says_so():
     from litgpt import Config
 
@@ -47,6 +50,7 @@ def test_an_unknown_gpu_is_not_checked_and_says_so():
     assert seen.device_gib == 22.0 and "22 GiB" in seen.describe()
 
 
+@pytest.mark.unit
 def test_auto_shards_what_a_replica_cannot_hold_and_nothing_that_fits_nowhere_passes():
     """OLMo-2-7B at micro 1 x 4096 in bf16-mixed: a DDP replica (fp32 weights, grads, AdamW: 16 bytes x 7.3B) fits no
     80 GB GPU, so auto shards it over the node; on 40 GB GPUs it fits only with activation checkpointing, and is
@@ -70,7 +74,7 @@ def test_auto_shards_what_a_replica_cannot_hold_and_nothing_that_fits_nowhere_pa
 
 
 def test_mix_prints_the_devices_and_bf16_true_cost(tmp_path, real_tree):
-    from test_trainer import write_config
+    from support.runs import write_config
 
     cfg = write_config(tmp_path, real_tree, precision="bf16-true", devices=2, strategy="fsdp", accelerator="cpu",
                        train={"max_steps": 24, "lr_scheduler": "constant", "max_lr": 2.9e-5, "min_lr": 0.0,
@@ -115,6 +119,7 @@ def test_study_plan_shows_each_training_shape_and_refuses_what_fits_nowhere(tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.unit
 def test_the_docs_memory_table_is_the_generated_one():
     """docs/training-on-gpus.md's per-rank memory table is bench/memory_table.py's output, not typed by hand."""
     import sys

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_cli
+from support import REPO, run_cli
 from midtrain.errors import ConfigError
 
 HF_PY = os.environ.get("MIDTRAIN_HF_PYTHON")

@@ -1,14 +1,13 @@
 """`midtrain migrate`: configs in the original fork's idioms (written here, not copied) become midtrain configs
 that train with the paper's horizon and peak LR; unmigrated, `pretrain` refuses them with one line."""
 
-import os
 
 import pytest
 import yaml
 
-from conftest import run_cli
+from support import run_cli
 from midtrain.migrate import migrate_config
-from test_trainer import TINY_MODEL, metrics
+from support.runs import TINY_MODEL, metrics
 
 ORIGINAL = """# config.yaml
 

@@ -8,6 +8,8 @@ from midtrain.data.mixture import mix_spec, parse_weights, resolve_mixture
 from midtrain.data.shards import Discovery, Shard
 from midtrain.errors import ConfigError
 
+pytestmark = pytest.mark.unit  # the fast tier: `make test-unit`
+
 PREFIX = {"main": "", "code": "c", "math": "m", "qa": "q", "web": "w"}
 
 

@@ -21,9 +21,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli
-from test_fault_classes import ckpt, jsonl, tok_dir  # noqa: F401  (module fixtures: a tiny checkpoint, a BPE)
-from test_trainer import TINY_MODEL, metrics, write_config
+from support import run_cli
+from support.runs import jsonl
+from support.runs import TINY_MODEL, metrics, write_config
 
 
 def _one_line(r, needle):

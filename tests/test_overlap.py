@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from support import run_cli
 from midtrain.analysis import overlap as ov
 
 
@@ -23,6 +23,7 @@ def write_jsonl(path, rows):
     return path
 
 
+@pytest.mark.unit
 def test_normalisation_and_entity_keys():
     assert ov.normalise("  Hello,\tWORLD!!\n x ") == "hello world x"
     assert ov.entity_key("Tom has 3 apples and gives Ann 1.5 of them.") == \
@@ -30,6 +31,7 @@ def test_normalisation_and_entity_keys():
     assert ov.entity_key("Tom has 3 apples.") != ov.entity_key("Tom has 3 pears.")
 
 
+@pytest.mark.unit
 def test_planted_near_duplicates_are_found_and_disjoint_text_is_not(tmp_path):
     rng = random.Random(0)
     clean = [{"prompt": f"Question {i}: {_words(rng, 12)}", "response": f" {_words(rng, 10)}"} for i in range(40)]
@@ -65,6 +67,7 @@ def test_planted_near_duplicates_are_found_and_disjoint_text_is_not(tmp_path):
     assert res["words_read"]["corpus"] > 6000
 
 
+@pytest.mark.unit
 def test_hash_collisions_are_never_reported_and_batches_do_not_join_documents():
     items = [ov.EvalItem("e", 0, tuple("a b c d".split()))]
     index = ov.Index(items, n=4)
@@ -121,6 +124,7 @@ def test_documents_with_text_are_checked_whole(tmp_path):
     assert r.returncode == 2 and "has no 'prompt' and 'response' (nor \"text\")" in r.stderr
 
 
+@pytest.mark.unit
 def test_the_demo_corpora_are_cleaned_against_each_other_and_every_sft_item():
     """``clean_corpora`` walks main > books > code > math: a document sharing a 13-gram with a later corpus or any
     SFT item (train, val or test) is dropped from the earlier corpus, and disjoint ones stay."""

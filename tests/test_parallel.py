@@ -21,9 +21,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_cli
-from test_posttrain import tokenizer_dir  # noqa: F401 (a fixture)
-from test_trainer import TINY_MODEL, metrics, write_config
+from support import REPO, run_cli
+from support.runs import TINY_MODEL, metrics, write_config
 
 PY = [sys.executable]
 
@@ -168,7 +167,7 @@ def sft_runs(runs, real_tree, tokenizer_dir):
     """`midtrain sft` of the sharded step-10 checkpoint on 1 process, on 2 FSDP2 ranks (activation checkpointing,
     weights read shard by shard) and on 2 DDP ranks: an LR sweep with every LR scored, evaluation batches that the
     2 ranks split unevenly (5 val batches, 3 forgetting batches), the kept model saved."""
-    from test_posttrain import write_jsonl
+    from support.runs import jsonl as write_jsonl
 
     rows = [{"prompt": f"Q: {a} plus {b}? A:", "response": f" {a + b}"} for a in range(12) for b in range(8)]
     data = write_jsonl(runs / "sft.jsonl", rows)

@@ -3,39 +3,16 @@
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from support import run_cli
+from support.runs import DOCS, shard_tokens
+from support.runs import jsonl as write_jsonl
 from midtrain.data.prepare import prepare_shard
 from midtrain.data.shards import discover
 from midtrain.errors import ConfigError
 
-DOCS = [f"Document {i}: the quick brown fox jumps over {i * 7} lazy dogs. " * (1 + i % 4) for i in range(120)]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    from midtrain.tokenizer import train_bpe
-
-    return train_bpe(DOCS * 3, tmp_path_factory.mktemp("tok") / "tok", vocab_size=400)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def shard_tokens(path):
-    from midtrain.data.exact import ShardReader
-
-    idx = json.loads((path / "index.json").read_text())
-    out = []
-    for c in idx["chunks"]:
-        header = (1 + c["chunk_size"] + 1) * 4
-        out.append(np.fromfile(path / c["filename"], dtype=np.int32, offset=header)[: c["dim"]])
-    return np.concatenate(out).tolist()
 
 
 def test_tokenizer_loads_in_litgpt(tokenizer_dir):
@@ -200,9 +177,8 @@ def test_masked_loss_ignores_prompt_positions():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, real_tree):
-    import yaml
 
-    from test_trainer import write_config
+    from support.runs import write_config
 
     tmp = tmp_path_factory.mktemp("tinyrun")
     cfg = write_config(tmp, real_tree, train={"max_steps": 8})
@@ -311,7 +287,7 @@ def test_sft_stops_on_a_signal_with_75_and_leaves_nothing(tmp_path, tiny_run, to
     import sys
     import time
 
-    from conftest import REPO, ctrl_c_until_it_ends
+    from support import REPO, ctrl_c_until_it_ends
 
     rows = [{"prompt": f"Q: {a} plus {b}? A:", "response": f" {a + b}"} for a in range(12) for b in range(8)]
     data = write_jsonl(tmp_path / "sft.jsonl", rows)

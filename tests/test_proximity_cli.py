@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from support import run_cli
 from midtrain.analysis import counting
 from midtrain.analysis import proximity as px
 from midtrain.data.prepare import prepare_shard, write_token_shard
@@ -33,6 +33,7 @@ def sets(tmp_path_factory):
     return out
 
 
+@pytest.mark.unit
 def test_sample_ranges_are_seeded_disjoint_and_sized():
     whole = counting.sample_ranges(10_000, None, 0)
     assert whole == [(0, 10_000)] and counting.sample_ranges(10_000, 10_000, 3) == whole
@@ -43,6 +44,7 @@ def test_sample_ranges_are_seeded_disjoint_and_sized():
     assert r != counting.sample_ranges(100_000, 7_000, seed=2, block=1000)
 
 
+@pytest.mark.unit
 def test_counts_are_bincounts_of_the_stream(tmp_path):
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, 300, size=rng.integers(10, 400)).tolist() for _ in range(60)]
@@ -84,6 +86,7 @@ def test_identical_target_and_disjoint_sets(sets, tmp_path):
     assert rows["other"]["jsd"] == 1 and rows["other"]["cosine"] == 0
 
 
+@pytest.mark.unit
 def test_advantage_rises_with_the_domain_weight(sets):
     from midtrain.analysis.run_proximity import run_proximity
 
@@ -114,6 +117,7 @@ def test_bad_input_is_one_line(sets, args, needle):
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.unit
 def test_unreadable_shard_is_an_error_not_placeholder(tmp_path):
     write_token_shard(tmp_path / "s", [[1, 2, 3] * 50], chunk_tokens=100)
     chunk = next((tmp_path / "s").glob("*.bin"))

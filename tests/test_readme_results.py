@@ -3,9 +3,12 @@ and the publishing step that `make demo` runs writes both from a results.md."""
 
 from pathlib import Path
 
-from conftest import REPO
+import pytest
 
 from midtrain.demo import publish as P
+from support import REPO
+
+pytestmark = pytest.mark.unit  # the fast tier: `make test-unit`
 
 
 def test_readme_holds_the_generated_demo_results_unchanged():

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from support import run_cli
 from midtrain.analysis import figures, stats
 
 
@@ -73,6 +73,7 @@ def png_size(path):
     return img.shape[1], img.shape[0]
 
 
+@pytest.mark.unit
 def test_figures_write_pngs_of_the_asked_size(tmp_path):
     iv = {(s, w): stats.summarize([0.1 * w - s / 1e5 + d for d in (0.0, 0.01, -0.02)])
           for s in (2000, 4000) for w in (0.1, 0.3, 0.5)}

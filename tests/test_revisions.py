@@ -9,6 +9,8 @@ import pytest
 from midtrain import revisions
 from midtrain.revisions import parse, tokens_agree
 
+pytestmark = pytest.mark.unit  # the fast tier: `make test-unit`
+
 # (name, step, tokens in the name or None) per family, with the source of the list
 PUBLISHED = {
     # github.com/EleutherAI/pythia README: "154 checkpoints ... steps 0 (initialization), 1, 2, 4, 8, 16, 32, 64,
@@ -120,7 +122,7 @@ def test_the_public_schedules_put_published_revisions_at_their_tokens(config, na
     says which phase of the schedule each sits in (SmolLM2's WSD decays from step 2,080,000)."""
     import os
 
-    from conftest import REPO
+    from support import REPO
     from midtrain.importer import _run_model_and_schedule, resolve_step, schedule_phase
 
     for var in ("DATA_ROOT", "CKPT_ROOT"):
@@ -139,7 +141,7 @@ def test_amber_public_config_checks_a_given_step_against_its_chunk(monkeypatch):
     one chunk off is one line naming --step, and no step at all is one line saying why."""
     import os
 
-    from conftest import REPO
+    from support import REPO
     from midtrain.errors import ConfigError
     from midtrain.importer import _run_model_and_schedule, resolve_step
 
@@ -160,7 +162,7 @@ def test_olmo_2_anneal_config_is_olmo_2s_stage_2_schedule_step_for_step(monkeypa
     4,096): the LR at each step t of the anneal is 6.1499e-5 x (1 - t x 4,194,304 / 50e9), written out here."""
     import os
 
-    from conftest import REPO
+    from support import REPO
     from midtrain.importer import _run_model_and_schedule
     from midtrain.train.footprint import schedule_lr
 
@@ -185,7 +187,7 @@ PYTHIA = {"14m": (1e-3, 1e-4), "31m": (1e-3, 1e-4), "70m": (1e-3, 1e-4), "160m":
 def test_pythia_public_configs_are_its_training_configs(size, monkeypatch):
     import os
 
-    from conftest import REPO
+    from support import REPO
     from midtrain.importer import _run_model_and_schedule
     from midtrain.train.startup import optimizer_lr
 

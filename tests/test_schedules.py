@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 
 from midtrain.train.schedules import Schedule, anneal, warmup_steps
 
+pytestmark = pytest.mark.unit  # the fast tier: `make test-unit`
+
 
 def test_cosine_warmup_peak_and_floor():
     s = Schedule("cosine", 3e-4, 1e-6, total_steps=1000, warmup_steps=100)

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_cli
-from test_trainer import write_config
+from support import REPO, run_cli
+from support.runs import write_config
 
 
 def sh(*args, env=None):

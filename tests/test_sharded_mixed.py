@@ -9,6 +9,8 @@ import yaml
 from midtrain.data.sharded_mixed import ShardedMixedDataset
 from midtrain.errors import ConfigError
 
+pytestmark = pytest.mark.unit  # the fast tier: `make test-unit`
+
 
 def source_of(batch: torch.Tensor) -> list[int]:
     """Shard tokens were written with offsets 0 (main/1), 100 (main/2), 200 (c1), 300 (m1)."""
@@ -107,7 +109,6 @@ def test_works_under_upstream_litgpt_pretrain(real_tree, tmp_path):
     import lightning as L
     from jsonargparse import ArgumentParser
     from litgpt import pretrain
-    from litgpt.args import TrainArgs
 
     parser = ArgumentParser()
     parser.add_function_arguments(pretrain.setup)

@@ -5,6 +5,8 @@ import pytest
 from midtrain.data.shards import DEFAULT_SHARD_TYPES, discover, discover_val_sets, parse_shard_name, resolve_shard_types
 from midtrain.errors import ConfigError
 
+pytestmark = pytest.mark.unit  # the fast tier: `make test-unit`
+
 
 def test_numbered_and_typed_in_natural_order(fake_tree):
     names = [str(i) for i in range(1, 61)] + ["c10", "c2", "c1", "m1", "q1", "q2", "q3", "q4"]

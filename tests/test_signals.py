@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from conftest import REPO, ctrl_c_until_it_ends, run_cli
-from test_trainer import assert_same_weights, write_config
+from support import REPO, ctrl_c_until_it_ends, run_cli
+from support.runs import assert_same_weights, write_config
 
 
 def _start(cfg, env):

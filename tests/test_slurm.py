@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from support import REPO
 from midtrain.data.prepare import write_token_shard
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
+from support import REPO
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 
 

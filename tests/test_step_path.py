@@ -22,8 +22,8 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
-from test_trainer import write_config
+from support import REPO
+from support.runs import write_config
 
 EXPECTED = {"one": 0, "ddp": 1, "fsdp": 1}
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
+from support import REPO
 from midtrain.study.params import gpt_param_count, litgpt_config, litgpt_config_module, params_of
 
 torch = pytest.importorskip("torch")
@@ -36,16 +36,19 @@ def meta_count(config: dict) -> int:
 PYTHIA = [c["name"] for c in litgpt_config_module().configs if c["name"].startswith("pythia-")]
 
 
+@pytest.mark.unit
 def test_every_pythia_config_is_listed():
     for size in ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"):
         assert f"pythia-{size}" in PYTHIA
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", PYTHIA)
 def test_pythia_named_configs(name):
     assert params_of({"model_name": name}) == meta_count({"model_name": name})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", ["SmolLM2-135M", "SmolLM2-360M", "Llama-3.2-1B", "OLMo-1B-hf", "tiny-llama-1.1b"])
 def test_tied_and_untied_llama_type_configs(name):
     """Issue 29: SmolLM2, Llama 3.2 1B and OLMo 1B tie their embeddings (one matrix, counted once)."""
@@ -72,10 +75,12 @@ def repo_model_configs() -> list[tuple[str, dict]]:
 REPO_CONFIGS = repo_model_configs()
 
 
+@pytest.mark.unit
 def test_repo_has_model_configs():
     assert len(REPO_CONFIGS) >= 4, REPO_CONFIGS  # the fixture's and midtrain_configs/demo/*.yaml
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("where,model_config", REPO_CONFIGS, ids=[w for w, _ in REPO_CONFIGS])
 def test_repo_model_configs(where, model_config):
     cfg = {"model_config": model_config}
@@ -110,23 +115,27 @@ CUSTOM = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", NAMED)
 def test_llama_style_named_configs(name):
     assert params_of({"model_name": name}) == meta_count({"model_name": name})
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", list(CUSTOM))
 def test_custom_model_configs(name):
     cfg = {"model_config": CUSTOM[name]}
     assert params_of(cfg) == meta_count(cfg)
 
 
+@pytest.mark.unit
 def test_model_config_wins_over_model_name_and_set_overrides_count():
     two = dict(CUSTOM["llama"], n_layer=2)
     assert params_of({"model_name": "pythia-70m", "model_config": two}) == meta_count({"model_config": two})
     assert params_of({"model_config": two}) < params_of({"model_config": CUSTOM["llama"]})
 
 
+@pytest.mark.unit
 def test_no_estimate_rather_than_a_wrong_one():
     assert params_of({}) is None
     assert params_of({"model_name": "no-such-model"}) is None
@@ -137,6 +146,7 @@ def test_no_estimate_rather_than_a_wrong_one():
     assert params_of({"model_config": dict(CUSTOM["neox-shared-norm"], parallel_residual=False)}) is None
 
 
+@pytest.mark.unit
 def test_derived_fields_are_litgpt_s():
     c = litgpt_config("pythia-70m")
     assert (c.padded_vocab_size, c.head_size, c.n_query_groups, c.intermediate_size) == (50304, 64, 8, 2048)

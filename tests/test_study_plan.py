@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from conftest import REPO, run_cli
+from support import REPO, run_cli
 from midtrain.errors import ConfigError
 from midtrain.study.plan import format_plan, make_plan
 from midtrain.study.spec import CONTROL, parse_spec
@@ -36,6 +36,7 @@ def plan_of(spec=None, base=None, **kw):
     return make_plan(parse_spec(spec, {s: copy.deepcopy(base or BASE) for s in spec["sizes"]}), **kw)
 
 
+@pytest.mark.unit
 def test_grid_expansion_and_counts():
     p = plan_of(raw(seeds={**MID, "control": "per_seed"}), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
     arms = sorted({s.labels["arm"] for s in p.steps if s.kind == "midtrain"})
@@ -69,6 +70,7 @@ def test_grid_expansion_and_counts():
     assert p.total_tokens() == 80 * 128 + sum((100 - s) * 128 * 3 for s in (20, 20, 60, 60, 80, 20)) + 36 * 1000
 
 
+@pytest.mark.unit
 def test_a_dose_matched_arm_plans_equal_domain_doses_at_every_start():
     """Issue 28, item 1: `dose: [D]` gives every start the weight D / (T - S), so that w·(T - S) (the domain
     tokens added, in steps) is the same and the LR at the start and the dose come apart."""
@@ -101,6 +103,7 @@ def test_a_dose_matched_arm_plans_equal_domain_doses_at_every_start():
         make_plan(parse_spec(two, {"70m": copy.deepcopy(BASE), "160m": longer}))
 
 
+@pytest.mark.unit
 def test_an_arm_can_be_fine_tuned_on_some_tasks_only():
     """`tasks: [...]` on an arm plans its SFT steps for those tasks only (the demo SFTs each domain's arms on their
     own task); the control and an arm without the key get every task; a task that is not in sft.tasks, a repeat or
@@ -118,6 +121,7 @@ def test_an_arm_can_be_fine_tuned_on_some_tasks_only():
             plan_of(raw(arms=arms, sft={"lrs": [1e-3], "tasks": tasks}))
 
 
+@pytest.mark.unit
 def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_pairs_them():
     """Issue 28, item 2: `precision: [a, b]` on an arm gives one run per precision with the same data, seed and
     schedule (only `precision` differs in the run config); the report gives each arm's precision effect, paired
@@ -184,6 +188,7 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
                                                                        report.CONFIGURED)
 
 
+@pytest.mark.unit
 def test_segment_chain_and_edges():
     p = plan_of(raw(seeds={**MID, "control": "shared"}))  # (the shared control: the base run to the end)
     segs = [s for s in p.steps if s.kind == "pretrain"]
@@ -207,6 +212,7 @@ def test_segment_chain_and_edges():
     assert len({s.out for s in p.steps}) == len(p.steps)
 
 
+@pytest.mark.unit
 def test_output_paths_are_stable_and_config_derived():
     a, b = plan_of(), plan_of()
     assert [s.out for s in a.steps] == [s.out for s in b.steps]
@@ -228,6 +234,7 @@ def test_output_paths_are_stable_and_config_derived():
     assert outs["base/70m/to20"] != f.by_id["base/70m/to20"].out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("over, needle", [
     ({"arms": [{"name": "x", "domain": "code", "start": [100], "weight": [0.2]}]},
      "arms[0].start: step 100 is not before the end of base run '70m'"),
@@ -281,6 +288,7 @@ def test_spec_errors_name_the_key(over, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.unit
 def test_an_eval_precision_reaches_the_evaluate_command_lines(tmp_path):
     """eval.precision and eval.lm_eval.precision become `midtrain evaluate --precision` (unset: the command's default,
     bf16-mixed on a GPU with bf16, else 32-true, written beside the numbers)."""
@@ -295,6 +303,7 @@ def test_an_eval_precision_reaches_the_evaluate_command_lines(tmp_path):
     assert not any("--precision" in step_command(p, s, tmp_path, tmp_path / "spec.yaml")[0] for s in p.steps if s.kind in ("eval", "lm-eval"))
 
 
+@pytest.mark.unit
 def test_the_spec_knows_every_option_of_midtrain_sft():
     """sft.options are `midtrain sft`'s parameters less what the study sets: the spec's two lists are run_sft's."""
     import inspect
@@ -309,6 +318,7 @@ def test_the_spec_knows_every_option_of_midtrain_sft():
     assert all(params[k].default == v for k, v in SFT_BATCH_DEFAULTS.items())
 
 
+@pytest.mark.unit
 def test_seeds_vary_sft_is_one_midtrained_checkpoint_per_arm_fine_tuned_with_every_seed():
     p = plan_of(params={"70m": 70_000_000}, sft_tokens={"py": 1000})  # seeds: [0, 1, 2] = vary: sft
     assert p.spec.vary == "sft"
@@ -328,6 +338,7 @@ def test_seeds_vary_sft_is_one_midtrained_checkpoint_per_arm_fine_tuned_with_eve
     assert f"seeds.vary: sft      {tokens:,} tokens" in text and "(this plan)" in text and "SFT data order only" in text
 
 
+@pytest.mark.unit
 def test_seeds_vary_base_runs_the_whole_grid_per_base_seed():
     p = plan_of(raw(seeds={"values": [0, 1, 2], "vary": "base"}))
     assert p.counts() == {"pretrain": 12, "midtrain": 15, "sft": 2 * 18, "eval": 18, "lm-eval": 0, "report": 1}
@@ -341,6 +352,7 @@ def test_seeds_vary_base_runs_the_whole_grid_per_base_seed():
     assert len({p.by_id[f"base/70m/s{s}/to20"].out for s in (0, 1, 2)}) == 3
 
 
+@pytest.mark.unit
 def test_lr_choice_per_checkpoint_makes_a_sweeping_sft_step_score_every_lr():
     sft = {"lrs": [1e-4, 1e-3], "one_step_per_lr": False, "tasks": {"py": {"data": "/t.jsonl"}}}
     p = plan_of(raw(sft=sft))
@@ -353,6 +365,7 @@ def _arm(starts, name="code"):
     return [{"name": name, "domain": "code", "start": starts, "weight": [0.2]}]
 
 
+@pytest.mark.unit
 def test_specs_in_one_folder_share_base_segments_and_checkpoints():
     base = copy.deepcopy(BASE)
     base["train"]["save_interval"] = 20  # every 20th step's checkpoint is kept (keep_last_n: null)
@@ -391,6 +404,7 @@ def test_specs_in_one_folder_share_base_segments_and_checkpoints():
     assert not any(s.reused for s in f.steps) and f.by_id["base/70m/to40"].labels["start"] == 0
 
 
+@pytest.mark.unit
 def test_a_base_folder_s_segments_are_read_in_place_never_scheduled_and_re_plans_are_stable():
     import dataclasses
 
@@ -429,6 +443,7 @@ def test_the_paper_specs_planned_into_one_folder_pretrain_each_size_once():
     assert "steps: " in window and "pretrain 8" in window and "no cut needed" in window
 
 
+@pytest.mark.unit
 def test_base_config_must_be_a_whole_run():
     bad = copy.deepcopy(BASE)
     bad["train"]["max_additional_steps"] = 10

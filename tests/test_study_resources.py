@@ -4,7 +4,7 @@ refused in one line (pure), and `study plan` printing the allocation and GPU-hou
 import pytest
 import yaml
 
-from conftest import run_cli
+from support import run_cli
 from midtrain.errors import ConfigError
 from midtrain.study.resources import allocation, check_options
 
@@ -69,6 +69,7 @@ def test_options_layer_shared_then_kind_then_command_line():
         "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=a100:1"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("slurm,cli,kind,message", [
     ({"pretrain": {"ntasks-per-node": 3}}, None, "pretrain",
      "slurm.pretrain.ntasks-per-node: 3 contradicts pretrain step s: ntasks-per-node=8"),
@@ -83,6 +84,7 @@ def test_contradictions_are_refused_naming_both_values(slurm, cli, kind, message
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
+@pytest.mark.unit
 def test_bad_shapes_and_owned_options_are_refused():
     with pytest.raises(ConfigError, match="s: devices: a study step needs the number of devices"):
         allocation("pretrain", {"devices": "auto"}, {}, where="s")
@@ -147,6 +149,7 @@ def _schedule(plan, states, **kw):
     return schedule(plan, full, {s.id: s.alloc for s in plan.steps}, **kw)
 
 
+@pytest.mark.unit
 def test_schedule_groups_caps_and_replaces(tmp_path):
     plan = _plan(tmp_path)
     replace, groups = _schedule(plan, {})
@@ -183,6 +186,7 @@ def test_schedule_groups_caps_and_replaces(tmp_path):
     assert replace == [] and "base/s/to12" not in {s.id for g in groups for s in g}
 
 
+@pytest.mark.unit
 def test_schedule_without_retry_sends_only_never_submitted_steps(tmp_path):
     plan = _plan(tmp_path)
     done = {s.id: {"state": "done"} for s in plan.steps if s.kind in ("pretrain", "midtrain", "eval")}

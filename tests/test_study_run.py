@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_cli
+from support import REPO, run_cli
 from study_fixture import build, statuses
 
 

@@ -1,6 +1,5 @@
 """The trainer end to end on CPU: tiny model, real shards, real subprocesses and signals."""
 
-import csv
 import glob
 import hashlib
 import os
@@ -8,52 +7,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_cli
-
-TINY_MODEL = {"name": "tiny", "block_size": 32, "vocab_size": 512, "padded_vocab_size": 512, "n_layer": 2,
-              "n_head": 2, "n_embd": 32, "rotary_percentage": 0.25, "parallel_residual": True, "bias": True,
-              "norm_class_name": "LayerNorm", "mlp_class_name": "GptNeoxMLP", "intermediate_size": 128}
-
-
-def write_config(tmp_path, real_tree, name="run.yaml", mix="main:0.9,math:0.1", workers=0, train=None, **top):
-    cfg = {
-        "model_config": TINY_MODEL, "out_dir": str(tmp_path / "base"), "logger_name": "csv",
-        "data": {"class_path": "litgpt.data.ShardedMixedDataset",
-                 "init_args": {"data_path": str(real_tree), "val_data_path": str(real_tree.parent / "val"),
-                               "mix_weights_str": mix, "num_workers": workers}},
-        "train": {"max_steps": 24, "global_batch_size": 8, "micro_batch_size": 4, "max_seq_length": 16,
-                  "log_interval": 1, "save_interval": 8, "lr_warmup_steps": 2, "min_lr": 1e-4, **(train or {})},
-        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003, "weight_decay": 0.1}},
-        "eval": {"interval": 8, "max_iters": 2},
-    }
-    cfg.update(top)
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def metrics(out_dir):
-    (path,) = glob.glob(os.path.join(out_dir, "logs", "csv", "version_*", "metrics.csv"))[-1:]
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def weights(ckpt_dir):
-    return torch.load(os.path.join(ckpt_dir, "lit_model.pth"), weights_only=False)["model"]
-
-
-def assert_same_weights(a, b, atol=1e-6):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=atol, rtol=0), k
-
+from support import REPO, run_cli
+from support.runs import TINY_MODEL, assert_same_weights, metrics, weights, write_config  # noqa: F401
 
 def test_tiny_pretrain_learns_and_writes_checkpoints_and_logs(tmp_path, real_tree):
     cfg = write_config(tmp_path, real_tree, train={"max_steps": 40, "save_interval": 10}, keep_last_n=2)

@@ -227,7 +227,6 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
         return code
 
     states = step_states(plan, out / "study", query_slurm=False)
-    by = plan.by_id
     results = []
     for s in plan.steps:
         if s.kind == "sft":

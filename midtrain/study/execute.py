@@ -38,7 +38,7 @@ from midtrain.train.checkpoint import is_checkpoint
 from midtrain.study.files import write_json_atomic
 from midtrain.study.plan import Plan, Step
 from midtrain.study.resources import TRAINING
-from midtrain.study.spec import CONTROL, data_args
+from midtrain.study.spec import data_args
 
 STATES = ("pending", "submitted", "running", "done", "failed", "interrupted", "blocked")
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",

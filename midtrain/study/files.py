@@ -243,7 +243,6 @@ def resolved_run_config(cfg: dict) -> dict:
     """``cfg`` resolved the way ``midtrain pretrain`` writes ``hyperparameters.yaml`` (every default filled
     in by its parser), so that a config and a finished run's record compare field by field. Imports the
     trainer (torch): only for a size whose base is a run folder."""
-    import yaml
 
     from midtrain.run_args import run_parser  # the one definition of a run config's fields
     from midtrain.run_args import run_config_dict, run_namespace

@@ -539,7 +539,6 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict, chosen=None) 
     """Unigram proximity advantage of each arm's mixture (over main) toward each task's SFT text, with the arm's
     LR-weighted steps, against its relative improvement (L_control - L_arm) / L_control in SFT test loss; with
     ``chosen`` (the per-seed values), their correlation by ``stats.proximity_r``."""
-    import numpy as np
 
     from midtrain.analysis import counting, figures
     from midtrain.analysis import proximity as px
@@ -593,7 +592,7 @@ def _proximity(plan: Plan, size, cells, rep: Path, size_res: dict, chosen=None) 
                      "lr_steps": dose(arms[c.arm].start),
                      "judged": not c.regime and not base[c.task].regime})
     size_res["proximity"] = {"measure": measure, "rows": rows}
-    src = [f"Unigram proximity of each corpus to each SFT task's text (cosine / JSD, base 2):", "",
+    src = ["Unigram proximity of each corpus to each SFT task's text (cosine / JSD, base 2):", "",
            "| corpus | " + " | ".join(t.name for t in spec.tasks) + " |", "|---|" + "---|" * len(spec.tasks)]
     for t_name in disc:
         src.append(f"| {t_name} | " + " | ".join(
