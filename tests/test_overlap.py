@@ -110,6 +110,30 @@ def test_cli_and_bad_input_is_one_line(tmp_path):
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.unit
+def test_a_corpus_is_read_as_prepare_reads_it(tmp_path):
+    """Issue 30: `overlap --against` refused a folder of .py files that `prepare --input` reads. Both now read the
+    same files of a folder the same way (midtrain.data.readers): .py/.md/.txt files as documents, JSONL rows, and
+    one line naming the file for undecodable bytes."""
+    rng = random.Random(2)
+    items = [{"prompt": _words(rng, 10), "response": " " + _words(rng, 20)} for _ in range(4)]
+    write_jsonl(tmp_path / "test.jsonl", items)
+    code = tmp_path / "code"
+    (code / "pkg").mkdir(parents=True)
+    (code / "a.py").write_text("def f():\n    # " + _words(rng, 30) + "\n")
+    (code / "pkg" / "b.py").write_text('"""' + items[1]["prompt"] + items[1]["response"] + '"""\n')
+    (code / "README.md").write_text(_words(rng, 50))
+    res = ov.run_overlap([f"test={tmp_path / 'test.jsonl'}"], [f"code={code}"], n=13)
+    assert res["eval"]["test"]["ngram_any"] == 1 and res["eval"]["test"]["examples"][0]["index"] == 1
+    assert res["words_read"]["code"] == 30 + 2 + 10 + 20 + 50  # every file: a.py's "def f(): #" words too
+    from midtrain.data.readers import input_units
+
+    assert len(input_units([code])) == 3  # what prepare reads from the same folder
+    (code / "latin1.py").write_bytes(b"x = 'caf\xe9'\n")
+    r = run_cli("overlap", "--eval", f"t={tmp_path / 'test.jsonl'}", "--against", f"code={code}")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "latin1.py:1:" in r.stderr, r.stderr
+
+
 def test_documents_with_text_are_checked_whole(tmp_path):
     """A corpus's val split (JSONL documents with "text", no prompt/response) is an evaluation set too: the demo
     checks its main val split this way."""

@@ -129,3 +129,23 @@ def test_unreadable_shard_is_an_error_not_placeholder(tmp_path):
         counting.shard_segments(tmp_path / "empty")
     with pytest.raises(ConfigError, match="give --tokenizer_dir"):  # an empty folder is not silently zero counts
         counting.count_dataset("e", tmp_path / "empty", None, 0)
+
+
+@pytest.mark.unit
+def test_a_prompt_response_target_is_counted_as_the_study_report_counts_an_sft_task(sets, tmp_path):
+    """Issue 30: `--targets` given an SFT file (prompt/response JSONL) failed on its missing "text" field, though the
+    study report measures the same file's proximity. Both now count it one way: prompt + response per example
+    (counting.sft_counts)."""
+    from midtrain.analysis.run_proximity import run_proximity
+    from midtrain.tokenizer import load_tokenizer
+
+    sft = tmp_path / "gsm.jsonl"
+    sft.write_text("".join(json.dumps({"prompt": m.split(" Answer:")[0], "response": " Answer:" + m.split(" Answer:")[1]})
+                           + "\n" for m in MATH))
+    counts = counting.count_dataset("gsm", sft, None, 0, tokenizer_dir=str(sets["tok"]))
+    want = counting.sft_counts(sft, load_tokenizer(sets["tok"]))
+    assert counts.source == "sft" and np.array_equal(counts.counts[:len(want)], want) and not counts.counts[len(want):].any()
+    res = run_proximity([f"main={sets['shards'] / '1'}", f"math={sets['shards'] / 'm1'}"], [f"gsm={sft}"], [],
+                        tokenizer_dir=str(sets["tok"]), max_tokens=None)
+    by = {r["mixture"]: r for r in res["rows"]}
+    assert by["math"]["advantage/cosine"] > 0  # math shards are nearer to the math task than main is

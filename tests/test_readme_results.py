@@ -1,5 +1,5 @@
-"""The README's demo results are the generated docs/demo-results.md, character for character (issue 28, item 8),
-and the publishing step that `make demo` runs writes both from a results.md."""
+"""The demo page's results (docs/demo.md, linked from the README) are the generated docs/demo-results.md, character
+for character (issue 28, item 8), and the publishing step that `make demo` runs writes both from a results.md."""
 
 from pathlib import Path
 
@@ -11,12 +11,13 @@ from support import REPO
 pytestmark = pytest.mark.unit  # the fast tier: `make test-unit`
 
 
-def test_readme_holds_the_generated_demo_results_unchanged():
-    readme = (Path(REPO) / "README.md").read_text()
-    block = P.readme_block(readme)
-    assert block is not None, "README.md lost its demo-results markers"
+def test_the_demo_page_holds_the_generated_demo_results_unchanged():
+    page = (Path(REPO) / P.PAGE).read_text()
+    block = P.readme_block(page)
+    assert block is not None, f"{P.PAGE} lost its demo-results markers"
     generated = (Path(REPO) / "docs" / "demo-results.md").read_text()
-    assert block == generated, "README.md's demo results differ from docs/demo-results.md: run `make demo`"
+    assert block == generated, f"{P.PAGE}'s demo results differ from docs/demo-results.md: run `make demo`"
+    assert "(docs/demo.md)" in (Path(REPO) / "README.md").read_text()  # the front door links the page
 
 
 def test_publish_writes_the_file_and_the_readme_block(tmp_path):
@@ -24,12 +25,12 @@ def test_publish_writes_the_file_and_the_readme_block(tmp_path):
     results = (f"## Protocol\nProtocol abc (x)\n\n# Study demo\n![curves]({out}/study/x.png)\n| a | b |\n"
                f"## Findings\n- finding 1: **reproduced** (Δ = -0.1)\nCurves: {out}/val.png. Runtime 3 s (commit c).")
     (tmp_path / "docs").mkdir()
-    (tmp_path / "README.md").write_text(f"# x\n\nbefore\n{P.BEGIN}\nold numbers\n{P.END}\n\nafter\n")
+    (tmp_path / P.PAGE).write_text(f"# x\n\nbefore\n{P.BEGIN}\nold numbers\n{P.END}\n\nafter\n")
     dest = P.publish(results, out, tmp_path)
     text = dest.read_text()
     assert text == ("##### Protocol\nProtocol abc (x)\n\n#### Study demo\n| a | b |\n##### Findings\n"
                     "- finding 1: **reproduced** (Δ = -0.1)\nCurves: OUT/val.png. Runtime 3 s (commit c).\n")
-    readme = (tmp_path / "README.md").read_text()
+    readme = (tmp_path / P.PAGE).read_text()
     assert P.readme_block(readme) == text and readme.startswith("# x\n\nbefore\n") and readme.endswith("\n\nafter\n")
     assert "old numbers" not in readme
 

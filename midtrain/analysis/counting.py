@@ -33,7 +33,7 @@ class Counts:
     counts: np.ndarray  # int64, one entry per token id
     tokens: int         # tokens counted
     total: int          # tokens in the whole stream
-    source: str         # "shards" or "text"
+    source: str         # "shards", "text" or "sft" (a prompt/response file: prompt + response per example)
 
 
 def sample_ranges(total: int, max_tokens: int | None, seed: int, block: int = SAMPLE_BLOCK) -> list[tuple[int, int]]:
@@ -157,10 +157,9 @@ def text_tokens(inputs: list[str], tokenizer_dir: str, field: str = "text") -> n
     return np.concatenate(parts)
 
 
-def sft_counts(path: str | os.PathLike, tok, prompt_key: str = "prompt", response_key: str = "response"
+def sft_tokens(path: str | os.PathLike, tok, prompt_key: str = "prompt", response_key: str = "response"
                ) -> np.ndarray:
-    """Token counts of an SFT set's text as proximity sees it: each example's prompt + response, no EOS (the
-    study report's task side and the demo's geometry table)."""
+    """An SFT set's text as proximity sees it, in order: each example's prompt + response, no EOS."""
     from pathlib import Path
 
     from midtrain.posttrain.sft import load_examples
@@ -168,7 +167,33 @@ def sft_counts(path: str | os.PathLike, tok, prompt_key: str = "prompt", respons
     ids: list[int] = []
     for p, r in load_examples(Path(path), prompt_key, response_key):
         ids += tok.encode(p + r, bos=False).tolist()
-    return np.bincount(np.asarray(ids, dtype=np.int64))
+    return np.asarray(ids, dtype=np.int64)
+
+
+def sft_counts(path: str | os.PathLike, tok, prompt_key: str = "prompt", response_key: str = "response"
+               ) -> np.ndarray:
+    """Token counts of an SFT set (``sft_tokens``): the study report's task side, the demo's geometry table and
+    ``midtrain proximity --targets`` on a prompt/response file."""
+    return np.bincount(sft_tokens(path, tok, prompt_key, response_key))
+
+
+def is_sft_file(path: str | os.PathLike, field: str = "text") -> bool:
+    """Whether ``path`` is a JSONL file of prompt/response pairs (its first row has both and no ``field``): an SFT
+    set, which proximity counts as prompt + response (``sft_counts``) wherever it meets one."""
+    import json
+
+    path = Path(path)
+    if not (path.is_file() and path.suffix == ".jsonl"):
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    return False
+                return isinstance(row, dict) and field not in row and "prompt" in row and "response" in row
+    return False
 
 
 def is_shard_path(path: str | os.PathLike) -> bool:
@@ -186,7 +211,12 @@ def count_dataset(name: str, path: str | os.PathLike, max_tokens: int | None, se
     else:
         if tokenizer_dir is None:
             raise ConfigError(name, f"{path} is raw text: give --tokenizer_dir to tokenise it")
-        segments, source = [text_tokens([str(path)], tokenizer_dir, field)], "text"
+        if is_sft_file(path, field):  # prompt/response pairs: counted as the study report counts an SFT task
+            from midtrain.tokenizer import load_tokenizer
+
+            segments, source = [sft_tokens(path, load_tokenizer(tokenizer_dir, "--tokenizer_dir"))], "sft"
+        else:
+            segments, source = [text_tokens([str(path)], tokenizer_dir, field)], "text"
     total = int(sum(len(s) for s in segments))
     if total == 0:
         raise ConfigError(name, f"{path} holds no tokens")

@@ -230,10 +230,13 @@ def _rows(path, key: str):
 
 
 def _documents(path: str, key: str, responses: list[str], prompt_key: str = "prompt", response_key: str = "response"):
-    """Documents of a corpus or training set: JSONL/JSON rows ("text", or prompt + response: the responses
-    are collected for the renamed-entity check), .txt files (one document each), or a folder of them."""
+    """Documents of a corpus or training set, read as ``midtrain prepare`` reads its ``--input`` (the same files of a
+    folder, ``midtrain.data.readers``): JSONL/JSON rows ("text", or prompt + response: the responses are collected
+    for the renamed-entity check), parquet and ``save_to_disk`` folders (column "text"), and any other file as one
+    text document (.txt, .py, .md, ...)."""
     from pathlib import Path
 
+    from midtrain.data.readers import input_units, read_documents
     from midtrain.errors import ConfigError
 
     p = Path(path)
@@ -242,15 +245,18 @@ def _documents(path: str, key: str, responses: list[str], prompt_key: str = "pro
     if (p / "index.json").is_file() or (p.is_dir() and any(p.rglob("index.json"))):
         raise ConfigError(key, f"{path} holds token shards: give the raw text they were prepared from "
                           "(n-grams are over normalised words)")
-    files = sorted(f for f in p.rglob("*") if f.suffix in (".jsonl", ".json", ".txt") and f.is_file()) \
-        if p.is_dir() else [p]
-    if not files:
-        raise ConfigError(key, f"{path} holds no .jsonl, .json or .txt files")
-    for f in files:
-        if f.suffix == ".txt":
-            yield f.read_text(encoding="utf-8", errors="replace")
+    try:
+        units = input_units([p])
+    except ConfigError as e:
+        raise ConfigError(key, str(e).split(": ", 1)[-1]) from None
+    for unit in map(Path, units):
+        if unit.suffix not in (".jsonl", ".json") or unit.is_dir():
+            try:
+                yield from read_documents(str(unit))
+            except ConfigError as e:
+                raise ConfigError(key, str(e)) from None
             continue
-        for row in _rows(f, key):
+        for row in _rows(unit, key):
             if not isinstance(row, dict):
                 continue
             if "text" in row:

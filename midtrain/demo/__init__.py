@@ -275,10 +275,11 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     final = "\n".join(lines)
     write_text_atomic(out / "results.md", final + "\n")
     print("\n" + final)
-    if publish:  # `make demo`: the README's results are this run's, generated (midtrain/demo/publish.py)
+    if publish:  # `make demo`: the published results are this run's, generated (midtrain/demo/publish.py)
+        from midtrain.demo.publish import PAGE
         from midtrain.demo.publish import publish as publish_results
 
-        print(f"[demo] wrote {publish_results(final, out, REPO)} and the README's demo results", flush=True)
+        print(f"[demo] wrote {publish_results(final, out, REPO)} and the results in {PAGE}", flush=True)
     return 0
 
 

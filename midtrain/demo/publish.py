@@ -1,10 +1,11 @@
-"""The README's demo results, generated: ``make demo`` writes ``docs/demo-results.md`` from the run's
-``results.md`` and copies it between the README's markers, so that no number in the README is typed by hand.
+"""The demo's published results, generated: ``make demo`` writes ``docs/demo-results.md`` from the run's
+``results.md`` and copies it between the markers of the demo page (``docs/demo.md``, which the README links), so
+that no number in the docs is typed by hand.
 
 Guarantees: ``publishable`` keeps every line of ``results.md`` except image links, with the run's own
-folder written as ``OUT`` and headings three levels down (under the README's demo section); nothing else
+folder written as ``OUT`` and headings three levels down (under the page's sections); nothing else
 changes, so every number and verdict is the run's;
-``readme_block`` is what the README holds between ``BEGIN`` and ``END``; ``sync_readme`` replaces it
+``readme_block`` is what a page holds between ``BEGIN`` and ``END``; ``sync_readme`` replaces it
 (atomically) and ``tests/test_readme_results.py`` fails when the two differ anywhere.
 """
 
@@ -27,8 +28,11 @@ def publishable(results_md: str, out: Path) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
+PAGE = Path("docs") / "demo.md"  # the page that shows the results (relative to the repository)
+
+
 def readme_block(readme: str) -> str | None:
-    """The text between the README's markers (None when it has none)."""
+    """The text between a page's markers (None when it has none)."""
     if BEGIN not in readme or END not in readme:
         return None
     return readme.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
@@ -47,11 +51,11 @@ def sync_readme(readme_path: Path, results: str) -> None:
 
 
 def publish(results_md: str, out: Path, repo: Path) -> Path:
-    """Write ``docs/demo-results.md`` and the README's block from a finished demo's ``results.md``."""
+    """Write ``docs/demo-results.md`` and the demo page's block from a finished demo's ``results.md``."""
     from midtrain.atomic import write_text_atomic
 
     text = publishable(results_md, out)
     dest = Path(repo) / "docs" / "demo-results.md"
     write_text_atomic(dest, text)
-    sync_readme(Path(repo) / "README.md", text)
+    sync_readme(Path(repo) / PAGE, text)
     return dest
