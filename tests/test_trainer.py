@@ -499,3 +499,15 @@ def test_original_checkpoint_with_mixer_litdata_and_a_new_mixture_is_one_clear_l
     r = run_cli("pretrain", "--config", cfg)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
     assert "data.mixer: litdata cannot resume" in r.stderr and " at 0x" not in r.stderr
+
+
+def test_a_tokenizer_far_smaller_than_the_embedding_is_said(tmp_path, real_tree, tokenizer_dir):
+    """Issue 30: `model_name: pythia-14m` with a 2,048-token tokenizer trains 50,304 embedding rows without a word.
+    A run whose tokenizer uses < 90% of the model's rows says so once, with the fix."""
+    cfg = write_config(tmp_path, real_tree, tokenizer_dir=str(tokenizer_dir), train={"max_steps": 1},
+                       eval={"interval": 0, "max_iters": 1, "final_validation": False})
+    r = run_cli("pretrain", "--config", cfg)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("warning: the tokenizer has")]
+    assert "400 ids and the model 512 embedding and output rows (tiny): 112 rows are never" in line
+    assert "padded_vocab_size 400" in line

@@ -262,6 +262,8 @@ def main(fabric, run: Run, data: DataModule) -> int:
         if vocab > model_config.padded_vocab_size:
             raise ConfigError("tokenizer_dir", f"tokenizer vocabulary {vocab} is larger than the model's "
                               f"padded_vocab_size {model_config.padded_vocab_size}")
+        if vocab < 0.9 * model_config.padded_vocab_size:  # e.g. pythia-14m's 50,304 rows for a 2,048-token BPE
+            fabric.print(startup.unused_rows_warning(vocab, model_config))
     estimate = run.estimate
     model, n_params = setup_model(fabric, run, seq_len, will_load=load_path is not None)
     fabric.print(f"model: {n_params / 1e6:.1f}M parameters, seq {seq_len}, {start_kind} run -> {out_dir}")

@@ -265,3 +265,12 @@ def changed_at_resume(checkpoint: Path, hparams: dict) -> list[str]:
             out.append(f"note: {checkpoint.name} was trained with {key}: {saved[key]}; this run continues with "
                        f"{key}: {hparams[key]} (the config's)")
     return out
+
+
+def unused_rows_warning(vocab: int, model_config) -> str:
+    """The line a run prints when its tokenizer uses far fewer ids than the model has embedding rows."""
+    rows = model_config.padded_vocab_size
+    return (f"warning: the tokenizer has {vocab:,} ids and the model {rows:,} embedding and output rows "
+            f"({model_config.name or 'model_config'}): {rows - vocab:,} rows are never an input nor a target, yet "
+            f"they are trained (weight decay, the softmax), counted in parameters, memory and FLOPs; give a "
+            f"model_config with vocab_size and padded_vocab_size {vocab} (docs/your-own-data.md)")
