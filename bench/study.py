@@ -81,7 +81,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--executor", type=int, default=0, help="also run the tiny study with this --parallel")
     a = ap.parse_args()
-    from midtrain.study.execute import materialise, status_rows
+    from midtrain.study.folder import materialise
+    from midtrain.study.slurm import squeue_jobs
+    from midtrain.study.states import status_rows
     from midtrain.study.plan import make_plan
     from midtrain.study.spec import parse_spec
 
@@ -91,12 +93,12 @@ def main() -> None:
           f"(median of {a.repeats}; target < 1 s: {'met' if t_plan < 1 else 'MISSED'})")
     with tempfile.TemporaryDirectory(prefix="midtrain-bench-status-") as tmp:
         materialise(plan, Path(tmp), Path(a.spec))
-        from midtrain.study.execute import write_status
+        from midtrain.study.folder import write_status
 
         for k, step in enumerate(plan.steps):  # a study half done
             if k % 2 == 0:
                 write_status(Path(tmp) / step.out, state="done", started=1.0, ended=2.0, outputs=[])
-        t_status, rows = median_time(lambda: status_rows(plan, Path(tmp)), a.repeats)
+        t_status, rows = median_time(lambda: status_rows(plan, Path(tmp), squeue_jobs), a.repeats)
         print(f"status on it: {len(rows):,} rows in {t_status * 1000:.0f} ms (target < 1 s: "
               f"{'met' if t_status < 1 else 'MISSED'})")
     if a.executor:

@@ -64,7 +64,7 @@ def tiny_study(root: Path) -> tuple[Path, Path]:
     """The test study (tokenizer, shards, base config, spec) with its folder materialised: nothing run."""
     from study_fixture import build
 
-    from midtrain.study.execute import materialise
+    from midtrain.study.folder import materialise
     from midtrain.study.files import load_plan
 
     spec = build(root)
@@ -74,7 +74,7 @@ def tiny_study(root: Path) -> tuple[Path, Path]:
 
 def paper_study(spec: Path, out: Path) -> Path:
     """The paper grid materialised, every other step done (what `status` reads on a study in progress)."""
-    from midtrain.study.execute import materialise, write_status
+    from midtrain.study.folder import materialise, write_status
     from midtrain.study.files import load_plan
 
     plan = load_plan(spec, check_files=False, estimate=False)

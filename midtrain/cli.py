@@ -578,7 +578,7 @@ def study(argv: list[str]) -> int:
         return 0
     what, rest = (argv[0], argv[1:]) if argv else ("", [])
     if what == "step":  # internal: what an executor runs for one step
-        from midtrain.study.execute import run_step
+        from midtrain.study.runner import run_step
 
         if len(rest) != 1:
             raise ConfigError("midtrain study step", "expects one step folder")
@@ -623,7 +623,7 @@ def study(argv: list[str]) -> int:
     if what == "status":
         parser.add_argument("--json", type=Optional[str], default=None, help="also write the rows as JSON")
     a = parser.parse_args(rest)
-    from midtrain.study.execute import read_bases
+    from midtrain.study.folder import read_bases
     from midtrain.study.files import load_plan
 
     from midtrain.study import footprints
@@ -646,7 +646,7 @@ def study(argv: list[str]) -> int:
                 print(f"## {spec}\n")
             here = None
             if a.out and Path(a.out).is_dir():
-                from midtrain.study.execute import here_states
+                from midtrain.study.states import here_states
 
                 here = here_states(plan, Path(a.out).resolve())
             print(format_plan(plan, a.mfu, a.peak_tflops, rows, here))
@@ -666,7 +666,7 @@ def study(argv: list[str]) -> int:
         check_writable_dir(out, "--out")
         if a.executor != "local" or _gpus_visible():  # a run that fits on no strategy: refused before anything runs
             footprints.isolated(footprints.check, plan)  # (local steps on a machine without GPUs run on CPU)
-        from midtrain.study.execute import check_external
+        from midtrain.study.states import check_external
 
         check_external(plan, out)
         if a.executor == "local":
@@ -692,9 +692,10 @@ def study(argv: list[str]) -> int:
     if not out.is_dir():
         raise ConfigError("--out", f"{out} is not a study folder (nothing has run there)")  # noqa: E501
     if what == "status":
-        from midtrain.study.execute import format_status, status_rows
+        from midtrain.study.slurm import squeue_jobs
+        from midtrain.study.states import format_status, status_rows
 
-        rows = status_rows(plan, out)
+        rows = status_rows(plan, out, squeue_jobs)
         print(format_status(rows, plan.spec.name))
         if a.json:
             check_writable_dir(Path(a.json).parent, "--json")

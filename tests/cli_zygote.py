@@ -4,7 +4,7 @@ its own process, argv, environment, working folder, stdout and stderr). A fresh 
 ~6.5 s importing those libraries (README: *Two commands*); the suite makes a few hundred such calls.
 
 The zygote never computes (no torch op runs in it), so its children start from a clean runtime, as the
-study executor's forked steps do (`midtrain.study.execute._fork_command`, the same code path).
+study executor's forked steps do (`midtrain.study.runner.fork_command`, the same code path).
 
 Protocol (one call at a time): a JSON line {argv, env, cwd, out, err} in; the child's pid, then its exit
 code, each on a line out. Set MIDTRAIN_TEST_NO_ZYGOTE=1 to run every call in a fresh interpreter instead.
@@ -76,7 +76,7 @@ def main() -> None:
 
     import midtrain.cli  # noqa: F401
     import midtrain.posttrain.sft  # noqa: F401
-    import midtrain.study.execute  # noqa: F401
+    import midtrain.study.runner  # noqa: F401
     import midtrain.train.pretrain  # noqa: F401
 
     out = sys.stdout

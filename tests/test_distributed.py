@@ -123,7 +123,7 @@ def test_launched_world_must_equal_devices_times_nodes(monkeypatch):
 
 def test_two_node_step_command_line():
     """What the SLURM executor asks for and runs for a devices: 8, num_nodes: 2 GPU config."""
-    from midtrain.study.execute import srun_argv
+    from midtrain.study.runner import srun_argv
     from midtrain.study.resources import allocation
 
     alloc = allocation("midtrain", {"devices": 8, "num_nodes": 2}, {"options": {"partition": "gpu"}})

@@ -166,7 +166,7 @@ def cli(*argv):
 
 spec, small, out = sys.argv[1:4]
 cli("study", "plan", spec, "--check_files", "false", "--rows", "2")
-from midtrain.study.execute import materialise
+from midtrain.study.folder import materialise
 from midtrain.study.files import load_plan
 materialise(load_plan(small, check_files=False), Path(out), Path(small))
 cli("study", "status", small, "--out", out)

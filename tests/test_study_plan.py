@@ -292,7 +292,7 @@ def test_spec_errors_name_the_key(over, needle):
 def test_an_eval_precision_reaches_the_evaluate_command_lines(tmp_path):
     """eval.precision and eval.lm_eval.precision become `midtrain evaluate --precision` (unset: the command's default,
     bf16-mixed on a GPU with bf16, else 32-true, written beside the numbers)."""
-    from midtrain.study.execute import step_command
+    from midtrain.study.steps import step_command
 
     spec = raw(eval={"precision": "32-true", "lm_eval": {"tasks": "t", "precision": "bf16-mixed"}})
     p = plan_of(spec)

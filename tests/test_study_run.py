@@ -136,7 +136,7 @@ def test_deleted_sft_output_is_redone_alone(study):
 
 
 def test_second_concurrent_run_is_refused(study):
-    from midtrain.study.execute import study_lock
+    from midtrain.study.folder import study_lock
 
     spec, root = study
     with study_lock(root / "out"):
@@ -150,12 +150,12 @@ def test_a_child_forked_by_a_locked_run_does_not_keep_the_folder_locked(tmp_path
     it had forked lived on and held its lock, and the re-run meant to wait for them was refused (CI saw it after
     the kill -9 above). Only the run holds it."""
     from midtrain.errors import ConfigError
-    from midtrain.study.execute import study_lock
+    from midtrain.study.folder import study_lock
 
     # (the child says it runs, i.e. its fork hooks have run, before the run is killed: on a loaded machine a
     # kill right after the fork came before the child had been scheduled at all. Each says so in one write(2):
     # print's text and its newline can reach the shared pipe apart, and CI saw "lockedchild\n" then "\n")
-    code = ("import os, sys, time\nfrom pathlib import Path\nfrom midtrain.study.execute import study_lock\n"
+    code = ("import os, sys, time\nfrom pathlib import Path\nfrom midtrain.study.folder import study_lock\n"
             "with study_lock(Path(sys.argv[1])):\n    if os.fork() == 0:\n        os.write(1, b'child\\n')\n"
             "        time.sleep(120)\n        os._exit(0)\n    os.write(1, b'locked\\n')\n    time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
@@ -179,16 +179,16 @@ def test_a_step_whose_runner_died_while_its_command_lives_is_still_running():
     in the same folder (which the lock, shared by fork, used to prevent crudely)."""
     import socket
 
-    from midtrain.study.execute import _pid_alive
+    from midtrain.study.states import pid_alive
 
     dead = subprocess.Popen(["true"])
     dead.wait()
     live = subprocess.Popen(["sleep", "60"])
     try:
         st = {"host": socket.gethostname(), "pid": dead.pid, "command_pid": live.pid}
-        assert _pid_alive(st)
-        assert not _pid_alive({**st, "command_pid": dead.pid}) and not _pid_alive({**st, "command_pid": None})
-        assert not _pid_alive({**st, "host": "elsewhere"})
+        assert pid_alive(st)
+        assert not pid_alive({**st, "command_pid": dead.pid}) and not pid_alive({**st, "command_pid": None})
+        assert not pid_alive({**st, "host": "elsewhere"})
     finally:
         live.kill()
         live.wait()
@@ -473,7 +473,7 @@ EXTRAS_PY = os.environ.get("MIDTRAIN_EXTRAS_PYTHON")
 @pytest.mark.skipif(not EXTRAS_PY and not os.environ.get("CI"), reason="MIDTRAIN_EXTRAS_PYTHON unset (make test)")
 def test_lm_eval_step_runs_offline_and_reaches_the_report(study, tmp_path):
     """eval.lm_eval adds one lm-eval step per run (the eval extra; a local task), reported per run."""
-    from midtrain.study.execute import materialise
+    from midtrain.study.folder import materialise
     from midtrain.study.files import load_plan
 
     assert EXTRAS_PY, "CI runs the extras tests: MIDTRAIN_EXTRAS_PYTHON must be set"

@@ -171,7 +171,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     from midtrain.atomic import check_writable_dir, write_text_atomic
     from midtrain.demo import findings as F
     from midtrain.report import plot_runs, sft_results
-    from midtrain.study.execute import step_states
+    from midtrain.study.states import step_states
     from midtrain.study.local import run_local
     from midtrain.study.files import load_plan
 
@@ -193,7 +193,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
     spec = REPO / "midtrain_configs" / "studies" / SPECS[size]
     from midtrain.analysis.overlap import format_summary
     from midtrain.demo import protocol as P
-    from midtrain.study.execute import read_bases
+    from midtrain.study.folder import read_bases
 
     plan = load_plan(spec, known=read_bases(out / "study"), out=out / "study")
     demo = plan.spec.report.get("demo") or {}
@@ -226,7 +226,7 @@ def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = 
         print(f"[demo] the study did not complete (exit {code}): `midtrain study status {spec} --out {out / 'study'}`")
         return code
 
-    states = step_states(plan, out / "study", query_slurm=False)
+    states = step_states(plan, out / "study")
     results = []
     for s in plan.steps:
         if s.kind == "sft":

@@ -200,7 +200,7 @@ def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool 
               out: str | os.PathLike | None = None) -> Plan:
     """The plan of the spec at ``path``; ``known``: base segments already planned in its study folder ``out``
     (whose finished training steps outlive a logging-only change)."""
-    from midtrain.study.execute import read_bases, read_ran
+    from midtrain.study.folder import read_bases, read_ran
 
     spec = load_spec(path, check_files)
     params = {s.name: params_of(s.config) for s in spec.sizes}  # always: a GPU task's memory share depends on it
@@ -323,9 +323,3 @@ def spec_digest(path: str | os.PathLike) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    from midtrain.atomic import write_text_atomic
-
-    write_text_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")

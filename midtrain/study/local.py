@@ -22,8 +22,10 @@ import time
 from pathlib import Path
 
 from midtrain.errors import ConfigError
-from midtrain.study.execute import (EXIT_REQUEUE, _fork_step, _pid_alive, check_changed, materialise, preload,
-                                    read_status, step_states, study_lock)
+from midtrain.signals import EXIT_REQUEUE
+from midtrain.study.folder import check_changed, materialise, read_status, study_lock
+from midtrain.study.runner import fork_step, preload
+from midtrain.study.states import pid_alive, step_states
 from midtrain.study.plan import Plan
 
 
@@ -95,7 +97,7 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None =
     with study_lock(out_dir):
         check_changed(plan, out_dir, rerun_changed)
         materialise(plan, out_dir, spec_path)
-        states = step_states(plan, out_dir, query_slurm=False)
+        states = step_states(plan, out_dir)
         state = {sid: st["state"] for sid, st in states.items()}
         todo = [s for s in plan.steps if state[s.id] != "done"]
         need = gpu_need(plan, gpus, {s.id for s in todo})
@@ -116,10 +118,10 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None =
         try:
             while True:
                 for sid in list(external):  # an orphan of a killed run: wait for it, never start it twice
-                    if not _pid_alive(read_status(out_dir / plan.by_id[sid].out)):
+                    if not pid_alive(read_status(out_dir / plan.by_id[sid].out)):
                         external.discard(sid)
                         free += held.pop(sid, [])
-                        state[sid] = step_states(plan, out_dir, False)[sid]["state"]
+                        state[sid] = step_states(plan, out_dir)[sid]["state"]
                 for sid, pid in list(running.items()):
                     if os.waitpid(pid, os.WNOHANG)[0] == 0:
                         continue
@@ -164,7 +166,7 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None =
                     env = {"CUDA_VISIBLE_DEVICES": ",".join(held[s.id])}  # "" = none: a CPU step sees no GPU
                     if held[s.id] and visible:
                         env["MIDTRAIN_EXPECT_CUDA"] = "1"
-                    running[s.id] = _fork_step(out_dir / s.out, env)
+                    running[s.id] = fork_step(out_dir / s.out, env)
                     echo(f"  start: {s.id}" + (f" (GPUs {env['CUDA_VISIBLE_DEVICES']})" if held[s.id] else ""))
                 if not running and not external:
                     break

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from midtrain.analysis import stats, tables
 from midtrain.errors import ConfigError
-from midtrain.study.execute import checkpoint_of, run_dir_of, step_states
+from midtrain.study.states import step_states
+from midtrain.study.steps import checkpoint_of, run_dir_of
 from midtrain.study.plan import Plan, run_label
 from midtrain.study.spec import CONTROL, data_args, variance
 
@@ -24,7 +25,7 @@ def collect(plan: Plan, out_dir: Path) -> dict:
     """Per size: SFT results (one per done SFT step) and eval losses (one per done eval step)."""
     from midtrain.report import sft_results
 
-    states = step_states(plan, out_dir, query_slurm=False)
+    states = step_states(plan, out_dir)
     main_set = plan.spec.report.get("main_set", "main")
     out: dict[str, dict] = {}
     for step in plan.steps:

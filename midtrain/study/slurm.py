@@ -26,8 +26,9 @@ from pathlib import Path
 from shutil import which
 
 from midtrain.errors import ConfigError
-from midtrain.study.execute import (EXIT_REQUEUE, ENDED, check_changed, materialise, step_states, study_lock,
-                                    write_status)
+from midtrain.signals import EXIT_REQUEUE
+from midtrain.study.folder import check_changed, materialise, study_lock, write_status
+from midtrain.study.states import ENDED, step_states
 from midtrain.study.plan import Plan, Step, run_config_of
 from midtrain.study.resources import Allocation, allocation, step_ranks
 
@@ -203,7 +204,7 @@ def submit_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | Non
     with study_lock(out_dir):
         check_changed(plan, out_dir, rerun_changed)
         materialise(plan, out_dir, spec_path)
-        states = step_states(plan, out_dir, query_slurm=True)
+        states = step_states(plan, out_dir, squeue_jobs)
         replace, groups = schedule(plan, states, allocs, max_jobs, retry)
         jobs = {sid: st["job_id"] for sid, st in states.items() if st["state"] in ("submitted", "running")}
         for sid in replace:
@@ -282,7 +283,7 @@ def run_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | None =
     A step that fails while waiting is not retried (a new ``run`` does that). Returns an exit status."""
     import time
 
-    from midtrain.study.execute import format_status, status_rows
+    from midtrain.study.states import format_status, status_rows
 
     submit_slurm(plan, out_dir, spec_path, options, rerun_changed, max_jobs, array_throttle, echo)
     if not wait:
@@ -290,7 +291,7 @@ def run_slurm(plan: Plan, out_dir: Path, spec_path: Path, options: dict | None =
     quiet = lambda *_: None  # noqa: E731
     while True:
         time.sleep(poll)
-        rows = status_rows(plan, out_dir)
+        rows = status_rows(plan, out_dir, squeue_jobs)
         if any(r["state"] == "pending" for r in rows):
             new = submit_slurm(plan, out_dir, spec_path, options, False, max_jobs, array_throttle, quiet, retry=False)
             if new:

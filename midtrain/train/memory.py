@@ -82,16 +82,13 @@ class MemoryEstimate:
         return {**asdict(self), "states": self.states, "total": self.total}
 
 
-def param_dtype(precision: str) -> torch.dtype:
-    return torch.bfloat16 if str(precision).startswith("bf16-true") else (
-        torch.float16 if str(precision).startswith("16-true") else torch.float32)
-
-
 def estimate(config, micro: int, seq: int, precision: str, kind: str, shard: int,
              activation_checkpointing: bool = False, optimizer: str = "AdamW", tied: bool = False) -> MemoryEstimate:
     """The per-rank memory of a run (see the module docstring for each term). ``kind``: single, ddp, fsdp, hsdp;
     ``shard``: ranks a parameter is split over (1 unless sharded); ``tied``: ``train.tie_embeddings`` (one
     embedding matrix, its gradient and optimizer state counted once)."""
+    from midtrain.train.parallel import param_dtype
+
     shapes = _param_shapes(_key(config), tied)
     dtype = param_dtype(precision)
     size = torch.empty((), dtype=dtype).element_size()

@@ -102,11 +102,15 @@ def tie_embeddings(model):
     return model
 
 
+def param_dtype(precision: str) -> torch.dtype:
+    """The dtype a precision stores the weights in (bf16 under bf16-true, fp16 under 16-true, else fp32)."""
+    return torch.bfloat16 if str(precision).startswith("bf16-true") else (
+        torch.float16 if str(precision).startswith("16-true") else torch.float32)
+
+
 def cast_rope_cache(gpt, precision: str) -> None:
     """A model materialised from meta rebuilt its RoPE cache in fp32; a fresh model's is cast with its weights:
     the same cast, so that ``bf16-true`` computes alike on both paths."""
-    from midtrain.train.memory import param_dtype
-
     dtype = param_dtype(precision)
     gpt.cos, gpt.sin = gpt.cos.to(dtype), gpt.sin.to(dtype)
 
