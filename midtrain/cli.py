@@ -555,8 +555,9 @@ def overlap(argv: list[str]) -> int:
                         help="NAME=PATH of prompt/response JSONL sets (or JSONL documents with \"text\", such as a "
                              "corpus's val split)")
     parser.add_argument("--against", type=str, nargs="+", required=True,
-                        help="NAME=PATH of corpora (JSONL with text, .txt, or a folder of them) and training sets "
-                             "(prompt/response JSONL: also checked for renamed-entity responses)")
+                        help="NAME=PATH of corpora (read as `prepare --input` reads them: JSONL/parquet with text, "
+                             "any other file as a document, or a folder of them) and training sets (prompt/response "
+                             "JSONL: also checked for renamed-entity responses)")
     parser.add_argument("--n", type=int, default=13, help="n-gram length in words (13: common practice)")
     parser.add_argument("--prompt_key", type=str, default="prompt")
     parser.add_argument("--response_key", type=str, default="response")
@@ -721,7 +722,7 @@ def demo(argv: list[str]) -> int:
     parser.add_argument("--size", type=str, default="quick", help=f"one of {', '.join(SPECS)} (the test runs tiny)")
     parser.add_argument("--parallel", type=int, default=2, help="study steps run at once")
     parser.add_argument("--publish", type=bool, default=False,
-                        help="write the results into docs/demo-results.md and the README (what `make demo` does)")
+                        help="write the results into docs/demo-results.md and the demo page docs/demo.md (what `make demo` does)")
     a = parser.parse_args(argv)
     return run_demo(Path(a.out), a.size, a.parallel, a.publish)
 

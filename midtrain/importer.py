@@ -42,7 +42,7 @@ class Family:
     """One HF ``model_type`` that ``import`` takes. Adding a family is one entry in ``FAMILIES``."""
 
     models: str
-    """The public models of this type (said in messages and the README's families table)."""
+    """The public models of this type (said in messages and the families table of docs/public-checkpoints.md)."""
     converter: str
     """litgpt.scripts.convert_hf_checkpoint's copy function for it (its weight map; never a hand-written one)."""
     qkv: bool

@@ -113,8 +113,8 @@ def test_cli_and_bad_input_is_one_line(tmp_path):
 @pytest.mark.unit
 def test_a_corpus_is_read_as_prepare_reads_it(tmp_path):
     """Issue 30: `overlap --against` refused a folder of .py files that `prepare --input` reads. Both now read the
-    same files of a folder the same way (midtrain.data.readers): .py/.md/.txt files as documents, JSONL rows, and
-    one line naming the file for undecodable bytes."""
+    same files of a folder the same way (midtrain.data.readers): .py/.md/.txt files as documents, JSONL rows, hidden
+    folders (a clone's .git/) skipped, and one line naming the file for undecodable bytes."""
     rng = random.Random(2)
     items = [{"prompt": _words(rng, 10), "response": " " + _words(rng, 20)} for _ in range(4)]
     write_jsonl(tmp_path / "test.jsonl", items)
@@ -123,6 +123,8 @@ def test_a_corpus_is_read_as_prepare_reads_it(tmp_path):
     (code / "a.py").write_text("def f():\n    # " + _words(rng, 30) + "\n")
     (code / "pkg" / "b.py").write_text('"""' + items[1]["prompt"] + items[1]["response"] + '"""\n')
     (code / "README.md").write_text(_words(rng, 50))
+    (code / ".git" / "objects").mkdir(parents=True)  # a clone's history: hidden, never a document (nor UTF-8)
+    (code / ".git" / "objects" / "ab12").write_bytes(b"\x78\x9c\xff\xfe")
     res = ov.run_overlap([f"test={tmp_path / 'test.jsonl'}"], [f"code={code}"], n=13)
     assert res["eval"]["test"]["ngram_any"] == 1 and res["eval"]["test"]["examples"][0]["index"] == 1
     assert res["words_read"]["code"] == 30 + 2 + 10 + 20 + 50  # every file: a.py's "def f(): #" words too

@@ -26,8 +26,9 @@ def input_units(paths: list[str | os.PathLike]) -> list[str]:
             raise ConfigError("--input", f"{p} does not exist")
         if p.is_dir() and (p / "state.json").is_file() and (p / "dataset_info.json").is_file():
             units.append(str(p))
-        elif p.is_dir():
-            units += sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        elif p.is_dir():  # hidden files and folders (.git/, .cache/) are not documents
+            units += sorted(str(f) for f in p.rglob("*")
+                            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
         else:
             units.append(str(p))
     if not units:

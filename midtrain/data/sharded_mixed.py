@@ -57,7 +57,7 @@ class ShardedMixedDataset(DataModule):
         mixer: ``exact`` (default) = deterministic blend: exact shares per global batch, each source
             cycles on its own, O(1) sample-exact resume at any world size / worker count, and a new
             mixture on resume appends a stage (midtraining). ``litdata`` = litdata's
-            CombinedStreamingDataset, the original's behaviour (see the README for its defects).
+            CombinedStreamingDataset, the original's behaviour (docs/data.md, *Mixers*, says its defects).
         mix_block: samples per schedule block for ``exact`` (default: the global batch size).
         allow_data_change: resume even if a shard used before has changed content (``exact``).
         vocab_size: token ids must be below this; defaults to the tokenizer's size (with added tokens).
