@@ -59,8 +59,8 @@ class LitLM(LM):
     def _forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, maxp1: Optional[int] = None):
         from midtrain.posttrain import numerics
 
-        with numerics.forward_context(self.precision, self._device):
-            return self.model(x, input_pos, input_pos_maxp1=maxp1).float()
+        with numerics.forward_context(self.precision, self._device):  # (the caller upcasts the rows it scores:
+            return self.model(x, input_pos, input_pos_maxp1=maxp1)      # a whole [B, T, V] in fp32 is GBs)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, bos=False).tolist() if text else []
@@ -95,7 +95,7 @@ class LitLM(LM):
             for j, i in enumerate(chunk):
                 inputs, target = rows[i]
                 n, end = len(target), len(inputs)
-                scored = logits[j, end - n:end]
+                scored = logits[j, end - n:end].float()
                 t = torch.tensor(target, device=self._device)
                 logp = F.log_softmax(scored, dim=-1)
                 out[i] = (logp.gather(1, t[:, None]).sum(), (scored.argmax(-1) == t).all())
@@ -112,7 +112,8 @@ class LitLM(LM):
             start = 0
             while start < len(tokens):  # disjoint windows, each conditioned on as much as precedes it as fits
                 window = tokens[start:start + self.max_length]
-                windows.append((tokens[:start], window))
+                windows.append((tokens[max(0, start - (self.max_length + 1 - len(window))):start], window))  # (what
+                # _row keeps of the context: the window's conditioning, not the whole prefix per window)
                 owner.append(k)
                 start += len(window)
         totals = [0.0] * len(requests)
@@ -138,13 +139,13 @@ class LitLM(LM):
         if len(tokens) + max_new > self.max_length:
             while True:
                 x = torch.tensor((tokens + new)[-self.max_length:], device=self._device)[None]
-                if done(int(self._forward(x)[0, -1].argmax())):
+                if done(int(self._forward(x)[0, -1].float().argmax())):
                     return new
         self.model.set_kv_cache(batch_size=1, max_seq_length=len(tokens) + max_new, device=self._device)
         try:
             pos = torch.arange(len(tokens), device=self._device)
-            logits = self._forward(torch.tensor(tokens, device=self._device)[None], pos, len(tokens))
-            while not done(int(logits[0, -1].argmax())):
+            logits = self._forward(torch.tensor(tokens, device=self._device)[None], pos, len(tokens))[:, -1:]
+            while not done(int(logits[0, -1].float().argmax())):
                 at = len(tokens) + len(new) - 1
                 logits = self._forward(torch.tensor([[new[-1]]], device=self._device),
                                        torch.tensor([at], device=self._device), at + 1)

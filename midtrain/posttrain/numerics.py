@@ -22,7 +22,9 @@ def resolve(precision: Optional[str], device, field: str = "--precision") -> str
     import torch
 
     if precision is None:
-        return "bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32-true"
+        # (native bf16 only: torch counts emulated bf16 on V100/T4 as supported, and it is slow there)
+        return ("bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+                else "32-true")
     if precision not in PRECISIONS:
         raise ConfigError(field, f"expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision
