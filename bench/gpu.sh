@@ -1,6 +1,6 @@
 #!/bin/bash
-# The GPU benchmark, one prepared script (sized for 5 minutes on one H100/H200 with compilation; not yet timed on
-# one: no session has had a GPU): the paper's
+# The GPU benchmark, one prepared script (estimated 5-7 minutes on one H100/H200 with a cold compile cache,
+# `--sizes 160m` about half; not yet timed: no session has had a GPU): the paper's
 # pythia-160m and pythia-410m configs as they run (per-rank micro-batch and gradient accumulation, bf16-true,
 # seq 2048, compile), a checkpoint save + restore and a validation pass, DDP vs FSDP2 on every visible GPU when
 # there are several, upstream `litgpt pretrain` side by side, and the paper grid's GPU-hours at the measured rate.

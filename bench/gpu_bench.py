@@ -8,7 +8,10 @@ Cases (run it through bench/gpu.sh):
   synthetic shards (main 0.8 / code 0.2, exact mixer).
 - pythia-160m also saves a checkpoint after step --steps - 1 and at the end (save s: their median), restores it in
   a second run (restore s), and runs one validation pass of the config's eval.max_iters batches (val s).
-- Where more than one GPU is visible: pythia-160m on all of them, DDP and FSDP2 (the same per-rank work).
+- Where more than one GPU is visible: pythia-160m on all of them, DDP and FSDP2 (the same per-rank work), both
+  eager (the trainer compiles DDP by default and FSDP2 never yet: compiled against eager would compare compilers).
+- `--sizes 160m` runs one size (the first listed gets the save/restore/val, multi-GPU and litgpt rows);
+  `--timeout` bounds each launched run (default 600 s), so one hung run cannot take the device budget.
 - Upstream `litgpt pretrain` on the pythia-160m case, side by side: its tokens/s over its last window (Lightning's
   ThroughputMonitor, 5 steps) against ours over the same steps; target ours/litgpt >= 0.98.
 - The paper grid: each measured size's training tokens in midtrain_configs/studies/paper-main.yaml (what `study
@@ -52,7 +55,7 @@ def say(line: str = "") -> None:
             f.write(line + "\n")
 
 
-def make_shards(base: str, tokens: int, vocab: int, doc_len: int = 4096) -> str:
+def make_shards(base: str, tokens: int, vocab: int, doc_len: int = 4096, val_tokens: int = 64 * 4096) -> str:
     from midtrain.data.prepare import write_token_shard
 
     rng = np.random.default_rng(0)
@@ -61,7 +64,8 @@ def make_shards(base: str, tokens: int, vocab: int, doc_len: int = 4096) -> str:
         docs = rng.integers(0, vocab, size=(n_docs, doc_len), dtype=np.int64).tolist()
         write_token_shard(os.path.join(base, name), docs, chunk_tokens=1 << 22)
     val = os.path.join(os.path.dirname(base), "val", "main")
-    write_token_shard(val, rng.integers(0, vocab, size=(64, doc_len), dtype=np.int64).tolist(), chunk_tokens=1 << 22)
+    n_val = max(4, -(-val_tokens // doc_len) + 1)  # enough for the config's whole val pass (eval.max_iters batches)
+    write_token_shard(val, rng.integers(0, vocab, size=(n_val, doc_len), dtype=np.int64).tolist(), chunk_tokens=1 << 22)
     return base
 
 
@@ -121,11 +125,19 @@ def litgpt_config(tmp: str, data: str, case: dict, steps: int, workers: int) -> 
     return path
 
 
+TIMEOUT = [600.0]  # seconds per launch (--timeout): one hung run (a compile, a collective) must not take the budget
+
+
 def launch(cmd: list[str], env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                       env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                                **(env or {})))
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=TIMEOUT[0],
+                           env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                                    **(env or {})))
+    except subprocess.TimeoutExpired:
+        r = subprocess.CompletedProcess(cmd, 124, "", f"timed out after {TIMEOUT[0]:.0f} s (--timeout)")
+    except OSError as e:
+        r = subprocess.CompletedProcess(cmd, 127, "", f"{cmd[0]}: {e}")
     return r, time.perf_counter() - t0
 
 
@@ -142,8 +154,8 @@ def med(rows: list[dict], key: str, scale: float = 1.0) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def midtrain_case(tmp, data, label, case, devices, strategy, steps, skip, workers, extras) -> dict:
-    path = config(tmp, data, label, case, devices, strategy, steps, workers, extras=extras)
+def midtrain_case(tmp, data, label, case, devices, strategy, steps, skip, workers, extras, compile_=None) -> dict:
+    path = config(tmp, data, label, case, devices, strategy, steps, workers, compile_=compile_, extras=extras)
     r, wall = launch([sys.executable, "-m", "midtrain", "pretrain", "--config", path])
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:300], "wall": wall}
@@ -166,8 +178,7 @@ def midtrain_case(tmp, data, label, case, devices, strategy, steps, skip, worker
 
 def litgpt_case(tmp, data, case, steps, workers, smoke) -> dict:
     path = litgpt_config(tmp, data, case, steps, workers)
-    exe = os.path.join(os.path.dirname(sys.executable), "litgpt")
-    r, wall = launch([exe if os.path.exists(exe) else "litgpt", "pretrain", "--config", path],
+    r, wall = launch([sys.executable, "-m", "litgpt", "pretrain", "--config", path],  # (no console script needed)
                      env={"TORCHDYNAMO_DISABLE": "1"} if smoke else None)
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:300], "wall": wall}
@@ -217,11 +228,15 @@ def main() -> int:
     ap.add_argument("--skip", type=int, default=4, help="logged steps <= this are excluded (compile, warm-up)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny model: test the script itself")
     ap.add_argument("--with-1b", action="store_true", help="also pythia-1b on one GPU")
+    ap.add_argument("--sizes", default="160m,410m", help="paper sizes to run, the first with save/restore/val, DDP vs "
+                    "FSDP2 and litgpt (e.g. 160m alone first, on a short device budget)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per launched run")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--out", help="also append every line to this file as it is printed")
     args = ap.parse_args()
     if args.out:
         OUT.append(args.out)
+    TIMEOUT[0] = args.timeout
     import torch
 
     gpus = torch.cuda.device_count()
@@ -237,8 +252,15 @@ def main() -> int:
         sizes, first, n = {"tiny": tiny}, "tiny", 2
         vocab, tokens, where = 512, 400_000, "CPU"
     else:
-        sizes = {s: paper_case(s) for s in ("160m", "410m") + (("1b",) if args.with_1b else ())}
-        first, n = "160m", gpus
+        names = [x.strip() for x in args.sizes.split(",") if x.strip()] + (["1b"] if args.with_1b else [])
+        unknown = [x for x in names if not os.path.exists(os.path.join(REPO, "midtrain_configs", "pretrain",
+                                                                       f"pythia-{x}.yaml"))]
+        if not names or unknown:
+            print(f"bench/gpu.sh: --sizes: no paper config for {unknown or 'nothing'} (70m, 160m, 410m, 1b)",
+                  file=sys.stderr)
+            return 2
+        sizes = {x: paper_case(x) for x in dict.fromkeys(names)}
+        first, n = names[0], gpus
         vocab, tokens, where = 50_000, 2 * 16 * 8 * 2048 * (args.steps + 3) * max(1, gpus), "GPU"
     say(f"# bench/gpu.sh{' --smoke' if args.smoke else ''}: torch {torch.__version__}, "
         f"{gpus} GPU(s){': ' + torch.cuda.get_device_name(0) if gpus else ''}; {args.steps} steps, medians after "
@@ -246,7 +268,9 @@ def main() -> int:
     failed = 0
     with tempfile.TemporaryDirectory(prefix="midtrain-gpu-bench-") as tmp:
         t0 = time.perf_counter()
-        data = make_shards(os.path.join(tmp, "data"), tokens, vocab)
+        first_case = sizes[first]
+        data = make_shards(os.path.join(tmp, "data"), tokens, vocab,
+                           val_tokens=first_case["val_iters"] * first_case["micro"] * (first_case["seq"] + 1))
         say(f"synthetic shards: {tokens:,} tokens in {time.perf_counter() - t0:.0f} s")
         say("| run | tokens/s | MFU | peak GB | data wait | save s | restore s | val s | wall s |")
         say("|---|---|---|---|---|---|---|---|---|")
@@ -263,8 +287,8 @@ def main() -> int:
             for strategy in ("ddp", "fsdp"):
                 case = sizes[first]
                 r = midtrain_case(tmp, data, f"{first}-{n}-{strategy}", case, n, strategy, args.steps, args.skip,
-                                  args.workers, extras=False)
-                say(row(f"{first} {n}x{where} {strategy} {case['precision']} micro {case['micro']} x accum "
+                                  args.workers, extras=False, compile_=False)
+                say(row(f"{first} {n}x{where} {strategy} eager {case['precision']} micro {case['micro']} x accum "
                         f"{case['accum']}", r))
                 failed += "error" in r
         theirs = litgpt_case(tmp, data, sizes[first], args.steps, args.workers, args.smoke)
