@@ -415,8 +415,9 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
     tokens_at_start = state["tokens"]
     divergence = saver.divergence = Divergence(fabric.device, saver.out_dir)
 
-    if eval.initial_validation and first_step == 0:
-        log_validation(fabric, model, val_loaders, eval, first_step)
+    # a validation cut short by a signal (agreed across ranks, batch by batch) stops the run at this step boundary
+    signalled = bool(eval.initial_validation and first_step == 0 and
+                     not log_validation(fabric, model, val_loaders, eval, first_step))
     rewarm_from = hf_import_step(loader)
     if train.rewarm_steps and rewarm_from is None:
         raise ConfigError("train.rewarm_steps", f"{train.rewarm_steps}, but this run does not continue a checkpoint "
@@ -431,7 +432,6 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
     # compiled runs compute the loss in a compiled graph too (one fused upcast cross-entropy: metrics.token_loss)
     loss_of = torch.compile(token_loss) if run.compile else per_token_loss
     filler = torch.zeros((train.micro_batch_size, seq_len + 1), dtype=torch.long, device=fabric.device)
-    signalled = False
     while state["step_count"] < end_step:
         if signalled or (fabric.world_size == 1 and signals.requested() is not None):
             return stop(fabric, saver, state, first_step, f"signal {signals.name(signals.requested())} received"
@@ -536,7 +536,7 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
                          f"data wait {data_share:.1%} | ETA {eta}")
             divergence.check(fabric)
         if val_loaders and eval.interval and step % eval.interval == 0 and step != end_step:
-            log_validation(fabric, model, val_loaders, eval, step)
+            signalled = not log_validation(fabric, model, val_loaders, eval, step) or signalled
         if train.save_interval and step % train.save_interval == 0 and step != end_step:
             saver.save(state)
     return finish(fabric, saver, state, val_loaders, eval, first_step)
