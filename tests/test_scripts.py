@@ -101,8 +101,8 @@ def test_gpu_bench_script_runs_its_code_path_on_cpu(tmp_path):
     assert out.read_text().splitlines() == r.stdout.splitlines()
     cells = {line.split(" | ")[0].lstrip("| "): [c.strip() for c in line.strip("| \n").split(" | ")[1:]]
              for line in r.stdout.splitlines() if line.startswith("| tiny")}
-    assert set(cells) == {"tiny 1xCPU 32-true micro 4 x accum 2", "tiny 2xCPU ddp 32-true micro 4 x accum 2",
-                          "tiny 2xCPU fsdp 32-true micro 4 x accum 2"}, r.stdout
+    assert set(cells) == {"tiny 1xCPU 32-true micro 4 x accum 2", "tiny 2xCPU ddp eager 32-true micro 4 x accum 2",
+                          "tiny 2xCPU fsdp eager 32-true micro 4 x accum 2"}, r.stdout
     one = cells["tiny 1xCPU 32-true micro 4 x accum 2"]  # tokens/s, MFU, peak, data wait, save, restore, val, wall
     assert float(one[0].replace(",", "")) > 0 and one[1] == "-" and one[3].endswith("%")
     assert all(float(x) >= 0 for x in (one[4], one[5], one[6])), one  # measured, not "-"
