@@ -7,11 +7,13 @@ Cases (run it through bench/gpu.sh):
   410m, 32 of 4 for 1b), its precision (bf16-true), seq 2048 and the trainer's default compile (on, one GPU);
   synthetic shards (main 0.8 / code 0.2, exact mixer).
 - pythia-160m also saves a checkpoint after step --steps - 1 and at the end (save s: their median), restores it in
-  a second run (restore s), and runs one validation pass of the config's eval.max_iters batches (val s).
+  a second run (restore s), and validates on the config's eval.max_iters batches before step 1 (the pass that
+  compiles the no-grad graph) and after step --steps - 1 (val s: that second pass).
 - Where more than one GPU is visible: pythia-160m on all of them, DDP and FSDP2 (the same per-rank work), both
   eager (the trainer compiles DDP by default and FSDP2 never yet: compiled against eager would compare compilers).
 - `--sizes 160m` runs one size (the first listed gets the save/restore/val, multi-GPU and litgpt rows);
-  `--timeout` bounds each launched run (default 600 s), so one hung run cannot take the device budget.
+  `--timeout` bounds each launched run (default 600 s), so one hung run cannot take the device budget; `--quick`
+  runs the first size alone (with its save and validation), to check one change on a short budget.
 - Upstream `litgpt pretrain` on the pythia-160m case, side by side: its tokens/s over its last window (Lightning's
   ThroughputMonitor, 5 steps) against ours over the same steps; target ours/litgpt >= 0.98.
 - The paper grid: each measured size's training tokens in midtrain_configs/studies/paper-main.yaml (what `study
@@ -92,7 +94,9 @@ def config(tmp: str, data: str, label: str, case: dict, devices: int, strategy: 
                      "micro_batch_size": case["micro"], "max_seq_length": case["seq"], "log_interval": 1,
                      "save_interval": steps - 1 if extras else 0, "lr_warmup_steps": 2, "min_lr": 3e-5,
                      "max_norm": case["max_norm"]},
-           "eval": {"interval": steps - 1 if extras else 0, "max_iters": case["val_iters"], "initial_validation": False,
+           # with extras, validation runs before step 1 (its first pass compiles the no-grad graph) and after step
+           # steps - 1: val s is that second pass's
+           "eval": {"interval": steps - 1 if extras else 0, "max_iters": case["val_iters"], "initial_validation": extras,
                     "final_validation": False},
            "optimizer": case["optimizer"]}
     if compile_ is not None:
@@ -154,7 +158,13 @@ def med(rows: list[dict], key: str, scale: float = 1.0) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def midtrain_case(tmp, data, label, case, devices, strategy, steps, skip, workers, extras, compile_=None) -> dict:
+def last(rows: list[dict], key: str) -> float | None:
+    vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    return vals[-1] if vals else None
+
+
+def midtrain_case(tmp, data, label, case, devices, strategy, steps, skip, workers, extras, compile_=None,
+                  restore: bool = True) -> dict:
     path = config(tmp, data, label, case, devices, strategy, steps, workers, compile_=compile_, extras=extras)
     r, wall = launch([sys.executable, "-m", "midtrain", "pretrain", "--config", path])
     if r.returncode != 0:
@@ -163,8 +173,8 @@ def midtrain_case(tmp, data, label, case, devices, strategy, steps, skip, worker
     steps_rows = [x for x in rows if x.get("tokens_per_sec") and int(x["step"]) > skip]
     result = {"wall": wall, "tokens_per_sec": med(steps_rows, "tokens_per_sec"), "mfu": med(steps_rows, "mfu", 100),
               "peak_gb": med(steps_rows, "peak_mem_gb"), "data_wait": med(steps_rows, "data_wait_share", 100),
-              "save_s": med(rows, "save_s"), "val_s": med(rows, "val_s"), "rows": steps_rows}
-    if extras:  # the restore: model, optimizer and data position from the final checkpoint, one more step, in a new
+              "save_s": med(rows, "save_s"), "val_s": last(rows, "val_s"), "rows": steps_rows}
+    if extras and restore:  # the restore: model, optimizer and data position from the final checkpoint, one more step, in a new
         # process (no compile: its cost is not the restore's)
         path = config(tmp, data, f"{label}-restored", case, devices, strategy, steps + 1, workers, compile_=False,
                       resume_from=os.path.join(tmp, label, "final"))
@@ -233,6 +243,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per launched run")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--out", help="also append every line to this file as it is printed")
+    ap.add_argument("--quick", action="store_true", help="the first size's run alone, its save and validation "
+                    "included (no restore, no multi-GPU rows, no upstream litgpt, no grid): to check one change on "
+                    "a short device budget")
     args = ap.parse_args()
     if args.out:
         OUT.append(args.out)
@@ -259,7 +272,7 @@ def main() -> int:
             print(f"bench/gpu.sh: --sizes: no paper config for {unknown or 'nothing'} (70m, 160m, 410m, 1b)",
                   file=sys.stderr)
             return 2
-        sizes = {x: paper_case(x) for x in dict.fromkeys(names)}
+        sizes = {x: paper_case(x) for x in dict.fromkeys(names[:1] if args.quick else names)}
         first, n = names[0], gpus
         vocab, tokens, where = 50_000, 2 * 16 * 8 * 2048 * (args.steps + 3) * max(1, gpus), "GPU"
     say(f"# bench/gpu.sh{' --smoke' if args.smoke else ''}: torch {torch.__version__}, "
@@ -278,11 +291,14 @@ def main() -> int:
         for size, case in sizes.items():
             label = f"{size} 1x{where} {case['precision']} micro {case['micro']} x accum {case['accum']}"
             r = midtrain_case(tmp, data, f"{size}-1", case, 1, "auto", args.steps, args.skip, args.workers,
-                              extras=size == first)
+                              extras=size == first, restore=not args.quick)
             say(row(label, r))
             failed += "error" in r or "restore_error" in r
             if "error" not in r:
                 measured[size] = r
+        if args.quick:
+            say("(--quick: no restore, multi-GPU, upstream litgpt or grid rows)")
+            return 1 if failed else 0
         if n > 1:
             for strategy in ("ddp", "fsdp"):
                 case = sizes[first]

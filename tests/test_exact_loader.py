@@ -62,6 +62,21 @@ def test_single_stream_is_exact_per_global_batch(real_tree):
     assert loader.state_dict()["samples"] == 160
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_tokens_and_sources_are_contiguous_views_of_one_batch(real_tree, workers):
+    """The trainer sends each batch to the GPU with .to(non_blocking=True) from pinned memory. A strided view
+    (the old layout's ``batch[:, :-1]``, sources in a last column) is first copied to a pageable temporary, and a
+    copy from pageable memory waits for the GPU's queue to drain: a host sync per micro-batch, which the CPU
+    sync count cannot see. Both parts must be contiguous, and views of one tensor (one crosses the worker
+    boundary)."""
+    loader = make(real_tree, workers=workers).train_dataloader(with_source_ids=True)
+    for tokens, src in take(loader, 6):
+        assert tokens.is_contiguous() and src.is_contiguous()
+        assert tokens.shape == (4, 8) and src.shape == (4,)
+        assert tokens.untyped_storage().data_ptr() == src.untyped_storage().data_ptr()
+        assert set(src.tolist()) <= set(range(len(loader.source_ids)))
+
+
 @pytest.mark.parametrize("world,workers,micro", [(1, 2, 4), (2, 0, 2), (4, 2, 1), (2, 1, 8)])
 def test_resume_any_world_workers_micro_is_identical(real_tree, monkeypatch, world, workers, micro):
     reference = global_samples(real_tree, 320)

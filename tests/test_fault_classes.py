@@ -150,6 +150,34 @@ def test_trainer_validation_over_no_tokens_is_no_data():
     assert validate(fabric, model, [], 4) is None
 
 
+
+@pytest.mark.parametrize("loss", ["per_token_loss", "token_loss"])
+def test_trainer_validation_is_the_mean_cross_entropy_over_every_token(loss):
+    """validate() is the full-softmax mean cross-entropy over every token of the batches it is given (unequal
+    batches weigh by tokens), with either form of the training loss: the chunked one or the one-expression one
+    the trainer compiles (the loss is not a second definition, and no fp32 copy of the logits is made)."""
+    from types import SimpleNamespace
+
+    from litgpt import GPT, Config
+
+    from midtrain.train import metrics
+    from midtrain.train.validation import validate
+
+    torch.manual_seed(0)
+    model = GPT(Config(block_size=8, vocab_size=64, padded_vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    model.max_seq_length = 8
+    fabric = SimpleNamespace(device=torch.device("cpu"), all_reduce=lambda t, reduce_op: t, world_size=1)
+    batches = [torch.randint(0, 64, (3, 9), dtype=torch.int32), torch.randint(0, 64, (1, 9), dtype=torch.int32)]
+    got = validate(fabric, model, batches, 4, getattr(metrics, loss))
+    with torch.no_grad():
+        rows = torch.cat(batches).long()
+        logits = model(rows[:, :8])
+        want = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), rows[:, 1:].reshape(-1)).item()
+    assert got == pytest.approx(want, rel=1e-6)
+    assert validate(fabric, model, batches, 1, getattr(metrics, loss)) == pytest.approx(
+        torch.nn.functional.cross_entropy(model(batches[0][:, :8].long()).reshape(-1, 64),
+                                          batches[0][:, 1:].long().reshape(-1)).item(), rel=1e-6)
+
 # ---- 3. gradient accumulation weighs tokens ----
 
 def _encoded(tok_dir):

@@ -111,6 +111,14 @@ def test_gpu_bench_script_runs_its_code_path_on_cpu(tmp_path):
     assert "ratio midtrain/litgpt = " in r.stdout
     grid = [line for line in r.stdout.splitlines() if line.startswith("- ")]
     assert [g.split(":")[0] for g in grid] == ["- 70m", "- 160m", "- 410m", "- 1b"] and "GPU-hours" in grid[0]
+    # --quick (one change checked on a short device budget): the first size's run, its save and validation
+    r = sh("bench/gpu.sh", "--smoke", "--quick", "--steps", "5", "--skip", "2", "--workers", "0",
+           env={"PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 1 and "FAILED" not in rows[0] and "--quick: no restore" in r.stdout
+    quick = [c.strip() for c in rows[0].strip("| ").split(" | ")[1:]]
+    assert float(quick[4]) >= 0 and quick[5] == "-" and float(quick[6]) >= 0, quick  # save and val, no restore
 
 
 def test_two_clones_sharing_the_venv_each_run_their_own_code(tmp_path, real_tree):

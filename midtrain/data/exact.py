@@ -103,8 +103,10 @@ class ShardReader:
 
 
 class ExactMixDataset(IterableDataset):
-    """Yields micro-batches ``[micro, L + 1]`` for this (rank, worker), forever: L tokens, then the
-    sample's source index in the last column (one tensor crosses the worker boundary, not two)."""
+    """Yields micro-batches for this (rank, worker), forever, as one flat tensor (one tensor crosses the worker
+    boundary, not two): ``micro x (L + 1)`` tokens, then the ``micro`` samples' source indices. Its two parts are
+    contiguous views (``split_batch``): a strided slice of a pinned batch is copied to a pageable temporary by
+    ``.to(cuda, non_blocking=True)``, and a copy from pageable memory waits for the GPU's queue to drain."""
 
     def __init__(self, stages: Sequence[StageSpec], shards: dict[str, Shard], block: int, micro: int, seed: int) -> None:
         self.stages, self.shards, self.block, self.micro, self.seed = list(stages), shards, block, micro, seed
@@ -122,8 +124,9 @@ class ExactMixDataset(IterableDataset):
         ids = blend.source_ids
         for g in micro_batch_starts(self.start, self.micro, self.rank, self.world, worker, workers):
             src, pos = blend.locate(g, self.micro)
-            batch = np.empty((self.micro, self.block + 1), dtype=dtype)
-            batch[:, -1] = src
+            flat = np.empty(self.micro * (self.block + 1), dtype=dtype)
+            batch = flat[: self.micro * self.block].reshape(self.micro, self.block)
+            flat[self.micro * self.block:] = src
             for s in np.unique(src).tolist():
                 sid = ids[s]
                 if sid not in readers:  # a later stage began inside this iteration
@@ -132,7 +135,13 @@ class ExactMixDataset(IterableDataset):
                 rows = np.flatnonzero(src == s)
                 _, chunk, item = orders[sid].locate(pos[rows])
                 readers[sid].read(chunk, item, batch, rows)
-            yield torch.from_numpy(batch)
+            yield torch.from_numpy(flat)
+
+
+def split_batch(flat: torch.Tensor, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens [micro, L + 1], source ids [micro])`` of an ``ExactMixDataset`` batch: contiguous views of it."""
+    n = flat.numel() - micro
+    return flat[:n].view(micro, n // micro), flat[n:]
 
 
 def out_of_vocab(tokens: torch.Tensor, vocab_size: int | None) -> tuple[int, int] | None:
@@ -190,7 +199,7 @@ class ExactMixLoader(DataLoader):
         ds.start = self.samples
         per_batch = ds.micro * ds.world
         for batch in super().__iter__():
-            tokens, src = batch[:, :-1], batch[:, -1]
+            tokens, src = split_batch(batch, ds.micro)
             self._check_vocab(tokens, src)
             self.samples += per_batch
             yield (tokens, src) if self.with_source_ids else tokens

@@ -33,7 +33,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import lightning as L
 import torch
@@ -415,9 +415,12 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
     tokens_at_start = state["tokens"]
     divergence = saver.divergence = Divergence(fabric.device, saver.out_dir)
 
+    # compiled runs compute the loss in a compiled graph too (one fused upcast cross-entropy: metrics.token_loss),
+    # in training and validation alike
+    loss_of = torch.compile(token_loss) if run.compile else per_token_loss
     # a validation cut short by a signal (agreed across ranks, batch by batch) stops the run at this step boundary
     signalled = bool(eval.initial_validation and first_step == 0 and
-                     not log_validation(fabric, model, val_loaders, eval, first_step))
+                     not log_validation(fabric, model, val_loaders, eval, first_step, loss_of))
     rewarm_from = hf_import_step(loader)
     if train.rewarm_steps and rewarm_from is None:
         raise ConfigError("train.rewarm_steps", f"{train.rewarm_steps}, but this run does not continue a checkpoint "
@@ -429,8 +432,6 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
     # (distributed.Agreement). A rank whose loader failed keeps the step's collectives going on a filler batch, so
     # no rank waits for one that left; the step is then discarded on every rank alike.
     agreement = distributed.Agreement(fabric)
-    # compiled runs compute the loss in a compiled graph too (one fused upcast cross-entropy: metrics.token_loss)
-    loss_of = torch.compile(token_loss) if run.compile else per_token_loss
     filler = torch.zeros((train.micro_batch_size, seq_len + 1), dtype=torch.long, device=fabric.device)
     while state["step_count"] < end_step:
         if signalled or (fabric.world_size == 1 and signals.requested() is not None):
@@ -459,13 +460,15 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
                     break
                 tokens, sources = filler, None  # (its gradients are discarded with the step's)
             else:
-                tokens, sources = batch if isinstance(batch, (tuple, list)) else (batch, torch.zeros(len(batch), dtype=torch.long))
+                tokens, sources = batch if isinstance(batch, (tuple, list)) else (batch, None)
                 if trace is not None:  # written once the step is complete (a step cut short is redone on resume)
                     trace_lines += [f"{state['step_count']} {micro} {zlib.crc32(row.numpy().tobytes())}\n" for row in tokens]
-                # pinned int32 rows go to the device without blocking and are widened there
+                # pinned contiguous int32 rows go to the device without blocking and are widened there (a strided
+                # or pageable source would wait for the GPU's queue to drain: exact.split_batch)
                 tokens = tokens.to(fabric.device, non_blocking=True).long()
-                sources = sources.to(fabric.device, non_blocking=True).long()
-            # contiguous: the loader's rows carry a source column, and strided inputs slow the model
+                sources = (sources.to(fabric.device, non_blocking=True).long() if sources is not None else
+                           torch.zeros(len(tokens), dtype=torch.long, device=fabric.device))
+            # contiguous: inputs and targets are strided slices of the [micro, L + 1] rows, which slow the model
             inputs, targets = tokens[:, :seq_len].contiguous(), tokens[:, 1:seq_len + 1].contiguous()
             # DDP all-reduces once per step; sharded gradients are reduce-scattered every micro-batch (kept sharded)
             with fabric.no_backward_sync(model, enabled=micro < accum - 1 and not run.sharded):
@@ -536,19 +539,20 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
                          f"data wait {data_share:.1%} | ETA {eta}")
             divergence.check(fabric)
         if val_loaders and eval.interval and step % eval.interval == 0 and step != end_step:
-            signalled = not log_validation(fabric, model, val_loaders, eval, step) or signalled
+            signalled = not log_validation(fabric, model, val_loaders, eval, step, loss_of) or signalled
         if train.save_interval and step % train.save_interval == 0 and step != end_step:
             saver.save(state)
-    return finish(fabric, saver, state, val_loaders, eval, first_step)
+    return finish(fabric, saver, state, val_loaders, eval, first_step, loss_of)
 
 
-def finish(fabric, saver: Saver, state: dict, val_loaders: dict, eval: EvalArgs, first_step: int) -> int:
+def finish(fabric, saver: Saver, state: dict, val_loaders: dict, eval: EvalArgs, first_step: int,
+           loss_of: Callable = per_token_loss) -> int:
     """The last step is done: the final validation, then ``final/`` and exit 0 (or ``stop`` if a signal cut the
     validation short: the requeued job validates and finishes)."""
     if saver.divergence is not None:
         saver.divergence.check(fabric)
     if val_loaders and eval.final_validation and not log_validation(fabric, state["model"], val_loaders, eval,
-                                                                    state["step_count"]):
+                                                                    state["step_count"], loss_of):
         return stop(fabric, saver, state, first_step, "stopped before the final validation", always_save=True)
     saver.save(state, final=True)
     finalize_loggers(fabric, "success")

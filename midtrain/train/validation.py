@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from midtrain import signals
 from midtrain.train.args import EvalArgs
-from midtrain.train.metrics import perplexity
+from midtrain.train.metrics import per_token_loss, perplexity
 
 
 class CutShort(Exception):
@@ -17,7 +16,7 @@ class CutShort(Exception):
 
 
 @torch.no_grad()
-def validate(fabric, model, loader, max_iters: int) -> Optional[float]:
+def validate(fabric, model, loader, max_iters: int, loss_of: Callable = per_token_loss) -> Optional[float]:
     """Mean cross-entropy per token over the batches ``loader`` gives this rank (at most ``max_iters``), summed over
     every rank; None over zero tokens (never a loss of 0).
 
@@ -26,13 +25,18 @@ def validate(fabric, model, loader, max_iters: int) -> Optional[float]:
     that would wait forever for a rank that has stopped. So before each batch the ranks agree whether any of them
     still has one, and whether any rank's loader failed (a stop signal ends loader workers at different moments
     on different ranks): then all leave together (``CutShort`` under a signal). A rank whose share is done runs
-    its last batch again with weight 0. Each sample's tokens count once."""
+    its last batch again with weight 0. Each sample's tokens count once.
+
+    The loss is the training loss's definition (``loss_of``: ``metrics.per_token_loss``, or the compiled
+    ``token_loss`` the trainer uses under compile), so no fp32 copy of a batch's logits is made; the token count is
+    kept on the host and the batches go to the device without blocking, so one process reads the device once per
+    pass (at the end), not once per batch."""
     from midtrain.errors import ConfigError, config_error_line
     from midtrain.train.distributed import agree
 
     model.eval()
     try:
-        total = torch.zeros(2, dtype=torch.float64, device=fabric.device)
+        loss_sum, count = torch.zeros((), dtype=torch.float64, device=fabric.device), 0
         seq = model.max_seq_length
         batches, spare = iter(loader), None
         for _ in range(max_iters):
@@ -57,19 +61,19 @@ def validate(fabric, model, loader, max_iters: int) -> Optional[float]:
             if batch is None:  # this rank's share is done and another's is not: a forward that counts for nothing
                 batch, weight = (spare if spare is not None else torch.zeros((1, seq + 1), dtype=torch.long)), 0.0
             spare = batch
-            tokens = fabric.to_device((batch[0] if isinstance(batch, (tuple, list)) else batch).long())
-            logits = model(tokens[:, :seq])
-            targets = tokens[:, 1:seq + 1]
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="sum")
-            total += weight * torch.stack([loss.double(), torch.tensor(targets.numel(), dtype=torch.float64,
-                                                                       device=fabric.device)])
+            tokens = (batch[0] if isinstance(batch, (tuple, list)) else batch)
+            tokens = tokens.to(fabric.device, non_blocking=True).long()
+            inputs, targets = tokens[:, :seq].contiguous(), tokens[:, 1:seq + 1].contiguous()
+            loss_sum += weight * loss_of(model(inputs), targets).sum().double()
+            count += int(weight) * targets.numel()
+        total = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64).to(fabric.device)])
         total = fabric.all_reduce(total, reduce_op="sum")
     finally:
         model.train()
     return None if total[1] == 0 else float(total[0] / total[1])  # None: no data, never a loss of 0
 
 
-def log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> bool:
+def log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int, loss_of: Callable = per_token_loss) -> bool:
     """Validate on every set and log (``val_s``: the pass's seconds); False when a stop signal cut it short (its
     loader workers were ended)."""
     import time
@@ -77,7 +81,7 @@ def log_validation(fabric, model, val_loaders, eval: EvalArgs, step: int) -> boo
     metrics, t0 = {}, time.perf_counter()
     for name, loader in val_loaders.items():
         try:
-            loss = validate(fabric, model, loader, eval.max_iters)
+            loss = validate(fabric, model, loader, eval.max_iters, loss_of)
         except CutShort:
             who = signals.name(signals.requested()) if signals.requested() is not None else "a signal on another rank"
             fabric.print(f"validation at step {step} cut short by {who}: not logged")
