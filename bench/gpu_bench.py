@@ -14,6 +14,8 @@ Cases (run it through bench/gpu.sh):
 - `--sizes 160m` runs one size (the first listed gets the save/restore/val, multi-GPU and litgpt rows);
   `--timeout` bounds each launched run (default 600 s), so one hung run cannot take the device budget; `--quick`
   runs the first size alone (with its save and validation), to check one change on a short budget.
+- The loader alone at the first size's measured cadence (bench/loader_probe.py: the device kept busy with
+  torch.cuda._sleep, no model): whether the run's data wait is the loader's own or the run's host work.
 - Upstream `litgpt pretrain` on the pythia-160m case, side by side: its tokens/s over its last window (Lightning's
   ThroughputMonitor, 5 steps) against ours over the same steps; target ours/litgpt >= 0.98.
 - The paper grid: each measured size's training tokens in midtrain_configs/studies/paper-main.yaml (what `study
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import json
 import os
 import statistics
 import subprocess
@@ -173,6 +176,7 @@ def midtrain_case(tmp, data, label, case, devices, strategy, steps, skip, worker
     steps_rows = [x for x in rows if x.get("tokens_per_sec") and int(x["step"]) > skip]
     result = {"wall": wall, "tokens_per_sec": med(steps_rows, "tokens_per_sec"), "mfu": med(steps_rows, "mfu", 100),
               "peak_gb": med(steps_rows, "peak_mem_gb"), "data_wait": med(steps_rows, "data_wait_share", 100),
+              "data_stall": med(steps_rows, "data_stall_share", 100),
               "save_s": med(rows, "save_s"), "val_s": last(rows, "val_s"), "rows": steps_rows}
     if extras and restore:  # the restore: model, optimizer and data position from the final checkpoint, one more step, in a new
         # process (no compile: its cost is not the restore's)
@@ -203,6 +207,23 @@ def litgpt_case(tmp, data, case, steps, workers, smoke) -> dict:
     return {"wall": wall, "tokens_per_sec": rate, "step": int(float(last["iter"])) // case["accum"]}
 
 
+def probe_row(size: str, case: dict, data: str, vocab: int, workers: int, rate: float, busy: float) -> str:
+    """The loader alone at the run's cadence (bench/loader_probe.py), the main thread idle or ``busy`` (a share of
+    each micro-batch's time in pure Python, holding the GIL): one line."""
+    per_micro = case["micro"] * case["seq"] / rate
+    r, wall = launch([sys.executable, os.path.join(REPO, "bench", "loader_probe.py"), "--data", data, "--vocab",
+                      str(vocab), "--micro", str(case["micro"]), "--accum", str(case["accum"]), "--seq",
+                      str(case["seq"]), "--workers", str(workers), "--seconds-per-micro", f"{per_micro:.6f}",
+                      "--host-busy-ms", f"{busy * per_micro * 1e3:.3f}"])
+    head = (f"loader alone at {size}'s cadence ({workers} workers, {per_micro * 1e3:.0f} ms of device work per "
+            f"micro-batch, main thread {'busy in Python for ' + format(busy, '.0%') + ' of it' if busy else 'idle'})")
+    if r.returncode != 0:
+        return f"{head}: FAILED after {wall:.0f} s: {(r.stderr.strip().splitlines() or ['?'])[-1][:300]}"
+    p = json.loads(r.stdout.strip().splitlines()[-1])
+    return (f"{head}: next() median {p['median_ms']:.2f} ms, p90 {p['p90_ms']:.2f} ms over {p['batches']} batches; "
+            f"data wait {100 * p['wait_share']:.1f}% (GPU idle {100 * p['stall_share']:.1f}%)")
+
+
 def fmt(x, spec: str, unit: str = "") -> str:
     return "-" if x is None else f"{x:{spec}}{unit}"
 
@@ -212,7 +233,7 @@ def row(label: str, r: dict) -> str:
         return f"| {label} | FAILED after {r['wall']:.0f} s: {r['error']} |"
     restore = r.get("restore_s") if "restore_error" not in r else f"FAILED: {r['restore_error']}"
     return (f"| {label} | {fmt(r['tokens_per_sec'], ',.0f')} | {fmt(r['mfu'], '.1f', '%')} | {fmt(r['peak_gb'], '.1f')} | "
-            f"{fmt(r['data_wait'], '.1f', '%')} | {fmt(r.get('save_s'), '.1f')} | "
+            f"{fmt(r['data_wait'], '.1f', '%')} ({fmt(r.get('data_stall'), '.1f', '%')}) | {fmt(r.get('save_s'), '.1f')} | "
             f"{restore if isinstance(restore, str) else fmt(restore, '.1f')} | {fmt(r.get('val_s'), '.1f')} | "
             f"{r['wall']:.0f} |")
 
@@ -285,7 +306,7 @@ def main() -> int:
         data = make_shards(os.path.join(tmp, "data"), tokens, vocab,
                            val_tokens=first_case["val_iters"] * first_case["micro"] * (first_case["seq"] + 1))
         say(f"synthetic shards: {tokens:,} tokens in {time.perf_counter() - t0:.0f} s")
-        say("| run | tokens/s | MFU | peak GB | data wait | save s | restore s | val s | wall s |")
+        say("| run | tokens/s | MFU | peak GB | data wait (GPU idle) | save s | restore s | val s | wall s |")
         say("|---|---|---|---|---|---|---|---|---|")
         measured = {}
         for size, case in sizes.items():
@@ -296,6 +317,9 @@ def main() -> int:
             failed += "error" in r or "restore_error" in r
             if "error" not in r:
                 measured[size] = r
+        if first in measured:  # is the run's data wait the loader's own? (seconds: the loader at that cadence)
+            for busy in (0.0, 0.5):
+                say(probe_row(first, sizes[first], data, vocab, args.workers, measured[first]["tokens_per_sec"], busy))
         if args.quick:
             say("(--quick: no restore, multi-GPU, upstream litgpt or grid rows)")
             return 1 if failed else 0
@@ -333,7 +357,8 @@ def main() -> int:
                 f"on {PAPER_GPUS} GPUs" + (" (smoke: the tiny model's rate, meaningless)" if args.smoke else ""))
         else:
             say(f"- {size}: {tokens / 1e9:,.1f}B tokens (not measured here)")
-    say("data wait = share of wall time in next(loader); MFU counts 6 x non-embedding parameters + attention "
+    say("data wait = share of wall time in next(loader) (GPU idle: the waits that ended with the GPU's queue empty, "
+        "an upper bound on what the loader cost); MFU counts 6 x non-embedding parameters + attention "
         "(midtrain/train/flops.py); peak GB = torch.cuda.max_memory_allocated")
     return 1 if failed else 0
 

@@ -62,6 +62,31 @@ def test_single_stream_is_exact_per_global_batch(real_tree):
     assert loader.state_dict()["samples"] == 160
 
 
+def test_the_main_process_runs_no_torch_reduction_per_batch(real_tree):
+    """The vocabulary check runs in the main process on every micro-batch. As torch reductions (max/min) of more
+    than 32k elements (pythia-160m's 16 x 2049) they ran on torch's intra-op thread pool, whose threads sleep
+    between batches and took milliseconds to wake: on an H200, 12.7% of pythia-160m's wall time was in next().
+    It runs in numpy now; this holds that no torch op other than views runs per batch in the loader's loop."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen: set = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Ops.seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    loader = make(real_tree, vocab_size=1 << 20).train_dataloader(with_source_ids=True)
+    batches = iter(loader)
+    next(batches)
+    with Ops():
+        for _ in range(4):
+            tokens, src = next(batches)
+    # views, the DataLoader's profiler markers and from_numpy's lift: nothing that computes
+    assert Ops.seen <= {"view", "slice", "alias", "detach", "lift_fresh", "_record_function_enter_new",
+                        "_record_function_exit"}, Ops.seen
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_tokens_and_sources_are_contiguous_views_of_one_batch(real_tree, workers):
     """The trainer sends each batch to the GPU with .to(non_blocking=True) from pinned memory. A strided view

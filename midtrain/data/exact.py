@@ -147,12 +147,16 @@ def split_batch(flat: torch.Tensor, micro: int) -> tuple[torch.Tensor, torch.Ten
 def out_of_vocab(tokens: torch.Tensor, vocab_size: int | None) -> tuple[int, int] | None:
     """(row, token id) of the first token outside [0, vocab_size), or None.
 
-    Without this check the model would hit an opaque device-side assert in the embedding lookup;
-    min/max over a batch cost nothing next to a forward pass.
+    Without this check the model would hit an opaque device-side assert in the embedding lookup. min/max run in
+    numpy, single-threaded: torch splits a reduction of more than 32k elements (a micro-batch of 16 x 2049) over
+    its intra-op thread pool, whose threads sleep between batches and take milliseconds to wake, in the main
+    process, every micro-batch (on an H200 a 12.7% data wait for pythia-160m, 0.6% for 410m's micro-batch of
+    8 x 2049: bench/loader_probe.py shows it on CPU too).
     """
     if vocab_size is None or not tokens.numel():
         return None
-    if int(tokens.max()) < vocab_size and int(tokens.min()) >= 0:
+    rows = tokens.numpy()
+    if int(rows.max()) < vocab_size and int(rows.min()) >= 0:
         return None
     bad = (tokens >= vocab_size) | (tokens < 0)
     row = int(bad.any(dim=1).nonzero()[0])

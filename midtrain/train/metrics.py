@@ -84,17 +84,28 @@ class Progress:
         self.t0 = self.t_last = time.perf_counter()
         self.tokens_last = 0
         self.data_wait = 0.0  # seconds the loop waited for the data loader since the last tick
+        self.data_stall = 0.0  # the part of them that ended with the GPU's queue empty (the GPU waited too)
 
-    def tick(self, step: int, tokens_since_start: int) -> tuple[float, str, float]:
-        """(tokens/s, ETA, the share of the interval's wall time spent waiting for data)."""
+    def waited(self, seconds: float, device_idle: bool) -> None:
+        """One wait for the loader; ``device_idle``: the device had run out of queued work when it ended (on CPU,
+        always: nothing runs ahead of the loop there)."""
+        self.data_wait += seconds
+        if device_idle:
+            self.data_stall += seconds
+
+    def tick(self, step: int, tokens_since_start: int) -> tuple[float, str, float, float]:
+        """(tokens/s, ETA, the shares of the interval's wall time spent waiting for data: every wait, and the waits
+        that ended with the device idle). A wait while the GPU still works through queued micro-batches costs
+        nothing; one that ends with its queue empty cost at most its length, so the second share is an upper
+        bound on the time the loader took from the GPU, and the first can overstate it."""
         now = time.perf_counter()
         interval = max(now - self.t_last, 1e-9)
         rate = (tokens_since_start - self.tokens_last) / interval
-        share = min(1.0, self.data_wait / interval)
-        self.t_last, self.tokens_last, self.data_wait = now, tokens_since_start, 0.0
+        share, stall = min(1.0, self.data_wait / interval), min(1.0, self.data_stall / interval)
+        self.t_last, self.tokens_last, self.data_wait, self.data_stall = now, tokens_since_start, 0.0, 0.0
         done = step - self.start_step
         eta = (now - self.t0) / done * (self.end_step - step) if done else 0.0
-        return rate, str(timedelta(seconds=int(eta))), share
+        return rate, str(timedelta(seconds=int(eta))), share, stall
 
 
 LOSS_CHUNK_ROWS = 128

@@ -432,6 +432,7 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
     # (distributed.Agreement). A rank whose loader failed keeps the step's collectives going on a filler batch, so
     # no rank waits for one that left; the step is then discarded on every rank alike.
     agreement = distributed.Agreement(fabric)
+    stream = torch.cuda.current_stream(fabric.device) if fabric.device.type == "cuda" else None
     filler = torch.zeros((train.micro_batch_size, seq_len + 1), dtype=torch.long, device=fabric.device)
     while state["step_count"] < end_step:
         if signalled or (fabric.world_size == 1 and signals.requested() is not None):
@@ -450,7 +451,8 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
                     batch = next(data_iter)
                 except Exception as e:  # a worker ended by the stop signal, or a shard changed/vanished under the run
                     failure = e
-                progress.data_wait += time.perf_counter() - t_wait
+                # (a stream query reads no result back and does not wait: no host sync)
+                progress.waited(time.perf_counter() - t_wait, stream is None or stream.query())
             if micro == accum - 1 or (failure is not None and fabric.world_size == 1):
                 line = config_error_line(failure) if failure is not None else None
                 agreement.start(failure is not None, signals.requested() is not None,
@@ -518,10 +520,10 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
             loss_sum, count = meter.reduce(fabric)
             for sid, n in zip(source_ids, count.tolist()):
                 state["source_tokens"][sid] = state["source_tokens"].get(sid, 0) + int(n) * seq_len
-            rate, eta, data_share = progress.tick(step, state["tokens"] - tokens_at_start)
+            rate, eta, data_share, data_stall = progress.tick(step, state["tokens"] - tokens_at_start)
             loss = float(loss_sum.sum() / count.sum().clamp(min=1))
             metrics = {"loss": loss, "lr": lr, "tokens": state["tokens"], "tokens_per_sec": rate, "step": step,
-                       "data_wait_share": data_share}
+                       "data_wait_share": data_share, "data_stall_share": data_stall}
             if peak:
                 metrics["mfu"] = flops.mfu(rate, fpt, peak, fabric.world_size)
             if fabric.device.type == "cuda":
@@ -535,8 +537,9 @@ def fit(fabric, run: Run, state: dict, saver: Saver, schedule: Schedule, val_loa
             fabric.log_dict(metrics, step=step)
             mfu = f" | MFU {metrics['mfu']:.1%}" if peak else ""
             mem = f" | peak mem {metrics['peak_mem_gb']:.1f} GB" if "peak_mem_gb" in metrics else ""
+            idle = f" (GPU idle {data_stall:.1%})" if stream is not None else ""
             fabric.print(f"step {step}/{end_step} | loss {loss:.4f} | lr {lr:.3e} | {rate:,.0f} tok/s{mfu}{mem} | "
-                         f"data wait {data_share:.1%} | ETA {eta}")
+                         f"data wait {data_share:.1%}{idle} | ETA {eta}")
             divergence.check(fabric)
         if val_loaders and eval.interval and step % eval.interval == 0 and step != end_step:
             signalled = not log_validation(fabric, model, val_loaders, eval, step, loss_of) or signalled
