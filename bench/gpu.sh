@@ -1,6 +1,7 @@
 #!/bin/bash
-# The GPU benchmark, one prepared script (estimated 5-7 minutes on one H100/H200 with a cold compile cache,
-# `--sizes 160m` about half; not yet timed: no session has had a GPU): the paper's
+# The GPU benchmark, one prepared script (measured on one H200, 2026-12-04, bench/results/: `--sizes 160m` 234 s,
+# `--sizes 410m` about 330 s, so the default two sizes about 8 minutes with a cold compile cache; `--quick` 119 s,
+# plus about 30 s to start a lent machine): the paper's
 # pythia-160m and pythia-410m configs as they run (per-rank micro-batch and gradient accumulation, bf16-true,
 # seq 2048, compile), a checkpoint save + restore and a validation pass, DDP vs FSDP2 on every visible GPU when
 # there are several, upstream `litgpt pretrain` side by side, and the paper grid's GPU-hours at the measured rate.
