@@ -318,7 +318,7 @@ def main() -> int:
             if "error" not in r:
                 measured[size] = r
         if first in measured:  # is the run's data wait the loader's own? (seconds: the loader at that cadence)
-            for busy in (0.0, 0.5):
+            for busy in (0.5,) if args.smoke else (0.0, 0.5):  # (smoke: the one code path, once)
                 say(probe_row(first, sizes[first], data, vocab, args.workers, measured[first]["tokens_per_sec"], busy))
         if args.quick:
             say("(--quick: no restore, multi-GPU, upstream litgpt or grid rows)")

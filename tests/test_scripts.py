@@ -111,11 +111,11 @@ def test_gpu_bench_script_runs_its_code_path_on_cpu(tmp_path):
         assert "FAILED" not in " ".join(row) and float(row[0].replace(",", "")) > 0, (name, row)
     assert "ratio midtrain/litgpt = " in r.stdout
     probe = [line for line in r.stdout.splitlines() if line.startswith("loader alone at tiny's cadence")]
-    assert len(probe) == 2 and all("FAILED" not in p and "next() median" in p for p in probe), r.stdout
+    assert len(probe) == 1 and "FAILED" not in probe[0] and "next() median" in probe[0], r.stdout
     grid = [line for line in r.stdout.splitlines() if line.startswith("- ")]
     assert [g.split(":")[0] for g in grid] == ["- 70m", "- 160m", "- 410m", "- 1b"] and "GPU-hours" in grid[0]
     # --quick (one change checked on a short device budget): the first size's run, its save and validation
-    r = sh("bench/gpu.sh", "--smoke", "--quick", "--steps", "5", "--skip", "2", "--workers", "0",
+    r = sh("bench/gpu.sh", "--smoke", "--quick", "--steps", "3", "--skip", "1", "--workers", "0",
            env={"PYTHON": sys.executable})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rows = [line for line in r.stdout.splitlines() if line.startswith("| tiny")]
