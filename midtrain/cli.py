@@ -1,11 +1,16 @@
-"""``midtrain`` command line: one subcommand per job, each a jsonargparse parser.
+"""``midtrain`` command line: one subcommand per job, each a jsonargparse parser over a library function.
 
-Errors from bad input (ConfigError, argument errors) become one line on stderr and exit status 2.
+A command that is one function (``study plan|run|status|report``, ``migrate``, ``import``, ``sft``) gets its parser
+from the function's signature and docstring (``call``), so defaults and help are written once, in the library.
+The others still declare their options here: list options (``--runs a b``, ``--tasks``) that jsonargparse would
+read as one JSON value, subcommand groups (``evaluate``, ``tokenizer``), and the run config (``run_parser``;
+``mix`` and ``status`` hand it to ``train.preview``). Size (~540 lines, over the house's ~450) until what is
+left moves into the library: ``report``'s and ``evaluate``'s option checks, the list-option commands' parsers. Errors from bad input (ConfigError, argument errors) become one line on stderr and
+exit status 2.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Callable, Optional
@@ -53,8 +58,7 @@ def pretrain(argv: list[str]) -> int:
 
 def mix(argv: list[str]) -> int:
     """``midtrain mix``: discovery + weights + the per-shard plan of a run config, without training."""
-    from midtrain.data.plan import format_plan
-    from midtrain.data.sharded_mixed import ShardedMixedDataset
+    from midtrain.train.preview import show_mix
 
     parser = run_parser("Show the mixture plan of a run: one row per shard, with the tokens the run draws from it.")
     parser.add_argument("--tokens", type=Optional[int], default=None,
@@ -66,125 +70,7 @@ def mix(argv: list[str]) -> int:
                         help="for launchers: a complete run says so and exits 0; otherwise the plan, then exit 3 "
                              "(`midtrain status --check-complete` and this plan in one process)")
     args, init = parse_run(parser, argv)
-    if args.check_complete:
-        complete, line = run_progress(args, init)[:2]
-        if complete:
-            print(line)
-            return 0
-    data = init.data if init.data is not None else ShardedMixedDataset()
-    if not isinstance(data, ShardedMixedDataset):
-        raise ConfigError("data.class_path", f"{type(data).__name__}: `midtrain mix` plans ShardedMixedDataset only")
-    from pathlib import Path
-
-    from midtrain.train import checkpoint as ckpt
-    from midtrain.train.startup import (check_run_inputs, check_run_length, check_tied, resolve_model_config,
-                                        run_end_step)
-
-    train = init.train
-    given = args.model_name is not None or init.model_config is not None
-    model_config = resolve_model_config(args.model_name, init.model_config) if given or not train.max_seq_length else None
-    if given:  # a run config: what `pretrain` would refuse, `mix` refuses too (without a model: a data plan only)
-        check_run_inputs(model_config, Path(args.out_dir), args.precision, train, args.optimizer, args.keep_last_n,
-                         args.logger_name)
-    seq = train.max_seq_length or model_config.block_size
-    data.connect(batch_size=train.micro_batch_size, max_seq_length=seq, global_batch_size=train.global_batch_size)
-    notes = []
-    if args.resume_from:  # a plan before the base run has trained: its step from the name, said; else one line
-        if Path(args.resume_from).exists():
-            args.resume_from = ckpt.check_checkpoint(Path(args.resume_from), "resume_from")
-            check_tied(args.resume_from, train.tie_embeddings, "resume_from")
-        elif ckpt.checkpoint_step(Path(args.resume_from)) is None:
-            raise ConfigError("resume_from", f"{args.resume_from} is not a checkpoint, and its name gives no step "
-                              "(step-NNNNNNNN) to plan from")
-        else:
-            notes.append(f"note: resume_from {args.resume_from} does not exist (yet): planned from step "
-                         f"{ckpt.checkpoint_step(Path(args.resume_from))}, read from its name; pretrain refuses it "
-                         "until it exists")
-    start = (ckpt.checkpoint_step(Path(args.resume_from)) or 0) if args.resume_from else 0
-    end = None
-    if args.tokens is not None:
-        if args.tokens < 0:
-            raise ConfigError("--tokens", f"must be >= 0, got {args.tokens}")
-        total_samples = args.tokens // seq
-    else:  # exactly the steps the trainer will run with this mixture: from the start step to the end step
-        world = (args.devices if isinstance(args.devices, int) else 1) * (args.num_nodes or 1)
-        total = train.total_steps(world, 1, seq)
-        try:
-            end = run_end_step(train, total, start, None, start)
-        except ConfigError:
-            if total is not None or train.max_additional_steps is not None:
-                raise
-            end = None  # no run length in the config: the plan shows weights only
-        if args.resume_from and end is not None:  # what `pretrain` refuses: a run that would move or train nothing
-            saved = ckpt.read_training_state(Path(args.resume_from)) if Path(args.resume_from).exists() else {}
-            tokens = saved.get("tokens") or start * train.global_batch_size * seq  # as restore assumes when unrecorded
-            check_run_length(train, start, tokens, seq, end, "resume_from", Path(args.resume_from))
-        total_samples = None if end is None else (end - start) * train.global_batch_size
-    plan = data.plan(total_samples)
-    if args.check_files:
-        data.verify_files()
-    if data.val_data_path is not None:
-        data.check_val_sets()
-    notes += data.check_tokenizer(args.tokenizer_dir)
-    print(format_plan(plan))
-    for line in notes:
-        print(line)
-    if model_config is not None and given:
-        print(run_footprint(args, init, model_config, seq, start, end if args.tokens is None else None))
-    if args.json:
-        text = json.dumps(plan.to_dict(), indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            write_text_atomic(args.json, text)
-    return 3 if args.check_complete else 0
-
-
-def run_footprint(args, init, model_config, seq: int, start: int, end) -> str:
-    """What `mix` says of the devices: strategy and memory per rank, and bf16-true's cost at the run's LRs."""
-    import torch
-
-    from midtrain.train.footprint import bf16_true_cost, footprint, schedule_lr
-    from midtrain.train.pretrain import optimizer_name
-    from midtrain.train.startup import optimizer_lr
-
-    train = init.train
-    devices = args.devices if isinstance(args.devices, int) else (torch.cuda.device_count() or 1)
-    accelerator = args.accelerator if args.accelerator != "auto" else ("cuda" if torch.cuda.is_available() else "gpu")
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else None
-    fp = footprint(model_config, train.micro_batch_size, seq, args.precision, args.strategy, devices,
-                   args.num_nodes or 1, accelerator, args.activation_checkpointing, optimizer_name(args.optimizer), gpu,
-                   gib, bool(train.tie_embeddings))
-    from midtrain.train.footprint import ASSUMED
-
-    lines = [f"devices: {fp.describe()}" + (f" {ASSUMED}" if fp.assumed_gpu else "")]
-    peak = train.max_lr if train.max_lr is not None else optimizer_lr(args.optimizer)
-    horizon = train.total_steps(devices * (args.num_nodes or 1), 1, seq) or end
-    lrs = [(f"{'starts' if s == start else 'ends'} at step {s:,}", schedule_lr(train, peak, horizon, s))
-           for s in sorted({start, max(start, (end or horizon or 1) - 1)})]
-    lines += bf16_true_cost(fp.precision, [(w, lr) for w, lr in lrs if lr], model_config.n_embd)
-    return "\n".join(lines)
-
-
-def run_progress(args, init) -> tuple[bool, str, list]:
-    """(whether the run is complete, one line on where it stands, its checkpoints)."""
-    from pathlib import Path
-
-    from midtrain.train import checkpoint as ckpt
-
-    out_dir = Path(args.out_dir)
-    found = ckpt.list_checkpoints(out_dir)
-    final = out_dir / ckpt.FINAL
-    state = ckpt.read_training_state(final) if (final / ckpt.MODEL_FILE).is_file() else {}
-    wanted = init.train.max_steps
-    complete = bool(state) and state.get("step", 0) >= max(state.get("end_step") or 0, wanted or 0)
-    if not found:
-        line = f"{out_dir}: not started"
-    else:
-        step, path = found[-1]
-        line = f"{out_dir}: latest {path.name} at step {step}" + (" (complete)" if complete else "")
-    return complete, line, found
+    return show_mix(args, init)
 
 
 def status(argv: list[str]) -> int:
@@ -193,6 +79,8 @@ def status(argv: list[str]) -> int:
     parser.add_argument("--check_complete", "--check-complete", action="store_true",
                         help="exit 0 if the run is complete, 3 if not (for launchers)")
     args, init = parse_run(parser, argv)
+    from midtrain.train.preview import run_progress
+
     complete, line, found = run_progress(args, init)
     if not args.check_complete:
         print(line)
@@ -434,83 +322,13 @@ def report(argv: list[str]) -> int:
 
 
 def import_(argv: list[str]) -> int:
-    """``midtrain import``: an HF checkpoint folder -> a midtrain checkpoint that resume_from accepts."""
-    from midtrain.importer import format_import, import_hf
-
-    parser = _parser("Import a Hugging Face checkpoint (Pythia, OLMo 1 and 2, SmolLM2, TinyLlama, Amber, Llama 3.2) at "
-                     "step --step of the schedule in --config's train: section; optimizer moments start fresh "
-                     "(recorded).", config=False)
-    parser.add_argument("--hf_dir", type=str, required=True, help="config.json + *.safetensors / pytorch_model*.bin")
-    parser.add_argument("--config", type=str, required=True,
-                        help="a run config: its model (matched against config.json) and its train: schedule")
-    parser.add_argument("--step", type=Optional[int], default=None,
-                        help="the optimizer step the checkpoint was saved at (default: read from the revision name "
-                             "where the family's names give it: Pythia step100000, OLMo step1000-tokens4B, SmolLM2 "
-                             "step-160000, TinyLlama step-480k-1T)")
-    parser.add_argument("--revision", type=Optional[str], default=None,
-                        help="the published revision the folder holds (default: the folder's name); its step and "
-                             "tokens are checked against --step and the schedule")
-    parser.add_argument("--stage", type=int, default=1,
-                        help="the training stage --config's schedule describes (OLMo 2's stage2-... revisions "
-                             "restart their steps: they need a stage-2 run config and --stage 2)")
-    parser.add_argument("--out", type=str, required=True, help="the checkpoint folder to write (never overwritten)")
-    parser.add_argument("--pretraining_data", type=Optional[str], default=None,
-                        help="what the checkpoint was pretrained on (recorded; e.g. 'the Pile (deduplicated)')")
-    a = parser.parse_args(argv)
-    print(format_import(import_hf(a.hf_dir, a.config, a.step, a.out, a.pretraining_data, a.revision, a.stage)))
-    return 0
+    """``midtrain import``: ``midtrain.importer.import_checkpoint``, its parser built from its signature."""
+    return call(argv, "midtrain.importer", "import_checkpoint")
 
 
 def migrate(argv: list[str]) -> int:
-    """``midtrain migrate``: rewrite a config of the original fork into midtrain's form, printing each change."""
-    import importlib.util
-    from pathlib import Path
-
-    import yaml
-
-    from midtrain.atomic import check_writable_dir
-    from midtrain.migrate import PAPER_MAX_STEPS, PAPER_PEAK_LR, migrate_config
-
-    parser = _parser("Rewrite a config written for the original fork (max_iters placeholder, no LR, resume: true, "
-                     "stale max_additional_steps, mix_weight, wandb) into midtrain's form; prints every change.",
-                     config=False)
-    parser.add_argument("--config", type=str, required=True, help="the original config (YAML)")
-    parser.add_argument("--out", type=str, required=True, help="where the migrated config goes (never overwritten)")
-    parser.add_argument("--max_steps", type=int, default=PAPER_MAX_STEPS, help="the whole run (the paper: 61035)")
-    parser.add_argument("--lr", type=float, default=PAPER_PEAK_LR, help="peak LR when the config gives none")
-    parser.add_argument("--resume_from", type=Optional[str], default=None,
-                        help="midtrain arm: the base run's checkpoint to start from (else the symlink layout)")
-    parser.add_argument("--mix_weights_str", type=Optional[str], default=None,
-                        help="the mixture, for a config whose only mixture key is the never-read mix_weight")
-    a = parser.parse_args(argv)
-    if a.max_steps < 1:
-        raise ConfigError("--max_steps", f"must be >= 1, got {a.max_steps}")
-    if not a.lr > 0:
-        raise ConfigError("--lr", f"must be > 0, got {a.lr}")
-    try:
-        cfg = yaml.safe_load(Path(a.config).read_text())
-    except FileNotFoundError:
-        raise ConfigError("--config", f"{a.config} does not exist") from None
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError("--config", f"{a.config} is not readable YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError("--config", f"{a.config} is not a YAML mapping")
-    if Path(a.out).exists():
-        raise ConfigError("--out", f"{a.out} already exists (never overwritten)")
-    check_writable_dir(Path(a.out).parent, "--out")
-    new, changes = migrate_config(cfg, a.max_steps, a.lr, a.resume_from, importlib.util.find_spec("wandb") is not None,
-                                  a.mix_weights_str, named_arm="from_" in Path(a.config).stem)
-    header = [f"# Migrated from {a.config} by `midtrain migrate`. Changes:"] + [f"#   {c}" for c in changes]
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(a.out, "\n".join(header) + "\n" + yaml.safe_dump(new, sort_keys=False))
-    print(f"{a.config} -> {a.out}: {len(changes)} change(s)")
-    for c in changes:
-        print(f"  {c}")
-    if "resume_from" not in new and new.get("resume") is True:  # migrate keeps resume: true for arms only
-        print("  note: a midtrain arm without resume_from resumes from the symlink layout: link the base run's "
-              "step-N into out_dir (util_scripts/symlink_chkpts.sh), or migrate again with --resume_from BASE/step-N; "
-              "it refuses to start without a checkpoint")
-    return 0
+    """``midtrain migrate``: ``midtrain.migrate.migrate_file``, its parser built from its signature."""
+    return call(argv, "midtrain.migrate", "migrate_file")
 
 
 def proximity(argv: list[str]) -> int:
@@ -570,12 +388,15 @@ def overlap(argv: list[str]) -> int:
 
 
 def study(argv: list[str]) -> int:
-    """``midtrain study plan|run|status|report|step``."""
+    """``midtrain study plan|run|status|report``: the functions of ``midtrain.study.commands``, each parser built
+    from its signature and docstring (the positional spec added here)."""
     from pathlib import Path
 
-    if _help(argv, "study", {"plan": "every run of the specs with its allocation, memory and cost; nothing runs",
-                             "run": "run the plan's steps (locally, or submitted to SLURM)",
-                             "status": "each step's state, job and log", "report": "tables, figures and findings"}):
+    from docstring_parser import parse as parse_doc
+
+    from midtrain.study.commands import COMMANDS
+
+    if _help(argv, "study", {k: parse_doc(f.__doc__).short_description.rstrip(".") for k, f in COMMANDS.items()}):
         return 0
     what, rest = (argv[0], argv[1:]) if argv else ("", [])
     if what == "step":  # internal: what an executor runs for one step
@@ -584,130 +405,15 @@ def study(argv: list[str]) -> int:
         if len(rest) != 1:
             raise ConfigError("midtrain study step", "expects one step folder")
         return run_step(Path(rest[0]))
-    if what not in ("plan", "run", "status", "report"):
+    if what not in COMMANDS:
         raise ConfigError("midtrain study", "expected one of: plan, run, status, report")
+    fn = COMMANDS[what]
     parser = _parser(f"midtrain study {what}", config=False)
-    if what == "plan":
-        parser.add_argument("spec", type=str, nargs="+",
-                            help="study specs (YAML), planned in this order into one folder: later ones reuse the "
-                                 "base segments of earlier ones")
-        parser.add_argument("--out", type=Optional[str], default=None,
-                            help="a study folder: reuse the base segments already planned there (bases.json)")
-    else:
-        parser.add_argument("spec", type=str, help="the study spec (YAML, e.g. midtrain_configs/studies/paper-main.yaml)")
-        parser.add_argument("--out", type=str, required=True, help="the study folder (every step's output lives here)")
-    if what == "plan":
-        parser.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation for GPU-hours")
-        parser.add_argument("--peak_tflops", type=float, default=989.0,
-                            help="peak dense bf16 TFLOP/s per GPU (H100 SXM: 989)")
-        parser.add_argument("--rows", type=str, default="all", help="how many steps to list: all or a number")
-        parser.add_argument("--devices", type=bool, default=True,
-                            help="each training shape's strategy and memory per rank on its GPUs (refusing what fits nowhere), "
-                                 "and bf16-true's cost per arm; computed with torch in a child process (false: skip it)")
-        parser.add_argument("--check_files", type=bool, default=True,
-                            help="check the shards and SFT files the spec names (false: plan before the data exists)")
-    if what == "run":
-        parser.add_argument("--executor", type=str, default="local", help="local or slurm")
-        parser.add_argument("--parallel", type=Optional[int], default=None,
-                            help="local: steps run at once (default: one per GPU, 1 without GPUs)")
-        parser.add_argument("--gpus", type=Optional[str], default=None,
-                            help="local: GPUs to hand out, e.g. 0,1,2,3, or none (default: the visible GPUs)")
-        parser.add_argument("--max_jobs", type=Optional[int], default=None,
-                            help="slurm: jobs + array tasks kept submitted at once (default: slurm.max_jobs, no cap)")
-        parser.add_argument("--array_throttle", type=Optional[int], default=None,
-                            help="slurm: at most N tasks of an array run at once (%%N; default: slurm.array_throttle)")
-        parser.add_argument("--rerun_changed", type=bool, default=False,
-                            help="run anew the steps whose resolved config changed since they ran here")
-        parser.add_argument("--slurm", type=Optional[dict], default=None,
-                            help='slurm: sbatch options over the spec\'s, e.g. \'{"partition": "gpu"}\'')
-        parser.add_argument("--wait", type=bool, default=False, help="slurm: wait until every step has finished")
-    if what == "status":
-        parser.add_argument("--json", type=Optional[str], default=None, help="also write the rows as JSON")
-    a = parser.parse_args(rest)
-    from midtrain.study.folder import read_bases
-    from midtrain.study.files import load_plan
-
-    from midtrain.study import footprints
-
-    if what == "plan":
-        from midtrain.study.plan import format_plan, format_sharing
-
-        if not (0 < a.mfu <= 1):
-            raise ConfigError("--mfu", f"must be in (0, 1], got {a.mfu}")
-        rows = None if a.rows == "all" else int(a.rows) if a.rows.isdigit() else None
-        if rows is None and a.rows != "all":
-            raise ConfigError("--rows", f"expected all or a number, got {a.rows!r}")
-        known = read_bases(Path(a.out) if a.out else None)
-        plans = []
-        for spec in a.spec:
-            plan = load_plan(spec, check_files=a.check_files, estimate=True, known=known, out=a.out)
-            known = known + [seg for seg in plan.base_segments() if seg.out not in {k.out for k in known}]
-            plans.append(plan)
-            if len(a.spec) > 1:
-                print(f"## {spec}\n")
-            here = None
-            if a.out and Path(a.out).is_dir():
-                from midtrain.study.states import here_states
-
-                here = here_states(plan, Path(a.out).resolve())
-            print(format_plan(plan, a.mfu, a.peak_tflops, rows, here))
-            if a.devices:
-                print("\n" + footprints.isolated(footprints.checked_text, plan))
-            if len(a.spec) > 1:
-                print()
-        if len(plans) > 1:
-            print(format_sharing(plans))
-        return 0
-    spec_path = Path(a.spec).resolve()
-    out = Path(a.out).resolve()
-    plan = load_plan(a.spec, check_files=what == "run", estimate=False, known=read_bases(out), out=out)
-    from midtrain.atomic import check_writable_dir
-
-    if what == "run":
-        check_writable_dir(out, "--out")
-        if a.executor != "local" or _gpus_visible():  # a run that fits on no strategy: refused before anything runs
-            footprints.isolated(footprints.check, plan)  # (local steps on a machine without GPUs run on CPU)
-        from midtrain.study.states import check_external
-
-        check_external(plan, out)
-        if a.executor == "local":
-            from midtrain.study.local import parse_gpus, run_local
-
-            for key in ("max_jobs", "array_throttle", "slurm"):
-                if getattr(a, key) is not None:
-                    raise ConfigError(f"--{key}", "is an option of --executor slurm")
-            return run_local(plan, out, spec_path, a.parallel, a.rerun_changed, gpus=parse_gpus(a.gpus))
-        if a.executor != "slurm":
-            raise ConfigError("--executor", f"{a.executor!r} is not local or slurm")
-        for key in ("parallel", "gpus"):
-            if getattr(a, key) is not None:
-                raise ConfigError(f"--{key}", "is an option of --executor local (SLURM allocates the GPUs)")
-        from midtrain.study.resources import check_options
-        from midtrain.study.slurm import run_slurm
-
-        code = run_slurm(plan, out, spec_path, check_options(a.slurm or {}, "--slurm"), a.rerun_changed, a.wait,
-                         a.max_jobs, a.array_throttle)
-        if not a.wait:
-            print(f"follow with: midtrain study status {a.spec} --out {a.out}")
-        return code
-    if not out.is_dir():
-        raise ConfigError("--out", f"{out} is not a study folder (nothing has run there)")  # noqa: E501
-    if what == "status":
-        from midtrain.study.slurm import squeue_jobs
-        from midtrain.study.states import format_status, status_rows
-
-        rows = status_rows(plan, out, squeue_jobs)
-        print(format_status(rows, plan.spec.name))
-        if a.json:
-            check_writable_dir(Path(a.json).parent, "--json")
-            write_text_atomic(a.json, json.dumps(rows, indent=1) + "\n")
-        return 0
-    from midtrain.study.report import write_report
-
-    rep = write_report(plan, out)
-    print((rep / "table.md").read_text())
-    print(f"wrote {rep}/table.md, table.csv, results.json and figures")
-    return 0
+    spec_help = next(p.description for p in parse_doc(fn.__doc__).params if p.arg_name == "spec")
+    parser.add_argument("spec", type=str, nargs="+" if what == "plan" else None, help=spec_help)
+    parser.add_function_arguments(fn, skip={"spec"})
+    a = parser.parse_args(rest).as_dict()
+    return fn(**a)
 
 
 def demo(argv: list[str]) -> int:
@@ -794,17 +500,24 @@ def fixed_choice_error(message: str) -> str | None:
     return f"{full}: {value}is not one of {', '.join(map(str, choices[full]))}"
 
 
-def _gpus_visible() -> bool:
-    """Whether this machine has a GPU for local steps (nvidia-smi's device files; no CUDA initialisation here)."""
-    import glob
-
-    return bool(glob.glob("/dev/nvidia[0-9]*")) and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
-
-
 def _rank() -> int:
     """This process's rank in a running process group (0 outside one)."""
     dist = sys.modules.get("torch.distributed")
     return dist.get_rank() if dist is not None and dist.is_available() and dist.is_initialized() else 0
+
+
+def call(argv: list[str], module: str, name: str) -> int:
+    """A command that is one library function: its parser from the signature and the docstring's ``Args:``
+    (defaults and help written once, in the library), then the call."""
+    import importlib
+
+    from docstring_parser import parse as parse_doc
+
+    fn = getattr(importlib.import_module(module), name)
+    doc = parse_doc(fn.__doc__)
+    parser = _parser(" ".join(filter(None, (doc.short_description, doc.long_description))), config=False)
+    parser.add_function_arguments(fn)
+    return fn(**parser.parse_args(argv).as_dict())
 
 
 def run_command(fn: Callable[[list[str]], int], argv: list[str], name: str) -> int:

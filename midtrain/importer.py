@@ -24,6 +24,9 @@ GPT-NeoX, OLMo 2, Llama (SmolLM2, TinyLlama, Amber, Llama 3.2) and OLMo 1. This 
 Input: ``config.json`` + ``*.safetensors`` (or ``pytorch_model*.bin``), sharded or not, as
 ``save_pretrained`` writes it or as a hub snapshot sits on disk. Nothing is written unless the whole
 import succeeds (a hidden ``.NAME.partial`` folder, renamed at the end).
+
+Size (~610 lines, over the house's ~450): one job, an import checked end to end (config keys, shapes, revision
+names and steps per family, the schedule's phase, the tokenizer); the families are one table (``FAMILIES``).
 """
 
 from __future__ import annotations
@@ -582,3 +585,27 @@ def format_import(summary: dict) -> str:
             f"  data position: not in an HF checkpoint; every source starts its seeded order\n"
             f"  pretraining data: {summary['note']['pretraining_data']}"
             + ("" if summary["tokenizer"] is None else f"\n  tokenizer: {summary['tokenizer']:,} tokens (copied)"))
+
+
+def import_checkpoint(hf_dir: str, config: str, out: str, step: Optional[int] = None, revision: Optional[str] = None,
+                      stage: int = 1, pretraining_data: Optional[str] = None) -> int:
+    """Import a Hugging Face checkpoint at a step of a run config's schedule; optimizer moments start fresh.
+
+    Families: Pythia, OLMo 1 and 2, SmolLM2, TinyLlama, Amber, Llama 3.2. The step is that of the schedule in
+    --config's train: section, and the fresh optimizer moments are recorded.
+
+    Args:
+        hf_dir: config.json + *.safetensors / pytorch_model*.bin
+        config: a run config: its model (matched against config.json) and its train: schedule
+        out: the checkpoint folder to write (never overwritten)
+        step: the optimizer step the checkpoint was saved at (default: read from the revision name where the
+            family's names give it: Pythia step100000, OLMo step1000-tokens4B, SmolLM2 step-160000, TinyLlama
+            step-480k-1T)
+        revision: the published revision the folder holds (default: the folder's name); its step and tokens are
+            checked against --step and the schedule
+        stage: the training stage --config's schedule describes (OLMo 2's stage2-... revisions restart their
+            steps: they need a stage-2 run config and --stage 2)
+        pretraining_data: what the checkpoint was pretrained on (recorded; e.g. 'the Pile (deduplicated)')
+    """
+    print(format_import(import_hf(hf_dir, config, step, out, pretraining_data, revision, stage)))
+    return 0

@@ -1,4 +1,6 @@
-"""``midtrain migrate``: a config written for the original fork -> midtrain's form, every change said. Pure.
+"""``midtrain migrate``: a config written for the original fork -> midtrain's form, every change said.
+``migrate_config`` is pure; ``migrate_file`` is the command (its I/O shell: the CLI's parser is built from its
+signature).
 
 The original's configs run here only with a different schedule than the paper's unless rewritten
 (FIELD_NOTES, "Defects in the original code"); ``midtrain pretrain`` refuses them with one line,
@@ -154,3 +156,55 @@ def migrate_config(cfg: dict, max_steps: int = PAPER_MAX_STEPS, lr: float = PAPE
         change("logger_name", "wandb", "tensorboard", "wandb is not installed here: pip install -e .[wandb]")
         new["logger_name"] = "tensorboard"
     return new, changes
+
+
+def migrate_file(config: str, out: str, max_steps: int = PAPER_MAX_STEPS, lr: float = PAPER_PEAK_LR,
+                 resume_from: Optional[str] = None, mix_weights_str: Optional[str] = None) -> int:
+    """Rewrite a config of the original fork into midtrain's form, printing every change.
+
+    What changes: the max_iters placeholder, no LR, resume: true, a stale max_additional_steps, mix_weight, wandb.
+
+    Args:
+        config: the original config (YAML)
+        out: where the migrated config goes (never overwritten)
+        max_steps: the whole run (the paper: 61035)
+        lr: peak LR when the config gives none
+        resume_from: midtrain arm: the base run's checkpoint to start from (else the symlink layout)
+        mix_weights_str: the mixture, for a config whose only mixture key is the never-read mix_weight
+    """
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    from midtrain.atomic import check_writable_dir, write_text_atomic
+    from midtrain.errors import ConfigError
+
+    if max_steps < 1:
+        raise ConfigError("--max_steps", f"must be >= 1, got {max_steps}")
+    if not lr > 0:
+        raise ConfigError("--lr", f"must be > 0, got {lr}")
+    try:
+        cfg = yaml.safe_load(Path(config).read_text())
+    except FileNotFoundError:
+        raise ConfigError("--config", f"{config} does not exist") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError("--config", f"{config} is not readable YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError("--config", f"{config} is not a YAML mapping")
+    if Path(out).exists():
+        raise ConfigError("--out", f"{out} already exists (never overwritten)")
+    check_writable_dir(Path(out).parent, "--out")
+    new, changes = migrate_config(cfg, max_steps, lr, resume_from, importlib.util.find_spec("wandb") is not None,
+                                  mix_weights_str, named_arm="from_" in Path(config).stem)
+    header = [f"# Migrated from {config} by `midtrain migrate`. Changes:"] + [f"#   {c}" for c in changes]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, "\n".join(header) + "\n" + yaml.safe_dump(new, sort_keys=False))
+    print(f"{config} -> {out}: {len(changes)} change(s)")
+    for c in changes:
+        print(f"  {c}")
+    if "resume_from" not in new and new.get("resume") is True:  # migrate keeps resume: true for arms only
+        print("  note: a midtrain arm without resume_from resumes from the symlink layout: link the base run's "
+              "step-N into out_dir (util_scripts/symlink_chkpts.sh), or migrate again with --resume_from BASE/step-N; "
+              "it refuses to start without a checkpoint")
+    return 0

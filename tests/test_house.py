@@ -71,7 +71,34 @@ def test_no_import_circle_among_the_modules():
 
 def test_the_executors_are_leaves_and_nothing_imports_the_cli():
     graph = import_graph()
-    for leaf, allowed in (("midtrain.study.local", {"midtrain.cli", "midtrain.demo"}),
-                          ("midtrain.study.slurm", {"midtrain.cli"}), ("midtrain.cli", {"midtrain.__main__"})):
+    assert "midtrain.study.slurm" in graph["midtrain.study.commands"]  # (the check reads the real imports)
+    commands = {"midtrain.cli", "midtrain.study.commands"}  # the command layer: the CLI and the study commands
+    for leaf, allowed in (("midtrain.study.local", commands | {"midtrain.demo"}),
+                          ("midtrain.study.slurm", commands), ("midtrain.cli", {"midtrain.__main__"})):
         importers = {m for m, deps in graph.items() if leaf in deps}
         assert importers <= allowed, (leaf, importers - allowed)
+
+
+def test_step_kinds_are_one_table():
+    """A step kind is one entry in study.kinds.KINDS: the plan's kinds, the spec's slurm sections and the training
+    kinds come from it, and the command line, the done file and the report's reading dispatch on it (no chain of
+    `step.kind ==` in the modules that used to hold one)."""
+    from midtrain.study import kinds, plan, resources
+
+    assert plan.KINDS == tuple(kinds.KINDS) and resources.SECTIONS is kinds.SECTIONS
+    assert resources.TRAINING == ("pretrain", "midtrain") and all(callable(k.command) for k in kinds.KINDS.values())
+    for module in ("steps", "report"):
+        text = open(os.path.join(REPO, "midtrain", "study", f"{module}.py")).read()
+        assert not re.search(r"step\.kind (==|in) ", text), module
+
+
+def test_a_module_over_450_lines_says_why():
+    """The house's size rule: a module past ~450 lines states its reason in its docstring ("Size ...")."""
+    import ast
+
+    long = {}
+    for f in glob.glob(os.path.join(REPO, "midtrain", "**", "*.py"), recursive=True):
+        text = open(f).read()
+        if text.count("\n") > 470:
+            long[os.path.relpath(f, REPO)] = "Size (" in (ast.get_docstring(ast.parse(text)) or "")
+    assert long and all(long.values()), long

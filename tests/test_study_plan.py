@@ -11,7 +11,8 @@ import yaml
 
 from support import REPO, run_cli
 from midtrain.errors import ConfigError
-from midtrain.study.plan import format_plan, make_plan
+from midtrain.study.plan import make_plan
+from midtrain.study.plan_text import format_plan
 from midtrain.study.spec import CONTROL, parse_spec
 
 BASE = {"model_name": "pythia-70m", "data": {"init_args": {"data_path": "/d/shards", "val_data_path": "/d/val",
@@ -332,7 +333,7 @@ def test_seeds_vary_sft_is_one_midtrained_checkpoint_per_arm_fine_tuned_with_eve
     mid = plan_of(raw(seeds=MID), params={"70m": 70_000_000}, sft_tokens={"py": 1000})
     assert p.cost_by_vary["midtrain"][0] == mid.total_tokens() == tokens + 2 * sum((100 - s) * 128 for s in (20, 20, 60, 60, 80))
     assert p.cost_by_vary == mid.cost_by_vary and p.cost_by_vary["base"][0] == 3 * 100 * 128 + mid.total_tokens() - 100 * 128
-    from midtrain.study.plan import format_plan
+    from midtrain.study.plan_text import format_plan
 
     text = format_plan(p)
     assert f"seeds.vary: sft      {tokens:,} tokens" in text and "(this plan)" in text and "SFT data order only" in text

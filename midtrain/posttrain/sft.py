@@ -18,6 +18,10 @@
 - A stop signal (SIGTERM/SIGUSR1/SIGINT) ends it at the next optimizer step with exit 75: SFT keeps no
   checkpoint of its own and starts again from its input checkpoint when run again.
 - Writes a metrics JSON (and, with ``--save``, the fine-tuned checkpoint in litgpt layout).
+
+Size (~790 lines, over the house's ~450): one job, the SFT measurement (encode, sweep, score, forgetting) with its
+own loop and launch; a split would put the loss over items and the loop that must count items the same way in
+two files. Its loading could move beside ``train.restore`` (not yet done).
 """
 
 from __future__ import annotations

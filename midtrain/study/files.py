@@ -215,14 +215,14 @@ def load_plan(path: str | os.PathLike, check_files: bool = True, estimate: bool 
                         raise ConfigError(f"sizes.{size.name}.base", f"{size.base} is one base run, and seeds.vary: "
                                           "base trains one per seed (name a study folder that holds them, or vary "
                                           "sft or midtrain)")
-                    known = [k for k in known if not (k.labels.get("run_folder") and k.folder == str(folder))]
+                    known = [k for k in known if not (k.run_folder and k.folder == str(folder))]
                     known.append(run_folder_segment(folder, size))  # read afresh: what it holds now
                     continue
                 raise ConfigError(f"sizes.{size.name}.base", f"{size.base} is not a study folder with base runs "
                                   "(no bases.json: run a study there first) nor a run folder (no final/ or step-*/ "
                                   "checkpoint)")
             known += [replace(seg, folder=str(folder)) if not seg.folder else seg for seg in read_bases(folder)
-                      if not seg.folder or seg.labels.get("run_folder")]
+                      if not seg.folder or seg.run_folder]
     plan = make_plan(spec, {k: v for k, v in params.items() if v}, tokens, known=known,
                      ran=read_ran(Path(out), spec.name) if out is not None else None)
     for size in spec.sizes:
@@ -312,11 +312,11 @@ def run_folder_segment(folder: Path, size):
     cfg = set_dotted(size.config, "train.max_additional_steps", last_step)
     kept = tuple(sorted({s for s, p in found if p.name != ckpt.FINAL and s < last_step}))
     labels = {"size": size.name, "start": 0, "end": last_step, "seed": None, "base_key": key, "save_every": None,
-              "arm": CONTROL if last_step == size.max_steps else None, "run_folder": True, "final": ckpt.FINAL,
-              "kept": [*kept, last_step]}
+              "arm": CONTROL if last_step == size.max_steps else None, "kept": [*kept, last_step]}
     h = config_hash("pretrain", cfg, [f"base:{key}", "from:0", f"run-folder:{folder}"])
-    return BaseSegment(f"base/{size.name}/run-folder", ".", h, key, size.name, 0, last_step, None, cfg, labels, (),
-                       None, "run folder", str(folder), kept)
+    return BaseSegment(id=f"base/{size.name}/run-folder", out=".", hash=h, key=key, size=size.name, start=0,
+                       end=last_step, save_every=None, config=cfg, labels=labels, spec="run folder", folder=str(folder),
+                       kept=kept, run_folder=True)
 
 
 def spec_digest(path: str | os.PathLike) -> str:

@@ -202,7 +202,9 @@ def read_bases(out_dir: Path | None) -> list:
         return []
     try:
         raw = json.loads((Path(out_dir) / "bases.json").read_text())["segments"]
-        return [BaseSegment(**{**seg, "deps": tuple(seg["deps"]), "kept": tuple(seg.get("kept", ()))})
+        # (a run folder recorded before run_folder was a field said so in its labels)
+        return [BaseSegment(**{**seg, "deps": tuple(seg["deps"]), "kept": tuple(seg.get("kept", ())),
+                               "run_folder": bool(seg.get("run_folder", seg["labels"].pop("run_folder", False)))})
                 for seg in raw.values()]
     except FileNotFoundError:
         return []

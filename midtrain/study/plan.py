@@ -39,10 +39,11 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from midtrain.errors import ConfigError
+from midtrain.study.kinds import KINDS as STEP_KINDS, run_label
 from midtrain.study.resources import TRAINING, Allocation, allocation, step_ranks
 from midtrain.study.spec import CONTROL, Spec, set_dotted
 
-KINDS = ("pretrain", "midtrain", "sft", "eval", "lm-eval", "report")
+KINDS = tuple(STEP_KINDS)  # study.kinds: one entry per kind
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Step:
     reused: str | None = None        # a base segment another spec planned in this study folder (its spec's name)
     external: str | None = None      # ... in another study folder (``sizes.X.base``): read only, never run here
     logging_kept: tuple[str, ...] = ()  # done before with other LOGGING_ONLY values ("key: ran -> planned"): kept
+    run_folder: bool = False         # a plain `midtrain pretrain` out_dir named as a size's base (``sizes.X.base``):
+    #                                  its run and checkpoints sit in ``out`` itself, read in place, never run here
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class BaseSegment:
     spec: str = ""
     folder: str = ""     # the study folder it lives in, when not this one (``sizes.X.base``)
     kept: tuple[int, ...] = ()  # steps whose checkpoints are already on disk (a plain run folder as a base)
+    run_folder: bool = False    # a plain `midtrain pretrain` out_dir as a size's base (``Step.run_folder``)
 
 
 @dataclass
@@ -140,12 +144,13 @@ class Plan:
         for st in self.steps:
             # another study folder's segments stay recorded there; a run folder's is recorded here too, so that
             # a study naming this folder as its base finds what the segments trained here resume from
-            if st.kind == "pretrain" and (not st.external or st.labels.get("run_folder")):
-                out.append(BaseSegment(st.id, st.out, st.hash, st.labels["base_key"], st.labels["size"],
-                                       st.labels["start"], st.labels["end"], st.labels.get("save_every"), st.config,
-                                       st.labels, st.deps, st.resume_at, st.reused or self.spec.name,
-                                       st.external if st.labels.get("run_folder") else "",
-                                       tuple(st.labels["kept"][:-1]) if st.labels.get("run_folder") else ()))
+            if st.kind == "pretrain" and (not st.external or st.run_folder):
+                out.append(BaseSegment(
+                    id=st.id, out=st.out, hash=st.hash, key=st.labels["base_key"], size=st.labels["size"],
+                    start=st.labels["start"], end=st.labels["end"], save_every=st.labels.get("save_every"),
+                    config=st.config, labels=st.labels, deps=st.deps, resume_at=st.resume_at,
+                    spec=st.reused or self.spec.name, folder=st.external if st.run_folder else "",
+                    kept=tuple(st.labels["kept"][:-1]) if st.run_folder else (), run_folder=st.run_folder))
         return out
 
     @property
@@ -171,10 +176,6 @@ def config_hash(kind: str, config: Mapping, deps: list[str]) -> str:
                "deps": deps}
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def run_label(arm: str, seed: int | None) -> str:
-    return arm if seed is None else f"{arm}/s{seed}"
 
 
 def _run_config(spec: Spec, kind: str, config: Mapping, labels: Mapping) -> Mapping:
@@ -247,7 +248,8 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
                            params=(params or {}).get(labels.get("size")), ranks=step_ranks(kind, config))
         out = f"report/{spec.name}" if kind == "report" else \
             before.out if before is not None and before.hash == h else f"{id_}-{h[:8]}"
-        step = Step(id_, kind, tuple(deps), h, out, labels, config, resume_step, resume_at, tokens, flops, alloc,
+        step = Step(id=id_, kind=kind, deps=tuple(deps), hash=h, out=out, labels=labels, config=config,
+                    resume_step=resume_step, resume_at=resume_at, tokens=tokens, flops=flops, alloc=alloc,
                     logging_kept=kept)
         steps[id_] = step
         plan.steps.append(step)
@@ -272,12 +274,13 @@ def make_plan(spec: Spec, params: Mapping[str, int] | None = None,
         tokens = (seg.end - seg.start) * size.tokens_per_step if size else None
         per_token = fpt.get(seg.size)
         out = f"{seg.folder.rstrip('/')}/{seg.out}" if seg.folder else seg.out  # absolute: another study folder
-        if seg.labels.get("run_folder"):  # a plain `midtrain pretrain` out_dir: its checkpoints sit in it
+        if seg.run_folder:  # a plain `midtrain pretrain` out_dir: its checkpoints sit in it
             out = seg.folder
-        step = Step(seg.id, "pretrain", tuple(seg.deps), seg.hash, out, dict(seg.labels), seg.config,
-                    seg.deps[0] if seg.deps else None, seg.resume_at, tokens, per_token * tokens if per_token and tokens else None,
-                    alloc, reused=seg.spec if (seg.spec != spec.name or seg.folder) else None,
-                    external=seg.folder or None, logging_kept=kept_logging.get(seg.id, ()))
+        step = Step(id=seg.id, kind="pretrain", deps=tuple(seg.deps), hash=seg.hash, out=out, labels=dict(seg.labels),
+                    config=seg.config, resume_step=seg.deps[0] if seg.deps else None, resume_at=seg.resume_at,
+                    tokens=tokens, flops=per_token * tokens if per_token and tokens else None, alloc=alloc,
+                    reused=seg.spec if (seg.spec != spec.name or seg.folder) else None, external=seg.folder or None,
+                    logging_kept=kept_logging.get(seg.id, ()), run_folder=seg.run_folder)
         steps[seg.id] = step
         plan.steps.append(step)
 
@@ -451,7 +454,8 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
                      resume_step=prev.id if prev else None, resume_at=at,
                      tokens=(end - start) * size.tokens_per_step, size=size.name,
                      hash_deps=[f"base:{key}", f"from:{start}"])
-            seg = BaseSegment(st.id, st.out, st.hash, key, size.name, start, end, every, cfg, st.labels, st.deps, at)
+            seg = BaseSegment(id=st.id, out=st.out, hash=st.hash, key=key, size=size.name, start=start, end=end,
+                              save_every=every, config=cfg, labels=st.labels, deps=st.deps, resume_at=at)
             pool.append(seg)
             found = (seg, None)
         seg, at = found
@@ -459,111 +463,3 @@ def _base_chain(size, size_arms, base_cfg: dict, tag: str, seed: int | None, ori
             reuse(seg)
         seg_at[end] = (seg.id, at)
     return seg_at
-
-
-def format_plan(plan: Plan, mfu: float = 0.4, peak_tflops: float = 989.0, max_rows: int | None = None,
-                here: Mapping[str, str] | None = None) -> str:
-    """The DAG as a table (step, kind, depends on, output, tokens; ``here``: what a run in the study folder
-    would do with each step), counts per kind, totals, GPU-hours."""
-    lines = ["| step | kind | depends on | output | tokens |" + (" here |" if here else ""),
-             "|---|---|---|---|---|" + ("---|" if here else "")]
-    shown = plan.steps if max_rows is None else plan.steps[:max_rows]
-    for s in shown:
-        deps = ", ".join(s.deps) if len(s.deps) <= 2 else f"{s.deps[0]}, ... ({len(s.deps)} steps)"
-        tok = f"{s.tokens:,}" if s.tokens else "-"
-        if s.reused:
-            tok = f"reused ({s.reused})"
-        lines.append(f"| {s.id} | {s.kind} | {deps or '-'} | {s.out} | {tok} |" + (f" {here[s.id]} |" if here else ""))
-    if max_rows is not None and len(plan.steps) > max_rows:
-        lines.append(f"| ... {len(plan.steps) - max_rows} more steps (--rows all) | | | | |" + (" |" if here else ""))
-    counts = plan.counts()
-    if here:
-        tally: dict[str, int] = {}
-        for v in here.values():
-            key = v.split(" (")[0] + (" (logging changed, kept)" if v.startswith("done (kept") else "")
-            tally[key] = tally.get(key, 0) + 1
-        lines += ["", "here: " + ", ".join(f"{k} {n}" for k, n in tally.items())
-                  + ("; `study run` refuses changed steps without --rerun_changed" if "changed" in tally else "")]
-    lines += ["", f"steps: {len(plan.steps)} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")",
-              f"tokens: {plan.total_tokens():,} in total (SFT: {sum(s.tokens or 0 for s in plan.steps if s.kind == 'sft'):,})"]
-    flops = plan.total_flops()
-    if flops:
-        hours = flops / (mfu * peak_tflops * 1e12) / 3600
-        lines.append(f"compute: {flops:.3g} FLOPs (per token: 6 x the parameters without the input embedding, plus "
-                     f"attention; midtrain.train.flops) = {hours:,.1f} GPU-hours at {mfu:.0%} MFU of "
-                     f"{peak_tflops:g} TFLOP/s (--mfu, --peak_tflops; eval steps not counted)")
-    from midtrain.study.spec import variance
-
-    lines.append(f"seeds: {len(plan.spec.seeds)} ({', '.join(map(str, plan.spec.seeds))}), vary: {plan.spec.vary}: "
-                 f"they sample {variance(plan.spec)}")
-    for vary, (tok, fl) in plan.cost_by_vary.items():
-        hours = f", {fl / (mfu * peak_tflops * 1e12) / 3600:,.1f} GPU-hours" if fl else ""
-        mark = " (this plan)" if vary == plan.spec.vary else ""
-        lines.append(f"  seeds.vary: {vary:<8} {tok:,} tokens{hours}{mark}")
-    lines += ["", "| kind | steps | allocation per step | GPU-hours (compute estimate) |", "|---|---|---|---|"]
-    for kind in KINDS:
-        of_kind = [s for s in plan.steps if s.kind == kind]
-        if not of_kind:
-            continue
-        allocs = sorted({s.alloc.describe() for s in of_kind if s.alloc})
-        kflops = sum(s.flops or 0.0 for s in of_kind if not s.reused)  # reused segments: trained by another spec
-        gpu = any(s.alloc and s.alloc.gpus for s in of_kind)
-        if not gpu:
-            hours = "no GPU"
-        elif kflops:
-            hours = f"{kflops / (mfu * peak_tflops * 1e12) / 3600:,.1f}"
-            if any(s.flops is None for s in of_kind):
-                hours += f" ({sum(s.flops is None for s in of_kind)} steps without an estimate)"
-        else:
-            hours = "no estimate"
-        lines.append(f"| {kind} | {len(of_kind)} | {'; '.join(allocs)} | {hours} |")
-    reused = [s for s in plan.steps if s.reused]
-    if reused:
-        by_spec: dict[str, list] = {}
-        for s in reused:
-            by_spec.setdefault((s.reused, s.external), []).append(s)
-        for (name, _), segs in by_spec.items():
-            if segs[0].labels.get("run_folder"):
-                s = segs[0]
-                lines.append(f"reused: base run folder {s.external} (steps {s.labels['start']}->{s.labels['end']}, "
-                             f"checkpoints at {', '.join(map(str, s.labels['kept']))}; "
-                             f"{s.tokens or 0:,} tokens not trained again)")
-                continue
-            where = f"study folder {segs[0].external}" if segs[0].external else "this folder"
-            lines.append(f"reused: {len(segs)} base segment(s) planned in {where} by spec {name!r} "
-                         f"({sum(s.tokens or 0 for s in segs):,} tokens not trained again): "
-                         + ", ".join(f"{s.id} ({s.labels['start']}->{s.labels['end']})" for s in segs))
-    at = [s for s in plan.steps if s.resume_at is not None]
-    if at:
-        lines.append(f"{len(at)} run(s) start from a periodic checkpoint of a base segment (no cut needed): "
-                     + ", ".join(f"{s.id} <- {s.resume_step} step {s.resume_at}" for s in at[:4])
-                     + (" ..." if len(at) > 4 else ""))
-    missing = [s.id for s in plan.steps if s.kind == "sft" and s.tokens is None]
-    if missing:
-        lines.append(f"note: {len(missing)} SFT steps have no token estimate")
-    for size in plan.spec.sizes:
-        if size.checkpoint:
-            optimizer = size.origin.get("optimizer") or "optimizer state: as the checkpoint holds it"
-            lines.append(f"size {size.name}: starts from the checkpoint {size.checkpoint} at step {size.start_step:,} "
-                         f"of {size.max_steps:,}: no base steps (nothing is pretrained); {optimizer}")
-    return "\n".join(lines)
-
-
-def format_sharing(plans: list[Plan]) -> str:
-    """What several specs planned into one folder train together: each base segment once."""
-    seen: dict[str, Step] = {}
-    for plan in plans:
-        for s in plan.steps:
-            if s.kind == "pretrain":
-                seen.setdefault(s.out, s)
-    sizes: dict[str, list[Step]] = {}
-    for s in seen.values():
-        sizes.setdefault(s.labels["size"], []).append(s)
-    lines = [f"## {len(plans)} specs into one folder: base runs are trained once and shared", ""]
-    for name, segs in sizes.items():
-        keys = sorted({s.labels.get("base_key") for s in segs})
-        lines.append(f"size {name}: {len(keys)} base run(s), {len(segs)} segment(s), "
-                     f"{sum(s.tokens or 0 for s in segs):,} base tokens in all")
-    total = sum(p.total_tokens() for p in plans)
-    lines.append(f"tokens: {total:,} in total over the {len(plans)} specs (each base segment counted once)")
-    return "\n".join(lines)

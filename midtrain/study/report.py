@@ -5,6 +5,11 @@ seeds, paired Δ vs the baseline with verdicts; ``midtrain.analysis.tables``), `
 run's val losses, mean over seeds), ``results.json`` (every per-seed value), PNGs (arms per task,
 start × weight heatmaps of a grid arm, proximity advantage vs relative improvement when
 ``report.proximity`` is set), all built on ``midtrain.analysis``.
+
+Size (~620 lines, over the house's ~450): the study report's text and figures for every kind of study (arms,
+grids, precision and interaction families); the statistics are ``midtrain.analysis``'s. The figure writers
+(``_lines_and_scatter``, ``_curves``, ``_heatmaps``, ``_proximity``) could move to ``analysis.figures`` (not yet
+done).
 """
 
 from __future__ import annotations
@@ -15,38 +20,26 @@ from pathlib import Path
 
 from midtrain.analysis import stats, tables
 from midtrain.errors import ConfigError
+from midtrain.study.kinds import KINDS
 from midtrain.study.states import step_states
 from midtrain.study.steps import checkpoint_of, run_dir_of
-from midtrain.study.plan import Plan, run_label
+from midtrain.study.plan import Plan
 from midtrain.study.spec import CONTROL, data_args, variance
 
 
 def collect(plan: Plan, out_dir: Path) -> dict:
-    """Per size: SFT results (one per done SFT step) and eval losses (one per done eval step)."""
-    from midtrain.report import sft_results
-
+    """Per size: what each done step's kind gives the report (``study.kinds``: SFT results, eval losses and
+    curves, lm-eval scores), in plan order."""
     states = step_states(plan, out_dir)
     main_set = plan.spec.report.get("main_set", "main")
     out: dict[str, dict] = {}
     for step in plan.steps:
-        if states[step.id]["state"] != "done":
+        kind = KINDS[step.kind]
+        if kind.collect is None or states[step.id]["state"] != "done":
             continue
-        size = step.labels.get("size")
-        bucket = out.setdefault(size, {"sft": [], "eval": [], "lm_eval": []})
-        if step.kind == "sft":
-            bucket["sft"] += sft_results([str(out_dir / step.out / "metrics.json")], None, main_set)
-        elif step.kind == "eval":
-            losses = json.loads((out_dir / step.out / "loss.json").read_text())
-            bucket["eval"].append({"arm": step.labels["arm"], "seed": step.labels["seed"],
-                                   **{k: v["loss"] for k, v in losses.items() if isinstance(v, dict) and "loss" in v}})
-            if "by_step" in losses:
-                bucket.setdefault("eval_curves", []).append((run_label(step.labels["arm"], step.labels["seed"]),
-                                                             losses["by_step"]))
-        elif step.kind == "lm-eval":
-            res = json.loads((out_dir / step.out / "lm_eval" / "results.json").read_text())["results"]
-            bucket["lm_eval"].append({"arm": step.labels["arm"], "seed": step.labels["seed"],
-                                      **{f"{task}/{k.split(',')[0]}": v for task, m in res.items() for k, v in m.items()
-                                         if "_stderr" not in k and k != "sample_len"}})
+        bucket = out.setdefault(step.labels.get("size"), {"sft": [], "eval": [], "lm_eval": []})
+        for key, rows in kind.collect(step, out_dir / step.out, main_set).items():
+            bucket.setdefault(key, []).extend(rows)
     return out
 
 
@@ -486,7 +479,7 @@ def _curves(plan: Plan, out_dir: Path, size: str, eval_curves: list, rep: Path) 
     from midtrain.report import plot_runs
 
     lines = []
-    runs = [run_dir_of(out_dir, s) for s in plan.steps if s.kind in ("pretrain", "midtrain")
+    runs = [run_dir_of(out_dir, s) for s in plan.steps if KINDS[s.kind].training
             and s.labels.get("size") == size and checkpoint_of(out_dir, s).is_dir()]
     if runs:
         try:

@@ -32,10 +32,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from midtrain.errors import ConfigError
+from midtrain.study.kinds import SECTIONS, TRAINING  # noqa: F401 (the kinds' sections and training kinds)
 
-TRAINING = ("pretrain", "midtrain")
-SECTIONS = {"pretrain": "pretrain", "midtrain": "midtrain", "sft": "sft", "eval": "eval", "lm-eval": "lm_eval",
-            "report": "report"}
 SHAPE = ("nodes", "ntasks", "ntasks-per-node", "gpus", "gpus-per-node", "gres")
 KIND_OPTIONS = {"partition", "time", "account", "qos", "cpus-per-task", "mem", "mem-per-cpu", "mem-per-gpu",
                 "constraint", "reservation", "exclude", "nodelist", "comment", "exclusive", *SHAPE}

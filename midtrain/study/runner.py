@@ -146,9 +146,13 @@ def srun_command(argv: list[str], launch: dict, log_path: Path, cwd: str | None,
     return proc.pid, " ".join(cmd)
 
 
-def fork_command(argv: list[str], log_path: Path, cwd: str | None) -> int:
-    """Run ``midtrain ARGV`` in a forked child (this process has already imported what it needs, so a
-    step starts in a fraction of a second instead of a new interpreter's import time); output to the log."""
+def fork_command(argv: list[str], log_path: Path, cwd: str | None, err_path: Path | None = None,
+                 env: dict[str, str] | None = None) -> int:
+    """Run ``midtrain ARGV`` in a forked child, as a fresh ``midtrain`` process would run it, and return its pid
+    (this process has already imported what it needs, so a step starts in a fraction of a second instead of a
+    new interpreter's import time). Output goes to ``log_path`` (stderr to ``err_path`` if given; appended to),
+    stdin is /dev/null, ``env`` (if given) replaces the environment, and the child has its own process group.
+    The tests' zygote (tests/cli_zygote.py) runs every ``midtrain`` call through this function too."""
     pid = os.fork()
     if pid:
         try:  # (both sides set it: no window where a terminal's signal reaches the child directly)
@@ -162,18 +166,27 @@ def fork_command(argv: list[str], log_path: Path, cwd: str | None) -> int:
         # runner's group the trainer got it twice (terminal + forward) and took it for an impatient second
         # Ctrl-C: stopped without a checkpoint (issue 27, class 12).
         os.setpgid(0, 0)
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        for fd, path in ((1, log_path), (2, err_path or log_path)):
+            f = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.dup2(f, fd)
+            os.close(f)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt, as in a fresh interpreter
         if argv and argv[0] in ("pretrain", "sft"):  # record stop requests from the first moment, as `midtrain` does
             from midtrain import signals
 
             signals.install()
         if cwd:
             os.chdir(cwd)
-        threads = os.environ.get("MIDTRAIN_STEP_THREADS")
+        # torch read its thread count when the parent imported it: the child's own setting applies it
+        threads = os.environ.get("MIDTRAIN_STEP_THREADS") or (os.environ.get("OMP_NUM_THREADS") if env else None)
         if threads:
             import torch
 
@@ -193,7 +206,9 @@ def fork_command(argv: list[str], log_path: Path, cwd: str | None) -> int:
     finally:
         try:
             import atexit
+            import threading
 
+            threading._shutdown()  # wait for non-daemon threads, as interpreter exit does
             atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()

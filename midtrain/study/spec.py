@@ -52,6 +52,9 @@ Arm runs are named ``{name}{100·weight:g}-from{start}`` (``code20-from6000``), 
 ``{name}-dose{dose:g}-from{start}`` (``code-dm-dose4000-from40000``, weight 4000 / (T − 40000)); the pretrain-only
 control (``pretrain-only``) is the base run continued unchanged to ``train.max_steps`` (under ``seeds.control:
 per_seed``, one such run per seed from the earliest arm start, with ``data.seed`` = the seed).
+
+Size (~530 lines, over the house's ~450): one job, reading a spec file into typed objects with a one-line refusal
+per bad key; the checks sit beside the keys they check.
 """
 
 from __future__ import annotations

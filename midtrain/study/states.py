@@ -56,7 +56,7 @@ def step_states(plan: Plan, out_dir: Path, scheduler: Scheduler = None) -> dict[
     for step in plan.steps:  # topological order: deps resolved first
         st = dict(raw[step.id])
         state = st.get("state", "pending")
-        if step.labels.get("run_folder"):  # a base run folder: done while the checkpoints this plan reads exist
+        if step.run_folder:  # a base run folder: done while the checkpoints this plan reads exist
             used = sorted({s.resume_at for s in plan.steps if s.resume_step == step.id and s.resume_at is not None})
             needed = [checkpoint_of(out_dir, step)] + [Path(step.out) / f"step-{k:08d}" for k in used]
             missing = [p for p in needed if not is_checkpoint(p)]
@@ -119,7 +119,7 @@ def check_external(plan: Plan, out_dir: Path) -> None:
     states = step_states(plan, out_dir)
     for step in plan.steps:
         if step.external and states[step.id]["state"] != "done":
-            if step.labels.get("run_folder"):
+            if step.run_folder:
                 raise ConfigError(f"sizes.{step.labels.get('size')}.base", f"{states[step.id]['note']}: this study "
                                   "reads it; restore it or plan from another base")
             raise ConfigError(f"sizes.{step.labels.get('size')}.base", f"{step.id} in {step.external} is not done "

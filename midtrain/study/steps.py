@@ -1,69 +1,39 @@
 """What a study step runs: its ``midtrain`` command line, the outputs it must leave, and the run config it writes
-(``step_command``); where a training step's run and checkpoint live (``run_dir_of``, ``checkpoint_of``). Pure: reads
-the plan only."""
+(``step_command``: the paths resolved from the plan, the command by the kind's entry in ``study.kinds``); where a
+training step's run and checkpoint live (``run_dir_of``, ``checkpoint_of``). Pure: reads the plan only."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from midtrain.study.kinds import KINDS, Where
 from midtrain.study.plan import Plan, Step
 from midtrain.study.spec import data_args
 
 
 def run_dir_of(out_dir: Path, step: Step) -> Path:
     """The out_dir of a training step's run (a base run folder named as a size's base is its own)."""
-    return Path(step.out) if step.labels.get("run_folder") else out_dir / step.out / "run"
+    return Path(step.out) if step.run_folder else out_dir / step.out / "run"
 
 
 def checkpoint_of(out_dir: Path, step: Step) -> Path:
-    return run_dir_of(out_dir, step) / step.labels.get("final", "final")
+    return run_dir_of(out_dir, step) / "final"
 
 
 def step_command(plan: Plan, step: Step, out_dir: Path, spec_path: Path) -> tuple[list[str], list[str], dict | None]:
-    """(midtrain argv, outputs that must exist when done, run config to write as run.yaml)."""
-    by = plan.by_id
-    folder = out_dir / step.out
-    spec = plan.spec
+    """(midtrain argv, outputs that must exist when done, run config to write as run.yaml): the paths resolved here,
+    the command line by the step's kind (``study.kinds.KINDS``)."""
+    kind = KINDS[step.kind]
+    by, spec = plan.by_id, plan.spec
     size = next((s for s in spec.sizes if s.name == step.labels.get("size")), None)
-    if step.kind in ("pretrain", "midtrain"):
-        cfg = dict(step.config)
-        cfg["out_dir"] = str(folder / "run")
-        if step.resume_step:
-            source = by[step.resume_step]
-            cfg["resume_from"] = str(checkpoint_of(out_dir, source) if step.resume_at is None else
-                                     run_dir_of(out_dir, source) / f"step-{step.resume_at:08d}")
-        return ["pretrain", "--config", str(folder / "run.yaml")], [str(folder / "run" / "final" / "lit_model.pth")], cfg
-    run = by[step.deps[0]] if step.deps else None
-    val = spec.pretrain_val_path or data_args(size.config).get("val_data_path") if size else None
-    if step.kind == "eval":
-        every = step.config.get("checkpoints", "final") == "all"
-        argv = ["evaluate", "loss", "--checkpoint", str(checkpoint_of(out_dir, run).parent if every else
-                                                        checkpoint_of(out_dir, run)),
-                "--data", str(val), "--json", str(folder / "loss.json")] + (["--all_checkpoints", "true"] if every else [])
-        for k in ("max_batches", "batch_size", "precision"):
-            if step.config.get(k) is not None:
-                argv += [f"--{k}", str(step.config[k])]
-        return argv, [str(folder / "loss.json")], None
-    if step.kind == "lm-eval":
-        argv = ["evaluate", "lm-eval", "--checkpoint", str(checkpoint_of(out_dir, run)), "--tasks",
-                str(step.config["tasks"]), "--out_dir", str(folder / "lm_eval")]
-        for k in ("include_path", "num_fewshot", "limit", "batch_size", "precision"):
-            if step.config.get(k) is not None:
-                argv += [f"--{k}", str(step.config[k])]
-        return argv, [str(folder / "lm_eval" / "results.json")], None
-    if step.kind == "sft":
-        task = step.config["task"]
-        argv = ["sft", "--checkpoint", str(checkpoint_of(out_dir, run)), "--data", task["data"],
-                "--lrs", json.dumps(step.config["lrs"]), "--seed", str(step.config["seed"]), "--task", task["name"],
-                "--arm", step.labels["arm"], "--out", str(folder / "metrics.json"), "--pretrain_val_path", str(val),
-                "--prompt_key", task["prompt_key"], "--response_key", task["response_key"]]
-        for k in ("val_data", "test_data"):
-            if task.get(k):
-                argv += [f"--{k}", task[k]]
-        for k, v in step.config["options"].items():
-            argv += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
-        return argv, [str(folder / "metrics.json")], None
-    if step.kind == "report":
-        return ["study", "report", str(spec_path), "--out", str(out_dir)], [str(folder / "table.md")], None
-    raise ValueError(step.kind)
+    run = by[step.deps[0]] if step.deps and not kind.training else None
+    resume = None
+    if kind.training and step.resume_step:
+        source = by[step.resume_step]
+        resume = (checkpoint_of(out_dir, source) if step.resume_at is None else
+                  run_dir_of(out_dir, source) / f"step-{step.resume_at:08d}")
+    where = Where(folder=out_dir / step.out, out_dir=out_dir, spec_path=spec_path,
+                  checkpoint=checkpoint_of(out_dir, run) if run is not None else None, resume_from=resume,
+                  val=spec.pretrain_val_path or data_args(size.config).get("val_data_path") if size else None)
+    argv, config = kind.command(step, where)
+    return argv, [str(where.folder / kind.done_file)], config

@@ -22,6 +22,10 @@ At the next step boundary the run checkpoints and exits ``EXIT_REQUEUE`` (75, a 
 before its first step it exits the same way saying there is nothing to save; once the last step
 is done it writes the final checkpoint and exits 0 (complete). Every early exit goes through
 ``stop``: keep the last complete step, close the logs, return the exit code.
+
+Size (~620 lines, over the house's ~450): setup -> main -> fit stay in one file, as litgpt's pretrain.py (532
+lines) keeps them, so that a step can be read from the loader to the optimizer without leaving it; what made it
+longer moved out (start-up checks, restore, saving, validation, distributed agreement).
 """
 
 from __future__ import annotations
