@@ -1,7 +1,8 @@
 """``midtrain`` command line: one subcommand per job, each a jsonargparse parser over a library function.
 
-A command that is one function (``study plan|run|status|report``, ``migrate``, ``import``, ``sft``) gets its parser
-from the function's signature and docstring (``call``), so defaults and help are written once, in the library.
+A command that is one function (``study plan|run|status|report``, ``migrate``, ``import``; ``sft`` the same way by
+hand) gets its parser from the function's signature and docstring (``call``), so defaults and help are written
+once, in the library.
 The others still declare their options here: list options (``--runs a b``, ``--tasks``) that jsonargparse would
 read as one JSON value, subcommand groups (``evaluate``, ``tokenizer``), and the run config (``run_parser``;
 ``mix`` and ``status`` hand it to ``train.preview``). Size (~540 lines, over the house's ~450) until what is

@@ -135,3 +135,25 @@ def test_launcher_holds_a_signal_until_the_trainer_can_take_it(tmp_path, real_tr
     assert proc.returncode == 0, out[-2000:]
     assert "USR1 received: asking the trainer to checkpoint and stop" in out
     assert "the trainer stopped on a signal" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("after", [0.0, 0.3])
+def test_a_forked_command_ended_by_sigint_dies_of_it_as_a_fresh_interpreter(tmp_path, monkeypatch, after):
+    """The study's step runner forks each command (runner.fork_command). A command without stop handlers (eval,
+    lm-eval, report) that gets SIGINT must die of it (exit -2), as a fresh `midtrain` interpreter does: the runner
+    records that as interrupted and the next run redoes it. Raised as KeyboardInterrupt and exited 1, it was
+    recorded as failed (the reviewer's finding)."""
+    import runpy
+
+    from midtrain.study.runner import fork_command
+
+    monkeypatch.setattr(runpy, "run_module", lambda *a, **k: time.sleep(30))  # the child inherits it at fork
+    log = tmp_path / "log"
+    pid = fork_command(["evaluate", "loss"], log, str(tmp_path))
+    time.sleep(after)
+    os.kill(pid, signal.SIGINT)
+    deadline = time.time() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        assert time.time() < deadline, "the child did not end"
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == -signal.SIGINT, log.read_text()

@@ -395,6 +395,13 @@ def test_a_second_spec_in_the_folder_trains_no_base_step_and_starts_from_the_fir
         assert cell["seeds"] == [0, 1] and cell["lrs"] == [best, best], (cell, val)
     assert "Seeds 0, 1 (seeds.vary: sft) sample the SFT data order only" in \
         (out / "report" / "third" / "table.md").read_text()
+    # a step that failed in an earlier run runs again in the next one (docs/studies.md): the local executor
+    # skipped every step whose status said failed
+    rep = out / idx3["report"]["out"] / "status.json"
+    rep.write_text(json.dumps({**json.loads(rep.read_text()), "state": "failed", "exit_code": 1}))
+    r = run_cli("study", "run", tmp_path / "third.yaml", "--out", out, "--parallel", "1", env=env)
+    assert r.returncode == 0 and "1 to run" in r.stdout and "done: report" in r.stdout, r.stdout + r.stderr
+    assert json.loads(rep.read_text())["state"] == "done"
     a = torch.load(out / arm / "run" / "final" / "lit_model.pth", weights_only=False)
     b = torch.load(alone / alone_index["midtrain/tiny/code20-from8"]["out"] / "run" / "final" / "lit_model.pth",
                    weights_only=False)

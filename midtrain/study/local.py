@@ -98,7 +98,8 @@ def run_local(plan: Plan, out_dir: Path, spec_path: Path, parallel: int | None =
         check_changed(plan, out_dir, rerun_changed)
         materialise(plan, out_dir, spec_path)
         states = step_states(plan, out_dir)
-        state = {sid: st["state"] for sid, st in states.items()}
+        # a step that failed in an earlier run runs again in this one (once: if it fails again, it stays failed)
+        state = {sid: "pending" if st["state"] == "failed" else st["state"] for sid, st in states.items()}
         todo = [s for s in plan.steps if state[s.id] != "done"]
         need = gpu_need(plan, gpus, {s.id for s in todo})
         echo(f"study {plan.spec.name}: {len(plan.steps) - len(todo)} of {len(plan.steps)} steps done, "

@@ -153,8 +153,13 @@ def fork_command(argv: list[str], log_path: Path, cwd: str | None, err_path: Pat
     new interpreter's import time). Output goes to ``log_path`` (stderr to ``err_path`` if given; appended to),
     stdin is /dev/null, ``env`` (if given) replaces the environment, and the child has its own process group.
     The tests' zygote (tests/cli_zygote.py) runs every ``midtrain`` call through this function too."""
+    # Stop signals are blocked across the fork: one that reached the child before its ``try`` would raise (or run
+    # a handler) in a copy of this process's code. The child unblocks them once its own handlers are set.
+    stops = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     pid = os.fork()
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         try:  # (both sides set it: no window where a terminal's signal reaches the child directly)
             os.setpgid(pid, pid)
         except OSError:
@@ -183,6 +188,7 @@ def fork_command(argv: list[str], log_path: Path, cwd: str | None, err_path: Pat
             from midtrain import signals
 
             signals.install()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask - stops)  # a signal that came meanwhile is taken here
         if cwd:
             os.chdir(cwd)
         # torch read its thread count when the parent imported it: the child's own setting applies it
@@ -198,6 +204,11 @@ def fork_command(argv: list[str], log_path: Path, cwd: str | None, err_path: Pat
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:  # a fresh interpreter dies of the SIGINT (-2): the runner records "interrupted"
+        import traceback
+
+        traceback.print_exc()
+        code = -signal.SIGINT
     except BaseException:  # noqa: BLE001 - the child must report, never fall back into the parent's code
         import traceback
 
@@ -213,7 +224,10 @@ def fork_command(argv: list[str], log_path: Path, cwd: str | None, err_path: Pat
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
-            os._exit(code)
+            if code == -signal.SIGINT:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGINT)
+            os._exit(code if code >= 0 else 1)
 
 
 def preload() -> None:
