@@ -1,7 +1,6 @@
 #!/bin/bash
-# The GPU benchmark, one prepared script (measured on one H200, 2026-12-04, bench/results/: `--sizes 160m` 234 s,
-# `--sizes 410m` about 330 s, so the default two sizes about 8 minutes with a cold compile cache; `--quick` 119 s,
-# plus about 30 s to start a lent machine): the paper's
+# The GPU benchmark, one prepared script (measured on one H200, 2026-12-04, bench/results/: the default two sizes
+# 283 s with a cold compile cache, `--sizes 1b --quick` 198 s, plus about 30 s to start a lent machine): the paper's
 # pythia-160m and pythia-410m configs as they run (per-rank micro-batch and gradient accumulation, bf16-true,
 # seq 2048, compile), a checkpoint save + restore and a validation pass, DDP vs FSDP2 on every visible GPU when
 # there are several, upstream `litgpt pretrain` side by side, and the paper grid's GPU-hours at the measured rate.

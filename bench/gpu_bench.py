@@ -364,4 +364,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    started = time.perf_counter()
+    code = main()
+    say(f"bench/gpu.sh: {time.perf_counter() - started:.0f} s in all, this script's own time (exit {code})")
+    sys.exit(code)

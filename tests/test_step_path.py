@@ -72,3 +72,36 @@ def test_the_compiled_loss_equals_the_chunked_eager_loss():
     (compiled * weights).sum().backward()
     assert a.grad.dtype == b.grad.dtype == dtype
     torch.testing.assert_close(b.grad.float(), a.grad.float(), rtol=1.6e-2, atol=1e-3)  # bf16's resolution
+
+
+def test_compiled_blocks_train_as_eager_with_one_graph_for_every_block():
+    """``parallel.compile_blocks`` (what ``compile: true`` does to the model): each Block compiled in place, so the
+    state-dict keys are the eager model's (no ``_orig_mod.``), the forward and the gradients are eager's, and Dynamo
+    traces one Block's forward for all of them (compile time independent of depth: a whole-model compile traced
+    every Block)."""
+    import torch._dynamo
+    from litgpt import GPT, Config
+
+    from midtrain.train.parallel import compile_blocks
+
+    cfg = Config(block_size=16, vocab_size=64, padded_vocab_size=64, n_layer=3, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    eager = GPT(cfg)
+    compiled = GPT(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compile_blocks(compiled)
+    assert all(block._compiled_call_impl is not None for block in compiled.transformer.h)
+    assert compiled.lm_head._compiled_call_impl is None  # the root runs eagerly
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x = torch.randint(0, 64, (2, 16))
+    outs = []
+    for model in (eager, compiled):
+        out = model(x)
+        out.float().pow(2).mean().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one Block's graph serves all three

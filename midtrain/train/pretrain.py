@@ -118,7 +118,8 @@ def setup(
         tokenizer_dir: a litgpt tokenizer folder (copied into checkpoints; checks the vocabulary).
         logger_name: tensorboard, csv or wandb.
         seed: model init seed.
-        compile: torch.compile the model (default: on for CUDA without sharding, off on CPU and under fsdp/hsdp).
+        compile: torch.compile each transformer Block and the loss (default: on for CUDA without sharding, off on CPU
+            and under fsdp/hsdp). See midtrain.train.parallel.compile_blocks.
         keep_last_n: keep only the newest N step checkpoints of this run.
     """
     from midtrain.data.sharded_mixed import ShardedMixedDataset
@@ -390,7 +391,7 @@ def setup_model(fabric, run: Run, seq_len: int, will_load: bool):
     if run.activation_checkpointing:
         parallel.checkpoint_blocks(model)
     if run.compile:
-        model = torch.compile(model)
+        parallel.compile_blocks(model)
     model = fabric.setup(model)
     if run.sharded and will_load and run.precision in ("bf16-true", "16-true"):
         from midtrain.train.saver import unwrap
