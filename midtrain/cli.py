@@ -1,13 +1,12 @@
 """``midtrain`` command line: one subcommand per job, each a jsonargparse parser over a library function.
 
-A command that is one function (``study plan|run|status|report``, ``migrate``, ``import``; ``sft`` the same way by
-hand) gets its parser from the function's signature and docstring (``call``), so defaults and help are written
-once, in the library.
-The others still declare their options here: list options (``--runs a b``, ``--tasks``) that jsonargparse would
-read as one JSON value, subcommand groups (``evaluate``, ``tokenizer``), and the run config (``run_parser``;
-``mix`` and ``status`` hand it to ``train.preview``). Size (~540 lines, over the house's ~450) until what is
-left moves into the library: ``report``'s and ``evaluate``'s option checks, the list-option commands' parsers. Errors from bad input (ConfigError, argument errors) become one line on stderr and
-exit status 2.
+A command that is one function (``study plan|run|status|report``, ``evaluate loss|lm-eval|export-hf``, ``sft``,
+``report``, ``plot``, ``proximity``, ``overlap``, ``migrate``, ``import``) gets its parser from the function's
+signature and docstring (``function_parser``), so names, defaults and help are written once, in the library; a
+study step's command line is built from the same signatures (``midtrain.study.kinds``). The others declare their
+options here: the run config (``run_parser``; ``mix`` and ``status`` hand it to ``train.preview``), ``prepare``,
+``tokenizer train``, ``shard`` and ``demo``. Errors from bad input (ConfigError, argument errors) become one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import os
 import sys
 from typing import Callable, Optional
 
-from midtrain.atomic import write_text_atomic
 from midtrain.errors import ConfigError
 from midtrain.run_args import _parser, check_retired_keys, install_litgpt_alias, parse_run, run_parser  # noqa: F401
 
@@ -174,9 +172,7 @@ def sft(argv: list[str]) -> int:
     """``midtrain sft``: fine-tune a checkpoint, pick the LR on val, report held-out test and forgetting."""
     from midtrain.posttrain.sft import Stopped, format_sft, run_sft
 
-    parser = _parser("Full fine-tuning on prompt/response pairs with an LR sweep, held-out test loss and forgetting.")
-    parser.add_function_arguments(run_sft)
-    args = parser.parse_args(argv)
+    args = function_parser(run_sft, config=True).parse_args(argv)
     kwargs = {k: v for k, v in vars(args).items() if k not in ("config", "run_yaml", "__path__")}
     try:
         metrics = run_sft(**kwargs)
@@ -196,196 +192,60 @@ def sft(argv: list[str]) -> int:
     return 0
 
 
-PRECISION_HELP = ("the forward pass: bf16-mixed (bf16 autocast, TF32) or 32-true; default bf16-mixed on a GPU with "
-                  "bf16, else 32-true (written beside the numbers)")
-
-
 def evaluate(argv: list[str]) -> int:
-    """``midtrain evaluate loss|lm-eval|export-hf``."""
-    if _help(argv, "evaluate", {"loss": "loss per val set of a checkpoint (or of every checkpoint of a run)",
-                                "lm-eval": "lm-evaluation-harness tasks on a checkpoint, offline",
-                                "export-hf": "a checkpoint as a Hugging Face model folder"}):
-        return 0
-    from midtrain.posttrain import evaluate as ev
+    """``midtrain evaluate loss|lm-eval|export-hf``: the functions of ``midtrain.posttrain.commands``, each parser
+    built from its signature and docstring."""
+    from docstring_parser import parse as parse_doc
 
-    what = argv[0] if argv else ""
-    parser = _parser(f"midtrain evaluate {what}")
-    parser.add_argument("--checkpoint", type=str, required=True)
-    if what == "loss":
-        parser.add_argument("--data", type=str, required=True, help="a shard folder or a folder of val sets")
-        parser.add_argument("--max_seq_length", type=Optional[int], default=None)
-        parser.add_argument("--batch_size", type=int, default=8)
-        parser.add_argument("--max_batches", type=int, default=100)
-        parser.add_argument("--json", type=Optional[str], default=None)
-        parser.add_argument("--all_checkpoints", type=bool, default=False,
-                            help="--checkpoint is a run folder: evaluate every saved checkpoint in it (by_step)")
-        parser.add_argument("--precision", type=Optional[str], default=None, help=PRECISION_HELP)
-        a = parser.parse_args(argv[1:])
-        if a.all_checkpoints:
-            result = ev.loss_over_checkpoints(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches,
-                                              a.precision)
-            for step, sets in result["by_step"].items():
-                print(f"step {step}: " + ", ".join(f"{n} loss {m['loss']:.4f}" for n, m in sets.items()
-                                                   if isinstance(m, dict) and "loss" in m))
-        else:
-            result = ev.loss_on_shards(a.checkpoint, a.data, a.max_seq_length, a.batch_size, a.max_batches,
-                                       a.precision)
-        for name, m in result.items():
-            if isinstance(m, dict) and "loss" in m:
-                print(f"{name}: loss {m['loss']:.4f} ppl {m['ppl']:.2f}")
-        print(f"precision: {result['precision']}")
-        for note in result.get("checkpoint_notes") or []:
-            if note.get("optimizer"):
-                print(f"note: {note['optimizer']} at step {note.get('at_step', note.get('step'))}")
-        ev.write_json(result, a.json)
-    elif what == "lm-eval":
-        parser.add_argument("--tasks", type=str, required=True)
-        parser.add_argument("--out_dir", type=str, required=True)
-        parser.add_argument("--batch_size", type=int, default=1)
-        parser.add_argument("--num_fewshot", type=Optional[int], default=None)
-        parser.add_argument("--limit", type=Optional[float], default=None)
-        parser.add_argument("--include_path", type=Optional[str], default=None,
-                            help="a folder of local task YAMLs (data files beside them: works offline)")
-        parser.add_argument("--tokenizer_dir", type=Optional[str], default=None, help="default: the checkpoint folder")
-        parser.add_argument("--precision", type=Optional[str], default=None, help=PRECISION_HELP)
-        a = parser.parse_args(argv[1:])
-        table = ev.lm_eval(a.checkpoint, a.tasks, a.out_dir, a.batch_size, a.num_fewshot, a.limit, a.include_path,
-                           a.tokenizer_dir, a.precision)
-        for task, metrics in table.items():
-            print(f"{task}: " + ", ".join(ev.format_lm_eval_metrics(metrics)))
-        print(f"wrote {a.out_dir}/results.json")
-    elif what == "export-hf":
-        parser.add_argument("--out", type=str, required=True)
-        a = parser.parse_args(argv[1:])
-        print(f"wrote {ev.export_hf(a.checkpoint, a.out)}")
-    else:
+    from midtrain.posttrain.commands import COMMANDS as EVALUATE
+
+    if _help(argv, "evaluate", {k: parse_doc(f.__doc__).short_description.rstrip(".") for k, f in EVALUATE.items()}):
+        return 0
+    if not argv or argv[0] not in EVALUATE:
         raise ConfigError("midtrain evaluate", "expected one of: loss, lm-eval, export-hf")
-    return 0
+    return call(argv[1:], EVALUATE[argv[0]], config=True)
 
 
 def plot(argv: list[str]) -> int:
-    """``midtrain plot``: per-source validation loss against step for several runs (PNG)."""
-    from midtrain.report import plot_runs
+    """``midtrain plot``: ``midtrain.report.plot``, its parser built from its signature."""
+    from midtrain.report import plot
 
-    parser = _parser("Plot per-source validation loss (or another metric family) against step for runs.")
-    parser.add_argument("--runs", type=str, nargs="+", required=True, help="run out_dirs")
-    parser.add_argument("--out", type=str, required=True, help="PNG path")
-    parser.add_argument("--metric", type=str, default="val_loss", help="metric family: val_loss, val_ppl, train_loss")
-    a = parser.parse_args(argv)
-    print(f"wrote {plot_runs(a.runs, a.out, a.metric.rstrip('/') + '/')}")
-    return 0
+    return call(argv, plot, config=True)
 
 
 def report(argv: list[str]) -> int:
-    """``midtrain report``: final per-source losses and SFT results across runs (markdown or CSV)."""
-    from midtrain.report import format_table, report_rows
+    """``midtrain report``: ``midtrain.report.report``, its parser built from its signature."""
+    from midtrain.report import report
 
-    parser = _parser("A table of final per-source validation losses and SFT results across runs.")
-    parser.add_argument("--runs", type=str, nargs="*", default=[])
-    parser.add_argument("--sft", type=str, nargs="*", default=[], help="SFT metrics JSON files (midtrain sft --out)")
-    parser.add_argument("--format", type=str, default="markdown", help="markdown or csv")
-    parser.add_argument("--out", type=Optional[str], default=None)
-    parser.add_argument("--by_seed", type=bool, default=False,
-                        help="aggregate the --sft files over seeds: arms x tasks, mean ± CI, Δ vs --baseline")
-    parser.add_argument("--baseline", type=Optional[str], default="pretrain-only",
-                        help="the arm every Δ is measured against (null: no Δ)")
-    parser.add_argument("--main_set", type=str, default="main", help="the val set whose loss after SFT is forgetting")
-    parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--lr_choice", type=str, default="per_checkpoint",
-                        help="--by_seed: per_checkpoint (one LR per fine-tuned checkpoint and task, on the val loss "
-                             "averaged over its seeds), per_arm (one per arm and task) or per_seed")
-    a = parser.parse_args(argv)
-    if a.format not in ("markdown", "csv"):
-        raise ConfigError("--format", f"{a.format!r} is not markdown or csv")
-    if a.out:
-        from pathlib import Path
-
-        from midtrain.atomic import check_writable_dir
-
-        check_writable_dir(Path(a.out).parent, "--out")
-    if a.by_seed:
-        from midtrain.report import seed_table
-
-        if not a.sft:
-            raise ConfigError("--sft", "--by_seed aggregates SFT metrics files: give them")
-        if not 0 < a.confidence < 1:
-            raise ConfigError("--confidence", f"must be in (0, 1), got {a.confidence}")
-        text = seed_table(a.sft, a.runs, a.baseline, a.format, a.main_set, a.confidence, a.lr_choice).rstrip("\n")
-    else:
-        if not a.runs:
-            raise ConfigError("--runs", "give the run folders to report")
-        cols, rows = report_rows(a.runs, a.sft)
-        text = format_table(cols, rows, a.format)
-    if a.out:
-        write_text_atomic(a.out, text + "\n")
-    print(text)
-    return 0
+    return call(argv, report, config=True)
 
 
 def import_(argv: list[str]) -> int:
     """``midtrain import``: ``midtrain.importer.import_checkpoint``, its parser built from its signature."""
-    return call(argv, "midtrain.importer", "import_checkpoint")
+    from midtrain.importer import import_checkpoint
+
+    return call(argv, import_checkpoint)
 
 
 def migrate(argv: list[str]) -> int:
     """``midtrain migrate``: ``midtrain.migrate.migrate_file``, its parser built from its signature."""
-    return call(argv, "midtrain.migrate", "migrate_file")
+    from midtrain.migrate import migrate_file
+
+    return call(argv, migrate_file)
 
 
 def proximity(argv: list[str]) -> int:
-    """``midtrain proximity``: unigram proximity of mixtures (of named sets) to targets, and the advantage."""
-    from midtrain.analysis.run_proximity import format_rows, run_proximity
+    """``midtrain proximity``: ``midtrain.analysis.run_proximity.proximity``, its parser built from its signature."""
+    from midtrain.analysis.run_proximity import proximity
 
-    parser = _parser("Token-unigram proximity between datasets (token shards read directly, or raw text "
-                     "tokenised with --tokenizer_dir) and each mixture's proximity advantage over --reference.")
-    parser.add_argument("--data", type=str, nargs="+", required=True,
-                        help="named sets NAME=PATH (shard folder(s) or raw text); sources of the mixtures")
-    parser.add_argument("--targets", type=str, nargs="+", required=True, help="named target sets NAME=PATH")
-    parser.add_argument("--mixtures", type=str, nargs="*", default=[],
-                        help="NAME=src:w,src:w over --data names (each --data set alone is always a mixture too)")
-    parser.add_argument("--reference", type=str, default="main", help="the mixture the advantage is measured against")
-    parser.add_argument("--measure", type=str, default="cosine",
-                        help="the primary measure, listed first: cosine (default), jsd or combined")
-    parser.add_argument("--max_tokens", type=Optional[int], default=10_000_000,
-                        help="a seeded sample of at most this many tokens per set (null: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokenizer_dir", type=Optional[str], default=None,
-                        help="for raw-text sets; also bounds token ids of shards")
-    parser.add_argument("--field", type=str, default="text", help="JSONL/parquet text field of raw-text sets")
-    parser.add_argument("--json", type=Optional[str], default=None, help="also write the table as JSON")
-    a = parser.parse_args(argv)
-    result = run_proximity(a.data, a.targets, a.mixtures, a.reference, a.measure, a.max_tokens, a.seed,
-                           a.tokenizer_dir, a.field, a.json)
-    print(format_rows(result))
-    if a.json:
-        print(f"wrote {a.json}")
-    return 0
+    return call(argv, proximity, config=True)
 
 
 def overlap(argv: list[str]) -> int:
-    """``midtrain overlap``: near-duplicates of evaluation items in corpora and training sets."""
-    from midtrain.analysis.overlap import format_summary, run_overlap
+    """``midtrain overlap``: ``midtrain.analysis.overlap.overlap``, its parser built from its signature."""
+    from midtrain.analysis.overlap import overlap
 
-    parser = _parser("Near-duplicate decontamination: per evaluation set, the items that share a normalised "
-                     "word n-gram with any document of --against (case, whitespace and punctuation ignored; an "
-                     "item shorter than n words is matched whole), and the items whose response equals a "
-                     "training response after replacing names and numbers.")
-    parser.add_argument("--eval", type=str, nargs="+", required=True,
-                        help="NAME=PATH of prompt/response JSONL sets (or JSONL documents with \"text\", such as a "
-                             "corpus's val split)")
-    parser.add_argument("--against", type=str, nargs="+", required=True,
-                        help="NAME=PATH of corpora (read as `prepare --input` reads them: JSONL/parquet with text, "
-                             "any other file as a document, or a folder of them) and training sets (prompt/response "
-                             "JSONL: also checked for renamed-entity responses)")
-    parser.add_argument("--n", type=int, default=13, help="n-gram length in words (13: common practice)")
-    parser.add_argument("--prompt_key", type=str, default="prompt")
-    parser.add_argument("--response_key", type=str, default="response")
-    parser.add_argument("--json", type=Optional[str], default=None, help="also write the counts and examples as JSON")
-    a = parser.parse_args(argv)
-    result = run_overlap(a.eval, a.against, a.n, a.json, a.prompt_key, a.response_key)
-    print(format_summary(result["eval"], a.n))
-    print("words read: " + ", ".join(f"{k} {v:,}" for k, v in result["words_read"].items()))
-    return 0
+    return call(argv, overlap, config=True)
 
 
 def study(argv: list[str]) -> int:
@@ -507,18 +367,32 @@ def _rank() -> int:
     return dist.get_rank() if dist is not None and dist.is_available() and dist.is_initialized() else 0
 
 
-def call(argv: list[str], module: str, name: str) -> int:
-    """A command that is one library function: its parser from the signature and the docstring's ``Args:``
-    (defaults and help written once, in the library), then the call."""
-    import importlib
+def function_parser(fn: Callable, config: bool = False):
+    """The parser of a command that is one library function: from its signature and its docstring's ``Args:``
+    (names, defaults and help written once, in the library); ``config``: also ``--config FILE.yaml``."""
+    import inspect
+    import typing
 
     from docstring_parser import parse as parse_doc
 
-    fn = getattr(importlib.import_module(module), name)
     doc = parse_doc(fn.__doc__)
-    parser = _parser(" ".join(filter(None, (doc.short_description, doc.long_description))), config=False)
-    parser.add_function_arguments(fn)
-    return fn(**parser.parse_args(argv).as_dict())
+    parser = _parser(" ".join(filter(None, (doc.short_description, doc.long_description))), config=config)
+    # jsonargparse reads a list option as one JSON value; a list of strings is given as `--runs a b` instead
+    lists = [n for n, t in typing.get_type_hints(fn).items() if t == list[str]]
+    helps = {p.arg_name: p.description for p in doc.params}
+    for name in lists:
+        default = inspect.signature(fn).parameters[name].default
+        required = default is inspect.Parameter.empty
+        parser.add_argument(f"--{name}", type=str, nargs="+" if required else "*", required=required,
+                            default=None if required else list(default), help=helps.get(name))
+    parser.add_function_arguments(fn, skip=set(lists))
+    return parser
+
+
+def call(argv: list[str], fn: Callable, config: bool = False) -> int:
+    """Parse ``argv`` with ``fn``'s own parser (``function_parser``), then call it."""
+    args = function_parser(fn, config).parse_args(argv).as_dict()
+    return fn(**{k: v for k, v in args.items() if k not in ("config", "__path__")})
 
 
 def run_command(fn: Callable[[list[str]], int], argv: list[str], name: str) -> int:

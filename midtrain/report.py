@@ -1,4 +1,5 @@
-"""Comparing runs: per-source validation curves (``midtrain plot``) and a final table (``midtrain report``).
+"""Comparing runs: per-source validation curves (``midtrain plot``) and a final table (``midtrain report``); both
+commands are the functions ``plot`` and ``report`` below, their parsers built from the signatures (``midtrain.cli``).
 
 Metrics come from a run's logs: ``out_dir/logs/csv/version_*/metrics.csv`` or, for the default
 TensorBoard logger, ``out_dir/logs/tensorboard/version_*`` event files. A resumed run writes a new
@@ -12,6 +13,7 @@ import glob
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 from midtrain.errors import ConfigError
 
@@ -212,3 +214,55 @@ def format_table(cols: list[str], rows: list[dict], fmt: str = "markdown") -> st
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def plot(runs: list[str], out: str, metric: str = "val_loss") -> int:
+    """Plot per-source validation loss (or another metric family) against step for runs.
+
+    Args:
+        runs: run out_dirs
+        out: PNG path
+        metric: metric family: val_loss, val_ppl, train_loss
+    """
+    print(f"wrote {plot_runs(runs, out, metric.rstrip('/') + '/')}")
+    return 0
+
+
+def report(runs: list[str] = [], sft: list[str] = [], format: str = "markdown", out: Optional[str] = None,
+           by_seed: bool = False, baseline: Optional[str] = "pretrain-only", main_set: str = "main",
+           confidence: float = 0.95, lr_choice: str = "per_checkpoint") -> int:
+    """A table of final per-source validation losses and SFT results across runs.
+
+    Args:
+        runs: run folders
+        sft: SFT metrics JSON files (midtrain sft --out)
+        format: markdown or csv
+        out: also write the table to this file
+        by_seed: aggregate the --sft files over seeds: arms x tasks, mean ± CI, Δ vs --baseline
+        baseline: the arm every Δ is measured against (null: no Δ)
+        main_set: the val set whose loss after SFT is forgetting
+        confidence: the intervals' confidence level, in (0, 1)
+        lr_choice: --by_seed: per_checkpoint (one LR per fine-tuned checkpoint and task, on the val loss averaged
+            over its seeds), per_arm (one per arm and task) or per_seed
+    """
+    from midtrain.atomic import check_writable_dir, write_text_atomic
+
+    if format not in ("markdown", "csv"):
+        raise ConfigError("--format", f"{format!r} is not markdown or csv")
+    if out:
+        check_writable_dir(Path(out).parent, "--out")
+    if by_seed:
+        if not sft:
+            raise ConfigError("--sft", "--by_seed aggregates SFT metrics files: give them")
+        if not 0 < confidence < 1:
+            raise ConfigError("--confidence", f"must be in (0, 1), got {confidence}")
+        text = seed_table(sft, runs, baseline, format, main_set, confidence, lr_choice).rstrip("\n")
+    else:
+        if not runs:
+            raise ConfigError("--runs", "give the run folders to report")
+        cols, rows = report_rows(runs, sft)
+        text = format_table(cols, rows, format)
+    if out:
+        write_text_atomic(out, text + "\n")
+    print(text)
+    return 0

@@ -305,6 +305,50 @@ def test_an_eval_precision_reaches_the_evaluate_command_lines(tmp_path):
 
 
 @pytest.mark.unit
+def test_every_step_command_line_parses_under_its_commands_own_parser_as_the_spec_said(tmp_path):
+    """A study step's command line is built from the command's definition (``study.kinds.command_argv``): parsed by
+    the parser the CLI builds for that command (``cli.function_parser``), it gives back what the spec said,
+    a null option as null, a boolean and a list included; a name the command does not have is refused."""
+    from midtrain.cli import function_parser
+    from midtrain.posttrain.commands import lm_eval, loss
+    from midtrain.posttrain.sft import run_sft
+    from midtrain.study.kinds import command_argv
+    from midtrain.study.steps import step_command
+
+    spec = raw(eval={"max_batches": 7, "batch_size": 3, "precision": "32-true", "checkpoints": "all",
+                     "lm_eval": {"tasks": "a,b", "num_fewshot": 2, "limit": 0.5, "include_path": "/tasks"}},
+               sft={"lrs": [1e-4, 1e-3], "tasks": {"py": {"data": "/t.jsonl", "test_data": "/test.jsonl"}},
+                    "options": {"epochs": 2, "activation_checkpointing": True, "forgetting_sets": ["main"],
+                                "tokenizer_dir": None}})
+    p = plan_of(spec)
+    parsers = {"evaluate loss": function_parser(loss, config=True), "evaluate lm-eval": function_parser(lm_eval),
+               "sft": function_parser(run_sft, config=True)}
+    seen = set()
+    for step in p.steps:
+        argv = step_command(p, step, tmp_path, tmp_path / "spec.yaml")[0]
+        name = " ".join(argv[:2]) if argv[0] == "evaluate" else argv[0]
+        if name not in parsers:
+            continue
+        got = parsers[name].parse_args(argv[2 if argv[0] == "evaluate" else 1:]).as_dict()
+        seen.add(name)
+        if name == "evaluate loss":
+            assert (got["max_batches"], got["batch_size"], got["precision"], got["all_checkpoints"]) == (
+                7, 3, "32-true", True)
+            assert got["json"] == str(tmp_path / step.out / "loss.json")
+        elif name == "evaluate lm-eval":
+            assert (got["tasks"], got["num_fewshot"], got["limit"], got["include_path"], got["batch_size"]) == (
+                "a,b", 2, 0.5, "/tasks", 1)
+        else:
+            assert list(got["lrs"]) == list(step.config["lrs"]) and got["seed"] == step.config["seed"]
+            assert (got["epochs"], got["activation_checkpointing"], got["forgetting_sets"], got["tokenizer_dir"]) == (
+                2, True, ["main"], None)
+            assert str(got["test_data"]) == "/test.jsonl" and got["val_data"] is None and got["task"] == "py"
+    assert seen == set(parsers)
+    with pytest.raises(TypeError, match="--max_batchez"):
+        command_argv(loss, checkpoint="c", data="d", max_batchez=3)
+
+
+@pytest.mark.unit
 def test_the_spec_knows_every_option_of_midtrain_sft():
     """sft.options are `midtrain sft`'s parameters less what the study sets: the spec's two lists are run_sft's."""
     import inspect

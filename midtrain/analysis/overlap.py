@@ -1,5 +1,6 @@
 """Near-duplicate decontamination: which evaluation items overlap a corpus or a training set, beyond exact
-matches. Pure core (text in, counts out; numpy only); ``run_overlap`` is the thin file shell.
+matches. Pure core (text in, counts out; numpy only); ``run_overlap`` is the thin file shell and ``overlap`` the
+command (its parser built from the signature by ``midtrain.cli``).
 
 Guarantees:
 - **Normalisation** (``normalise``): NFKC, lower case, every run of characters that are not letters or
@@ -24,7 +25,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -315,3 +316,25 @@ def run_overlap(evals: Sequence[str], against: Sequence[str], n: int = 13, json_
 
         write_text_atomic(json_out, json.dumps(result, indent=1) + "\n")
     return result
+
+
+def overlap(eval: list[str], against: list[str], n: int = 13, prompt_key: str = "prompt",
+            response_key: str = "response", json: Optional[str] = None) -> int:
+    """Near-duplicate decontamination: per evaluation set, the items that share a normalised word n-gram with any
+    document of --against (case, whitespace and punctuation ignored; an item shorter than n words is matched
+    whole), and the items whose response equals a training response after replacing names and numbers.
+
+    Args:
+        eval: NAME=PATH of prompt/response JSONL sets (or JSONL documents with "text", such as a corpus's val split)
+        against: NAME=PATH of corpora (read as `prepare --input` reads them: JSONL/parquet with text, any other file
+            as a document, or a folder of them) and training sets (prompt/response JSONL: also checked for
+            renamed-entity responses)
+        n: n-gram length in words (13: common practice)
+        prompt_key: the prompt's field in the JSONL sets
+        response_key: the response's field in the JSONL sets
+        json: also write the counts and examples as JSON
+    """
+    result = run_overlap(eval, against, n, json, prompt_key, response_key)
+    print(format_summary(result["eval"], n))
+    print("words read: " + ", ".join(f"{k} {v:,}" for k, v in result["words_read"].items()))
+    return 0

@@ -1,4 +1,5 @@
-"""``midtrain proximity``: parse named sets and mixtures, count each set once, tabulate every measure.
+"""``midtrain proximity``: parse named sets and mixtures, count each set once, tabulate every measure. The command
+is ``proximity`` below (its parser built from the signature by ``midtrain.cli``).
 
 Every input is checked before any counting (names, paths, mixtures, measure, output folder).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 from midtrain.analysis import proximity as px
 from midtrain.errors import ConfigError
@@ -107,3 +109,28 @@ def format_rows(result: dict) -> str:
                                                                         f"{r[k]:.4f}" for m in ms
                                                                         for k in (m, f"advantage/{m}")]) + " |")
     return "\n".join(lines)
+
+
+def proximity(data: list[str], targets: list[str], mixtures: list[str] = [], reference: str = "main",
+              measure: str = "cosine", max_tokens: Optional[int] = 10_000_000, seed: int = 0,
+              tokenizer_dir: Optional[str] = None, field: str = "text", json: Optional[str] = None) -> int:
+    """Token-unigram proximity between datasets (token shards read directly, or raw text tokenised with
+    --tokenizer_dir) and each mixture's proximity advantage over --reference.
+
+    Args:
+        data: named sets NAME=PATH (shard folder(s) or raw text); sources of the mixtures
+        targets: named target sets NAME=PATH
+        mixtures: NAME=src:w,src:w over --data names (each --data set alone is always a mixture too)
+        reference: the mixture the advantage is measured against
+        measure: the primary measure, listed first: cosine (default), jsd or combined
+        max_tokens: a seeded sample of at most this many tokens per set (null: all)
+        seed: the sample's seed
+        tokenizer_dir: for raw-text sets; also bounds token ids of shards
+        field: JSONL/parquet text field of raw-text sets
+        json: also write the table as JSON
+    """
+    result = run_proximity(data, targets, mixtures, reference, measure, max_tokens, seed, tokenizer_dir, field, json)
+    print(format_rows(result))
+    if json:
+        print(f"wrote {json}")
+    return 0

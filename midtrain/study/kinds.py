@@ -19,6 +19,16 @@ def run_label(arm: str, seed: Optional[int]) -> str:
     return arm if seed is None else f"{arm}/s{seed}"
 
 
+# `midtrain sft`'s parameters (run_sft's; a test holds the two equal, so that reading a spec imports no torch): what
+# a study sets itself, and the options a spec's sft.options may give. A misspelt option is refused when the spec is
+# read, not when the SFT step runs after its arm has trained
+SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out", "save", "task", "arm",
+             "pretrain_val_path", "prompt_key", "response_key", "score_every_lr"}
+SFT_OPTIONS = {"tokenizer_dir", "val_fraction", "test_fraction", "epochs", "micro_batch_size", "global_batch_size",
+               "warmup_fraction", "min_lr_ratio", "weight_decay", "max_seq_length", "forgetting_batches", "forgetting_sets",
+               "precision", "devices", "num_nodes", "strategy", "activation_checkpointing"}
+
+
 @dataclass(frozen=True)
 class Where:
     """The paths a step's command line names, resolved from the plan by ``study.steps.step_command``."""
@@ -48,34 +58,60 @@ def _train(step, where: Where) -> tuple[list[str], dict]:
     return ["pretrain", "--config", str(where.folder / "run.yaml")], cfg
 
 
-def _options(config: dict, keys: tuple[str, ...]) -> list[str]:
-    return [x for k in keys if config.get(k) is not None for x in (f"--{k}", str(config[k]))]
+def command_argv(params, **values) -> list[str]:
+    """``--name value`` for each value that is not None, every name checked against ``params``: the parameters of
+    the function the command is (``midtrain.posttrain.commands``), or for ``sft`` the spec's own lists of
+    ``run_sft``'s parameters, which a test holds equal to its signature. A command line is built from the
+    command's definition, so an option renamed there fails here, when the study is planned, not in a job."""
+    if callable(params):
+        import inspect
+
+        params = inspect.signature(params).parameters
+    unknown = sorted(set(values) - set(params))
+    if unknown:
+        raise TypeError(f"no option {', '.join('--' + k for k in unknown)} in the command a study step runs")
+    return [x for k, v in values.items() if v is not None for x in (f"--{k}", _text(v))]
+
+
+def _text(value) -> str:
+    """A value as jsonargparse reads it back: booleans as true/false, lists and mappings as JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _chosen(config: dict, keys: tuple[str, ...]) -> dict:
+    return {k: config.get(k) for k in keys}
 
 
 def _eval(step, where: Where) -> tuple[list[str], None]:
+    from midtrain.posttrain.commands import loss
+
     every = step.config.get("checkpoints", "final") == "all"  # every checkpoint of the run: its folder
-    argv = ["evaluate", "loss", "--checkpoint", str(where.checkpoint.parent if every else where.checkpoint),
-            "--data", str(where.val), "--json", str(where.folder / "loss.json")]
-    return argv + (["--all_checkpoints", "true"] if every else []) + _options(
-        step.config, ("max_batches", "batch_size", "precision")), None
+    return ["evaluate", "loss"] + command_argv(
+        loss, checkpoint=str(where.checkpoint.parent if every else where.checkpoint), data=str(where.val),
+        json=str(where.folder / "loss.json"), all_checkpoints=True if every else None,
+        **_chosen(step.config, ("max_batches", "batch_size", "precision"))), None
 
 
 def _lm_eval(step, where: Where) -> tuple[list[str], None]:
-    argv = ["evaluate", "lm-eval", "--checkpoint", str(where.checkpoint), "--tasks", str(step.config["tasks"]),
-            "--out_dir", str(where.folder / "lm_eval")]
-    return argv + _options(step.config, ("include_path", "num_fewshot", "limit", "batch_size", "precision")), None
+    from midtrain.posttrain.commands import lm_eval
+
+    return ["evaluate", "lm-eval"] + command_argv(
+        lm_eval, checkpoint=str(where.checkpoint), tasks=str(step.config["tasks"]),
+        out_dir=str(where.folder / "lm_eval"),
+        **_chosen(step.config, ("include_path", "num_fewshot", "limit", "batch_size", "precision"))), None
 
 
 def _sft(step, where: Where) -> tuple[list[str], None]:
     task = step.config["task"]
-    argv = ["sft", "--checkpoint", str(where.checkpoint), "--data", task["data"], "--lrs",
-            json.dumps(step.config["lrs"]), "--seed", str(step.config["seed"]), "--task", task["name"],
-            "--arm", step.labels["arm"], "--out", str(where.folder / "metrics.json"), "--pretrain_val_path",
-            str(where.val), "--prompt_key", task["prompt_key"], "--response_key", task["response_key"]]
-    argv += [x for k in ("val_data", "test_data") if task.get(k) for x in (f"--{k}", task[k])]
-    for k, v in step.config["options"].items():
-        argv += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
-    return argv, None
+    return ["sft"] + command_argv(
+        SFT_OWNED | SFT_OPTIONS, checkpoint=str(where.checkpoint), data=task["data"], lrs=list(step.config["lrs"]),
+        seed=step.config["seed"], task=task["name"], arm=step.labels["arm"], out=str(where.folder / "metrics.json"),
+        pretrain_val_path=str(where.val), prompt_key=task["prompt_key"], response_key=task["response_key"],
+        val_data=task.get("val_data") or None, test_data=task.get("test_data") or None,
+        # an option the spec sets to null is passed as null (run_sft's default may not be None)
+        **{k: "null" if v is None else v for k, v in step.config["options"].items()}), None
 
 
 def _report(step, where: Where) -> tuple[list[str], None]:

@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from midtrain.errors import ConfigError
+from midtrain.study.kinds import SFT_OPTIONS, SFT_OWNED
 
 CONTROL = "pretrain-only"
 # What a seed re-runs, i.e. which sources of variance the intervals over seeds sample.
@@ -112,13 +113,7 @@ SEED_KEYS = {"values", "vary", "control"}
 # data order only where the base mixture's epochs turn over before the end; in a single-epoch pretraining run its
 # re-runs are the same run, paid for again: it is asked for, never assumed
 CONTROLS = ("shared", "per_seed")
-SFT_OWNED = {"checkpoint", "data", "val_data", "test_data", "lrs", "seed", "out", "save", "task", "arm",
-             "pretrain_val_path", "prompt_key", "response_key", "score_every_lr"}
-# the other options of `midtrain sft` (run_sft's parameters; a test holds the two equal): a misspelt one is refused
-# when the spec is read, not when the SFT step runs after its arm has trained
-SFT_OPTIONS = {"tokenizer_dir", "val_fraction", "test_fraction", "epochs", "micro_batch_size", "global_batch_size",
-               "warmup_fraction", "min_lr_ratio", "weight_decay", "max_seq_length", "forgetting_batches", "forgetting_sets",
-               "precision", "devices", "num_nodes", "strategy", "activation_checkpointing"}
+# SFT_OWNED, SFT_OPTIONS: `midtrain sft`'s parameters, kept with the sft step kind (study.kinds)
 SFT_STRATEGIES = ("auto", "ddp", "fsdp", "hsdp")  # midtrain.train.parallel.STRATEGIES (without torch here)
 SFT_BATCH_DEFAULTS = {"micro_batch_size": 8, "global_batch_size": 16}  # run_sft's (a test holds them equal)
 
