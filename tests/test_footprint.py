@@ -111,8 +111,10 @@ def test_study_plan_shows_each_training_shape_and_refuses_what_fits_nowhere(tmp_
     base.update(model_name="OLMo-2-1124-7B", model_config=None, tokenizer_dir=None)
     base["train"].update(micro_batch_size=4, global_batch_size=8, max_seq_length=4096)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    for what in ("plan", "run"):  # run: refused before anything is submitted (no sbatch is ever called)
-        args = ["--check_files", "false"] if what == "plan" else ["--out", tmp_path / "out", "--executor", "slurm"]
+    # run: refused before anything is submitted (no sbatch is ever called), and before a local step starts when the
+    # local steps get GPUs (--gpus here; by default the visible ones, as the local executor hands them out)
+    for what, args in (("plan", ["--check_files", "false"]), ("run", ["--out", tmp_path / "out", "--executor", "slurm"]),
+                       ("run", ["--out", tmp_path / "out", "--executor", "local", "--gpus", "0"])):
         r = run_cli("study", what, spec, *args)
         assert r.returncode == 2 and "DOES NOT FIT" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert "v100 (32 GiB)" in r.stderr

@@ -6,18 +6,10 @@ help live here only. The executors (``study.local``, ``study.slurm``) are import
 from __future__ import annotations
 
 import json as jsonlib
-import os
 from pathlib import Path
 from typing import Optional
 
 from midtrain.errors import ConfigError
-
-
-def gpus_visible() -> bool:
-    """Whether this machine has a GPU for local steps (nvidia-smi's device files; no CUDA initialisation here)."""
-    import glob
-
-    return bool(glob.glob("/dev/nvidia[0-9]*")) and os.environ.get("CUDA_VISIBLE_DEVICES", "x") not in ("", "-1")
 
 
 def plan(spec: list[str], out: Optional[str] = None, mfu: float = 0.4, peak_tflops: float = 989.0, rows: str = "all",
@@ -100,17 +92,24 @@ def run(spec: str, out: str, executor: str = "local", parallel: Optional[int] = 
 
     p, folder = _load(spec, out, for_run=True)
     check_writable_dir(folder, "--out")
-    if executor != "local" or gpus_visible():  # a run that fits on no strategy: refused before anything runs
-        footprints.isolated(footprints.check, p)  # (local steps on a machine without GPUs run on CPU)
+    if executor == "local":
+        from midtrain.study.local import parse_gpus, visible_gpus
+
+        chosen = parse_gpus(gpus)  # the GPUs local steps get: --gpus, else the visible ones (the executor's answer)
+        on_gpus = bool(visible_gpus() if chosen is None else chosen)
+    else:
+        on_gpus = True
+    if on_gpus:  # a run that fits on no strategy: refused before anything runs
+        footprints.isolated(footprints.check, p)  # (local steps without GPUs run on CPU: nothing to fit)
     check_external(p, folder)
     spec_path = Path(spec).resolve()
     if executor == "local":
-        from midtrain.study.local import parse_gpus, run_local
+        from midtrain.study.local import run_local
 
         for key, value in (("max_jobs", max_jobs), ("array_throttle", array_throttle), ("slurm", slurm)):
             if value is not None:
                 raise ConfigError(f"--{key}", "is an option of --executor slurm")
-        return run_local(p, folder, spec_path, parallel, rerun_changed, gpus=parse_gpus(gpus))
+        return run_local(p, folder, spec_path, parallel, rerun_changed, gpus=chosen)
     if executor != "slurm":
         raise ConfigError("--executor", f"{executor!r} is not local or slurm")
     for key, value in (("parallel", parallel), ("gpus", gpus)):
