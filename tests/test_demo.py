@@ -110,6 +110,11 @@ def test_protocol_is_checked_printed_and_hashed(demo):
     proto = res["protocol"]
     assert re.fullmatch(r"[0-9a-f]{12}", proto["hash"]) and f"Protocol {proto['hash']}" in r.stdout
     assert proto["violations"] == []
+    # the headline family is declared with the protocol, before any step runs, and it is what the findings test
+    family = f"the {len(proto['family'])} tested claims " + ", ".join(proto["family"])
+    assert r.stdout.index(family) < r.stdout.index("[demo] study")
+    assert proto["family"] == [f["finding"] for f in res["findings"] if f["lower_is_better"] is not None]
+    assert all(f["family"] == len(proto["family"]) for f in res["findings"])
     sched = Schedule("cosine", 3e-3, 3e-4, 200, 20)  # demo-tiny: 200 steps, 10% warmup, min 10% of peak
     roles = {row["arm"]: row for row in proto["arms"]}
     for arm, row in roles.items():

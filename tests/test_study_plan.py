@@ -168,13 +168,25 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
     assert x["verdict"] == "better" and by[("code20-from60-bf16-mixed", "main_after")]["verdict"] == stats.NO_VARIANCE
     inter = report.interactions(parsed, chosen)
     assert {i["family"] for i in inter} == {"code-bf16-true", "code-bf16-mixed"}
+    # the window at the corners, per metric: the late simple effect is the paper's claim (here +0.35 + 0.003 s > 0:
+    # reproduced), the early one is described (+0.05), and I = late - early has its own verdict
+    x = next(i for i in inter if i["family"] == "code-bf16-true" and i["metric"] == "sft_test")
+    assert x["late"]["mean"] == pytest.approx(0.353) and x["early"]["mean"] == pytest.approx(0.05)
+    assert x["interaction"]["mean"] == pytest.approx(0.303) and x["verdict"] == x["interaction_verdict"] == "reproduced"
+    assert x["per_seed"][2] == pytest.approx({"late": 0.356, "early": 0.05, "interaction": 0.306})
+    forgetting = next(i for i in inter if i["family"] == "code-bf16-true" and i["metric"] == "main_after")
+    assert forgetting["verdict"] == forgetting["interaction_verdict"] == "not judged (no variance sampled)"
+    text = "\n".join(report._format_interactions(inter, 0.95, "midtrain"))
+    assert "introduced late, a high weight hurts" in text
+    assert "late +0.3530 [" in text and ": **reproduced**; early +0.0500" in text and "I +0.3030 [" in text
     # under vary: sft each corner is one checkpoint: the sections say that the intervals sample no checkpoint noise
     for text in (report._format_interactions(inter, 0.95, "sft"), report._format_precision(effects, [], 0.95, "sft")):
         assert "checkpoint-level variance is NOT sampled" in text[0]
     assert "NOT sampled" not in report._format_interactions(inter, 0.95, "midtrain")[0]
-    (line,) = report.window_under_precision(inter, parsed)
-    assert line.startswith("- code on py: the window survives the precision change (bf16-true: reproduced; "
-                           "bf16-mixed: reproduced)"), line
+    line, forgot = report.window_under_precision(inter, parsed)
+    assert forgot.startswith("- code on py, main-corpus loss after SFT: the window reads the same under each")
+    assert line.startswith("- code on py, SFT test loss: the window survives the precision change (bf16-true: "
+                           "reproduced; bf16-mixed: reproduced)"), line
     # as paper-window.yaml has it: the grid as configured, and its corners again at another precision; the arm as
     # configured is the reference
     plain = parse_spec(raw(arms=[{"name": "code", "domain": "code", "start": [20, 60], "weight": [0.2, 0.5]},

@@ -31,9 +31,11 @@ Words (``stats.claim_verdict``, the same in the study report): "reproduced" / "n
 cell a finding rests on is outside a valid regime (``stats.regime_problems``: collapse, i.e. main-corpus loss
 after SFT at or above the unigram entropy of the tokens it scored; the chosen LR at a grid edge; a non-finite
 loss; seeds on both sides of collapse) or missing (its step failed or never ran); "not judged (no
-variance sampled)" when every seed gives the same difference. Every judged
-finding also gets a Holm-adjusted verdict over the judged findings; the smallest effect the design can
-detect is stated a priori, from n alone (``stats.a_priori_power_text``), never from the observed spread.
+variance sampled)" when every seed gives the same difference. The headline is the family of tested claims
+the protocol declares before any run (``declared_family``: its size never depends on an outcome): each verdict
+is Holm-adjusted over all of them, a claim not judged staying in the family with p = 1, and the unadjusted verdict
+is printed beside it; the smallest effect the design can detect is stated a priori, from n alone
+(``stats.a_priori_power_text``), never from the observed spread.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
     ``ln_vocab``: ln V for the regime check; ``near``: {"mid": arm, "task": task}, the near domain (finding 5);
     ``precision``: {"precision": p, "late_low": arm, "late_high": arm}, the grid's late corners re-run at
     precision p (the precision control: finding 3's late effects again under p).
-    Each finding also gets its Holm-adjusted verdict over the judged findings (``holm``)."""
+    Each tested finding also gets its verdict Holm-adjusted over the declared family (``holm``)."""
     out = []
 
     def keys(arms, task):
@@ -222,25 +224,47 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
                                 f"one: relative improvement of {a['mid']} on {a['task']} above that of {near['mid']} "
                                 f"on {near['task']}", iv, False, "Δ relative improvement (distant - near)", xs,
                                 problems))
-    family = [f for f in out if f["mean"] is not None and not f["regime"] and f["lower_is_better"] is not None
-              and f["p"] is not None and not math.isnan(f["p"])]
-    words = stats.holm_verdicts([((f["mean"] if f["lower_is_better"] else -f["mean"]), f["p"]) for f in family], alpha)
-    for f, w in zip(family, words):
-        f["holm"] = WORDS[w]
+    # the headline family: every tested claim, declared by the protocol before any run (``declared_family``), so its
+    # size never depends on an outcome; a claim that is not judged (regime, missing, no variance sampled) stays in it
+    # with p = 1 (never rejected, and it still counts in every other claim's adjustment)
+    family = [f for f in out if f["lower_is_better"] is not None]
+    declared = declared_family(domains, grid, precision, near)
+    if [f["finding"] for f in family] != declared:
+        raise AssertionError(f"tested claims {[f['finding'] for f in family]} are not the declared family {declared}")
+    judged = [f["mean"] is not None and not f["regime"] and f["p"] is not None and not math.isnan(f["p"])
+              for f in family]
+    words = stats.holm_verdicts([((f["mean"] if f["lower_is_better"] else -f["mean"]) if ok else 0.0,
+                                  f["p"] if ok else 1.0) for f, ok in zip(family, judged)], alpha)
+    for f, ok, w in zip(family, judged, words):
+        f["holm"] = WORDS[w] if ok else f["verdict"]
     for f in out:
-        f.setdefault("holm", f["verdict"] if f["regime"] or f["verdict"] in (DESCRIPTIVE, WORDS[stats.NO_VARIANCE])
-                     else WORDS["inconclusive"])
+        f.setdefault("holm", f["verdict"])  # described effects: not tested, no adjustment
         f["family"] = len(family)
     return out
+
+
+def declared_family(domains: Mapping, grid: Mapping, precision: Mapping | None = None,
+                    near: Mapping | None = None) -> list[str]:
+    """The tested claims, in order: the headline family, fixed by the protocol's design (``report.demo``) before
+    any run and printed with it; Holm's adjustment runs over all of them whatever their outcome."""
+    keys = [f"1-{d}" for d in domains] + [f"2-{d}-{w}" for d in domains for w in ("in-domain", "forgetting")]
+    keys += [f"3-{k}-{w}" for w in ("in-domain", "forgetting") for k in ("late", "interaction")]
+    if precision:
+        keys += [f"3-late-{precision['precision']}-{w}" for w in ("in-domain", "forgetting")]
+    keys.append("4-proximity")
+    if near:
+        keys += [f"5-distance-{d}" for d in domains]
+    return keys
 
 
 def format_findings(findings: list[dict]) -> str:
     k = findings[0]["family"] if findings else 0
     nj = sum(1 for f in findings if f["verdict"].startswith(stats.NOT_JUDGED))
     nd = sum(1 for f in findings if f["verdict"] == DESCRIPTIVE)
-    lines = [f"{len(findings) - nd} claims tested and {nd} effects described; {k} judged, Holm-adjusted over those "
-             f"{k} (family-wise error 5%) beside each raw verdict; {nj} not judged (a cell outside a valid regime or "
-             "missing, or no variance sampled). " + stats.a_priori_power_text(
+    lines = [f"The headline: the {k} claims of the family the protocol declared before any run, each verdict "
+             f"Holm-adjusted over all {k} (family-wise error 5%; a claim not judged stays in the family with p = 1), "
+             f"the unadjusted verdict beside it; {nj} not judged (a cell outside a valid regime or missing, or no "
+             f"variance sampled); {nd} effects described, not tested. " + stats.a_priori_power_text(
                  [f["n"] for f in findings if f["n"] and not f["finding"].startswith("4-")]), ""]
     for f in findings:
         if f["mean"] is None:
@@ -255,5 +279,5 @@ def format_findings(findings: list[dict]) -> str:
         elif f["verdict"] == DESCRIPTIVE or f["verdict"] == WORDS[stats.NO_VARIANCE]:
             lines.append(f"- finding {f['finding']}: {f['claim']}: **{f['verdict']}** ({num})")
         else:
-            lines.append(f"- finding {f['finding']}: {f['claim']}: **{f['verdict']}** (Holm: {f['holm']}) ({num})")
+            lines.append(f"- finding {f['finding']}: {f['claim']}: **{f['holm']}** (unadjusted: {f['verdict']}) ({num})")
     return "\n".join(lines)

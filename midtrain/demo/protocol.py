@@ -10,7 +10,9 @@ cosine schedule is down to about 10% of peak. A miniature keeps those ratios, no
 - each SFT training set holds at most ``sft_to_domain_max`` (0.1) of the domain tokens that each arm of its
   domain adds: SFT tokens / ((max_steps - S) x tokens per step x w), checked for every arm; late arms, which
   train few steps, are held to ``late_sft_to_domain_max`` instead where the spec states one (and say so);
-- the CPT arm sees as many domain tokens as that midtraining arm (within one step's worth).
+- the CPT arm sees as many domain tokens as that midtraining arm (within one step's worth);
+- the headline is the family of tested claims ``findings.declared_family`` lists from ``report.demo``, printed
+  here before any run and Holm-adjusted over all of them whatever their outcome.
 
 ``check`` computes every arm's LR fraction at its start, its domain dose and its SFT ratio from the spec
 and the tokenized SFT sets, and lists each violation in words; ``midtrain demo`` refuses to start on any.
@@ -26,6 +28,7 @@ import hashlib
 import json
 from typing import Mapping
 
+from midtrain.demo.findings import declared_family
 from midtrain.train.schedules import lr_fraction
 
 DEFAULT_LIMITS = {"early_lr_min": 0.8, "late_lr_max": 0.15, "sft_to_domain_max": 0.1}
@@ -90,14 +93,16 @@ def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
             if abs(dose - mid_dose) > size.tokens_per_step:
                 violations.append(f"{arm.name} adds {dose:,.0f} domain tokens and {mid.name} {mid_dose:,.0f}: CPT "
                                   "must see as many as midtraining (within one step)")
+    family = declared_family(domains, grid, prec or None, near or None)  # the headline, before any run
     return {"limits": limits, "arms": rows, "violations": violations, "sft_tokens": dict(sft_tokens),
-            "epochs": epochs}
+            "epochs": epochs, "family": family}
 
 
 # the code that builds the demo's data and judges its results: a change to any of it is a change of protocol
 PROTOCOL_CODE = ("midtrain/demo/data.py", "midtrain/demo/protocol.py", "midtrain/demo/findings.py",
-                 "midtrain/analysis/stats.py", "midtrain/analysis/tables.py", "midtrain/analysis/proximity.py",
-                 "midtrain/study/report.py", "midtrain/train/schedules.py")
+                 "midtrain/demo/__init__.py", "midtrain/analysis/stats.py", "midtrain/analysis/tables.py",
+                 "midtrain/analysis/proximity.py", "midtrain/analysis/overlap.py", "midtrain/study/report.py",
+                 "midtrain/report.py", "midtrain/train/schedules.py", "midtrain/train/metrics.py")
 
 
 def protocol_hash(spec_raw: Mapping, base_raw: Mapping, scale: Mapping, seed: int,
@@ -118,6 +123,8 @@ def format_protocol(p: dict, digest: str, steps: int, tokens_per_step: int) -> s
              + (f", late arms <= {lim['late_sft_to_domain_max']}" if "late_sft_to_domain_max" in lim else "")
              + f"; {steps} steps x {tokens_per_step:,} tokens of pretraining; SFT "
              + ", ".join(f"{t} {n:,} tokens" for t, n in p["sft_tokens"].items()) + f" x {p['epochs']} epoch(s).",
+             "", f"Headline family, declared here before any run: the {len(p['family'])} tested claims "
+             + ", ".join(p["family"]) + f", Holm-adjusted over all {len(p['family'])} whatever their outcome.",
              "", "| arm | start | LR at start / peak | role | domain tokens added | SFT tokens / domain tokens |",
              "|---|---|---|---|---|---|"]
     for r in p["arms"]:

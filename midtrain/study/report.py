@@ -195,12 +195,18 @@ def grid_family(arm) -> str | None:
     return arm.family + (f"-{arm.precision}" if arm.precision else "")
 
 
+METRIC_WORDS = {"sft_test": "SFT test loss", "main_after": "main-corpus loss after SFT"}
+
+
 def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = None) -> list[dict]:
-    """Timing × weight, for every arm family crossing >= 2 starts with >= 2 weights, per SFT task: per seed
-    I = (late high - late low) - (early high - early low) of the SFT test loss (earliest/latest start,
-    lowest/highest weight; > 0: a high weight costs more when introduced late), its t-interval over seeds
-    and the verdict on the paper's claim I > 0 (``stats.claim_verdict``, the findings' words), or "not judged" when a
-    cell it rests on is outside a valid regime (``stats.regime_problems``). Pure."""
+    """Timing × weight, for every arm family crossing >= 2 starts with >= 2 weights, per SFT task and metric (the
+    SFT test loss, in-domain, and the main-corpus loss after SFT, forgetting), per seed at the corners (earliest/
+    latest start, lowest/highest weight): the late simple effect L[late, high] − L[late, low], the early one
+    L[early, high] − L[early, low], and the interaction I = late − early, each with its t-interval over seeds.
+    The paper's window is the late claim, "introduced late, a high weight hurts" (late effect > 0): the entry's
+    ``verdict`` is on it (``stats.claim_verdict``, the findings' words); I > 0 ("a high weight costs more late than
+    early") has its own verdict, ``interaction_verdict``; the early effect is described, not tested. "not judged"
+    when a cell an entry rests on is outside a valid regime (``stats.regime_problems``) or missing. Pure."""
     from midtrain.analysis import stats
 
     values = {(c.arm, c.task, c.seed): c.values for c in chosen}
@@ -230,26 +236,31 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
             continue
         names = {k: cell[v] for k, v in corners.items()}
         for task in dict.fromkeys(c.task for c in chosen):
-            per_seed, problems = {}, []
-            problems += [split[(n, task)] for n in names.values() if (n, task) in split]
-            for seed in sorted({c.seed for c in chosen}):
-                keys = {k: (n, task, seed) for k, n in names.items()}
-                problems += [f"{key[0]}/s{seed}: {p}" for key in keys.values() for p in problems_of.get(key, [])]
-                problems += [f"{key[0]}/s{seed}: missing (its step failed or did not run)" for key in keys.values()
-                             if "sft_test" not in values.get(key, {})]
-                if all(k in values and "sft_test" in values[k] for k in keys.values()):
-                    v = {k: values[key]["sft_test"] for k, key in keys.items()}
-                    per_seed[seed] = (v["late_high"] - v["late_low"]) - (v["early_high"] - v["early_low"])
-            if not per_seed:
-                continue
-            finite = [v for v in per_seed.values() if math.isfinite(v)]
-            if not finite:
-                continue
-            iv = stats.summarize(finite, confidence)
-            out.append({"family": family, "task": task, "cells": names, "per_seed": per_seed,
-                        "interval": iv.__dict__,
-                        "verdict": f"{stats.NOT_JUDGED} (regime)" if problems else stats.claim_verdict(iv, +1),
-                        "regime": problems, "p": stats.t_test_p(finite)})
+            for metric in METRIC_WORDS:
+                per_seed, problems = {}, []
+                problems += [split[(n, task)] for n in names.values() if (n, task) in split]
+                for seed in sorted({c.seed for c in chosen}):
+                    keys = {k: (n, task, seed) for k, n in names.items()}
+                    problems += [f"{key[0]}/s{seed}: {p}" for key in keys.values() for p in problems_of.get(key, [])]
+                    problems += [f"{key[0]}/s{seed}: missing (its step failed or did not run)" for key in keys.values()
+                                 if metric not in values.get(key, {})]
+                    if all(k in values and metric in values[k] for k in keys.values()):
+                        v = {k: values[key][metric] for k, key in keys.items()}
+                        late, early = v["late_high"] - v["late_low"], v["early_high"] - v["early_low"]
+                        per_seed[seed] = {"late": late, "early": early, "interaction": late - early}
+                finite = {sd: e for sd, e in per_seed.items() if all(map(math.isfinite, e.values()))}
+                if not finite:
+                    continue
+                ivs = {k: stats.summarize([e[k] for e in finite.values()], confidence)
+                       for k in ("late", "early", "interaction")}
+                regime = f"{stats.NOT_JUDGED} (regime)" if problems or len(finite) < len(per_seed) else None
+                out.append({"family": family, "task": task, "metric": metric, "cells": names, "per_seed": per_seed,
+                            **{k: iv.__dict__ for k, iv in ivs.items()},
+                            "verdict": regime or stats.claim_verdict(ivs["late"], +1),
+                            "interaction_verdict": regime or stats.claim_verdict(ivs["interaction"], +1),
+                            "regime": problems + ([] if len(finite) == len(per_seed) else ["a non-finite loss"]),
+                            "p": stats.t_test_p([e["late"] for e in finite.values()]),
+                            "p_interaction": stats.t_test_p([e["interaction"] for e in finite.values()])})
     return out
 
 
@@ -296,25 +307,26 @@ def precision_effects(spec, chosen, confidence: float = 0.95, ln_v: float | None
 
 
 def window_under_precision(inter: list[dict], spec) -> list[str]:
-    """Whether the timing × weight window (``interactions``) reads the same under each precision of a precision
-    control: one line per family and task with >= 2 precisions."""
+    """Whether the timing × weight window (``interactions``: the late claim) reads the same under each precision of
+    a precision control: one line per family, task and metric with >= 2 precisions."""
     by: dict[tuple, dict] = {}
     precisions = {grid_family(a): a.precision or CONFIGURED for a in spec.arms}
     family_of = {grid_family(a): a.family for a in spec.arms}
     for x in inter:
-        by.setdefault((family_of[x["family"]], x["task"]), {})[precisions[x["family"]]] = x["verdict"]
+        by.setdefault((family_of[x["family"]], x["task"], x["metric"]), {})[precisions[x["family"]]] = x["verdict"]
     lines = []
-    for (family, task), verdicts in by.items():
+    for (family, task, metric), verdicts in by.items():
         if len(verdicts) < 2:
             continue
         words = set(verdicts.values())
         said = "; ".join(f"{p}: {v}" for p, v in verdicts.items())
+        where = f"- {family} on {task}, {METRIC_WORDS[metric]}"
         if words == {"reproduced"}:
-            lines.append(f"- {family} on {task}: the window survives the precision change ({said})")
+            lines.append(f"{where}: the window survives the precision change ({said})")
         elif len(words) == 1:
-            lines.append(f"- {family} on {task}: the window reads the same under each precision ({said})")
+            lines.append(f"{where}: the window reads the same under each precision ({said})")
         else:
-            lines.append(f"- {family} on {task}: the window depends on the precision ({said})")
+            lines.append(f"{where}: the window depends on the precision ({said})")
     return lines
 
 
@@ -388,20 +400,26 @@ def _format_precision(effects: list[dict], window: list[str], confidence: float,
 
 
 def _format_interactions(inter: list[dict], confidence: float, vary: str = "sft") -> list[str]:
-    lines = [f"Timing × weight interaction, I = (late high − late low) − (early high − early low) of SFT test loss "
-             f"per seed, mean ± {confidence:.0%} t-interval. The paper's window claims I > 0 (a high weight costs "
-             "more when introduced late): \"reproduced\" = the interval lies above 0, \"not reproduced\" = below." +
+    lines = [f"The plasticity window, per grid family, task and metric, at its corners: the paper claims that "
+             f"introduced late, a high weight hurts (late effect = L[late, high] − L[late, low] > 0; the verdict); "
+             f"beside it the early effect (described, not tested) and the interaction I = late − early (> 0: a high "
+             f"weight costs more late than early). Per-seed differences, mean ± {confidence:.0%} t-interval; "
+             "\"reproduced\" = the interval lies above 0, \"not reproduced\" = below." +
              (" " + ONE_CHECKPOINT.format(what="four single midtraining runs, the grid's corners") if vary == "sft"
               else ""), ""]
+
+    def num(iv):
+        return f"{iv['mean']:+.4f}" + ("" if iv["lo"] != iv["lo"] else f" [{iv['lo']:+.4f}, {iv['hi']:+.4f}]")
+
     for x in inter:
-        iv = x["interval"]
-        num = f"{iv['mean']:+.4f}" + ("" if iv["lo"] != iv["lo"] else f", CI [{iv['lo']:+.4f}, {iv['hi']:+.4f}]")
         c = x["cells"]
         why = ""
         if x.get("regime"):
             why = ": " + "; ".join(x["regime"][:2]) + (f"; +{len(x['regime']) - 2} more" if len(x["regime"]) > 2 else "")
-        lines.append(f"- {x['family']} on {x['task']}: I = {num}, n={iv['n']}: **{x['verdict']}**{why} "
-                     f"({c['late_high']} − {c['late_low']} vs {c['early_high']} − {c['early_low']})")
+        lines.append(f"- {x['family']} on {x['task']}, {METRIC_WORDS[x['metric']]} ({c['late_high']} − "
+                     f"{c['late_low']} late, {c['early_high']} − {c['early_low']} early), n={x['late']['n']}: "
+                     f"late {num(x['late'])}: **{x['verdict']}**{why}; early {num(x['early'])}; "
+                     f"I {num(x['interaction'])}: {x['interaction_verdict']}")
     return lines
 
 
