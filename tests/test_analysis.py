@@ -616,3 +616,15 @@ def test_variance_by_level_separates_seeds_from_test_items():
     assert "| m | t | Δ +0.1167 | 3 |" in text and "2,000 bootstrap resamples" in text and "(the SFT data order only)" in text
     assert variance_by_level([Chosen("m", "t", 0, None, {})], "pretrain-only") == []  # no items recorded
     assert variance_by_level(chosen, "pretrain-only", shared_tasks=set()) == []  # a per-seed split pairs nothing
+
+
+def test_a_seed_missing_from_a_cell_makes_its_comparison_not_judged_never_a_smaller_n():
+    """Issue 28, item 4: a cell lacking a seed the study ran (its SFT step failed) was paired silently over the seeds
+    that remained. It is now not judged, the missing seed named, in the table and in the precision control."""
+    full = aggregate(_results(-0.2, seeds=(0, 1, 2)), "pretrain-only")
+    assert full[1].verdict["sft_test"] == "better" and full[1].delta["sft_test"].diff.n == 3
+    lost = [r for r in _results(-0.2, seeds=(0, 1, 2)) if not (r.arm == "code20" and r.seed == 2)]
+    arm = aggregate(lost, "pretrain-only")[1]
+    assert arm.verdict == arm.holm == {"sft_test": "not judged", "main_after": "not judged"}
+    assert "s2: missing (no result: its step failed or did not run)" in arm.regime
+    assert "missing (no result" in markdown(aggregate(lost, "pretrain-only"), "pretrain-only")

@@ -161,6 +161,13 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
             chosen.append(Chosen(arm.name, "py", seed, stats.LRChoice(1e-3, 1.0, (), None),
                                  {"sft_test": test, "main_after": 4.0 + 0.01 * seed, "main_unigram": 5.0}))
     effects = report.precision_effects(parsed, chosen)
+    # a seed missing on one side (its SFT step failed): that arm's precision effect is not judged, the seed named
+    lost = report.precision_effects(parsed, [c for c in chosen if (c.arm, c.seed) != ("code20-from60-bf16-mixed", 2)])
+    gone = [x for x in lost if x["arm"] == "code20-from60-bf16-mixed"]
+    assert gone and all(x["verdict"] == "not judged" for x in gone)
+    assert "code20-from60-bf16-mixed/s2: missing (no result: its step failed or did not run)" in gone[0]["regime"]
+    assert all(x["verdict"] != "not judged" for x in lost if x["arm"] != "code20-from60-bf16-mixed" and
+               x["metric"] == "sft_test")
     by = {(x["arm"], x["metric"]): x for x in effects}
     assert len(effects) == 4 * 2 and all(x["reference_precision"] == "bf16-true" for x in effects)
     x = by[("code20-from60-bf16-mixed", "sft_test")]

@@ -170,19 +170,25 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
     if baseline is not None and baseline not in arms:
         raise ValueError(f"baseline arm {baseline!r} has no results (arms: {', '.join(arms)})")
     by = {(c.arm, c.task, c.seed): c for c in chosen}
+    all_seeds = sorted({c.seed for c in chosen}, key=lambda s: (s is None, s if s is not None else 0))
     cells = []
     for arm in arms:
         for task in tasks:
             mine = {c.seed: c for c in chosen if c.arm == arm and c.task == task}
             if not mine:
                 continue
-            seeds = tuple(sorted(mine))
+            seeds = tuple(sorted(mine, key=lambda s: (s is None, s if s is not None else 0)))
             problems = {s: stats.regime_problems(mine[s].values, mine[s].choice, ln_vocab) for s in seeds}
             split = stats.regime_disagreement({s: (mine[s].choice.lr, stats.collapsed(mine[s].values, ln_vocab))
                                                for s in seeds if stats.collapse_known(mine[s].values, ln_vocab)})
+            # a seed the study has but this cell lacks (its step failed or never ran) is a missing cell: the
+            # comparison is not judged, never made silently over the seeds that remain
+            missing = tuple(f"s{s}: missing (no result: its step failed or did not run)" for s in all_seeds
+                            if s not in mine)
             cell = Cell(arm, task, seeds, edge_seeds=tuple(s for s in seeds if mine[s].choice.at_edge),
                         lrs=tuple(mine[s].choice.lr for s in seeds),
-                        regime=tuple(f"s{s}: {p}" for s in seeds for p in problems[s]) + ((split,) if split else ()))
+                        regime=tuple(f"s{s}: {p}" for s in seeds for p in problems[s]) + ((split,) if split else ())
+                        + missing)
             for metric in ("sft_test", "sft_val", "main_after", "main_increase"):
                 vals = {s: mine[s].values[metric] for s in seeds if metric in mine[s].values
                         and mine[s].values[metric] is not None and math.isfinite(mine[s].values[metric])}

@@ -271,7 +271,8 @@ def precision_effects(spec, chosen, confidence: float = 0.95, ln_v: float | None
     """A precision control (arms with ``precision:``): for every arm run at >= 2 precisions, per SFT task and
     metric, the paired difference (other precision − the arm as configured, else the first listed) over matched
     seeds, its interval and
-    verdict (``stats.verdict``: lower loss = better), or "not judged" when a cell is outside a valid regime. Pure."""
+    verdict (``stats.verdict``: lower loss = better), or "not judged" when a cell is outside a valid regime or a
+    seed's result is missing (never a difference over the seeds that remain). Pure."""
     from midtrain.analysis import stats
     from midtrain.analysis.tables import METRICS
 
@@ -298,6 +299,10 @@ def precision_effects(spec, chosen, confidence: float = 0.95, ln_v: float | None
                             (mine if arm == other.name else base)[seed] = v
                     if not set(mine) & set(base):
                         continue
+                    seeds = {seed for (_, t, seed) in values if t == task}  # the seeds this task was run with
+                    problems += [f"{arm}/s{seed}: missing (no result: its step failed or did not run)"
+                                 for arm in (other.name, ref.name) for seed in sorted(seeds, key=str)
+                                 if (arm, task, seed) not in values]
                     d = stats.paired(mine, base, confidence)
                     out.append({"arm": other.name, "reference": ref.name, "precision": other.precision,
                                 "reference_precision": ref.precision or CONFIGURED, "task": task, "metric": metric,
