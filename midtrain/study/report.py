@@ -6,7 +6,7 @@ run's val losses, mean over seeds), ``results.json`` (every per-seed value), PNG
 start × weight heatmaps of a grid arm, proximity advantage vs relative improvement when
 ``report.proximity`` is set), all built on ``midtrain.analysis``.
 
-Size (~620 lines, over the house's ~450): the study report's text and figures for every kind of study (arms,
+Size (~650 lines, over the house's ~450): the study report's text and figures for every kind of study (arms,
 grids, precision and interaction families); the statistics are ``midtrain.analysis``'s. The figure writers
 (``_lines_and_scatter``, ``_curves``, ``_heatmaps``, ``_proximity``) could move to ``analysis.figures`` (not yet
 done).
