@@ -3,15 +3,15 @@
 A command that is one function (``study plan|run|status|report``, ``evaluate loss|lm-eval|export-hf``, ``sft``,
 ``report``, ``plot``, ``proximity``, ``overlap``, ``migrate``, ``import``) gets its parser from the function's
 signature and docstring (``function_parser``), so names, defaults and help are written once, in the library; a
-study step's command line is built from the same signatures (``midtrain.study.kinds``). The others declare their
-options here: the run config (``run_parser``; ``mix`` and ``status`` hand it to ``train.preview``), ``prepare``,
-``tokenizer train``, ``shard`` and ``demo``. Errors from bad input (ConfigError, argument errors) become one line on
+study step's command line is built from the same signatures (``midtrain.study.kinds``). So do ``prepare``,
+``tokenizer train`` and ``demo``. The others declare their options here: the run config (``run_parser``: every
+argument of ``train.pretrain.setup``; ``mix`` and ``status`` hand it to ``train.preview``) and ``shard`` (a
+positional path). Errors from bad input (ConfigError, argument errors) become one line on
 stderr and exit status 2.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Callable, Optional
 
@@ -90,32 +90,10 @@ def status(argv: list[str]) -> int:
 
 
 def prepare(argv: list[str]) -> int:
-    """``midtrain prepare``: raw text -> one typed token shard (and a val shard)."""
-    from midtrain.data.prepare import prepare_shard, shard_folder_name
+    """``midtrain prepare``: ``midtrain.data.prepare.prepare``, its parser built from its signature."""
+    from midtrain.data.prepare import prepare
 
-    parser = _parser("Tokenize raw text (JSONL, parquet, text files, HF save_to_disk folders) into one shard.")
-    parser.add_argument("--input", type=str, nargs="+", required=True, help="files or folders")
-    parser.add_argument("--tokenizer_dir", type=str, required=True)
-    parser.add_argument("--out_dir", type=str, required=True, help="the data_path the shard goes under")
-    parser.add_argument("--shard", type=Optional[str], default=None, help="shard id: main/7, c3, m1, ...")
-    parser.add_argument("--type", type=Optional[str], default=None, help="shard type (main, code, math, ...)")
-    parser.add_argument("--index", type=Optional[int], default=None, help="shard number within the type")
-    parser.add_argument("--shard_types", type=Optional[dict[str, str]], default=None)
-    parser.add_argument("--field", type=str, default="text", help="JSONL field / parquet column with the text")
-    parser.add_argument("--val_fraction", type=float, default=0.0)
-    parser.add_argument("--val_dir", type=Optional[str], default=None, help="where the val shard goes")
-    parser.add_argument("--num_workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    parser.add_argument("--chunk_tokens", type=int, default=1 << 24)
-    args = parser.parse_args(argv)
-    name = shard_folder_name(args.shard, args.type, args.index, args.shard_types)
-    summary = prepare_shard(args.input, args.tokenizer_dir, args.out_dir, name, args.field, args.val_fraction,
-                            args.val_dir, args.num_workers, args.chunk_tokens)
-    for split, info in summary.items():
-        print(f"{split}: {info['path']} ({info['tokens']:,} tokens, {info['chunks']} chunks)")
-        if info["documents_with_special_token_text"]:
-            print(f"  {info['documents_with_special_token_text']:,} {split} document(s) contain a special token's text "
-                  "(e.g. <|endoftext|>): tokenised as ordinary text; the only EOS is the one after each document")
-    return 0
+    return call(argv, prepare, config=True)
 
 
 def shard(argv: list[str]) -> int:
@@ -145,27 +123,14 @@ def _help(argv: list[str], command: str, subcommands: dict[str, str]) -> bool:
 
 
 def tokenizer(argv: list[str]) -> int:
-    """``midtrain tokenizer train``: a byte-level BPE for offline use."""
-    from itertools import islice
-
-    from midtrain.data.readers import input_units, read_documents
-    from midtrain.tokenizer import train_bpe
+    """``midtrain tokenizer train``: ``midtrain.tokenizer.train``, its parser built from its signature."""
+    from midtrain.tokenizer import train
 
     if _help(argv, "tokenizer", {"train": "train a byte-level BPE into a folder (--input FILES --out DIR)"}):
         return 0
     if not argv or argv[0] != "train":
         raise ConfigError("midtrain tokenizer", "expected the subcommand `train`")
-    parser = _parser("Train a byte-level BPE tokenizer into a folder litgpt's Tokenizer loads.")
-    parser.add_argument("--input", type=str, nargs="+", required=True)
-    parser.add_argument("--out", type=str, required=True)
-    parser.add_argument("--vocab_size", type=int, default=4096)
-    parser.add_argument("--field", type=str, default="text")
-    parser.add_argument("--max_documents", type=Optional[int], default=None)
-    args = parser.parse_args(argv[1:])
-    docs = (d for u in input_units(args.input) for d in read_documents(u, args.field))
-    out = train_bpe(islice(docs, args.max_documents), args.out, args.vocab_size)
-    print(f"tokenizer: {out}")
-    return 0
+    return call(argv[1:], train, config=True)
 
 
 def sft(argv: list[str]) -> int:
@@ -278,20 +243,11 @@ def study(argv: list[str]) -> int:
 
 
 def demo(argv: list[str]) -> int:
-    """``midtrain demo``: the paper's findings in miniature (a study spec run by the study engine)."""
-    from pathlib import Path
+    """``midtrain demo``: ``midtrain.demo.demo`` (a study spec run by the study engine), its parser from its
+    signature."""
+    from midtrain.demo import demo
 
-    from midtrain.demo import SPECS, run_demo
-
-    parser = _parser("Run the demo study on CPU, offline: data from the Python stdlib and generators, leak-checked; "
-                     "the study in midtrain_configs/studies/demo*.yaml; tables, verdicts, figures.")
-    parser.add_argument("--out", type=str, default="out/demo", help="everything goes here; a re-run resumes/skips")
-    parser.add_argument("--size", type=str, default="quick", help=f"one of {', '.join(SPECS)} (the test runs tiny)")
-    parser.add_argument("--parallel", type=int, default=2, help="study steps run at once")
-    parser.add_argument("--publish", type=bool, default=False,
-                        help="write the results into docs/demo-results.md and the demo page docs/demo.md (what `make demo` does)")
-    a = parser.parse_args(argv)
-    return run_demo(Path(a.out), a.size, a.parallel, a.publish)
+    return call(argv, demo, config=True)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

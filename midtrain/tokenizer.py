@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from midtrain.errors import ConfigError
 
@@ -101,3 +101,23 @@ def train_bpe(texts: Iterable[str], out_dir: Path, vocab_size: int = 4096, min_f
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def train(input: list[str], out: str, vocab_size: int = 4096, field: str = "text",
+          max_documents: Optional[int] = None) -> int:
+    """Train a byte-level BPE tokenizer into a folder litgpt's Tokenizer loads (`midtrain tokenizer train`).
+
+    Args:
+        input: files or folders of text, read as `midtrain prepare --input` reads them
+        out: the tokenizer folder to write
+        vocab_size: tokens in the vocabulary
+        field: JSONL/parquet field with the text
+        max_documents: train on at most this many documents (null: all)
+    """
+    from itertools import islice
+
+    from midtrain.data.readers import input_units, read_documents
+
+    docs = (d for u in input_units(input) for d in read_documents(u, field))
+    print(f"tokenizer: {train_bpe(islice(docs, max_documents), out, vocab_size)}")
+    return 0

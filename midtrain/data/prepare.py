@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 from midtrain.errors import ConfigError
 
@@ -289,3 +289,34 @@ def _missing_folders(folders) -> list[str]:
             missing.add(folder)
             folder = os.path.dirname(folder)
     return sorted(missing, key=lambda f: -f.count(os.sep))
+
+
+def prepare(input: list[str], tokenizer_dir: str, out_dir: str, shard: Optional[str] = None,
+            type: Optional[str] = None, index: Optional[int] = None, shard_types: Optional[dict[str, str]] = None,
+            field: str = "text", val_fraction: float = 0.0, val_dir: Optional[str] = None,
+            num_workers: int = max(1, (os.cpu_count() or 2) - 1), chunk_tokens: int = 1 << 24) -> int:
+    """Tokenize raw text (JSONL, parquet, text files, HF save_to_disk folders) into one shard (`midtrain prepare`).
+
+    Args:
+        input: files or folders
+        tokenizer_dir: a litgpt tokenizer folder (recorded in the shard)
+        out_dir: the data_path the shard goes under
+        shard: shard id: main/7, c3, m1, ...
+        type: shard type (main, code, math, ...)
+        index: shard number within the type
+        shard_types: shard types of your own, type name -> id prefix (e.g. {"web": "w"})
+        field: JSONL field / parquet column with the text
+        val_fraction: documents held out into a val shard
+        val_dir: where the val shard goes
+        num_workers: tokenizing processes (default: the machine's cores less one)
+        chunk_tokens: tokens per chunk file
+    """
+    name = shard_folder_name(shard, type, index, shard_types)
+    summary = prepare_shard(input, tokenizer_dir, out_dir, name, field, val_fraction, val_dir, num_workers,
+                            chunk_tokens)
+    for split, info in summary.items():
+        print(f"{split}: {info['path']} ({info['tokens']:,} tokens, {info['chunks']} chunks)")
+        if info["documents_with_special_token_text"]:
+            print(f"  {info['documents_with_special_token_text']:,} {split} document(s) contain a special token's text "
+                  "(e.g. <|endoftext|>): tokenised as ordinary text; the only EOS is the one after each document")
+    return 0

@@ -166,6 +166,19 @@ def near_duplicates(out: Path, spec) -> dict:
     return result
 
 
+def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish: bool = False) -> int:
+    """Run the demo study on CPU, offline: data from the Python stdlib, a public-domain prose corpus and generators,
+    leak-checked; the study in midtrain_configs/studies/demo*.yaml; tables, verdicts, figures (`midtrain demo`).
+
+    Args:
+        out: everything goes here; a re-run resumes/skips
+        size: quick, tiny (the test's) or full: midtrain_configs/studies/demo.yaml, demo-tiny.yaml, demo-full.yaml
+        parallel: study steps run at once
+        publish: write the results into docs/demo-results.md and the demo page docs/demo.md (what `make demo` does)
+    """
+    return run_demo(Path(out), size, parallel, publish)
+
+
 def run_demo(out: Path, size: str = "quick", parallel: int = 2, publish: bool = False) -> int:
     from midtrain.analysis import stats, tables
     from midtrain.atomic import check_writable_dir, write_text_atomic
