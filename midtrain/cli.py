@@ -16,7 +16,7 @@ import sys
 from typing import Callable, Optional
 
 from midtrain.errors import ConfigError
-from midtrain.run_args import _parser, check_retired_keys, install_litgpt_alias, parse_run, run_parser  # noqa: F401
+from midtrain.run_args import PROG, _parser, check_retired_keys, install_litgpt_alias, parse_run, run_parser  # noqa: F401
 
 USAGE = """usage: midtrain <command> [options]
 
@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"midtrain: error: unknown command {command!r} (expected one of {', '.join(COMMANDS)})", file=sys.stderr)
         sys.exit(2)
+    PROG[0] = f"midtrain {command}" + (f" {rest[0]}" if command in ("evaluate", "tokenizer", "study") and rest
+                                       and not rest[0].startswith("-") else "")
     code = run_command(COMMANDS[command], rest, command)
     if command in STOPPABLE:  # the outcome is decided (and said): a late signal must not turn it into a crash
         from midtrain import signals

@@ -18,10 +18,13 @@ def install_litgpt_alias() -> None:
     litgpt.data.ShardedMixedDataset = ShardedMixedDataset
 
 
+PROG = ["midtrain"]  # the command line's name in usage lines (cli.main sets "midtrain COMMAND [SUBCOMMAND]")
+
+
 def _parser(description: str, config: bool = True):
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(description=description, exit_on_error=False)
+    parser = ArgumentParser(prog=PROG[0], description=description, exit_on_error=False)
     if config:
         parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
     return parser

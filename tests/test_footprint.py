@@ -108,7 +108,7 @@ def test_study_plan_shows_each_training_shape_and_refuses_what_fits_nowhere(tmp_
     raw.setdefault("slurm", {}).update(pretrain={"gpus-per-node": "v100:2"}, midtrain={"gpus-per-node": "v100:2"})
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     base = yaml.safe_load((tmp_path / "base.yaml").read_text())
-    base.update(model_name="OLMo-2-1124-7B", model_config=None, tokenizer_dir=None)
+    base.update(model_name="OLMo-2-1124-7B", model_config=None)
     base["train"].update(micro_batch_size=4, global_batch_size=8, max_seq_length=4096)
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     # run: refused before anything is submitted (no sbatch is ever called), and before a local step starts when the

@@ -15,7 +15,7 @@ from midtrain.study.plan import make_plan
 from midtrain.study.plan_text import format_plan
 from midtrain.study.spec import CONTROL, parse_spec
 
-BASE = {"model_name": "pythia-70m", "data": {"init_args": {"data_path": "/d/shards", "val_data_path": "/d/val",
+BASE = {"model_name": "pythia-70m", "tokenizer_dir": "/d/tok", "data": {"init_args": {"data_path": "/d/shards", "val_data_path": "/d/val",
                                                            "seed": 42}},
         "train": {"max_steps": 100, "global_batch_size": 8, "max_seq_length": 16}}
 
@@ -365,6 +365,19 @@ def test_every_step_command_line_parses_under_its_commands_own_parser_as_the_spe
     assert seen == set(parsers)
     with pytest.raises(TypeError, match="--max_batchez"):
         command_argv(loss, checkpoint="c", data="d", max_batchez=3)
+
+
+@pytest.mark.unit
+def test_sft_steps_without_a_tokenizer_are_refused_when_the_spec_is_read():
+    """A new user's base config without tokenizer_dir trained every run, then failed every SFT step (the checkpoint
+    it reads the tokenizer from held none): refused up front, in one line naming the size, unless sft.options gives
+    a tokenizer or the study fine-tunes nothing."""
+    bare = {k: v for k, v in BASE.items() if k != "tokenizer_dir"}
+    with pytest.raises(ConfigError, match=r"sizes\.70m\.config: sets no tokenizer_dir, and each SFT step"):
+        plan_of(base=bare)
+    plan_of(raw(sft={"lrs": [1e-3], "tasks": {"py": {"data": "/t.jsonl"}}, "options": {"tokenizer_dir": "/tok"}}),
+            base=bare)
+    plan_of(raw(sft={}), base=bare)
 
 
 @pytest.mark.unit

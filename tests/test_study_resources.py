@@ -132,7 +132,7 @@ def _plan(tmp_path, **spec_extra):
     from midtrain.study.plan import make_plan
     from midtrain.study.spec import parse_spec
 
-    base = {"devices": 2, "accelerator": "cpu", "data": {"init_args": {"data_path": "x", "val_data_path": "v"}},
+    base = {"devices": 2, "accelerator": "cpu", "tokenizer_dir": "tok", "data": {"init_args": {"data_path": "x", "val_data_path": "v"}},
             "train": {"max_steps": 12, "global_batch_size": 4, "max_seq_length": 8}}
     raw = {"name": "t", "sizes": {"s": {"config": "base.yaml"}},
            "arms": [{"name": "code", "domain": "code", "start": [4], "weight": [0.2]}],

@@ -248,7 +248,10 @@ def prepare_shard(inputs: list[str], tokenizer_dir: str, out_dir: str, name: str
                                   f"no documents went to the {split} shard" + (
                                       f" (--val_fraction {val_fraction} leaves none for training)"
                                       if split == "train" and val_fraction > 0 else
-                                      f" (empty input, or no non-empty {field!r} text)"))
+                                      f": each document goes to val with probability {val_fraction} (by a hash of "
+                                      "its text), and none of these did; raise --val_fraction, or give more, "
+                                      "smaller documents (a text file is one document; a JSONL line is one)"
+                                      if split == "val" else f" (empty input, or no non-empty {field!r} text)"))
         from midtrain.data.identity import write_record
         from midtrain.tokenizer import tokenizer_vocab_size
 
@@ -306,7 +309,8 @@ def prepare(input: list[str], tokenizer_dir: str, out_dir: str, shard: Optional[
         index: shard number within the type
         shard_types: shard types of your own, type name -> id prefix (e.g. {"web": "w"})
         field: JSONL field / parquet column with the text
-        val_fraction: documents held out into a val shard
+        val_fraction: the share of documents held out into a val shard (each by a hash of its text: a file with
+            few documents may put none there)
         val_dir: where the val shard goes
         num_workers: tokenizing processes (default: the machine's cores less one)
         chunk_tokens: tokens per chunk file

@@ -483,6 +483,12 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
         raise ConfigError("sft.options.global_batch_size", f"{batch} is not a multiple of micro_batch_size {micro} x "
                           f"{devices * nodes} process(es) (devices x num_nodes): each rank takes whole micro-batches "
                           "of every global batch")
+    if tasks and options.get("tokenizer_dir") is None:  # what makes every SFT step fail after its arm trained
+        bare = next((sz for sz in sizes if sz.checkpoint is None and not sz.config.get("tokenizer_dir")), None)
+        if bare is not None:
+            raise ConfigError(f"sizes.{bare.name}.config", "sets no tokenizer_dir, and each SFT step reads the "
+                              "tokenizer from the checkpoint it fine-tunes, which then holds none: set tokenizer_dir "
+                              "in the run config (it is copied into every checkpoint), or sft.options.tokenizer_dir")
     ev = _mapping(raw.get("eval"), "eval", EVAL_KEYS)
     report = _mapping(raw.get("report"), "report", REPORT_KEYS)
     if options.get("forgetting_sets") is not None:  # (checked against the val folder at plan time and by the step)
