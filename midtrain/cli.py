@@ -333,6 +333,8 @@ def function_parser(fn: Callable, config: bool = False):
 
     from docstring_parser import parse as parse_doc
 
+    if config and "config" in inspect.signature(fn).parameters:
+        raise TypeError(f"{fn.__name__} has its own config parameter: its parser cannot also take --config FILE")
     doc = parse_doc(fn.__doc__)
     parser = _parser(" ".join(filter(None, (doc.short_description, doc.long_description))), config=config)
     # jsonargparse reads a list option as one JSON value; a list of strings is given as `--runs a b` instead
@@ -350,7 +352,8 @@ def function_parser(fn: Callable, config: bool = False):
 def call(argv: list[str], fn: Callable, config: bool = False) -> int:
     """Parse ``argv`` with ``fn``'s own parser (``function_parser``), then call it."""
     args = function_parser(fn, config).parse_args(argv).as_dict()
-    return fn(**{k: v for k, v in args.items() if k not in ("config", "__path__")})
+    skip = {"__path__"} | ({"config"} if config else set())  # (--config FILE is the parser's; fn may have its own)
+    return fn(**{k: v for k, v in args.items() if k not in skip})
 
 
 def run_command(fn: Callable[[list[str]], int], argv: list[str], name: str) -> int:

@@ -628,3 +628,9 @@ def test_a_seed_missing_from_a_cell_makes_its_comparison_not_judged_never_a_smal
     assert arm.verdict == arm.holm == {"sft_test": "not judged", "main_after": "not judged"}
     assert "s2: missing (no result: its step failed or did not run)" in arm.regime
     assert "missing (no result" in markdown(aggregate(lost, "pretrain-only"), "pretrain-only")
+    # a seed with no result in any cell (e.g. its base run failed, so every step of it was blocked): given the
+    # study's seeds, it is missing everywhere; from files given by hand, only the seeds they hold are known
+    none_for_s2 = [r for r in _results(-0.2, seeds=(0, 1, 2)) if r.seed != 2]
+    assert aggregate(none_for_s2, "pretrain-only")[1].verdict["sft_test"] != "not judged"
+    arm = aggregate(none_for_s2, "pretrain-only", seeds=(0, 1, 2))[1]
+    assert arm.verdict["sft_test"] == "not judged" and "s2: missing (no result" in " ".join(arm.regime)

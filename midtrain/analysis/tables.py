@@ -159,9 +159,12 @@ def choose(results: Iterable[SFTResult], lr_choice: str = "per_checkpoint") -> l
 
 
 def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: float = 0.95,
-              lr_choice: str = "per_checkpoint", ln_vocab: float | None = None) -> list[Cell]:
+              lr_choice: str = "per_checkpoint", ln_vocab: float | None = None,
+              seeds: Iterable | None = None) -> list[Cell]:
     """One cell per (arm, task), in first-seen arm and task order; ``lr_choice``: ``LR_CHOICES``;
-    ``ln_vocab``: ln of the model's vocabulary size (None: that regime check is not made)."""
+    ``ln_vocab``: ln of the model's vocabulary size (None: that regime check is not made); ``seeds``: the seeds
+    the study ran (a study's spec.seeds), so that a seed no result holds is missing everywhere (None: the seeds
+    the results hold, for files given by hand)."""
     if lr_choice not in LR_CHOICES:
         raise ValueError(f"lr_choice must be one of {LR_CHOICES}, got {lr_choice!r}")
     chosen = choose(results, lr_choice)
@@ -170,7 +173,8 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
     if baseline is not None and baseline not in arms:
         raise ValueError(f"baseline arm {baseline!r} has no results (arms: {', '.join(arms)})")
     by = {(c.arm, c.task, c.seed): c for c in chosen}
-    all_seeds = sorted({c.seed for c in chosen}, key=lambda s: (s is None, s if s is not None else 0))
+    all_seeds = sorted(set(seeds) if seeds is not None else {c.seed for c in chosen},
+                       key=lambda s: (s is None, s if s is not None else 0))
     cells = []
     for arm in arms:
         for task in tasks:

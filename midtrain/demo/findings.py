@@ -236,7 +236,7 @@ def evaluate(values: Mapping[tuple, dict], seeds, domains: Mapping[str, dict], g
     words = stats.holm_verdicts([((f["mean"] if f["lower_is_better"] else -f["mean"]) if ok else 0.0,
                                   f["p"] if ok else 1.0) for f, ok in zip(family, judged)], alpha)
     for f, ok, w in zip(family, judged, words):
-        f["holm"] = WORDS[w] if ok else f["verdict"]
+        f["holm"], f["judged"] = (WORDS[w] if ok else f["verdict"]), ok
     for f in out:
         f.setdefault("holm", f["verdict"])  # described effects: not tested, no adjustment
         f["family"] = len(family)
@@ -259,12 +259,12 @@ def declared_family(domains: Mapping, grid: Mapping, precision: Mapping | None =
 
 def format_findings(findings: list[dict]) -> str:
     k = findings[0]["family"] if findings else 0
-    nj = sum(1 for f in findings if f["verdict"].startswith(stats.NOT_JUDGED))
-    nd = sum(1 for f in findings if f["verdict"] == DESCRIPTIVE)
+    nj = sum(1 for f in findings if f["lower_is_better"] is not None and not f.get("judged"))  # in the family
+    nd = sum(1 for f in findings if f["lower_is_better"] is None)  # described, not tested (whatever their regime)
     lines = [f"The headline: the {k} claims of the family the protocol declared before any run, each verdict "
              f"Holm-adjusted over all {k} (family-wise error 5%; a claim not judged stays in the family with p = 1), "
-             f"the unadjusted verdict beside it; {nj} not judged (a cell outside a valid regime or missing, or no "
-             f"variance sampled); {nd} effects described, not tested. " + stats.a_priori_power_text(
+             f"the unadjusted verdict beside it; {nj} of them not judged (a cell outside a valid regime or missing, no "
+             f"variance sampled, or no data: p = 1 in the adjustment); {nd} effects described, not tested. " + stats.a_priori_power_text(
                  [f["n"] for f in findings if f["n"] and not f["finding"].startswith("4-")]), ""]
     for f in findings:
         if f["mean"] is None:

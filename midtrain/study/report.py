@@ -78,7 +78,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
         if got["sft"]:
             base = baseline if any(r.arm == baseline for r in got["sft"]) else None
             try:
-                cells = tables.aggregate(got["sft"], base, confidence, lr_choice, ln_vocab(size))
+                cells = tables.aggregate(got["sft"], base, confidence, lr_choice, ln_vocab(size), seeds=spec.seeds)
             except ValueError as e:
                 raise ConfigError(f"report ({size.name})", str(e)) from None
             md += [tables.markdown(cells, base, confidence, lr_choice, variance(spec)), ""]
@@ -239,7 +239,7 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
             for metric in METRIC_WORDS:
                 per_seed, problems = {}, []
                 problems += [split[(n, task)] for n in names.values() if (n, task) in split]
-                for seed in sorted({c.seed for c in chosen}):
+                for seed in spec.seeds:  # every seed the study ran: one without a result is a missing cell
                     keys = {k: (n, task, seed) for k, n in names.items()}
                     problems += [f"{key[0]}/s{seed}: {p}" for key in keys.values() for p in problems_of.get(key, [])]
                     problems += [f"{key[0]}/s{seed}: missing (its step failed or did not run)" for key in keys.values()
@@ -299,9 +299,8 @@ def precision_effects(spec, chosen, confidence: float = 0.95, ln_v: float | None
                             (mine if arm == other.name else base)[seed] = v
                     if not set(mine) & set(base):
                         continue
-                    seeds = {seed for (_, t, seed) in values if t == task}  # the seeds this task was run with
                     problems += [f"{arm}/s{seed}: missing (no result: its step failed or did not run)"
-                                 for arm in (other.name, ref.name) for seed in sorted(seeds, key=str)
+                                 for arm in (other.name, ref.name) for seed in spec.seeds
                                  if (arm, task, seed) not in values]
                     d = stats.paired(mine, base, confidence)
                     out.append({"arm": other.name, "reference": ref.name, "precision": other.precision,
@@ -400,7 +399,7 @@ def _format_precision(effects: list[dict], window: list[str], confidence: float,
         lines.append(f"- {x['arm']} − {x['reference']} on {x['task']}, {x['metric']}: {num}, n={iv['n']}: "
                      f"**{x['verdict']}**{why}")
     if window:
-        lines += ["", "The plasticity window (I above) under each precision:"] + window
+        lines += ["", "The plasticity window (the late effect above) under each precision:"] + window
     return lines
 
 
