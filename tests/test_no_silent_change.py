@@ -357,14 +357,15 @@ def test_a_diverged_run_stops_at_the_first_non_finite_step_and_keeps_its_last_fi
     ({"optimizer.init_args.lrr": 0.1}, "sizes.tiny.set: the trainer's parser refuses it"),
     ({"train.log_interval": "often"}, "sizes.tiny.set: the trainer's parser refuses it"),
 ])
-def test_a_key_the_trainer_does_not_take_in_a_study_set_is_refused_by_plan(tmp_path, real_tree, set_, needle):
+def test_a_key_the_trainer_does_not_take_in_a_study_set_is_refused_by_plan(tmp_path, real_tree, tok_dir, set_, needle):
     """`set: {train.max_step: 80}` planned a 200-step base run with wrong token and GPU-hour figures, and the
     first step failed on it. `study plan` now parses each size's config with the trainer's own parser."""
     cfg = write_config(tmp_path, real_tree)
     (tmp_path / "sft.jsonl").write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n")
     spec = {"name": "typo", "sizes": {"tiny": {"config": str(cfg), "set": set_}},
             "arms": [{"name": "math", "domain": "math", "start": [8], "weight": [0.2]}],
-            "seeds": [0], "sft": {"lrs": [1e-3], "tasks": {"t": {"data": str(tmp_path / "sft.jsonl")}}}}
+            "seeds": [0], "sft": {"lrs": [1e-3], "tasks": {"t": {"data": str(tmp_path / "sft.jsonl")}},
+                                  "options": {"tokenizer_dir": str(tok_dir)}}}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
     r = run_cli("study", "plan", tmp_path / "study.yaml", "--devices", "false")
     _one_line(r, needle)
