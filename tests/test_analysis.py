@@ -526,7 +526,7 @@ def test_a_diverged_or_missing_cell_makes_findings_not_judged_never_a_crash():
     assert "m20/math/s1: sft_test is not finite" in found["1-math"]["regime"]
     for k in ("3-late-in-domain", "3-interaction-in-domain", "3-interaction-forgetting"):
         assert found[k]["verdict"] == "not judged (regime)", found[k]
-        assert "lh/code/s2: missing (its step failed or did not run)" in found[k]["regime"]
+        assert f"lh/code/s2: {stats.MISSING}" in found[k]["regime"]
     assert "not judged" in F.format_findings(list(found.values()))
     # zero spread: "no variance sampled", not p = 0 and a zero-width "better"
     iv = stats.summarize([-0.1, -0.1, -0.1])
@@ -538,15 +538,26 @@ def test_a_diverged_or_missing_cell_makes_findings_not_judged_never_a_crash():
 
 def test_the_demo_refuses_a_geometry_whose_near_task_is_not_nearest():
     """Finding 5 compares a distant domain's benefit with the near one's: the demo checks, before any training,
-    that the near task is closer to the main corpus than every distant task, and names the one that is not."""
+    that the near task is closer to the main corpus than every distant task, and that each distant task is closer
+    to its own midtraining corpus than to main (v3's math corpus was not: 0.118 against 0.287), naming the one
+    that is not."""
     from midtrain.demo import check_geometry
 
-    rows = [{"corpus": "main", "task": t, "cosine": c} for t, c in (("math", 0.28), ("code", 0.45), ("passage", 0.85))]
-    assert check_geometry(rows, "passage", ["math", "code"]) == []
-    rows[1]["cosine"] = 0.9
-    assert check_geometry(rows, "passage", ["math", "code"]) == [
+    cos = {("main", "math"): 0.28, ("main", "code"): 0.45, ("main", "passage"): 0.85,
+           ("math", "math"): 0.42, ("code", "code"): 0.73}
+    rows = lambda: [{"corpus": c, "task": t, "cosine": v} for (c, t), v in cos.items()]  # noqa: E731
+    distant = {"math": "math", "code": "code"}
+    assert check_geometry(rows(), "passage", distant) == []
+    cos["main", "code"] = 0.9
+    assert check_geometry(rows(), "passage", distant) == [
         "task code is as close to the main corpus as the near task passage (0.900 >= 0.850): the demo's near/distant "
-        "geometry does not hold"]
+        "geometry does not hold",
+        "task code is no closer to its midtraining corpus code than to the main corpus (0.730 <= 0.900): the "
+        "midtraining data does not bridge to the task"]
+    cos["main", "code"], cos["math", "math"] = 0.45, 0.118
+    assert check_geometry(rows(), "passage", distant) == [
+        "task math is no closer to its midtraining corpus math than to the main corpus (0.118 <= 0.280): the "
+        "midtraining data does not bridge to the task"]
 
 
 def test_finding_5_compares_relative_improvements_per_seed():
@@ -626,7 +637,7 @@ def test_a_seed_missing_from_a_cell_makes_its_comparison_not_judged_never_a_smal
     lost = [r for r in _results(-0.2, seeds=(0, 1, 2)) if not (r.arm == "code20" and r.seed == 2)]
     arm = aggregate(lost, "pretrain-only")[1]
     assert arm.verdict == arm.holm == {"sft_test": "not judged", "main_after": "not judged"}
-    assert "s2: missing (no result: its step failed or did not run)" in arm.regime
+    assert f"s2: {stats.MISSING}" in arm.regime
     assert "missing (no result" in markdown(aggregate(lost, "pretrain-only"), "pretrain-only")
     # a seed with no result in any cell (e.g. its base run failed, so every step of it was blocked): given the
     # study's seeds, it is missing everywhere; from files given by hand, only the seeds they hold are known

@@ -165,7 +165,7 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
     lost = report.precision_effects(parsed, [c for c in chosen if (c.arm, c.seed) != ("code20-from60-bf16-mixed", 2)])
     gone = [x for x in lost if x["arm"] == "code20-from60-bf16-mixed"]
     assert gone and all(x["verdict"] == "not judged" for x in gone)
-    assert "code20-from60-bf16-mixed/s2: missing (no result: its step failed or did not run)" in gone[0]["regime"]
+    assert f"code20-from60-bf16-mixed/s2: {stats.MISSING}" in gone[0]["regime"]
     assert all(x["verdict"] != "not judged" for x in lost if x["arm"] != "code20-from60-bf16-mixed" and
                x["metric"] == "sft_test")
     by = {(x["arm"], x["metric"]): x for x in effects}
@@ -191,7 +191,8 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
         assert "checkpoint-level variance is NOT sampled" in text[0]
     assert "NOT sampled" not in report._format_interactions(inter, 0.95, "midtrain")[0]
     line, forgot = report.window_under_precision(inter, parsed)
-    assert forgot.startswith("- code on py, main-corpus loss after SFT: the window reads the same under each")
+    assert forgot.startswith("- code on py, main-corpus loss after SFT: the window is not compared across "
+                             "precisions, a claim it rests on being not judged (bf16-true: not judged (no variance")
     assert line.startswith("- code on py, SFT test loss: the window survives the precision change (bf16-true: "
                            "reproduced; bf16-mixed: reproduced)"), line
     # as paper-window.yaml has it: the grid as configured, and its corners again at another precision; the arm as
@@ -206,6 +207,28 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
     (e1, e2) = report.precision_effects(plain, ch)
     assert (e1["arm"], e1["reference"], e1["reference_precision"]) == ("code50-from60-bf16-mixed", "code50-from60",
                                                                        report.CONFIGURED)
+    # the demo's shape: the grid as configured, its two late corners again at bf16-mixed. The sibling tests the late
+    # claim alone (early and I not run), so the window is compared across precisions on the late claim
+    demo = parse_spec(raw(arms=[{"name": "code", "domain": "code", "start": [20, 60], "weight": [0.2, 0.5]},
+                                {"name": "code", "domain": "code", "start": [60], "weight": [0.2, 0.5],
+                                 "precision": ["bf16-mixed"]}], seeds=MID), {"70m": copy.deepcopy(BASE)})
+    ch = [Chosen(c.arm.replace("-bf16-true", ""), c.task, c.seed, c.choice, c.values) for c in chosen
+          if "from20-bf16-mixed" not in c.arm]
+    inter = report.interactions(demo, ch)
+    late_only = next(i for i in inter if i["family"] == "code-bf16-mixed" and i["metric"] == "sft_test")
+    assert late_only["cells"] == {"late_low": "code20-from60-bf16-mixed", "late_high": "code50-from60-bf16-mixed"}
+    assert late_only["late"]["mean"] == pytest.approx(0.353) and late_only["verdict"] == "reproduced"
+    assert late_only["early"] is None and late_only["interaction_verdict"] == report.NOT_RUN
+    assert ("late +0.3530 [" in "\n".join(report._format_interactions(inter, 0.95, "midtrain"))
+            and f"early and I: {report.NOT_RUN}" in "\n".join(report._format_interactions(inter, 0.95, "midtrain")))
+    line, forgot = report.window_under_precision(inter, demo)
+    assert line.startswith("- code on py, SFT test loss: the window survives the precision change (the config's "
+                           "precision: reproduced; bf16-mixed: reproduced)"), line
+    # a corner outside a valid regime at one precision: the window is not compared, never "depends on the precision"
+    broken = [Chosen(c.arm, c.task, c.seed, c.choice, {**c.values, "main_after": 9.0})
+              if c.arm == "code50-from60-bf16-mixed" else c for c in ch]
+    line = report.window_under_precision(report.interactions(demo, broken), demo)[0]
+    assert "the window is not compared across precisions" in line and "bf16-mixed: not judged" in line, line
 
 
 @pytest.mark.unit

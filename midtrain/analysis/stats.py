@@ -65,6 +65,7 @@ from typing import Hashable, Mapping, Sequence
 NO_VARIANCE = "no variance sampled"  # n >= 2 equal differences: a zero-width interval, no evidence either way
 VERDICTS = ("better", "worse", "inconclusive", NO_VARIANCE)
 NOT_JUDGED = "not judged"  # a verdict resting on a cell outside a valid regime (``regime_problems``)
+MISSING = "missing (no result: its step failed or did not run)"  # a cell a seed ran with no value: not judged
 CLAIM_WORDS = {"reproduced": "reproduced", "not reproduced": "not reproduced",
                "inconclusive": "inconclusive (interval includes 0)", NO_VARIANCE: f"{NOT_JUDGED} ({NO_VARIANCE})"}
 

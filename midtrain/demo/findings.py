@@ -79,7 +79,7 @@ def _problems(values: Mapping, keys, ln_vocab: float | None) -> list[str]:
     out = []
     for k in keys:
         if k not in values:
-            out.append(f"{k[0]}/{k[1]}/s{k[2]}: missing (its step failed or did not run)")
+            out.append(f"{k[0]}/{k[1]}/s{k[2]}: {stats.MISSING}")
             continue
         v = values[k]
         choice = stats.LRChoice(v["lr"], v.get("sft_val", math.nan), (), v.get("lr_edge")) if "lr" in v else None

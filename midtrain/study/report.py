@@ -206,7 +206,9 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
     The paper's window is the late claim, "introduced late, a high weight hurts" (late effect > 0): the entry's
     ``verdict`` is on it (``stats.claim_verdict``, the findings' words); I > 0 ("a high weight costs more late than
     early") has its own verdict, ``interaction_verdict``; the early effect is described, not tested. "not judged"
-    when a cell an entry rests on is outside a valid regime (``stats.regime_problems``) or missing. Pure."""
+    when a cell an entry rests on is outside a valid regime (``stats.regime_problems``) or missing. A precision
+    sibling (``grid_family``) that ran only the late corners of its family's starts gives the late claim alone
+    (``early`` and ``interaction`` None, ``interaction_verdict`` ``NOT_RUN``). Pure."""
     from midtrain.analysis import stats
 
     values = {(c.arm, c.task, c.seed): c.values for c in chosen}
@@ -217,8 +219,14 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
     for a in spec.arms:
         if a.weight is not None and grid_family(a) is not None:
             families.setdefault(grid_family(a), []).append(a)
+    # the starts of each family over all its precisions: a precision sibling that ran the late corners only
+    # (``paper-window.yaml``, the demo) still tests the late claim, its early effect and I reading "not run"
+    all_starts: dict[str, set] = {}
+    for a in spec.arms:
+        if a.weight is not None and grid_family(a) is not None:
+            all_starts.setdefault(a.family, set()).add(a.start)
     for family, members in families.items():
-        starts, weights = sorted({a.start for a in members}), sorted({a.weight for a in members})
+        starts, weights = sorted(all_starts[members[0].family]), sorted({a.weight for a in members})
         if len(starts) < 2 or len(weights) < 2:
             continue
         cell = {(a.start, a.weight): a.name for a in members}
@@ -232,8 +240,11 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
                     split[(a.name, task)] = f"{a.name}: {why}"
         corners = {"early_low": (starts[0], weights[0]), "early_high": (starts[0], weights[-1]),
                    "late_low": (starts[-1], weights[0]), "late_high": (starts[-1], weights[-1])}
-        if not all(k in cell for k in corners.values()):
+        if not all(corners[k] in cell for k in ("late_low", "late_high")):
             continue
+        late_only = not all(k in cell for k in corners.values())
+        if late_only:
+            corners = {k: v for k, v in corners.items() if k.startswith("late")}
         names = {k: cell[v] for k, v in corners.items()}
         for task in dict.fromkeys(c.task for c in chosen):
             for metric in METRIC_WORDS:
@@ -242,26 +253,33 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
                 for seed in spec.seeds:  # every seed the study ran: one without a result is a missing cell
                     keys = {k: (n, task, seed) for k, n in names.items()}
                     problems += [f"{key[0]}/s{seed}: {p}" for key in keys.values() for p in problems_of.get(key, [])]
-                    problems += [f"{key[0]}/s{seed}: missing (its step failed or did not run)" for key in keys.values()
+                    problems += [f"{key[0]}/s{seed}: {stats.MISSING}" for key in keys.values()
                                  if metric not in values.get(key, {})]
                     if all(k in values and metric in values[k] for k in keys.values()):
                         v = {k: values[key][metric] for k, key in keys.items()}
-                        late, early = v["late_high"] - v["late_low"], v["early_high"] - v["early_low"]
-                        per_seed[seed] = {"late": late, "early": early, "interaction": late - early}
+                        late = v["late_high"] - v["late_low"]
+                        per_seed[seed] = {"late": late} if late_only else \
+                            {"late": late, "early": v["early_high"] - v["early_low"],
+                             "interaction": late - (v["early_high"] - v["early_low"])}
                 finite = {sd: e for sd, e in per_seed.items() if all(map(math.isfinite, e.values()))}
                 if not finite:
                     continue
                 ivs = {k: stats.summarize([e[k] for e in finite.values()], confidence)
-                       for k in ("late", "early", "interaction")}
+                       for k in (("late",) if late_only else ("late", "early", "interaction"))}
                 regime = f"{stats.NOT_JUDGED} (regime)" if problems or len(finite) < len(per_seed) else None
                 out.append({"family": family, "task": task, "metric": metric, "cells": names, "per_seed": per_seed,
-                            **{k: iv.__dict__ for k, iv in ivs.items()},
+                            "early": None, "interaction": None, **{k: iv.__dict__ for k, iv in ivs.items()},
                             "verdict": regime or stats.claim_verdict(ivs["late"], +1),
-                            "interaction_verdict": regime or stats.claim_verdict(ivs["interaction"], +1),
+                            "interaction_verdict": NOT_RUN if late_only else
+                            regime or stats.claim_verdict(ivs["interaction"], +1),
                             "regime": problems + ([] if len(finite) == len(per_seed) else ["a non-finite loss"]),
                             "p": stats.t_test_p([e["late"] for e in finite.values()]),
-                            "p_interaction": stats.t_test_p([e["interaction"] for e in finite.values()])})
+                            "p_interaction": None if late_only else
+                            stats.t_test_p([e["interaction"] for e in finite.values()])})
     return out
+
+
+NOT_RUN = "not run (the early corners were not run at this precision)"  # a late-only sibling's I
 
 
 CONFIGURED = "the config's precision"  # an arm without precision: (the reference of a precision control)
@@ -299,7 +317,7 @@ def precision_effects(spec, chosen, confidence: float = 0.95, ln_v: float | None
                             (mine if arm == other.name else base)[seed] = v
                     if not set(mine) & set(base):
                         continue
-                    problems += [f"{arm}/s{seed}: missing (no result: its step failed or did not run)"
+                    problems += [f"{arm}/s{seed}: {stats.MISSING}"
                                  for arm in (other.name, ref.name) for seed in spec.seeds
                                  if (arm, task, seed) not in values]
                     d = stats.paired(mine, base, confidence)
@@ -325,7 +343,10 @@ def window_under_precision(inter: list[dict], spec) -> list[str]:
         words = set(verdicts.values())
         said = "; ".join(f"{p}: {v}" for p, v in verdicts.items())
         where = f"- {family} on {task}, {METRIC_WORDS[metric]}"
-        if words == {"reproduced"}:
+        if any(v.startswith(stats.NOT_JUDGED) for v in words):
+            lines.append(f"{where}: the window is not compared across precisions, a claim it rests on being not "
+                         f"judged ({said})")
+        elif words == {"reproduced"}:
             lines.append(f"{where}: the window survives the precision change ({said})")
         elif len(words) == 1:
             lines.append(f"{where}: the window reads the same under each precision ({said})")
@@ -420,6 +441,11 @@ def _format_interactions(inter: list[dict], confidence: float, vary: str = "sft"
         why = ""
         if x.get("regime"):
             why = ": " + "; ".join(x["regime"][:2]) + (f"; +{len(x['regime']) - 2} more" if len(x["regime"]) > 2 else "")
+        if x["early"] is None:  # a precision sibling that ran the late corners only
+            lines.append(f"- {x['family']} on {x['task']}, {METRIC_WORDS[x['metric']]} ({c['late_high']} − "
+                         f"{c['late_low']} late), n={x['late']['n']}: late {num(x['late'])}: **{x['verdict']}**{why}; "
+                         f"early and I: {NOT_RUN}")
+            continue
         lines.append(f"- {x['family']} on {x['task']}, {METRIC_WORDS[x['metric']]} ({c['late_high']} − "
                      f"{c['late_low']} late, {c['early_high']} − {c['early_low']} early), n={x['late']['n']}: "
                      f"late {num(x['late'])}: **{x['verdict']}**{why}; early {num(x['early'])}; "
