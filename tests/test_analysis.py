@@ -505,6 +505,24 @@ def test_edge_winner_is_flagged():
         aggregate(_results(-0.2), baseline="nope")
 
 
+def test_a_winner_at_the_protocols_lr_ceiling_is_marked_not_an_edge():
+    """sft.lr_ceiling (demo protocol v4): the grid's top is the protocol's bound, so a cell choosing it has the best
+    LR the protocol allows (‡), judged; the bottom edge, or a top below a ceiling that is not the grid's, stays an
+    edge winner (†, not judged)."""
+    c = stats.choose_lr({1e-4: 2.0, 3e-4: 1.9, 1e-3: 1.7}, ceiling=1e-3)
+    assert (c.lr, c.edge, c.at_edge, c.at_ceiling) == (1e-3, None, False, True)
+    assert stats.regime_problems({"sft_test": 1.0}, c) == []
+    assert stats.choose_lr({1e-4: 1.0, 3e-4: 1.9, 1e-3: 1.7}, ceiling=1e-3).edge == "low"
+    assert stats.choose_lr({1e-4: 2.0, 3e-4: 1.9, 1e-3: 1.7}, ceiling=3e-3).edge == "high"
+    assert stats.choose_lr({1e-4: 2.0, 3e-4: 1.9, 1e-3: 1.7}).edge == "high"
+    cells = aggregate(_results(-0.2, lrs=(1e-4, 3e-4)), "pretrain-only", ceiling=3e-4)
+    assert [(c.edge_seeds, c.ceiling_seeds) for c in cells] == [((), (0, 1, 2))] * 2
+    assert cells[1].verdict["sft_test"] == "better"
+    md = markdown(cells, "pretrain-only")
+    assert "n=3 ‡" in md and "n=3 †" not in md and "‡ = a chosen LR is the protocol's ceiling" in md
+    assert "lr_ceiling_seeds" in csv_text(cells).splitlines()[0] and ",0 1 2," in csv_text(cells).splitlines()[1]
+
+
 def test_a_diverged_or_missing_cell_makes_findings_not_judged_never_a_crash():
     """issue 28: findings._paired handed a NaN to stats.paired, which raised after the whole study ran
     ('non-finite value among [-0.1, nan, -0.1]'); a missing cell (a failed step) was silently left out."""

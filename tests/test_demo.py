@@ -210,6 +210,17 @@ def test_a_protocol_violation_is_named(tmp_path, monkeypatch):
         P.check(load_spec(tmp_path / "s.yaml", check_files=False), {"math": 100, "code": 100, "passage": 100}, 1)[
             "violations"]
     raw["report"]["demo"]["precision"]["late_low"] = "code20-from177-bf16-true"
+    # the SFT grid stays at or below the pretraining peak LR, with its top stated as the ceiling
+    raw["sft"]["lrs"], raw["sft"]["lr_ceiling"] = [1e-3, 1e-2], 1e-2
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    got = P.check(load_spec(tmp_path / "s.yaml", check_files=False), {"math": 100, "code": 100, "passage": 100}, 1)
+    assert "sft.lrs reaches 0.01, above the pretraining peak LR 0.003 (SFT LRs stay at or below it)" in got["violations"]
+    raw["sft"]["lrs"] = [1e-3, 3e-3]
+    del raw["sft"]["lr_ceiling"]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    got = P.check(load_spec(tmp_path / "s.yaml", check_files=False), {"math": 100, "code": 100, "passage": 100}, 1)
+    assert "sft.lr_ceiling is not set: the grid's top is the protocol's bound, so state it" in got["violations"]
+    raw["sft"]["lr_ceiling"] = 3e-3
     # a name in report.demo that matches no arm or task is a violation, not a skipped check
     raw["report"]["demo"]["domains"]["math"]["mid"] = "math20-from66"
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))

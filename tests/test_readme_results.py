@@ -20,6 +20,20 @@ def test_the_demo_page_holds_the_generated_demo_results_unchanged():
     assert "(docs/demo.md)" in (Path(REPO) / "README.md").read_text()  # the front door links the page
 
 
+def test_the_readmes_demo_time_is_the_published_runs():
+    """The README's "~N min" for `make demo` is the published run's runtime (to the minute): a hand-typed number
+    outside the generated block, held to the generated one."""
+    import re
+
+    readme = (Path(REPO) / "README.md").read_text()
+    said = re.search(r"make demo .*\(~(\d+) min on 2 cores\)", readme)
+    assert said, "README.md no longer says how long `make demo` takes"
+    runtime = re.search(r"Runtime (\d+) s \(commit", (Path(REPO) / "docs" / "demo-results.md").read_text())
+    assert runtime, "docs/demo-results.md gives no runtime"
+    assert abs(int(said.group(1)) - int(runtime.group(1)) / 60) <= 1, (
+        f"README says ~{said.group(1)} min, the published demo ran {runtime.group(1)} s: update README.md")
+
+
 def test_publish_writes_the_file_and_the_readme_block(tmp_path):
     out = tmp_path / "out" / "demo-1"
     results = (f"## Protocol\nProtocol abc (x)\n\n# Study demo\n![curves]({out}/study/x.png)\n| a | b |\n"

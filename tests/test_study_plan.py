@@ -232,6 +232,20 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
 
 
 @pytest.mark.unit
+def test_the_lr_ceiling_is_the_grids_top():
+    """sft.lr_ceiling states the grid's top as the protocol's bound; any other value is refused in one line."""
+    spec = raw()
+    spec["sft"]["lr_ceiling"] = 1e-3
+    assert parse_spec(spec, {"70m": copy.deepcopy(BASE)}).lr_ceiling == 1e-3
+    assert parse_spec(raw(), {"70m": copy.deepcopy(BASE)}).lr_ceiling is None
+    for bad in (3e-3, 1e-4):
+        spec["sft"]["lr_ceiling"] = bad
+        with pytest.raises(ConfigError, match=re.escape(f"sft.lr_ceiling: {bad:g} must be the grid's highest LR "
+                                                        "(sft.lrs tops at 0.001)")):
+            parse_spec(spec, {"70m": copy.deepcopy(BASE)})
+
+
+@pytest.mark.unit
 def test_segment_chain_and_edges():
     p = plan_of(raw(seeds={**MID, "control": "shared"}))  # (the shared control: the base run to the end)
     segs = [s for s in p.steps if s.kind == "pretrain"]

@@ -201,14 +201,17 @@ class LRChoice:
     val_loss: float
     grid: tuple[float, ...]
     edge: str | None  # None (bracketed), "low", "high", or "single" (a one-LR grid)
+    at_ceiling: bool = False  # the grid's top won and it is the protocol's declared ceiling (not an edge)
 
     @property
     def at_edge(self) -> bool:
         return self.edge is not None
 
 
-def choose_lr(val_by_lr: Mapping[float, float]) -> LRChoice:
-    """The LR with the lowest validation loss; flags an edge winner."""
+def choose_lr(val_by_lr: Mapping[float, float], ceiling: float | None = None) -> LRChoice:
+    """The LR with the lowest validation loss; flags an edge winner. ``ceiling``: the highest LR the protocol
+    allows (``sft.lr_ceiling``); a winner at the grid's top that equals it is at the protocol's bound
+    (``at_ceiling``), the best the protocol permits, not an unbracketed optimum."""
     if not val_by_lr:
         raise ValueError("empty LR grid")
     grid = tuple(sorted(float(lr) for lr in val_by_lr))
@@ -218,6 +221,8 @@ def choose_lr(val_by_lr: Mapping[float, float]) -> LRChoice:
         return LRChoice(grid[0], vals[grid[0]], grid, "none finite")
     best = min(finite, key=lambda lr: (vals[lr], lr))  # a diverged (NaN/inf) LR never wins
     edge = "single" if len(grid) == 1 else "low" if best == grid[0] else "high" if best == grid[-1] else None
+    if edge == "high" and ceiling is not None and math.isclose(best, ceiling, rel_tol=1e-9):
+        return LRChoice(best, vals[best], grid, None, at_ceiling=True)
     return LRChoice(best, vals[best], grid, edge)
 
 

@@ -76,6 +76,7 @@ class Cell:
     holm: dict = field(default_factory=dict)      # metric -> the verdict after Holm over the table's family
     p_holm: dict = field(default_factory=dict)    # metric -> Holm-adjusted p-value
     edge_seeds: tuple = ()                        # seeds whose chosen LR sits at the grid edge
+    ceiling_seeds: tuple = ()                     # seeds whose chosen LR is the protocol's ceiling (sft.lr_ceiling)
     lrs: tuple = ()                               # chosen LR per seed (in seed order)
     regime: tuple = ()                            # "s<seed>: problem" for every seed outside a valid regime
     detect_d: dict = field(default_factory=dict)  # metric -> smallest Δ/sd detectable at 80% power, a priori from n
@@ -106,15 +107,16 @@ def _no_test(where: str, lr: float) -> ValueError:
                       "before every LR of a sweep kept one: re-run that SFT step, or choose the LR per seed)")
 
 
-def choose_per_seed(results: Iterable[SFTResult]) -> list[Chosen]:
-    """Group by (arm, task, seed); choose the LR on validation; keep that LR's numbers."""
+def choose_per_seed(results: Iterable[SFTResult], ceiling: float | None = None) -> list[Chosen]:
+    """Group by (arm, task, seed); choose the LR on validation (``ceiling``: ``stats.choose_lr``'s); keep that LR's
+    numbers."""
     groups: dict[tuple, list[SFTResult]] = {}
     for r in results:
         groups.setdefault((r.arm, r.task, r.seed), []).append(r)
     out = []
     for (arm, task, seed), rs in groups.items():  # first-seen order
         by_lr = _by_lr(rs, f"{arm}/{task}/seed {seed}")
-        choice = stats.choose_lr({lr: r.val_loss for lr, r in by_lr.items()})
+        choice = stats.choose_lr({lr: r.val_loss for lr, r in by_lr.items()}, ceiling)
         best = by_lr[choice.lr]
         if best.test_loss is None:
             raise _no_test(f"{arm}/{task}/seed {seed}", choice.lr)
@@ -122,7 +124,8 @@ def choose_per_seed(results: Iterable[SFTResult]) -> list[Chosen]:
     return out
 
 
-def choose_per_checkpoint(results: Iterable[SFTResult], per_arm: bool = False) -> list[Chosen]:
+def choose_per_checkpoint(results: Iterable[SFTResult], per_arm: bool = False, ceiling: float | None = None
+                          ) -> list[Chosen]:
     """Group by (arm, task, checkpoint); choose one LR on the validation loss averaged over the seeds that
     fine-tuned that checkpoint (each seed must have run every LR of the grid); keep each seed's numbers
     at that LR. Results without a checkpoint group by (arm, task, seed), i.e. per seed. ``per_arm``: one group
@@ -142,7 +145,7 @@ def choose_per_checkpoint(results: Iterable[SFTResult], per_arm: bool = False) -
                 raise ValueError(f"{arm}/{task}: seed {seed} has no result for lr {missing}: the LR is chosen on the "
                                  "mean over seeds, so every seed needs the whole grid (or choose it per seed: "
                                  "--lr_choice per_seed / report.lr_choice: per_seed)")
-        choice = stats.choose_lr({lr: sum(g[lr].val_loss for g in grids.values()) / len(grids) for lr in lrs})
+        choice = stats.choose_lr({lr: sum(g[lr].val_loss for g in grids.values()) / len(grids) for lr in lrs}, ceiling)
         for seed, g in grids.items():
             best = g[choice.lr]
             if best.test_loss is None:
@@ -151,23 +154,26 @@ def choose_per_checkpoint(results: Iterable[SFTResult], per_arm: bool = False) -
     return out
 
 
-def choose(results: Iterable[SFTResult], lr_choice: str = "per_checkpoint") -> list[Chosen]:
-    """The chosen LR's numbers per (arm, task, seed) under ``lr_choice`` (``LR_CHOICES``)."""
+def choose(results: Iterable[SFTResult], lr_choice: str = "per_checkpoint", ceiling: float | None = None
+           ) -> list[Chosen]:
+    """The chosen LR's numbers per (arm, task, seed) under ``lr_choice`` (``LR_CHOICES``); ``ceiling``: the spec's
+    ``sft.lr_ceiling`` (``stats.choose_lr``)."""
     if lr_choice == "per_seed":
-        return choose_per_seed(results)
-    return choose_per_checkpoint(results, per_arm=lr_choice == "per_arm")
+        return choose_per_seed(results, ceiling)
+    return choose_per_checkpoint(results, per_arm=lr_choice == "per_arm", ceiling=ceiling)
 
 
 def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: float = 0.95,
               lr_choice: str = "per_checkpoint", ln_vocab: float | None = None,
-              seeds: Iterable | None = None) -> list[Cell]:
-    """One cell per (arm, task), in first-seen arm and task order; ``lr_choice``: ``LR_CHOICES``;
+              seeds: Iterable | None = None, ceiling: float | None = None) -> list[Cell]:
+    """One cell per (arm, task), in first-seen arm and task order; ``lr_choice``: ``LR_CHOICES``; ``ceiling``:
+    the spec's ``sft.lr_ceiling`` (``stats.choose_lr``);
     ``ln_vocab``: ln of the model's vocabulary size (None: that regime check is not made); ``seeds``: the seeds
     the study ran (a study's spec.seeds), so that a seed no result holds is missing everywhere (None: the seeds
     the results hold, for files given by hand)."""
     if lr_choice not in LR_CHOICES:
         raise ValueError(f"lr_choice must be one of {LR_CHOICES}, got {lr_choice!r}")
-    chosen = choose(results, lr_choice)
+    chosen = choose(results, lr_choice, ceiling)
     arms = list(dict.fromkeys(c.arm for c in chosen))
     tasks = list(dict.fromkeys(c.task for c in chosen))
     if baseline is not None and baseline not in arms:
@@ -190,6 +196,7 @@ def aggregate(results: Iterable[SFTResult], baseline: str | None, confidence: fl
             missing = tuple(f"s{s}: {stats.MISSING}" for s in all_seeds
                             if s not in mine)
             cell = Cell(arm, task, seeds, edge_seeds=tuple(s for s in seeds if mine[s].choice.at_edge),
+                        ceiling_seeds=tuple(s for s in seeds if mine[s].choice.at_ceiling),
                         lrs=tuple(mine[s].choice.lr for s in seeds),
                         regime=tuple(f"s{s}: {p}" for s in seeds for p in problems[s]) + ((split,) if split else ())
                         + missing)
@@ -263,7 +270,9 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
     head = f"Each cell: {LABELS['sft_test']} / {LABELS['main_after']}, mean ± {pct} t-interval over seeds; "
     if baseline:
         head += (f"Δ = paired difference vs `{baseline}` on matched seeds (negative = lower loss) with its verdict; "
-                 f"n = seeds. The SFT LR is chosen {how}; † = a chosen LR is at the edge of the grid.")
+                 f"n = seeds. The SFT LR is chosen {how}; † = a chosen LR is at the edge of the grid"
+                 + ("; ‡ = a chosen LR is the protocol's ceiling (sft.lr_ceiling, the grid's top: the best it "
+                    "allows, not an unbracketed optimum)." if any(c.ceiling_seeds for c in cells) else "."))
     else:
         head += f"n = seeds. The SFT LR is chosen {how}."
     if variance:
@@ -297,13 +306,13 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
                 else:
                     parts.append("Δ " + " / ".join(f"{_signed(c.delta[m].diff)} ({c.verdict[m]}; Holm: {c.holm[m]})"
                                                     if m in c.delta else "–" for m in METRICS))
-            parts.append(f"n={len(c.seeds)}" + (" †" if c.edge_seeds else ""))
+            parts.append(f"n={len(c.seeds)}" + (" †" if c.edge_seeds else "") + (" ‡" if c.ceiling_seeds else ""))
             row.append("<br>".join(parts))
         lines.append(f"| {arm} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ["arm", "task", "n", "seeds", "chosen_lrs", "lr_edge_seeds", "regime"]
+CSV_COLUMNS = ["arm", "task", "n", "seeds", "chosen_lrs", "lr_edge_seeds", "lr_ceiling_seeds", "regime"]
 for _m in ("sft_test", "sft_val", "main_after", "main_increase"):
     CSV_COLUMNS += [f"{_m}_mean", f"{_m}_sd", f"{_m}_lo", f"{_m}_hi"]
 for _m in METRICS:
@@ -319,6 +328,7 @@ def csv_text(cells: list[Cell]) -> str:
     for c in cells:
         row = {"arm": c.arm, "task": c.task, "n": len(c.seeds), "seeds": " ".join(map(str, c.seeds)),
                "chosen_lrs": " ".join(f"{lr:g}" for lr in c.lrs), "lr_edge_seeds": " ".join(map(str, c.edge_seeds)),
+               "lr_ceiling_seeds": " ".join(map(str, c.ceiling_seeds)),
                "regime": "; ".join(c.regime)}
         for m, iv in c.summary.items():
             row.update({f"{m}_mean": iv.mean, f"{m}_sd": iv.sd, f"{m}_lo": iv.lo, f"{m}_hi": iv.hi})

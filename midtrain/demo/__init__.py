@@ -250,8 +250,9 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
     for s in plan.steps:
         if s.kind == "sft":
             results += sft_results([str(out / "study" / s.out / "metrics.json")])
-    chosen = {(c.arm, c.task, c.seed): dict(c.values, lr=c.choice.lr, lr_edge=c.choice.edge)
-              for c in tables.choose(results, plan.spec.report.get("lr_choice", "per_checkpoint"))}
+    chosen = {(c.arm, c.task, c.seed): dict(c.values, lr=c.choice.lr, lr_edge=c.choice.edge,
+                                            lr_at_ceiling=c.choice.at_ceiling)
+              for c in tables.choose(results, plan.spec.report.get("lr_choice", "per_checkpoint"), plan.spec.lr_ceiling)}
     report = json.loads((out / "study" / plan.by_id["report"].out / "results.json").read_text())
     size_name = plan.spec.sizes[0].name
     prox = report["sizes"][size_name].get("proximity", {})
@@ -263,6 +264,7 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
     above = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if stats.collapsed(v, ln_v)})
     refs = [v["main_unigram"] for v in chosen.values() if "main_unigram" in v]
     edges = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if v["lr_edge"]})
+    at_ceiling = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if v["lr_at_ceiling"]})
     # every run of the first seed (the control: the base run's end, or its own run per seed under seeds.control)
     runs = [out / "study" / s.out / "run" for s in plan.steps if s.kind in ("pretrain", "midtrain")
             and (s.kind == "midtrain" or s.labels.get("arm") == "pretrain-only")
@@ -277,7 +279,7 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
         "collapse": {"reference": "unigram entropy of the main-corpus tokens scored", "ln_vocab": ln_v,
                      "unigram_entropy": [min(refs), max(refs)] if refs else None, "max_margin": worst[1],
                      "max_at": list(worst[0]), "collapsed": above},
-        "lr_edge_winners": edges, "runtime_s": round(time.time() - t0, 1),
+        "lr_edge_winners": edges, "lr_ceiling_winners": at_ceiling, "runtime_s": round(time.time() - t0, 1),
         "steps_run": sum(1 for st in states.values() if st.get("state") == "done"),
     }
     write_text_atomic(out / "results.json", json.dumps(summary, indent=1, default=str) + "\n")
@@ -289,6 +291,8 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
              + ("none" if not above else ", ".join(above)) + f" (highest: {worst[1]:+.3f} nats relative to it, "
              f"{worst[0][0]} on {worst[0][1]}, seed {worst[0][2]}).",
              "LR grid edge winners (the optimum is not bracketed): " + (", ".join(edges) if edges else "none") + ".",
+             *([f"At the protocol's SFT LR ceiling ({plan.spec.lr_ceiling:g}, sft.lr_ceiling: the best it allows): "
+                + (", ".join(at_ceiling) if at_ceiling else "none") + "."] if plan.spec.lr_ceiling else []),
              f"Curves: {png}. Every per-seed value: {out / 'results.json'}. Runtime {summary['runtime_s']:.0f} s "
              f"(commit {summary['commit']}, {summary['machine']}, {summary['date']})."]
     final = "\n".join(lines)

@@ -11,6 +11,9 @@ cosine schedule is down to about 10% of peak. A miniature keeps those ratios, no
   domain adds: SFT tokens / ((max_steps - S) x tokens per step x w), checked for every arm; late arms, which
   train few steps, are held to ``late_sft_to_domain_max`` instead where the spec states one (and say so);
 - the CPT arm sees as many domain tokens as that midtraining arm (within one step's worth);
+- every SFT LR is at most the pretraining peak LR (the paper's SFT LRs lie below its models' peak pretraining
+  LRs; measured here under v4's first run, a tiny model fine-tuned at 3x its peak collapsed on the main corpus),
+  and the grid's top is the spec's ``sft.lr_ceiling``, so a cell choosing it is at the protocol's bound;
 - the headline is the family of tested claims ``findings.declared_family`` lists from ``report.demo``, printed
   here before any run and Holm-adjusted over all of them whatever their outcome.
 
@@ -93,9 +96,22 @@ def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
             if abs(dose - mid_dose) > size.tokens_per_step:
                 violations.append(f"{arm.name} adds {dose:,.0f} domain tokens and {mid.name} {mid_dose:,.0f}: CPT "
                                   "must see as many as midtraining (within one step)")
+    peak = _peak_lr(size.config)
+    if peak is not None and spec.lrs and max(spec.lrs) > peak:
+        violations.append(f"sft.lrs reaches {max(spec.lrs):g}, above the pretraining peak LR {peak:g} (SFT LRs stay at "
+                          "or below it)")
+    if spec.lrs and spec.lr_ceiling is None:
+        violations.append("sft.lr_ceiling is not set: the grid's top is the protocol's bound, so state it")
     family = declared_family(domains, grid, prec or None, near or None)  # the headline, before any run
     return {"limits": limits, "arms": rows, "violations": violations, "sft_tokens": dict(sft_tokens),
-            "epochs": epochs, "family": family}
+            "epochs": epochs, "family": family, "peak_lr": peak, "lr_ceiling": spec.lr_ceiling}
+
+
+def _peak_lr(config: Mapping) -> float | None:
+    """The base run's peak LR (its optimizer's ``lr``), or None when the config does not say it."""
+    opt = config.get("optimizer")
+    lr = (opt.get("init_args") or {}).get("lr") if isinstance(opt, Mapping) else None
+    return float(lr) if lr is not None else None
 
 
 # the code that builds the demo's data and judges its results: a change to any of it is a change of protocol
@@ -122,7 +138,9 @@ def format_protocol(p: dict, digest: str, steps: int, tokens_per_step: int) -> s
              f"SFT set <= {lim['sft_to_domain_max']} x the domain tokens each arm of its domain adds (paper: << 1)"
              + (f", late arms <= {lim['late_sft_to_domain_max']}" if "late_sft_to_domain_max" in lim else "")
              + f"; {steps} steps x {tokens_per_step:,} tokens of pretraining; SFT "
-             + ", ".join(f"{t} {n:,} tokens" for t, n in p["sft_tokens"].items()) + f" x {p['epochs']} epoch(s).",
+             + ", ".join(f"{t} {n:,} tokens" for t, n in p["sft_tokens"].items()) + f" x {p['epochs']} epoch(s)"
+             + (f"; SFT LRs up to the ceiling {p['lr_ceiling']:g} (the pretraining peak LR is {p['peak_lr']:g})"
+                if p.get("lr_ceiling") and p.get("peak_lr") else "") + ".",
              "", f"Headline family, declared here before any run: the {len(p['family'])} tested claims "
              + ", ".join(p["family"]) + f", Holm-adjusted over all {len(p['family'])} whatever their outcome.",
              "", "| arm | start | LR at start / peak | role | domain tokens added | SFT tokens / domain tokens |",

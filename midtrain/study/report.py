@@ -78,14 +78,16 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
         if got["sft"]:
             base = baseline if any(r.arm == baseline for r in got["sft"]) else None
             try:
-                cells = tables.aggregate(got["sft"], base, confidence, lr_choice, ln_vocab(size), seeds=spec.seeds)
+                cells = tables.aggregate(got["sft"], base, confidence, lr_choice, ln_vocab(size), seeds=spec.seeds,
+                                         ceiling=spec.lr_ceiling)
             except ValueError as e:
                 raise ConfigError(f"report ({size.name})", str(e)) from None
             md += [tables.markdown(cells, base, confidence, lr_choice, variance(spec)), ""]
             csv = tables.csv_text(cells).splitlines()
             csv_parts += ([("size," + csv[0])] if not csv_parts else []) + [f"{size.name},{line}" for line in csv[1:]]
             size_res["cells"] = [{"arm": c.arm, "task": c.task, "seeds": list(c.seeds), "lrs": list(c.lrs),
-                                  "edge_seeds": list(c.edge_seeds), "verdict": c.verdict, "holm": c.holm,
+                                  "edge_seeds": list(c.edge_seeds), "ceiling_seeds": list(c.ceiling_seeds),
+                                  "verdict": c.verdict, "holm": c.holm,
                                   "p_holm": c.p_holm, "comparisons": tables.comparisons(cells),
                                   "regime": list(c.regime), "detectable_d80": c.detect_d, "not_judged": tables.not_judged(cells),
                                   "summary": {m: iv.__dict__ for m, iv in c.summary.items()},
@@ -98,7 +100,7 @@ def write_report(plan: Plan, out_dir: Path) -> Path:
             md.append(f"![SFT test loss per arm]({size.name}-sft-test.png)")
             md += _heatmaps(spec, size.name, cells, rep) + [""]
             md += _lines_and_scatter(spec, size.name, cells, rep) + [""]
-            chosen = tables.choose(got["sft"], lr_choice)
+            chosen = tables.choose(got["sft"], lr_choice, spec.lr_ceiling)
             inter = interactions(spec, chosen, confidence, ln_vocab(size))
             if inter:
                 size_res["interactions"] = inter

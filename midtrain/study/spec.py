@@ -36,6 +36,8 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
     # arm start; it samples the control's data order only where the base mixture's epochs turn over: CONTROLS)
     sft:
       lrs: [3e-4, 1e-3, 3e-3]
+      # lr_ceiling: 3e-3                 # optional: the grid's top is the protocol's bound (a winner there is
+                                         # marked, not an unbracketed edge winner); must equal max(lrs)
       tasks: {pycode: {data: ..., val_data: ..., test_data: ...}}
       options: {epochs: 4}               # any other `midtrain sft` option
     eval: {max_batches: 100}             # loss on the base's val sets for every run (checkpoints: all = every
@@ -101,7 +103,7 @@ ARM_KEYS = {"name", "domain", "mixture", "mix_config", "start", "weight", "dose"
 # them equal): spelt here so that parsing a spec imports no lightning
 PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
               "32-true", "64-true")
-SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr"}
+SFT_KEYS = {"lrs", "tasks", "options", "pretrain_val_path", "one_step_per_lr", "lr_ceiling"}
 TASK_KEYS = {"data", "val_data", "test_data", "prompt_key", "response_key"}
 EVAL_KEYS = {"enabled", "max_batches", "batch_size", "lm_eval", "checkpoints", "precision"}
 LM_EVAL_KEYS = {"tasks", "include_path", "num_fewshot", "limit", "batch_size", "precision"}
@@ -172,6 +174,9 @@ class Spec:
     one_step_per_lr: bool = True   # False: one SFT step per (run, task, seed) sweeping the whole grid
     vary: str = "sft"              # what a seed re-runs (VARY)
     control: str = "shared"        # vary: midtrain: the control re-run per seed ("per_seed") or one run ("shared")
+    # the highest SFT LR the protocol allows (the grid's top): a cell choosing it is at the protocol's bound
+    # (reported, ‡), not an unbracketed optimum; None: a winner at the top is an edge winner (not judged)
+    lr_ceiling: float | None = None
 
 
 def _mapping(value: Any, key: str, allowed: set[str] | None = None) -> dict:
@@ -442,6 +447,10 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
         raise ConfigError("sft.lrs", "the LR grid is empty: give one or more learning rates")
     if any(not lr > 0 for lr in lrs) or len(set(lrs)) != len(lrs):
         raise ConfigError("sft.lrs", f"give distinct positive learning rates, got {lrs}")
+    ceiling = _float(sft["lr_ceiling"], "sft.lr_ceiling") if sft.get("lr_ceiling") is not None else None
+    if ceiling is not None and (not lrs or ceiling != max(lrs)):
+        raise ConfigError("sft.lr_ceiling", f"{ceiling:g} must be the grid's highest LR (sft.lrs tops at "
+                          f"{max(lrs) if lrs else 'nothing'}): a ceiling above the grid leaves the top unbracketed")
     tasks = []
     for tname, traw in tasks_raw.items():
         key = f"sft.tasks.{tname}"
@@ -528,4 +537,4 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     if not isinstance(ev.get("enabled", True), bool):
         raise ConfigError("eval.enabled", f"expected true or false, got {ev['enabled']!r}")
     return Spec(name, tuple(sizes), tuple(arms), tuple(seeds), tuple(lrs), tuple(tasks), options,
-                sft.get("pretrain_val_path"), ev, report, slurm, per_lr, vary, control)
+                sft.get("pretrain_val_path"), ev, report, slurm, per_lr, vary, control, ceiling)

@@ -62,10 +62,20 @@ def leave_group() -> None:
     """Every rank leaves the process group before its interpreter ends (a barrier, then destroy). Left to interpreter
     shutdown, gloo's threads are torn down mid-use and a rank can abort after its outputs were written (``free():
     invalid pointer``: exit 134 under srun, -6 under Fabric's launcher). Call only on a path every rank takes
-    together (a return of ``main``: its stops are agreed by all-reduce); nothing to do without a group."""
+    together (a return of ``main``: its stops are agreed by all-reduce); nothing to do without a group.
+
+    It collects garbage first: a sharded model that ``main`` has let go of is cyclic garbage (FSDP2's hooks and
+    state refer to each other) that still holds the DeviceMesh's sub-groups, which ``destroy_process_group`` only
+    unregisters. Left alone, those groups die in the interpreter's final collection, where a gloo thread releasing
+    a tensor needs the GIL of an interpreter being torn down (CI once saw a 4-rank HSDP run abort so, "terminate
+    called without an active exception", after its final checkpoint; pytorch/pytorch PR 179291 describes the
+    mechanism)."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
