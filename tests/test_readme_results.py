@@ -34,6 +34,36 @@ def test_the_readmes_demo_time_is_the_published_runs():
         f"README says ~{said.group(1)} min, the published demo ran {runtime.group(1)} s: update README.md")
 
 
+def test_the_published_demo_ran_under_the_current_protocol():
+    """docs/demo-results.md's protocol hash is the one the spec and code at this commit give: a change to the demo's
+    spec, its data builder or the analysis that judges it (``PROTOCOL_CODE``) needs `make demo` (which republishes)
+    in the same change, so the published numbers are never those of older code."""
+    import re
+
+    import midtrain.demo as D
+
+    text = (Path(REPO) / "docs" / "demo-results.md").read_text()
+    said = re.search(r"^Protocol ([0-9a-f]{12}) ", text, re.M)
+    assert said, "docs/demo-results.md names no protocol hash"
+    now = D.protocol_digest(D.REPO / "midtrain_configs" / "studies" / D.SPECS["quick"], "quick", 0)
+    assert said.group(1) == now, (f"the published demo ran under protocol {said.group(1)}, the code and spec here give "
+                                  f"{now}: run `make demo`")
+
+
+def test_demo_step_seconds_counts_the_named_arms_steps():
+    from types import SimpleNamespace as NS
+
+    from midtrain.demo import step_seconds
+
+    steps = [NS(id="a", labels={"arm": "x-bf16"}), NS(id="b", labels={"arm": "x-bf16", "task": "t"}),
+             NS(id="c", labels={"arm": "y"}), NS(id="d", labels={}), NS(id="e", labels={"arm": "x-bf16"})]
+    states = {"a": {"state": "done", "started": 10.0, "ended": 14.0}, "b": {"state": "done", "started": 20.0, "ended": 21.5},
+              "c": {"state": "done", "started": 0.0, "ended": 10.0}, "d": {"state": "done", "started": 1.0, "ended": 3.0},
+              "e": {"state": "failed", "started": 1.0, "ended": 9.0}}
+    assert step_seconds(NS(steps=steps), states, {"x-bf16"}) == {"steps": 3, "of_steps": 5, "seconds": 5.5,
+                                                                 "of_seconds": 17.5}
+
+
 def test_publish_writes_the_file_and_the_readme_block(tmp_path):
     out = tmp_path / "out" / "demo-1"
     results = (f"## Protocol\nProtocol abc (x)\n\n# Study demo\n![curves]({out}/study/x.png)\n| a | b |\n"

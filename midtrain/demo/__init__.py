@@ -265,6 +265,8 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
     refs = [v["main_unigram"] for v in chosen.values() if "main_unigram" in v]
     edges = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if v["lr_edge"]})
     at_ceiling = sorted({f"{k[0]}/{k[1]}" for k, v in chosen.items() if v["lr_at_ceiling"]})
+    prec = plan.spec.report.get("demo", {}).get("precision") or {}
+    cost = step_seconds(plan, states, {prec.get("late_low"), prec.get("late_high")} - {None}) if prec else None
     # every run of the first seed (the control: the base run's end, or its own run per seed under seeds.control)
     runs = [out / "study" / s.out / "run" for s in plan.steps if s.kind in ("pretrain", "midtrain")
             and (s.kind == "midtrain" or s.labels.get("arm") == "pretrain-only")
@@ -279,7 +281,8 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
         "collapse": {"reference": "unigram entropy of the main-corpus tokens scored", "ln_vocab": ln_v,
                      "unigram_entropy": [min(refs), max(refs)] if refs else None, "max_margin": worst[1],
                      "max_at": list(worst[0]), "collapsed": above},
-        "lr_edge_winners": edges, "lr_ceiling_winners": at_ceiling, "runtime_s": round(time.time() - t0, 1),
+        "lr_edge_winners": edges, "lr_ceiling_winners": at_ceiling, "precision_control_cost": cost,
+        "runtime_s": round(time.time() - t0, 1),
         "steps_run": sum(1 for st in states.values() if st.get("state") == "done"),
     }
     write_text_atomic(out / "results.json", json.dumps(summary, indent=1, default=str) + "\n")
@@ -291,6 +294,11 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
              + ("none" if not above else ", ".join(above)) + f" (highest: {worst[1]:+.3f} nats relative to it, "
              f"{worst[0][0]} on {worst[0][1]}, seed {worst[0][2]}).",
              "LR grid edge winners (the optimum is not bracketed): " + (", ".join(edges) if edges else "none") + ".",
+             *([f"Cost of the precision control ({prec['precision']} runs of {prec['late_low']} and "
+                f"{prec['late_high']}, their midtraining and SFT steps): {cost['steps']} of {cost['of_steps']} "
+                f"steps, {cost['seconds']:.0f} of {cost['of_seconds']:.0f} step-seconds "
+                f"({cost['seconds'] / cost['of_seconds']:.0%}; steps run {parallel} at a time)."]
+              if cost and cost["of_seconds"] else []),
              *([f"At the protocol's SFT LR ceiling ({plan.spec.lr_ceiling:g}, sft.lr_ceiling: the best it allows): "
                 + (", ".join(at_ceiling) if at_ceiling else "none") + "."] if plan.spec.lr_ceiling else []),
              f"Curves: {png}. Every per-seed value: {out / 'results.json'}. Runtime {summary['runtime_s']:.0f} s "
@@ -304,6 +312,19 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
 
         print(f"[demo] wrote {publish_results(final, out, REPO)} and the results in {PAGE}", flush=True)
     return 0
+
+
+def step_seconds(plan, states: dict, arms: set[str]) -> dict:
+    """What the steps of ``arms`` (their midtraining and SFT steps) cost, against every step of the study: step
+    counts and step-seconds (each step's ended - started; steps run side by side, so the wall time is less).
+    Pure."""
+    def secs(st):
+        return max(0.0, (st.get("ended") or 0.0) - (st.get("started") or 0.0)) if st.get("state") == "done" else 0.0
+
+    mine = [s for s in plan.steps if s.labels.get("arm") in arms]
+    return {"steps": len(mine), "of_steps": len(plan.steps),
+            "seconds": sum(secs(states.get(s.id, {})) for s in mine),
+            "of_seconds": sum(secs(states.get(s.id, {})) for s in plan.steps)}
 
 
 def scale_text(spec, built: dict) -> str:
