@@ -8,6 +8,7 @@ version; later versions win for the same step.
 
 from __future__ import annotations
 
+import math
 import csv
 import glob
 import json
@@ -181,7 +182,8 @@ def sft_results(sft_files: list[str], runs: list[str] | None = None, main_set: s
 
 
 def seed_table(sft_files: list[str], runs: list[str] | None, baseline: str | None, fmt: str = "markdown",
-               main_set: str = "main", confidence: float = 0.95, lr_choice: str = "per_checkpoint") -> str:
+               main_set: str = "main", confidence: float = 0.95, lr_choice: str = "per_checkpoint",
+               lr_ceiling: float | None = None) -> str:
     """The paper-style table (arms x tasks, mean ± CI over seeds, Δ vs ``baseline``) from SFT JSONs."""
     from midtrain.analysis import tables
 
@@ -189,7 +191,11 @@ def seed_table(sft_files: list[str], runs: list[str] | None, baseline: str | Non
         raise ConfigError("--lr_choice", f"expected one of {', '.join(tables.LR_CHOICES)}, got {lr_choice!r}")
     results = sft_results(sft_files, runs, main_set)
     try:
-        cells = tables.aggregate(results, baseline, confidence, lr_choice)
+        top = max((r.lr for r in results), default=None)
+        if lr_ceiling is not None and (top is None or not math.isclose(top, lr_ceiling, rel_tol=1e-9)):
+            raise ConfigError("--lr_ceiling", f"{lr_ceiling:g} is not the top of the --sft files' LR grids ({'none' if top is None else f'{top:g}'}): "
+                              "the ceiling is the grid's highest LR")
+        cells = tables.aggregate(results, baseline, confidence, lr_choice, ceiling=lr_ceiling)
     except ValueError as e:
         raise ConfigError("--baseline" if "baseline" in str(e) else "--sft", str(e)) from None
     return tables.csv_text(cells) if fmt == "csv" else tables.markdown(cells, baseline, confidence, lr_choice)
@@ -230,7 +236,7 @@ def plot(runs: list[str], out: str, metric: str = "val_loss") -> int:
 
 def report(runs: list[str] = [], sft: list[str] = [], format: str = "markdown", out: Optional[str] = None,
            by_seed: bool = False, baseline: Optional[str] = "pretrain-only", main_set: str = "main",
-           confidence: float = 0.95, lr_choice: str = "per_checkpoint") -> int:
+           confidence: float = 0.95, lr_choice: str = "per_checkpoint", lr_ceiling: Optional[float] = None) -> int:
     """A table of final per-source validation losses and SFT results across runs.
 
     Args:
@@ -244,6 +250,8 @@ def report(runs: list[str] = [], sft: list[str] = [], format: str = "markdown", 
         confidence: the intervals' confidence level, in (0, 1)
         lr_choice: --by_seed: per_checkpoint (one LR per fine-tuned checkpoint and task, on the val loss averaged
             over its seeds), per_arm (one per arm and task) or per_seed
+        lr_ceiling: --by_seed: the grid's top as the protocol's bound (a study's sft.lr_ceiling): a cell choosing it
+            is marked ‡ and judged (its optimum is not bracketed above); null: a top winner is an edge winner
     """
     from midtrain.atomic import check_writable_dir, write_text_atomic
 
@@ -256,7 +264,7 @@ def report(runs: list[str] = [], sft: list[str] = [], format: str = "markdown", 
             raise ConfigError("--sft", "--by_seed aggregates SFT metrics files: give them")
         if not 0 < confidence < 1:
             raise ConfigError("--confidence", f"must be in (0, 1), got {confidence}")
-        text = seed_table(sft, runs, baseline, format, main_set, confidence, lr_choice).rstrip("\n")
+        text = seed_table(sft, runs, baseline, format, main_set, confidence, lr_choice, lr_ceiling).rstrip("\n")
     else:
         if not runs:
             raise ConfigError("--runs", "give the run folders to report")

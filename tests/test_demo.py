@@ -220,7 +220,12 @@ def test_a_protocol_violation_is_named(tmp_path, monkeypatch):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     got = P.check(load_spec(tmp_path / "s.yaml", check_files=False), {"math": 100, "code": 100, "passage": 100}, 1)
     assert "sft.lr_ceiling is not set: the grid's top is the protocol's bound, so state it" in got["violations"]
-    raw["sft"]["lr_ceiling"] = 3e-3
+    raw["sft"]["lrs"], raw["sft"]["lr_ceiling"] = [1e-4, 1e-3], 1e-3  # a bound below the peak is not the protocol's
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    got = P.check(load_spec(tmp_path / "s.yaml", check_files=False), {"math": 100, "code": 100, "passage": 100}, 1)
+    assert "sft.lr_ceiling is 0.001, not the pretraining peak LR 0.003: the bound is the peak (a lower top would mark " \
+        "cells at a bound the protocol does not set)" in got["violations"]
+    raw["sft"]["lrs"], raw["sft"]["lr_ceiling"] = [1e-3, 3e-3], 3e-3
     # a name in report.demo that matches no arm or task is a violation, not a skipped check
     raw["report"]["demo"]["domains"]["math"]["mid"] = "math20-from66"
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))

@@ -224,6 +224,18 @@ def test_a_precision_control_runs_the_same_arm_at_each_precision_and_the_report_
     line, forgot = report.window_under_precision(inter, demo)
     assert line.startswith("- code on py, SFT test loss: the window survives the precision change (the config's "
                            "precision: reproduced; bf16-mixed: reproduced)"), line
+    # a sibling that ran starts of its own keeps them, and never moves the configured family's corners
+    later = parse_spec(raw(arms=[{"name": "code", "domain": "code", "start": [20, 60], "weight": [0.2, 0.5]},
+                                 {"name": "code", "domain": "code", "start": [60, 80], "weight": [0.2, 0.5],
+                                  "precision": ["bf16-mixed"]}], seeds=MID), {"70m": copy.deepcopy(BASE)})
+    ch2 = [Chosen(a.name, "py", seed, stats.LRChoice(1e-3, 1.0, (), None),
+                  {"sft_test": 2.0 + 0.1 * (a.weight == 0.5) * (a.start >= 60) + 0.01 * seed, "main_after": 4.0 + 0.01 * seed,
+                   "main_unigram": 5.0}) for a in later.arms for seed in (0, 1, 2)]
+    by_family = {(i["family"], i["metric"]): i for i in report.interactions(later, ch2)}
+    plain_x, sib = by_family[("code", "sft_test")], by_family[("code-bf16-mixed", "sft_test")]
+    assert plain_x["cells"]["early_low"] == "code20-from20" and plain_x["early"] is not None
+    assert sib["cells"] == {"early_low": "code20-from60-bf16-mixed", "early_high": "code50-from60-bf16-mixed",
+                            "late_low": "code20-from80-bf16-mixed", "late_high": "code50-from80-bf16-mixed"}
     # a corner outside a valid regime at one precision: the window is not compared, never "depends on the precision"
     broken = [Chosen(c.arm, c.task, c.seed, c.choice, {**c.values, "main_after": 9.0})
               if c.arm == "code50-from60-bf16-mixed" else c for c in ch]

@@ -201,7 +201,7 @@ class LRChoice:
     val_loss: float
     grid: tuple[float, ...]
     edge: str | None  # None (bracketed), "low", "high", or "single" (a one-LR grid)
-    at_ceiling: bool = False  # the grid's top won and it is the protocol's declared ceiling (not an edge)
+    at_ceiling: bool = False  # the grid's top won and it is the protocol's declared ceiling (judged; not bracketed above)
 
     @property
     def at_edge(self) -> bool:
@@ -211,7 +211,8 @@ class LRChoice:
 def choose_lr(val_by_lr: Mapping[float, float], ceiling: float | None = None) -> LRChoice:
     """The LR with the lowest validation loss; flags an edge winner. ``ceiling``: the highest LR the protocol
     allows (``sft.lr_ceiling``); a winner at the grid's top that equals it is at the protocol's bound
-    (``at_ceiling``), the best the protocol permits, not an unbracketed optimum."""
+    (``at_ceiling``): the best LR the protocol permits, judged as such; its optimum is still not bracketed above,
+    so the comparison is between constrained optima (a one-LR grid stays "single", never at the ceiling)."""
     if not val_by_lr:
         raise ValueError("empty LR grid")
     grid = tuple(sorted(float(lr) for lr in val_by_lr))

@@ -271,8 +271,9 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
     if baseline:
         head += (f"Δ = paired difference vs `{baseline}` on matched seeds (negative = lower loss) with its verdict; "
                  f"n = seeds. The SFT LR is chosen {how}; † = a chosen LR is at the edge of the grid"
-                 + ("; ‡ = a chosen LR is the protocol's ceiling (sft.lr_ceiling, the grid's top: the best it "
-                    "allows, not an unbracketed optimum)." if any(c.ceiling_seeds for c in cells) else "."))
+                 + ("; ‡ = a chosen LR is the protocol's ceiling (sft.lr_ceiling, the grid's top): the best LR "
+                    "the protocol allows, judged; its optimum is not bracketed above, so such a comparison is "
+                    "between constrained optima." if any(c.ceiling_seeds for c in cells) else "."))
     else:
         head += f"n = seeds. The SFT LR is chosen {how}."
     if variance:
@@ -312,13 +313,13 @@ def markdown(cells: list[Cell], baseline: str | None, confidence: float = 0.95, 
     return "\n".join(lines)
 
 
-CSV_COLUMNS = ["arm", "task", "n", "seeds", "chosen_lrs", "lr_edge_seeds", "lr_ceiling_seeds", "regime"]
+CSV_COLUMNS = ["arm", "task", "n", "seeds", "chosen_lrs", "lr_edge_seeds", "regime"]
 for _m in ("sft_test", "sft_val", "main_after", "main_increase"):
     CSV_COLUMNS += [f"{_m}_mean", f"{_m}_sd", f"{_m}_lo", f"{_m}_hi"]
 for _m in METRICS:
     CSV_COLUMNS += [f"delta_{_m}_mean", f"delta_{_m}_lo", f"delta_{_m}_hi", f"delta_{_m}_n", f"verdict_{_m}",
                     f"p_{_m}", f"p_holm_{_m}", f"verdict_holm_{_m}", f"detectable_d80_{_m}", "comparisons", "not_judged"]
-CSV_COLUMNS = list(dict.fromkeys(CSV_COLUMNS))
+CSV_COLUMNS = list(dict.fromkeys(CSV_COLUMNS + ["lr_ceiling_seeds"]))  # (appended: columns keep their places)
 
 
 def csv_text(cells: list[Cell]) -> str:

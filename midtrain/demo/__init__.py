@@ -103,6 +103,11 @@ def check_geometry(rows: list[dict], near: str, distant: Mapping[str, str]) -> l
     closer to its own midtraining corpus than to the main corpus (the paper's midtraining data bridges
     pretraining and the task: v3's math corpus did not, at 0.118 against main's 0.287)."""
     cos = {(r["corpus"], r["task"]): r["cosine"] for r in rows}
+    unknown = [f"no geometry for corpus {c!r} and task {t!r} (the corpora: {', '.join(sorted({k[0] for k in cos}))})"
+               for c, t in [("main", near), *(("main", t) for t in distant), *((c, t) for t, c in distant.items())]
+               if (c, t) not in cos]
+    if unknown:
+        return unknown
     wrong = [f"task {t} is as close to the main corpus as the near task {near} ({cos['main', t]:.3f} >= "
              f"{cos['main', near]:.3f}): the demo's near/distant geometry does not hold" for t in distant
              if cos["main", t] >= cos["main", near]]
@@ -216,10 +221,13 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
     if not isinstance(demo.get("near"), dict) or "task" not in demo["near"]:
         raise ConfigError(f"{spec.name} report.demo.near", "the demo needs its near domain: {mid: ARM, task: TASK}")
     arms = {a.name: a for a in plan.spec.arms}
+    missing = [d.get("mid") for d in demo["domains"].values() if d.get("mid") not in arms]
+    if missing:
+        raise ConfigError(f"{spec.name} report.demo.domains", f"{missing[0]!r} is not an arm of the spec")
     wrong = check_geometry(built["geometry"], demo["near"]["task"],
-                           {d["task"]: arms[d["mid"]].domain for d in demo["domains"].values() if d.get("mid") in arms})
+                           {d["task"]: arms[d["mid"]].domain for d in demo["domains"].values()})
     if wrong:
-        raise ConfigError("demo data", wrong[0])
+        raise ConfigError("demo data", "; ".join(wrong))
     proto = P.check(plan.spec, sft_train_tokens(out, plan.spec), sft_epochs(plan.spec))
     digest = protocol_digest(spec, size, built["seed"])
     size0 = plan.spec.sizes[0]
@@ -299,7 +307,8 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
                 f"steps, {cost['seconds']:.0f} of {cost['of_seconds']:.0f} step-seconds "
                 f"({cost['seconds'] / cost['of_seconds']:.0%}; steps run {parallel} at a time)."]
               if cost and cost["of_seconds"] else []),
-             *([f"At the protocol's SFT LR ceiling ({plan.spec.lr_ceiling:g}, sft.lr_ceiling: the best it allows): "
+             *([f"At the protocol's SFT LR ceiling ({plan.spec.lr_ceiling:g}, sft.lr_ceiling: the best LR it allows, "
+                f"judged; not bracketed above, so these cells are constrained optima): "
                 + (", ".join(at_ceiling) if at_ceiling else "none") + "."] if plan.spec.lr_ceiling else []),
              f"Curves: {png}. Every per-seed value: {out / 'results.json'}. Runtime {summary['runtime_s']:.0f} s "
              f"(commit {summary['commit']}, {summary['machine']}, {summary['date']})."]

@@ -11,9 +11,10 @@ cosine schedule is down to about 10% of peak. A miniature keeps those ratios, no
   domain adds: SFT tokens / ((max_steps - S) x tokens per step x w), checked for every arm; late arms, which
   train few steps, are held to ``late_sft_to_domain_max`` instead where the spec states one (and say so);
 - the CPT arm sees as many domain tokens as that midtraining arm (within one step's worth);
-- every SFT LR is at most the pretraining peak LR (the paper's SFT LRs lie below its models' peak pretraining
-  LRs; measured here under v4's first run, a tiny model fine-tuned at 3x its peak collapsed on the main corpus),
-  and the grid's top is the spec's ``sft.lr_ceiling``, so a cell choosing it is at the protocol's bound;
+- every SFT LR is at most the pretraining peak LR, and the grid's top, the spec's ``sft.lr_ceiling``, is that
+  peak, so a cell choosing it is at the protocol's bound (protocol v5, chosen after v4's first run, where a tiny
+  model fine-tuned at 3x its peak collapsed on the main corpus; the paper's SFT LRs lie below its models' peak
+  pretraining LRs);
 - the headline is the family of tested claims ``findings.declared_family`` lists from ``report.demo``, printed
   here before any run and Holm-adjusted over all of them whatever their outcome.
 
@@ -97,11 +98,17 @@ def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
                 violations.append(f"{arm.name} adds {dose:,.0f} domain tokens and {mid.name} {mid_dose:,.0f}: CPT "
                                   "must see as many as midtraining (within one step)")
     peak = _peak_lr(size.config)
-    if peak is not None and spec.lrs and max(spec.lrs) > peak:
+    if peak is None:
+        violations.append("the base config states no optimizer lr (init_args.lr): the SFT grid's bound, the "
+                          "pretraining peak LR, is unknown")
+    elif spec.lrs and max(spec.lrs) > peak:
         violations.append(f"sft.lrs reaches {max(spec.lrs):g}, above the pretraining peak LR {peak:g} (SFT LRs stay at "
                           "or below it)")
     if spec.lrs and spec.lr_ceiling is None:
         violations.append("sft.lr_ceiling is not set: the grid's top is the protocol's bound, so state it")
+    elif spec.lrs and peak is not None and spec.lr_ceiling != peak:
+        violations.append(f"sft.lr_ceiling is {spec.lr_ceiling:g}, not the pretraining peak LR {peak:g}: the bound is "
+                          "the peak (a lower top would mark cells at a bound the protocol does not set)")
     family = declared_family(domains, grid, prec or None, near or None)  # the headline, before any run
     return {"limits": limits, "arms": rows, "violations": violations, "sft_tokens": dict(sft_tokens),
             "epochs": epochs, "family": family, "peak_lr": peak, "lr_ceiling": spec.lr_ceiling}

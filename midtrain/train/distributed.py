@@ -64,12 +64,13 @@ def leave_group() -> None:
     invalid pointer``: exit 134 under srun, -6 under Fabric's launcher). Call only on a path every rank takes
     together (a return of ``main``: its stops are agreed by all-reduce); nothing to do without a group.
 
-    It collects garbage first: a sharded model that ``main`` has let go of is cyclic garbage (FSDP2's hooks and
-    state refer to each other) that still holds the DeviceMesh's sub-groups, which ``destroy_process_group`` only
-    unregisters. Left alone, those groups die in the interpreter's final collection, where a gloo thread releasing
-    a tensor needs the GIL of an interpreter being torn down (CI once saw a 4-rank HSDP run abort so, "terminate
-    called without an active exception", after its final checkpoint; pytorch/pytorch PR 179291 describes the
-    mechanism)."""
+    It collects garbage first. A ``fully_shard``-ed model its owner has dropped is cyclic garbage (FSDP2's hooks and
+    state refer to each other) whose mesh info holds ProcessGroup objects, which ``destroy_process_group`` only
+    unregisters (checked on 2 gloo ranks: such a model outlives ``del`` and goes at ``gc.collect()``). Left alone,
+    it would go in the interpreter's final collection. The suspected link to the one abort CI saw at the exit of
+    a 4-rank HSDP run ("terminate called without an active exception", after its final checkpoint) is that
+    teardown, related to pytorch/pytorch PR 179291 (gloo work released while the interpreter is torn down); it is
+    not reproduced, so this is a precaution, not a proven fix."""
     import gc
 
     import torch.distributed as dist
