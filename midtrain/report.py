@@ -190,11 +190,11 @@ def seed_table(sft_files: list[str], runs: list[str] | None, baseline: str | Non
     if lr_choice not in tables.LR_CHOICES:
         raise ConfigError("--lr_choice", f"expected one of {', '.join(tables.LR_CHOICES)}, got {lr_choice!r}")
     results = sft_results(sft_files, runs, main_set)
+    top = max((r.lr for r in results), default=None)
+    if lr_ceiling is not None and (top is None or not math.isclose(top, lr_ceiling, rel_tol=1e-9)):
+        raise ConfigError("--lr_ceiling", f"{lr_ceiling:g} is not the top of the --sft files' LR grids "
+                          f"({'none' if top is None else f'{top:g}'}): the ceiling is the grid's highest LR")
     try:
-        top = max((r.lr for r in results), default=None)
-        if lr_ceiling is not None and (top is None or not math.isclose(top, lr_ceiling, rel_tol=1e-9)):
-            raise ConfigError("--lr_ceiling", f"{lr_ceiling:g} is not the top of the --sft files' LR grids ({'none' if top is None else f'{top:g}'}): "
-                              "the ceiling is the grid's highest LR")
         cells = tables.aggregate(results, baseline, confidence, lr_choice, ceiling=lr_ceiling)
     except ValueError as e:
         raise ConfigError("--baseline" if "baseline" in str(e) else "--sft", str(e)) from None

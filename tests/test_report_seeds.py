@@ -64,6 +64,26 @@ def test_by_seed_errors(files, tmp_path):
     assert r.returncode == 2 and "not an SFT metrics JSON" in r.stderr
     r = run_cli("report", "--by_seed", "true", "--sft", *files, "--main_set", "web")
     assert r.returncode == 2 and "no forgetting on 'web'" in r.stderr
+    r = run_cli("report", "--by_seed", "true", "--sft", *files, "--lr_ceiling", "3e-3")
+    assert r.returncode == 2 and r.stderr.strip() == ("midtrain report: error: --lr_ceiling: 0.003 is not the top of "
+                                                      "the --sft files' LR grids (0.001): the ceiling is the grid's "
+                                                      "highest LR"), r.stderr
+
+
+def test_by_seed_with_the_lr_ceiling_judges_a_top_winner(tmp_path):
+    """--lr_ceiling: a cell whose chosen LR is the grid's top, stated as the bound, is marked and judged; without
+    it the same cell is an edge winner, not judged."""
+    files = [sft_json(tmp_path / f"{arm}-{seed}.json", arm, "py", seed, {1e-4: v + 0.2, 1e-3: v}, test=v,
+                      main_after=5.0, main_before=4.0)
+             for seed in range(3) for arm, v in (("pretrain-only", 2.0 + 0.01 * seed), ("code20", 1.8 + 0.012 * seed))]
+    plain = run_cli("report", "--by_seed", "true", "--sft", *files, "--format", "csv")
+    capped = run_cli("report", "--by_seed", "true", "--sft", *files, "--format", "csv", "--lr_ceiling", "1e-3")
+    assert plain.returncode == capped.returncode == 0, plain.stderr + capped.stderr
+    rows = {name: {row["arm"]: row for row in csv.DictReader(io.StringIO(r.stdout))}
+            for name, r in (("plain", plain), ("capped", capped))}
+    assert rows["plain"]["code20"]["verdict_sft_test"] == "not judged"
+    assert rows["capped"]["code20"]["verdict_sft_test"] == "better"
+    assert rows["capped"]["code20"]["lr_ceiling_seeds"] == "0 1 2" and rows["capped"]["code20"]["lr_edge_seeds"] == ""
 
 
 def png_size(path):

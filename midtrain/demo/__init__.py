@@ -103,7 +103,8 @@ def check_geometry(rows: list[dict], near: str, distant: Mapping[str, str]) -> l
     closer to its own midtraining corpus than to the main corpus (the paper's midtraining data bridges
     pretraining and the task: v3's math corpus did not, at 0.118 against main's 0.287)."""
     cos = {(r["corpus"], r["task"]): r["cosine"] for r in rows}
-    unknown = [f"no geometry for corpus {c!r} and task {t!r} (the corpora: {', '.join(sorted({k[0] for k in cos}))})"
+    unknown = [f"no geometry for corpus {c!r} and task {t!r} (measured: corpora {', '.join(sorted({k[0] for k in cos}))}; "
+               f"tasks {', '.join(sorted({k[1] for k in cos}))})"
                for c, t in [("main", near), *(("main", t) for t in distant), *((c, t) for t, c in distant.items())]
                if (c, t) not in cos]
     if unknown:

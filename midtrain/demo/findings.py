@@ -1,7 +1,7 @@
 """The demo's four findings (the paper's v2 abstract), each judged from an interval by
 ``midtrain.analysis.stats.verdict`` (pure: no I/O, no torch).
 
-Protocol, fixed before any run (lower loss = better; per seed, the SFT LR is chosen on validation):
+Protocol, fixed before any run under it (lower loss = better; per seed, the SFT LR is chosen on validation):
 1. Midtraining beats pretrain-only after SFT on a domain distant from the main corpus: for each
    domain d (math, code), the paired difference of SFT test loss on task d between ``d20`` at the
    early start and pretrain-only.
@@ -59,7 +59,7 @@ def _finding(key: str, claim: str, iv: stats.Interval | None, lower_is_better: b
     out = {"finding": key, "claim": claim, "detail": detail, "regime": list(problems or []),
            "lower_is_better": lower_is_better}
     if iv is None:
-        word = f"{stats.NOT_JUDGED} (regime)" if problems else WORDS["inconclusive"]
+        word = f"{stats.NOT_JUDGED} (regime)" if problems else f"{stats.NOT_JUDGED} (no data)"
         return {**out, "verdict": word, "detail": detail + " (no data)", "mean": None, "lo": None,
                 "hi": None, "n": 0, "p": None}
     if p is None and samples is not None:

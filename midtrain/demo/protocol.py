@@ -1,4 +1,4 @@
-"""The demo's protocol: fixed before any run, derived from the paper's ratios, checked, and hashed. Pure.
+"""The demo's protocol: fixed before any run under it, derived from the paper's ratios, checked, and hashed. Pure.
 
 The paper (arXiv 2510.14865) midtrains Pythia-style models pretrained on C4 for ~61k steps; a mixture
 is introduced at a start step S and runs to the end, and SFT afterwards is a tiny fraction of the domain
@@ -98,7 +98,7 @@ def check(spec, sft_tokens: Mapping[str, int], epochs: int) -> dict:
                 violations.append(f"{arm.name} adds {dose:,.0f} domain tokens and {mid.name} {mid_dose:,.0f}: CPT "
                                   "must see as many as midtraining (within one step)")
     peak = _peak_lr(size.config)
-    if peak is None:
+    if peak is None and spec.lrs:
         violations.append("the base config states no optimizer lr (init_args.lr): the SFT grid's bound, the "
                           "pretraining peak LR, is unknown")
     elif spec.lrs and max(spec.lrs) > peak:
@@ -140,7 +140,7 @@ def protocol_hash(spec_raw: Mapping, base_raw: Mapping, scale: Mapping, seed: in
 
 def format_protocol(p: dict, digest: str, steps: int, tokens_per_step: int) -> str:
     lim = p["limits"]
-    lines = [f"Protocol {digest} (fixed before any run; changes are logged in the spec's header): early starts "
+    lines = [f"Protocol {digest} (fixed before any run under it; changes are logged in the spec's header): early starts "
              f"at >= {lim['early_lr_min']:.0%} of peak LR, late starts at <= {lim['late_lr_max']:.0%}, each "
              f"SFT set <= {lim['sft_to_domain_max']} x the domain tokens each arm of its domain adds (paper: << 1)"
              + (f", late arms <= {lim['late_sft_to_domain_max']}" if "late_sft_to_domain_max" in lim else "")

@@ -222,15 +222,16 @@ def interactions(spec, chosen, confidence: float = 0.95, ln_v: float | None = No
         if a.weight is not None and grid_family(a) is not None:
             families.setdefault(grid_family(a), []).append(a)
     # a family's own starts; a precision sibling that ran one start only (the late corners: ``paper-window.yaml``,
-    # the demo) takes its starts from its whole family, so it still tests the late claim (early and I "not run")
-    all_starts: dict[str, set] = {}
+    # the demo) adds the starts of its family as configured (no precision), so it still tests the late claim
+    # (early and I "not run")
+    configured: dict[str, set] = {}
     for a in spec.arms:
-        if a.weight is not None and grid_family(a) is not None:
-            all_starts.setdefault(a.family, set()).add(a.start)
+        if a.weight is not None and grid_family(a) is not None and not a.precision:
+            configured.setdefault(a.family, set()).add(a.start)
     for family, members in families.items():
         starts, weights = sorted({a.start for a in members}), sorted({a.weight for a in members})
         if len(starts) < 2 and any(a.precision for a in members):
-            starts = sorted(all_starts[members[0].family])
+            starts = sorted(set(starts) | configured.get(members[0].family, set()))
         if len(starts) < 2 or len(weights) < 2:
             continue
         cell = {(a.start, a.weight): a.name for a in members}
@@ -356,7 +357,8 @@ def window_under_precision(inter: list[dict], spec) -> list[str]:
             lines.append(f"{where}: the window reads the same under each precision ({said})")
         else:  # each verdict from its own interval: a difference in significance, not a tested difference
             lines.append(f"{where}: the verdicts differ across precisions ({said}; each from its own interval, "
-                         "unadjusted: the difference itself is not tested, see the precision effects above)")
+                         "unadjusted: the difference itself is not tested, which would need the precision x weight "
+                         "interaction)")
     return lines
 
 

@@ -198,7 +198,7 @@ def setup(
               keep_last_n, hparams or {},
               kind, activation_checkpointing, num_nodes, estimate)
     code = main(fabric, run, data)
-    distributed.leave_group()  # (CI once saw a two-rank FSDP2 run abort at exit, after its final checkpoint)
+    distributed.leave_group()  # (CI saw a 2-rank FSDP2 run, and once a 4-rank HSDP run, abort at exit: see there)
     return code
 
 
