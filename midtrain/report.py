@@ -8,10 +8,10 @@ version; later versions win for the same step.
 
 from __future__ import annotations
 
-import math
 import csv
 import glob
 import json
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -259,6 +259,9 @@ def report(runs: list[str] = [], sft: list[str] = [], format: str = "markdown", 
         raise ConfigError("--format", f"{format!r} is not markdown or csv")
     if out:
         check_writable_dir(Path(out).parent, "--out")
+    if lr_ceiling is not None and not by_seed:
+        raise ConfigError("--lr_ceiling", "applies to --by_seed tables only (the LR choice over seeds): add --by_seed "
+                          "true, or drop it")
     if by_seed:
         if not sft:
             raise ConfigError("--sft", "--by_seed aggregates SFT metrics files: give them")

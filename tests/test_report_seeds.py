@@ -84,6 +84,11 @@ def test_by_seed_with_the_lr_ceiling_judges_a_top_winner(tmp_path):
     assert rows["plain"]["code20"]["verdict_sft_test"] == "not judged"
     assert rows["capped"]["code20"]["verdict_sft_test"] == "better"
     assert rows["capped"]["code20"]["lr_ceiling_seeds"] == "0 1 2" and rows["capped"]["code20"]["lr_edge_seeds"] == ""
+    run = tmp_path / "run"
+    run.mkdir()
+    r = run_cli("report", "--runs", run, "--lr_ceiling", "1e-3")  # an option that would be ignored is refused
+    assert r.returncode == 2 and r.stderr.strip().startswith("midtrain report: error: --lr_ceiling: applies to "
+                                                             "--by_seed tables only"), r.stderr
 
 
 def png_size(path):

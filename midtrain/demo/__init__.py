@@ -222,11 +222,12 @@ def demo(out: str = "out/demo", size: str = "quick", parallel: int = 2, publish:
     if not isinstance(demo.get("near"), dict) or "task" not in demo["near"]:
         raise ConfigError(f"{spec.name} report.demo.near", "the demo needs its near domain: {mid: ARM, task: TASK}")
     arms = {a.name: a for a in plan.spec.arms}
-    missing = [d.get("mid") for d in demo["domains"].values() if d.get("mid") not in arms]
+    domains = demo.get("domains") or {}
+    missing = [d.get("mid") for d in domains.values() if d.get("mid") not in arms]
     if missing:
         raise ConfigError(f"{spec.name} report.demo.domains", f"{missing[0]!r} is not an arm of the spec")
     wrong = check_geometry(built["geometry"], demo["near"]["task"],
-                           {d["task"]: arms[d["mid"]].domain for d in demo["domains"].values()})
+                           {d.get("task"): arms[d["mid"]].domain for d in domains.values()})
     if wrong:
         raise ConfigError("demo data", "; ".join(wrong))
     proto = P.check(plan.spec, sft_train_tokens(out, plan.spec), sft_epochs(plan.spec))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+
 def loss(checkpoint: str, data: str, max_seq_length: Optional[int] = None, batch_size: int = 8,
          max_batches: int = 100, json: Optional[str] = None, all_checkpoints: bool = False,
          precision: Optional[str] = None) -> int:

@@ -37,7 +37,7 @@ size's base run config (already loaded), and returns a validated ``Spec`` or rai
     sft:
       lrs: [3e-4, 1e-3, 3e-3]
       # lr_ceiling: 3e-3                 # optional: the grid's top is the protocol's bound (a winner there is
-                                         # marked, not an unbracketed edge winner); must equal max(lrs)
+                                         # judged and marked ‡, not an edge winner); must equal max(lrs)
       tasks: {pycode: {data: ..., val_data: ..., test_data: ...}}
       options: {epochs: 4}               # any other `midtrain sft` option
     eval: {max_batches: 100}             # loss on the base's val sets for every run (checkpoints: all = every
@@ -174,8 +174,8 @@ class Spec:
     one_step_per_lr: bool = True   # False: one SFT step per (run, task, seed) sweeping the whole grid
     vary: str = "sft"              # what a seed re-runs (VARY)
     control: str = "shared"        # vary: midtrain: the control re-run per seed ("per_seed") or one run ("shared")
-    # the highest SFT LR the protocol allows (the grid's top): a cell choosing it is at the protocol's bound
-    # (reported, ‡), not an unbracketed optimum; None: a winner at the top is an edge winner (not judged)
+    # the highest SFT LR the protocol allows (the grid's top): a cell choosing it is at the protocol's bound, judged
+    # and marked ‡ (a constrained optimum, not bracketed above); None: a winner at the top is an edge winner
     lr_ceiling: float | None = None
 
 
@@ -450,7 +450,7 @@ def parse_spec(raw: Any, base_configs: Mapping[str, dict]) -> Spec:
     ceiling = _float(sft["lr_ceiling"], "sft.lr_ceiling") if sft.get("lr_ceiling") is not None else None
     if ceiling is not None and (not lrs or ceiling != max(lrs)):
         raise ConfigError("sft.lr_ceiling", f"{ceiling:g} must be the grid's highest LR (sft.lrs tops at "
-                          f"{max(lrs) if lrs else 'nothing'}): a ceiling above the grid leaves the top unbracketed")
+                          f"{max(lrs) if lrs else 'nothing'}): the ceiling states the grid's top as the protocol's bound")
     tasks = []
     for tname, traw in tasks_raw.items():
         key = f"sft.tasks.{tname}"
